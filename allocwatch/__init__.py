@@ -1,0 +1,3 @@
+"""allocwatch: a live eBPF watchdog for memory-allocation stalls."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from allocwatch.cli import main
+
+sys.exit(main())

@@ -1,0 +1,245 @@
+"""The one module that imports bcc: build, attach, read, drain, detach.
+
+It compiles bpf/allocwatch.bpf.c with the -D flags the probe plan asks for,
+attaches each site on its own (a site that fails lowers coverage, it never
+stops the daemon), and hands decoded records to the rest of the daemon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from allocwatch import wire
+from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
+from allocwatch.kernelinfo import KernelFeatures
+from allocwatch.probes import (
+    MARK_VICTIM_COMM_DEFINE,
+    SCHED_EXIT,
+    SCHED_SWITCH,
+    Mechanism,
+    SitePlan,
+    Tracepoint,
+    uses_dstate,
+)
+from allocwatch.sites import HIST_SLOTS, NR_SITES, SITE_DSTATE, STAT_NAMES, Site
+
+BPF_SOURCE = "allocwatch.bpf.c"
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    long_wait_ns: int
+    max_waits: int = 32768
+    max_dwaits: int = 32768
+    ringbuf_pages: int = 256
+
+
+@dataclass(frozen=True)
+class SiteStatus:
+    """What happened when a site was attached."""
+
+    plan: SitePlan
+    attached: bool
+    target: str  # tracepoints or kprobe symbol actually used
+    error: str = ""
+
+
+def bpf_dir() -> Path:
+    """Where bpf/*.c and bpf/*.h are: the package's data, or the checkout."""
+    env = os.environ.get("ALLOCWATCH_BPF_DIR")
+    if env:
+        return Path(env)
+    try:
+        data = Path(str(resources.files("allocwatch.bpf")))
+        if (data / BPF_SOURCE).exists():
+            return data
+    except (ModuleNotFoundError, TypeError):
+        pass
+    return Path(__file__).resolve().parent.parent / "bpf"
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc  # noqa: PLC0415 - the only import of bcc in the project
+    except ImportError as exc:
+        raise BccMissing(
+            f"bcc's Python module cannot be imported ({exc}): run scripts/setup "
+            "(Debian: apt-get install python3-bpfcc; use the .venv it makes)"
+        ) from None
+    return bcc
+
+
+def check_headers(release: str) -> None:
+    build = Path("/lib/modules") / release / "build"
+    if not (build / "include").is_dir() and not (build / "Makefile").exists():
+        raise KernelHeadersMissing(
+            f"no kernel headers at {build}: install linux-headers-{release}, "
+            "or run scripts/setup, which links the nearest Debian headers"
+        )
+
+
+def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOptions, kprobes: bool) -> list[str]:
+    flags = [
+        f"-I{bpf_dir()}",
+        f"-DLONG_WAIT_NS={opts.long_wait_ns}ULL",
+        f"-DMAX_WAITS={opts.max_waits}",
+        f"-DMAX_DWAITS={opts.max_dwaits}",
+        f"-DRINGBUF_PAGES={opts.ringbuf_pages}",
+    ]
+    defines = set()
+    for p in plans:
+        if p.chosen is None:
+            continue
+        if p.chosen.define:
+            defines.add(p.chosen.define)
+        for tp, define in p.chosen.optional:
+            if features.has_tracepoint(tp.name, tp.fields):
+                defines.add(define)
+    if features.has_tracepoint("oom:mark_victim", ("comm",)):
+        defines.add(MARK_VICTIM_COMM_DEFINE)
+    if kprobes:
+        defines.add("AW_KPROBES")
+    flags += [f"-D{d}" for d in sorted(defines)]
+    return flags
+
+
+class BpfSource:
+    """Loaded BPF programs and their maps. Use as a context manager."""
+
+    def __init__(self, plans: list[SitePlan], features: KernelFeatures, opts: LoadOptions) -> None:
+        self.plans = plans
+        self.features = features
+        self.opts = opts
+        self._bcc = import_bcc()
+        self._bpf: Any = None
+        self._pending: list[bytes] = []
+        self._attached_tps: set[str] = set()
+        self.status: list[SiteStatus] = []
+        self.load_seconds = 0.0
+
+    # -- load and attach --------------------------------------------------
+
+    def load(self, kprobes: bool | None = None) -> list[SiteStatus]:
+        check_headers(self.features.release)
+        want_kprobes = self.features.kprobes if kprobes is None else kprobes
+        flags = cflags_for(self.plans, self.features, self.opts, want_kprobes)
+        src = str(bpf_dir() / BPF_SOURCE).encode()
+        try:
+            self._bpf = self._bcc.BPF(src_file=src, cflags=flags)
+        except Exception as exc:  # bcc raises bare Exception for everything
+            raise BpfUnavailable(f"the BPF programs did not compile or load: {exc}") from None
+        self._bpf["events"].open_ring_buffer(self._on_event)
+        if uses_dstate(self.plans):
+            self._attach_tp(SCHED_SWITCH)
+        self._attach_tp(SCHED_EXIT)
+        self.status = [self._attach_site(p) for p in self.plans]
+        _release_build_memory()
+        return self.status
+
+    def load_kprobe_programs(self) -> list[str]:
+        """Load (verifier only, no attach) every kprobe program: for tests."""
+        names = []
+        for p in self.plans:
+            for opt in p.entry.options:
+                if opt.mechanism is Mechanism.KPROBE_PAIR:
+                    for stem in ("aw_kp_enter_", "aw_kp_return_"):
+                        self._bpf.load_func((stem + opt.kprobe_fn).encode(), self._bcc.BPF.KPROBE)
+                        names.append(stem + opt.kprobe_fn)
+        return names
+
+    def _attach_tp(self, tp: Tracepoint) -> None:
+        if tp.name in self._attached_tps:
+            return
+        self._bpf.attach_tracepoint(tp=tp.name.encode(), fn_name=tp.fn.encode())
+        self._attached_tps.add(tp.name)
+
+    def _attach_site(self, plan: SitePlan) -> SiteStatus:
+        opt = plan.chosen
+        if opt is None:
+            return SiteStatus(plan, False, "")
+        try:
+            if opt.mechanism is Mechanism.KPROBE_PAIR:
+                sym = plan.kprobe_target(self.features) or ""
+                self._bpf.attach_kprobe(event=sym.encode(), fn_name=f"aw_kp_enter_{opt.kprobe_fn}".encode())
+                self._bpf.attach_kretprobe(event=sym.encode(), fn_name=f"aw_kp_return_{opt.kprobe_fn}".encode())
+                return SiteStatus(plan, True, sym)
+            tps = list(opt.tracepoints)
+            tps += [tp for tp, _ in opt.optional if self.features.has_tracepoint(tp.name, tp.fields)]
+            for tp in tps:
+                self._attach_tp(tp)
+            if opt.mechanism in (Mechanism.DSTATE_STACK, Mechanism.TRACEPOINT_BEFORE):
+                tps.append(SCHED_SWITCH)
+            return SiteStatus(plan, True, " + ".join(tp.name for tp in tps))
+        except Exception as exc:  # bcc raises bare Exception on attach failure
+            return SiteStatus(plan, False, "", f"attach failed: {exc}")
+
+    # -- read -------------------------------------------------------------
+
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
+        self._pending.append(ctypes.string_at(data, size))
+
+    def _items(self, name: str) -> list[tuple[Any, Any]]:
+        table = self._bpf[name]
+        try:
+            return list(table.items_lookup_batch())
+        except Exception:  # batch ops need 5.6+; fall back to per-key lookups
+            return list(table.items())
+
+    def inflight(self) -> list[wire.InflightWait]:
+        """All waits in flight now: pair-timed ones, then D-state sleeps."""
+        out = [wire.decode_inflight(k, v) for k, v in self._items("waits")]
+        out += [wire.decode_dwait(k.value, v, SITE_DSTATE) for k, v in self._items("dwaits")]
+        return out
+
+    def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
+        self._bpf.ring_buffer_consume()
+        raw, self._pending = self._pending, []
+        return [ev for ev in map(wire.decode_event, raw) if ev is not None]
+
+    def stats(self) -> dict[str, int]:
+        table = self._bpf["stats"]
+        return {name: int(table[table.Key(i)].value) for i, name in enumerate(STAT_NAMES)}
+
+    def histograms(self) -> dict[Site, tuple[list[int], int]]:
+        """Completed pair-timed and after-sleep waits: per site, slot counts and sum."""
+        hist = self._bpf["wait_hist"]
+        sums = self._bpf["wait_sum_ns"]
+        counts = [0] * (NR_SITES * HIST_SLOTS)
+        for k, v in hist.items():
+            counts[k.value] = int(v.value)
+        out = {}
+        for site in Site:
+            slots = counts[site * HIST_SLOTS : (site + 1) * HIST_SLOTS]
+            total_ns = int(sums[sums.Key(site)].value)
+            if any(slots):
+                out[site] = (slots, total_ns)
+        return out
+
+    # -- stop -------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+
+    def __enter__(self) -> BpfSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _release_build_memory() -> None:
+    """Give back the compiler's heap: about 25 MB anon (ENVIRONMENT.md)."""
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        try:
+            ctypes.CDLL(libc_name).malloc_trim(0)
+        except (OSError, AttributeError):
+            pass

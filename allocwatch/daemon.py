@@ -1,0 +1,131 @@
+"""The scan loop: source -> names -> tracker -> report records -> sink."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from allocwatch import procfs
+from allocwatch.classify import StackClassifier
+from allocwatch.config import Config
+from allocwatch.dstate import DstateNamer
+from allocwatch.probes import SitePlan, stack_classified_sites
+from allocwatch.report import (
+    OomKillReport,
+    Record,
+    RecoveredReport,
+    StallReport,
+    TaskDetail,
+    render,
+)
+from allocwatch.sites import NR_SITES, SITE_DSTATE, Site
+from allocwatch.tracker import Ended, Tracker, Wait
+from allocwatch.wire import InflightWait, OomKill, WaitEnd
+
+
+class Source(Protocol):
+    def inflight(self) -> list[InflightWait]: ...
+    def drain(self) -> list[WaitEnd | OomKill]: ...
+
+
+class Sink(Protocol):
+    def write(self, text: str) -> None: ...
+
+
+def _pair_wait(raw: InflightWait | WaitEnd) -> Wait | None:
+    if not 0 <= raw.site < NR_SITES:
+        return None
+    return Wait(raw.tid, raw.pid, raw.comm, Site(raw.site), raw.start_ns, raw.gfp, raw.order)
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: Config,
+        source: Source,
+        plans: list[SitePlan],
+        sink: Sink,
+        proc: Path = procfs.DEFAULT_PROCFS,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        wall_s: Callable[[], float] = time.time,
+    ) -> None:
+        self.cfg = cfg
+        self.source = source
+        self.sink = sink
+        self.proc = proc
+        self.clock_ns = clock_ns
+        self.wall_s = wall_s
+        self.tracker = Tracker(cfg.thresholds())
+        classifier = StackClassifier(stack_classified_sites(plans))
+        self.namer = DstateNamer(
+            classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
+        )
+        self.seq = 0
+        self.scans = 0
+        self.oom_kills = 0
+
+    def _next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def _detail(self, w: Wait) -> TaskDetail:
+        stack = self.namer.stack_of(w.tid, w.start_ns) if w.dstate else None
+        if stack is None:
+            stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
+        return TaskDetail(
+            cgroup=procfs.memory_cgroup(self.proc, w.pid, w.tid),
+            state=procfs.task_state(self.proc, w.pid, w.tid),
+            stack=stack,
+        )
+
+    def scan_once(self) -> list[Record]:
+        now_ns = self.clock_ns()
+        raws = self.source.inflight()
+        events = self.source.drain()
+        waits = [w for w in map(_pair_wait, (r for r in raws if r.site != SITE_DSTATE)) if w]
+        waits += self.namer.name_all((r for r in raws if r.site == SITE_DSTATE), now_ns)
+
+        ended: list[Ended] = []
+        kills: list[OomKill] = []
+        for ev in events:
+            if isinstance(ev, OomKill):
+                kills.append(ev)
+            elif ev.site == SITE_DSTATE:
+                named = self.namer.name_end(ev)
+                if named:
+                    ended.append(named)
+            elif (w := _pair_wait(ev)) is not None:
+                ended.append(Ended(w, ev.duration_ns))
+        self.namer.prune()
+
+        result = self.tracker.scan(now_ns, waits, ended)
+        self.scans += 1
+        wall = self.wall_s()
+        records: list[Record] = []
+        for k in kills:
+            self.oom_kills += 1
+            records.append(OomKillReport(self._next_seq(), wall, k))
+        if result.stalls:
+            details = {s.wait.tid: self._detail(s.wait) for s in result.stalls}
+            records.append(StallReport(self._next_seq(), wall, result.stalls, result.stalled_now, details))
+        for r in result.recovered:
+            records.append(RecoveredReport(self._next_seq(), wall, r))
+        if records:
+            self.sink.write(render(records, self.cfg.format))
+        return records
+
+    def run(self, stop: threading.Event) -> None:
+        """Scan every scan_interval_s until `stop` is set; a last scan at the end."""
+        interval_ns = int(self.cfg.scan_interval_s * 1e9)
+        next_ns = self.clock_ns()
+        while not stop.is_set():
+            self.scan_once()
+            next_ns += interval_ns
+            now_ns = self.clock_ns()
+            if next_ns < now_ns:  # fell behind (a slow scan): do not burst
+                next_ns = now_ns + interval_ns
+            stop.wait((next_ns - now_ns) / 1e9)
+        self.scan_once()

@@ -1,0 +1,82 @@
+"""Naming D-state sleeps: hint or stack, read once per sleep and cached.
+
+A D-state sleep becomes a `Wait` only when it can be named after a site;
+other sleeps (disk I/O, locks outside memory management) are not stalls of
+this tool's kind and are left out. The stack of a sleep is read at most once,
+after it has lasted `classify_after_ns`, so short sleeps cost nothing here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from allocwatch.classify import StackClassifier
+from allocwatch.sites import NR_SITES, Site
+from allocwatch.tracker import Ended, Wait
+from allocwatch.wire import InflightWait, WaitEnd
+
+StackReader = Callable[[int, int], "list[str] | None"]  # (pid, tid) -> frames
+
+
+@dataclass
+class _Named:
+    site: Site | None
+    frames: list[str] | None
+
+
+class DstateNamer:
+    def __init__(self, classifier: StackClassifier, read_stack: StackReader, classify_after_ns: int) -> None:
+        self._classifier = classifier
+        self._read_stack = read_stack
+        self._classify_after_ns = classify_after_ns
+        self._named: dict[tuple[int, int], _Named] = {}
+        self.stack_reads = 0
+        self._live: set[tuple[int, int]] = set()
+
+    def stack_of(self, tid: int, start_ns: int) -> list[str] | None:
+        named = self._named.get((tid, start_ns))
+        return named.frames if named else None
+
+    def _hint_site(self, hint: int | None) -> Site | None:
+        return Site(hint) if hint is not None and 0 <= hint < NR_SITES else None
+
+    def _name(self, raw: InflightWait, now_ns: int) -> Site | None:
+        key = (raw.tid, raw.start_ns)
+        named = self._named.get(key)
+        if named is None:
+            hinted = self._hint_site(raw.site_hint)
+            if hinted is None and now_ns - raw.start_ns < self._classify_after_ns:
+                return None
+            frames = self._read_stack(raw.pid, raw.tid)
+            self.stack_reads += 1
+            site = hinted if hinted is not None else self._classifier.classify(frames or [])
+            named = self._named[key] = _Named(site, frames)
+        return named.site
+
+    def name_all(self, raws: Iterable[InflightWait], now_ns: int) -> list[Wait]:
+        """The nameable sleeps among `raws`. Call `prune()` after `name_end()`."""
+        waits = []
+        self._live = set()
+        for raw in raws:
+            self._live.add((raw.tid, raw.start_ns))
+            site = self._name(raw, now_ns)
+            if site is not None:
+                waits.append(_wait(raw, site))
+        return waits
+
+    def prune(self) -> None:
+        """Forget sleeps that were not in the last `name_all()`."""
+        for key in [k for k in self._named if k not in self._live]:
+            del self._named[key]
+
+    def name_end(self, end: WaitEnd) -> Ended | None:
+        named = self._named.get((end.tid, end.start_ns))
+        site = named.site if named else self._hint_site(end.site_hint)
+        if site is None:
+            return None
+        return Ended(_wait(end, site), end.duration_ns)
+
+
+def _wait(raw: InflightWait | WaitEnd, site: Site) -> Wait:
+    return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, dstate=True)

@@ -1,0 +1,51 @@
+"""Typed errors. Library code raises these; only the CLI turns them into a
+message and an exit code (listed in the README)."""
+
+from __future__ import annotations
+
+
+class AllocwatchError(Exception):
+    """Base class: `str(err)` is one line naming the cause and the fix."""
+
+    exit_code = 1
+
+
+class ConfigError(AllocwatchError):
+    """An unknown or ill-typed configuration key or flag value."""
+
+    exit_code = 3
+
+
+class ConfigUnreadable(AllocwatchError):
+    exit_code = 4
+
+
+class NotRoot(AllocwatchError):
+    exit_code = 5
+
+
+class BccMissing(AllocwatchError):
+    exit_code = 6
+
+
+class KernelHeadersMissing(AllocwatchError):
+    exit_code = 7
+
+
+class TracefsMissing(AllocwatchError):
+    exit_code = 8
+
+
+class BpfUnavailable(AllocwatchError):
+    """The bpf() syscall or program load was refused."""
+
+    exit_code = 9
+
+
+class NothingAttached(AllocwatchError):
+    exit_code = 10
+
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2

@@ -1,0 +1,126 @@
+"""What this kernel offers: tracepoints (with their fields), functions, kprobes.
+
+Read-only and injectable: every reader takes the root it reads from, so tests
+describe another kernel with a directory of captured files.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(\d+);\s*size:(\d+);")
+_SUFFIX_RE = re.compile(r"\.(constprop|isra|part|cold|llvm)\.?\d*.*$")
+
+
+@dataclass(frozen=True)
+class KernelFeatures:
+    """The facts the probe catalog is evaluated against."""
+
+    release: str
+    # "category:event" -> names of its own fields (common_* left out)
+    tracepoints: dict[str, frozenset[str]] = field(default_factory=dict)
+    # kernel text symbols, with compiler suffixes (.constprop.0 ...) kept
+    functions: frozenset[str] = frozenset()
+    kprobes: bool = False
+    kprobes_why_not: str = ""
+    proc_stack: bool = False
+
+    def has_tracepoint(self, name: str, fields: Iterable[str] = ()) -> bool:
+        have = self.tracepoints.get(name)
+        return have is not None and all(f in have for f in fields)
+
+    def find_function(self, name: str) -> str | None:
+        """The symbol to probe for `name`: itself, or a compiler clone of it."""
+        if name in self.functions:
+            return name
+        clones = sorted(f for f in self.functions if base_symbol(f) == name and f != name)
+        return clones[0] if clones else None
+
+
+def base_symbol(symbol: str) -> str:
+    """`__alloc_pages_slowpath.constprop.0` -> `__alloc_pages_slowpath`."""
+    return _SUFFIX_RE.sub("", symbol)
+
+
+def parse_format_fields(text: str) -> frozenset[str]:
+    """Field names from a tracefs `format` file, without the common_* fields."""
+    names = set()
+    for line in text.splitlines():
+        m = _FIELD_RE.match(line)
+        if not m:
+            continue
+        decl = m.group("decl").strip()
+        name = decl.split()[-1].split("[", 1)[0]
+        if not name.startswith("common_"):
+            names.add(name)
+    return frozenset(names)
+
+
+def read_tracepoints(tracefs: Path, wanted: Iterable[str]) -> dict[str, frozenset[str]]:
+    found: dict[str, frozenset[str]] = {}
+    for name in sorted(set(wanted)):
+        category, event = name.split(":", 1)
+        fmt = tracefs / "events" / category / event / "format"
+        try:
+            found[name] = parse_format_fields(fmt.read_text())
+        except OSError:
+            continue
+    return found
+
+
+def read_functions(kallsyms: Path, wanted: Iterable[str]) -> frozenset[str]:
+    """Text symbols in `kallsyms` whose base name is one of `wanted`."""
+    bases = set(wanted)
+    found = set()
+    try:
+        with kallsyms.open() as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 3 or parts[1] not in ("t", "T"):
+                    continue
+                if parts[2] in bases or base_symbol(parts[2]) in bases:
+                    found.add(parts[2])
+    except OSError:
+        return frozenset()
+    return frozenset(found)
+
+
+def kprobe_support(tracefs: Path, sysfs: Path) -> tuple[bool, str]:
+    """Whether kprobes can be created: the perf kprobe PMU (4.17+) or kprobe_events."""
+    if (sysfs / "bus/event_source/devices/kprobe").exists():
+        return True, ""
+    if (tracefs / "kprobe_events").exists():
+        return True, ""
+    return False, "this kernel has no kprobes (CONFIG_KPROBES off: no kprobe PMU, no kprobe_events)"
+
+
+def proc_stack_readable(procfs: Path) -> bool:
+    try:
+        (procfs / "self/stack").read_text()
+        return True
+    except OSError:
+        return False
+
+
+def read_features(
+    tracefs: Path,
+    wanted_tracepoints: Iterable[str],
+    wanted_functions: Iterable[str],
+    kallsyms: Path = Path("/proc/kallsyms"),
+    sysfs: Path = Path("/sys"),
+    procfs: Path = Path("/proc"),
+    release: str | None = None,
+) -> KernelFeatures:
+    kprobes, why_not = kprobe_support(tracefs, sysfs)
+    return KernelFeatures(
+        release=release or os.uname().release,
+        tracepoints=read_tracepoints(tracefs, wanted_tracepoints),
+        functions=read_functions(kallsyms, wanted_functions),
+        kprobes=kprobes,
+        kprobes_why_not=why_not,
+        proc_stack=proc_stack_readable(procfs),
+    )

@@ -1,0 +1,437 @@
+"""The catalog of wait sites (data) and the pure choice of how to watch each.
+
+Each site lists its attach options in order of preference. `plan()` takes the
+first one this kernel supports and says, for every option it passed over, why.
+The facts behind each option are in shared/probe-catalog.md.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from allocwatch.kernelinfo import KernelFeatures
+from allocwatch.sites import Site
+
+
+class Mechanism(str, enum.Enum):
+    TRACEPOINT_PAIR = "tracepoint pair"
+    TRACEPOINT_AFTER = "tracepoint after the sleep"
+    TRACEPOINT_BEFORE = "tracepoint before the sleep + D-state"
+    TRACEPOINT_EVENT = "tracepoint event"
+    KPROBE_PAIR = "kprobe pair"
+    DSTATE_STACK = "sched_switch D-state + stack"
+
+    @property
+    def brackets_wait(self) -> bool:
+        """True when begin and end are both seen, so the wait is timed in the map."""
+        return self in (Mechanism.TRACEPOINT_PAIR, Mechanism.KPROBE_PAIR)
+
+
+@dataclass(frozen=True)
+class Tracepoint:
+    name: str  # "category:event"
+    fn: str  # BPF function in bpf/allocwatch.bpf.c
+    fields: tuple[str, ...] = ()  # fields the handler reads
+
+
+@dataclass(frozen=True)
+class Option:
+    mechanism: Mechanism
+    tracepoints: tuple[Tracepoint, ...] = ()
+    define: str = ""  # -D flag that compiles the handlers
+    optional: tuple[tuple[Tracepoint, str], ...] = ()  # extra (tracepoint, define) if present
+    functions: tuple[str, ...] = ()  # kprobe targets, first one found is used
+    kprobe_fn: str = ""  # suffix of aw_kp_enter_/aw_kp_return_
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class SiteEntry:
+    site: Site
+    what: str
+    options: tuple[Option, ...]
+    stack_frames: tuple[str, ...] = ()  # functions that name this site in a stack
+    hot: bool = False  # on the allocation fast path: attached only on request
+    absent: str = ""  # why a kernel may have no way to watch it
+
+
+def _kp(*functions: str, fn: str, note: str = "") -> Option:
+    return Option(Mechanism.KPROBE_PAIR, functions=functions, kprobe_fn=fn, note=note)
+
+
+def _pair(category: str, prefix: str, fn: str, define: str, note: str = "") -> Option:
+    return Option(
+        Mechanism.TRACEPOINT_PAIR,
+        tracepoints=(
+            Tracepoint(f"{category}:{prefix}_begin", f"aw_{fn}_begin", ("gfp_flags", "order")),
+            Tracepoint(f"{category}:{prefix}_end", f"aw_{fn}_end"),
+        ),
+        define=define,
+        note=note,
+    )
+
+
+def _dstate(note: str = "") -> Option:
+    return Option(Mechanism.DSTATE_STACK, note=note)
+
+
+_THROTTLED = Tracepoint("vmscan:mm_vmscan_throttled", "aw_vmscan_throttled", ("usec_delayed", "reason"))
+
+CATALOG: tuple[SiteEntry, ...] = (
+    SiteEntry(
+        Site.ALLOC_SLOWPATH,
+        "page allocator slow path",
+        (
+            _kp("__alloc_pages_slowpath", fn="alloc_slowpath", note="static: may be a .constprop clone"),
+            _dstate("no tracepoint marks slowpath entry"),
+        ),
+        stack_frames=("__alloc_pages_slowpath",),
+    ),
+    SiteEntry(
+        Site.ALLOC_PAGES,
+        "page allocator entry (every allocation)",
+        (
+            _kp(
+                "__alloc_frozen_pages_noprof",  # v6.14+
+                "__alloc_pages_noprof",  # b951aaff5035 (v6.10)
+                "__alloc_pages",  # 84172f4bb752 (v5.13)
+                "__alloc_pages_nodemask",  # up to v5.12
+                fn="alloc_pages",
+            ),
+        ),
+        hot=True,
+        absent="kmem:mm_page_alloc fires only at exit; the entry needs a kprobe pair",
+    ),
+    SiteEntry(
+        Site.DIRECT_RECLAIM,
+        "direct reclaim (try_to_free_pages)",
+        (
+            _pair("vmscan", "mm_vmscan_direct_reclaim", "direct_reclaim", "AW_TP_DIRECT_RECLAIM"),
+            _kp("try_to_free_pages", fn="direct_reclaim"),
+        ),
+        stack_frames=("try_to_free_pages",),
+    ),
+    SiteEntry(
+        Site.MEMCG_RECLAIM,
+        "memcg limit/high reclaim (try_to_free_mem_cgroup_pages)",
+        (
+            _pair("vmscan", "mm_vmscan_memcg_reclaim", "memcg_reclaim", "AW_TP_MEMCG_RECLAIM"),
+            _kp("try_to_free_mem_cgroup_pages", fn="memcg_reclaim"),
+        ),
+        stack_frames=("try_to_free_mem_cgroup_pages",),
+    ),
+    SiteEntry(
+        Site.MEMCG_SOFTLIMIT_RECLAIM,
+        "memcg v1 soft-limit reclaim",
+        (
+            _pair(
+                "vmscan",
+                "mm_vmscan_memcg_softlimit_reclaim",
+                "memcg_softlimit_reclaim",
+                "AW_TP_MEMCG_SOFTLIMIT_RECLAIM",
+            ),
+            _kp("mem_cgroup_shrink_node", fn="memcg_softlimit_reclaim"),
+        ),
+    ),
+    SiteEntry(
+        Site.NODE_RECLAIM,
+        "node reclaim (zone_reclaim_mode)",
+        (
+            _pair("vmscan", "mm_vmscan_node_reclaim", "node_reclaim", "AW_TP_NODE_RECLAIM", "v5.2+"),
+            _kp("__node_reclaim", fn="node_reclaim"),
+        ),
+    ),
+    SiteEntry(
+        Site.TOO_MANY_ISOLATED,
+        "shrink_inactive_list() too_many_isolated() wait",
+        (
+            Option(
+                Mechanism.TRACEPOINT_AFTER,
+                (_THROTTLED,),
+                "AW_TP_VMSCAN_THROTTLED",
+                note="reason ISOLATED: d818fca1cac3 (v5.16)",
+            ),
+            _dstate("v4.13-v5.15: one msleep(100), db73ee0d4637; no tracepoint"),
+        ),
+        stack_frames=("shrink_inactive_list",),
+    ),
+    SiteEntry(
+        Site.RECLAIM_THROTTLE,
+        "reclaim_throttle() (writeback, no progress, congestion)",
+        (
+            _kp("reclaim_throttle", fn="reclaim_throttle", note="v5.16+"),
+            Option(
+                Mechanism.TRACEPOINT_AFTER,
+                (_THROTTLED,),
+                "AW_TP_VMSCAN_THROTTLED",
+                note="8cd7c588decf (v5.16)",
+            ),
+        ),
+        stack_frames=("reclaim_throttle",),
+        absent="reclaim_throttle() is v5.16+; older kernels wait in congestion_wait",
+    ),
+    SiteEntry(
+        Site.CONGESTION_WAIT,
+        "congestion_wait()",
+        (
+            _kp("congestion_wait", fn="congestion_wait"),
+            Option(
+                Mechanism.TRACEPOINT_AFTER,
+                (Tracepoint("writeback:writeback_congestion_wait", "aw_congestion_wait", ("usec_delayed",)),),
+                "AW_TP_CONGESTION_WAIT",
+            ),
+        ),
+        stack_frames=("congestion_wait",),
+        absent="congestion_wait() was removed with congestion tracking (v5.18)",
+    ),
+    SiteEntry(
+        Site.WAIT_IFF_CONGESTED,
+        "wait_iff_congested()",
+        (
+            _kp("wait_iff_congested", fn="wait_iff_congested"),
+            Option(
+                Mechanism.TRACEPOINT_AFTER,
+                (Tracepoint("writeback:writeback_wait_iff_congested", "aw_wait_iff_congested", ("usec_delayed",)),),
+                "AW_TP_WAIT_IFF_CONGESTED",
+            ),
+        ),
+        stack_frames=("wait_iff_congested",),
+        absent="wait_iff_congested() was removed by 8cd7c588decf (v5.16)",
+    ),
+    SiteEntry(
+        Site.THROTTLE_VM_WRITEOUT,
+        "throttle_vm_writeout()",
+        (_kp("throttle_vm_writeout", fn="throttle_vm_writeout"),),
+        stack_frames=("throttle_vm_writeout",),
+        absent="throttle_vm_writeout() was removed by bf48438354a7 (v4.9); nothing replaced it",
+    ),
+    SiteEntry(
+        Site.COMPACTION,
+        "direct compaction",
+        (
+            Option(
+                Mechanism.TRACEPOINT_PAIR,
+                (
+                    Tracepoint("compaction:mm_compaction_begin", "aw_compaction_begin"),
+                    Tracepoint("compaction:mm_compaction_end", "aw_compaction_end"),
+                ),
+                "AW_TP_COMPACTION",
+                optional=(
+                    (
+                        Tracepoint(
+                            "compaction:mm_compaction_try_to_compact_pages",
+                            "aw_try_to_compact_pages",
+                            ("gfp_mask", "order"),
+                        ),
+                        "AW_TP_TRY_TO_COMPACT_PAGES",
+                    ),
+                ),
+                note="per-zone pairs; gfp and order from try_to_compact_pages (v4.0+)",
+            ),
+            _kp("try_to_compact_pages", fn="compaction"),
+        ),
+        stack_frames=("try_to_compact_pages", "compact_zone"),
+    ),
+    SiteEntry(
+        Site.DIRTY_THROTTLE,
+        "balance_dirty_pages() dirty throttling",
+        (
+            Option(
+                Mechanism.TRACEPOINT_BEFORE,
+                (Tracepoint("writeback:balance_dirty_pages", "aw_balance_dirty_pages", ("pause",)),),
+                "AW_TP_BALANCE_DIRTY_PAGES",
+                note="v3.2+; the planned pause is counted, the sleep is tracked",
+            ),
+            _kp("balance_dirty_pages", fn="dirty_throttle"),
+            _dstate(),
+        ),
+        stack_frames=("balance_dirty_pages",),
+    ),
+    SiteEntry(
+        Site.WRITEBACK_WAIT,
+        "waiting for page/folio writeback",
+        (
+            Option(
+                Mechanism.TRACEPOINT_BEFORE,
+                (Tracepoint("writeback:folio_wait_writeback", "aw_folio_wait_writeback"),),
+                "AW_TP_FOLIO_WAIT_WRITEBACK",
+                note="v5.16+ (renamed from wait_on_page_writeback)",
+            ),
+            Option(
+                Mechanism.TRACEPOINT_BEFORE,
+                (Tracepoint("writeback:wait_on_page_writeback", "aw_wait_on_page_writeback"),),
+                "AW_TP_WAIT_ON_PAGE_WRITEBACK",
+                note="19343b5bdd16 (v5.2) to v5.15",
+            ),
+            _kp("folio_wait_writeback", "wait_on_page_writeback", fn="writeback_wait"),
+            _dstate(),
+        ),
+        stack_frames=("folio_wait_writeback", "wait_on_page_writeback"),
+    ),
+    SiteEntry(
+        Site.PFMEMALLOC_THROTTLE,
+        "throttle_direct_reclaim() (pfmemalloc reserves)",
+        (_kp("throttle_direct_reclaim", fn="pfmemalloc_throttle"), _dstate("no tracepoint")),
+        stack_frames=("throttle_direct_reclaim",),
+    ),
+    SiteEntry(
+        Site.MEMCG_OOM_WAIT,
+        "memcg OOM wait (mem_cgroup_oom_synchronize, v1 oom_kill_disable)",
+        (_kp("mem_cgroup_oom_synchronize", fn="memcg_oom_wait"), _dstate("no tracepoint")),
+        stack_frames=("mem_cgroup_oom_synchronize",),
+    ),
+    SiteEntry(
+        Site.MEMCG_HIGH_THROTTLE,
+        "memory.high penalty sleep",
+        (
+            _kp("__mem_cgroup_handle_over_high", "mem_cgroup_handle_over_high", fn="memcg_high_throttle"),
+            _dstate("no tracepoint"),
+        ),
+        stack_frames=("__mem_cgroup_handle_over_high", "mem_cgroup_handle_over_high"),
+    ),
+    SiteEntry(
+        Site.OOM,
+        "OOM killer (kills; sleeps inside the OOM path)",
+        (
+            Option(
+                Mechanism.TRACEPOINT_EVENT,
+                (Tracepoint("oom:mark_victim", "aw_mark_victim", ("pid",)),),
+                "AW_TP_MARK_VICTIM",
+                note="v4.13+; victim comm since v6.9",
+            ),
+            _kp("out_of_memory", fn="oom"),
+        ),
+        stack_frames=("out_of_memory", "mem_cgroup_out_of_memory", "__alloc_pages_may_oom"),
+    ),
+    SiteEntry(
+        Site.OOM_REAPER,
+        "OOM reaper working on a victim",
+        (
+            Option(
+                Mechanism.TRACEPOINT_PAIR,
+                (
+                    Tracepoint("oom:start_task_reaping", "aw_start_task_reaping", ("pid",)),
+                    Tracepoint("oom:finish_task_reaping", "aw_finish_task_reaping", ("pid",)),
+                ),
+                "AW_TP_OOM_REAPER",
+                note="v4.13+",
+            ),
+        ),
+    ),
+)
+
+# Always attached when anything uses D-state tracking, and for map clean-up.
+SCHED_SWITCH = Tracepoint("sched:sched_switch", "aw_sched_switch", ("prev_state", "prev_pid", "next_pid"))
+SCHED_EXIT = Tracepoint("sched:sched_process_exit", "aw_sched_process_exit", ("pid",))
+MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
+
+
+@dataclass(frozen=True)
+class SitePlan:
+    entry: SiteEntry
+    chosen: Option | None
+    skipped: tuple[tuple[Option, str], ...]  # options passed over, and why
+    disabled: str = ""  # set when configuration turned the site off
+
+    @property
+    def site(self) -> Site:
+        return self.entry.site
+
+    def kprobe_target(self, features: KernelFeatures) -> str | None:
+        if self.chosen is None or self.chosen.mechanism is not Mechanism.KPROBE_PAIR:
+            return None
+        return next(filter(None, map(features.find_function, self.chosen.functions)), None)
+
+
+def all_tracepoint_names() -> set[str]:
+    names = {SCHED_SWITCH.name, SCHED_EXIT.name}
+    for entry in CATALOG:
+        for opt in entry.options:
+            names.update(tp.name for tp in opt.tracepoints)
+            names.update(tp.name for tp, _ in opt.optional)
+    return names
+
+
+def all_function_names() -> set[str]:
+    return {f for e in CATALOG for o in e.options for f in o.functions}
+
+
+def _why_not(opt: Option, features: KernelFeatures) -> str:
+    """Why `opt` cannot be used on this kernel; empty when it can."""
+    if opt.mechanism is Mechanism.KPROBE_PAIR:
+        if not features.kprobes:
+            return features.kprobes_why_not or "no kprobes on this kernel"
+        if not any(features.find_function(f) for f in opt.functions):
+            return f"no function {' / '.join(opt.functions)} in kallsyms (inlined, renamed or absent)"
+        return ""
+    if opt.mechanism is Mechanism.DSTATE_STACK:
+        if not features.has_tracepoint(SCHED_SWITCH.name, SCHED_SWITCH.fields):
+            return "no sched:sched_switch tracepoint"
+        if not features.proc_stack:
+            return "/proc/<tid>/stack is not readable (needs root and CONFIG_STACKTRACE)"
+        return ""
+    for tp in opt.tracepoints:
+        if tp.name not in features.tracepoints:
+            return f"no tracepoint {tp.name} on this kernel"
+        if not features.has_tracepoint(tp.name, tp.fields):
+            return f"tracepoint {tp.name} lacks field(s) {', '.join(tp.fields)}"
+    if opt.mechanism is Mechanism.TRACEPOINT_BEFORE and not features.has_tracepoint(
+        SCHED_SWITCH.name, SCHED_SWITCH.fields
+    ):
+        return "no sched:sched_switch tracepoint to time the sleep"
+    return ""
+
+
+def plan_site(entry: SiteEntry, features: KernelFeatures, disabled: str = "") -> SitePlan:
+    if disabled:
+        return SitePlan(entry, None, (), disabled)
+    skipped = []
+    for opt in entry.options:
+        why = _why_not(opt, features)
+        if not why:
+            return SitePlan(entry, opt, tuple(skipped))
+        skipped.append((opt, why))
+    return SitePlan(entry, None, tuple(skipped))
+
+
+def plan(
+    features: KernelFeatures,
+    disabled_sites: Iterable[Site] = (),
+    hot_paths: bool = False,
+) -> list[SitePlan]:
+    """Choose an attach option for every site in the catalog."""
+    off = set(disabled_sites)
+    plans = []
+    for entry in CATALOG:
+        why_off = ""
+        if entry.site in off:
+            why_off = "disabled in the configuration"
+        elif entry.hot and not hot_paths:
+            why_off = "hot path: attached only with hot_paths: true (DESIGN.md)"
+        plans.append(plan_site(entry, features, why_off))
+    return plans
+
+
+def stack_classified_sites(plans: Iterable[SitePlan]) -> list[SiteEntry]:
+    """Sites a D-state stack may be named after: those no pair already times.
+
+    A sleep is named after the innermost such site in its stack; sites timed by
+    a begin/end pair are left out so one wait is not reported twice.
+    """
+    return [
+        p.entry
+        for p in plans
+        if p.entry.stack_frames
+        and not p.disabled
+        and not (p.chosen is not None and p.chosen.mechanism.brackets_wait)
+    ]
+
+
+def uses_dstate(plans: Iterable[SitePlan]) -> bool:
+    return any(
+        p.chosen is not None
+        and p.chosen.mechanism in (Mechanism.DSTATE_STACK, Mechanism.TRACEPOINT_BEFORE)
+        for p in plans
+    )

@@ -1,0 +1,67 @@
+"""Reads of /proc for one task: kernel stack, memory cgroup, state.
+
+Every function takes the procfs root, so tests point it at a fake tree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+DEFAULT_PROCFS = Path("/proc")
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
+
+
+def task_dir(procfs: Path, pid: int, tid: int) -> Path:
+    return procfs / str(pid) / "task" / str(tid)
+
+
+def kernel_stack(procfs: Path, pid: int, tid: int) -> list[str] | None:
+    """Function names of the task's kernel stack, innermost first.
+
+    None when it cannot be read (not root, task gone); an empty list when the
+    task is running (the kernel cannot show a running task's stack).
+    """
+    text = _read(task_dir(procfs, pid, tid) / "stack")
+    if text is None:
+        return None
+    frames = []
+    for line in text.splitlines():
+        # "[<0>] mem_cgroup_oom_synchronize+0x1a5/0x1e0"
+        sym = line.split("] ", 1)[-1].strip()
+        name = sym.split("+", 1)[0].strip()
+        if name:
+            frames.append(name)
+    return frames
+
+
+def memory_cgroup(procfs: Path, pid: int, tid: int) -> str | None:
+    """The task's memory cgroup path: the v1 memory hierarchy, else the v2 one."""
+    text = _read(task_dir(procfs, pid, tid) / "cgroup")
+    if text is None:
+        return None
+    unified = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        if "memory" in parts[1].split(","):
+            return parts[2]
+        if parts[0] == "0" and parts[1] == "":
+            unified = parts[2]
+    return unified
+
+
+def task_state(procfs: Path, pid: int, tid: int) -> str | None:
+    """The one-letter state from /proc/<pid>/task/<tid>/stat (R, S, D, ...)."""
+    text = _read(task_dir(procfs, pid, tid) / "stat")
+    if text is None:
+        return None
+    # comm may hold spaces and parentheses: the state follows the last ')'.
+    rest = text.rsplit(")", 1)[-1].split()
+    return rest[0] if rest else None

@@ -1,0 +1,60 @@
+"""Wait-site identities, mirrored from bpf/allocwatch.h (AW_SITE_*).
+
+tests/unit/test_wire.py checks that every number here matches the header.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Site(enum.IntEnum):
+    ALLOC_SLOWPATH = 0
+    ALLOC_PAGES = 1
+    DIRECT_RECLAIM = 2
+    MEMCG_RECLAIM = 3
+    MEMCG_SOFTLIMIT_RECLAIM = 4
+    NODE_RECLAIM = 5
+    TOO_MANY_ISOLATED = 6
+    RECLAIM_THROTTLE = 7
+    CONGESTION_WAIT = 8
+    WAIT_IFF_CONGESTED = 9
+    THROTTLE_VM_WRITEOUT = 10
+    COMPACTION = 11
+    DIRTY_THROTTLE = 12
+    WRITEBACK_WAIT = 13
+    PFMEMALLOC_THROTTLE = 14
+    MEMCG_OOM_WAIT = 15
+    MEMCG_HIGH_THROTTLE = 16
+    OOM = 17
+    OOM_REAPER = 18
+
+    @property
+    def label(self) -> str:
+        """The name used in reports, config keys and metric labels."""
+        return self.name.lower()
+
+    @classmethod
+    def from_label(cls, label: str) -> Site:
+        try:
+            return cls[label.upper()]
+        except KeyError:
+            raise ValueError(f"unknown wait site {label!r}") from None
+
+
+NR_SITES = 19
+SITE_DSTATE = 31
+SITE_NONE = 0xFFFFFFFF
+HIST_SLOTS = 32
+
+EV_WAIT_END = 1
+EV_OOM_KILL = 2
+
+STAT_NAMES = ("events_lost", "waits_full", "dwaits_full", "unmatched_end", "oom_kills")
+
+GFP_UNKNOWN = 0xFFFFFFFFFFFFFFFF
+
+
+def hist_slot_upper_s(slot: int) -> float:
+    """Upper bound, in seconds, of histogram slot `slot` ([2^k, 2^(k+1)) us)."""
+    return (2 ** (slot + 1)) / 1e6

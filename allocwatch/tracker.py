@@ -1,0 +1,155 @@
+"""Stall decisions: in-flight waits and ended waits in, reports due out.
+
+Pure: the caller passes the time (`now_ns`, CLOCK_MONOTONIC like the BPF
+timestamps) and the waits it read; nothing here reads a clock, a map or /proc.
+
+Escalation follows warn_alloc() of v4.9: a wait is reported when it reaches
+its site's threshold, then again each time it has waited one more threshold
+(10 s, 20 s, 30 s ... by default), and once more, as recovered, when it ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from allocwatch.sites import Site
+
+NS_PER_S = 1_000_000_000
+
+# A wait is identified by (tid, source, start_ns); source is the site number
+# for waits timed by a pair, or "D" for a D-state sleep named in user space.
+WaitKey = tuple[int, int | str, int]
+
+
+@dataclass(frozen=True)
+class Wait:
+    tid: int
+    pid: int
+    comm: str
+    site: Site
+    start_ns: int
+    gfp: int | None = None
+    order: int | None = None
+    dstate: bool = False  # a D-state sleep, named from a hint or a stack
+
+    @property
+    def key(self) -> WaitKey:
+        return (self.tid, "D" if self.dstate else int(self.site), self.start_ns)
+
+
+@dataclass(frozen=True)
+class Ended:
+    """A wait that ended, as the BPF side reported it (long waits only)."""
+
+    wait: Wait
+    duration_ns: int
+
+
+@dataclass(frozen=True)
+class Stall:
+    wait: Wait
+    duration_ns: int
+    level: int  # how many thresholds it has waited: 1 at first report
+
+    @property
+    def first(self) -> bool:
+        return self.level == 1
+
+
+@dataclass(frozen=True)
+class Recovered:
+    wait: Wait
+    duration_ns: int
+    exact: bool  # False when the end was not seen and the last sighting is used
+    reports: int  # how many times it was reported while it lasted
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    default_ns: int = 10 * NS_PER_S
+    per_site_ns: Mapping[Site, int] = field(default_factory=dict)
+
+    def for_site(self, site: Site) -> int:
+        return self.per_site_ns.get(site, self.default_ns)
+
+    @property
+    def min_ns(self) -> int:
+        return min([self.default_ns, *self.per_site_ns.values()])
+
+
+@dataclass
+class ScanResult:
+    stalls: list[Stall]  # due now: new or escalated
+    recovered: list[Recovered]
+    stalled_now: int  # waits at or over their threshold now, due or not
+
+
+@dataclass
+class _Reported:
+    wait: Wait
+    level: int
+    last_duration_ns: int
+    reports: int
+
+
+@dataclass
+class SiteTotals:
+    count: int = 0
+    total_ns: int = 0
+
+
+class Tracker:
+    def __init__(self, thresholds: Thresholds) -> None:
+        self.thresholds = thresholds
+        self._reported: dict[WaitKey, _Reported] = {}
+        # Ended D-state sleeps per site. Pair-timed waits are counted in the
+        # kernel (wait_hist); a D-state sleep gets its site only up here.
+        self.dstate_completed: dict[Site, SiteTotals] = {}
+
+    @property
+    def reported_count(self) -> int:
+        return len(self._reported)
+
+    def scan(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended]) -> ScanResult:
+        """One scan. `inflight` was read before `ended` was drained."""
+        ended_by_key = {e.wait.key: e for e in ended}
+        for e in ended_by_key.values():
+            if e.wait.dstate:
+                totals = self.dstate_completed.setdefault(e.wait.site, SiteTotals())
+                totals.count += 1
+                totals.total_ns += e.duration_ns
+
+        stalls: list[Stall] = []
+        seen: set[WaitKey] = set()
+        stalled_now = 0
+        for w in inflight:
+            if w.key in ended_by_key:
+                continue
+            seen.add(w.key)
+            duration_ns = max(0, now_ns - w.start_ns)
+            level = duration_ns // self.thresholds.for_site(w.site)
+            if level < 1:
+                continue
+            stalled_now += 1
+            prev = self._reported.get(w.key)
+            if prev is None:
+                self._reported[w.key] = _Reported(w, level, duration_ns, 1)
+                stalls.append(Stall(w, duration_ns, level))
+                continue
+            prev.last_duration_ns = duration_ns
+            if level > prev.level:
+                prev.level = level
+                prev.reports += 1
+                stalls.append(Stall(w, duration_ns, level))
+
+        recovered = []
+        for key in [k for k in self._reported if k not in seen]:
+            rep = self._reported.pop(key)
+            end = ended_by_key.get(key)
+            if end is not None:
+                recovered.append(Recovered(rep.wait, end.duration_ns, True, rep.reports))
+            else:
+                recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
+        stalls.sort(key=lambda s: -s.duration_ns)
+        return ScanResult(stalls, recovered, stalled_now)

@@ -1,0 +1,149 @@
+"""ctypes mirror of the records in bpf/allocwatch.h, and their decoding.
+
+Pure: no bcc here. bpfsource hands raw bytes or ctypes values to these
+functions; tests pin sizes and offsets against the header.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+from allocwatch.sites import EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
+
+COMM_LEN = 16
+
+
+class WaitKey(ctypes.Structure):
+    _fields_ = [("tid", ctypes.c_uint32), ("site", ctypes.c_uint32)]
+
+
+class WaitValue(ctypes.Structure):
+    _fields_ = [
+        ("start_ns", ctypes.c_uint64),
+        ("gfp", ctypes.c_uint64),
+        ("pid", ctypes.c_uint32),
+        ("order", ctypes.c_int32),
+        ("depth", ctypes.c_uint32),
+        ("site_hint", ctypes.c_uint32),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+class Event(ctypes.Structure):
+    _fields_ = [
+        ("start_ns", ctypes.c_uint64),
+        ("duration_ns", ctypes.c_uint64),
+        ("gfp", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("site", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("order", ctypes.c_int32),
+        ("target_pid", ctypes.c_uint32),
+        ("site_hint", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
+        ("comm", ctypes.c_char * COMM_LEN),
+        ("target_comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+def decode_comm(raw: bytes) -> str:
+    """A kernel comm: up to 16 bytes, NUL-terminated, any bytes at all."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+
+
+def _opt_gfp(gfp: int) -> int | None:
+    return None if gfp == GFP_UNKNOWN else gfp
+
+
+def _opt_order(order: int) -> int | None:
+    return None if order < 0 else order
+
+
+def _opt_site(site: int) -> int | None:
+    return None if site == SITE_NONE else site
+
+
+@dataclass(frozen=True)
+class InflightWait:
+    """A wait still in progress, read from a BPF map."""
+
+    tid: int
+    pid: int
+    comm: str
+    site: int  # a Site number, or SITE_DSTATE
+    start_ns: int
+    gfp: int | None
+    order: int | None
+    site_hint: int | None = None
+
+
+@dataclass(frozen=True)
+class WaitEnd:
+    """A wait that ended after at least LONG_WAIT_NS."""
+
+    tid: int
+    pid: int
+    comm: str
+    site: int
+    start_ns: int
+    duration_ns: int
+    gfp: int | None
+    order: int | None
+    site_hint: int | None
+
+
+@dataclass(frozen=True)
+class OomKill:
+    time_ns: int
+    victim_pid: int
+    victim_comm: str | None
+    invoker_tid: int
+    invoker_pid: int
+    invoker_comm: str
+
+
+def decode_inflight(key: WaitKey, value: WaitValue) -> InflightWait:
+    return InflightWait(
+        tid=key.tid,
+        pid=value.pid,
+        comm=decode_comm(bytes(value.comm)),
+        site=key.site,
+        start_ns=value.start_ns,
+        gfp=_opt_gfp(value.gfp),
+        order=_opt_order(value.order),
+        site_hint=_opt_site(value.site_hint),
+    )
+
+
+def decode_dwait(tid: int, value: WaitValue, dstate_site: int) -> InflightWait:
+    return decode_inflight(WaitKey(tid=tid, site=dstate_site), value)
+
+
+def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
+    """Decode one ring-buffer record; None for a kind this version ignores."""
+    ev = Event.from_buffer_copy(raw[: ctypes.sizeof(Event)])
+    if ev.kind == EV_WAIT_END:
+        return WaitEnd(
+            tid=ev.tid,
+            pid=ev.pid,
+            comm=decode_comm(bytes(ev.comm)),
+            site=ev.site,
+            start_ns=ev.start_ns,
+            duration_ns=ev.duration_ns,
+            gfp=_opt_gfp(ev.gfp),
+            order=_opt_order(ev.order),
+            site_hint=_opt_site(ev.site_hint),
+        )
+    if ev.kind == EV_OOM_KILL:
+        victim_comm = decode_comm(bytes(ev.target_comm))
+        return OomKill(
+            time_ns=ev.start_ns,
+            victim_pid=ev.target_pid,
+            victim_comm=victim_comm or None,
+            invoker_tid=ev.tid,
+            invoker_pid=ev.pid,
+            invoker_comm=decode_comm(bytes(ev.comm)),
+        )
+    return None

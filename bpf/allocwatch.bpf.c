@@ -1,0 +1,436 @@
+/* allocwatch: in-kernel bookkeeping of memory-allocation waits.
+ *
+ * Rules (shared/DESIGN.md): handlers read only tracepoint fields, scalar probe
+ * arguments and helpers; they never dereference a kernel struct, because the
+ * headers bcc compiles against may not match the running kernel. Which
+ * handlers are compiled is chosen by allocwatch/bpfsource.py from the probe
+ * plan, through -D flags (AW_TP_*, AW_KPROBES, AW_HAVE_*): the text is never
+ * edited. Entry points are thin; the work is in the static helpers.
+ *
+ * Tunables, set with -D by the loader:
+ *   LONG_WAIT_NS     completed waits at least this long are sent to user space
+ *   MAX_WAITS        in-flight (tid, site) entries
+ *   MAX_DWAITS       tasks sleeping in TASK_UNINTERRUPTIBLE tracked at once
+ *   RINGBUF_PAGES    ring buffer size, in pages (a power of two)
+ *   HINT_MAX_AGE_NS  how long a "sleep follows" hint stays valid
+ */
+#include <uapi/linux/ptrace.h>
+#include "allocwatch.h"
+
+#ifndef LONG_WAIT_NS
+#define LONG_WAIT_NS 1000000000ULL
+#endif
+#ifndef MAX_WAITS
+#define MAX_WAITS 32768
+#endif
+#ifndef MAX_DWAITS
+#define MAX_DWAITS 32768
+#endif
+#ifndef RINGBUF_PAGES
+#define RINGBUF_PAGES 256
+#endif
+#ifndef HINT_MAX_AGE_NS
+#define HINT_MAX_AGE_NS 50000000ULL
+#endif
+
+/* sched_switch reports TASK_UNINTERRUPTIBLE (with or without TASK_WAKEKILL,
+ * i.e. TASK_KILLABLE too) as this value; TASK_IDLE and preemption differ. */
+#define AW_REPORT_UNINTERRUPTIBLE 2
+
+BPF_HASH(waits, struct aw_wait_key, struct aw_wait, MAX_WAITS);
+BPF_HASH(dwaits, u32, struct aw_wait, MAX_DWAITS);
+BPF_HASH(hints, u32, struct aw_hint, MAX_DWAITS);
+BPF_ARRAY(wait_hist, u64, AW_NR_SITES * AW_HIST_SLOTS);
+BPF_ARRAY(wait_sum_ns, u64, AW_NR_SITES);
+BPF_ARRAY(stats, u64, AW_NR_STATS);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void stat_inc(u32 idx)
+{
+    u64 *v = stats.lookup(&idx);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+}
+
+static __always_inline void hist_add(u32 site, u64 duration_ns)
+{
+    u64 us = duration_ns / 1000;
+    u32 slot = us ? bpf_log2l(us) : 0;
+    if (slot >= AW_HIST_SLOTS)
+        slot = AW_HIST_SLOTS - 1;
+    u32 idx = site * AW_HIST_SLOTS + slot;
+    u64 *v = wait_hist.lookup(&idx);
+    if (v)
+        __sync_fetch_and_add(v, 1);
+    u64 *sum = wait_sum_ns.lookup(&site);
+    if (sum)
+        __sync_fetch_and_add(sum, duration_ns);
+}
+
+static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns)
+{
+    struct aw_event ev = {};
+    ev.kind = AW_EV_WAIT_END;
+    ev.site = site;
+    ev.tid = tid;
+    ev.pid = w->pid;
+    ev.start_ns = w->start_ns;
+    ev.duration_ns = duration_ns;
+    ev.gfp = w->gfp;
+    ev.order = w->order;
+    ev.site_hint = w->site_hint;
+    __builtin_memcpy(ev.comm, w->comm, sizeof(ev.comm));
+    if (events.ringbuf_output(&ev, sizeof(ev), 0))
+        stat_inc(AW_STAT_EVENTS_LOST);
+}
+
+static __always_inline int wait_begin_tid(u32 tid, u32 pid, u32 site, u64 gfp, s32 order)
+{
+    struct aw_wait_key key = {.tid = tid, .site = site};
+    struct aw_wait *open = waits.lookup(&key);
+    if (open) {
+        /* Nested entry into the same site (an allocation inside reclaim):
+         * the outer wait goes on; count the depth so its end is matched. */
+        open->depth += 1;
+        return 0;
+    }
+    struct aw_wait w = {};
+    w.start_ns = bpf_ktime_get_ns();
+    w.gfp = gfp;
+    w.pid = pid;
+    w.order = order;
+    w.site_hint = AW_SITE_NONE;
+    bpf_get_current_comm(&w.comm, sizeof(w.comm));
+    if (waits.update(&key, &w))
+        stat_inc(AW_STAT_WAITS_FULL);
+    return 0;
+}
+
+static __always_inline int wait_begin(u32 site, u64 gfp, s32 order)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    return wait_begin_tid((u32)id, id >> 32, site, gfp, order);
+}
+
+static __always_inline int wait_end_tid(u32 tid, u32 site)
+{
+    struct aw_wait_key key = {.tid = tid, .site = site};
+    struct aw_wait *w = waits.lookup(&key);
+    if (!w) {
+        stat_inc(AW_STAT_UNMATCHED_END);
+        return 0;
+    }
+    if (w->depth) {
+        w->depth -= 1;
+        return 0;
+    }
+    u64 duration_ns = bpf_ktime_get_ns() - w->start_ns;
+    hist_add(site, duration_ns);
+    /* Send before delete: user space snapshots the map, then drains the
+     * ring, so a wait missing from the snapshot has its end in the ring. */
+    if (duration_ns >= LONG_WAIT_NS)
+        emit_end(tid, site, w, duration_ns);
+    waits.delete(&key);
+    return 0;
+}
+
+static __always_inline int wait_end(u32 site)
+{
+    return wait_end_tid((u32)bpf_get_current_pid_tgid(), site);
+}
+
+/* A wait reported only after its sleep, with the time slept. */
+static __always_inline int wait_done(u32 site, u64 delayed_ns)
+{
+    hist_add(site, delayed_ns);
+    return 0;
+}
+
+/* A tracepoint that fires just before the task sleeps: remember the site so
+ * the D-state sleep that follows is named without reading a stack. */
+static __always_inline int hint_sleep(u32 site, u64 gfp, s32 order)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct aw_hint h = {};
+    h.time_ns = bpf_ktime_get_ns();
+    h.site = site;
+    h.gfp = gfp;
+    h.order = order;
+    hints.update(&tid, &h);
+    return 0;
+}
+
+static __always_inline struct aw_hint *fresh_hint(u32 tid, u64 now_ns)
+{
+    struct aw_hint *h = hints.lookup(&tid);
+    if (!h)
+        return 0;
+    if (now_ns - h->time_ns > HINT_MAX_AGE_NS) {
+        hints.delete(&tid);
+        return 0;
+    }
+    return h;
+}
+
+/* ---- D-state tracking: the mechanism for waits no tracepoint brackets ---- */
+
+int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
+{
+    u32 next = args->next_pid;
+    struct aw_wait *w = dwaits.lookup(&next);
+    u64 now_ns = 0;
+    if (w) {
+        now_ns = bpf_ktime_get_ns();
+        u64 duration_ns = now_ns - w->start_ns;
+        if (duration_ns >= LONG_WAIT_NS)
+            emit_end(next, AW_SITE_DSTATE, w, duration_ns);
+        dwaits.delete(&next);
+    }
+    if (args->prev_state != AW_REPORT_UNINTERRUPTIBLE)
+        return 0;
+    u32 prev = args->prev_pid;
+    if (prev == 0)
+        return 0;
+    if (!now_ns)
+        now_ns = bpf_ktime_get_ns();
+    struct aw_wait d = {};
+    d.start_ns = now_ns;
+    d.gfp = AW_GFP_UNKNOWN;
+    d.order = -1;
+    d.site_hint = AW_SITE_NONE;
+    d.pid = bpf_get_current_pid_tgid() >> 32;
+    __builtin_memcpy(d.comm, args->prev_comm, sizeof(d.comm));
+    struct aw_hint *h = fresh_hint(prev, now_ns);
+    if (h) {
+        d.site_hint = h->site;
+        d.gfp = h->gfp;
+        d.order = h->order;
+        hints.delete(&prev);
+    }
+    if (dwaits.update(&prev, &d))
+        stat_inc(AW_STAT_DWAITS_FULL);
+    return 0;
+}
+
+int aw_sched_process_exit(struct tracepoint__sched__sched_process_exit *args)
+{
+    u32 tid = args->pid;
+    struct aw_wait_key key = {.tid = tid};
+#pragma unroll
+    for (u32 site = 0; site < AW_NR_SITES; site++) {
+        key.site = site;
+        waits.delete(&key);
+    }
+    dwaits.delete(&tid);
+    hints.delete(&tid);
+    return 0;
+}
+
+/* ---- tracepoint pairs ---- */
+
+#ifdef AW_TP_DIRECT_RECLAIM
+int aw_direct_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_begin *args)
+{
+    return wait_begin(AW_SITE_DIRECT_RECLAIM, args->gfp_flags, args->order);
+}
+int aw_direct_reclaim_end(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_end *args)
+{
+    return wait_end(AW_SITE_DIRECT_RECLAIM);
+}
+#endif
+
+#ifdef AW_TP_MEMCG_RECLAIM
+int aw_memcg_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_begin *args)
+{
+    return wait_begin(AW_SITE_MEMCG_RECLAIM, args->gfp_flags, args->order);
+}
+int aw_memcg_reclaim_end(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_end *args)
+{
+    return wait_end(AW_SITE_MEMCG_RECLAIM);
+}
+#endif
+
+#ifdef AW_TP_MEMCG_SOFTLIMIT_RECLAIM
+int aw_memcg_softlimit_reclaim_begin(
+    struct tracepoint__vmscan__mm_vmscan_memcg_softlimit_reclaim_begin *args)
+{
+    return wait_begin(AW_SITE_MEMCG_SOFTLIMIT_RECLAIM, args->gfp_flags, args->order);
+}
+int aw_memcg_softlimit_reclaim_end(
+    struct tracepoint__vmscan__mm_vmscan_memcg_softlimit_reclaim_end *args)
+{
+    return wait_end(AW_SITE_MEMCG_SOFTLIMIT_RECLAIM);
+}
+#endif
+
+#ifdef AW_TP_NODE_RECLAIM
+int aw_node_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_node_reclaim_begin *args)
+{
+    return wait_begin(AW_SITE_NODE_RECLAIM, args->gfp_flags, args->order);
+}
+int aw_node_reclaim_end(struct tracepoint__vmscan__mm_vmscan_node_reclaim_end *args)
+{
+    return wait_end(AW_SITE_NODE_RECLAIM);
+}
+#endif
+
+#ifdef AW_TP_COMPACTION
+int aw_compaction_begin(struct tracepoint__compaction__mm_compaction_begin *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct aw_hint *h = fresh_hint(tid, bpf_ktime_get_ns());
+    if (h && h->site == AW_SITE_COMPACTION)
+        return wait_begin(AW_SITE_COMPACTION, h->gfp, h->order);
+    return wait_begin(AW_SITE_COMPACTION, AW_GFP_UNKNOWN, -1);
+}
+int aw_compaction_end(struct tracepoint__compaction__mm_compaction_end *args)
+{
+    return wait_end(AW_SITE_COMPACTION);
+}
+#endif
+
+#ifdef AW_TP_TRY_TO_COMPACT_PAGES
+int aw_try_to_compact_pages(struct tracepoint__compaction__mm_compaction_try_to_compact_pages *args)
+{
+    return hint_sleep(AW_SITE_COMPACTION, args->gfp_mask, args->order);
+}
+#endif
+
+/* The OOM reaper works on a victim from its own thread: key by the victim. */
+#ifdef AW_TP_OOM_REAPER
+int aw_start_task_reaping(struct tracepoint__oom__start_task_reaping *args)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    return wait_begin_tid(args->pid, id >> 32, AW_SITE_OOM_REAPER, AW_GFP_UNKNOWN, -1);
+}
+int aw_finish_task_reaping(struct tracepoint__oom__finish_task_reaping *args)
+{
+    return wait_end_tid(args->pid, AW_SITE_OOM_REAPER);
+}
+#endif
+
+/* ---- waits reported after the sleep ---- */
+
+#ifdef AW_TP_VMSCAN_THROTTLED
+/* Since 8cd7c588decf (v5.16); the record holds 1U << enum vmscan_throttle_state,
+ * and VMSCAN_THROTTLE_ISOLATED (1) is the too_many_isolated() wait since
+ * d818fca1cac3 (v5.16). */
+#define AW_THROTTLE_ISOLATED_BIT (1U << 1)
+int aw_vmscan_throttled(struct tracepoint__vmscan__mm_vmscan_throttled *args)
+{
+    u32 site = (args->reason & AW_THROTTLE_ISOLATED_BIT) ? AW_SITE_TOO_MANY_ISOLATED
+                                                        : AW_SITE_RECLAIM_THROTTLE;
+    return wait_done(site, (u64)args->usec_delayed * 1000);
+}
+#endif
+
+#ifdef AW_TP_CONGESTION_WAIT
+int aw_congestion_wait(struct tracepoint__writeback__writeback_congestion_wait *args)
+{
+    return wait_done(AW_SITE_CONGESTION_WAIT, (u64)args->usec_delayed * 1000);
+}
+#endif
+
+#ifdef AW_TP_WAIT_IFF_CONGESTED
+int aw_wait_iff_congested(struct tracepoint__writeback__writeback_wait_iff_congested *args)
+{
+    return wait_done(AW_SITE_WAIT_IFF_CONGESTED, (u64)args->usec_delayed * 1000);
+}
+#endif
+
+/* ---- tracepoints just before a sleep ---- */
+
+#ifdef AW_TP_BALANCE_DIRTY_PAGES
+int aw_balance_dirty_pages(struct tracepoint__writeback__balance_dirty_pages *args)
+{
+    long pause_ms = args->pause;
+    if (pause_ms <= 0)
+        return 0;
+    /* The planned pause; the sleep itself is TASK_KILLABLE and is also
+     * tracked as a D-state wait named by this hint. */
+    wait_done(AW_SITE_DIRTY_THROTTLE, (u64)pause_ms * 1000000);
+    return hint_sleep(AW_SITE_DIRTY_THROTTLE, AW_GFP_UNKNOWN, -1);
+}
+#endif
+
+#ifdef AW_TP_FOLIO_WAIT_WRITEBACK
+int aw_folio_wait_writeback(struct tracepoint__writeback__folio_wait_writeback *args)
+{
+    return hint_sleep(AW_SITE_WRITEBACK_WAIT, AW_GFP_UNKNOWN, -1);
+}
+#endif
+
+#ifdef AW_TP_WAIT_ON_PAGE_WRITEBACK
+int aw_wait_on_page_writeback(struct tracepoint__writeback__wait_on_page_writeback *args)
+{
+    return hint_sleep(AW_SITE_WRITEBACK_WAIT, AW_GFP_UNKNOWN, -1);
+}
+#endif
+
+/* ---- point events ---- */
+
+#ifdef AW_TP_MARK_VICTIM
+int aw_mark_victim(struct tracepoint__oom__mark_victim *args)
+{
+    struct aw_event ev = {};
+    u64 id = bpf_get_current_pid_tgid();
+    ev.kind = AW_EV_OOM_KILL;
+    ev.site = AW_SITE_OOM;
+    ev.tid = (u32)id;
+    ev.pid = id >> 32;
+    ev.start_ns = bpf_ktime_get_ns();
+    ev.gfp = AW_GFP_UNKNOWN;
+    ev.order = -1;
+    ev.target_pid = args->pid;
+    ev.site_hint = AW_SITE_NONE;
+    bpf_get_current_comm(&ev.comm, sizeof(ev.comm));
+#ifdef AW_HAVE_MARK_VICTIM_COMM
+    /* comm was added to mark_victim by "mm: update mark_victim tracepoints
+     * fields" (v6.9, backported to some stable kernels). */
+    TP_DATA_LOC_READ_STR(ev.target_comm, comm, sizeof(ev.target_comm));
+#endif
+    stat_inc(AW_STAT_OOM_KILLS);
+    if (events.ringbuf_output(&ev, sizeof(ev), 0))
+        stat_inc(AW_STAT_EVENTS_LOST);
+    return 0;
+}
+#endif
+
+/* ---- kprobe pairs, for kernels with CONFIG_KPROBES ---- */
+
+#ifdef AW_KPROBES
+#define AW_KPROBE_PAIR(name, site)                                      \
+    int aw_kp_enter_##name(struct pt_regs *ctx)                         \
+    {                                                                   \
+        return wait_begin(site, AW_GFP_UNKNOWN, -1);                    \
+    }                                                                   \
+    int aw_kp_return_##name(struct pt_regs *ctx) { return wait_end(site); }
+
+/* The allocator entry points take (gfp_t gfp, unsigned int order, ...) in
+ * every version from __alloc_pages_nodemask to __alloc_frozen_pages_noprof. */
+#define AW_KPROBE_PAIR_GFP(name, site)                                  \
+    int aw_kp_enter_##name(struct pt_regs *ctx)                         \
+    {                                                                   \
+        return wait_begin(site, PT_REGS_PARM1(ctx), (s32)PT_REGS_PARM2(ctx)); \
+    }                                                                   \
+    int aw_kp_return_##name(struct pt_regs *ctx) { return wait_end(site); }
+
+AW_KPROBE_PAIR(alloc_slowpath, AW_SITE_ALLOC_SLOWPATH)
+AW_KPROBE_PAIR_GFP(alloc_pages, AW_SITE_ALLOC_PAGES)
+AW_KPROBE_PAIR(direct_reclaim, AW_SITE_DIRECT_RECLAIM)
+AW_KPROBE_PAIR(memcg_reclaim, AW_SITE_MEMCG_RECLAIM)
+AW_KPROBE_PAIR(memcg_softlimit_reclaim, AW_SITE_MEMCG_SOFTLIMIT_RECLAIM)
+AW_KPROBE_PAIR(node_reclaim, AW_SITE_NODE_RECLAIM)
+AW_KPROBE_PAIR(too_many_isolated, AW_SITE_TOO_MANY_ISOLATED)
+AW_KPROBE_PAIR(reclaim_throttle, AW_SITE_RECLAIM_THROTTLE)
+AW_KPROBE_PAIR(congestion_wait, AW_SITE_CONGESTION_WAIT)
+AW_KPROBE_PAIR(wait_iff_congested, AW_SITE_WAIT_IFF_CONGESTED)
+AW_KPROBE_PAIR(throttle_vm_writeout, AW_SITE_THROTTLE_VM_WRITEOUT)
+AW_KPROBE_PAIR(compaction, AW_SITE_COMPACTION)
+AW_KPROBE_PAIR(dirty_throttle, AW_SITE_DIRTY_THROTTLE)
+AW_KPROBE_PAIR(writeback_wait, AW_SITE_WRITEBACK_WAIT)
+AW_KPROBE_PAIR(pfmemalloc_throttle, AW_SITE_PFMEMALLOC_THROTTLE)
+AW_KPROBE_PAIR(memcg_oom_wait, AW_SITE_MEMCG_OOM_WAIT)
+AW_KPROBE_PAIR(memcg_high_throttle, AW_SITE_MEMCG_HIGH_THROTTLE)
+AW_KPROBE_PAIR(oom, AW_SITE_OOM)
+#endif

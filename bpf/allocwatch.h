@@ -1,0 +1,97 @@
+/* allocwatch: the records shared by the BPF programs and the Python daemon.
+ *
+ * This header is the one definition of the wire format. allocwatch/wire.py
+ * mirrors it with ctypes, and tests/unit/test_wire.py pins sizes, offsets and
+ * the site numbers against this file. Change both together.
+ */
+#ifndef ALLOCWATCH_H
+#define ALLOCWATCH_H
+
+/* Wait sites. The numbers are an ABI between the BPF side and the daemon
+ * (allocwatch/sites.py); names match the `site` field of reports. */
+#define AW_SITE_ALLOC_SLOWPATH          0
+#define AW_SITE_ALLOC_PAGES             1
+#define AW_SITE_DIRECT_RECLAIM          2
+#define AW_SITE_MEMCG_RECLAIM           3
+#define AW_SITE_MEMCG_SOFTLIMIT_RECLAIM 4
+#define AW_SITE_NODE_RECLAIM            5
+#define AW_SITE_TOO_MANY_ISOLATED       6
+#define AW_SITE_RECLAIM_THROTTLE        7
+#define AW_SITE_CONGESTION_WAIT         8
+#define AW_SITE_WAIT_IFF_CONGESTED      9
+#define AW_SITE_THROTTLE_VM_WRITEOUT    10
+#define AW_SITE_COMPACTION              11
+#define AW_SITE_DIRTY_THROTTLE          12
+#define AW_SITE_WRITEBACK_WAIT          13
+#define AW_SITE_PFMEMALLOC_THROTTLE     14
+#define AW_SITE_MEMCG_OOM_WAIT          15
+#define AW_SITE_MEMCG_HIGH_THROTTLE     16
+#define AW_SITE_OOM                     17
+#define AW_SITE_OOM_REAPER              18
+#define AW_NR_SITES                     19
+/* A sleep in TASK_UNINTERRUPTIBLE seen at sched_switch; user space names the
+ * site from a hint (below) or from the task's kernel stack. */
+#define AW_SITE_DSTATE                  31
+#define AW_SITE_NONE                    0xffffffff
+
+/* Completed-wait histogram: slot k counts waits of [2^k, 2^(k+1)) microseconds
+ * (slot 0 also takes waits under 1 us). */
+#define AW_HIST_SLOTS 32
+
+/* Event kinds on the ring buffer. */
+#define AW_EV_WAIT_END   1 /* a wait that lasted at least LONG_WAIT_NS ended */
+#define AW_EV_OOM_KILL   2 /* oom:mark_victim: target_* is the victim */
+
+/* Counters in the `stats` array. */
+#define AW_STAT_EVENTS_LOST   0 /* ring buffer full */
+#define AW_STAT_WAITS_FULL    1 /* in-flight map full: a wait went untracked */
+#define AW_STAT_DWAITS_FULL   2 /* D-state map full */
+#define AW_STAT_UNMATCHED_END 3 /* an end with no begin (attached mid-wait) */
+#define AW_STAT_OOM_KILLS     4
+#define AW_NR_STATS           5
+
+#define AW_GFP_UNKNOWN 0xffffffffffffffffULL
+#define AW_COMM_LEN 16
+
+struct aw_wait_key {
+    __u32 tid;
+    __u32 site;
+};
+
+/* An in-flight wait (also the value of the D-state map, keyed by tid). */
+struct aw_wait {
+    __u64 start_ns;   /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) at wait start */
+    __u64 gfp;        /* gfp_t of the allocation, AW_GFP_UNKNOWN if none */
+    __u32 pid;        /* tgid */
+    __s32 order;      /* allocation order, -1 if unknown */
+    __u32 depth;      /* nested begins of the same site still open */
+    __u32 site_hint;  /* D-state only: site named by a tracepoint just before the sleep */
+    char comm[AW_COMM_LEN];
+};
+
+/* A short-lived note that a tracepoint fired just before the task sleeps
+ * (folio_wait_writeback, balance_dirty_pages, try_to_compact_pages). */
+struct aw_hint {
+    __u64 time_ns;
+    __u64 gfp;
+    __u32 site;
+    __s32 order;
+};
+
+struct aw_event {
+    __u64 start_ns;
+    __u64 duration_ns;
+    __u64 gfp;
+    __u32 kind;
+    __u32 site;
+    __u32 tid;
+    __u32 pid;
+    __s32 order;
+    __u32 target_pid; /* AW_EV_OOM_KILL: the victim */
+    __u32 site_hint;  /* AW_SITE_DSTATE ends: the hint taken at sleep, or AW_SITE_NONE */
+    __u32 _pad;
+    char comm[AW_COMM_LEN];
+    char target_comm[AW_COMM_LEN];
+};
+
+#endif /* ALLOCWATCH_H */
