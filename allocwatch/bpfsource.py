@@ -194,7 +194,7 @@ class BpfSource:
     def inflight(self) -> list[wire.InflightWait]:
         """All waits in flight now: pair-timed ones, then D-state sleeps."""
         out = [wire.decode_inflight(k, v) for k, v in self._items("waits")]
-        out += [wire.decode_dwait(k.value, v, SITE_DSTATE) for k, v in self._items("dwaits")]
+        out += [wire.decode_dwait(_int(k), v, SITE_DSTATE) for k, v in self._items("dwaits")]
         return out
 
     def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
@@ -212,7 +212,7 @@ class BpfSource:
         sums = self._bpf["wait_sum_ns"]
         counts = [0] * (NR_SITES * HIST_SLOTS)
         for k, v in hist.items():
-            counts[k.value] = int(v.value)
+            counts[_int(k)] = _int(v)
         out = {}
         for site in Site:
             slots = counts[site * HIST_SLOTS : (site + 1) * HIST_SLOTS]
@@ -233,6 +233,11 @@ class BpfSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _int(v: Any) -> int:
+    """bcc gives ctypes scalars from per-key reads and plain ints from batches."""
+    return int(getattr(v, "value", v))
 
 
 def _release_build_memory() -> None:
