@@ -66,7 +66,7 @@ def bpf_dir() -> Path:
 
 def import_bcc() -> Any:
     try:
-        import bcc  # noqa: PLC0415 - the only import of bcc in the project
+        import bcc
     except ImportError as exc:
         raise BccMissing(
             f"bcc's Python module cannot be imported ({exc}): run scripts/setup "

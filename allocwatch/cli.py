@@ -19,7 +19,7 @@ from allocwatch import __version__, config, kernelinfo, preflight, probes
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached
 from allocwatch.report import SiteSummary, render_summary
 from allocwatch.sinks import FdSink
-from allocwatch.sites import Site, hist_slot_upper_s
+from allocwatch.sites import hist_slot_upper_s
 from allocwatch.tracker import NS_PER_S
 
 
@@ -55,7 +55,7 @@ def _features(cfg: config.Config, tracefs: Path | None = None, kallsyms: Path | 
 
 
 def _load_source(cfg: config.Config, plans, features):
-    from allocwatch.bpfsource import BpfSource, LoadOptions  # noqa: PLC0415 - needs bcc
+    from allocwatch.bpfsource import BpfSource, LoadOptions
 
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,
@@ -126,7 +126,7 @@ def cmd_probes(args: argparse.Namespace) -> int:
         source.close()
     rows = _probe_rows(statuses, features)
     if offline:
-        for row, st in zip(rows, statuses):
+        for row, st in zip(rows, statuses, strict=False):
             row["attached"] = None
             row["would_attach"] = st.plan.chosen is not None
     if args.json:
@@ -156,7 +156,7 @@ def _summary(source, daemon, cfg: config.Config) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from allocwatch.daemon import Daemon  # noqa: PLC0415
+    from allocwatch.daemon import Daemon
 
     overrides = {
         "threshold_s": args.threshold,

@@ -134,7 +134,7 @@ def from_mapping(values: Mapping[str, Any], base: Config | None = None, source: 
 
 
 def load_file(path: Path) -> dict[str, Any]:
-    import yaml  # noqa: PLC0415 - only needed when a file is given
+    import yaml
 
     try:
         text = path.read_text()

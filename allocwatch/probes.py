@@ -387,7 +387,7 @@ def _why_not(opt: Option, features: KernelFeatures) -> str:
 def plan_site(entry: SiteEntry, features: KernelFeatures, disabled: str = "") -> SitePlan:
     if disabled:
         return SitePlan(entry, None, (), disabled)
-    skipped = []
+    skipped: list[tuple[Option, str]] = []
     for opt in entry.options:
         why = _why_not(opt, features)
         if not why:

@@ -66,7 +66,7 @@ def escape(text: str) -> str:
 
 
 def iso_time(epoch_s: float) -> str:
-    stamp = dt.datetime.fromtimestamp(epoch_s, dt.timezone.utc)
+    stamp = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
 
 
