@@ -43,15 +43,26 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _features(cfg: config.Config, tracefs: Path | None = None, kallsyms: Path | None = None):
+def _features(
+    cfg: config.Config, tracefs: Path | None = None, kallsyms: Path | None = None
+) -> kernelinfo.KernelFeatures:
     root = tracefs or Path(cfg.tracefs)
     return kernelinfo.read_features(
         root,
         probes.all_tracepoint_names(),
         probes.all_function_names(),
         kallsyms=kallsyms or Path("/proc/kallsyms"),
-        release=None if tracefs is None else f"captured:{tracefs}",
+        sysfs=Path("/sys") if tracefs is None else tracefs,
+        release=None if tracefs is None else _captured_release(tracefs),
+        assume_proc_stack=None if tracefs is None else True,
     )
+
+
+def _captured_release(tracefs: Path) -> str:
+    try:
+        return (tracefs / "release").read_text().strip() + f" (captured at {tracefs})"
+    except OSError:
+        return f"captured at {tracefs}"
 
 
 def _load_source(cfg: config.Config, plans, features):

@@ -14,6 +14,8 @@ from pathlib import Path
 
 _FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(\d+);\s*size:(\d+);")
 _SUFFIX_RE = re.compile(r"\.(constprop|isra|part|cold|llvm)\.?\d*.*$")
+# Split-off pieces of a function (GCC's .cold and .part): not an entry point.
+_FRAGMENT_RE = re.compile(r"\.(cold|part)\b")
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,9 @@ class KernelFeatures:
         """The symbol to probe for `name`: itself, or a compiler clone of it."""
         if name in self.functions:
             return name
-        clones = sorted(f for f in self.functions if base_symbol(f) == name and f != name)
+        clones = sorted(
+            f for f in self.functions if base_symbol(f) == name and f != name and not _FRAGMENT_RE.search(f)
+        )
         return clones[0] if clones else None
 
 
@@ -114,7 +118,11 @@ def read_features(
     sysfs: Path = Path("/sys"),
     procfs: Path = Path("/proc"),
     release: str | None = None,
+    assume_proc_stack: bool | None = None,
 ) -> KernelFeatures:
+    """Features of the kernel behind these roots; for a captured kernel pass
+    `sysfs` inside the capture and `assume_proc_stack` (this host's /proc says
+    nothing about another kernel)."""
     kprobes, why_not = kprobe_support(tracefs, sysfs)
     return KernelFeatures(
         release=release or os.uname().release,
@@ -122,5 +130,5 @@ def read_features(
         functions=read_functions(kallsyms, wanted_functions),
         kprobes=kprobes,
         kprobes_why_not=why_not,
-        proc_stack=proc_stack_readable(procfs),
+        proc_stack=proc_stack_readable(procfs) if assume_proc_stack is None else assume_proc_stack,
     )

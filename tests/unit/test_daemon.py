@@ -1,0 +1,127 @@
+"""The scan loop end to end, with a fake source, fake /proc and a fake clock."""
+
+import json
+
+from allocwatch import procfs
+from allocwatch.config import Config
+from allocwatch.daemon import Daemon
+from allocwatch.probes import plan
+from allocwatch.sites import SITE_DSTATE, Site
+from allocwatch.wire import InflightWait, OomKill, WaitEnd
+from tests.unit.test_probes import captured
+
+S = 1_000_000_000
+
+
+class FakeSource:
+    def __init__(self):
+        self.waits: list[InflightWait] = []
+        self.events: list = []
+
+    def inflight(self):
+        return list(self.waits)
+
+    def drain(self):
+        out, self.events = self.events, []
+        return out
+
+
+class ListSink:
+    def __init__(self):
+        self.writes: list[str] = []
+
+    def write(self, text):
+        self.writes.append(text)
+
+
+def fake_proc(tmp_path, pid, stack, cgroup="4:memory:/box\n0::/\n", state="D"):
+    d = tmp_path / str(pid) / "task" / str(pid)
+    d.mkdir(parents=True)
+    (d / "stack").write_text("".join(f"[<0>] {f}+0x1/0x2\n" for f in stack))
+    (d / "cgroup").write_text(cgroup)
+    (d / "stat").write_text(f"{pid} (a) b) c) {state} 1 2 3\n")
+    return tmp_path
+
+
+def make(tmp_path, **cfg):
+    clock = {"ns": 0}
+    src, sink = FakeSource(), ListSink()
+    d = Daemon(
+        Config(format="json", **cfg), src, plan(captured("6.18")), sink,
+        proc=tmp_path, clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9,
+    )
+    return d, src, sink, clock
+
+
+def test_procfs_readers(tmp_path):
+    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory"])
+    assert procfs.kernel_stack(tmp_path, 7, 7) == ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory"]
+    assert procfs.memory_cgroup(tmp_path, 7, 7) == "/box"
+    assert procfs.task_state(tmp_path, 7, 7) == "D"
+    assert procfs.kernel_stack(tmp_path, 8, 8) is None
+
+
+def test_v2_cgroup_when_no_v1_memory_line(tmp_path):
+    fake_proc(tmp_path, 7, [], cgroup="0::/system.slice/x.service\n")
+    assert procfs.memory_cgroup(tmp_path, 7, 7) == "/system.slice/x.service"
+
+
+def test_dstate_stall_reported_escalated_recovered(tmp_path):
+    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory"])
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
+    for t in range(1, 7):
+        clock["ns"] = t * S
+        d.scan_once()
+    docs = [json.loads(line) for w in sink.writes for line in w.splitlines()]
+    assert [(x["type"], x["tasks"][0]["level"]) for x in docs] == [("stall_report", 1), ("stall_report", 2),
+                                                                   ("stall_report", 3)]
+    task = docs[0]["tasks"][0]
+    assert task["site"] == "memcg_oom_wait" and task["cgroup"] == "/box" and task["state"] == "D"
+    assert task["stack"][0] == "mem_cgroup_oom_synchronize"
+    src.waits = []
+    src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, int(6.5 * S), None, None, None)]
+    clock["ns"] = 7 * S
+    d.scan_once()
+    last = json.loads(sink.writes[-1])
+    assert last["type"] == "recovered" and last["duration_s"] == 6.5 and last["exact"] and last["reports"] == 3
+    assert d.tracker.dstate_completed[Site.MEMCG_OOM_WAIT].count == 1
+
+
+def test_one_write_per_scan_with_kill_block_and_recovery(tmp_path):
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0)
+    src.waits = [InflightWait(t, t, "w", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0) for t in range(10, 15)]
+    clock["ns"] = 2 * S
+    d.scan_once()
+    src.waits = src.waits[1:]
+    src.events = [
+        OomKill(0, 99, "victim", 10, 10, "w"),
+        WaitEnd(10, 10, "w", int(Site.MEMCG_RECLAIM), 0, int(2.2 * S), 0xCC0, 0, None),
+    ]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    assert len(sink.writes) == 2  # one write per scan, whatever it holds
+    types = [json.loads(line)["type"] for line in sink.writes[1].splitlines()]
+    assert types == ["oom_kill", "stall_report", "recovered"]  # level 3 of the 4 still waiting
+    first = json.loads(sink.writes[0])
+    assert len(first["tasks"]) == 5 and first["tasks"][0]["gfp"] == "0xcc0"
+
+
+def test_short_unnamed_sleeps_cost_no_stack_read(tmp_path):
+    d, src, sink, clock = make(tmp_path)
+    src.waits = [InflightWait(t, t, "x", SITE_DSTATE, 0, None, None, None) for t in range(100)]
+    clock["ns"] = S // 2
+    d.scan_once()
+    assert d.namer.stack_reads == 0 and sink.writes == []
+
+
+def test_run_stops_on_event(tmp_path):
+    import threading
+
+    d, src, sink, clock = make(tmp_path, scan_interval_s=0.01)
+    stop = threading.Event()
+    t = threading.Thread(target=d.run, args=(stop,))
+    t.start()
+    stop.set()
+    t.join(5)
+    assert not t.is_alive() and d.scans >= 1

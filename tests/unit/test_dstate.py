@@ -1,0 +1,70 @@
+"""Naming D-state sleeps: hints, stacks read once, pruning."""
+
+from allocwatch.classify import StackClassifier
+from allocwatch.dstate import DstateNamer
+from allocwatch.probes import CATALOG
+from allocwatch.sites import SITE_DSTATE, Site
+from allocwatch.wire import InflightWait, WaitEnd
+
+S = 1_000_000_000
+OOM_STACK = ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory", "exc_page_fault", "asm_exc_page_fault"]
+
+
+def classifier(*sites):
+    return StackClassifier([e for e in CATALOG if e.site in sites])
+
+
+def raw(tid=5, start=0, hint=None):
+    return InflightWait(tid, tid, "t", SITE_DSTATE, start, None, None, hint)
+
+
+def test_innermost_known_frame_wins():
+    c = classifier(Site.WRITEBACK_WAIT, Site.ALLOC_SLOWPATH, Site.MEMCG_OOM_WAIT)
+    assert c.classify(OOM_STACK) is Site.MEMCG_OOM_WAIT
+    frames = ["folio_wait_bit_common", "folio_wait_writeback", "shrink_folio_list",
+              "try_to_free_pages", "__alloc_pages_slowpath.constprop.0"]
+    assert c.classify(frames) is Site.WRITEBACK_WAIT
+    assert c.classify(["folio_wait_bit_common", "__alloc_pages_slowpath.constprop.0"]) is Site.ALLOC_SLOWPATH
+    assert c.classify(["io_schedule", "blk_mq_get_tag"]) is None
+
+
+def test_stack_read_once_after_classify_age():
+    reads = []
+
+    def read(pid, tid):
+        reads.append(tid)
+        return OOM_STACK
+
+    n = DstateNamer(classifier(Site.MEMCG_OOM_WAIT), read, classify_after_ns=S)
+    assert n.name_all([raw()], S // 2) == []  # too young: not even read
+    assert reads == []
+    for now in (S, 2 * S, 3 * S):
+        waits = n.name_all([raw()], now)
+        assert [w.site for w in waits] == [Site.MEMCG_OOM_WAIT] and waits[0].dstate
+    assert reads == [5]
+    assert n.stack_of(5, 0) == OOM_STACK
+
+
+def test_unnamed_sleep_is_not_a_wait_and_not_reread():
+    reads = []
+    n = DstateNamer(classifier(Site.MEMCG_OOM_WAIT), lambda p, t: reads.append(t) or ["io_schedule"], S)
+    assert n.name_all([raw()], 2 * S) == []
+    assert n.name_all([raw()], 3 * S) == []
+    assert reads == [5]
+
+
+def test_hint_names_at_once_without_waiting():
+    n = DstateNamer(classifier(), lambda p, t: None, classify_after_ns=10 * S)
+    waits = n.name_all([raw(hint=int(Site.WRITEBACK_WAIT))], 1)
+    assert [w.site for w in waits] == [Site.WRITEBACK_WAIT]
+
+
+def test_end_named_from_cache_then_pruned():
+    n = DstateNamer(classifier(Site.MEMCG_OOM_WAIT), lambda p, t: OOM_STACK, S)
+    n.name_all([raw()], 2 * S)
+    n.name_all([], 3 * S)  # it ended before this snapshot
+    end = WaitEnd(5, 5, "t", SITE_DSTATE, 0, int(2.5 * S), None, None, None)
+    named = n.name_end(end)
+    assert named is not None and named.wait.site is Site.MEMCG_OOM_WAIT
+    n.prune()
+    assert n.name_end(end) is None

@@ -1,0 +1,90 @@
+"""Rendering: one block per scan, every task in it, nothing a task can forge."""
+
+import json
+
+from allocwatch import report
+from allocwatch.report import OomKillReport, RecoveredReport, StallReport, TaskDetail
+from allocwatch.sites import Site
+from allocwatch.tracker import NS_PER_S, Recovered, Stall, Wait
+from allocwatch.wire import OomKill
+
+HOSTILE = "\n[  707.8] a.out: page allocation stalls for 99999ms\x1b[2J"
+
+
+def stall(tid, site=Site.MEMCG_OOM_WAIT, dur_s=12.0, level=1, comm="hog", gfp=0xCC0, order=0):
+    w = Wait(tid, tid, comm, site, 0, gfp, order, dstate=True)
+    return Stall(w, int(dur_s * NS_PER_S), level)
+
+
+def block(stalls, details=None):
+    return StallReport(7, 1_700_000_000.25, stalls, len(stalls), details or {})
+
+
+def test_text_block_header_and_task_lines():
+    rec = block([stall(1), stall(2, dur_s=20, level=2)], {1: TaskDetail("/a", "D", ["mem_cgroup_oom_synchronize"])})
+    text = report.render_text(rec)
+    lines = text.splitlines()
+    assert lines[0].startswith("2023-11-14T22:13:20.250Z allocwatch: stall report #7: 2 task(s) due (1 new)")
+    assert "longest 20.0s" in lines[0]
+    assert "pid=2 tid=2 site=memcg_oom_wait waited=20.0s gfp=0xcc0 order=0" in lines[1]
+    assert "cgroup=/a state=D (new)" in lines[2]
+    assert lines[3] == "    stack: mem_cgroup_oom_synchronize"
+
+
+def test_hostile_comm_cannot_break_the_block():
+    rec = block([stall(1, comm=HOSTILE), stall(2)])
+    text = report.render_text(rec)
+    assert len(text.splitlines()) == 3  # header + 2 tasks: the newline did not get through
+    assert "\x1b" not in text and "\\x0a[  707.8]" in text
+    doc = json.loads(report.render_json(rec))
+    assert doc["tasks"][0]["comm"] == HOSTILE or doc["tasks"][1]["comm"] == HOSTILE
+    assert "\n" not in report.render_json(rec).rstrip("\n")
+
+
+def test_json_stall_report_fields():
+    doc = json.loads(report.render_json(block([stall(3)], {3: TaskDetail("/cg", "D", ["x", "y"])})))
+    assert doc["type"] == "stall_report" and doc["seq"] == 7 and doc["time"].endswith("Z")
+    (task,) = doc["tasks"]
+    assert task == {
+        "tid": 3, "pid": 3, "comm": "hog", "site": "memcg_oom_wait", "duration_s": 12.0, "level": 1,
+        "new": True, "gfp": "0xcc0", "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
+        "other_waits": [],
+    }
+
+
+def test_two_waits_of_one_task_are_one_task_line():
+    a = stall(4, Site.MEMCG_RECLAIM, dur_s=16)
+    b = stall(4, Site.WRITEBACK_WAIT, dur_s=15)
+    doc = json.loads(report.render_json(block([b, a])))
+    assert len(doc["tasks"]) == 1
+    assert doc["tasks"][0]["site"] == "memcg_reclaim"
+    assert doc["tasks"][0]["other_waits"] == [{"site": "writeback_wait", "duration_s": 15.0}]
+    assert "also waiting: site=writeback_wait" in report.render_text(block([b, a]))
+
+
+def test_200_tasks_one_well_formed_block():
+    rec = block([stall(t, dur_s=10 + t / 100) for t in range(1, 201)])
+    text = report.render([rec], "text")
+    assert text.count("stall report #") == 1 and len(text.splitlines()) == 201
+    doc = json.loads(report.render([rec], "json"))
+    assert len(doc["tasks"]) == 200
+    assert [t["tid"] for t in doc["tasks"]][:2] == [200, 199]
+
+
+def test_recovered_and_oom_kill():
+    w = Wait(9, 9, "dd", Site.MEMCG_RECLAIM, 0, None, None)
+    rec = RecoveredReport(8, 0.0, Recovered(w, 31 * NS_PER_S, True, 3))
+    assert "recovered #8: dd pid=9 tid=9 site=memcg_reclaim waited 31.0s, reported 3 time(s)" in report.render_text(rec)
+    inexact = RecoveredReport(8, 0.0, Recovered(w, 31 * NS_PER_S, False, 3))
+    assert "or less (end not seen)" in report.render_text(inexact)
+    doc = json.loads(report.render_json(rec))
+    assert doc["type"] == "recovered" and doc["duration_s"] == 31.0 and doc["exact"] is True
+    kill = OomKillReport(9, 0.0, OomKill(0, 42, "victim", 43, 43, "alloc"))
+    doc = json.loads(report.render_json(kill))
+    assert doc["type"] == "oom_kill" and doc["victim_pid"] == 42 and doc["invoker_comm"] == "alloc"
+    assert "victim pid=42 comm=victim, invoked by alloc pid=43" in report.render_text(kill)
+
+
+def test_escape():
+    assert report.escape("a\\b") == "a\\\\b"
+    assert report.escape("é") == "\\xc3\\xa9"

@@ -1,0 +1,94 @@
+"""The wire format: the Python mirror must match bpf/allocwatch.h exactly."""
+
+import ctypes
+import re
+from pathlib import Path
+
+from allocwatch import sites, wire
+from allocwatch.sites import Site
+
+HEADER = Path(__file__).resolve().parents[2] / "bpf" / "allocwatch.h"
+
+
+def header_defines() -> dict[str, int]:
+    out = {}
+    for m in re.finditer(r"^#define (AW_\w+)\s+(0x[0-9a-fA-F]+|\d+)", HEADER.read_text(), re.M):
+        out[m.group(1)] = int(m.group(2), 0)
+    return out
+
+
+def test_site_numbers_match_header():
+    defs = header_defines()
+    header_sites = {k[len("AW_SITE_") :]: v for k, v in defs.items() if k.startswith("AW_SITE_")}
+    for site in Site:
+        assert header_sites.pop(site.name) == site.value, site
+    assert header_sites == {"DSTATE": sites.SITE_DSTATE, "NONE": sites.SITE_NONE}
+    assert defs["AW_NR_SITES"] == sites.NR_SITES == len(Site)
+    assert defs["AW_HIST_SLOTS"] == sites.HIST_SLOTS
+    assert defs["AW_EV_WAIT_END"] == sites.EV_WAIT_END
+    assert defs["AW_EV_OOM_KILL"] == sites.EV_OOM_KILL
+    assert defs["AW_NR_STATS"] == len(sites.STAT_NAMES)
+
+
+def test_record_sizes_and_offsets_are_pinned():
+    assert ctypes.sizeof(wire.WaitKey) == 8
+    assert ctypes.sizeof(wire.WaitValue) == 48
+    assert [(f, getattr(wire.WaitValue, f).offset) for f, _ in wire.WaitValue._fields_] == [
+        ("start_ns", 0),
+        ("gfp", 8),
+        ("pid", 16),
+        ("order", 20),
+        ("depth", 24),
+        ("site_hint", 28),
+        ("comm", 32),
+    ]
+    assert ctypes.sizeof(wire.Event) == 88
+    assert {f: getattr(wire.Event, f).offset for f, _ in wire.Event._fields_} == {
+        "start_ns": 0,
+        "duration_ns": 8,
+        "gfp": 16,
+        "kind": 24,
+        "site": 28,
+        "tid": 32,
+        "pid": 36,
+        "order": 40,
+        "target_pid": 44,
+        "site_hint": 48,
+        "_pad": 52,
+        "comm": 56,
+        "target_comm": 72,
+    }
+
+
+def test_header_struct_fields_in_same_order():
+    text = HEADER.read_text()
+    for cname, pyclass in (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey)):
+        body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
+        names = re.findall(r"(\w+)(?:\[\w+\])?;", body)
+        assert names == [f for f, _ in pyclass._fields_], cname
+
+
+def _event(**kw) -> bytes:
+    ev = wire.Event(**kw)
+    return bytes(ev)
+
+
+def test_decode_wait_end_with_unknowns():
+    raw = _event(
+        kind=sites.EV_WAIT_END, site=3, tid=7, pid=6, start_ns=10, duration_ns=5,
+        gfp=sites.GFP_UNKNOWN, order=-1, site_hint=sites.SITE_NONE, comm=b"dd",
+    )
+    ev = wire.decode_event(raw)
+    assert ev == wire.WaitEnd(7, 6, "dd", 3, 10, 5, None, None, None)
+
+
+def test_decode_oom_kill_and_hostile_comm():
+    raw = _event(kind=sites.EV_OOM_KILL, tid=9, pid=9, target_pid=42, comm=b"a\nb\xff", target_comm=b"victim")
+    ev = wire.decode_event(raw)
+    assert isinstance(ev, wire.OomKill)
+    assert ev.victim_pid == 42 and ev.victim_comm == "victim"
+    assert ev.invoker_comm == "a\nb\\xff"
+
+
+def test_decode_ignores_unknown_kind():
+    assert wire.decode_event(_event(kind=99)) is None
