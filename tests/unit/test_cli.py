@@ -38,7 +38,8 @@ def test_bad_flag_exit_3(capsys):
 
 
 def test_usage_error_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "allocwatch", "run", "--format", "xml"], capture_output=True, check=False)
+    argv = [sys.executable, "-m", "allocwatch", "run", "--format", "xml"]
+    proc = subprocess.run(argv, capture_output=True, check=False)
     assert proc.returncode == 2
 
 
