@@ -196,6 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if cfg.metrics_addr:
+            print(
+                f"allocwatch: metrics_addr {cfg.metrics_addr}: the Prometheus exporter is not in this "
+                "version yet; nothing is served",
+                file=sys.stderr,
+                flush=True,
+            )
         sink = FdSink(sys.stdout.fileno())
         daemon = Daemon(cfg, source, plans, sink)
         daemon.run(stop)
