@@ -1,0 +1,9 @@
+"""Shared pytest set-up: the repository root on sys.path (tests import
+`tests.kernel...`); markers are registered in pyproject.toml."""
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
