@@ -27,7 +27,7 @@ from allocwatch.probes import (
     Tracepoint,
     uses_dstate,
 )
-from allocwatch.sites import HIST_SLOTS, NR_SITES, SITE_DSTATE, STAT_NAMES, Site
+from allocwatch.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 
 BPF_SOURCE = "allocwatch.bpf.c"
 
@@ -196,6 +196,30 @@ class BpfSource:
         out = [wire.decode_inflight(k, v) for k, v in self._items("waits")]
         out += [wire.decode_dwait(_int(k), v, SITE_DSTATE) for k, v in self._items("dwaits")]
         return out
+
+    def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None:
+        """Track a task that was already asleep in D before the programs were
+        attached (it will not switch out again until it wakes)."""
+        value = wire.WaitValue(
+            start_ns=start_ns,
+            gfp=GFP_UNKNOWN,
+            pid=pid,
+            order=-1,
+            depth=0,
+            site_hint=SITE_NONE,
+            comm=comm.encode("utf-8", "replace")[: wire.COMM_LEN - 1],
+        )
+        table = self._bpf["dwaits"]
+        table[table.Key(tid)] = value
+
+    def drop_dwait(self, tid: int, start_ns: int) -> None:
+        """Undo `seed_dwait`, unless the kernel has since recorded a new sleep."""
+        table = self._bpf["dwaits"]
+        try:
+            if table[table.Key(tid)].start_ns == start_ns:
+                del table[table.Key(tid)]
+        except KeyError:
+            pass
 
     def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
         self._bpf.ring_buffer_consume()

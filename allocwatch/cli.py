@@ -17,6 +17,7 @@ from typing import Any
 
 from allocwatch import __version__, config, kernelinfo, preflight, probes
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached
+from allocwatch.probes import uses_dstate
 from allocwatch.report import SiteSummary, render_summary
 from allocwatch.sinks import FdSink
 from allocwatch.sites import hist_slot_upper_s
@@ -205,6 +206,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             )
         sink = FdSink(sys.stdout.fileno())
         daemon = Daemon(cfg, source, plans, sink)
+        if uses_dstate(plans):
+            seeded = daemon.seed_preexisting()
+            if seeded:
+                print(f"allocwatch: {seeded} task(s) already asleep in D: timed from now", file=sys.stderr)
         daemon.run(stop)
         sink.write(_summary(source, daemon, cfg))
     finally:

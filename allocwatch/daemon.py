@@ -29,6 +29,8 @@ from allocwatch.wire import InflightWait, OomKill, WaitEnd
 class Source(Protocol):
     def inflight(self) -> list[InflightWait]: ...
     def drain(self) -> list[WaitEnd | OomKill]: ...
+    def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None: ...
+    def drop_dwait(self, tid: int, start_ns: int) -> None: ...
 
 
 class Sink(Protocol):
@@ -66,6 +68,26 @@ class Daemon:
         self.seq = 0
         self.scans = 0
         self.oom_kills = 0
+
+    def seed_preexisting(self) -> int:
+        """Track tasks already asleep in D when the programs were attached.
+
+        Their sleeps began before allocwatch could see them, so they are timed
+        from now and reported as lower bounds. A task that woke between the
+        sweep and the seeding is dropped again.
+        """
+        now_ns = self.clock_ns()
+        found = procfs.tasks_in_state(self.proc, "D")
+        for pid, tid, comm in found:
+            self.source.seed_dwait(tid, pid, comm, now_ns)
+            self.namer.seeded(tid, now_ns)
+        seeded = 0
+        for pid, tid, _ in found:
+            if procfs.task_state(self.proc, pid, tid) == "D":
+                seeded += 1
+            else:
+                self.source.drop_dwait(tid, now_ns)
+        return seeded
 
     def _next_seq(self) -> int:
         self.seq += 1

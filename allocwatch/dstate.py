@@ -33,6 +33,11 @@ class DstateNamer:
         self._named: dict[tuple[int, int], _Named] = {}
         self.stack_reads = 0
         self._live: set[tuple[int, int]] = set()
+        self._seeded: set[tuple[int, int]] = set()
+
+    def seeded(self, tid: int, start_ns: int) -> None:
+        """Note a sleep found in D at start: its real start is unknown."""
+        self._seeded.add((tid, start_ns))
 
     def stack_of(self, tid: int, start_ns: int) -> list[str] | None:
         named = self._named.get((tid, start_ns))
@@ -62,21 +67,23 @@ class DstateNamer:
             self._live.add((raw.tid, raw.start_ns))
             site = self._name(raw, now_ns)
             if site is not None:
-                waits.append(_wait(raw, site))
+                waits.append(_wait(raw, site, (raw.tid, raw.start_ns) not in self._seeded))
         return waits
 
     def prune(self) -> None:
         """Forget sleeps that were not in the last `name_all()`."""
         for key in [k for k in self._named if k not in self._live]:
             del self._named[key]
+        self._seeded &= self._live
 
     def name_end(self, end: WaitEnd) -> Ended | None:
         named = self._named.get((end.tid, end.start_ns))
         site = named.site if named else self._hint_site(end.site_hint)
         if site is None:
             return None
-        return Ended(_wait(end, site), end.duration_ns)
+        known = (end.tid, end.start_ns) not in self._seeded
+        return Ended(_wait(end, site, known), end.duration_ns)
 
 
-def _wait(raw: InflightWait | WaitEnd, site: Site) -> Wait:
-    return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, dstate=True)
+def _wait(raw: InflightWait | WaitEnd, site: Site, start_known: bool = True) -> Wait:
+    return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, True, start_known)

@@ -5,6 +5,7 @@ Every function takes the procfs root, so tests point it at a fake tree.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 DEFAULT_PROCFS = Path("/proc")
@@ -65,3 +66,26 @@ def task_state(procfs: Path, pid: int, tid: int) -> str | None:
     # comm may hold spaces and parentheses: the state follows the last ')'.
     rest = text.rsplit(")", 1)[-1].split()
     return rest[0] if rest else None
+
+
+def tasks_in_state(procfs: Path, state: str) -> list[tuple[int, int, str]]:
+    """(pid, tid, comm) of every task whose state letter is `state`."""
+    found = []
+    try:
+        pids = [int(p) for p in os.listdir(procfs) if p.isdigit()]
+    except OSError:
+        return []
+    for pid in pids:
+        try:
+            tids = [int(t) for t in os.listdir(procfs / str(pid) / "task") if t.isdigit()]
+        except OSError:
+            continue
+        for tid in tids:
+            text = _read(task_dir(procfs, pid, tid) / "stat")
+            if text is None or ")" not in text:
+                continue
+            head, rest = text.rsplit(")", 1)
+            fields = rest.split()
+            if fields and fields[0] == state:
+                found.append((pid, tid, head.split("(", 1)[-1]))
+    return found

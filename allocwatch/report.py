@@ -94,12 +94,14 @@ def _task_line(group: list[Stall], detail: TaskDetail) -> list[str]:
     w = s.wait
     parts = [
         f"  {escape(w.comm)} pid={w.pid} tid={w.tid} site={w.site.label}",
-        f"waited={seconds(s.duration_ns):.1f}s",
+        f"waited{'=' if w.start_known else '>='}{seconds(s.duration_ns):.1f}s",
         f"gfp={gfp_text(w.gfp) or '-'} order={'-' if w.order is None else w.order}",
         f"cgroup={escape(detail.cgroup) if detail.cgroup else '-'} state={detail.state or '-'}",
     ]
     if s.first:
         parts.append("(new)")
+    if not w.start_known:
+        parts.append("(asleep before allocwatch started)")
     lines = [" ".join(parts)]
     for other in group[1:]:
         lines.append(f"    also waiting: site={other.wait.site.label} for {seconds(other.duration_ns):.1f}s")
@@ -125,6 +127,8 @@ def render_text(rec: Record) -> str:
         r = rec.recovered
         w = r.wait
         how = "" if r.exact else " or less (end not seen)"
+        if not w.start_known:
+            how += " or more (asleep before allocwatch started)"
         return (
             f"{stamp} allocwatch: recovered #{rec.seq}: {escape(w.comm)} pid={w.pid} tid={w.tid} "
             f"site={w.site.label} waited {seconds(r.duration_ns):.1f}s{how}, reported {r.reports} time(s)\n"
@@ -149,6 +153,7 @@ def _task_json(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "comm": w.comm,
         "site": w.site.label,
         "duration_s": seconds(s.duration_ns),
+        "start_known": w.start_known,
         "level": s.level,
         "new": s.first,
         "gfp": gfp_text(w.gfp),
@@ -178,6 +183,7 @@ def to_json(rec: Record) -> dict[str, Any]:
             "site": w.site.label,
             "duration_s": seconds(r.duration_ns),
             "exact": r.exact,
+            "start_known": w.start_known,
             "reports": r.reports,
         }
     k = rec.kill

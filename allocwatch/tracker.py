@@ -32,6 +32,9 @@ class Wait:
     gfp: int | None = None
     order: int | None = None
     dstate: bool = False  # a D-state sleep, named from a hint or a stack
+    # False for a sleep that began before allocwatch started: start_ns is
+    # then when allocwatch first saw it, and durations are lower bounds.
+    start_known: bool = True
 
     @property
     def key(self) -> WaitKey:

@@ -125,3 +125,38 @@ def test_run_stops_on_event(tmp_path):
     stop.set()
     t.join(5)
     assert not t.is_alive() and d.scans >= 1
+
+
+class SeedingSource(FakeSource):
+    def __init__(self):
+        super().__init__()
+        self.seeded: dict[int, int] = {}
+
+    def seed_dwait(self, tid, pid, comm, start_ns):
+        self.seeded[tid] = start_ns
+        self.waits.append(InflightWait(tid, pid, comm, SITE_DSTATE, start_ns, None, None, None))
+
+    def drop_dwait(self, tid, start_ns):
+        self.seeded.pop(tid, None)
+        self.waits = [w for w in self.waits if w.tid != tid]
+
+
+def test_tasks_already_in_d_at_start_are_seeded_as_lower_bounds(tmp_path):
+    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory"])
+    fake_proc(tmp_path, 8, ["ep_poll"], state="S")
+    clock = {"ns": 100 * S}
+    src, sink = SeedingSource(), ListSink()
+    d = Daemon(Config(format="json", threshold_s=1.0), src, plan(captured("6.18")), sink,
+               proc=tmp_path, clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9)
+    assert d.seed_preexisting() == 1 and src.seeded == {7: 100 * S}
+    clock["ns"] = 102 * S
+    d.scan_once()
+    (task,) = json.loads(sink.writes[0])["tasks"]
+    assert task["tid"] == 7 and task["start_known"] is False and task["duration_s"] == 2.0
+    d.scan_once()  # the end of a seeded sleep is a lower bound too
+    src.waits = []
+    src.events = [WaitEnd(7, 7, "a", SITE_DSTATE, 100 * S, 5 * S, None, None, None)]
+    clock["ns"] = 106 * S
+    d.scan_once()
+    rec = json.loads(sink.writes[-1])
+    assert rec["type"] == "recovered" and rec["start_known"] is False and rec["duration_s"] == 5.0

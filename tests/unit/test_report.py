@@ -48,6 +48,7 @@ def test_json_stall_report_fields():
     assert task == {
         "tid": 3, "pid": 3, "comm": "hog", "site": "memcg_oom_wait", "duration_s": 12.0, "level": 1,
         "new": True, "gfp": "0xcc0", "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
+        "start_known": True,
         "other_waits": [],
     }
 
@@ -88,3 +89,11 @@ def test_recovered_and_oom_kill():
 def test_escape():
     assert report.escape("a\\b") == "a\\\\b"
     assert report.escape("é") == "\\xc3\\xa9"
+
+
+def test_sleep_from_before_start_is_shown_as_lower_bound():
+    w = Wait(7, 7, "a", Site.MEMCG_OOM_WAIT, 0, dstate=True, start_known=False)
+    text = report.render_text(block([Stall(w, 12 * NS_PER_S, 1)]))
+    assert "waited>=12.0s" in text and "(asleep before allocwatch started)" in text
+    rec = RecoveredReport(2, 0.0, Recovered(w, 20 * NS_PER_S, True, 2))
+    assert "waited 20.0s or more (asleep before allocwatch started)" in report.render_text(rec)
