@@ -169,3 +169,21 @@ def test_base_symbol_and_fragments():
     assert kernelinfo.base_symbol("__alloc_pages_slowpath.constprop.0") == "__alloc_pages_slowpath"
     f = KernelFeatures("x", {}, frozenset({"out_of_memory.cold"}))
     assert f.find_function("out_of_memory") is None
+
+
+def test_captured_6_1_guest_prefers_kprobe_pairs_where_tracepoints_do_not_bracket():
+    """Debian's 6.1, captured in the virtme-ng guest: kprobes, cgroup v2."""
+    f = captured("6.1")
+    assert f.kprobes
+    plans = probes.plan(f)
+    m = chosen(plans)
+    assert m[Site.MEMCG_RECLAIM] is Mechanism.TRACEPOINT_PAIR
+    assert m[Site.TOO_MANY_ISOLATED] is Mechanism.TRACEPOINT_AFTER
+    for site in (Site.ALLOC_SLOWPATH, Site.RECLAIM_THROTTLE, Site.MEMCG_OOM_WAIT,
+                 Site.MEMCG_HIGH_THROTTLE, Site.PFMEMALLOC_THROTTLE):
+        assert m[site] is Mechanism.KPROBE_PAIR, site
+    by_site = {p.site: p for p in plans}
+    assert by_site[Site.ALLOC_SLOWPATH].kprobe_target(f) == "__alloc_pages_slowpath.constprop.0"
+    assert by_site[Site.MEMCG_HIGH_THROTTLE].kprobe_target(f) == "mem_cgroup_handle_over_high"
+    assert by_site[Site.OOM].kprobe_target(f) is None  # a tracepoint event was chosen
+    assert m[Site.CONGESTION_WAIT] is None and m[Site.THROTTLE_VM_WRITEOUT] is None
