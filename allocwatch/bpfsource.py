@@ -134,7 +134,7 @@ class BpfSource:
             self._bpf = self._bcc.BPF(src_file=src, cflags=flags)
         except Exception as exc:  # bcc raises bare Exception for everything
             raise BpfUnavailable(f"the BPF programs did not compile or load: {exc}") from None
-        self._bpf["events"].open_ring_buffer(self._on_event)
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
         if uses_dstate(self.plans):
             self._attach_tp(SCHED_SWITCH)
         self._attach_tp(SCHED_EXIT)
@@ -185,7 +185,7 @@ class BpfSource:
         self._pending.append(ctypes.string_at(data, size))
 
     def _items(self, name: str) -> list[tuple[Any, Any]]:
-        table = self._bpf[name]
+        table = self._bpf[name.encode()]
         try:
             return list(table.items_lookup_batch())
         except Exception:  # batch ops need 5.6+; fall back to per-key lookups
@@ -209,12 +209,12 @@ class BpfSource:
             site_hint=SITE_NONE,
             comm=comm.encode("utf-8", "replace")[: wire.COMM_LEN - 1],
         )
-        table = self._bpf["dwaits"]
+        table = self._bpf[b"dwaits"]
         table[table.Key(tid)] = value
 
     def drop_dwait(self, tid: int, start_ns: int) -> None:
         """Undo `seed_dwait`, unless the kernel has since recorded a new sleep."""
-        table = self._bpf["dwaits"]
+        table = self._bpf[b"dwaits"]
         try:
             if table[table.Key(tid)].start_ns == start_ns:
                 del table[table.Key(tid)]
@@ -227,13 +227,13 @@ class BpfSource:
         return [ev for ev in map(wire.decode_event, raw) if ev is not None]
 
     def stats(self) -> dict[str, int]:
-        table = self._bpf["stats"]
+        table = self._bpf[b"stats"]
         return {name: int(table[table.Key(i)].value) for i, name in enumerate(STAT_NAMES)}
 
     def histograms(self) -> dict[Site, tuple[list[int], int]]:
         """Completed pair-timed and after-sleep waits: per site, slot counts and sum."""
-        hist = self._bpf["wait_hist"]
-        sums = self._bpf["wait_sum_ns"]
+        hist = self._bpf[b"wait_hist"]
+        sums = self._bpf[b"wait_sum_ns"]
         counts = [0] * (NR_SITES * HIST_SLOTS)
         for k, v in hist.items():
             counts[_int(k)] = _int(v)

@@ -1,0 +1,201 @@
+"""The real daemon on the real kernel, under real memory pressure.
+
+Recipes from shared/ENVIRONMENT.md ("Making real memory stalls"). Root and
+BPF are needed: these skip off-root with the reason, and fail instead in CI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import memcg
+from tests.kernel.daemonproc import Daemon
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    memcg.require_root_bpf()
+
+
+@pytest.fixture
+def daemon_factory():
+    started: list[Daemon] = []
+
+    def start(*args: str) -> Daemon:
+        d = Daemon(*args)
+        started.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+def proc_state(pid: int) -> str:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
+    """Three tasks held in the memcg OOM wait (no tracepoint fires there)."""
+    d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
+    with memcg.MemCgroup("aw-stall") as group:
+        hogs = memcg.stall_indefinitely(group, 3, 100)
+        pids = {h.proc.pid for h in hogs}
+
+        def reported_at(level: int):
+            def pred(records) -> bool:
+                seen = {
+                    t["tid"]
+                    for r in records
+                    if r["type"] == "stall_report"
+                    for t in r["tasks"]
+                    if t["site"] == "memcg_oom_wait" and t["level"] >= level
+                }
+                return pids <= seen
+            return pred
+
+        assert d.wait_for(reported_at(1), 20), f"no stall report for {pids}: {d.raw_lines}"
+        # Reported while still stuck: nobody has finished, all are asleep in the kernel.
+        assert not any(h.proc.poll() is not None for h in hogs)
+        assert {proc_state(p) for p in pids} == {"D"}
+        assert d.wait_for(reported_at(3), 20), "no escalation to the third threshold"
+        assert not any(h.proc.poll() is not None for h in hogs)
+
+        first = next(r for r in d.of_type("stall_report") if {t["tid"] for t in r["tasks"]} & pids)
+        task = next(t for t in first["tasks"] if t["tid"] in pids)
+        assert task["pid"] == task["tid"] and task["comm"].startswith("python")
+        assert task["cgroup"] == group.rel_path
+        assert "mem_cgroup_oom_synchronize" in task["stack"]
+        assert 1.0 <= task["duration_s"] < 3.0 and task["level"] == 1 and task["new"] is True
+
+        memcg.release(group)
+        for h in hogs:
+            assert h.wait_done(20), "a hog did not finish after the limit was raised"
+
+        def recovered(records) -> bool:
+            return pids <= {r["tid"] for r in records if r["type"] == "recovered"}
+
+        assert d.wait_for(recovered, 10), f"no recovered line: {d.raw_lines[-5:]}"
+        for h in hogs:
+            h.stop()
+    for r in d.of_type("recovered"):
+        if r["tid"] in pids:
+            assert r["site"] == "memcg_oom_wait" and r["exact"] is True
+            assert r["duration_s"] >= 3.0 and r["reports"] >= 3
+    assert d.stop() == 0
+    # each report is one JSON object per line: every line parsed (Daemon would have raised)
+    summary = d.of_type("summary")[-1]
+    assert summary["waits_completed"]["memcg_oom_wait"]["count"] >= 3
+
+
+def test_oom_kill_reported(daemon_factory):
+    d = daemon_factory("--threshold", "1")
+    with memcg.MemCgroup("aw-oom") as group:
+        group.set_limit_bytes(64 << 20)
+        hog = memcg.Hog(group, 200)
+        hog.wait_ready(30)
+        hog.go()
+        hog.proc.wait(30)
+        assert hog.proc.returncode == -9
+        victim = hog.proc.pid
+        assert d.wait_for(lambda rs: any(r["type"] == "oom_kill" and r["victim_pid"] == victim for r in rs), 10)
+    kill = next(r for r in d.of_type("oom_kill") if r["victim_pid"] == victim)
+    assert kill["victim_comm"].startswith("python") and kill["invoker_pid"] == victim
+    assert d.stop() == 0
+    assert d.of_type("summary")[-1]["stats"]["oom_kills"] >= 1
+
+
+def test_reclaim_storm_counted_without_a_stall_report(daemon_factory):
+    """512 MiB through a 64 MiB memcg: hundreds of short reclaims, no stall."""
+    d = daemon_factory()  # the default 10 s threshold
+    workdir = Path(tempfile.mkdtemp(prefix="aw-storm-", dir="/var/tmp"))
+    try:
+        with memcg.MemCgroup("aw-storm") as group:
+            group.set_limit_bytes(64 << 20)
+            dd = group.spawn(
+                ["dd", "if=/dev/zero", f"of={workdir / 'f'}", "bs=1M", "count=512"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            assert dd.wait(120) == 0
+    finally:
+        (workdir / "f").unlink(missing_ok=True)
+        workdir.rmdir()
+    time.sleep(1.5)  # a scan after the storm
+    assert d.stop() == 0
+    assert d.of_type("stall_report") == []
+    summary = d.of_type("summary")[-1]
+    reclaim = summary["waits_completed"]["memcg_reclaim"]
+    assert reclaim["count"] >= 50, summary
+    assert 0 < reclaim["total_s"] < 60
+    assert summary["stats"]["events_lost"] == 0 and summary["stats"]["waits_full"] == 0
+
+
+def test_probes_live_json():
+    proc = subprocess.run(
+        [sys.executable, "-m", "allocwatch", "probes", "--json"], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    rows = {r["site"]: r for r in doc["sites"]}
+    assert doc["live"] is True
+    assert rows["memcg_reclaim"]["attached"] and rows["memcg_reclaim"]["mechanism"] == "tracepoint pair"
+    assert rows["memcg_oom_wait"]["attached"]
+    assert rows["memcg_oom_wait"]["mechanism"] == "sched_switch D-state + stack"
+    assert rows["oom"]["attached"] and rows["oom"]["target"] == "oom:mark_victim"
+    assert not rows["throttle_vm_writeout"]["attached"] and rows["throttle_vm_writeout"]["why_not"]
+    # every site that has a tracepoint on this kernel is attached
+    for row in rows.values():
+        if row["mechanism"] and row["mechanism"].startswith("tracepoint"):
+            assert row["attached"], row
+
+
+def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
+    """The kprobe programs cannot attach here (no CONFIG_KPROBES) but must load."""
+    import ctypes
+
+    from allocwatch import kernelinfo, probes, wire
+    from allocwatch.bpfsource import BpfSource, LoadOptions
+
+    features = kernelinfo.read_features(
+        Path("/sys/kernel/tracing"), probes.all_tracepoint_names(), probes.all_function_names()
+    )
+    plans = probes.plan(features, hot_paths=True)
+    src = BpfSource(plans, features, LoadOptions(long_wait_ns=10**9))
+    try:
+        src.load(kprobes=True)
+        names = src.load_kprobe_programs()
+        assert len(names) == 2 * sum(
+            1 for e in probes.CATALOG for o in e.options if o.mechanism is probes.Mechanism.KPROBE_PAIR
+        )
+        bpf = src._bpf
+        assert ctypes.sizeof(bpf[b"waits"].Leaf) == ctypes.sizeof(wire.WaitValue)
+        assert ctypes.sizeof(bpf[b"waits"].Key) == ctypes.sizeof(wire.WaitKey)
+        for name, _ in wire.WaitValue._fields_:
+            assert getattr(bpf[b"waits"].Leaf, name).offset == getattr(wire.WaitValue, name).offset
+    finally:
+        src.close()
+
+
+def test_not_root_is_refused_with_its_exit_code():
+    """As nobody: one line naming the cause, exit code 5, nothing loaded."""
+    if subprocess.run(["which", "setpriv"], capture_output=True, check=False).returncode != 0:
+        pytest.fail("setpriv (util-linux) is missing")
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+         sys.executable, "-m", "allocwatch", "run"],
+        capture_output=True, text=True, env=env, cwd="/", check=False,
+    )
+    assert proc.returncode == 5, proc.stderr
+    assert "needs root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
