@@ -82,7 +82,7 @@ class DstateNamer:
         if site is None:
             return None
         known = (end.tid, end.start_ns) not in self._seeded
-        return Ended(_wait(end, site, known), end.duration_ns)
+        return Ended(_wait(end, site, known), end.duration_ns, counted_in_kernel=end.site_hint is not None)
 
 
 def _wait(raw: InflightWait | WaitEnd, site: Site, start_known: bool = True) -> Wait:

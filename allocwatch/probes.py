@@ -242,7 +242,7 @@ CATALOG: tuple[SiteEntry, ...] = (
                 Mechanism.TRACEPOINT_BEFORE,
                 (Tracepoint("writeback:balance_dirty_pages", "aw_balance_dirty_pages", ("pause",)),),
                 "AW_TP_BALANCE_DIRTY_PAGES",
-                note="v3.2+; the planned pause is counted, the sleep is tracked",
+                note="v3.2+; fires before each pause, the sleep is timed at sched_switch",
             ),
             _kp("balance_dirty_pages", fn="dirty_throttle"),
             _dstate(),

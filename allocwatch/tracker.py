@@ -47,6 +47,9 @@ class Ended:
 
     wait: Wait
     duration_ns: int
+    # False for a D-state sleep named from its stack: the kernel could not
+    # count it per site, so the tracker does (dstate_completed).
+    counted_in_kernel: bool = True
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,9 @@ class Tracker:
     def __init__(self, thresholds: Thresholds) -> None:
         self.thresholds = thresholds
         self._reported: dict[WaitKey, _Reported] = {}
-        # Ended D-state sleeps per site. Pair-timed waits are counted in the
-        # kernel (wait_hist); a D-state sleep gets its site only up here.
+        # Ended D-state sleeps named from a stack, per site (long ones only:
+        # the kernel sends up sleeps of at least the lowest threshold). The
+        # rest are counted in the kernel's wait_hist.
         self.dstate_completed: dict[Site, SiteTotals] = {}
 
     @property
@@ -118,7 +122,7 @@ class Tracker:
         """One scan. `inflight` was read before `ended` was drained."""
         ended_by_key = {e.wait.key: e for e in ended}
         for e in ended_by_key.values():
-            if e.wait.dstate:
+            if not e.counted_in_kernel:
                 totals = self.dstate_completed.setdefault(e.wait.site, SiteTotals())
                 totals.count += 1
                 totals.total_ns += e.duration_ns

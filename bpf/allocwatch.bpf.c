@@ -182,6 +182,10 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
     if (w) {
         now_ns = bpf_ktime_get_ns();
         u64 duration_ns = now_ns - w->start_ns;
+        /* A sleep named by a hint is counted here; one named from its stack
+         * can only be counted in user space, which names it. */
+        if (w->site_hint < AW_NR_SITES)
+            hist_add(w->site_hint, duration_ns);
         if (duration_ns >= LONG_WAIT_NS)
             emit_end(next, AW_SITE_DSTATE, w, duration_ns);
         dwaits.delete(&next);
@@ -285,6 +289,11 @@ int aw_compaction_begin(struct tracepoint__compaction__mm_compaction_begin *args
 }
 int aw_compaction_end(struct tracepoint__compaction__mm_compaction_end *args)
 {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct aw_hint *h = hints.lookup(&tid);
+    /* Compaction is over: a later sleep is not a compaction wait. */
+    if (h && h->site == AW_SITE_COMPACTION)
+        hints.delete(&tid);
     return wait_end(AW_SITE_COMPACTION);
 }
 #endif
@@ -343,12 +352,10 @@ int aw_wait_iff_congested(struct tracepoint__writeback__writeback_wait_iff_conge
 #ifdef AW_TP_BALANCE_DIRTY_PAGES
 int aw_balance_dirty_pages(struct tracepoint__writeback__balance_dirty_pages *args)
 {
-    long pause_ms = args->pause;
-    if (pause_ms <= 0)
+    /* pause <= 0: no sleep follows. Otherwise the sleep is TASK_KILLABLE:
+     * the D-state tracking times it, named by this hint. */
+    if (args->pause <= 0)
         return 0;
-    /* The planned pause; the sleep itself is TASK_KILLABLE and is also
-     * tracked as a D-state wait named by this hint. */
-    wait_done(AW_SITE_DIRTY_THROTTLE, (u64)pause_ms * 1000000);
     return hint_sleep(AW_SITE_DIRTY_THROTTLE, AW_GFP_UNKNOWN, -1);
 }
 #endif

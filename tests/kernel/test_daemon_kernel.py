@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from tests.kernel import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon
 
 pytestmark = pytest.mark.kernel
@@ -139,6 +139,65 @@ def test_reclaim_storm_counted_without_a_stall_report(daemon_factory):
     assert reclaim["count"] >= 50, summary
     assert 0 < reclaim["total_s"] < 60
     assert summary["stats"]["events_lost"] == 0 and summary["stats"]["waits_full"] == 0
+
+
+def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen) -> None:
+    """SIGKILL does not end a writer blocked on throttled writeback until the
+    rule is lifted (ENVIRONMENT.md): kill, lift, then reap."""
+    writer.kill()
+    disk.set_write_bps(0)
+    writer.wait(60)
+
+
+def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_factory):
+    """Seed 002: memcg reclaim waits on writeback of a device doing 512 KiB/s."""
+    d = daemon_factory("--threshold", "3", "--scan-interval", "0.5")
+    with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-wb") as group:
+        group.set_limit_bytes(64 << 20)
+        dd = group.spawn(
+            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            def dd_reported(records) -> bool:
+                return any(
+                    r["type"] == "stall_report" and any(t["pid"] == dd.pid for t in r["tasks"]) for r in records
+                )
+
+            assert d.wait_for(dd_reported, 90), f"dd was never reported: {d.raw_lines[-3:]}"
+            assert dd.poll() is None, "reported only after dd had finished"
+        finally:
+            _stop_writer(disk, dd)
+    tasks = [t for r in d.of_type("stall_report") for t in r["tasks"] if t["pid"] == dd.pid]
+    sites = {t["site"] for t in tasks} | {o["site"] for t in tasks for o in t["other_waits"]}
+    assert "memcg_reclaim" in sites, tasks
+    assert "writeback_wait" in sites, tasks
+    assert any("folio_wait_writeback" in t["stack"] for t in tasks), tasks
+    assert all(t["gfp"] is not None for t in tasks if t["site"] == "memcg_reclaim")
+    assert d.stop() == 0
+
+
+def test_dirty_throttling_many_short_sleeps_counted(daemon_factory):
+    """Seed 004: a writer throttled in sleeps of at most 200 ms that add up."""
+    d = daemon_factory()  # default threshold: no single sleep comes near it
+    with slowdisk.SlowDisk(write_bps=1 << 20) as disk, memcg.MemCgroup("aw-dirty") as group:
+        disk.set_dirty_bytes(8 << 20, 4 << 20)
+        group.set_limit_bytes(1 << 30)
+        dd = group.spawn(
+            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        try:
+            time.sleep(8)
+            assert dd.poll() is None, "the writer was not throttled"
+        finally:
+            _stop_writer(disk, dd)
+    assert d.stop() == 0
+    assert d.of_type("stall_report") == []
+    dirty = d.of_type("summary")[-1]["waits_completed"]["dirty_throttle"]
+    assert dirty["count"] >= 20, dirty
+    assert dirty["total_s"] >= 4.0, dirty  # blocked for most of the 8 s
+    assert dirty["total_s"] / dirty["count"] <= 0.25, dirty  # each one short
 
 
 def test_probes_live_json():

@@ -89,10 +89,10 @@ def test_same_tid_new_wait_is_a_new_stall():
     assert [x.wait.start_ns for x in r.recovered] == [0]
 
 
-def test_dstate_completions_counted_per_site():
+def test_only_stack_named_completions_are_counted_here():
     t = Tracker(Thresholds(S))
     w = wait()
-    t.scan(S // 2, [w], [Ended(w, 3 * S)])
+    t.scan(S // 2, [w], [Ended(w, 3 * S, counted_in_kernel=False), Ended(wait(tid=2), S)])
     totals = t.dstate_completed[Site.MEMCG_OOM_WAIT]
     assert (totals.count, totals.total_ns) == (1, 3 * S)
 

@@ -1,0 +1,85 @@
+"""A slow block device for kernel tests (shared/ENVIRONMENT.md, seeds 002/004).
+
+A loop device over a sparse file, ext4 without a journal, mounted in a
+temporary directory, its writes throttled by a cgroup-v1 blkio rule on the
+root blkio group (the flusher kworkers live there). `close()` undoes it all
+in the order ENVIRONMENT.md gives: the caller kills its writers first, then
+the rule is lifted (blocked writers then drain and exit), then unmount,
+detach and delete. Dirty-page sysctls changed through `set_dirty_bytes` are
+restored too.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+BLKIO_RULE = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
+VM = Path("/proc/sys/vm")
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+
+
+class SlowDisk:
+    def __init__(self, size_mib: int = 1024, write_bps: int = 512 << 10) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="aw-slowdisk-", dir="/var/tmp"))
+        self.image = self.dir / "disk.img"
+        self.mnt = self.dir / "mnt"
+        self.loop = ""
+        self.majmin = ""
+        self._sysctls: dict[str, str] = {}
+        self._mounted = False
+        try:
+            self.mnt.mkdir()
+            with self.image.open("wb") as f:
+                f.truncate(size_mib << 20)
+            self.loop = _run("losetup", "-f", "--show", str(self.image))
+            _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", self.loop)
+            _run("mount", self.loop, str(self.mnt))
+            self._mounted = True
+            self.majmin = _run("lsblk", "-dno", "MAJ:MIN", self.loop).strip()
+            self.set_write_bps(write_bps)
+        except BaseException:
+            self.close()
+            raise
+
+    def set_write_bps(self, bps: int) -> None:
+        BLKIO_RULE.write_text(f"{self.majmin} {bps}\n")
+
+    def set_dirty_bytes(self, dirty: int, background: int) -> None:
+        for name in ("dirty_ratio", "dirty_background_ratio"):
+            self._sysctls.setdefault(name, (VM / name).read_text().strip())
+        (VM / "dirty_bytes").write_text(f"{dirty}\n")
+        (VM / "dirty_background_bytes").write_text(f"{background}\n")
+
+    def close(self) -> None:
+        if self.majmin:
+            BLKIO_RULE.write_text(f"{self.majmin} 0\n")  # lift the rule: blocked writeback drains
+        # Writing the ratios zeroes the *_bytes values (writing 0 to those is refused).
+        for name, value in self._sysctls.items():
+            (VM / name).write_text(f"{value}\n")
+        self._sysctls = {}
+        if self._mounted:
+            for _ in range(50):
+                if subprocess.run(["umount", str(self.mnt)], capture_output=True, check=False).returncode == 0:
+                    self._mounted = False
+                    break
+                time.sleep(0.2)
+        if self.loop and not self._mounted:
+            subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
+            self.loop = ""
+        if not self._mounted:
+            self.image.unlink(missing_ok=True)
+            if self.mnt.exists():
+                self.mnt.rmdir()
+            self.dir.rmdir()
+
+    def __enter__(self) -> SlowDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
