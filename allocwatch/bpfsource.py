@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from allocwatch import wire
+from allocwatch.coverage import SiteStatus
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
 from allocwatch.kernelinfo import KernelFeatures
 from allocwatch.probes import (
@@ -38,16 +39,6 @@ class LoadOptions:
     max_waits: int = 32768
     max_dwaits: int = 32768
     ringbuf_pages: int = 256
-
-
-@dataclass(frozen=True)
-class SiteStatus:
-    """What happened when a site was attached."""
-
-    plan: SitePlan
-    attached: bool
-    target: str  # tracepoints or kprobe symbol actually used
-    error: str = ""
 
 
 def bpf_dir() -> Path:

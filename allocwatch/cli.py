@@ -13,15 +13,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
-from allocwatch import __version__, config, kernelinfo, preflight, probes
+from allocwatch import __version__, config, coverage, kernelinfo, preflight, probes
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached
 from allocwatch.probes import uses_dstate
-from allocwatch.report import SiteSummary, render_summary
 from allocwatch.sinks import FdSink
-from allocwatch.sites import hist_slot_upper_s
-from allocwatch.tracker import NS_PER_S
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -81,47 +77,6 @@ def _load_source(cfg: config.Config, plans, features):
     return source
 
 
-def _probe_rows(statuses: list[Any], features: kernelinfo.KernelFeatures) -> list[dict[str, Any]]:
-    rows = []
-    for st in statuses:
-        plan = st.plan
-        opt = plan.chosen
-        why = plan.disabled or st.error
-        if not why and opt is None:
-            reasons = [r for _, r in plan.skipped]
-            why = "; ".join(reasons) or plan.entry.absent
-            if plan.entry.absent and plan.entry.absent not in why:
-                why += f" ({plan.entry.absent})"
-        rows.append(
-            {
-                "site": plan.site.label,
-                "what": plan.entry.what,
-                "attached": st.attached,
-                "mechanism": opt.mechanism.value if opt else None,
-                "target": st.target or None,
-                "why_not": why or None,
-                "passed_over": [{"mechanism": o.mechanism.value, "why": r} for o, r in plan.skipped],
-            }
-        )
-    return rows
-
-
-class _PlanStatus:
-    """A plan evaluated without attaching (offline, or without root)."""
-
-    def __init__(self, plan: probes.SitePlan, features: kernelinfo.KernelFeatures) -> None:
-        self.plan = plan
-        self.attached = False
-        self.error = ""
-        opt = plan.chosen
-        if opt is None:
-            self.target = ""
-        elif opt.mechanism is probes.Mechanism.KPROBE_PAIR:
-            self.target = plan.kprobe_target(features) or ""
-        else:
-            self.target = " + ".join(tp.name for tp in opt.tracepoints) or probes.SCHED_SWITCH.name
-
-
 def cmd_probes(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, {})
     offline = args.tracefs is not None
@@ -131,40 +86,22 @@ def cmd_probes(args: argparse.Namespace) -> int:
     features = _features(cfg, args.tracefs, args.kallsyms)
     plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
     if offline:
-        statuses: list[Any] = [_PlanStatus(p, features) for p in plans]
+        statuses = [coverage.planned(p, features) for p in plans]
     else:
         source = _load_source(cfg, plans, features)
         statuses = list(source.status)
         source.close()
-    rows = _probe_rows(statuses, features)
-    if offline:
-        for row, st in zip(rows, statuses, strict=False):
-            row["attached"] = None
-            row["would_attach"] = st.plan.chosen is not None
     if args.json:
-        doc = {"kernel": features.release, "live": not offline, "kprobes": features.kprobes, "sites": rows}
+        doc = {
+            "kernel": features.release,
+            "live": not offline,
+            "kprobes": features.kprobes,
+            "sites": coverage.rows(statuses),
+        }
         print(json.dumps(doc, indent=2))
-        return 0
-    print(f"kernel {features.release}: {'attached live' if not offline else 'evaluated offline, nothing attached'}")
-    for row in rows:
-        ok = row["would_attach"] if offline else row["attached"]
-        state = ("would attach" if offline else "attached") if ok else "MISSING"
-        how = f"{row['mechanism']}: {row['target']}" if ok else row["why_not"]
-        print(f"  {row['site']:<24} {state:<13} {how}")
+    else:
+        print(coverage.render_text(statuses, features.release), end="")
     return 0
-
-
-def _summary(source, daemon, cfg: config.Config) -> str:
-    completed: dict[str, SiteSummary] = {}
-    for site, (slots, total_ns) in source.histograms().items():
-        buckets = {f"{hist_slot_upper_s(i):g}": n for i, n in enumerate(slots) if n}
-        completed[site.label] = SiteSummary(sum(slots), total_ns / NS_PER_S, buckets)
-    for site, totals in daemon.tracker.dstate_completed.items():
-        prev = completed.get(site.label)
-        count = totals.count + (prev.count if prev else 0)
-        total_s = totals.total_ns / NS_PER_S + (prev.total_s if prev else 0.0)
-        completed[site.label] = SiteSummary(count, total_s, prev.buckets if prev else {})
-    return render_summary(time.time(), cfg.format, completed, source.stats(), daemon.oom_kills)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -211,7 +148,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             if seeded:
                 print(f"allocwatch: {seeded} task(s) already asleep in D: timed from now", file=sys.stderr)
         daemon.run(stop)
-        sink.write(_summary(source, daemon, cfg))
+        sink.write(daemon.summary())
     finally:
         source.close()
     return 0

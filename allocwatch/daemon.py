@@ -17,12 +17,14 @@ from allocwatch.report import (
     OomKillReport,
     Record,
     RecoveredReport,
+    SiteSummary,
     StallReport,
     TaskDetail,
     render,
+    render_summary,
 )
-from allocwatch.sites import NR_SITES, SITE_DSTATE, Site
-from allocwatch.tracker import Ended, Tracker, Wait
+from allocwatch.sites import NR_SITES, SITE_DSTATE, Site, hist_slot_upper_s
+from allocwatch.tracker import NS_PER_S, Ended, Tracker, Wait
 from allocwatch.wire import InflightWait, OomKill, WaitEnd
 
 
@@ -31,6 +33,8 @@ class Source(Protocol):
     def drain(self) -> list[WaitEnd | OomKill]: ...
     def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None: ...
     def drop_dwait(self, tid: int, start_ns: int) -> None: ...
+    def histograms(self) -> dict[Site, tuple[list[int], int]]: ...
+    def stats(self) -> dict[str, int]: ...
 
 
 class Sink(Protocol):
@@ -138,6 +142,20 @@ class Daemon:
         if records:
             self.sink.write(render(records, self.cfg.format))
         return records
+
+    def summary(self) -> str:
+        """Completed waits per site (kernel histograms plus the D-state sleeps
+        named here), rendered for the end of a run."""
+        completed: dict[str, SiteSummary] = {}
+        for site, (slots, total_ns) in self.source.histograms().items():
+            buckets = {f"{hist_slot_upper_s(i):g}": n for i, n in enumerate(slots) if n}
+            completed[site.label] = SiteSummary(sum(slots), total_ns / NS_PER_S, buckets)
+        for site, totals in self.tracker.dstate_completed.items():
+            prev = completed.get(site.label, SiteSummary(0, 0.0, {}))
+            completed[site.label] = SiteSummary(
+                prev.count + totals.count, prev.total_s + totals.total_ns / NS_PER_S, prev.buckets
+            )
+        return render_summary(self.wall_s(), self.cfg.format, completed, self.source.stats(), self.oom_kills)
 
     def run(self, stop: threading.Event) -> None:
         """Scan every scan_interval_s until `stop` is set; a last scan at the end."""

@@ -25,6 +25,15 @@ class FakeSource:
         out, self.events = self.events, []
         return out
 
+    def histograms(self):
+        slots = [0] * 32
+        slots[6] = 40  # 64 to 128 us
+        slots[17] = 1  # 131 to 262 ms
+        return {Site.MEMCG_RECLAIM: (slots, 41 * 100_000), Site.MEMCG_OOM_WAIT: ([0] * 32, 0)}
+
+    def stats(self):
+        return {"events_lost": 0}
+
 
 class ListSink:
     def __init__(self):
@@ -160,3 +169,22 @@ def test_tasks_already_in_d_at_start_are_seeded_as_lower_bounds(tmp_path):
     d.scan_once()
     rec = json.loads(sink.writes[-1])
     assert rec["type"] == "recovered" and rec["start_known"] is False and rec["duration_s"] == 5.0
+
+
+def test_summary_merges_kernel_histograms_and_stack_named_sleeps(tmp_path):
+    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize"])
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0)
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
+    clock["ns"] = 2 * S
+    d.scan_once()
+    src.waits = []
+    src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, 3 * S, None, None, None)]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    doc = json.loads(d.summary())
+    assert doc["type"] == "summary"
+    assert doc["waits_completed"]["memcg_reclaim"] == {
+        "count": 41, "total_s": 0.0041, "buckets": {"0.000128": 40, "0.262144": 1}
+    }
+    assert doc["waits_completed"]["memcg_oom_wait"]["count"] == 1
+    assert doc["waits_completed"]["memcg_oom_wait"]["total_s"] == 3.0
