@@ -83,10 +83,10 @@ class Daemon:
     def wait_for(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float) -> bool:
         return self._wait(lambda: pred(list(self.records)), timeout)
 
-    def stop(self, timeout: float = 15.0) -> int:
-        """SIGTERM; returns the exit code once every program it loaded is gone."""
+    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> int:
+        """SIGTERM (or `sig`); returns the exit code once every program it loaded is gone."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -112,7 +113,7 @@ def test_oom_kill_reported(daemon_factory):
         assert d.wait_for(lambda rs: any(r["type"] == "oom_kill" and r["victim_pid"] == victim for r in rs), 10)
     kill = next(r for r in d.of_type("oom_kill") if r["victim_pid"] == victim)
     assert kill["victim_comm"].startswith("python") and kill["invoker_pid"] == victim
-    assert d.stop() == 0
+    assert d.stop(sig=signal.SIGINT) == 0  # Ctrl-C detaches like SIGTERM
     assert d.of_type("summary")[-1]["stats"]["oom_kills"] >= 1
 
 
@@ -258,3 +259,17 @@ def test_not_root_is_refused_with_its_exit_code():
     )
     assert proc.returncode == 5, proc.stderr
     assert "needs root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bpf_that_does_not_load_is_exit_9(tmp_path):
+    """A BPF object the kernel or compiler refuses: one line naming bcc's reason, exit 9."""
+    bpf = Path(__file__).resolve().parents[2] / "bpf"
+    (tmp_path / "allocwatch.h").write_text((bpf / "allocwatch.h").read_text())
+    (tmp_path / "allocwatch.bpf.c").write_text("int broken( { return 0; }\n")
+    env = dict(os.environ, ALLOCWATCH_BPF_DIR=str(tmp_path))
+    proc = subprocess.run(
+        [sys.executable, "-m", "allocwatch", "run"], capture_output=True, text=True, env=env, check=False, timeout=60
+    )
+    assert proc.returncode == 9, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("allocwatch: the BPF programs did not compile or load")
