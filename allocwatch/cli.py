@@ -126,11 +126,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+        sink = FdSink(sys.stdout.fileno())
+        daemon = Daemon(cfg, source, plans, sink)
+        seeded = daemon.seed_preexisting() if uses_dstate(plans) else 0
         missing = [s.plan.site.label for s in source.status if not s.attached]
         print(
             f"allocwatch {__version__}: watching {len(attached)} of {len(source.status)} wait sites "
             f"(loaded in {source.load_seconds:.2f}s; not attached: {', '.join(missing) or 'none'}); "
-            f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s",
+            f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s"
+            + (f"; {seeded} task(s) already asleep in D, timed from now" if seeded else ""),
             file=sys.stderr,
             flush=True,
         )
@@ -141,12 +145,6 @@ def cmd_run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        sink = FdSink(sys.stdout.fileno())
-        daemon = Daemon(cfg, source, plans, sink)
-        if uses_dstate(plans):
-            seeded = daemon.seed_preexisting()
-            if seeded:
-                print(f"allocwatch: {seeded} task(s) already asleep in D: timed from now", file=sys.stderr)
         daemon.run(stop)
         sink.write(daemon.summary())
     finally:

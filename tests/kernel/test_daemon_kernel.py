@@ -100,6 +100,32 @@ def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
     assert summary["waits_completed"]["memcg_oom_wait"]["count"] >= 3
 
 
+def test_task_stuck_before_the_daemon_started_is_reported(daemon_factory):
+    """A sleep that began before the programs were attached: found by the
+    start-up sweep, timed from then, and marked as a lower bound."""
+    with memcg.MemCgroup("aw-early") as group:
+        (hog,) = memcg.stall_indefinitely(group, 1, 100)
+        deadline = time.monotonic() + 10
+        while memcg.proc_state(hog.pid) != "D" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
+        assert any("already asleep in D" in line for line in d.stderr)
+
+        def reported(records) -> bool:
+            return any(t["tid"] == hog.pid for r in records if r["type"] == "stall_report" for t in r["tasks"])
+
+        assert d.wait_for(reported, 15), d.raw_lines
+        task = next(t for r in d.of_type("stall_report") for t in r["tasks"] if t["tid"] == hog.pid)
+        assert task["site"] == "memcg_oom_wait" and task["start_known"] is False
+        memcg.release(group)
+        assert hog.wait_done(20)
+        assert d.wait_for(lambda rs: any(r["type"] == "recovered" and r["tid"] == hog.pid for r in rs), 10)
+        hog.stop()
+    rec = next(r for r in d.of_type("recovered") if r["tid"] == hog.pid)
+    assert rec["start_known"] is False and rec["exact"] is True
+    assert d.stop() == 0
+
+
 def test_oom_kill_reported(daemon_factory):
     d = daemon_factory("--threshold", "1")
     with memcg.MemCgroup("aw-oom") as group:
@@ -199,6 +225,52 @@ def test_dirty_throttling_many_short_sleeps_counted(daemon_factory):
     assert dirty["count"] >= 20, dirty
     assert dirty["total_s"] >= 4.0, dirty  # blocked for most of the 8 s
     assert dirty["total_s"] / dirty["count"] <= 0.25, dirty  # each one short
+
+
+def test_reclaim_livelock_load_counted_without_loss(daemon_factory):
+    """Seed 003's recipe: a task RUNNING in memcg reclaim that frees nothing,
+    about 30,000 reclaim begin/end pairs a second, while OOM victims that
+    cannot exit (frozen file system) are chosen one after another. Not yet
+    reported as a livelock (that is the diagnosis work), but every wait and
+    every kill must be counted, with nothing lost."""
+    n_victims = 3
+    d = daemon_factory("--threshold", "5")
+    with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-livelock") as group:
+        group.set_limit_bytes(64 << 20)
+        frozen = False
+        victims = []
+        try:
+            subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
+            frozen = True
+            # Each victim holds 8 MiB, so that with oom_score_adj 1000 it outranks the
+            # allocator (a memcg's OOM scores are in pages of its limit), then blocks
+            # opening a file on the frozen file system, deaf to SIGKILL.
+            for i in range(n_victims):
+                code = f"b = bytearray(8 << 20); open('{disk.mnt}/v{i}', 'w')"
+                victims.append(group.spawn(
+                    ["sh", "-c", f'echo 1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "{code}"']
+                ))
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and any(memcg.proc_state(v.pid) != "D" for v in victims):
+                time.sleep(0.05)
+            hog = memcg.Hog(group, 128)
+            hog.wait_ready(30)
+            hog.go()
+            assert hog.proc.wait(60) == -9  # killed last, after the victims were tried
+        finally:
+            if frozen:
+                subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+            for v in victims:
+                v.kill()
+                v.wait(30)
+    assert d.stop() == 0
+    summary = d.of_type("summary")[-1]
+    assert summary["waits_completed"]["memcg_reclaim"]["count"] >= 10_000, summary["waits_completed"]
+    stats = summary["stats"]
+    assert stats["events_lost"] == 0 and stats["waits_full"] == 0 and stats["dwaits_full"] == 0, stats
+    victim_pids = {v.pid for v in victims}
+    killed = {r["victim_pid"] for r in d.of_type("oom_kill")}
+    assert victim_pids <= killed, (victim_pids, killed)
 
 
 def test_probes_live_json():
