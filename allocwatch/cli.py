@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--json", action="store_true", help="one JSON document")
     pr.add_argument("--config", type=Path, help="YAML configuration file")
     pr.add_argument("--tracefs", type=Path, help="evaluate a captured tracefs tree instead (no attach)")
-    pr.add_argument("--kallsyms", type=Path, help="with --tracefs: the captured kallsyms")
+    pr.add_argument("--kallsyms", type=Path, help="with --tracefs: the captured kallsyms (default DIR/kallsyms)")
     return ap
 
 
@@ -48,7 +48,7 @@ def _features(
         root,
         probes.all_tracepoint_names(),
         probes.all_function_names(),
-        kallsyms=kallsyms or Path("/proc/kallsyms"),
+        kallsyms=kallsyms or (Path("/proc/kallsyms") if tracefs is None else tracefs / "kallsyms"),
         sysfs=Path("/sys") if tracefs is None else tracefs,
         release=None if tracefs is None else _captured_release(tracefs),
         assume_proc_stack=None if tracefs is None else True,
@@ -153,7 +153,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "probes" and args.kallsyms and not args.tracefs:
+        parser.error("--kallsyms describes a captured kernel: give its --tracefs DIR too")
     try:
         if args.command == "probes":
             return cmd_probes(args)

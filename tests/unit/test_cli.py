@@ -85,6 +85,13 @@ def test_probes_offline_json(capsys):
     assert len(rows) == 19
 
 
-def test_probes_offline_text(capsys):
-    code, out, _ = run_main(capsys, "probes", "--tracefs", str(FIXTURE), "--kallsyms", str(FIXTURE / "kallsyms"))
+def test_probes_offline_text_reads_the_captured_kallsyms(capsys):
+    code, out, _ = run_main(capsys, "probes", "--tracefs", str(FIXTURE.parent / "6.1"))
     assert code == 0 and "evaluated offline" in out and "MISSING" in out
+    assert "kprobe pair: mem_cgroup_oom_synchronize" in out  # from 6.1/kallsyms, not this host's
+
+
+def test_kallsyms_without_tracefs_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["probes", "--kallsyms", "/proc/kallsyms"])
+    assert exc.value.code == 2
