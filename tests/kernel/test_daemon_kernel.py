@@ -100,6 +100,27 @@ def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
     assert summary["waits_completed"]["memcg_oom_wait"]["count"] >= 3
 
 
+def test_200_stalled_tasks_come_out_as_one_block(daemon_factory):
+    d = daemon_factory("--threshold", "1", "--scan-interval", "0.5")
+    with memcg.MemCgroup("aw-many") as group:
+        hogs = memcg.stall_indefinitely(group, 200, 4)
+        pids = {h.pid for h in hogs}
+
+        def one_block(records) -> bool:
+            return any(r["type"] == "stall_report" and pids <= {t["tid"] for t in r["tasks"]} for r in records)
+
+        assert d.wait_for(one_block, 30), "the 200 stalled tasks did not come out in one block"
+        memcg.release(group)
+        assert all(h.wait_done(30) for h in hogs)
+        assert d.wait_for(lambda rs: pids <= {r["tid"] for r in rs if r["type"] == "recovered"}, 15)
+        for h in hogs:
+            h.stop()
+    block = next(r for r in d.of_type("stall_report") if pids <= {t["tid"] for t in r["tasks"]})
+    assert len({t["tid"] for t in block["tasks"]}) == len(block["tasks"])  # one line per task
+    assert d.stop() == 0
+    assert d.of_type("summary")[-1]["stats"]["events_lost"] == 0
+
+
 def test_task_stuck_before_the_daemon_started_is_reported(daemon_factory):
     """A sleep that began before the programs were attached: found by the
     start-up sweep, timed from then, and marked as a lower bound."""
