@@ -112,6 +112,7 @@ class BpfSource:
         self._pending: list[bytes] = []
         self._attached_tps: set[str] = set()
         self.status: list[SiteStatus] = []
+        self._sched_switch_error = ""
         self.load_seconds = 0.0
 
     # -- load and attach --------------------------------------------------
@@ -126,9 +127,16 @@ class BpfSource:
         except Exception as exc:  # bcc raises bare Exception for everything
             raise BpfUnavailable(f"the BPF programs did not compile or load: {exc}") from None
         self._bpf[b"events"].open_ring_buffer(self._on_event)
+        try:  # without it, maps would keep the waits of tasks that exited
+            self._attach_tp(SCHED_EXIT)
+        except Exception as exc:
+            raise BpfUnavailable(f"cannot attach {SCHED_EXIT.name}: {exc}") from None
+        self._sched_switch_error = ""
         if uses_dstate(self.plans):
-            self._attach_tp(SCHED_SWITCH)
-        self._attach_tp(SCHED_EXIT)
+            try:
+                self._attach_tp(SCHED_SWITCH)
+            except Exception as exc:
+                self._sched_switch_error = f"{SCHED_SWITCH.name} did not attach: {exc}"
         self.status = [self._attach_site(p) for p in self.plans]
         _release_build_memory()
         return self.status
@@ -156,19 +164,29 @@ class BpfSource:
             return SiteStatus(plan, False, "")
         try:
             if opt.mechanism is Mechanism.KPROBE_PAIR:
-                sym = plan.kprobe_target(self.features) or ""
-                self._bpf.attach_kprobe(event=sym.encode(), fn_name=f"aw_kp_enter_{opt.kprobe_fn}".encode())
-                self._bpf.attach_kretprobe(event=sym.encode(), fn_name=f"aw_kp_return_{opt.kprobe_fn}".encode())
-                return SiteStatus(plan, True, sym)
+                return self._attach_kprobe_pair(plan, opt.kprobe_fn)
+            if opt.mechanism.needs_sched_switch and self._sched_switch_error:
+                return SiteStatus(plan, False, "", self._sched_switch_error)
             tps = list(opt.tracepoints)
             tps += [tp for tp, _ in opt.optional if self.features.has_tracepoint(tp.name, tp.fields)]
             for tp in tps:
                 self._attach_tp(tp)
-            if opt.mechanism in (Mechanism.DSTATE_STACK, Mechanism.TRACEPOINT_BEFORE):
+            if opt.mechanism.needs_sched_switch:
                 tps.append(SCHED_SWITCH)
             return SiteStatus(plan, True, " + ".join(tp.name for tp in tps))
         except Exception as exc:  # bcc raises bare Exception on attach failure
             return SiteStatus(plan, False, "", f"attach failed: {exc}")
+
+    def _attach_kprobe_pair(self, plan: SitePlan, fn: str) -> SiteStatus:
+        sym = (plan.kprobe_target(self.features) or "").encode()
+        self._bpf.attach_kprobe(event=sym, fn_name=f"aw_kp_enter_{fn}".encode())
+        try:
+            self._bpf.attach_kretprobe(event=sym, fn_name=f"aw_kp_return_{fn}".encode())
+        except Exception:
+            # An entry without its return would open waits that never end.
+            self._bpf.detach_kprobe(event=sym)
+            raise
+        return SiteStatus(plan, True, sym.decode())
 
     # -- read -------------------------------------------------------------
 

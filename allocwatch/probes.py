@@ -24,6 +24,11 @@ class Mechanism(str, enum.Enum):
     DSTATE_STACK = "sched_switch D-state + stack"
 
     @property
+    def needs_sched_switch(self) -> bool:
+        """True when the sleep is timed by the D-state tracking on sched_switch."""
+        return self in (Mechanism.DSTATE_STACK, Mechanism.TRACEPOINT_BEFORE)
+
+    @property
     def brackets_wait(self) -> bool:
         """True when begin and end are both seen, so the wait is timed in the map."""
         return self in (Mechanism.TRACEPOINT_PAIR, Mechanism.KPROBE_PAIR)
@@ -430,8 +435,4 @@ def stack_classified_sites(plans: Iterable[SitePlan]) -> list[SiteEntry]:
 
 
 def uses_dstate(plans: Iterable[SitePlan]) -> bool:
-    return any(
-        p.chosen is not None
-        and p.chosen.mechanism in (Mechanism.DSTATE_STACK, Mechanism.TRACEPOINT_BEFORE)
-        for p in plans
-    )
+    return any(p.chosen is not None and p.chosen.mechanism.needs_sched_switch for p in plans)
