@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -341,15 +342,25 @@ def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
 
 
 def test_not_root_is_refused_with_its_exit_code():
-    """As nobody: one line naming the cause, exit code 5, nothing loaded."""
-    if subprocess.run(["which", "setpriv"], capture_output=True, check=False).returncode != 0:
+    """As nobody: one line naming the cause, exit code 5, nothing loaded.
+
+    The package is copied to a world-readable directory and run with the
+    system interpreter, so the test does not depend on where the checkout is.
+    """
+    if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is missing")
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
-    proc = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-         sys.executable, "-m", "allocwatch", "run"],
-        capture_output=True, text=True, env=env, cwd="/", check=False,
-    )
+    copy = Path(tempfile.mkdtemp(prefix="aw-nobody-"))
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(Path(__file__).resolve().parents[2] / "allocwatch", copy / "allocwatch")
+        env = dict(os.environ, PYTHONPATH=str(copy))
+        proc = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+             "/usr/bin/python3", "-m", "allocwatch", "run"],
+            capture_output=True, text=True, env=env, cwd=copy, check=False,
+        )
+    finally:
+        shutil.rmtree(copy)
     assert proc.returncode == 5, proc.stderr
     assert "needs root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
