@@ -305,12 +305,12 @@ int aw_try_to_compact_pages(struct tracepoint__compaction__mm_compaction_try_to_
 }
 #endif
 
-/* The OOM reaper works on a victim from its own thread: key by the victim. */
+/* The OOM reaper works on a victim from its own thread: the wait is keyed by
+ * the victim (tid and pid are the victim's; comm is the reaper's own). */
 #ifdef AW_TP_OOM_REAPER
 int aw_start_task_reaping(struct tracepoint__oom__start_task_reaping *args)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    return wait_begin_tid(args->pid, id >> 32, AW_SITE_OOM_REAPER, AW_GFP_UNKNOWN, -1);
+    return wait_begin_tid(args->pid, args->pid, AW_SITE_OOM_REAPER, AW_GFP_UNKNOWN, -1);
 }
 int aw_finish_task_reaping(struct tracepoint__oom__finish_task_reaping *args)
 {
