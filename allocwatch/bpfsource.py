@@ -26,7 +26,6 @@ from allocwatch.probes import (
     Mechanism,
     SitePlan,
     Tracepoint,
-    uses_dstate,
 )
 from allocwatch.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 
@@ -85,13 +84,12 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
     ]
     defines = set()
     for p in plans:
-        if p.chosen is None:
-            continue
-        if p.chosen.define:
-            defines.add(p.chosen.define)
-        for tp, define in p.chosen.optional:
-            if features.has_tracepoint(tp.name, tp.fields):
-                defines.add(define)
+        for opt in (p.chosen, *p.fallbacks) if p.chosen else ():
+            if opt.define:
+                defines.add(opt.define)
+            for tp, define in opt.optional:
+                if features.has_tracepoint(tp.name, tp.fields):
+                    defines.add(define)
     if features.has_tracepoint("oom:mark_victim", ("comm",)):
         defines.add(MARK_VICTIM_COMM_DEFINE)
     if kprobes:
@@ -112,7 +110,6 @@ class BpfSource:
         self._pending: list[bytes] = []
         self._attached_tps: set[str] = set()
         self.status: list[SiteStatus] = []
-        self._sched_switch_error = ""
         self.load_seconds = 0.0
 
     # -- load and attach --------------------------------------------------
@@ -131,12 +128,6 @@ class BpfSource:
             self._attach_tp(SCHED_EXIT)
         except Exception as exc:
             raise BpfUnavailable(f"cannot attach {SCHED_EXIT.name}: {exc}") from None
-        self._sched_switch_error = ""
-        if uses_dstate(self.plans):
-            try:
-                self._attach_tp(SCHED_SWITCH)
-            except Exception as exc:
-                self._sched_switch_error = f"{SCHED_SWITCH.name} did not attach: {exc}"
         self.status = [self._attach_site(p) for p in self.plans]
         _release_build_memory()
         return self.status
@@ -152,32 +143,47 @@ class BpfSource:
                         names.append(stem + opt.kprobe_fn)
         return names
 
-    def _attach_tp(self, tp: Tracepoint) -> None:
+    def _attach_tp(self, tp: Tracepoint) -> bool:
+        """Attach once per tracepoint; True if this call attached it."""
         if tp.name in self._attached_tps:
-            return
+            return False
         self._bpf.attach_tracepoint(tp=tp.name.encode(), fn_name=tp.fn.encode())
         self._attached_tps.add(tp.name)
+        return True
 
     def _attach_site(self, plan: SitePlan) -> SiteStatus:
-        opt = plan.chosen
-        if opt is None:
-            return SiteStatus(plan, False, "")
-        try:
-            if opt.mechanism is Mechanism.KPROBE_PAIR:
-                return self._attach_kprobe_pair(plan, opt.kprobe_fn)
-            if opt.mechanism.needs_sched_switch and self._sched_switch_error:
-                return SiteStatus(plan, False, "", self._sched_switch_error)
-            tps = list(opt.tracepoints)
-            tps += [tp for tp, _ in opt.optional if self.features.has_tracepoint(tp.name, tp.fields)]
-            for tp in tps:
-                self._attach_tp(tp)
-            if opt.mechanism.needs_sched_switch:
-                tps.append(SCHED_SWITCH)
-            return SiteStatus(plan, True, " + ".join(tp.name for tp in tps))
-        except Exception as exc:  # bcc raises bare Exception on attach failure
-            return SiteStatus(plan, False, "", f"attach failed: {exc}")
+        """Attach the chosen option; if that fails, the next one that this
+        kernel supports. The status carries the plan as it ended up."""
+        while plan.chosen is not None:
+            try:
+                return SiteStatus(plan, True, self._attach_option(plan))
+            except Exception as exc:  # bcc raises bare Exception on attach failure
+                plan = plan.failed_over(f"attach failed: {str(exc).splitlines()[0]}")
+        return SiteStatus(plan, False, "")
 
-    def _attach_kprobe_pair(self, plan: SitePlan, fn: str) -> SiteStatus:
+    def _attach_option(self, plan: SitePlan) -> str:
+        opt = plan.chosen
+        assert opt is not None
+        if opt.mechanism is Mechanism.KPROBE_PAIR:
+            return self._attach_kprobe_pair(plan, opt.kprobe_fn)
+        tps = list(opt.tracepoints)
+        tps += [tp for tp, _ in opt.optional if self.features.has_tracepoint(tp.name, tp.fields)]
+        if opt.mechanism.needs_sched_switch:
+            tps.append(SCHED_SWITCH)
+        new = []
+        try:
+            for tp in tps:
+                if self._attach_tp(tp):
+                    new.append(tp)
+        except Exception:
+            # A begin without its end would open waits that never end.
+            for tp in new:
+                self._bpf.detach_tracepoint(tp=tp.name.encode())
+                self._attached_tps.discard(tp.name)
+            raise
+        return " + ".join(tp.name for tp in tps)
+
+    def _attach_kprobe_pair(self, plan: SitePlan, fn: str) -> str:
         sym = (plan.kprobe_target(self.features) or "").encode()
         self._bpf.attach_kprobe(event=sym, fn_name=f"aw_kp_enter_{fn}".encode())
         try:
@@ -186,7 +192,12 @@ class BpfSource:
             # An entry without its return would open waits that never end.
             self._bpf.detach_kprobe(event=sym)
             raise
-        return SiteStatus(plan, True, sym.decode())
+        return sym.decode()
+
+    @property
+    def effective_plans(self) -> list[SitePlan]:
+        """The plans as attached (after any fail-over), for the daemon."""
+        return [st.plan for st in self.status]
 
     # -- read -------------------------------------------------------------
 

@@ -127,8 +127,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         sink = FdSink(sys.stdout.fileno())
-        daemon = Daemon(cfg, source, plans, sink)
-        seeded = daemon.seed_preexisting() if uses_dstate(plans) else 0
+        attached_plans = source.effective_plans
+        daemon = Daemon(cfg, source, attached_plans, sink)
+        seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
         missing = [s.plan.site.label for s in source.status if not s.attached]
         print(
             f"allocwatch {__version__}: watching {len(attached)} of {len(source.status)} wait sites "

@@ -13,10 +13,9 @@ from allocwatch.probes import SCHED_SWITCH, Mechanism, SitePlan
 
 @dataclass(frozen=True)
 class SiteStatus:
-    plan: SitePlan
+    plan: SitePlan  # as attached: an option that failed to attach is in plan.skipped
     attached: bool | None  # None: evaluated without attaching
     target: str  # tracepoints or the kprobe symbol used
-    error: str = ""
 
 
 def planned(plan: SitePlan, features: KernelFeatures) -> SiteStatus:
@@ -33,7 +32,7 @@ def planned(plan: SitePlan, features: KernelFeatures) -> SiteStatus:
 
 def why_not(st: SiteStatus) -> str:
     plan = st.plan
-    why = plan.disabled or st.error
+    why = plan.disabled
     if not why and plan.chosen is None:
         why = "; ".join(r for _, r in plan.skipped) or plan.entry.absent
         if plan.entry.absent and plan.entry.absent not in why:

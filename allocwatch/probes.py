@@ -339,6 +339,14 @@ class SitePlan:
     chosen: Option | None
     skipped: tuple[tuple[Option, str], ...]  # options passed over, and why
     disabled: str = ""  # set when configuration turned the site off
+    fallbacks: tuple[Option, ...] = ()  # later options this kernel supports too
+
+    def failed_over(self, why: str) -> SitePlan:
+        """The plan once the chosen option failed to attach: the next one."""
+        assert self.chosen is not None
+        skipped = (*self.skipped, (self.chosen, why))
+        nxt = self.fallbacks[0] if self.fallbacks else None
+        return SitePlan(self.entry, nxt, skipped, self.disabled, self.fallbacks[1:])
 
     @property
     def site(self) -> Site:
@@ -393,10 +401,11 @@ def plan_site(entry: SiteEntry, features: KernelFeatures, disabled: str = "") ->
     if disabled:
         return SitePlan(entry, None, (), disabled)
     skipped: list[tuple[Option, str]] = []
-    for opt in entry.options:
+    for i, opt in enumerate(entry.options):
         why = _why_not(opt, features)
         if not why:
-            return SitePlan(entry, opt, tuple(skipped))
+            fallbacks = tuple(o for o in entry.options[i + 1 :] if not _why_not(o, features))
+            return SitePlan(entry, opt, tuple(skipped), fallbacks=fallbacks)
         skipped.append((opt, why))
     return SitePlan(entry, None, tuple(skipped))
 

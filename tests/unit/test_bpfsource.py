@@ -1,0 +1,105 @@
+"""Attaching, with a stand-in for bcc: fail-over to the next option, and no
+half-attached pair left behind. (The real thing runs in tests/kernel.)"""
+
+import pytest
+
+from allocwatch import bpfsource, probes
+from allocwatch.bpfsource import BpfSource, LoadOptions
+from allocwatch.probes import Mechanism
+from allocwatch.sites import Site
+from tests.unit.test_probes import captured
+
+
+class FakeBPF:
+    KPROBE = 2
+    fail: set[str] = set()
+
+    def __init__(self, src_file, cflags):
+        self.cflags = cflags
+        self.attached: list[tuple[str, str]] = []
+
+    def __getitem__(self, name):
+        return self
+
+    def open_ring_buffer(self, cb):
+        pass
+
+    def _attach(self, kind, name):
+        if name in self.fail or f"{kind}:{name}" in self.fail:
+            raise Exception(f"cannot attach {kind} {name}, Invalid argument")
+        self.attached.append((kind, name))
+
+    def attach_tracepoint(self, tp, fn_name):
+        self._attach("tp", tp.decode())
+
+    def detach_tracepoint(self, tp):
+        self.attached.remove(("tp", tp.decode()))
+
+    def attach_kprobe(self, event, fn_name):
+        self._attach("kprobe", event.decode())
+
+    def attach_kretprobe(self, event, fn_name):
+        self._attach("kretprobe", event.decode())
+
+    def detach_kprobe(self, event):
+        self.attached.remove(("kprobe", event.decode()))
+
+    def cleanup(self):
+        pass
+
+
+class FakeBcc:
+    BPF = FakeBPF
+
+
+@pytest.fixture
+def source(monkeypatch):
+    monkeypatch.setattr(bpfsource, "import_bcc", lambda: FakeBcc)
+    monkeypatch.setattr(bpfsource, "check_headers", lambda release: None)
+    monkeypatch.setattr(bpfsource, "_release_build_memory", lambda: None)
+
+    def make(kernel, fail=()):
+        FakeBPF.fail = set(fail)
+        f = captured(kernel)
+        src = BpfSource(probes.plan(f), f, LoadOptions(long_wait_ns=10**9))
+        src.load()
+        return src
+
+    return make
+
+
+def by_site(src):
+    return {st.plan.site: st for st in src.status}
+
+
+def test_kprobe_that_will_not_attach_falls_over_to_dstate(source):
+    """As seen on Debian 6.1: __alloc_pages_slowpath.constprop.0 refuses a kprobe."""
+    src = source("6.1", fail={"__alloc_pages_slowpath.constprop.0"})
+    st = by_site(src)[Site.ALLOC_SLOWPATH]
+    assert st.attached and st.plan.chosen.mechanism is Mechanism.DSTATE_STACK
+    assert "attach failed: cannot attach kprobe" in st.plan.skipped[-1][1]
+    assert ("tp", "sched:sched_switch") in src._bpf.attached
+    assert ("kprobe", "__alloc_pages_slowpath.constprop.0") not in src._bpf.attached
+    assert Site.ALLOC_SLOWPATH in {e.site for e in probes.stack_classified_sites(src.effective_plans)}
+
+
+def test_kretprobe_failure_leaves_no_lone_entry_probe(source):
+    src = source("6.1", fail={"kretprobe:mem_cgroup_oom_synchronize"})
+    st = by_site(src)[Site.MEMCG_OOM_WAIT]
+    assert st.plan.chosen.mechanism is Mechanism.DSTATE_STACK
+    assert not any(name == "mem_cgroup_oom_synchronize" for _, name in src._bpf.attached)
+
+
+def test_pair_with_one_half_failing_is_detached_whole(source):
+    src = source("6.18", fail={"vmscan:mm_vmscan_memcg_reclaim_end"})
+    st = by_site(src)[Site.MEMCG_RECLAIM]
+    assert not st.attached  # no kprobes on 6.18: nothing to fall over to
+    assert ("tp", "vmscan:mm_vmscan_memcg_reclaim_begin") not in src._bpf.attached
+    assert "attach failed" in st.plan.skipped[-1][1]
+
+
+def test_fallback_handlers_are_compiled(source):
+    src = source("6.1")
+    flags = set(src._bpf.cflags)
+    assert "-DAW_KPROBES" in flags
+    assert "-DAW_TP_BALANCE_DIRTY_PAGES" in flags and "-DAW_TP_MARK_VICTIM" in flags
