@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -115,6 +116,7 @@ class BpfSource:
     # -- load and attach --------------------------------------------------
 
     def load(self, kprobes: bool | None = None) -> list[SiteStatus]:
+        t0 = time.monotonic()
         check_headers(self.features.release)
         want_kprobes = self.features.kprobes if kprobes is None else kprobes
         flags = cflags_for(self.plans, self.features, self.opts, want_kprobes)
@@ -130,6 +132,7 @@ class BpfSource:
             raise BpfUnavailable(f"cannot attach {SCHED_EXIT.name}: {exc}") from None
         self.status = [self._attach_site(p) for p in self.plans]
         _release_build_memory()
+        self.load_seconds = time.monotonic() - t0
         return self.status
 
     def load_kprobe_programs(self) -> list[str]:

@@ -21,10 +21,6 @@ class StackClassifier:
             for frame in entry.stack_frames:
                 self._by_frame.setdefault(frame, entry.site)
 
-    @property
-    def frames(self) -> dict[str, Site]:
-        return dict(self._by_frame)
-
     def classify(self, frames: Sequence[str]) -> Site | None:
         """The site of the innermost known frame; `frames` innermost first."""
         for frame in frames:

@@ -11,7 +11,6 @@ import json
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from allocwatch import __version__, config, coverage, kernelinfo, preflight, probes
@@ -71,9 +70,7 @@ def _load_source(cfg: config.Config, plans, features):
         max_dwaits=cfg.max_inflight,
     )
     source = BpfSource(plans, features, opts)
-    t0 = time.monotonic()
     source.load()
-    source.load_seconds = time.monotonic() - t0
     return source
 
 

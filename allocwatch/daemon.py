@@ -135,7 +135,10 @@ class Daemon:
             self.oom_kills += 1
             records.append(OomKillReport(self._next_seq(), wall, k))
         if result.stalls:
-            details = {s.wait.tid: self._detail(s.wait) for s in result.stalls}
+            details: dict[int, TaskDetail] = {}
+            for s in result.stalls:  # one /proc read per task, however many waits it has
+                if s.wait.tid not in details:
+                    details[s.wait.tid] = self._detail(s.wait)
             records.append(StallReport(self._next_seq(), wall, result.stalls, result.stalled_now, details))
         for r in result.recovered:
             records.append(RecoveredReport(self._next_seq(), wall, r))

@@ -114,10 +114,6 @@ class Tracker:
         # rest are counted in the kernel's wait_hist.
         self.dstate_completed: dict[Site, SiteTotals] = {}
 
-    @property
-    def reported_count(self) -> int:
-        return len(self._reported)
-
     def scan(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended]) -> ScanResult:
         """One scan. `inflight` was read before `ended` was drained."""
         ended_by_key = {e.wait.key: e for e in ended}
