@@ -36,10 +36,15 @@ class Site(enum.IntEnum):
 
     @classmethod
     def from_label(cls, label: str) -> Site:
-        try:
-            return cls[label.upper()]
-        except KeyError:
-            raise ValueError(f"unknown wait site {label!r}") from None
+        """The site whose label is exactly `label` (no case folding: "OOM" and
+        look-alikes such as a dotless i are not labels)."""
+        if not isinstance(label, str):
+            raise ValueError(f"a wait site label is a string, not {type(label).__name__}")
+        site = {s.label: s for s in cls}.get(label)
+        if site is None:
+            shown = repr(label[:60]) + ("..." if len(label) > 60 else "")
+            raise ValueError(f"unknown wait site {shown}")
+        return site
 
 
 NR_SITES = 19
@@ -49,6 +54,9 @@ HIST_SLOTS = 32
 
 EV_WAIT_END = 1
 EV_OOM_KILL = 2
+
+# How a wait ended (aw_event.how), as reports name it.
+END_HOW = {0: "woke", 1: "killed", 2: "exited"}
 
 STAT_NAMES = ("events_lost", "waits_full", "dwaits_full", "unmatched_end", "oom_kills")
 
