@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import time
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +23,8 @@ from allocwatch.probes import (
     MARK_VICTIM_COMM_DEFINE,
     SCHED_EXIT,
     SCHED_SWITCH,
+    SIGNAL_GENERATE,
+    SIGNAL_GENERATE_DEFINE,
     Mechanism,
     SitePlan,
     Tracepoint,
@@ -43,9 +44,6 @@ class LoadOptions:
 
 def bpf_dir() -> Path:
     """Where bpf/*.c and bpf/*.h are: the package's data, or the checkout."""
-    env = os.environ.get("ALLOCWATCH_BPF_DIR")
-    if env:
-        return Path(env)
     try:
         data = Path(str(resources.files("allocwatch.bpf")))
         if (data / BPF_SOURCE).exists():
@@ -93,6 +91,8 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
                     defines.add(define)
     if features.has_tracepoint("oom:mark_victim", ("comm",)):
         defines.add(MARK_VICTIM_COMM_DEFINE)
+    if features.has_tracepoint(SIGNAL_GENERATE.name, SIGNAL_GENERATE.fields):
+        defines.add(SIGNAL_GENERATE_DEFINE)
     if kprobes:
         defines.add("AW_KPROBES")
     flags += [f"-D{d}" for d in sorted(defines)]
@@ -112,6 +112,7 @@ class BpfSource:
         self._attached_tps: set[str] = set()
         self.status: list[SiteStatus] = []
         self.load_seconds = 0.0
+        self.kill_tracking = False
 
     # -- load and attach --------------------------------------------------
 
@@ -130,6 +131,12 @@ class BpfSource:
             self._attach_tp(SCHED_EXIT)
         except Exception as exc:
             raise BpfUnavailable(f"cannot attach {SCHED_EXIT.name}: {exc}") from None
+        self.kill_tracking = False
+        if features_have(self.features, SIGNAL_GENERATE):
+            try:  # optional: without it, a killed task's wait reads "woke"
+                self.kill_tracking = self._attach_tp(SIGNAL_GENERATE)
+            except Exception:
+                pass
         self.status = [self._attach_site(p) for p in self.plans]
         _release_build_memory()
         self.load_seconds = time.monotonic() - t0
@@ -157,12 +164,13 @@ class BpfSource:
     def _attach_site(self, plan: SitePlan) -> SiteStatus:
         """Attach the chosen option; if that fails, the next one that this
         kernel supports. The status carries the plan as it ended up."""
+        in_kernel = plan.entry.in_kernel(self.features.version)
         while plan.chosen is not None:
             try:
-                return SiteStatus(plan, True, self._attach_option(plan))
+                return SiteStatus(plan, True, self._attach_option(plan), in_kernel=in_kernel)
             except Exception as exc:  # bcc raises bare Exception on attach failure
                 plan = plan.failed_over(f"attach failed: {str(exc).splitlines()[0]}")
-        return SiteStatus(plan, False, "")
+        return SiteStatus(plan, False, "", in_kernel=in_kernel)
 
     def _attach_option(self, plan: SitePlan) -> str:
         opt = plan.chosen
@@ -230,7 +238,7 @@ class BpfSource:
             order=-1,
             depth=0,
             site_hint=SITE_NONE,
-            comm=comm.encode("utf-8", "replace")[: wire.COMM_LEN - 1],
+            comm=wire.encode_comm(comm),
         )
         table = self._bpf[b"dwaits"]
         table[table.Key(tid)] = value
@@ -280,6 +288,10 @@ class BpfSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def features_have(features: KernelFeatures, tp: Tracepoint) -> bool:
+    return features.has_tracepoint(tp.name, tp.fields)
 
 
 def _int(v: Any) -> int:

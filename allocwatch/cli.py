@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
-from allocwatch import __version__, config, coverage, kernelinfo, preflight, probes
-from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached
+from allocwatch import __version__, config, coverage, kernelinfo, preflight, probes, report
+from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached, OutputClosed
 from allocwatch.probes import uses_dstate
 from allocwatch.sinks import FdSink
 
@@ -74,12 +76,17 @@ def _load_source(cfg: config.Config, plans, features):
     return source
 
 
+def _tracefs(cfg: config.Config) -> None:
+    if preflight.ensure_tracefs(Path(cfg.tracefs)):
+        print(f"allocwatch: tracefs was not mounted: mounted it at {preflight.TRACEFS_STANDARD}", file=sys.stderr)
+
+
 def cmd_probes(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, {})
     offline = args.tracefs is not None
     if not offline:
-        preflight.require_root()
-        preflight.ensure_tracefs(Path(cfg.tracefs))
+        preflight.require_capabilities()
+        _tracefs(cfg)
     features = _features(cfg, args.tracefs, args.kallsyms)
     plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
     if offline:
@@ -111,8 +118,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         "format": args.format,
     }
     cfg = config.load(args.config, overrides)
-    preflight.require_root()
-    preflight.ensure_tracefs(Path(cfg.tracefs))
+    preflight.require_capabilities()
+    _tracefs(cfg)
     features = _features(cfg)
     plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
     source = _load_source(cfg, plans, features)
@@ -123,14 +130,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        sink = FdSink(sys.stdout.fileno())
+        sink = FdSink(1, drop_notice=lambda n: report.render_drop_notice(n, time.time(), cfg.format),
+                      on_fatal=lambda _err: stop.set())
         attached_plans = source.effective_plans
         daemon = Daemon(cfg, source, attached_plans, sink)
+        daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
-        missing = [s.plan.site.label for s in source.status if not s.attached]
         print(
-            f"allocwatch {__version__}: watching {len(attached)} of {len(source.status)} wait sites "
-            f"(loaded in {source.load_seconds:.2f}s; not attached: {', '.join(missing) or 'none'}); "
+            f"allocwatch {__version__}: watching {coverage.summarize(source.status).line()} "
+            f"(loaded in {source.load_seconds:.2f}s); "
             f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s"
             + (f"; {seeded} task(s) already asleep in D, timed from now" if seeded else ""),
             file=sys.stderr,
@@ -144,7 +152,11 @@ def cmd_run(args: argparse.Namespace) -> int:
                 flush=True,
             )
         daemon.run(stop)
-        sink.write(daemon.summary())
+        if sink.error is None:
+            sink.write(daemon.summary())
+            sink.close()
+        if sink.error is not None:
+            raise sink.error
     finally:
         source.close()
     return 0
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "probes" and args.kallsyms and not args.tracefs:
         parser.error("--kallsyms describes a captured kernel: give its --tracefs DIR too")
     try:
+        preflight.require_stdout()
         if args.command == "probes":
             return cmd_probes(args)
         return cmd_run(args)
@@ -164,8 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         return err.exit_code
     except KeyboardInterrupt:
         return 0
-    except BrokenPipeError:
-        return 0
+    except BrokenPipeError:  # `allocwatch probes | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # so the exit flush does not fail again
+        closed = OutputClosed("standard output was closed by its reader before everything was written")
+        print(f"allocwatch: {closed}", file=sys.stderr)
+        return closed.exit_code
     except Exception as exc:  # a bug: say so plainly, with the exit code for it
         print(f"allocwatch: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_INTERNAL

@@ -1,8 +1,14 @@
 """What is watched and how: per-site attach status, for `allocwatch probes`
-and the daemon's start line (pure)."""
+and the daemon's start line (pure).
+
+Coverage is counted over what this kernel could have: a site the kernel
+removed long ago (congestion_wait) or that the configuration turned off (the
+hot allocator entry) is shown as such, not as missing.
+"""
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -11,11 +17,36 @@ from allocwatch.kernelinfo import KernelFeatures
 from allocwatch.probes import SCHED_SWITCH, Mechanism, SitePlan
 
 
+class State(str, enum.Enum):
+    ATTACHED = "attached"
+    WOULD_ATTACH = "would attach"  # evaluated offline
+    OFF = "off (config)"
+    NOT_IN_KERNEL = "not in this kernel"
+    MISSING = "MISSING"  # the kernel has the site, and nothing here can watch it
+
+    @property
+    def counts(self) -> bool:
+        """Part of what this kernel could have watched."""
+        return self not in (State.OFF, State.NOT_IN_KERNEL)
+
+
 @dataclass(frozen=True)
 class SiteStatus:
     plan: SitePlan  # as attached: an option that failed to attach is in plan.skipped
-    attached: bool | None  # None: evaluated without attaching
+    attached: bool  # live: attached; offline: would attach
     target: str  # tracepoints or the kprobe symbol used
+    live: bool = True  # False: evaluated from a captured kernel, nothing attached
+    in_kernel: bool = True  # False: this kernel version has no such site
+
+    @property
+    def state(self) -> State:
+        if self.attached:
+            return State.ATTACHED if self.live else State.WOULD_ATTACH
+        if self.plan.disabled:
+            return State.OFF
+        if not self.in_kernel:
+            return State.NOT_IN_KERNEL
+        return State.MISSING
 
 
 def planned(plan: SitePlan, features: KernelFeatures) -> SiteStatus:
@@ -27,17 +58,49 @@ def planned(plan: SitePlan, features: KernelFeatures) -> SiteStatus:
         target = plan.kprobe_target(features) or ""
     else:
         target = " + ".join(tp.name for tp in opt.tracepoints) or SCHED_SWITCH.name
-    return SiteStatus(plan, None, target)
+    return SiteStatus(plan, opt is not None, target, live=False, in_kernel=plan.entry.in_kernel(features.version))
 
 
 def why_not(st: SiteStatus) -> str:
     plan = st.plan
     why = plan.disabled
     if not why and plan.chosen is None:
+        if not st.in_kernel and plan.entry.absent:
+            return plan.entry.absent
         why = "; ".join(r for _, r in plan.skipped) or plan.entry.absent
         if plan.entry.absent and plan.entry.absent not in why:
             why += f" ({plan.entry.absent})"
     return why
+
+
+@dataclass(frozen=True)
+class Summary:
+    attached: int
+    could_have: int  # sites this kernel has and the configuration wants
+    off: int
+    not_in_kernel: int
+    missing: tuple[str, ...]  # labels
+
+    def line(self) -> str:
+        extra = []
+        if self.not_in_kernel:
+            extra.append(f"{self.not_in_kernel} not in this kernel")
+        if self.off:
+            extra.append(f"{self.off} off by configuration")
+        tail = f" ({', '.join(extra)})" if extra else ""
+        missing = f"; missing: {', '.join(self.missing)}" if self.missing else ""
+        return f"{self.attached} of {self.could_have} wait sites{tail}{missing}"
+
+
+def summarize(statuses: Sequence[SiteStatus]) -> Summary:
+    states = [st.state for st in statuses]
+    return Summary(
+        attached=sum(s in (State.ATTACHED, State.WOULD_ATTACH) for s in states),
+        could_have=sum(s.counts for s in states),
+        off=states.count(State.OFF),
+        not_in_kernel=states.count(State.NOT_IN_KERNEL),
+        missing=tuple(st.plan.site.label for st in statuses if st.state is State.MISSING),
+    )
 
 
 def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:
@@ -47,24 +110,25 @@ def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "site": st.plan.site.label,
             "what": st.plan.entry.what,
-            "attached": st.attached,
+            "state": st.state.value,
+            "attached": st.attached if st.live else None,
             "mechanism": opt.mechanism.value if opt else None,
             "target": st.target or None,
             "why_not": why_not(st) or None,
             "passed_over": [{"mechanism": o.mechanism.value, "why": r} for o, r in st.plan.skipped],
         }
-        if st.attached is None:
-            row["would_attach"] = opt is not None
+        if not st.live:
+            row["would_attach"] = st.attached
         out.append(row)
     return out
 
 
 def render_text(statuses: Sequence[SiteStatus], release: str) -> str:
-    offline = any(st.attached is None for st in statuses)
+    offline = any(not st.live for st in statuses)
     lines = [f"kernel {release}: {'evaluated offline, nothing attached' if offline else 'attached live'}"]
-    for row in rows(statuses):
-        ok = row["would_attach"] if offline else row["attached"]
-        state = ("would attach" if offline else "attached") if ok else "MISSING"
-        how = f"{row['mechanism']}: {row['target']}" if ok else row["why_not"]
-        lines.append(f"  {row['site']:<24} {state:<13} {how}")
+    for st, row in zip(statuses, rows(statuses), strict=True):
+        how = f"{row['mechanism']}: {row['target']}" if st.attached else row["why_not"]
+        lines.append(f"  {row['site']:<24} {st.state.value:<19} {how}")
+    verb = "would watch" if offline else "watching"
+    lines.append(f"{verb} {summarize(statuses).line()}")
     return "\n".join(lines) + "\n"

@@ -14,14 +14,17 @@ from allocwatch.config import Config
 from allocwatch.dstate import DstateNamer
 from allocwatch.probes import SitePlan, stack_classified_sites
 from allocwatch.report import (
+    LIMIT_TEXT,
+    LimitsReport,
     OomKillReport,
     Record,
     RecoveredReport,
     SiteSummary,
     StallReport,
+    SummaryReport,
     TaskDetail,
+    limit_line,
     render,
-    render_summary,
 )
 from allocwatch.sites import NR_SITES, SITE_DSTATE, Site, hist_slot_upper_s
 from allocwatch.tracker import NS_PER_S, Ended, Tracker, Wait
@@ -72,6 +75,9 @@ class Daemon:
         self.seq = 0
         self.scans = 0
         self.oom_kills = 0
+        self.unrelated_dropped = 0  # D-state sleeps named "not a memory wait" and untracked
+        self._limits_seen: dict[str, int] = {}
+        self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
 
     def seed_preexisting(self) -> int:
         """Track tasks already asleep in D when the programs were attached.
@@ -107,12 +113,33 @@ class Daemon:
             stack=stack,
         )
 
+    def _limits(self, wall: float) -> LimitsReport | None:
+        """Counters of kernel-side limits that grew since the last scan."""
+        stats = self.source.stats()
+        grown = {}
+        for name in LIMIT_TEXT:
+            now = stats.get(name, 0)
+            if now > self._limits_seen.get(name, 0):
+                grown[name] = now - self._limits_seen.get(name, 0)
+            self._limits_seen[name] = now
+        if not grown:
+            return None
+        totals = {k: stats.get(k, 0) for k in grown}
+        for k, n in grown.items():
+            self.on_limit(limit_line(k, n, totals[k]))
+        return LimitsReport(self._next_seq(), wall, grown, totals)
+
     def scan_once(self) -> list[Record]:
         now_ns = self.clock_ns()
         raws = self.source.inflight()
         events = self.source.drain()
         waits = [w for w in map(_pair_wait, (r for r in raws if r.site != SITE_DSTATE)) if w]
         waits += self.namer.name_all((r for r in raws if r.site == SITE_DSTATE), now_ns)
+        # A sleep named "not a memory wait" gives its slot back, so tasks parked
+        # in D elsewhere (vfork, frozen file systems) cannot fill the map.
+        for tid, start_ns in self.namer.take_unrelated():
+            self.source.drop_dwait(tid, start_ns)
+            self.unrelated_dropped += 1
 
         ended: list[Ended] = []
         kills: list[OomKill] = []
@@ -124,13 +151,16 @@ class Daemon:
                 if named:
                     ended.append(named)
             elif (w := _pair_wait(ev)) is not None:
-                ended.append(Ended(w, ev.duration_ns))
+                ended.append(Ended(w, ev.duration_ns, how=ev.how))
         self.namer.prune()
 
         result = self.tracker.scan(now_ns, waits, ended)
         self.scans += 1
         wall = self.wall_s()
         records: list[Record] = []
+        limits = self._limits(wall)
+        if limits is not None:
+            records.append(limits)
         for k in kills:
             self.oom_kills += 1
             records.append(OomKillReport(self._next_seq(), wall, k))
@@ -149,6 +179,8 @@ class Daemon:
     def summary(self) -> str:
         """Completed waits per site (kernel histograms plus the D-state sleeps
         named here), rendered for the end of a run."""
+        stats = dict(self.source.stats())
+        stats["dwaits_unrelated_dropped"] = self.unrelated_dropped
         completed: dict[str, SiteSummary] = {}
         for site, (slots, total_ns) in self.source.histograms().items():
             buckets = {f"{hist_slot_upper_s(i):g}": n for i, n in enumerate(slots) if n}
@@ -158,7 +190,8 @@ class Daemon:
             completed[site.label] = SiteSummary(
                 prev.count + totals.count, prev.total_s + totals.total_ns / NS_PER_S, prev.buckets
             )
-        return render_summary(self.wall_s(), self.cfg.format, completed, self.source.stats(), self.oom_kills)
+        rec = SummaryReport(self._next_seq(), self.wall_s(), completed, stats, self.oom_kills)
+        return render([rec], self.cfg.format)
 
     def run(self, stop: threading.Event) -> None:
         """Scan every scan_interval_s until `stop` is set; a last scan at the end."""

@@ -34,6 +34,7 @@ class DstateNamer:
         self.stack_reads = 0
         self._live: set[tuple[int, int]] = set()
         self._seeded: set[tuple[int, int]] = set()
+        self._unrelated: list[tuple[int, int]] = []  # (tid, start_ns) named "not a memory wait"
 
     def seeded(self, tid: int, start_ns: int) -> None:
         """Note a sleep found in D at start: its real start is unknown."""
@@ -57,6 +58,8 @@ class DstateNamer:
             self.stack_reads += 1
             site = hinted if hinted is not None else self._classifier.classify(frames or [])
             named = self._named[key] = _Named(site, frames)
+            if site is None and frames is not None:
+                self._unrelated.append(key)
         return named.site
 
     def name_all(self, raws: Iterable[InflightWait], now_ns: int) -> list[Wait]:
@@ -70,6 +73,12 @@ class DstateNamer:
                 waits.append(_wait(raw, site, (raw.tid, raw.start_ns) not in self._seeded))
         return waits
 
+    def take_unrelated(self) -> list[tuple[int, int]]:
+        """Sleeps named "not a memory wait" since the last call: the caller
+        stops tracking them in the kernel."""
+        out, self._unrelated = self._unrelated, []
+        return out
+
     def prune(self) -> None:
         """Forget sleeps that were not in the last `name_all()`."""
         for key in [k for k in self._named if k not in self._live]:
@@ -82,7 +91,7 @@ class DstateNamer:
         if site is None:
             return None
         known = (end.tid, end.start_ns) not in self._seeded
-        return Ended(_wait(end, site, known), end.duration_ns, counted_in_kernel=end.site_hint is not None)
+        return Ended(_wait(end, site, known), end.duration_ns, end.site_hint is not None, end.how)
 
 
 def _wait(raw: InflightWait | WaitEnd, site: Site, start_known: bool = True) -> Wait:

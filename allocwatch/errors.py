@@ -20,7 +20,9 @@ class ConfigUnreadable(AllocwatchError):
     exit_code = 4
 
 
-class NotRoot(AllocwatchError):
+class NotPrivileged(AllocwatchError):
+    """Not root, or root without the capabilities BPF needs."""
+
     exit_code = 5
 
 
@@ -44,6 +46,18 @@ class BpfUnavailable(AllocwatchError):
 
 class NothingAttached(AllocwatchError):
     exit_code = 10
+
+
+class OutputClosed(AllocwatchError):
+    """Standard output is closed, or its reader has gone (EPIPE)."""
+
+    exit_code = 12
+
+
+class OutputFailed(AllocwatchError):
+    """A report could not be written: full disk, I/O error."""
+
+    exit_code = 13
 
 
 EXIT_OK = 0

@@ -31,6 +31,12 @@ class KernelFeatures:
     kprobes_why_not: str = ""
     proc_stack: bool = False
 
+    @property
+    def version(self) -> tuple[int, int] | None:
+        """(major, minor) from the release string, None if it does not parse."""
+        m = re.match(r"(\d+)\.(\d+)", self.release)
+        return (int(m.group(1)), int(m.group(2))) if m else None
+
     def has_tracepoint(self, name: str, fields: Iterable[str] = ()) -> bool:
         have = self.tracepoints.get(name)
         return have is not None and all(f in have for f in fields)

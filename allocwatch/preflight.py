@@ -1,33 +1,170 @@
-"""Checks before loading BPF: privileges and tracefs. Each failure is a typed
-error whose message names the cause and the fix."""
+"""Checks before loading BPF: capabilities, tracefs, stdout. Each failure is a
+typed error whose message names the cause and the fix.
+
+The mount rule: a configuration value never decides where something is
+mounted. allocwatch mounts tracefs only at the kernel's standard place, only
+when nothing is mounted there, and says so; any other configured path must
+already be a tracefs mount point.
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
-from allocwatch.errors import NotRoot, TracefsMissing
+from allocwatch.errors import NotPrivileged, OutputClosed, TracefsMissing
+
+TRACEFS_STANDARD = Path("/sys/kernel/tracing")
+MOUNTINFO = Path("/proc/self/mountinfo")
+
+# Capability numbers from include/uapi/linux/capability.h.
+CAP_DAC_READ_SEARCH = 2
+CAP_SYS_ADMIN = 21
+CAP_PERFMON = 38  # since v5.8 (980737282232, "capabilities: Introduce CAP_PERFMON")
+CAP_BPF = 39  # since v5.8 (a17b53c4a4b5, "bpf, capability: Introduce CAP_BPF")
+CAP_NAMES = {
+    CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
+    CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
+    CAP_PERFMON: "CAP_PERFMON",
+    CAP_BPF: "CAP_BPF",
+}
 
 
-def require_root(euid: int | None = None) -> None:
-    if (os.geteuid() if euid is None else euid) != 0:
-        raise NotRoot(
-            "allocwatch needs root to load BPF programs (CAP_BPF, CAP_PERFMON and "
-            "CAP_SYS_ADMIN for tracepoints): run it with sudo or as a root service"
+# -- capabilities -------------------------------------------------------------
+
+
+def needed_capabilities(euid: int, cap_last_cap: int) -> list[int]:
+    """What loading, attaching and reading stacks need on this kernel.
+
+    CAP_BPF and CAP_PERFMON load tracing programs and attach them (perf
+    events); CAP_SYS_ADMIN reads /proc/PID/stack (root-only since v4.20,
+    f8a00cef1720) and is what kernels before v5.8 ask for everything. Off
+    root, tracefs and /proc/PID/stack are mode 0400/0700 root files, so
+    CAP_DAC_READ_SEARCH is needed to read them.
+    """
+    caps = [CAP_SYS_ADMIN]
+    if cap_last_cap >= CAP_BPF:
+        caps += [CAP_BPF, CAP_PERFMON]
+    if euid != 0:
+        caps.append(CAP_DAC_READ_SEARCH)
+    return sorted(caps)
+
+
+def missing_capabilities(effective: int, euid: int, cap_last_cap: int) -> list[str]:
+    return sorted(CAP_NAMES[c] for c in needed_capabilities(euid, cap_last_cap) if not effective >> c & 1)
+
+
+def _effective_caps(status: Path = Path("/proc/self/status")) -> int:
+    for line in status.read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _cap_last_cap() -> int:
+    try:
+        return int(Path("/proc/sys/kernel/cap_last_cap").read_text())
+    except (OSError, ValueError):
+        return CAP_BPF
+
+
+def require_capabilities(
+    euid: int | None = None, effective: int | None = None, cap_last_cap: int | None = None
+) -> None:
+    euid = os.geteuid() if euid is None else euid
+    effective = _effective_caps() if effective is None else effective
+    missing = missing_capabilities(effective, euid, _cap_last_cap() if cap_last_cap is None else cap_last_cap)
+    if missing:
+        who = "root" if euid == 0 else f"uid {euid}"
+        raise NotPrivileged(
+            f"allocwatch runs as {who} without {', '.join(missing)}: it needs them to load BPF programs, "
+            "attach them and read kernel stacks; run it as root with its capabilities, or grant them "
+            "(AmbientCapabilities= in a unit)"
         )
 
 
-def ensure_tracefs(tracefs: Path) -> None:
-    """Mount tracefs at `tracefs` if its events are not there yet."""
-    if (tracefs / "events").is_dir():
-        return
-    proc = subprocess.run(
-        ["mount", "-t", "tracefs", "nodev", str(tracefs)], capture_output=True, text=True, check=False
-    )
-    if proc.returncode != 0 or not (tracefs / "events").is_dir():
-        why = proc.stderr.strip() or "no events directory after mounting"
+# -- tracefs --------------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    """mountinfo writes space, tab, newline and backslash as \\ooo."""
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
+            out.append(chr(int(field[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_fstype(path: Path, mountinfo_lines: Sequence[str]) -> str | None:
+    """The file system type mounted exactly at `path` (the top of a stack of
+    mounts), or None when `path` is not a mount point."""
+    want = os.path.realpath(path)
+    found = None
+    for line in mountinfo_lines:
+        pre, sep, post = line.partition(" - ")
+        fields = pre.split()
+        if not sep or len(fields) < 5 or not post.split():
+            continue
+        if _unescape(fields[4]) == want:
+            found = post.split()[0]  # later lines are mounted on top of earlier ones
+    return found
+
+
+def ensure_tracefs(tracefs: Path, mountinfo: Path = MOUNTINFO) -> bool:
+    """Check that `tracefs` is a tracefs mount; True if this call mounted it.
+
+    Only the standard place is ever mounted, and only when nothing is mounted
+    there. A configured path that is not a tracefs mount is an error.
+    """
+    lines = mountinfo.read_text().splitlines()
+    fstype = mounted_fstype(tracefs, lines)
+    if fstype == "tracefs":
+        return False
+    standard = os.path.realpath(tracefs) == os.path.realpath(TRACEFS_STANDARD)
+    if not standard:
+        what = f"a {fstype} mount" if fstype else "not a mount point"
         raise TracefsMissing(
-            f"tracefs is not mounted at {tracefs} and mounting it failed ({why}): "
-            f"mount it with 'mount -t tracefs nodev {tracefs}' (needs CONFIG_TRACING)"
+            f"tracefs: {_cut(str(tracefs))} is {what}, not tracefs; allocwatch mounts tracefs only at "
+            f"{TRACEFS_STANDARD}: leave the key out, or give a path where tracefs is mounted"
         )
+    if fstype is not None:
+        raise TracefsMissing(
+            f"{TRACEFS_STANDARD} has {fstype} mounted on it, not tracefs: allocwatch leaves it alone; "
+            f"mount tracefs somewhere and give that path as tracefs"
+        )
+    proc = subprocess.run(
+        ["mount", "-t", "tracefs", "nodev", str(TRACEFS_STANDARD)], capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0 or mounted_fstype(TRACEFS_STANDARD, mountinfo.read_text().splitlines()) != "tracefs":
+        why = (proc.stderr.strip().splitlines() or ["not mounted afterwards"])[-1]
+        raise TracefsMissing(
+            f"tracefs is not mounted at {TRACEFS_STANDARD} and mounting it failed ({why}): "
+            f"mount it with 'mount -t tracefs nodev {TRACEFS_STANDARD}' (needs CONFIG_TRACING)"
+        )
+    return True
+
+
+def _cut(text: str, limit: int = 80) -> str:
+    text = text.encode("ascii", "backslashreplace").decode()
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# -- stdout -----------------------------------------------------------------------
+
+
+def require_stdout(fd: int = 1) -> None:
+    """Reports go to `fd`: refuse to start when it is closed (`>&-`), before
+    anything else is opened and could take its number."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        raise OutputClosed(
+            f"standard output (fd {fd}) is closed: reports would have nowhere to go; "
+            "give the daemon a stdout (a file, a pipe, /dev/null, or the journal)"
+        ) from None

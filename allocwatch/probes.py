@@ -60,6 +60,16 @@ class SiteEntry:
     stack_frames: tuple[str, ...] = ()  # functions that name this site in a stack
     hot: bool = False  # on the allocation fast path: attached only on request
     absent: str = ""  # why a kernel may have no way to watch it
+    removed_in: tuple[int, int] | None = None  # the kernel version that removed the site
+    added_in: tuple[int, int] | None = None  # the kernel version that added it
+
+    def in_kernel(self, version: tuple[int, int] | None) -> bool:
+        """False when the site does not exist in a kernel of `version` at all."""
+        if version is None:
+            return True
+        if self.removed_in is not None and version >= self.removed_in:
+            return False
+        return not (self.added_in is not None and version < self.added_in)
 
 
 def _kp(*functions: str, fn: str, note: str = "") -> Option:
@@ -176,6 +186,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         ),
         stack_frames=("reclaim_throttle",),
         absent="reclaim_throttle() is v5.16+; older kernels wait in congestion_wait",
+        added_in=(5, 16),
     ),
     SiteEntry(
         Site.CONGESTION_WAIT,
@@ -190,6 +201,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         ),
         stack_frames=("congestion_wait",),
         absent="congestion_wait() was removed with congestion tracking (v5.18)",
+        removed_in=(5, 18),
     ),
     SiteEntry(
         Site.WAIT_IFF_CONGESTED,
@@ -204,6 +216,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         ),
         stack_frames=("wait_iff_congested",),
         absent="wait_iff_congested() was removed by 8cd7c588decf (v5.16)",
+        removed_in=(5, 16),
     ),
     SiteEntry(
         Site.THROTTLE_VM_WRITEOUT,
@@ -211,6 +224,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         (_kp("throttle_vm_writeout", fn="throttle_vm_writeout"),),
         stack_frames=("throttle_vm_writeout",),
         absent="throttle_vm_writeout() was removed by bf48438354a7 (v4.9); nothing replaced it",
+        removed_in=(4, 9),
     ),
     SiteEntry(
         Site.COMPACTION,
@@ -331,6 +345,9 @@ CATALOG: tuple[SiteEntry, ...] = (
 SCHED_SWITCH = Tracepoint("sched:sched_switch", "aw_sched_switch", ("prev_state", "prev_pid", "next_pid"))
 SCHED_EXIT = Tracepoint("sched:sched_process_exit", "aw_sched_process_exit", ("pid",))
 MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
+# Lets a report say a wait ended because the task was SIGKILLed (optional).
+SIGNAL_GENERATE = Tracepoint("signal:signal_generate", "aw_signal_generate", ("sig", "pid"))
+SIGNAL_GENERATE_DEFINE = "AW_TP_SIGNAL_GENERATE"
 
 
 @dataclass(frozen=True)
@@ -359,7 +376,7 @@ class SitePlan:
 
 
 def all_tracepoint_names() -> set[str]:
-    names = {SCHED_SWITCH.name, SCHED_EXIT.name}
+    names = {SCHED_SWITCH.name, SCHED_EXIT.name, SIGNAL_GENERATE.name}
     for entry in CATALOG:
         for opt in entry.options:
             names.update(tp.name for tp in opt.tracepoints)

@@ -12,8 +12,10 @@ DEFAULT_PROCFS = Path("/proc")
 
 
 def _read(path: Path) -> str | None:
+    """The file as text; bytes that are not UTF-8 kept as surrogates (the
+    same decoding as comms from the BPF side), so nothing is lost."""
     try:
-        return path.read_text(errors="replace")
+        return path.read_bytes().decode("utf-8", "surrogateescape")
     except OSError:
         return None
 
@@ -87,5 +89,6 @@ def tasks_in_state(procfs: Path, state: str) -> list[tuple[int, int, str]]:
             head, rest = text.rsplit(")", 1)
             fields = rest.split()
             if fields and fields[0] == state:
+                # "pid (comm) S ...": comm is raw bytes, any of them, ')' too
                 found.append((pid, tid, head.split("(", 1)[-1]))
     return found

@@ -1,8 +1,15 @@
-"""Report records and their text and JSON renderings (pure).
+"""Report records: each turned into a plain dict once (`to_dict`), and the text
+and JSON renderings made from that dict (pure).
 
-A scan's output is built here as a list of records; the daemon renders them
-all and hands the whole text to a sink in one write, so two blocks never
-interleave. Strings a task controls (comm) are escaped before they are shown.
+A scan's output is a list of records; the daemon renders them all and hands
+the whole text to a sink in one piece, so two blocks never interleave.
+
+Text a task controls (comm, cgroup path) is shown in one escaped form in both
+outputs: printable ASCII as itself, a backslash as `\\\\`, every other byte as
+`\\xNN` (decided from the raw bytes, so a byte 0xff and a task that named
+itself "\\xff" differ). In text, a value holding a space, `"` or `=`, or any
+escape, is put in double quotes with `\\"` for a quote, so a line always splits
+into the same `key=value` fields.
 """
 
 from __future__ import annotations
@@ -15,6 +22,11 @@ from typing import Any
 
 from allocwatch.tracker import NS_PER_S, Recovered, Stall
 from allocwatch.wire import OomKill
+
+# Frames shown in text: the innermost (where it waits) and the outermost (the
+# file system and the syscall); JSON carries every frame.
+STACK_INNER_FRAMES = 8
+STACK_OUTER_FRAMES = 4
 
 
 @dataclass(frozen=True)
@@ -49,11 +61,45 @@ class OomKillReport:
     kill: OomKill
 
 
-Record = StallReport | RecoveredReport | OomKillReport
+@dataclass(frozen=True)
+class LimitsReport:
+    """Kernel-side limits reached since the last scan: tasks went unseen."""
+
+    seq: int
+    time: float
+    grown: Mapping[str, int]  # counter name -> how much it grew since the last scan
+    totals: Mapping[str, int]  # counter name -> value now
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    count: int
+    total_s: float
+    buckets: Mapping[str, int]  # "le" upper bound in seconds -> waits in that slot
+
+
+@dataclass(frozen=True)
+class SummaryReport:
+    seq: int
+    time: float
+    completed: Mapping[str, SiteSummary]
+    stats: Mapping[str, int]
+    oom_kills: int
+
+
+Record = StallReport | RecoveredReport | OomKillReport | LimitsReport | SummaryReport
+
+# What each limit counter means, for the text line and stderr.
+LIMIT_TEXT = {
+    "waits_full": "in-flight wait map full: {n} wait(s) not tracked (raise max_inflight)",
+    "dwaits_full": "D-state map full: {n} sleep(s) not tracked (raise max_inflight)",
+    "events_lost": "ring buffer full: {n} event(s) lost",
+}
 
 
 def escape(text: str) -> str:
-    """Printable ASCII stays; anything else (newlines, ESC, bytes) becomes \\xNN."""
+    """Printable ASCII stays; a backslash doubles; anything else (newlines, ESC,
+    non-ASCII, undecodable bytes held as surrogates) becomes \\xNN per byte."""
     out = []
     for ch in text:
         if ch == "\\":
@@ -63,6 +109,13 @@ def escape(text: str) -> str:
         else:
             out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogateescape"))
     return "".join(out)
+
+
+def text_value(escaped: str) -> str:
+    """An escaped value as one `key=value` field: bare when it is plain, else quoted."""
+    if escaped and not any(c in escaped for c in ' "=\\'):
+        return escaped
+    return '"' + escaped.replace('"', '\\"') + '"'
 
 
 def iso_time(epoch_s: float) -> str:
@@ -86,71 +139,16 @@ def by_task(stalls: Sequence[Stall]) -> list[list[Stall]]:
     return list(groups.values())
 
 
-# -- text -------------------------------------------------------------------
+# -- records -> dicts (once) -----------------------------------------------------
 
 
-def _task_line(group: list[Stall], detail: TaskDetail) -> list[str]:
-    s = group[0]
-    w = s.wait
-    parts = [
-        f"  {escape(w.comm)} pid={w.pid} tid={w.tid} site={w.site.label}",
-        f"waited{'=' if w.start_known else '>='}{seconds(s.duration_ns):.1f}s",
-        f"gfp={gfp_text(w.gfp) or '-'} order={'-' if w.order is None else w.order}",
-        f"cgroup={escape(detail.cgroup) if detail.cgroup else '-'} state={detail.state or '-'}",
-    ]
-    if s.first:
-        parts.append("(new)")
-    if not w.start_known:
-        parts.append("(asleep before allocwatch started)")
-    lines = [" ".join(parts)]
-    for other in group[1:]:
-        lines.append(f"    also waiting: site={other.wait.site.label} for {seconds(other.duration_ns):.1f}s")
-    if detail.stack:
-        lines.append("    stack: " + " <- ".join(escape(f) for f in detail.stack[:12]))
-    return lines
-
-
-def render_text(rec: Record) -> str:
-    stamp = iso_time(rec.time)
-    if isinstance(rec, StallReport):
-        groups = by_task(rec.stalls)
-        new = sum(1 for g in groups if any(s.first for s in g))
-        longest = seconds(max(s.duration_ns for s in rec.stalls))
-        lines = [
-            f"{stamp} allocwatch: stall report #{rec.seq}: {len(groups)} task(s) due "
-            f"({new} new), {rec.stalled_now} wait(s) over threshold, longest {longest:.1f}s"
-        ]
-        for g in groups:
-            lines += _task_line(g, rec.details.get(g[0].wait.tid, TaskDetail()))
-        return "\n".join(lines) + "\n"
-    if isinstance(rec, RecoveredReport):
-        r = rec.recovered
-        w = r.wait
-        how = "" if r.exact else " or less (end not seen)"
-        if not w.start_known:
-            how += " or more (asleep before allocwatch started)"
-        return (
-            f"{stamp} allocwatch: recovered #{rec.seq}: {escape(w.comm)} pid={w.pid} tid={w.tid} "
-            f"site={w.site.label} waited {seconds(r.duration_ns):.1f}s{how}, reported {r.reports} time(s)\n"
-        )
-    k = rec.kill
-    victim = escape(k.victim_comm) if k.victim_comm else "?"
-    return (
-        f"{stamp} allocwatch: oom kill #{rec.seq}: victim pid={k.victim_pid} comm={victim}, "
-        f"invoked by {escape(k.invoker_comm)} pid={k.invoker_pid} tid={k.invoker_tid}\n"
-    )
-
-
-# -- JSON -------------------------------------------------------------------
-
-
-def _task_json(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
+def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
     s = group[0]
     w = s.wait
     return {
         "tid": w.tid,
         "pid": w.pid,
-        "comm": w.comm,
+        "comm": escape(w.comm),
         "site": w.site.label,
         "duration_s": seconds(s.duration_ns),
         "start_known": w.start_known,
@@ -158,18 +156,18 @@ def _task_json(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "new": s.first,
         "gfp": gfp_text(w.gfp),
         "order": w.order,
-        "cgroup": detail.cgroup,
+        "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
         "state": detail.state,
-        "stack": list(detail.stack) if detail.stack else [],
+        "stack": [escape(f) for f in detail.stack] if detail.stack else [],
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
     }
 
 
-def to_json(rec: Record) -> dict[str, Any]:
+def to_dict(rec: Record) -> dict[str, Any]:
+    """The one plain form of a record: JSON lines, text, journald and the socket use it."""
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
-        groups = by_task(rec.stalls)
-        tasks = [_task_json(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in groups]
+        tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
         return {"type": "stall_report", **base, "stalled": rec.stalled_now, "tasks": tasks}
     if isinstance(rec, RecoveredReport):
         r = rec.recovered
@@ -179,62 +177,137 @@ def to_json(rec: Record) -> dict[str, Any]:
             **base,
             "tid": w.tid,
             "pid": w.pid,
-            "comm": w.comm,
+            "comm": escape(w.comm),
             "site": w.site.label,
             "duration_s": seconds(r.duration_ns),
             "exact": r.exact,
             "start_known": w.start_known,
+            "ended": r.how or "unseen",
             "reports": r.reports,
         }
-    k = rec.kill
+    if isinstance(rec, OomKillReport):
+        k = rec.kill
+        return {
+            "type": "oom_kill",
+            **base,
+            "victim_pid": k.victim_pid,
+            "victim_comm": escape(k.victim_comm) if k.victim_comm else None,
+            "invoker_pid": k.invoker_pid,
+            "invoker_tid": k.invoker_tid,
+            "invoker_comm": escape(k.invoker_comm),
+        }
+    if isinstance(rec, LimitsReport):
+        return {"type": "limits_reached", **base, "grown": dict(rec.grown), "totals": dict(rec.totals)}
     return {
-        "type": "oom_kill",
+        "type": "summary",
         **base,
-        "victim_pid": k.victim_pid,
-        "victim_comm": k.victim_comm,
-        "invoker_pid": k.invoker_pid,
-        "invoker_tid": k.invoker_tid,
-        "invoker_comm": k.invoker_comm,
+        "waits_completed": {
+            site: {"count": s.count, "total_s": round(s.total_s, 6), "buckets": dict(s.buckets)}
+            for site, s in rec.completed.items()
+        },
+        "oom_kills": rec.oom_kills,
+        "stats": dict(rec.stats),
     }
 
 
+# -- text ---------------------------------------------------------------------------
+
+
+def stack_text(frames: Sequence[str]) -> str:
+    """Innermost and outermost frames, with the count of those left out."""
+    if len(frames) <= STACK_INNER_FRAMES + STACK_OUTER_FRAMES + 1:
+        return " <- ".join(frames)
+    inner = frames[:STACK_INNER_FRAMES]
+    outer = frames[-STACK_OUTER_FRAMES:]
+    left_out = len(frames) - len(inner) - len(outer)
+    return " <- ".join([*inner, f"... {left_out} more ...", *outer])
+
+
+def _task_lines(t: Mapping[str, Any]) -> list[str]:
+    parts = [
+        f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} site={t['site']}",
+        f"waited{'=' if t['start_known'] else '>='}{t['duration_s']:.1f}s",
+        f"gfp={t['gfp'] or '-'} order={'-' if t['order'] is None else t['order']}",
+        f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
+    ]
+    if t["new"]:
+        parts.append("(new)")
+    if not t["start_known"]:
+        parts.append("(asleep before allocwatch started)")
+    lines = [" ".join(parts)]
+    for other in t["other_waits"]:
+        lines.append(f"    also waiting: site={other['site']} for {other['duration_s']:.1f}s")
+    if t["stack"]:
+        lines.append("    stack: " + stack_text(t["stack"]))
+    return lines
+
+
+def _text(d: Mapping[str, Any]) -> str:
+    head = f"{d['time']} allocwatch:"
+    kind = d["type"]
+    if kind == "stall_report":
+        tasks = d["tasks"]
+        new = sum(1 for t in tasks if t["new"])
+        longest = max(t["duration_s"] for t in tasks)
+        lines = [
+            f"{head} stall report #{d['seq']}: {len(tasks)} task(s) due ({new} new), "
+            f"{d['stalled']} wait(s) over threshold, longest {longest:.1f}s"
+        ]
+        for t in tasks:
+            lines += _task_lines(t)
+        return "\n".join(lines) + "\n"
+    if kind == "recovered":
+        how = "" if d["exact"] else " or less (end not seen)"
+        if not d["start_known"]:
+            how += " or more (asleep before allocwatch started)"
+        verb = "recovered" if d["ended"] in ("woke", "unseen") else f"wait ended ({d['ended']})"
+        return (
+            f"{head} {verb} #{d['seq']}: comm={text_value(d['comm'])} pid={d['pid']} tid={d['tid']} "
+            f"site={d['site']} waited {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)\n"
+        )
+    if kind == "oom_kill":
+        victim = text_value(d["victim_comm"]) if d["victim_comm"] else "?"
+        return (
+            f"{head} oom kill #{d['seq']}: victim pid={d['victim_pid']} comm={victim}, "
+            f"invoked by comm={text_value(d['invoker_comm'])} pid={d['invoker_pid']} tid={d['invoker_tid']}\n"
+        )
+    if kind == "limits_reached":
+        return "".join(f"{head} limit #{d['seq']}: {limit_line(k, n, d['totals'][k])}\n" for k, n in d["grown"].items())
+    lines = [f"{head} summary #{d['seq']}: {d['oom_kills']} oom kill(s); completed waits per site:"]
+    for site, s in sorted(d["waits_completed"].items()):
+        lines.append(f"  {site}: {s['count']} wait(s), {s['total_s']:.3f}s in all")
+    lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in d["stats"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def limit_line(counter: str, grown: int, total: int) -> str:
+    what = LIMIT_TEXT.get(counter, counter + ": {n}").format(n=grown)
+    return f"{what}; {total} since start"
+
+
+def render_text(rec: Record) -> str:
+    return _text(to_dict(rec))
+
+
+# -- JSON -------------------------------------------------------------------
+
+
+def _json(d: Mapping[str, Any]) -> str:
+    return json.dumps(d, ensure_ascii=True, separators=(",", ":")) + "\n"
+
+
 def render_json(rec: Record) -> str:
-    # ensure_ascii escapes every control character a comm may hold.
-    return json.dumps(to_json(rec), ensure_ascii=True, separators=(",", ":")) + "\n"
+    return _json(to_dict(rec))
 
 
 def render(records: Sequence[Record], fmt: str) -> str:
-    one = render_json if fmt == "json" else render_text
-    return "".join(one(r) for r in records)
+    one = _json if fmt == "json" else _text
+    return "".join(one(to_dict(r)) for r in records)
 
 
-# -- end-of-run summary -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SiteSummary:
-    count: int
-    total_s: float
-    buckets: Mapping[str, int]  # "le" upper bound in seconds -> waits in that slot
-
-
-def render_summary(
-    time_s: float, fmt: str, completed: Mapping[str, SiteSummary], stats: Mapping[str, int], oom_kills: int
-) -> str:
+def render_drop_notice(dropped: int, time_s: float, fmt: str) -> str:
+    """Written by the output thread before the first block that gets out after a drop."""
+    d = {"type": "blocks_dropped", "time": iso_time(time_s), "dropped": dropped}
     if fmt == "json":
-        doc = {
-            "type": "summary",
-            "time": iso_time(time_s),
-            "waits_completed": {
-                site: {"count": s.count, "total_s": round(s.total_s, 6), "buckets": dict(s.buckets)}
-                for site, s in completed.items()
-            },
-            "oom_kills": oom_kills,
-            "stats": dict(stats),
-        }
-        return json.dumps(doc, ensure_ascii=True, separators=(",", ":")) + "\n"
-    lines = [f"{iso_time(time_s)} allocwatch: summary: {oom_kills} oom kill(s); completed waits per site:"]
-    for site, s in sorted(completed.items()):
-        lines.append(f"  {site}: {s.count} wait(s), {s.total_s:.3f}s in all")
-    lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in stats.items()))
-    return "\n".join(lines) + "\n"
+        return _json(d)
+    return f"{d['time']} allocwatch: {dropped} report block(s) dropped: the output is slower than the reports\n"

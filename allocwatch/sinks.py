@@ -1,25 +1,131 @@
-"""Where rendered reports go. A sink takes a whole scan's text in one call.
+"""Where rendered report blocks go, without ever blocking the scan loop.
 
-The stdout sink writes it with as few write(2) calls as the pipe allows, under
-a lock, so blocks from two calls never interleave.
+`FdSink.write()` puts a whole block (one scan's text) on a bounded queue and
+returns at once; a writer thread writes each block to the fd in order, so two
+blocks never interleave. When the reader is slower than the reports, whole
+blocks are dropped (never half of one), counted, and the next block that gets
+out is preceded by a notice of how many were dropped.
+
+A reader that has gone (EPIPE) or a file that cannot grow (ENOSPC, EIO) is
+fatal: the writer records a typed error and calls `on_fatal`, and the daemon
+stops with that error's exit code. A non-blocking fd (EAGAIN) is waited on
+with poll(), in the writer thread only.
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import select
 import threading
+from collections import deque
+from collections.abc import Callable
+
+from allocwatch.errors import AllocwatchError, OutputClosed, OutputFailed
+
+DEFAULT_MAX_BLOCKS = 64
+_POLL_MS = 200
 
 
 class FdSink:
-    def __init__(self, fd: int = 1) -> None:
+    def __init__(
+        self,
+        fd: int = 1,
+        drop_notice: Callable[[int], str] = lambda n: f"allocwatch: {n} report block(s) dropped: output too slow\n",
+        on_fatal: Callable[[AllocwatchError], None] = lambda err: None,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        name: str = "standard output",
+    ) -> None:
         self._fd = fd
-        self._lock = threading.Lock()
+        self._drop_notice = drop_notice
+        self._on_fatal = on_fatal
+        self._max_blocks = max_blocks
+        self._name = name
+        self._queue: deque[str] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self.dropped_blocks = 0  # in all, for metrics
+        self._dropped_unsaid = 0  # since the last block that got out
+        self.written_blocks = 0
+        self.error: AllocwatchError | None = None
+        self._thread = threading.Thread(target=self._run, name=f"sink-fd{fd}", daemon=True)
+        self._thread.start()
+
+    # -- the scan loop's side: never blocks ------------------------------------
 
     def write(self, text: str) -> None:
         if not text:
             return
-        data = memoryview(text.encode("utf-8", "backslashreplace"))
-        with self._lock:
-            while data:
-                n = os.write(self._fd, data)
-                data = data[n:]
+        with self._cond:
+            if self.error is not None or self._closing:
+                return
+            if len(self._queue) >= self._max_blocks:
+                self.dropped_blocks += 1
+                self._dropped_unsaid += 1
+                return
+            self._queue.append(text)
+            self._cond.notify()
+
+    def close(self, timeout_s: float = 1.0) -> bool:
+        """Let the writer finish what is queued, for at most `timeout_s`.
+        True if everything queued was written."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout_s)
+        with self._cond:
+            return not self._thread.is_alive() and not self._queue and self.error is None
+
+    # -- the writer thread ----------------------------------------------------------
+
+    def _next(self) -> str | None:
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            text = self._queue.popleft()
+            if self._dropped_unsaid:
+                text = self._drop_notice(self._dropped_unsaid) + text
+                self._dropped_unsaid = 0
+            return text
+
+    def _run(self) -> None:
+        while (text := self._next()) is not None:
+            try:
+                self._write_all(text.encode("utf-8", "backslashreplace"))
+            except AllocwatchError as err:
+                with self._cond:
+                    self.error = err
+                    self._queue.clear()
+                self._on_fatal(err)
+                return
+            self.written_blocks += 1
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(self._fd, view)
+            except BlockingIOError:
+                self._wait_writable()
+                continue
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                raise self._typed(exc) from None
+            view = view[n:]
+
+    def _wait_writable(self) -> None:
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        for _fd, events in poller.poll(_POLL_MS):
+            if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not events & select.POLLOUT:
+                raise OutputClosed(f"{self._name} was closed by its reader: the daemon stops so it can be restarted")
+
+    def _typed(self, exc: OSError) -> AllocwatchError:
+        if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
+            return OutputClosed(
+                f"{self._name} was closed by its reader ({exc.strerror}): the daemon stops so it can be restarted"
+            )
+        return OutputFailed(f"cannot write a report to {self._name}: {exc.strerror or exc}")

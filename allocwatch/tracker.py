@@ -50,6 +50,7 @@ class Ended:
     # False for a D-state sleep named from its stack: the kernel could not
     # count it per site, so the tracker does (dstate_completed).
     counted_in_kernel: bool = True
+    how: str = "woke"  # woke, killed (SIGKILL sent while it waited), exited
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Recovered:
     duration_ns: int
     exact: bool  # False when the end was not seen and the last sighting is used
     reports: int  # how many times it was reported while it lasted
+    how: str | None = None  # woke, killed, exited; None when the end was not seen
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,7 @@ class Tracker:
             rep = self._reported.pop(key)
             end = ended_by_key.get(key)
             if end is not None:
-                recovered.append(Recovered(rep.wait, end.duration_ns, True, rep.reports))
+                recovered.append(Recovered(rep.wait, end.duration_ns, True, rep.reports, end.how))
             else:
                 recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
         stalls.sort(key=lambda s: -s.duration_ns)

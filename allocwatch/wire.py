@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 from dataclasses import dataclass
 
-from allocwatch.sites import EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
+from allocwatch.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
 
 COMM_LEN = 16
 
@@ -42,15 +42,24 @@ class Event(ctypes.Structure):
         ("order", ctypes.c_int32),
         ("target_pid", ctypes.c_uint32),
         ("site_hint", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("how", ctypes.c_uint32),
         ("comm", ctypes.c_char * COMM_LEN),
         ("target_comm", ctypes.c_char * COMM_LEN),
     ]
 
 
 def decode_comm(raw: bytes) -> str:
-    """A kernel comm: up to 16 bytes, NUL-terminated, any bytes at all."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "backslashreplace")
+    """A kernel comm: up to 16 bytes, NUL-terminated, any bytes at all.
+
+    Bytes that are not UTF-8 become lone surrogates (surrogateescape), so the
+    string turns back into exactly these bytes (`encode_comm`) and renderers
+    can tell a byte 0xff from a task that named itself "\\xff"."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def encode_comm(comm: str) -> bytes:
+    """The raw bytes of a comm from `decode_comm`, cut to fit the kernel's 16."""
+    return comm.encode("utf-8", "surrogateescape")[: COMM_LEN - 1]
 
 
 def _opt_gfp(gfp: int) -> int | None:
@@ -92,6 +101,7 @@ class WaitEnd:
     gfp: int | None
     order: int | None
     site_hint: int | None
+    how: str = "woke"  # sites.END_HOW: woke, killed, exited
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
             gfp=_opt_gfp(ev.gfp),
             order=_opt_order(ev.order),
             site_hint=_opt_site(ev.site_hint),
+            how=END_HOW.get(ev.how, "woke"),
         )
     if ev.kind == EV_OOM_KILL:
         victim_comm = decode_comm(bytes(ev.target_comm))

@@ -44,6 +44,10 @@ BPF_ARRAY(wait_hist, u64, AW_NR_SITES * AW_HIST_SLOTS);
 BPF_ARRAY(wait_sum_ns, u64, AW_NR_SITES);
 BPF_ARRAY(stats, u64, AW_NR_STATS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+/* When a SIGKILL was last sent to a task (signal:signal_generate names the
+ * target tid; a process-wide kill names its leader, whose tid is the tgid).
+ * LRU: entries of tasks that died are pushed out, never cleaned up by hand. */
+BPF_TABLE("lru_hash", u32, u64, sigkills, 4096);
 
 static __always_inline void stat_inc(u32 idx)
 {
@@ -67,10 +71,24 @@ static __always_inline void hist_add(u32 site, u64 duration_ns)
         __sync_fetch_and_add(sum, duration_ns);
 }
 
-static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns)
+/* AW_END_KILLED when a SIGKILL was sent to the task, or to its process, since
+ * the wait began (an entry older than the wait belongs to a reused pid). */
+static __always_inline u32 end_how(u32 tid, u32 tgid, u64 start_ns, u32 otherwise)
+{
+    u64 *t = sigkills.lookup(&tid);
+    if (t && *t >= start_ns)
+        return AW_END_KILLED;
+    t = sigkills.lookup(&tgid);
+    if (t && *t >= start_ns)
+        return AW_END_KILLED;
+    return otherwise;
+}
+
+static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns, u32 how)
 {
     struct aw_event ev = {};
     ev.kind = AW_EV_WAIT_END;
+    ev.how = how;
     ev.site = site;
     ev.tid = tid;
     ev.pid = w->pid;
@@ -129,7 +147,7 @@ static __always_inline int wait_end_tid(u32 tid, u32 site)
     /* Send before delete: user space snapshots the map, then drains the
      * ring, so a wait missing from the snapshot has its end in the ring. */
     if (duration_ns >= LONG_WAIT_NS)
-        emit_end(tid, site, w, duration_ns);
+        emit_end(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE));
     waits.delete(&key);
     return 0;
 }
@@ -187,7 +205,7 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
         if (w->site_hint < AW_NR_SITES)
             hist_add(w->site_hint, duration_ns);
         if (duration_ns >= LONG_WAIT_NS)
-            emit_end(next, AW_SITE_DSTATE, w, duration_ns);
+            emit_end(next, AW_SITE_DSTATE, w, duration_ns, end_how(next, w->pid, w->start_ns, AW_END_WOKE));
         dwaits.delete(&next);
     }
     if (args->prev_state != AW_REPORT_UNINTERRUPTIBLE)
@@ -216,19 +234,55 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
     return 0;
 }
 
+/* A wait still open when its task exits ended with the task: count it, and
+ * send it up if it was long, so user space says "exited" (or "killed"). */
+static __always_inline void end_at_exit(u32 tid, u32 tgid, u32 site, struct aw_wait *w, u64 now_ns)
+{
+    u64 duration_ns = now_ns - w->start_ns;
+    if (site < AW_NR_SITES)
+        hist_add(site, duration_ns);
+    else if (w->site_hint < AW_NR_SITES)
+        hist_add(w->site_hint, duration_ns);
+    if (duration_ns >= LONG_WAIT_NS)
+        emit_end(tid, site, w, duration_ns, end_how(tid, tgid, w->start_ns, AW_END_EXITED));
+}
+
 int aw_sched_process_exit(struct tracepoint__sched__sched_process_exit *args)
 {
     u32 tid = args->pid;
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    u64 now_ns = bpf_ktime_get_ns();
     struct aw_wait_key key = {.tid = tid};
 #pragma unroll
     for (u32 site = 0; site < AW_NR_SITES; site++) {
         key.site = site;
-        waits.delete(&key);
+        struct aw_wait *w = waits.lookup(&key);
+        if (w) {
+            end_at_exit(tid, tgid, site, w, now_ns);
+            waits.delete(&key);
+        }
     }
-    dwaits.delete(&tid);
+    struct aw_wait *d = dwaits.lookup(&tid);
+    if (d) {
+        end_at_exit(tid, tgid, AW_SITE_DSTATE, d, now_ns);
+        dwaits.delete(&tid);
+    }
     hints.delete(&tid);
     return 0;
 }
+
+#ifdef AW_TP_SIGNAL_GENERATE
+#define AW_SIGKILL 9
+int aw_signal_generate(struct tracepoint__signal__signal_generate *args)
+{
+    if (args->sig != AW_SIGKILL)
+        return 0;
+    u32 target = args->pid;
+    u64 now_ns = bpf_ktime_get_ns();
+    sigkills.update(&target, &now_ns);
+    return 0;
+}
+#endif
 
 /* ---- tracepoint pairs ---- */
 

@@ -42,6 +42,11 @@
 #define AW_EV_WAIT_END   1 /* a wait that lasted at least LONG_WAIT_NS ended */
 #define AW_EV_OOM_KILL   2 /* oom:mark_victim: target_* is the victim */
 
+/* How a wait ended (aw_event.how). */
+#define AW_END_WOKE   0 /* the end tracepoint fired, or the sleeper was woken */
+#define AW_END_KILLED 1 /* as above, after a SIGKILL was sent to it while it waited */
+#define AW_END_EXITED 2 /* the task exited with the wait still open */
+
 /* Counters in the `stats` array. */
 #define AW_STAT_EVENTS_LOST   0 /* ring buffer full */
 #define AW_STAT_WAITS_FULL    1 /* in-flight map full: a wait went untracked */
@@ -89,7 +94,7 @@ struct aw_event {
     __s32 order;
     __u32 target_pid; /* AW_EV_OOM_KILL: the victim */
     __u32 site_hint;  /* AW_SITE_DSTATE ends: the hint taken at sleep, or AW_SITE_NONE */
-    __u32 _pad;
+    __u32 how;        /* AW_EV_WAIT_END: AW_END_* */
     char comm[AW_COMM_LEN];
     char target_comm[AW_COMM_LEN];
 };

@@ -487,6 +487,10 @@ m = mmap.mmap(-1, max(size, 4096), flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 if hasattr(mmap, "MADV_NOHUGEPAGE"):
     m.madvise(mmap.MADV_NOHUGEPAGE)
 offsets = range(0, size, 4096)
+if len(sys.argv) > 2:  # a comm to take, in hex (any bytes: tests of hostile names)
+    fd = os.open("/proc/self/comm", os.O_WRONLY)
+    os.write(fd, bytes.fromhex(sys.argv[2]))
+    os.close(fd)
 os.write(1, b"ready\\n")
 if os.read(0, 64):
     for off in offsets:
@@ -510,21 +514,23 @@ ENOMEM once another hog has used up the headroom, and that hog dies.
 """
 
 
-def hog_command(mib: int, python: str | None = None) -> list[str]:
-    """argv of a hog touching `mib` MiB (`python` defaults to sys.executable)."""
+def hog_command(mib: int, python: str | None = None, comm: bytes | None = None) -> list[str]:
+    """argv of a hog touching `mib` MiB (`python` defaults to sys.executable);
+    with `comm`, the hog names itself that (at most 15 bytes, any bytes)."""
     if mib < 0:
         raise ValueError("mib must be >= 0")
-    return [python or sys.executable, "-I", "-S", "-c", HOG_SOURCE, str(int(mib))]
+    argv = [python or sys.executable, "-I", "-S", "-c", HOG_SOURCE, str(int(mib))]
+    return [*argv, comm.hex()] if comm else argv
 
 
 class Hog:
     """A hog process inside `group` (tracked by it), driven over its stdin/stdout."""
 
-    def __init__(self, group: MemCgroup, mib: int, **popen_kwargs: Any) -> None:
+    def __init__(self, group: MemCgroup, mib: int, comm: bytes | None = None, **popen_kwargs: Any) -> None:
         self.mib = mib
         self.group = group
         self.proc: subprocess.Popen[bytes] = group.spawn(
-            hog_command(mib), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, **popen_kwargs
+            hog_command(mib, comm=comm), stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0, **popen_kwargs
         )
         self._buf = b""
         self._eof = False
@@ -616,7 +622,12 @@ class Hog:
 
 
 def stall_indefinitely(
-    group: MemCgroup, n_tasks: int, mib: int, headroom_mib: int = 4, ready_timeout: float = 30.0
+    group: MemCgroup,
+    n_tasks: int,
+    mib: int,
+    headroom_mib: int = 4,
+    ready_timeout: float = 30.0,
+    comm: bytes | None = None,
 ) -> list[Hog]:
     """Hold `n_tasks` hogs of `mib` MiB each in the memcg OOM wait until `release(group)` (cgroup v1).
 
@@ -636,7 +647,7 @@ def stall_indefinitely(
     try:
         group.set_limit_bytes(None)
         group.set_oom_kill_disable(False)
-        hogs = [Hog(group, mib) for _ in range(n_tasks)]
+        hogs = [Hog(group, mib, comm) for _ in range(n_tasks)]
         deadline = time.monotonic() + ready_timeout
         for h in hogs:
             h.wait_ready(max(0.0, deadline - time.monotonic()))

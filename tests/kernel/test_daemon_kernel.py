@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import memcg, slowdisk
-from tests.kernel.daemonproc import Daemon
+from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -341,28 +341,60 @@ def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
         src.close()
 
 
-def test_not_root_is_refused_with_its_exit_code():
-    """As nobody: one line naming the cause, exit code 5, nothing loaded.
-
-    The package is copied to a world-readable directory and run with the
-    system interpreter, so the test does not depend on where the checkout is.
-    """
+@pytest.fixture
+def world_readable_copy():
+    """The package and its BPF sources in a world-readable scratch directory,
+    run with the system interpreter: tests that drop privileges do not depend
+    on where the checkout is."""
     if shutil.which("setpriv") is None:
         pytest.fail("setpriv (util-linux) is missing")
-    copy = Path(tempfile.mkdtemp(prefix="aw-nobody-"))
+    root = Path(__file__).resolve().parents[2]
+    copy = Path(tempfile.mkdtemp(prefix="aw-copy-"))
     try:
         copy.chmod(0o755)
-        shutil.copytree(Path(__file__).resolve().parents[2] / "allocwatch", copy / "allocwatch")
-        env = dict(os.environ, PYTHONPATH=str(copy))
-        proc = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             "/usr/bin/python3", "-m", "allocwatch", "run"],
-            capture_output=True, text=True, env=env, cwd=copy, check=False,
-        )
+        shutil.copytree(root / "allocwatch", copy / "allocwatch")
+        shutil.copytree(root / "bpf", copy / "bpf")
+        yield copy
     finally:
         shutil.rmtree(copy)
+
+
+def _as(copy: Path, setpriv: list[str], *argv: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(copy))
+    return subprocess.run(
+        ["setpriv", *setpriv, "/usr/bin/python3", "-m", "allocwatch", *argv],
+        capture_output=True, text=True, env=env, cwd=copy, check=False, timeout=120,
+    )
+
+
+def test_not_root_is_refused_with_its_exit_code(world_readable_copy):
+    """As nobody: one line naming the missing capabilities, exit code 5, nothing loaded."""
+    proc = _as(world_readable_copy, ["--reuid=65534", "--regid=65534", "--clear-groups"], "run")
     assert proc.returncode == 5, proc.stderr
-    assert "needs root" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "runs as uid 65534 without CAP_BPF" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_root_without_capabilities_is_exit_5_not_a_compile_error(world_readable_copy):
+    drop = ["--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin"]
+    proc = _as(world_readable_copy, drop, "run")
+    assert proc.returncode == 5, proc.stderr
+    assert "runs as root without CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_non_root_with_the_capabilities_attaches(world_readable_copy):
+    """Capabilities decide, not the uid: nobody with the four of them attaches every site."""
+    caps = "+bpf,+perfmon,+sys_admin,+dac_read_search"
+    before = allocwatch_prog_ids()
+    proc = _as(
+        world_readable_copy,
+        ["--reuid=65534", "--regid=65534", "--clear-groups", f"--inh-caps={caps}", f"--ambient-caps={caps}"],
+        "probes", "--json",
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {r["site"]: r for r in json.loads(proc.stdout)["sites"]}
+    assert rows["memcg_reclaim"]["attached"] and rows["memcg_oom_wait"]["attached"]
+    assert not (allocwatch_prog_ids() - before), "probes left programs loaded"
 
 
 def test_bpf_that_does_not_load_is_exit_9(tmp_path):
@@ -370,9 +402,14 @@ def test_bpf_that_does_not_load_is_exit_9(tmp_path):
     bpf = Path(__file__).resolve().parents[2] / "bpf"
     (tmp_path / "allocwatch.h").write_text((bpf / "allocwatch.h").read_text())
     (tmp_path / "allocwatch.bpf.c").write_text("int broken( { return 0; }\n")
-    env = dict(os.environ, ALLOCWATCH_BPF_DIR=str(tmp_path))
+    # The product has no switch to compile other sources: the test swaps the
+    # function that finds them, in a driver of its own.
+    driver = (
+        "import sys, pathlib; from allocwatch import bpfsource, cli; "
+        f"bpfsource.bpf_dir = lambda: pathlib.Path({str(tmp_path)!r}); sys.exit(cli.main(['run']))"
+    )
     proc = subprocess.run(
-        [sys.executable, "-m", "allocwatch", "run"], capture_output=True, text=True, env=env, check=False, timeout=60
+        [sys.executable, "-c", driver], capture_output=True, text=True, check=False, timeout=60
     )
     assert proc.returncode == 9, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]

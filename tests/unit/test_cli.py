@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from allocwatch import bpfsource, cli, preflight
-from allocwatch.errors import BccMissing, KernelHeadersMissing, NotRoot, TracefsMissing
+from allocwatch.errors import BccMissing, KernelHeadersMissing, NotPrivileged, TracefsMissing
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "kernels" / "6.18"
@@ -43,18 +43,62 @@ def test_usage_error_exit_2():
     assert proc.returncode == 2
 
 
-def test_not_root_exit_5(monkeypatch, capsys):
-    monkeypatch.setattr(preflight.os, "geteuid", lambda: 1000)
+ALL_CAPS = (1 << 41) - 1
+
+
+def test_missing_capabilities_exit_5(monkeypatch, capsys):
+    monkeypatch.setattr(preflight, "_effective_caps", lambda: 0)
     code, _, err = run_main(capsys, "run")
-    assert code == NotRoot.exit_code == 5 and "needs root" in err
+    assert code == NotPrivileged.exit_code == 5 and len(err.splitlines()) == 1
+    assert "CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN" in err
 
 
-def test_tracefs_not_mountable_exit_8(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(preflight.os, "geteuid", lambda: 0)
+def test_capabilities_not_uid_decide():
+    no_bpf = ALL_CAPS & ~(1 << preflight.CAP_BPF)
+    assert preflight.missing_capabilities(ALL_CAPS, 0, 40) == []
+    assert preflight.missing_capabilities(ALL_CAPS, 1000, 40) == []  # non-root with the caps: fine
+    assert preflight.missing_capabilities(no_bpf, 0, 40) == ["CAP_BPF"]
+    assert preflight.missing_capabilities(1 << preflight.CAP_SYS_ADMIN, 0, 37) == []  # before v5.8
+    only_bpf = (1 << preflight.CAP_BPF) | (1 << preflight.CAP_PERFMON) | (1 << preflight.CAP_SYS_ADMIN)
+    assert preflight.missing_capabilities(only_bpf, 1000, 40) == ["CAP_DAC_READ_SEARCH"]
+
+
+def _mountinfo(tmp_path, *lines):
+    f = tmp_path / "mountinfo"
+    f.write_text("".join(line + "\n" for line in lines))
+    return f
+
+
+def test_configured_tracefs_that_is_not_a_mount_is_refused_never_mounted(tmp_path):
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    mi = _mountinfo(tmp_path, "22 1 0:21 / /proc rw,nosuid - proc proc rw")
+    with pytest.raises(TracefsMissing, match="not a mount point, not tracefs"):
+        preflight.ensure_tracefs(scratch, mi)
+    mi = _mountinfo(tmp_path, f"22 1 0:21 / {tmp_path} rw - tmpfs tmpfs rw")
+    with pytest.raises(TracefsMissing, match="is a tmpfs mount"):
+        preflight.ensure_tracefs(tmp_path, mi)
+
+
+def test_tracefs_mount_found_in_mountinfo(tmp_path):
+    spaced = tmp_path / "a b"
+    spaced.mkdir()
+    mi = _mountinfo(tmp_path, f"40 1 0:12 / {str(spaced).replace(' ', chr(92) + '040')} rw - tracefs nodev rw")
+    assert preflight.ensure_tracefs(spaced, mi) is False  # already tracefs: nothing mounted
+
+
+def test_standard_place_with_something_else_on_it_is_left_alone(tmp_path):
+    mi = _mountinfo(tmp_path, "40 1 0:12 / /sys/kernel/tracing rw - tmpfs x rw")
+    with pytest.raises(TracefsMissing, match="leaves it alone"):
+        preflight.ensure_tracefs(preflight.TRACEFS_STANDARD, mi)
+
+
+def test_tracefs_config_error_exit_8(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(preflight, "_effective_caps", lambda: ALL_CAPS)
     f = tmp_path / "c.yaml"
-    f.write_text(f"tracefs: {tmp_path / 'no' / 'such' / 'dir'}\n")
+    f.write_text(f"tracefs: {tmp_path}\n")
     code, _, err = run_main(capsys, "run", "--config", str(f))
-    assert code == TracefsMissing.exit_code == 8 and "mount -t tracefs" in err
+    assert code == TracefsMissing.exit_code == 8 and "allocwatch mounts tracefs only at" in err
 
 
 def test_bcc_missing_exit_6(monkeypatch):
@@ -87,7 +131,9 @@ def test_probes_offline_json(capsys):
 
 def test_probes_offline_text_reads_the_captured_kallsyms(capsys):
     code, out, _ = run_main(capsys, "probes", "--tracefs", str(FIXTURE.parent / "6.1"))
-    assert code == 0 and "evaluated offline" in out and "MISSING" in out
+    assert code == 0 and "evaluated offline" in out and "not in this kernel" in out
+    assert "MISSING" not in out and "off (config)" in out
+    assert out.splitlines()[-1] == "would watch 15 of 15 wait sites (3 not in this kernel, 1 off by configuration)"
     assert "kprobe pair: mem_cgroup_oom_synchronize" in out  # from 6.1/kallsyms, not this host's
 
 

@@ -27,7 +27,7 @@ def test_text_block_header_and_task_lines():
     assert lines[0].startswith("2023-11-14T22:13:20.250Z allocwatch: stall report #7: 2 task(s) due (1 new)")
     assert "longest 20.0s" in lines[0]
     assert "pid=2 tid=2 site=memcg_oom_wait waited=20.0s gfp=0xcc0 order=0" in lines[1]
-    assert "cgroup=/a state=D (new)" in lines[2]
+    assert "cgroup=/a state=D level=1 (new)" in lines[2]
     assert lines[3] == "    stack: mem_cgroup_oom_synchronize"
 
 
@@ -37,7 +37,7 @@ def test_hostile_comm_cannot_break_the_block():
     assert len(text.splitlines()) == 3  # header + 2 tasks: the newline did not get through
     assert "\x1b" not in text and "\\x0a[  707.8]" in text
     doc = json.loads(report.render_json(rec))
-    assert doc["tasks"][0]["comm"] == HOSTILE or doc["tasks"][1]["comm"] == HOSTILE
+    assert report.escape(HOSTILE) in {t["comm"] for t in doc["tasks"]}
     assert "\n" not in report.render_json(rec).rstrip("\n")
 
 
@@ -75,7 +75,8 @@ def test_200_tasks_one_well_formed_block():
 def test_recovered_and_oom_kill():
     w = Wait(9, 9, "dd", Site.MEMCG_RECLAIM, 0, None, None)
     rec = RecoveredReport(8, 0.0, Recovered(w, 31 * NS_PER_S, True, 3))
-    assert "recovered #8: dd pid=9 tid=9 site=memcg_reclaim waited 31.0s, reported 3 time(s)" in report.render_text(rec)
+    text = report.render_text(rec)
+    assert "recovered #8: comm=dd pid=9 tid=9 site=memcg_reclaim waited 31.0s, reported 3 time(s)" in text
     inexact = RecoveredReport(8, 0.0, Recovered(w, 31 * NS_PER_S, False, 3))
     assert "or less (end not seen)" in report.render_text(inexact)
     doc = json.loads(report.render_json(rec))
@@ -83,7 +84,7 @@ def test_recovered_and_oom_kill():
     kill = OomKillReport(9, 0.0, OomKill(0, 42, "victim", 43, 43, "alloc"))
     doc = json.loads(report.render_json(kill))
     assert doc["type"] == "oom_kill" and doc["victim_pid"] == 42 and doc["invoker_comm"] == "alloc"
-    assert "victim pid=42 comm=victim, invoked by alloc pid=43" in report.render_text(kill)
+    assert "victim pid=42 comm=victim, invoked by comm=alloc pid=43" in report.render_text(kill)
 
 
 def test_escape():
@@ -97,3 +98,67 @@ def test_sleep_from_before_start_is_shown_as_lower_bound():
     assert "waited>=12.0s" in text and "(asleep before allocwatch started)" in text
     rec = RecoveredReport(2, 0.0, Recovered(w, 20 * NS_PER_S, True, 2))
     assert "waited 20.0s or more (asleep before allocwatch started)" in report.render_text(rec)
+
+
+def _fields(line):
+    """Split a text line the way a log parser would: on spaces, honouring quotes."""
+    import shlex
+
+    return dict(tok.split("=", 1) for tok in shlex.split(line, posix=True) if "=" in tok)
+
+
+def test_comm_with_spaces_cannot_add_fields():
+    forged = "x pid=1 tid=1"
+    rec = block([stall(77, comm=forged)], {77: TaskDetail("/a b/c=d", "D", [])})
+    line = report.render_text(rec).splitlines()[1]
+    assert 'comm="x pid=1 tid=1"' in line and 'cgroup="/a b/c=d"' in line
+    fields = _fields(line)
+    assert fields["pid"] == "77" and fields["tid"] == "77" and fields["comm"] == forged
+
+
+def test_quotes_and_backslashes_in_a_comm_stay_one_field():
+    comm = 'a" pid=9 \\'  # a quote, a forged field, a backslash
+    line = report.render_text(block([stall(5, comm=comm)])).splitlines()[1]
+    fields = _fields(line)
+    assert fields["pid"] == "5" and fields["comm"] == report.escape(comm).replace("\\\\", "\\")
+
+
+def test_undecodable_byte_and_literal_backslash_x_differ():
+    from allocwatch import wire
+
+    byte = wire.decode_comm(b"evil\xff")
+    literal = wire.decode_comm(b"evil\\xff")
+    assert report.escape(byte) == "evil\\xff" and report.escape(literal) == "evil\\\\xff"
+    texts = {report.render_text(block([stall(1, comm=c)])).splitlines()[1] for c in (byte, literal)}
+    docs = {json.loads(report.render_json(block([stall(1, comm=c)])))["tasks"][0]["comm"] for c in (byte, literal)}
+    assert len(texts) == 2 and len(docs) == 2
+
+
+def test_killed_and_exited_waits_say_so():
+    w = Wait(9, 9, "dd", Site.MEMCG_OOM_WAIT, 0, None, None, dstate=True)
+    killed = RecoveredReport(3, 0.0, Recovered(w, 12 * NS_PER_S, True, 1, "killed"))
+    assert "wait ended (killed) #3: comm=dd" in report.render_text(killed)
+    assert json.loads(report.render_json(killed))["ended"] == "killed"
+    woke = RecoveredReport(3, 0.0, Recovered(w, 12 * NS_PER_S, True, 1, "woke"))
+    assert "recovered #3" in report.render_text(woke)
+    unseen = RecoveredReport(3, 0.0, Recovered(w, 12 * NS_PER_S, False, 1))
+    assert json.loads(report.render_json(unseen))["ended"] == "unseen"
+
+
+def test_long_stack_keeps_the_outermost_frames():
+    frames = [f"f{i}" for i in range(30)]
+    rec = block([stall(1)], {1: TaskDetail("/a", "D", frames)})
+    stack_line = report.render_text(rec).splitlines()[2]
+    assert stack_line.startswith("    stack: f0 <- f1") and stack_line.endswith("f26 <- f27 <- f28 <- f29")
+    assert "... 18 more ..." in stack_line
+    assert json.loads(report.render_json(rec))["tasks"][0]["stack"] == frames
+
+
+def test_summary_and_limits_have_a_seq():
+    from allocwatch.report import LimitsReport, SiteSummary, SummaryReport
+
+    doc = json.loads(report.render_json(SummaryReport(11, 0.0, {"oom": SiteSummary(1, 0.5, {})}, {}, 0)))
+    assert doc["type"] == "summary" and doc["seq"] == 11
+    lim = LimitsReport(12, 0.0, {"dwaits_full": 3}, {"dwaits_full": 10})
+    assert json.loads(report.render_json(lim))["seq"] == 12
+    assert "D-state map full: 3 sleep(s) not tracked" in report.render_text(lim)

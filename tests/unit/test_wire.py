@@ -54,7 +54,7 @@ def test_record_sizes_and_offsets_are_pinned():
         "order": 40,
         "target_pid": 44,
         "site_hint": 48,
-        "_pad": 52,
+        "how": 52,
         "comm": 56,
         "target_comm": 72,
     }
@@ -87,7 +87,15 @@ def test_decode_oom_kill_and_hostile_comm():
     ev = wire.decode_event(raw)
     assert isinstance(ev, wire.OomKill)
     assert ev.victim_pid == 42 and ev.victim_comm == "victim"
-    assert ev.invoker_comm == "a\nb\\xff"
+    assert ev.invoker_comm == "a\nb\udcff"  # the byte, kept: it turns back into b"\xff"
+    assert wire.encode_comm(ev.invoker_comm) == b"a\nb\xff"
+
+
+def test_wait_end_says_how_it_ended():
+    raw = _event(kind=sites.EV_WAIT_END, site=31, tid=7, pid=7, how=1, site_hint=sites.SITE_NONE)
+    assert wire.decode_event(raw).how == "killed"
+    raw = _event(kind=sites.EV_WAIT_END, site=31, tid=7, pid=7, how=2, site_hint=sites.SITE_NONE)
+    assert wire.decode_event(raw).how == "exited"
 
 
 def test_decode_ignores_unknown_kind():

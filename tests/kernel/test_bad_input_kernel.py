@@ -1,0 +1,293 @@
+"""Bad input on the real daemon: it never changes the mount table, stops with
+a documented exit code when its output cannot be written (nothing left
+attached), keeps a hostile comm inside its field, says how a killed wait
+ended, and cannot be blinded by tasks parked in D elsewhere."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from allocwatch import report, wire
+from tests.kernel import memcg, slowdisk
+from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    memcg.require_root_bpf()
+
+
+def _argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "allocwatch", "run", *args]
+
+
+def _no_programs_left(before: set[int], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not allocwatch_prog_ids() - before:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_tracefs_key_never_mounts_anything(tmp_path):
+    """The key that once mounted tracefs over /proc: a scratch directory is refused, not mounted on."""
+    scratch = tmp_path / "not-tracefs"
+    scratch.mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"tracefs: {scratch}\n")
+    before = Path("/proc/self/mountinfo").read_text()
+    proc = subprocess.run(_argv("--config", str(cfg)), capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == 8, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "not a mount point, not tracefs" in proc.stderr
+    assert Path("/proc/self/mountinfo").read_text() == before
+    assert not os.path.ismount(scratch)
+
+
+def test_stdout_closed_at_start_is_exit_12():
+    before = allocwatch_prog_ids()
+    proc = subprocess.run(
+        _argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=30, check=False,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert proc.returncode == 12, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "standard output (fd 1) is closed" in proc.stderr
+    assert not allocwatch_prog_ids() - before
+
+
+def _stall_until_exit(proc: subprocess.Popen, timeout: float) -> int | None:
+    """Hold one task in the memcg OOM wait until the daemon exits on its own."""
+    with memcg.MemCgroup("aw-out") as group:
+        hogs = memcg.stall_indefinitely(group, 1, 100)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        finally:
+            memcg.release(group)
+            for h in hogs:
+                h.stop()
+
+
+def _started(proc: subprocess.Popen, timeout: float = 60) -> str:
+    """Read stderr until the 'watching' line; returns what was read."""
+    assert proc.stderr is not None
+    seen = ""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and "watching" not in seen:
+        line = proc.stderr.readline()
+        if not line:
+            break
+        seen += line
+    assert "watching" in seen, seen
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "words"),
+    [("closed pipe", 12, "closed by its reader"), ("/dev/full", 13, "No space left on device")],
+)
+def test_output_that_cannot_be_written_is_a_distinct_exit(target, code, words):
+    """`| head -1` and `> /dev/full`: one line on stderr, the documented code, nothing attached."""
+    before = allocwatch_prog_ids()
+    if target == "/dev/full":
+        out = os.open("/dev/full", os.O_WRONLY)
+        read_end = None
+    else:
+        read_end, out = os.pipe()
+    proc = subprocess.Popen(
+        _argv("--threshold", "1", "--scan-interval", "0.25"), stdout=out, stderr=subprocess.PIPE, text=True
+    )
+    os.close(out)
+    try:
+        _started(proc)
+        if read_end is not None:
+            os.close(read_end)  # the reader goes away before the first report
+            read_end = None
+        rc = _stall_until_exit(proc, 20)
+        assert rc == code, f"exit {rc}"
+        assert proc.stderr is not None
+        rest = proc.stderr.read().strip().splitlines()
+        assert len(rest) == 1 and words in rest[0], rest
+        assert _no_programs_left(before), "BPF programs left after the output failed"
+    finally:
+        if read_end is not None:
+            os.close(read_end)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_non_blocking_stdout_gets_every_report():
+    read_end, out = os.pipe()
+    fcntl.fcntl(out, fcntl.F_SETFL, fcntl.fcntl(out, fcntl.F_GETFL) | os.O_NONBLOCK)
+    proc = subprocess.Popen(
+        _argv("--threshold", "1", "--scan-interval", "0.25", "--format", "json"),
+        stdout=out, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(out)
+    chunks: list[bytes] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: os.read(read_end, 65536), b"")))
+    try:
+        _started(proc)
+        reader.start()
+        with memcg.MemCgroup("aw-nonblock") as group:
+            hogs = memcg.stall_indefinitely(group, 20, 4)
+            time.sleep(3)
+            memcg.release(group)
+            for h in hogs:
+                assert h.wait_done(20)
+                h.stop()
+        time.sleep(1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0, proc.stderr.read() if proc.stderr else ""
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(read_end)
+    lines = b"".join(chunks).decode().splitlines()
+    assert any('"type":"stall_report"' in line for line in lines)
+    assert lines[-1].startswith('{"type":"summary"')
+
+
+HOSTILE = b"x pid=1 tid=1\xff"
+
+
+def test_hostile_comm_stays_in_its_field_under_a_real_stall():
+    """A task naming itself "x pid=1 tid=1<0xff>" while really stalled: the text line
+    still splits into the true fields, and its comm reads back to the same 14 bytes."""
+    proc = subprocess.Popen(
+        _argv("--threshold", "1", "--scan-interval", "0.25", "--format", "text"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    try:
+        _started(proc)
+        reader.start()
+        with memcg.MemCgroup("aw-hostile") as group:
+            hogs = memcg.stall_indefinitely(group, 1, 100, comm=HOSTILE)
+            pid = hogs[0].pid
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(f"tid={pid} " in ln for ln in lines):
+                time.sleep(0.2)
+            memcg.release(group)
+            for h in hogs:
+                h.stop()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    task_lines = [ln for ln in lines if ln.startswith("  comm=") and f"tid={pid} " in ln]
+    assert task_lines, lines
+    fields = dict(tok.split("=", 1) for tok in shlex.split(task_lines[0]) if "=" in tok)
+    assert fields["pid"] == str(pid) and fields["tid"] == str(pid), task_lines[0]
+    assert fields["site"] == "memcg_oom_wait"
+    assert fields["comm"] == report.escape(wire.decode_comm(HOSTILE)).replace("\\\\", "\\")
+    assert "\\xff" in fields["comm"]
+
+
+def test_killed_wait_says_it_was_killed():
+    """SIGKILL to a task in the memcg OOM wait ends the wait: reported as killed, not recovered."""
+    d = Daemon("--threshold", "1", "--scan-interval", "0.25")
+    try:
+        d.wait_ready()
+        with memcg.MemCgroup("aw-killed") as group:
+            hogs = memcg.stall_indefinitely(group, 2, 100)
+            victim, survivor = hogs
+            reported = lambda rs: {victim.pid, survivor.pid} <= {  # noqa: E731
+                t["tid"] for r in rs if r["type"] == "stall_report" for t in r["tasks"]
+            }
+            assert d.wait_for(reported, 20), d.raw_lines
+            victim.proc.kill()
+            victim.proc.wait(10)
+            memcg.release(group)
+            assert survivor.wait_done(20)
+            ended = lambda rs: {victim.pid, survivor.pid} <= {r["tid"] for r in rs if r["type"] == "recovered"}  # noqa: E731
+            assert d.wait_for(ended, 10), d.raw_lines[-5:]
+            for h in hogs:
+                h.stop()
+        how = {r["tid"]: r["ended"] for r in d.of_type("recovered")}
+        assert how[victim.pid] == "killed" and how[survivor.pid] == "woke", how
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+PARK = """
+import sys, threading
+n, mnt = int(sys.argv[1]), sys.argv[2]
+def park(i):
+    open(f"{mnt}/p{i}", "w")   # blocks in D while the file system is frozen
+ts = [threading.Thread(target=park, args=(i,), daemon=True) for i in range(n)]
+for t in ts:
+    t.start()
+print("parked", flush=True)
+for t in ts:
+    t.join()
+"""
+
+
+def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
+    """1,100 threads asleep in D on a frozen file system (not a memory wait) with room
+    for 1,024 sleeps: the daemon names them, gives their slots back, says the map was
+    full, and still reports the memory stall that comes after."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_inflight: 1024\nclassify_after_s: 0.5\n")
+    d = Daemon("--config", str(cfg), "--threshold", "2", "--scan-interval", "0.25")
+    frozen = False
+    parker = None
+    try:
+        d.wait_ready()
+        with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk:
+            try:
+                subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
+                frozen = True
+                parker = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", PARK, "1100", str(disk.mnt)], stdout=subprocess.PIPE, text=True
+                )
+                assert parker.stdout is not None and parker.stdout.readline() == "parked\n"
+                limits = lambda rs: any(r["type"] == "limits_reached" and "dwaits_full" in r["grown"] for r in rs)  # noqa: E731
+                assert d.wait_for(limits, 10), "no limits_reached record for the full D-state map"
+                time.sleep(2)  # named and dropped after classify_after_s
+                with memcg.MemCgroup("aw-hidden") as group:
+                    hogs = memcg.stall_indefinitely(group, 3, 100)
+                    pids = {h.pid for h in hogs}
+                    seen = lambda rs: pids <= {  # noqa: E731
+                        t["tid"] for r in rs if r["type"] == "stall_report" for t in r["tasks"]
+                        if t["site"] == "memcg_oom_wait"
+                    }
+                    ok = d.wait_for(seen, 20)
+                    memcg.release(group)
+                    for h in hogs:
+                        h.stop()
+                    assert ok, f"the memory stall was hidden: {d.raw_lines[-3:]}"
+            finally:
+                if frozen:
+                    subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+                if parker is not None:
+                    parker.kill()
+                    parker.wait(30)
+        assert any("D-state map full" in line for line in d.stderr), d.stderr
+        assert d.stop() == 0
+        stats = d.of_type("summary")[-1]["stats"]
+        assert stats["dwaits_unrelated_dropped"] >= 1000, stats
+    finally:
+        d.kill()
