@@ -15,10 +15,12 @@ import threading
 import time
 from pathlib import Path
 
-from allocwatch import __version__, config, coverage, kernelinfo, preflight, probes, report
+from allocwatch import __version__, config, preflight
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached, OutputClosed
-from allocwatch.probes import uses_dstate
-from allocwatch.sinks import FdSink
+from allocwatch.kernel import coverage, kernelinfo, probes
+from allocwatch.kernel.probes import uses_dstate
+from allocwatch.outputs import report
+from allocwatch.outputs.sinks import FdSink
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,7 +66,7 @@ def _captured_release(tracefs: Path) -> str:
 
 
 def _load_source(cfg: config.Config, plans, features):
-    from allocwatch.bpfsource import BpfSource, LoadOptions
+    from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from allocwatch.core.sites import Site
+from allocwatch.core.tracker import NS_PER_S, Thresholds
 from allocwatch.errors import ConfigError, ConfigUnreadable
-from allocwatch.sites import Site
-from allocwatch.tracker import NS_PER_S, Thresholds
 
 # Accepted ranges, in seconds unless named otherwise. The upper bound on a
 # threshold keeps LONG_WAIT_NS (passed to the BPF compiler as <ns>ULL) far

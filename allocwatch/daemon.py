@@ -8,12 +8,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
-from allocwatch import procfs
-from allocwatch.classify import StackClassifier
 from allocwatch.config import Config
-from allocwatch.dstate import DstateNamer
-from allocwatch.probes import SitePlan, stack_classified_sites
-from allocwatch.report import (
+from allocwatch.core.classify import StackClassifier
+from allocwatch.core.dstate import DstateNamer
+from allocwatch.core.model import InflightWait, OomKill, WaitEnd
+from allocwatch.core.sites import NR_SITES, SITE_DSTATE, Site, hist_slot_upper_s
+from allocwatch.core.tracker import NS_PER_S, Ended, Tracker, Wait
+from allocwatch.kernel import procfs
+from allocwatch.kernel.probes import SitePlan, stack_classified_sites
+from allocwatch.outputs.report import (
     LIMIT_TEXT,
     LimitsReport,
     OomKillReport,
@@ -26,9 +29,6 @@ from allocwatch.report import (
     limit_line,
     render,
 )
-from allocwatch.sites import NR_SITES, SITE_DSTATE, Site, hist_slot_upper_s
-from allocwatch.tracker import NS_PER_S, Ended, Tracker, Wait
-from allocwatch.wire import InflightWait, OomKill, WaitEnd
 
 
 class Source(Protocol):

@@ -3,7 +3,7 @@
  * Rules (shared/DESIGN.md): handlers read only tracepoint fields, scalar probe
  * arguments and helpers; they never dereference a kernel struct, because the
  * headers bcc compiles against may not match the running kernel. Which
- * handlers are compiled is chosen by allocwatch/bpfsource.py from the probe
+ * handlers are compiled is chosen by allocwatch/kernel/bpfsource.py from the probe
  * plan, through -D flags (AW_TP_*, AW_KPROBES, AW_HAVE_*): the text is never
  * edited. Entry points are thin; the work is in the static helpers.
  *

@@ -1,6 +1,6 @@
 /* allocwatch: the records shared by the BPF programs and the Python daemon.
  *
- * This header is the one definition of the wire format. allocwatch/wire.py
+ * This header is the one definition of the wire format. allocwatch/kernel/wire.py
  * mirrors it with ctypes, and tests/unit/test_wire.py pins sizes, offsets and
  * the site numbers against this file. Change both together.
  */
@@ -8,7 +8,7 @@
 #define ALLOCWATCH_H
 
 /* Wait sites. The numbers are an ABI between the BPF side and the daemon
- * (allocwatch/sites.py); names match the `site` field of reports. */
+ * (allocwatch/core/sites.py); names match the `site` field of reports. */
 #define AW_SITE_ALLOC_SLOWPATH          0
 #define AW_SITE_ALLOC_PAGES             1
 #define AW_SITE_DIRECT_RECLAIM          2

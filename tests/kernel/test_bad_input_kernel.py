@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch import report, wire
+from allocwatch.kernel import wire
+from allocwatch.outputs import report
 from tests.kernel import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
 

@@ -318,8 +318,8 @@ def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
     """The kprobe programs cannot attach here (no CONFIG_KPROBES) but must load."""
     import ctypes
 
-    from allocwatch import kernelinfo, probes, wire
-    from allocwatch.bpfsource import BpfSource, LoadOptions
+    from allocwatch.kernel import kernelinfo, probes, wire
+    from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 
     features = kernelinfo.read_features(
         Path("/sys/kernel/tracing"), probes.all_tracepoint_names(), probes.all_function_names()
@@ -405,7 +405,7 @@ def test_bpf_that_does_not_load_is_exit_9(tmp_path):
     # The product has no switch to compile other sources: the test swaps the
     # function that finds them, in a driver of its own.
     driver = (
-        "import sys, pathlib; from allocwatch import bpfsource, cli; "
+        "import sys, pathlib; from allocwatch import cli; from allocwatch.kernel import bpfsource; "
         f"bpfsource.bpf_dir = lambda: pathlib.Path({str(tmp_path)!r}); sys.exit(cli.main(['run']))"
     )
     proc = subprocess.run(

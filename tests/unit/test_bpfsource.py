@@ -3,10 +3,10 @@ half-attached pair left behind. (The real thing runs in tests/kernel.)"""
 
 import pytest
 
-from allocwatch import bpfsource, probes
-from allocwatch.bpfsource import BpfSource, LoadOptions
-from allocwatch.probes import Mechanism
-from allocwatch.sites import Site
+from allocwatch.core.sites import Site
+from allocwatch.kernel import bpfsource, probes
+from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
+from allocwatch.kernel.probes import Mechanism
 from tests.unit.test_probes import captured
 
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch import bpfsource, cli, preflight
+from allocwatch import cli, preflight
 from allocwatch.errors import BccMissing, KernelHeadersMissing, NotPrivileged, TracefsMissing
+from allocwatch.kernel import bpfsource
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "kernels" / "6.18"

@@ -3,9 +3,9 @@
 import pytest
 
 from allocwatch import config
+from allocwatch.core.sites import Site
+from allocwatch.core.tracker import NS_PER_S
 from allocwatch.errors import ConfigError, ConfigUnreadable
-from allocwatch.sites import Site
-from allocwatch.tracker import NS_PER_S
 
 
 def test_defaults_without_any_file():

@@ -2,12 +2,12 @@
 
 import json
 
-from allocwatch import procfs
 from allocwatch.config import Config
+from allocwatch.core.model import InflightWait, OomKill, WaitEnd
+from allocwatch.core.sites import SITE_DSTATE, Site
 from allocwatch.daemon import Daemon
-from allocwatch.probes import plan
-from allocwatch.sites import SITE_DSTATE, Site
-from allocwatch.wire import InflightWait, OomKill, WaitEnd
+from allocwatch.kernel import procfs
+from allocwatch.kernel.probes import plan
 from tests.unit.test_probes import captured
 
 S = 1_000_000_000

@@ -1,10 +1,10 @@
 """Naming D-state sleeps: hints, stacks read once, pruning."""
 
-from allocwatch.classify import StackClassifier
-from allocwatch.dstate import DstateNamer
-from allocwatch.probes import CATALOG
-from allocwatch.sites import SITE_DSTATE, Site
-from allocwatch.wire import InflightWait, WaitEnd
+from allocwatch.core.classify import StackClassifier
+from allocwatch.core.dstate import DstateNamer
+from allocwatch.core.model import InflightWait, WaitEnd
+from allocwatch.core.sites import SITE_DSTATE, Site
+from allocwatch.kernel.probes import CATALOG
 
 S = 1_000_000_000
 OOM_STACK = ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory", "exc_page_fault", "asm_exc_page_fault"]

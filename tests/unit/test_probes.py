@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch import kernelinfo, probes
-from allocwatch.kernelinfo import KernelFeatures
-from allocwatch.probes import Mechanism
-from allocwatch.sites import Site
+from allocwatch.core.sites import Site
+from allocwatch.kernel import kernelinfo, probes
+from allocwatch.kernel.kernelinfo import KernelFeatures
+from allocwatch.kernel.probes import Mechanism
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kernels"
 

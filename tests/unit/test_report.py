@@ -2,11 +2,11 @@
 
 import json
 
-from allocwatch import report
-from allocwatch.report import OomKillReport, RecoveredReport, StallReport, TaskDetail
-from allocwatch.sites import Site
-from allocwatch.tracker import NS_PER_S, Recovered, Stall, Wait
-from allocwatch.wire import OomKill
+from allocwatch.core.model import OomKill
+from allocwatch.core.sites import Site
+from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
+from allocwatch.outputs import report
+from allocwatch.outputs.report import OomKillReport, RecoveredReport, StallReport, TaskDetail
 
 HOSTILE = "\n[  707.8] a.out: page allocation stalls for 99999ms\x1b[2J"
 
@@ -124,7 +124,7 @@ def test_quotes_and_backslashes_in_a_comm_stay_one_field():
 
 
 def test_undecodable_byte_and_literal_backslash_x_differ():
-    from allocwatch import wire
+    from allocwatch.kernel import wire
 
     byte = wire.decode_comm(b"evil\xff")
     literal = wire.decode_comm(b"evil\\xff")
@@ -155,7 +155,7 @@ def test_long_stack_keeps_the_outermost_frames():
 
 
 def test_summary_and_limits_have_a_seq():
-    from allocwatch.report import LimitsReport, SiteSummary, SummaryReport
+    from allocwatch.outputs.report import LimitsReport, SiteSummary, SummaryReport
 
     doc = json.loads(report.render_json(SummaryReport(11, 0.0, {"oom": SiteSummary(1, 0.5, {})}, {}, 0)))
     assert doc["type"] == "summary" and doc["seq"] == 11

@@ -1,7 +1,7 @@
 """Stall decisions with a fake clock: thresholds, escalation, recovery."""
 
-from allocwatch.sites import Site
-from allocwatch.tracker import NS_PER_S, Ended, Thresholds, Tracker, Wait
+from allocwatch.core.sites import Site
+from allocwatch.core.tracker import NS_PER_S, Ended, Thresholds, Tracker, Wait
 
 S = NS_PER_S
 

@@ -4,8 +4,9 @@ import ctypes
 import re
 from pathlib import Path
 
-from allocwatch import sites, wire
-from allocwatch.sites import Site
+from allocwatch.core import sites
+from allocwatch.core.sites import Site
+from allocwatch.kernel import wire
 
 HEADER = Path(__file__).resolve().parents[2] / "bpf" / "allocwatch.h"
 

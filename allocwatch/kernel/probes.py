@@ -11,8 +11,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from allocwatch.kernelinfo import KernelFeatures
-from allocwatch.sites import Site
+from allocwatch.core.sites import Site
+from allocwatch.kernel.kernelinfo import KernelFeatures
 
 
 class Mechanism(str, enum.Enum):

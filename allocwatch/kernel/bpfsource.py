@@ -15,11 +15,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from allocwatch import wire
-from allocwatch.coverage import SiteStatus
+from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernelinfo import KernelFeatures
-from allocwatch.probes import (
+from allocwatch.kernel import wire
+from allocwatch.kernel.coverage import SiteStatus
+from allocwatch.kernel.kernelinfo import KernelFeatures
+from allocwatch.kernel.probes import (
     MARK_VICTIM_COMM_DEFINE,
     SCHED_EXIT,
     SCHED_SWITCH,
@@ -29,7 +30,6 @@ from allocwatch.probes import (
     SitePlan,
     Tracepoint,
 )
-from allocwatch.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 
 BPF_SOURCE = "allocwatch.bpf.c"
 
@@ -50,7 +50,7 @@ def bpf_dir() -> Path:
             return data
     except (ModuleNotFoundError, TypeError):
         pass
-    return Path(__file__).resolve().parent.parent / "bpf"
+    return Path(__file__).resolve().parents[2] / "bpf"
 
 
 def import_bcc() -> Any:

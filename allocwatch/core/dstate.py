@@ -11,10 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from allocwatch.classify import StackClassifier
-from allocwatch.sites import NR_SITES, Site
-from allocwatch.tracker import Ended, Wait
-from allocwatch.wire import InflightWait, WaitEnd
+from allocwatch.core.classify import StackClassifier
+from allocwatch.core.model import InflightWait, WaitEnd
+from allocwatch.core.sites import NR_SITES, Site
+from allocwatch.core.tracker import Ended, Wait
 
 StackReader = Callable[[int, int], "list[str] | None"]  # (pid, tid) -> frames
 

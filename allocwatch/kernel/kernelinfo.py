@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from allocwatch.core.classify import base_symbol
+
 _FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(\d+);\s*size:(\d+);")
-_SUFFIX_RE = re.compile(r"\.(constprop|isra|part|cold|llvm)\.?\d*.*$")
 # Split-off pieces of a function (GCC's .cold and .part): not an entry point.
 _FRAGMENT_RE = re.compile(r"\.(cold|part)\b")
 
@@ -49,11 +50,6 @@ class KernelFeatures:
             f for f in self.functions if base_symbol(f) == name and f != name and not _FRAGMENT_RE.search(f)
         )
         return clones[0] if clones else None
-
-
-def base_symbol(symbol: str) -> str:
-    """`__alloc_pages_slowpath.constprop.0` -> `__alloc_pages_slowpath`."""
-    return _SUFFIX_RE.sub("", symbol)
 
 
 def parse_format_fields(text: str) -> frozenset[str]:

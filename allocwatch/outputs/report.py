@@ -20,8 +20,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from allocwatch.tracker import NS_PER_S, Recovered, Stall
-from allocwatch.wire import OomKill
+from allocwatch.core.model import OomKill
+from allocwatch.core.tracker import NS_PER_S, Recovered, Stall
 
 # Frames shown in text: the innermost (where it waits) and the outermost (the
 # file system and the syscall); JSON carries every frame.

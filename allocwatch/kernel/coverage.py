@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from allocwatch.kernelinfo import KernelFeatures
-from allocwatch.probes import SCHED_SWITCH, Mechanism, SitePlan
+from allocwatch.kernel.kernelinfo import KernelFeatures
+from allocwatch.kernel.probes import SCHED_SWITCH, Mechanism, SitePlan
 
 
 class State(str, enum.Enum):

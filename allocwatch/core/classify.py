@@ -7,15 +7,33 @@ that belongs to a site the probe plan left to stack classification.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
+from typing import Protocol
 
-from allocwatch.kernelinfo import base_symbol
-from allocwatch.probes import SiteEntry
-from allocwatch.sites import Site
+from allocwatch.core.sites import Site
+
+# Compiler clones and split-off parts of a function keep its name before the dot.
+_SUFFIX_RE = re.compile(r"\.(constprop|isra|part|cold|llvm)\.?\d*.*$")
+
+
+def base_symbol(symbol: str) -> str:
+    """`__alloc_pages_slowpath.constprop.0` -> `__alloc_pages_slowpath`."""
+    return _SUFFIX_RE.sub("", symbol)
+
+
+class NamedSite(Protocol):
+    """A catalog entry as the classifier sees it (kernel.probes.SiteEntry)."""
+
+    @property
+    def site(self) -> Site: ...
+
+    @property
+    def stack_frames(self) -> tuple[str, ...]: ...
 
 
 class StackClassifier:
-    def __init__(self, entries: Iterable[SiteEntry]) -> None:
+    def __init__(self, entries: Iterable[NamedSite]) -> None:
         self._by_frame: dict[str, Site] = {}
         for entry in entries:
             for frame in entry.stack_frames:

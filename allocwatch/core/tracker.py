@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from allocwatch.sites import Site
+from allocwatch.core.sites import Site
 
 NS_PER_S = 1_000_000_000
 

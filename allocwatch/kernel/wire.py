@@ -7,12 +7,11 @@ functions; tests pin sizes and offsets against the header.
 from __future__ import annotations
 
 import ctypes
-from dataclasses import dataclass
 
-from allocwatch.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
+from allocwatch.core.model import COMM_LEN, InflightWait, OomKill, WaitEnd, decode_comm, encode_comm
+from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
 
-COMM_LEN = 16
-
+__all__ = ["COMM_LEN", "InflightWait", "OomKill", "WaitEnd", "decode_comm", "encode_comm"]
 
 class WaitKey(ctypes.Structure):
     _fields_ = [("tid", ctypes.c_uint32), ("site", ctypes.c_uint32)]
@@ -48,20 +47,6 @@ class Event(ctypes.Structure):
     ]
 
 
-def decode_comm(raw: bytes) -> str:
-    """A kernel comm: up to 16 bytes, NUL-terminated, any bytes at all.
-
-    Bytes that are not UTF-8 become lone surrogates (surrogateescape), so the
-    string turns back into exactly these bytes (`encode_comm`) and renderers
-    can tell a byte 0xff from a task that named itself "\\xff"."""
-    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def encode_comm(comm: str) -> bytes:
-    """The raw bytes of a comm from `decode_comm`, cut to fit the kernel's 16."""
-    return comm.encode("utf-8", "surrogateescape")[: COMM_LEN - 1]
-
-
 def _opt_gfp(gfp: int) -> int | None:
     return None if gfp == GFP_UNKNOWN else gfp
 
@@ -72,46 +57,6 @@ def _opt_order(order: int) -> int | None:
 
 def _opt_site(site: int) -> int | None:
     return None if site == SITE_NONE else site
-
-
-@dataclass(frozen=True)
-class InflightWait:
-    """A wait still in progress, read from a BPF map."""
-
-    tid: int
-    pid: int
-    comm: str
-    site: int  # a Site number, or SITE_DSTATE
-    start_ns: int
-    gfp: int | None
-    order: int | None
-    site_hint: int | None = None
-
-
-@dataclass(frozen=True)
-class WaitEnd:
-    """A wait that ended after at least LONG_WAIT_NS."""
-
-    tid: int
-    pid: int
-    comm: str
-    site: int
-    start_ns: int
-    duration_ns: int
-    gfp: int | None
-    order: int | None
-    site_hint: int | None
-    how: str = "woke"  # sites.END_HOW: woke, killed, exited
-
-
-@dataclass(frozen=True)
-class OomKill:
-    time_ns: int
-    victim_pid: int
-    victim_comm: str | None
-    invoker_tid: int
-    invoker_pid: int
-    invoker_comm: str
 
 
 def decode_inflight(key: WaitKey, value: WaitValue) -> InflightWait:

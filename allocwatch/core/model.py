@@ -1,0 +1,66 @@
+"""What one scan reads from the kernel, as plain values (pure).
+
+The kernel side (kernel/wire.py) decodes BPF records into these; the core
+decides on them. A comm is a str that holds the task's raw bytes exactly:
+bytes that are not UTF-8 are kept as lone surrogates (surrogateescape).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COMM_LEN = 16  # TASK_COMM_LEN
+
+
+def decode_comm(raw: bytes) -> str:
+    """A kernel comm: up to 16 bytes, NUL-terminated, any bytes at all.
+
+    Bytes that are not UTF-8 become lone surrogates (surrogateescape), so the
+    string turns back into exactly these bytes (`encode_comm`) and renderers
+    can tell a byte 0xff from a task that named itself "\\xff"."""
+    return raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def encode_comm(comm: str) -> bytes:
+    """The raw bytes of a comm from `decode_comm`, cut to fit the kernel's 16."""
+    return comm.encode("utf-8", "surrogateescape")[: COMM_LEN - 1]
+
+
+@dataclass(frozen=True)
+class InflightWait:
+    """A wait still in progress, read from a BPF map."""
+
+    tid: int
+    pid: int
+    comm: str
+    site: int  # a Site number, or SITE_DSTATE
+    start_ns: int
+    gfp: int | None
+    order: int | None
+    site_hint: int | None = None
+
+
+@dataclass(frozen=True)
+class WaitEnd:
+    """A wait that ended after at least LONG_WAIT_NS."""
+
+    tid: int
+    pid: int
+    comm: str
+    site: int
+    start_ns: int
+    duration_ns: int
+    gfp: int | None
+    order: int | None
+    site_hint: int | None
+    how: str = "woke"  # sites.END_HOW: woke, killed, exited
+
+
+@dataclass(frozen=True)
+class OomKill:
+    time_ns: int
+    victim_pid: int
+    victim_comm: str | None
+    invoker_tid: int
+    invoker_pid: int
+    invoker_comm: str

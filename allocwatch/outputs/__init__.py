@@ -1,0 +1,3 @@
+"""Everything that turns snapshots into something outside: report records and
+their renderings, sinks, the Prometheus collector. Outputs read snapshots
+only; they never call back into the scan loop and never import the kernel side."""
