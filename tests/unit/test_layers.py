@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -60,9 +61,14 @@ def test_only_bpfsource_imports_bcc():
 
 
 def test_built_wheel_holds_and_imports_every_module(tmp_path):
+    src = tmp_path / "src"  # built from a copy, so the checkout gets no build/ directory
+    for name in ("allocwatch", "bpf"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
     proc = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path),
-         str(ROOT)],
+         str(src)],
         capture_output=True, text=True, check=False,
     )
     assert proc.returncode == 0, proc.stderr
