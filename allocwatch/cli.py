@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from allocwatch import __version__, config, preflight
-from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, NothingAttached, OutputClosed
+from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, NothingAttached, OutputClosed
 from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
 from allocwatch.outputs import report
@@ -32,7 +32,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, help="YAML configuration file")
     run.add_argument("--threshold", type=float, metavar="SECONDS", help="first report after (default 10)")
     run.add_argument("--scan-interval", type=float, metavar="SECONDS", help="scan period (default 1)")
-    run.add_argument("--metrics-addr", metavar="HOST:PORT", help="serve Prometheus metrics there")
+    run.add_argument(
+        "--metrics-addr", metavar="HOST:PORT",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (default {config.DEFAULT_METRICS_ADDR}; "
+        "'' for none)",
+    )
     run.add_argument("--format", choices=("text", "json"), help="report format (default text)")
 
     pr = sub.add_parser("probes", help="which wait sites this kernel offers, and how")
@@ -110,6 +114,26 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
+    """Bind the metrics address before anything is loaded: a port in use is exit 11."""
+    listen = cfg.metrics_listen
+    if listen is None:
+        return None
+    from allocwatch.outputs.metrics import MetricsServer, SnapshotCollector, registry_for
+
+    collector = SnapshotCollector(
+        lambda: daemon_ref[0].latest if daemon_ref else None,
+        lambda: {s.name: s.dropped_blocks for s in sinks},
+    )
+    try:
+        return MetricsServer(listen, registry_for(collector))
+    except OSError as exc:
+        raise MetricsPortInUse(
+            f"metrics_addr {listen}: cannot listen there ({exc.strerror or exc}); choose another with "
+            "--metrics-addr HOST:PORT, or --metrics-addr '' for none"
+        ) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from allocwatch.daemon import Daemon
 
@@ -122,45 +146,59 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, overrides)
     preflight.require_capabilities()
     _tracefs(cfg)
-    features = _features(cfg)
-    plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
-    source = _load_source(cfg, plans, features)
+    daemon_ref: list[Daemon] = []
+    stop = threading.Event()
+    sink = FdSink(
+        1,
+        render=lambda block: report.render_dicts(block, cfg.format),
+        drop_notice=lambda n: report.render_drop_notice(n, time.time(), cfg.format),
+        on_fatal=lambda _err: stop.set(),
+        name="standard output",
+    )
+    server = _metrics_server(cfg, daemon_ref, [sink])
+    try:
+        features = _features(cfg)
+        plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
+        source = _load_source(cfg, plans, features)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     try:
         attached = [s for s in source.status if s.attached]
         if not attached:
             raise NothingAttached("no wait site could be attached: see 'allocwatch probes' for why")
-        stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
-        sink = FdSink(1, drop_notice=lambda n: report.render_drop_notice(n, time.time(), cfg.format),
-                      on_fatal=lambda _err: stop.set())
         attached_plans = source.effective_plans
-        daemon = Daemon(cfg, source, attached_plans, sink)
+        daemon = Daemon(
+            cfg, source, attached_plans, [sink], coverage=coverage.snapshot_coverage(source.status),
+            kernel=features.release,
+        )
+        daemon_ref.append(daemon)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
+        served = f"; metrics at http://{cfg.metrics_listen}/metrics" if server is not None else "; metrics off"
         print(
             f"allocwatch {__version__}: watching {coverage.summarize(source.status).line()} "
             f"(loaded in {source.load_seconds:.2f}s); "
-            f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s"
+            f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s{served}"
             + (f"; {seeded} task(s) already asleep in D, timed from now" if seeded else ""),
             file=sys.stderr,
             flush=True,
         )
-        if cfg.metrics_addr:
-            print(
-                f"allocwatch: metrics_addr {cfg.metrics_addr}: the Prometheus exporter is not in this "
-                "version yet; nothing is served",
-                file=sys.stderr,
-                flush=True,
-            )
+        if server is not None:
+            server.start()
         daemon.run(stop)
         if sink.error is None:
-            sink.write(daemon.summary())
-            sink.close()
+            sink.write([daemon.summary()])
+            sink.close(timeout_s=0.3)  # a reader that is stuck does not hold up the stop
         if sink.error is not None:
             raise sink.error
     finally:
         source.close()
+        if server is not None:
+            server.close()
     return 0
 
 

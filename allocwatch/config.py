@@ -41,6 +41,11 @@ CLASSIFY_AFTER_MAX_S = 86400.0
 MAX_INFLIGHT_MIN = 1024
 MAX_INFLIGHT_MAX = 1 << 22  # 4194304
 
+# Loopback only, unless configured otherwise. The Prometheus project's list of
+# default exporter ports has filled 9100-9999 and goes on from 10000; 19464 is
+# clear of both (and of OpenTelemetry's 9464).
+DEFAULT_METRICS_PORT = 19464
+DEFAULT_METRICS_ADDR = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
 CONFIG_MAX_BYTES = 1 << 20  # 1 MiB
 YAML_MAX_DEPTH = 16  # nested mappings/sequences
 YAML_MAX_NODES = 10000  # scalars, mappings and sequences in one file
@@ -55,7 +60,7 @@ class Config:
     thresholds_s: dict[str, float] = field(default_factory=dict)  # per site label
     scan_interval_s: float = 1.0
     format: str = "text"
-    metrics_addr: str | None = None  # None: not given; "": metrics off; else "host:port"
+    metrics_addr: str | None = None  # None: not given (DEFAULT_METRICS_ADDR); "": metrics off; else "host:port"
     disable_sites: tuple[str, ...] = ()
     hot_paths: bool = False
     classify_after_s: float = 1.0
@@ -67,6 +72,13 @@ class Config:
             default_ns=round(self.threshold_s * NS_PER_S),
             per_site_ns={Site.from_label(k): round(v * NS_PER_S) for k, v in self.thresholds_s.items()},
         )
+
+    @property
+    def metrics_listen(self) -> str | None:
+        """Where to serve metrics, or None when they are off."""
+        if self.metrics_addr == "":
+            return None
+        return self.metrics_addr or DEFAULT_METRICS_ADDR
 
     @property
     def disabled(self) -> list[Site]:

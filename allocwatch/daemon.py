@@ -1,22 +1,26 @@
-"""The scan loop: source -> names -> tracker -> report records -> sink."""
+"""The scan loop: source -> names -> tracker -> records -> Snapshot -> outputs.
+
+Each scan reads the kernel once, decides (pure tracker), reads /proc for the
+tasks due now, and produces one immutable Snapshot. Outputs receive it with
+`publish()`, which must return at once: rendering and writing happen in the
+outputs' own threads. The latest snapshot is also kept in `latest` (a plain
+reference swap) for readers that pull, such as a Prometheus scrape.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from allocwatch import __version__
 from allocwatch.config import Config
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.model import InflightWait, OomKill, WaitEnd
-from allocwatch.core.sites import NR_SITES, SITE_DSTATE, Site, hist_slot_upper_s
-from allocwatch.core.tracker import NS_PER_S, Ended, Tracker, Wait
-from allocwatch.kernel import procfs
-from allocwatch.kernel.probes import SitePlan, stack_classified_sites
-from allocwatch.outputs.report import (
+from allocwatch.core.records import (
     LIMIT_TEXT,
     LimitsReport,
     OomKillReport,
@@ -27,8 +31,24 @@ from allocwatch.outputs.report import (
     SummaryReport,
     TaskDetail,
     limit_line,
-    render,
+    to_dict,
 )
+from allocwatch.core.sites import NR_SITES, SITE_DSTATE, Site
+from allocwatch.core.snapshot import (
+    EMPTY_HISTOGRAM,
+    SCAN_BUCKETS_S,
+    CumulativeHistogram,
+    Histogram,
+    SiteCoverage,
+    Snapshot,
+    StallSeconds,
+    inflight_view,
+    merge_slots,
+    per_site_now,
+)
+from allocwatch.core.tracker import NS_PER_S, Ended, Tracker, Wait
+from allocwatch.kernel import procfs
+from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 
 
 class Source(Protocol):
@@ -40,8 +60,8 @@ class Source(Protocol):
     def stats(self) -> dict[str, int]: ...
 
 
-class Sink(Protocol):
-    def write(self, text: str) -> None: ...
+class Output(Protocol):
+    def publish(self, snap: Snapshot) -> None: ...
 
 
 def _pair_wait(raw: InflightWait | WaitEnd) -> Wait | None:
@@ -56,14 +76,16 @@ class Daemon:
         cfg: Config,
         source: Source,
         plans: list[SitePlan],
-        sink: Sink,
+        outputs: Sequence[Output] = (),
         proc: Path = procfs.DEFAULT_PROCFS,
         clock_ns: Callable[[], int] = time.monotonic_ns,
         wall_s: Callable[[], float] = time.time,
+        coverage: Sequence[SiteCoverage] = (),
+        kernel: str = "",
     ) -> None:
         self.cfg = cfg
         self.source = source
-        self.sink = sink
+        self.outputs = list(outputs)
         self.proc = proc
         self.clock_ns = clock_ns
         self.wall_s = wall_s
@@ -72,11 +94,18 @@ class Daemon:
         self.namer = DstateNamer(
             classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
         )
+        self.coverage = tuple(coverage)
+        self.info = {"version": __version__, "kernel": kernel}
         self.seq = 0
         self.scans = 0
         self.oom_kills = 0
         self.unrelated_dropped = 0  # D-state sleeps named "not a memory wait" and untracked
+        self.reported: dict[str, int] = {}  # stall reports by kind
         self._limits_seen: dict[str, int] = {}
+        self._stall_seconds = StallSeconds()
+        self._scan_durations = CumulativeHistogram(SCAN_BUCKETS_S)
+        self._last_scan_s = 0.0
+        self.latest: Snapshot | None = None
         self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
 
     def seed_preexisting(self) -> int:
@@ -113,9 +142,8 @@ class Daemon:
             stack=stack,
         )
 
-    def _limits(self, wall: float) -> LimitsReport | None:
+    def _limits(self, stats: dict[str, int], wall: float) -> LimitsReport | None:
         """Counters of kernel-side limits that grew since the last scan."""
-        stats = self.source.stats()
         grown = {}
         for name in LIMIT_TEXT:
             now = stats.get(name, 0)
@@ -129,8 +157,8 @@ class Daemon:
             self.on_limit(limit_line(k, n, totals[k]))
         return LimitsReport(self._next_seq(), wall, grown, totals)
 
-    def scan_once(self) -> list[Record]:
-        now_ns = self.clock_ns()
+    def _read(self, now_ns: int) -> tuple[list[Wait], list[Ended], list[OomKill]]:
+        """One read of the kernel, named: waits in flight, waits ended, kills."""
         raws = self.source.inflight()
         events = self.source.drain()
         waits = [w for w in map(_pair_wait, (r for r in raws if r.site != SITE_DSTATE)) if w]
@@ -140,7 +168,6 @@ class Daemon:
         for tid, start_ns in self.namer.take_unrelated():
             self.source.drop_dwait(tid, start_ns)
             self.unrelated_dropped += 1
-
         ended: list[Ended] = []
         kills: list[OomKill] = []
         for ev in events:
@@ -153,12 +180,30 @@ class Daemon:
             elif (w := _pair_wait(ev)) is not None:
                 ended.append(Ended(w, ev.duration_ns, how=ev.how))
         self.namer.prune()
+        return waits, ended, kills
 
+    def counters(self, stats: dict[str, int]) -> dict[str, int]:
+        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped}
+
+    def completed(self) -> dict[str, Histogram]:
+        """Completed waits per site: the kernel's histograms plus the sleeps named here."""
+        user = {site: (t.slots, t.total_ns) for site, t in self.tracker.dstate_completed.items()}
+        merged = merge_slots(self.source.histograms(), user)
+        for c in self.coverage:  # every watched site, so a rate() has a series from the start
+            if c.attached and c.site not in merged:
+                merged[c.site] = EMPTY_HISTOGRAM
+        return merged
+
+    def scan_once(self) -> Snapshot:
+        t0 = time.monotonic()
+        now_ns = self.clock_ns()
+        waits, ended, kills = self._read(now_ns)
         result = self.tracker.scan(now_ns, waits, ended)
         self.scans += 1
         wall = self.wall_s()
+        stats = self.source.stats()
         records: list[Record] = []
-        limits = self._limits(wall)
+        limits = self._limits(stats, wall)
         if limits is not None:
             records.append(limits)
         for k in kills:
@@ -169,33 +214,54 @@ class Daemon:
             for s in result.stalls:  # one /proc read per task, however many waits it has
                 if s.wait.tid not in details:
                     details[s.wait.tid] = self._detail(s.wait)
+            self.reported["stall"] = self.reported.get("stall", 0) + len(details)
             records.append(StallReport(self._next_seq(), wall, result.stalls, result.stalled_now, details))
         for r in result.recovered:
             records.append(RecoveredReport(self._next_seq(), wall, r))
-        if records:
-            self.sink.write(render(records, self.cfg.format))
-        return records
 
-    def summary(self) -> str:
-        """Completed waits per site (kernel histograms plus the D-state sleeps
-        named here), rendered for the end of a run."""
-        stats = dict(self.source.stats())
-        stats["dwaits_unrelated_dropped"] = self.unrelated_dropped
-        completed: dict[str, SiteSummary] = {}
-        for site, (slots, total_ns) in self.source.histograms().items():
-            buckets = {f"{hist_slot_upper_s(i):g}": n for i, n in enumerate(slots) if n}
-            completed[site.label] = SiteSummary(sum(slots), total_ns / NS_PER_S, buckets)
-        for site, totals in self.tracker.dstate_completed.items():
-            prev = completed.get(site.label, SiteSummary(0, 0.0, {}))
-            completed[site.label] = SiteSummary(
-                prev.count + totals.count, prev.total_s + totals.total_ns / NS_PER_S, prev.buckets
-            )
-        rec = SummaryReport(self._next_seq(), self.wall_s(), completed, stats, self.oom_kills)
-        return render([rec], self.cfg.format)
+        inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
+        completed = self.completed()
+        snap = Snapshot(
+            scan=self.scans,
+            time_s=wall,
+            mono_ns=now_ns,
+            scan_duration_s=self._last_scan_s,
+            inflight=inflight,
+            now=per_site_now(inflight, [c.site for c in self.coverage if c.attached]),
+            records=tuple(to_dict(r) for r in records),
+            completed=completed,
+            stalled_seconds=self._stall_seconds.update(completed, inflight),
+            counters=self.counters(stats),
+            reported=dict(self.reported),
+            scan_durations=self._scan_durations.freeze(),
+            coverage=self.coverage,
+            info=self.info,
+        )
+        self.latest = snap
+        for out in self.outputs:
+            out.publish(snap)
+        self._last_scan_s = time.monotonic() - t0
+        self._scan_durations.observe(self._last_scan_s)
+        return snap
+
+    def summary(self) -> dict[str, Any]:
+        """The end-of-run record: completed waits per site and the counters."""
+        completed = {}
+        for label, h in self.completed().items():
+            slots = {}
+            prev = 0
+            for le, n in h.buckets:
+                if n > prev:
+                    slots[f"{le:.12g}"] = n - prev
+                prev = n
+            completed[label] = SiteSummary(h.count, h.sum_s, slots)
+        counters = self.counters(self.source.stats())
+        rec = SummaryReport(self._next_seq(), self.wall_s(), completed, counters, self.oom_kills)
+        return to_dict(rec)
 
     def run(self, stop: threading.Event) -> None:
         """Scan every scan_interval_s until `stop` is set; a last scan at the end."""
-        interval_ns = int(self.cfg.scan_interval_s * 1e9)
+        interval_ns = int(self.cfg.scan_interval_s * NS_PER_S)
         next_ns = self.clock_ns()
         while not stop.is_set():
             self.scan_once()
@@ -203,5 +269,6 @@ class Daemon:
             now_ns = self.clock_ns()
             if next_ns < now_ns:  # fell behind (a slow scan): do not burst
                 next_ns = now_ns + interval_ns
-            stop.wait((next_ns - now_ns) / 1e9)
+            stop.wait((next_ns - now_ns) / NS_PER_S)
         self.scan_once()
+

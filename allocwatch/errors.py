@@ -48,6 +48,12 @@ class NothingAttached(AllocwatchError):
     exit_code = 10
 
 
+class MetricsPortInUse(AllocwatchError):
+    """The metrics address cannot be bound (in use, or not an address of this host)."""
+
+    exit_code = 11
+
+
 class OutputClosed(AllocwatchError):
     """Standard output is closed, or its reader has gone (EPIPE)."""
 

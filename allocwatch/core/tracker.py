@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from allocwatch.core.sites import Site
+from allocwatch.core.sites import HIST_SLOTS, Site
 
 NS_PER_S = 1_000_000_000
 
@@ -103,8 +103,17 @@ class _Reported:
 
 @dataclass
 class SiteTotals:
+    """Completed waits counted here: per log2 slot, as the kernel's wait_hist."""
+
     count: int = 0
     total_ns: int = 0
+    slots: list[int] = field(default_factory=lambda: [0] * HIST_SLOTS)
+
+    def add(self, duration_ns: int) -> None:
+        self.count += 1
+        self.total_ns += duration_ns
+        us = duration_ns // 1000
+        self.slots[min(max(us.bit_length() - 1, 0), HIST_SLOTS - 1)] += 1
 
 
 class Tracker:
@@ -121,9 +130,7 @@ class Tracker:
         ended_by_key = {e.wait.key: e for e in ended}
         for e in ended_by_key.values():
             if not e.counted_in_kernel:
-                totals = self.dstate_completed.setdefault(e.wait.site, SiteTotals())
-                totals.count += 1
-                totals.total_ns += e.duration_ns
+                self.dstate_completed.setdefault(e.wait.site, SiteTotals()).add(e.duration_ns)
 
         stalls: list[Stall] = []
         seen: set[WaitKey] = set()

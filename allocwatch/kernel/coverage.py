@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from allocwatch.core.snapshot import SiteCoverage
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import SCHED_SWITCH, Mechanism, SitePlan
 
@@ -101,6 +102,15 @@ def summarize(statuses: Sequence[SiteStatus]) -> Summary:
         not_in_kernel=states.count(State.NOT_IN_KERNEL),
         missing=tuple(st.plan.site.label for st in statuses if st.state is State.MISSING),
     )
+
+
+def snapshot_coverage(statuses: Sequence[SiteStatus]) -> list[SiteCoverage]:
+    """Per site, what the snapshot (and so the metrics) say about its attachment."""
+    out = []
+    for st in statuses:
+        opt = st.plan.chosen
+        out.append(SiteCoverage(st.plan.site.label, opt.mechanism.value if opt and st.attached else "", st.attached))
+    return out
 
 
 def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:

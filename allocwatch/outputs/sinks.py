@@ -1,8 +1,8 @@
-"""Where rendered report blocks go, without ever blocking the scan loop.
+"""The record stream to an fd (stdout), without ever blocking the scan loop.
 
-`FdSink.write()` puts a whole block (one scan's text) on a bounded queue and
-returns at once; a writer thread writes each block to the fd in order, so two
-blocks never interleave. When the reader is slower than the reports, whole
+`FdSink.publish()` puts a snapshot's records (one block per scan) on a bounded
+queue and returns at once; a writer thread renders each block and writes it to
+the fd in order, so two blocks never interleave. When the reader is slower than the reports, whole
 blocks are dropped (never half of one), counted, and the next block that gets
 out is preceded by a notice of how many were dropped.
 
@@ -19,11 +19,15 @@ import os
 import select
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from allocwatch.core.snapshot import Snapshot
 from allocwatch.errors import AllocwatchError, OutputClosed, OutputFailed
 
-DEFAULT_MAX_BLOCKS = 64
+Block = Sequence[Mapping[str, Any]]
+
+DEFAULT_MAX_BLOCKS = 8  # scans of backlog a slow reader may build up
 _POLL_MS = 200
 
 
@@ -31,17 +35,20 @@ class FdSink:
     def __init__(
         self,
         fd: int = 1,
+        render: Callable[[Block], str] = lambda block: "".join(f"{d}\n" for d in block),
         drop_notice: Callable[[int], str] = lambda n: f"allocwatch: {n} report block(s) dropped: output too slow\n",
         on_fatal: Callable[[AllocwatchError], None] = lambda err: None,
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         name: str = "standard output",
     ) -> None:
         self._fd = fd
+        self._render = render
         self._drop_notice = drop_notice
         self._on_fatal = on_fatal
         self._max_blocks = max_blocks
         self._name = name
-        self._queue: deque[str] = deque()
+        self.name = "stdout" if fd == 1 else f"fd{fd}"  # the metrics label
+        self._queue: deque[Block] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self.dropped_blocks = 0  # in all, for metrics
@@ -53,8 +60,12 @@ class FdSink:
 
     # -- the scan loop's side: never blocks ------------------------------------
 
-    def write(self, text: str) -> None:
-        if not text:
+    def publish(self, snap: Snapshot) -> None:
+        self.write(snap.records)
+
+    def write(self, block: Block) -> None:
+        """Queue one block of records; when the queue is full, the block is dropped whole."""
+        if not block:
             return
         with self._cond:
             if self.error is not None or self._closing:
@@ -63,7 +74,7 @@ class FdSink:
                 self.dropped_blocks += 1
                 self._dropped_unsaid += 1
                 return
-            self._queue.append(text)
+            self._queue.append(block)
             self._cond.notify()
 
     def close(self, timeout_s: float = 1.0) -> bool:
@@ -84,11 +95,10 @@ class FdSink:
                 self._cond.wait()
             if not self._queue:
                 return None
-            text = self._queue.popleft()
-            if self._dropped_unsaid:
-                text = self._drop_notice(self._dropped_unsaid) + text
-                self._dropped_unsaid = 0
-            return text
+            block = self._queue.popleft()
+            dropped, self._dropped_unsaid = self._dropped_unsaid, 0
+        text = self._render(block)
+        return self._drop_notice(dropped) + text if dropped else text
 
     def _run(self) -> None:
         while (text := self._next()) is not None:

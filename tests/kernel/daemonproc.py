@@ -28,7 +28,9 @@ class Daemon:
     def __init__(self, *args: str) -> None:
         self.before = allocwatch_prog_ids()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "allocwatch", "run", "--format", "json", *args],
+            # metrics off unless a test asks (a later --metrics-addr wins), so
+            # daemons of two tests never fight over the default port
+            [sys.executable, "-m", "allocwatch", "run", "--format", "json", "--metrics-addr", "", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

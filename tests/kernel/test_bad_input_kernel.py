@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from allocwatch.core import records
 from allocwatch.kernel import wire
-from allocwatch.outputs import report
 from tests.kernel import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
 
@@ -31,7 +31,7 @@ def _root() -> None:
 
 
 def _argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "allocwatch", "run", *args]
+    return [sys.executable, "-m", "allocwatch", "run", "--metrics-addr", "", *args]
 
 
 def _no_programs_left(before: set[int], timeout: float = 5.0) -> bool:
@@ -201,7 +201,7 @@ def test_hostile_comm_stays_in_its_field_under_a_real_stall():
     fields = dict(tok.split("=", 1) for tok in shlex.split(task_lines[0]) if "=" in tok)
     assert fields["pid"] == str(pid) and fields["tid"] == str(pid), task_lines[0]
     assert fields["site"] == "memcg_oom_wait"
-    assert fields["comm"] == report.escape(wire.decode_comm(HOSTILE)).replace("\\\\", "\\")
+    assert fields["comm"] == records.escape(wire.decode_comm(HOSTILE)).replace("\\\\", "\\")
     assert "\\xff" in fields["comm"]
 
 

@@ -8,6 +8,7 @@ from allocwatch.core.sites import SITE_DSTATE, Site
 from allocwatch.daemon import Daemon
 from allocwatch.kernel import procfs
 from allocwatch.kernel.probes import plan
+from allocwatch.outputs import report
 from tests.unit.test_probes import captured
 
 S = 1_000_000_000
@@ -36,11 +37,17 @@ class FakeSource:
 
 
 class ListSink:
-    def __init__(self):
-        self.writes: list[str] = []
+    """An output that keeps what a stream would write: one text per scan with records."""
 
-    def write(self, text):
-        self.writes.append(text)
+    def __init__(self, fmt="json"):
+        self.fmt = fmt
+        self.writes: list[str] = []
+        self.snapshots = []
+
+    def publish(self, snap):
+        self.snapshots.append(snap)
+        if snap.records:
+            self.writes.append(report.render_dicts(snap.records, self.fmt))
 
 
 def fake_proc(tmp_path, pid, stack, cgroup="4:memory:/box\n0::/\n", state="D"):
@@ -56,7 +63,7 @@ def make(tmp_path, **cfg):
     clock = {"ns": 0}
     src, sink = FakeSource(), ListSink()
     d = Daemon(
-        Config(format="json", **cfg), src, plan(captured("6.18")), sink,
+        Config(format="json", **cfg), src, plan(captured("6.18")), [sink],
         proc=tmp_path, clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9,
     )
     return d, src, sink, clock
@@ -155,7 +162,7 @@ def test_tasks_already_in_d_at_start_are_seeded_as_lower_bounds(tmp_path):
     fake_proc(tmp_path, 8, ["ep_poll"], state="S")
     clock = {"ns": 100 * S}
     src, sink = SeedingSource(), ListSink()
-    d = Daemon(Config(format="json", threshold_s=1.0), src, plan(captured("6.18")), sink,
+    d = Daemon(Config(format="json", threshold_s=1.0), src, plan(captured("6.18")), [sink],
                proc=tmp_path, clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9)
     assert d.seed_preexisting() == 1 and src.seeded == {7: 100 * S}
     clock["ns"] = 102 * S
@@ -181,10 +188,13 @@ def test_summary_merges_kernel_histograms_and_stack_named_sleeps(tmp_path):
     src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, 3 * S, None, None, None)]
     clock["ns"] = 3 * S
     d.scan_once()
-    doc = json.loads(d.summary())
+    doc = d.summary()
     assert doc["type"] == "summary"
     assert doc["waits_completed"]["memcg_reclaim"] == {
-        "count": 41, "total_s": 0.0041, "buckets": {"0.000128": 40, "0.262144": 1}
+        "count": 41, "total_s": 0.0041, "buckets": {"0.001024": 40, "0.262144": 1}
     }
-    assert doc["waits_completed"]["memcg_oom_wait"]["count"] == 1
-    assert doc["waits_completed"]["memcg_oom_wait"]["total_s"] == 3.0
+    oom = doc["waits_completed"]["memcg_oom_wait"]
+    assert oom["count"] == 1 and oom["total_s"] == 3.0
+    assert oom["buckets"] == {"4.194304": 1}  # stack-named sleeps land in a bucket too
+    hist = d.completed()["memcg_oom_wait"]
+    assert hist.buckets[-1] == (float("inf"), 1) and hist.count == 1

@@ -3,10 +3,10 @@
 import json
 
 from allocwatch.core.model import OomKill
+from allocwatch.core.records import OomKillReport, RecoveredReport, StallReport, TaskDetail, escape
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
 from allocwatch.outputs import report
-from allocwatch.outputs.report import OomKillReport, RecoveredReport, StallReport, TaskDetail
 
 HOSTILE = "\n[  707.8] a.out: page allocation stalls for 99999ms\x1b[2J"
 
@@ -37,7 +37,7 @@ def test_hostile_comm_cannot_break_the_block():
     assert len(text.splitlines()) == 3  # header + 2 tasks: the newline did not get through
     assert "\x1b" not in text and "\\x0a[  707.8]" in text
     doc = json.loads(report.render_json(rec))
-    assert report.escape(HOSTILE) in {t["comm"] for t in doc["tasks"]}
+    assert escape(HOSTILE) in {t["comm"] for t in doc["tasks"]}
     assert "\n" not in report.render_json(rec).rstrip("\n")
 
 
@@ -88,8 +88,8 @@ def test_recovered_and_oom_kill():
 
 
 def test_escape():
-    assert report.escape("a\\b") == "a\\\\b"
-    assert report.escape("é") == "\\xc3\\xa9"
+    assert escape("a\\b") == "a\\\\b"
+    assert escape("é") == "\\xc3\\xa9"
 
 
 def test_sleep_from_before_start_is_shown_as_lower_bound():
@@ -120,7 +120,7 @@ def test_quotes_and_backslashes_in_a_comm_stay_one_field():
     comm = 'a" pid=9 \\'  # a quote, a forged field, a backslash
     line = report.render_text(block([stall(5, comm=comm)])).splitlines()[1]
     fields = _fields(line)
-    assert fields["pid"] == "5" and fields["comm"] == report.escape(comm).replace("\\\\", "\\")
+    assert fields["pid"] == "5" and fields["comm"] == escape(comm).replace("\\\\", "\\")
 
 
 def test_undecodable_byte_and_literal_backslash_x_differ():
@@ -128,7 +128,7 @@ def test_undecodable_byte_and_literal_backslash_x_differ():
 
     byte = wire.decode_comm(b"evil\xff")
     literal = wire.decode_comm(b"evil\\xff")
-    assert report.escape(byte) == "evil\\xff" and report.escape(literal) == "evil\\\\xff"
+    assert escape(byte) == "evil\\xff" and escape(literal) == "evil\\\\xff"
     texts = {report.render_text(block([stall(1, comm=c)])).splitlines()[1] for c in (byte, literal)}
     docs = {json.loads(report.render_json(block([stall(1, comm=c)])))["tasks"][0]["comm"] for c in (byte, literal)}
     assert len(texts) == 2 and len(docs) == 2
@@ -155,7 +155,7 @@ def test_long_stack_keeps_the_outermost_frames():
 
 
 def test_summary_and_limits_have_a_seq():
-    from allocwatch.outputs.report import LimitsReport, SiteSummary, SummaryReport
+    from allocwatch.core.records import LimitsReport, SiteSummary, SummaryReport
 
     doc = json.loads(report.render_json(SummaryReport(11, 0.0, {"oom": SiteSummary(1, 0.5, {})}, {}, 0)))
     assert doc["type"] == "summary" and doc["seq"] == 11

@@ -1,0 +1,201 @@
+"""Report records, and the one plain dict each is turned into (`to_dict`),
+which every output renders: text, JSON lines, journald, the socket (pure).
+
+Text a task controls (comm, cgroup path) is shown in one escaped form in both
+outputs: printable ASCII as itself, a backslash as `\\\\`, every other byte as
+`\\xNN` (decided from the raw bytes, so a byte 0xff and a task that named
+itself "\\xff" differ). In text, a value holding a space, `"` or `=`, or any
+escape, is put in double quotes with `\\"` for a quote, so a line always splits
+into the same `key=value` fields.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from allocwatch.core.model import OomKill
+from allocwatch.core.tracker import NS_PER_S, Recovered, Stall
+
+
+@dataclass(frozen=True)
+class TaskDetail:
+    """What the daemon read about a task when it was reported."""
+
+    cgroup: str | None = None
+    state: str | None = None
+    stack: Sequence[str] | None = None
+
+
+@dataclass(frozen=True)
+class StallReport:
+    seq: int
+    time: float  # wall clock, seconds since the epoch
+    stalls: Sequence[Stall]
+    stalled_now: int
+    details: Mapping[int, TaskDetail] = field(default_factory=dict)  # by tid
+
+
+@dataclass(frozen=True)
+class RecoveredReport:
+    seq: int
+    time: float
+    recovered: Recovered
+
+
+@dataclass(frozen=True)
+class OomKillReport:
+    seq: int
+    time: float
+    kill: OomKill
+
+
+@dataclass(frozen=True)
+class LimitsReport:
+    """Kernel-side limits reached since the last scan: tasks went unseen."""
+
+    seq: int
+    time: float
+    grown: Mapping[str, int]  # counter name -> how much it grew since the last scan
+    totals: Mapping[str, int]  # counter name -> value now
+
+
+@dataclass(frozen=True)
+class SiteSummary:
+    count: int
+    total_s: float
+    buckets: Mapping[str, int]  # "le" upper bound in seconds -> waits in that slot
+
+
+@dataclass(frozen=True)
+class SummaryReport:
+    seq: int
+    time: float
+    completed: Mapping[str, SiteSummary]
+    stats: Mapping[str, int]
+    oom_kills: int
+
+
+Record = StallReport | RecoveredReport | OomKillReport | LimitsReport | SummaryReport
+
+# What each limit counter means, for the text line and stderr.
+LIMIT_TEXT = {
+    "waits_full": "in-flight wait map full: {n} wait(s) not tracked (raise max_inflight)",
+    "dwaits_full": "D-state map full: {n} sleep(s) not tracked (raise max_inflight)",
+    "events_lost": "ring buffer full: {n} event(s) lost",
+}
+
+
+def escape(text: str) -> str:
+    """Printable ASCII stays; a backslash doubles; anything else (newlines, ESC,
+    non-ASCII, undecodable bytes held as surrogates) becomes \\xNN per byte."""
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif " " <= ch <= "~":
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode("utf-8", "surrogateescape"))
+    return "".join(out)
+
+
+def iso_time(epoch_s: float) -> str:
+    stamp = dt.datetime.fromtimestamp(epoch_s, dt.UTC)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+
+
+def seconds(ns: int) -> float:
+    return round(ns / NS_PER_S, 3)
+
+
+def gfp_text(gfp: int | None) -> str | None:
+    return None if gfp is None else f"{gfp:#x}"
+
+
+def by_task(stalls: Sequence[Stall]) -> list[list[Stall]]:
+    """Group stalls per task, each group longest first, tasks longest first."""
+    groups: dict[int, list[Stall]] = {}
+    for s in sorted(stalls, key=lambda s: -s.duration_ns):
+        groups.setdefault(s.wait.tid, []).append(s)
+    return list(groups.values())
+
+
+# -- records -> dicts (once) -----------------------------------------------------
+
+
+def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
+    s = group[0]
+    w = s.wait
+    return {
+        "tid": w.tid,
+        "pid": w.pid,
+        "comm": escape(w.comm),
+        "site": w.site.label,
+        "duration_s": seconds(s.duration_ns),
+        "start_known": w.start_known,
+        "level": s.level,
+        "new": s.first,
+        "gfp": gfp_text(w.gfp),
+        "order": w.order,
+        "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
+        "state": detail.state,
+        "stack": [escape(f) for f in detail.stack] if detail.stack else [],
+        "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
+    }
+
+
+def to_dict(rec: Record) -> dict[str, Any]:
+    """The one plain form of a record: JSON lines, text, journald and the socket use it."""
+    base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
+    if isinstance(rec, StallReport):
+        tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
+        return {"type": "stall_report", **base, "stalled": rec.stalled_now, "tasks": tasks}
+    if isinstance(rec, RecoveredReport):
+        r = rec.recovered
+        w = r.wait
+        return {
+            "type": "recovered",
+            **base,
+            "tid": w.tid,
+            "pid": w.pid,
+            "comm": escape(w.comm),
+            "site": w.site.label,
+            "duration_s": seconds(r.duration_ns),
+            "exact": r.exact,
+            "start_known": w.start_known,
+            "ended": r.how or "unseen",
+            "reports": r.reports,
+        }
+    if isinstance(rec, OomKillReport):
+        k = rec.kill
+        return {
+            "type": "oom_kill",
+            **base,
+            "victim_pid": k.victim_pid,
+            "victim_comm": escape(k.victim_comm) if k.victim_comm else None,
+            "invoker_pid": k.invoker_pid,
+            "invoker_tid": k.invoker_tid,
+            "invoker_comm": escape(k.invoker_comm),
+        }
+    if isinstance(rec, LimitsReport):
+        return {"type": "limits_reached", **base, "grown": dict(rec.grown), "totals": dict(rec.totals)}
+    return {
+        "type": "summary",
+        **base,
+        "waits_completed": {
+            site: {"count": s.count, "total_s": round(s.total_s, 6), "buckets": dict(s.buckets)}
+            for site, s in rec.completed.items()
+        },
+        "oom_kills": rec.oom_kills,
+        "stats": dict(rec.stats),
+    }
+
+
+
+
+def limit_line(counter: str, grown: int, total: int) -> str:
+    what = LIMIT_TEXT.get(counter, counter + ": {n}").format(n=grown)
+    return f"{what}; {total} since start"

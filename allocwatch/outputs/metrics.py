@@ -1,0 +1,220 @@
+"""Prometheus metrics: a custom collector over the latest snapshot, and the
+HTTP endpoint that serves it.
+
+The collector builds every family at scrape time from the snapshot it is
+given (a callable, read with a plain reference swap: a scrape never waits on
+the scan loop). Labels are bounded: `site` and `mechanism` come from the
+catalog, `kind` and `map` from fixed lists; never a pid, tid or comm.
+README.md, "Metrics", lists every family.
+"""
+
+from __future__ import annotations
+
+import http.server
+import ipaddress
+import math
+import socket
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from allocwatch.core.snapshot import Histogram, Snapshot
+
+# Kernel-side limit counters, by the `map` label of allocwatch_map_full_total.
+_MAP_FULL = {"waits_full": "waits", "dwaits_full": "dwaits"}
+STALL_KINDS = ("stall",)  # grows with the stall classes (throttled, livelock, stuck victim)
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    return [("+Inf" if math.isinf(le) else f"{le:.12g}", float(n)) for le, n in h.buckets]
+
+
+class SnapshotCollector:
+    """Metric families from `latest()`; `drops()` gives report blocks dropped per output."""
+
+    def __init__(
+        self,
+        latest: Callable[[], Snapshot | None],
+        drops: Callable[[], Mapping[str, int]] = dict,
+    ) -> None:
+        self._latest = latest
+        self._drops = drops
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._latest()
+        if snap is None:  # bound before the first scan: say only that it is up
+            yield from self._drop_families()
+            return
+        yield from self._info(snap)
+        yield from self._waits(snap)
+        yield from self._health(snap)
+        yield from self._drop_families()
+
+    def _info(self, snap: Snapshot) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "allocwatch_build_info", "allocwatch version and the kernel it runs on (always 1)",
+            labels=["version", "kernel"],
+        )
+        info.add_metric([snap.info.get("version", ""), snap.info.get("kernel", "")], 1)
+        yield info
+        attached = GaugeMetricFamily(
+            "allocwatch_site_attached", "1 if the wait site is watched, 0 if not (see `allocwatch probes`)",
+            labels=["site", "mechanism"],
+        )
+        for c in snap.coverage:
+            attached.add_metric([c.site, c.mechanism or "none"], 1 if c.attached else 0)
+        yield attached
+
+    def _waits(self, snap: Snapshot) -> Iterator[Metric]:
+        hist = HistogramMetricFamily(
+            "allocwatch_wait_seconds", "Completed waits at a memory stall site, by duration", labels=["site"]
+        )
+        for site, h in sorted(snap.completed.items()):
+            hist.add_metric([site], _buckets(h), h.sum_s)
+        yield hist
+        families = {
+            "waiting": GaugeMetricFamily(
+                "allocwatch_tasks_waiting", "Tasks waiting at the site now, under their threshold too",
+                labels=["site"],
+            ),
+            "stalled": GaugeMetricFamily(
+                "allocwatch_tasks_stalled", "Tasks waiting at the site now for at least its threshold",
+                labels=["site"],
+            ),
+            "longest": GaugeMetricFamily(
+                "allocwatch_longest_wait_seconds", "The longest wait in flight at the site now", labels=["site"]
+            ),
+        }
+        for site, now in sorted(snap.now.items()):
+            families["waiting"].add_metric([site], now.waiting)
+            families["stalled"].add_metric([site], now.stalled)
+            families["longest"].add_metric([site], now.longest_s)
+        yield from families.values()
+        stalled = CounterMetricFamily(
+            "allocwatch_memory_stalled_seconds",
+            "Seconds tasks have spent waiting at the site, completed and in flight (where PSI says how much, "
+            "this says where)",
+            labels=["site"],
+        )
+        for site, v in sorted(snap.stalled_seconds.items()):
+            stalled.add_metric([site], v)
+        yield stalled
+        reports = CounterMetricFamily(
+            "allocwatch_stall_reports", "Tasks reported as stalled (new or escalated), by kind", labels=["kind"]
+        )
+        for kind in STALL_KINDS:
+            reports.add_metric([kind], snap.reported.get(kind, 0))
+        yield reports
+        kills = CounterMetricFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim)")
+        kills.add_metric([], snap.counters.get("oom_kills", 0))
+        yield kills
+
+    def _health(self, snap: Snapshot) -> Iterator[Metric]:
+        c = snap.counters
+        lost = CounterMetricFamily("allocwatch_events_lost", "Ring-buffer events lost (buffer full)")
+        lost.add_metric([], c.get("events_lost", 0))
+        yield lost
+        full = CounterMetricFamily(
+            "allocwatch_map_full", "Waits not tracked because an in-kernel map was full", labels=["map"]
+        )
+        for key, label in _MAP_FULL.items():
+            full.add_metric([label], c.get(key, 0))
+        yield full
+        dropped = CounterMetricFamily(
+            "allocwatch_dstate_unrelated_dropped",
+            "D-state sleeps named as not a memory wait and no longer tracked (their slot given back)",
+        )
+        dropped.add_metric([], c.get("dwaits_unrelated_dropped", 0))
+        yield dropped
+        scans = CounterMetricFamily("allocwatch_scans", "Scans of the waits in flight")
+        scans.add_metric([], snap.scan)
+        yield scans
+        last = GaugeMetricFamily("allocwatch_last_scan_timestamp_seconds", "When the latest scan ran (Unix time)")
+        last.add_metric([], snap.time_s)
+        yield last
+        durations = HistogramMetricFamily("allocwatch_scan_duration_seconds", "How long one scan took")
+        durations.add_metric([], _buckets(snap.scan_durations), snap.scan_durations.sum_s)
+        yield durations
+
+    def _drop_families(self) -> Iterator[Metric]:
+        dropped = CounterMetricFamily(
+            "allocwatch_report_blocks_dropped",
+            "Report blocks dropped whole because an output was slower than the reports",
+            labels=["output"],
+        )
+        for output, n in sorted(self._drops().items()):
+            dropped.add_metric([output], n)
+        yield dropped
+
+
+def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    return registry
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    registry: CollectorRegistry
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            body, ctype, code = generate_latest(self.registry), CONTENT_TYPE_LATEST, 200
+        elif path == "/":
+            body, ctype, code = b"allocwatch: metrics at /metrics\n", "text/plain; charset=utf-8", 200
+        else:
+            body, ctype, code = b"not found\n", "text/plain; charset=utf-8", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes are not news
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """"host:port" or "[v6]:port" (as config normalised it) -> (host, port)."""
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class MetricsServer:
+    """Binds at construction (so a port in use is known before BPF is loaded);
+    `start()` serves in a daemon thread; `close()` stops it."""
+
+    def __init__(self, addr: str, registry: CollectorRegistry, timeout_s: float = 5.0) -> None:
+        host, port = split_addr(addr)
+        handler = type("Handler", (_Handler,), {"registry": registry, "timeout": timeout_s})
+        server_cls: type[_Server] = _Server
+        try:
+            if ipaddress.ip_address(host).version == 6:
+                server_cls = _Server6
+        except ValueError:
+            pass  # a host name: IPv4 resolution, as http.server does
+        self.server = server_cls((host, port), handler)
+        self.address = self.server.server_address
+        # a short poll, so close() does not wait half a second for the loop to notice
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,155 @@
+"""The live state on the real kernel: a real Prometheus scrapes a real stall,
+every PromQL expression shipped in deploy/ is evaluated against it, and a
+reader that never reads cannot stop the scan loop or SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import memcg
+from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
+from tests.kernel.promserver import Prometheus, free_port
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "allocwatch-rules.yml"
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    memcg.require_root_bpf()
+
+
+def _scrape(addr: str) -> str:
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+        return r.read().decode()
+
+
+def _sample(text: str, name: str, labels: str = "") -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name + (("{" + labels) if labels else "")) and (labels or line[len(name)] in " {"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def test_prometheus_scrapes_a_real_stall_and_every_shipped_expression_evaluates():
+    from tests import deploy_exprs
+
+    addr = f"127.0.0.1:{free_port()}"
+    d = Daemon("--metrics-addr", addr, "--threshold", "1", "--scan-interval", "0.25")
+    try:
+        d.wait_ready()
+        with Prometheus(addr, [RULES]) as prom:
+            assert prom.wait_value('up{job="allocwatch"}', lambda v: v == 1, 20) == 1
+            site = '{site="memcg_oom_wait"}'
+            count0 = prom.wait_value(f"allocwatch_wait_seconds_count{site}", lambda v: True, 10) or 0.0
+            with memcg.MemCgroup("aw-prom") as group:
+                hogs = memcg.stall_indefinitely(group, 5, 100)
+                waiting = prom.wait_value(f"allocwatch_tasks_waiting{site}", lambda v: v >= 5, 20)
+                assert waiting == 5, f"in-flight gauge reached {waiting}, not the 5 stalled tasks"
+                assert prom.wait_value(f"allocwatch_tasks_stalled{site}", lambda v: v >= 5, 10) == 5
+                s1 = prom.value(f"allocwatch_memory_stalled_seconds_total{site}") or 0.0
+                time.sleep(3)
+                s2 = prom.value(f"allocwatch_memory_stalled_seconds_total{site}") or 0.0
+                assert s2 >= s1 + 5 * 2, (s1, s2)  # five tasks, about 3 s each, still waiting
+                memcg.release(group)
+                for h in hogs:
+                    assert h.wait_done(20)
+                    h.stop()
+            grown = prom.wait_value(f"allocwatch_wait_seconds_count{site}", lambda v: v >= count0 + 5, 15)
+            assert grown is not None and grown >= count0 + 5, (count0, grown)
+            assert prom.wait_value(f"allocwatch_tasks_waiting{site}", lambda v: v == 0, 10) == 0
+            # Every expression the rules and the dashboard ship: valid PromQL on this
+            # Prometheus, and every allocwatch metric it names exists here.
+            names = set(prom.api("label/__name__/values")["data"])
+            exprs = deploy_exprs.rule_exprs() + deploy_exprs.dashboard_exprs()
+            assert len(exprs) >= 10
+            for where, expr in exprs:
+                prom.query(expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+                           .replace("$__interval", "15s"))
+                missing = {n for n in deploy_exprs.metric_names(expr) if n not in names}
+                assert not missing, f"{where}: {expr} names {missing}, which the daemon does not export"
+            rules = prom.api("rules")["data"]["groups"]
+            assert rules and all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
+            # promtool's linter has nothing to say about the exposition
+            text = _scrape(addr)
+            lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                                  check=False)
+            assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_metrics_port_in_use_is_exit_11_before_anything_is_loaded():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        before = allocwatch_prog_ids()
+        proc = subprocess.run(
+            [sys.executable, "-m", "allocwatch", "run", "--metrics-addr", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+    assert proc.returncode == 11, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "cannot listen there" in proc.stderr
+    assert allocwatch_prog_ids() == before
+
+
+def test_a_reader_that_never_reads_cannot_stop_scans_or_sigterm():
+    """stdout a pipe nobody reads, 200 tasks stalled and escalating: the pipe fills,
+    scans and metrics go on, whole blocks are dropped and counted, and SIGTERM
+    ends the daemon within 2 s with nothing left attached."""
+    addr = f"127.0.0.1:{free_port()}"
+    read_end, write_end = os.pipe()  # never read
+    before = allocwatch_prog_ids()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "allocwatch", "run", "--format", "json", "--metrics-addr", addr,
+         "--threshold", "1", "--scan-interval", "0.25"],
+        stdout=write_end, stderr=subprocess.PIPE, text=True,
+    )
+    os.close(write_end)
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        assert "watching" in line, line
+        with memcg.MemCgroup("aw-stuck") as group:
+            hogs = memcg.stall_indefinitely(group, 200, 4)
+            try:
+                deadline = time.monotonic() + 30
+                dropped = 0.0
+                while time.monotonic() < deadline and dropped < 3:
+                    time.sleep(1)
+                    dropped = _sample(_scrape(addr), "allocwatch_report_blocks_dropped_total") or 0.0
+                assert dropped >= 3, "the pipe never filled: no block was dropped"
+                scans1 = _sample(_scrape(addr), "allocwatch_scans_total") or 0.0
+                time.sleep(2)
+                text = _scrape(addr)
+                scans2 = _sample(text, "allocwatch_scans_total") or 0.0
+                assert scans2 >= scans1 + 5, f"scans stopped behind a stuck reader: {scans1} -> {scans2}"
+                assert _sample(text, "allocwatch_tasks_stalled", 'site="memcg_oom_wait"') >= 150
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGTERM)
+                code = proc.wait(10)
+                took = time.monotonic() - t0
+            finally:
+                memcg.release(group)
+                for h in hogs:
+                    h.stop()
+        assert code == 0 and took < 2.0, f"exit {code} after {took:.2f}s"
+        assert not allocwatch_prog_ids() - before, "BPF programs left after SIGTERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(read_end)
