@@ -21,11 +21,13 @@ MOUNTINFO = Path("/proc/self/mountinfo")
 
 # Capability numbers from include/uapi/linux/capability.h.
 CAP_DAC_READ_SEARCH = 2
+CAP_SYS_PTRACE = 19
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38  # since v5.8 (980737282232, "capabilities: Introduce CAP_PERFMON")
 CAP_BPF = 39  # since v5.8 (a17b53c4a4b5, "bpf, capability: Introduce CAP_BPF")
 CAP_NAMES = {
     CAP_DAC_READ_SEARCH: "CAP_DAC_READ_SEARCH",
+    CAP_SYS_PTRACE: "CAP_SYS_PTRACE",
     CAP_SYS_ADMIN: "CAP_SYS_ADMIN",
     CAP_PERFMON: "CAP_PERFMON",
     CAP_BPF: "CAP_BPF",
@@ -42,13 +44,14 @@ def needed_capabilities(euid: int, cap_last_cap: int) -> list[int]:
     events); CAP_SYS_ADMIN reads /proc/PID/stack (root-only since v4.20,
     f8a00cef1720) and is what kernels before v5.8 ask for everything. Off
     root, tracefs and /proc/PID/stack are mode 0400/0700 root files, so
-    CAP_DAC_READ_SEARCH is needed to read them.
+    CAP_DAC_READ_SEARCH is needed to read them, and CAP_SYS_PTRACE to pass
+    the ptrace access check on other users' stacks.
     """
     caps = [CAP_SYS_ADMIN]
     if cap_last_cap >= CAP_BPF:
         caps += [CAP_BPF, CAP_PERFMON]
     if euid != 0:
-        caps.append(CAP_DAC_READ_SEARCH)
+        caps += [CAP_DAC_READ_SEARCH, CAP_SYS_PTRACE]
     return sorted(caps)
 
 

@@ -9,6 +9,8 @@
  *
  * Tunables, set with -D by the loader:
  *   LONG_WAIT_NS     completed waits at least this long are sent to user space
+ *   DSTATE_END_NS    D-state sleeps no hint named, at least this long, are sent up
+ *                    too: only user space can name and count them
  *   MAX_WAITS        in-flight (tid, site) entries
  *   MAX_DWAITS       tasks sleeping in TASK_UNINTERRUPTIBLE tracked at once
  *   RINGBUF_PAGES    ring buffer size, in pages (a power of two)
@@ -19,6 +21,9 @@
 
 #ifndef LONG_WAIT_NS
 #define LONG_WAIT_NS 1000000000ULL
+#endif
+#ifndef DSTATE_END_NS
+#define DSTATE_END_NS LONG_WAIT_NS
 #endif
 #ifndef MAX_WAITS
 #define MAX_WAITS 32768
@@ -204,7 +209,7 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
          * can only be counted in user space, which names it. */
         if (w->site_hint < AW_NR_SITES)
             hist_add(w->site_hint, duration_ns);
-        if (duration_ns >= LONG_WAIT_NS)
+        if (duration_ns >= LONG_WAIT_NS || (w->site_hint >= AW_NR_SITES && duration_ns >= DSTATE_END_NS))
             emit_end(next, AW_SITE_DSTATE, w, duration_ns, end_how(next, w->pid, w->start_ns, AW_END_WOKE));
         dwaits.delete(&next);
     }

@@ -38,6 +38,7 @@ BPF_SOURCE = "allocwatch.bpf.c"
 @dataclass(frozen=True)
 class LoadOptions:
     long_wait_ns: int
+    dstate_end_ns: int | None = None  # default: long_wait_ns
     max_waits: int = 32768
     max_dwaits: int = 32768
     ringbuf_pages: int = 256
@@ -78,6 +79,7 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
     flags = [
         f"-I{bpf_dir()}",
         f"-DLONG_WAIT_NS={opts.long_wait_ns}ULL",
+        f"-DDSTATE_END_NS={min(opts.dstate_end_ns or opts.long_wait_ns, opts.long_wait_ns)}ULL",
         f"-DMAX_WAITS={opts.max_waits}",
         f"-DMAX_DWAITS={opts.max_dwaits}",
         f"-DRINGBUF_PAGES={opts.ringbuf_pages}",

@@ -383,8 +383,8 @@ def test_root_without_capabilities_is_exit_5_not_a_compile_error(world_readable_
 
 
 def test_non_root_with_the_capabilities_attaches(world_readable_copy):
-    """Capabilities decide, not the uid: nobody with the four of them attaches every site."""
-    caps = "+bpf,+perfmon,+sys_admin,+dac_read_search"
+    """Capabilities decide, not the uid: nobody with the five of them attaches every site."""
+    caps = "+bpf,+perfmon,+sys_admin,+dac_read_search,+sys_ptrace"
     before = allocwatch_prog_ids()
     proc = _as(
         world_readable_copy,

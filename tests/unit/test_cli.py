@@ -61,7 +61,7 @@ def test_capabilities_not_uid_decide():
     assert preflight.missing_capabilities(no_bpf, 0, 40) == ["CAP_BPF"]
     assert preflight.missing_capabilities(1 << preflight.CAP_SYS_ADMIN, 0, 37) == []  # before v5.8
     only_bpf = (1 << preflight.CAP_BPF) | (1 << preflight.CAP_PERFMON) | (1 << preflight.CAP_SYS_ADMIN)
-    assert preflight.missing_capabilities(only_bpf, 1000, 40) == ["CAP_DAC_READ_SEARCH"]
+    assert preflight.missing_capabilities(only_bpf, 1000, 40) == ["CAP_DAC_READ_SEARCH", "CAP_SYS_PTRACE"]
 
 
 def _mountinfo(tmp_path, *lines):
