@@ -46,7 +46,7 @@ alternative is a periodic sweep of /proc/*/task/*/stat for tasks in D.
    entries left by a detach are deleted at the task's next switch-in.
 
    Counting: wall-clock runs keep ``kernel.bpf_stats_enabled`` off, because
-   the stats themselves cost time per hit (ENVIRONMENT.md: an empty program
+   the stats themselves cost time per hit (measured here: an empty program
    reads ~149 ns a hit with stats on). After the rounds, one extra run per
    program and workload has the stats on: its run_cnt (bpftool prog show
    --json, by program id) is the sched_switch events per run, and

@@ -1,6 +1,6 @@
 /* allocwatch: in-kernel bookkeeping of memory-allocation waits.
  *
- * Rules (shared/DESIGN.md): handlers read only tracepoint fields, scalar probe
+ * Rules: handlers read only tracepoint fields, scalar probe
  * arguments and helpers; they never dereference a kernel struct, because the
  * headers bcc compiles against may not match the running kernel. Which
  * handlers are compiled is chosen by allocwatch/kernel/bpfsource.py from the probe

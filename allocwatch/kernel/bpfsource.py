@@ -321,7 +321,7 @@ def _int(v: Any) -> int:
 
 
 def _release_build_memory() -> None:
-    """Give back the compiler's heap: about 25 MB anon (ENVIRONMENT.md)."""
+    """Give back the compiler's heap: about 25 MB of anonymous memory, measured on 6.18."""
     libc_name = ctypes.util.find_library("c")
     if libc_name:
         try:

@@ -2,7 +2,7 @@
 
 Each site lists its attach options in order of preference. `plan()` takes the
 first one this kernel supports and says, for every option it passed over, why.
-The facts behind each option are in shared/probe-catalog.md.
+Each option cites the kernel commit or version that made it necessary.
 """
 
 from __future__ import annotations
@@ -440,7 +440,7 @@ def plan(
         if entry.site in off:
             why_off = "disabled in the configuration"
         elif entry.hot and not hot_paths:
-            why_off = "hot path: attached only with hot_paths: true (DESIGN.md)"
+            why_off = "hot path: attached only with hot_paths: true"
         plans.append(plan_site(entry, features, why_off))
     return plans
 

@@ -93,6 +93,8 @@ def _text(d: Mapping[str, Any]) -> str:
         return "".join(f"{head} limit #{d['seq']}: {limit_line(k, n, d['totals'][k])}\n" for k, n in d["grown"].items())
     lines = [f"{head} summary #{d['seq']}: {d['oom_kills']} oom kill(s); completed waits per site:"]
     for site, s in sorted(d["waits_completed"].items()):
+        if not s["count"]:
+            continue
         lines.append(f"  {site}: {s['count']} wait(s), {s['total_s']:.3f}s in all")
     lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in d["stats"].items()))
     return "\n".join(lines) + "\n"

@@ -1,9 +1,9 @@
-"""A slow block device for kernel tests (shared/ENVIRONMENT.md, seeds 002/004).
+"""A slow block device for kernel tests (seeds 002/004).
 
 A loop device over a sparse file, ext4 without a journal, mounted in a
 temporary directory, its writes throttled by a cgroup-v1 blkio rule on the
 root blkio group (the flusher kworkers live there). `close()` undoes it all
-in the order ENVIRONMENT.md gives: the caller kills its writers first, then
+in this order: the caller kills its writers first, then
 the rule is lifted (blocked writers then drain and exit), then unmount,
 detach and delete. Dirty-page sysctls changed through `set_dirty_bytes` are
 restored too.

@@ -1,6 +1,6 @@
 """The real daemon on the real kernel, under real memory pressure.
 
-Recipes from shared/ENVIRONMENT.md ("Making real memory stalls"). Root and
+Recipes for real memory stalls on these machines (README, "Tests"). Root and
 BPF are needed: these skip off-root with the reason, and fail instead in CI.
 """
 
@@ -192,7 +192,7 @@ def test_reclaim_storm_counted_without_a_stall_report(daemon_factory):
 
 def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen) -> None:
     """SIGKILL does not end a writer blocked on throttled writeback until the
-    rule is lifted (ENVIRONMENT.md): kill, lift, then reap."""
+    rule is lifted: kill, lift, then reap."""
     writer.kill()
     disk.set_write_bps(0)
     writer.wait(60)

@@ -3,7 +3,7 @@
 6.18 is a capture of this machine's tracefs and kallsyms
 (tests/fixtures/kernels/6.18, made with scripts/capture-kernel). The older
 eras are described field by field from the TRACE_EVENT definitions of those
-releases (shared/probe-catalog.md has the history).
+releases (each option cites the commit that made it).
 """
 
 from pathlib import Path
