@@ -166,6 +166,12 @@ def cmd_run(args: argparse.Namespace) -> int:
             server.close()
         raise
     try:
+        if cfg.bpf_stats:
+            try:
+                source.enable_program_stats()
+            except OSError as exc:
+                print(f"allocwatch: bpf_stats: the kernel refused BPF_ENABLE_STATS ({exc.strerror}); "
+                      "no per-program run time", file=sys.stderr)
         attached = [s for s in source.status if s.attached]
         if not attached:
             raise NothingAttached("no wait site could be attached: see 'allocwatch probes' for why")

@@ -63,6 +63,7 @@ class Config:
     metrics_addr: str | None = None  # None: not given (DEFAULT_METRICS_ADDR); "": metrics off; else "host:port"
     disable_sites: tuple[str, ...] = ()
     hot_paths: bool = False
+    bpf_stats: bool = False  # count BPF programs' run time while the daemon runs
     classify_after_s: float = 1.0
     max_inflight: int = 32768
     tracefs: str = "/sys/kernel/tracing"
@@ -248,6 +249,7 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "metrics_addr": _addr,
     "disable_sites": _sites,
     "hot_paths": _bool,
+    "bpf_stats": _bool,
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),
     "max_inflight": _count,
     "tracefs": _path,

@@ -235,6 +235,7 @@ class Daemon:
             reported=dict(self.reported),
             scan_durations=self._scan_durations.freeze(),
             coverage=self.coverage,
+            programs=self._program_stats(),
             info=self.info,
         )
         self.latest = snap
@@ -243,6 +244,10 @@ class Daemon:
         self._last_scan_s = time.monotonic() - t0
         self._scan_durations.observe(self._last_scan_s)
         return snap
+
+    def _program_stats(self) -> dict[str, tuple[int, int]]:
+        read = getattr(self.source, "program_stats", None)  # only the real source has it
+        return read() if read is not None else {}
 
     def summary(self) -> dict[str, Any]:
         """The end-of-run record: completed waits per site and the counters."""

@@ -125,6 +125,7 @@ class Snapshot:
     reported: Mapping[str, int]  # stall reports emitted, by kind, cumulative
     scan_durations: Histogram
     coverage: tuple[SiteCoverage, ...] = ()
+    programs: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # BPF program: (run ns, runs)
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
 
 

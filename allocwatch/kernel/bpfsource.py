@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import wire
+from allocwatch.kernel import bpfstats, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import (
@@ -116,6 +117,7 @@ class BpfSource:
         self.status: list[SiteStatus] = []
         self.load_seconds = 0.0
         self.kill_tracking = False
+        self._stats_fd: int | None = None
 
     # -- load and attach --------------------------------------------------
 
@@ -260,6 +262,24 @@ class BpfSource:
         raw, self._pending = self._pending, []
         return [ev for ev in map(wire.decode_event, raw) if ev is not None]
 
+    def enable_program_stats(self) -> None:
+        """Count run time per program for as long as this source lives
+        (BPF_ENABLE_STATS: the kernel switches it off when the fd closes)."""
+        if self._stats_fd is None:
+            self._stats_fd = bpfstats.enable()
+
+    def program_stats(self) -> dict[str, tuple[int, int]]:
+        """Per loaded program: (run_time_ns, run_cnt); empty while the kernel counts nothing."""
+        if self._bpf is None or (self._stats_fd is None and not bpfstats.sysctl_on()):
+            return {}
+        out = {}
+        for name, fn in list(self._bpf.funcs.items()):
+            try:
+                out[name.decode() if isinstance(name, bytes) else str(name)] = bpfstats.prog_stats(fn.fd)
+            except OSError:
+                continue
+        return out
+
     def stats(self) -> dict[str, int]:
         table = self._bpf[b"stats"]
         return {name: int(table[table.Key(i)].value) for i, name in enumerate(STAT_NAMES)}
@@ -296,6 +316,9 @@ class BpfSource:
             t.join(10)
         self._bpf.cleanup()  # whatever is left, and the maps
         self._bpf = None
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
 
     def __enter__(self) -> BpfSource:
         return self

@@ -139,6 +139,19 @@ class SnapshotCollector:
         durations = HistogramMetricFamily("allocwatch_scan_duration_seconds", "How long one scan took")
         durations.add_metric([], _buckets(snap.scan_durations), snap.scan_durations.sum_s)
         yield durations
+        if snap.programs:  # only while the kernel counts (bpf_stats, or kernel.bpf_stats_enabled)
+            run_s = CounterMetricFamily(
+                "allocwatch_bpf_program_run_seconds", "Time the kernel spent running each allocwatch BPF program",
+                labels=["program"],
+            )
+            runs = CounterMetricFamily(
+                "allocwatch_bpf_program_runs", "How many times each allocwatch BPF program ran", labels=["program"]
+            )
+            for name, (ns, cnt) in sorted(snap.programs.items()):
+                run_s.add_metric([name], ns / 1e9)
+                runs.add_metric([name], cnt)
+            yield run_s
+            yield runs
 
     def _drop_families(self) -> Iterator[Metric]:
         dropped = CounterMetricFamily(

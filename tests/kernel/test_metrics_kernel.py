@@ -153,3 +153,25 @@ def test_a_reader_that_never_reads_cannot_stop_scans_or_sigterm():
             proc.kill()
             proc.wait()
         os.close(read_end)
+
+
+def test_bpf_stats_count_program_run_time_and_switch_off_with_the_daemon(tmp_path):
+    sysctl = Path("/proc/sys/kernel/bpf_stats_enabled")
+    before = sysctl.read_text()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("bpf_stats: true\n")
+    addr = f"127.0.0.1:{free_port()}"
+    d = Daemon("--config", str(cfg), "--metrics-addr", addr, "--scan-interval", "0.25")
+    try:
+        d.wait_ready()
+        time.sleep(1.5)
+        text = _scrape(addr)
+        runs = _sample(text, "allocwatch_bpf_program_runs_total", 'program="aw_sched_switch"')
+        run_s = _sample(text, "allocwatch_bpf_program_run_seconds_total", 'program="aw_sched_switch"')
+        assert runs and runs > 100 and run_s and run_s > 0, text[-2000:]
+        assert 10 < run_s / runs * 1e9 < 100_000, f"{run_s / runs * 1e9:.0f} ns a run"  # a plausible cost
+        assert sysctl.read_text() == before  # the daemon's fd, not the global switch
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    assert sysctl.read_text() == before

@@ -35,7 +35,8 @@ def test_metrics_table_lists_every_family(tmp_path):
     from allocwatch.outputs.metrics import SnapshotCollector, registry_for
     from tests.unit.test_snapshot_metrics import _daemon
 
-    d, *_ = _daemon(tmp_path)
+    d, src, *_ = _daemon(tmp_path)
+    src.program_stats = lambda: {"aw_sched_switch": (1500, 10)}  # as while the kernel counts
     d.scan_once()
     text = generate_latest(registry_for(SnapshotCollector(lambda: d.latest, lambda: {"stdout": 0}))).decode()
     served = set(re.findall(r"^# TYPE (\S+) ", text, re.M))

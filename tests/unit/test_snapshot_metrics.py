@@ -204,3 +204,39 @@ def test_stream_reports_a_gone_reader_once():
     sink.close(2.0)
     os.close(w)
     assert sink.error is not None and sink.error.exit_code == 12 and errors == [sink.error]
+
+
+def test_prog_info_offsets_match_the_installed_uapi_header(tmp_path):
+    """bpfstats reads struct bpf_prog_info by offset: the header must agree."""
+    import ctypes
+    import shutil
+
+    from allocwatch.kernel import bpfstats
+
+    assert shutil.which("gcc"), "gcc is needed to read the installed linux/bpf.h"
+    src = tmp_path / "off.c"
+    src.write_text(
+        "#include <stdio.h>\n#include <stddef.h>\n#include <linux/bpf.h>\n"
+        "int main(void){printf(\"%zu %zu %zu %d %d\\n\", offsetof(struct bpf_prog_info, run_time_ns),"
+        " offsetof(struct bpf_prog_info, run_cnt), offsetof(struct bpf_prog_info, name),"
+        " BPF_OBJ_GET_INFO_BY_FD, BPF_ENABLE_STATS); return 0;}\n"
+    )
+    subprocess.run(["gcc", str(src), "-o", str(tmp_path / "off")], check=True)
+    got = subprocess.run([str(tmp_path / "off")], capture_output=True, text=True, check=True).stdout.split()
+    info = bpfstats.ProgInfo
+    assert [int(x) for x in got] == [
+        info.run_time_ns.offset, info.run_cnt.offset, info.name.offset,
+        bpfstats.BPF_OBJ_GET_INFO_BY_FD, bpfstats.BPF_ENABLE_STATS,
+    ]
+    assert ctypes.sizeof(info) == 208
+
+
+def test_program_run_time_is_exported_only_while_counted(tmp_path):
+    d, src, out, clock = _daemon(tmp_path)
+    d.scan_once()
+    reg = registry_for(SnapshotCollector(lambda: d.latest))
+    assert reg.get_sample_value("allocwatch_bpf_program_runs_total", {"program": "aw_sched_switch"}) is None
+    src.program_stats = lambda: {"aw_sched_switch": (2_000_000_000, 7)}
+    d.scan_once()
+    assert reg.get_sample_value("allocwatch_bpf_program_runs_total", {"program": "aw_sched_switch"}) == 7
+    assert reg.get_sample_value("allocwatch_bpf_program_run_seconds_total", {"program": "aw_sched_switch"}) == 2.0
