@@ -38,6 +38,10 @@ def _parser() -> argparse.ArgumentParser:
         "'' for none)",
     )
     run.add_argument("--format", choices=("text", "json"), help="report format (default text)")
+    run.add_argument(
+        "--cgroup", action="append", metavar="PATH",
+        help="report only tasks whose memory cgroup path starts with PATH (repeatable)",
+    )
 
     pr = sub.add_parser("probes", help="which wait sites this kernel offers, and how")
     pr.add_argument("--json", action="store_true", help="one JSON document")
@@ -143,6 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "scan_interval_s": args.scan_interval,
         "metrics_addr": args.metrics_addr,
         "format": args.format,
+        "cgroups": args.cgroup,
     }
     cfg = config.load(args.config, overrides)
     preflight.require_capabilities()

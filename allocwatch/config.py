@@ -38,6 +38,10 @@ SCAN_INTERVAL_MIN_S = 0.05
 SCAN_INTERVAL_MAX_S = 60.0
 CLASSIFY_AFTER_MIN_S = 0.01
 CLASSIFY_AFTER_MAX_S = 86400.0
+REPORT_INTERVAL_MIN_S = 0.05
+REPORT_INTERVAL_MAX_S = 3600.0
+MAX_TASKS_PER_BLOCK_MIN = 1
+MAX_TASKS_PER_BLOCK_MAX = 100000
 MAX_INFLIGHT_MIN = 1024
 MAX_INFLIGHT_MAX = 1 << 22  # 4194304
 
@@ -67,6 +71,9 @@ class Config:
     classify_after_s: float = 1.0
     max_inflight: int = 32768
     tracefs: str = "/sys/kernel/tracing"
+    report_interval_s: float = 1.0  # at most one stall block this often; what is held back is counted
+    max_tasks_per_block: int = 1000  # beyond it, a block sums up the rest by site and cgroup
+    cgroups: tuple[str, ...] = ()  # report only tasks whose memory cgroup path starts with one of these
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
@@ -233,6 +240,27 @@ def _count(key: str, v: Any) -> int:
     return v
 
 
+def _int_range(lo: int, hi: int) -> Callable[[str, Any], int]:
+    def check(key: str, v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            raise ConfigError(f"{key}: expected an integer from {lo} to {hi}, got {_shown(v)}")
+        return v
+
+    return check
+
+
+def _prefixes(key: str, v: Any) -> tuple[str, ...]:
+    """cgroup path prefixes: each starts with '/', printable, at most PATH_MAX_CHARS."""
+    if isinstance(v, str):
+        v = [v]
+    if not isinstance(v, (list, tuple)) or len(v) > 64:
+        raise ConfigError(f"{key}: expected a list of at most 64 cgroup paths, got {_shown(v)}")
+    for p in v:
+        if not isinstance(p, str) or not p.startswith("/") or len(p) > PATH_MAX_CHARS or not p.isprintable():
+            raise ConfigError(f"{key}: expected cgroup paths starting with '/', got {_shown(p)}")
+    return tuple(v)
+
+
 def _path(key: str, v: Any) -> str:
     if not isinstance(v, str) or not v or "\0" in v or len(v) > PATH_MAX_CHARS:
         raise ConfigError(
@@ -248,6 +276,9 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "format": _format,
     "metrics_addr": _addr,
     "disable_sites": _sites,
+    "report_interval_s": _ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S),
+    "max_tasks_per_block": _int_range(MAX_TASKS_PER_BLOCK_MIN, MAX_TASKS_PER_BLOCK_MAX),
+    "cgroups": _prefixes,
     "hot_paths": _bool,
     "bpf_stats": _bool,
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),

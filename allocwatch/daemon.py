@@ -46,7 +46,7 @@ from allocwatch.core.snapshot import (
     merge_slots,
     per_site_now,
 )
-from allocwatch.core.tracker import NS_PER_S, Ended, Tracker, Wait
+from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
 from allocwatch.kernel import procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 
@@ -105,6 +105,11 @@ class Daemon:
         self._stall_seconds = StallSeconds()
         self._scan_durations = CumulativeHistogram(SCAN_BUCKETS_S)
         self._last_scan_s = 0.0
+        self._report_interval_ns = round(cfg.report_interval_s * NS_PER_S)
+        self._last_block_ns: int | None = None
+        self._held_back = 0  # task reports the rate limit held back since the last block
+        self._held_back_total = 0
+        self._filtered_out: set[WaitKey] = set()  # stalls the --cgroup filter left out
         self.latest: Snapshot | None = None
         self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
 
@@ -182,8 +187,42 @@ class Daemon:
         self.namer.prune()
         return waits, ended, kills
 
+    def _wanted(self, detail: TaskDetail) -> bool:
+        """The --cgroup filter: no filter, or the task's memory cgroup starts with a prefix."""
+        prefixes = self.cfg.cgroups
+        return not prefixes or (detail.cgroup is not None and detail.cgroup.startswith(prefixes))
+
+    def _stall_block(self, stalls: list[Stall], stalled_now: int, now_ns: int, wall: float) -> StallReport | None:
+        """The stall block due now, or None: filtered by cgroup, at most one per report interval."""
+        if not stalls:
+            return None
+        details: dict[int, TaskDetail] = {}
+        for s in stalls:  # one /proc read per task, however many waits it has
+            if s.wait.tid not in details:
+                details[s.wait.tid] = self._detail(s.wait)
+        kept = []
+        for s in stalls:
+            if self._wanted(details[s.wait.tid]):
+                kept.append(s)
+            else:
+                self._filtered_out.add(s.wait.key)
+        tasks = {s.wait.tid for s in kept}
+        if not kept:
+            return None
+        if self._last_block_ns is not None and now_ns - self._last_block_ns < self._report_interval_ns:
+            self._held_back += len(tasks)  # said in the next block that gets out
+            self._held_back_total += len(tasks)
+            return None
+        self._last_block_ns = now_ns
+        held, self._held_back = self._held_back, 0
+        self.reported["stall"] = self.reported.get("stall", 0) + len(tasks)
+        return StallReport(
+            self._next_seq(), wall, kept, stalled_now, {t: details[t] for t in tasks},
+            held_back=held, max_tasks=self.cfg.max_tasks_per_block,
+        )
+
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
-        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped}
+        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "held_back": self._held_back_total}
 
     def completed(self) -> dict[str, Histogram]:
         """Completed waits per site: the kernel's histograms plus the sleeps named here."""
@@ -209,14 +248,13 @@ class Daemon:
         for k in kills:
             self.oom_kills += 1
             records.append(OomKillReport(self._next_seq(), wall, k))
-        if result.stalls:
-            details: dict[int, TaskDetail] = {}
-            for s in result.stalls:  # one /proc read per task, however many waits it has
-                if s.wait.tid not in details:
-                    details[s.wait.tid] = self._detail(s.wait)
-            self.reported["stall"] = self.reported.get("stall", 0) + len(details)
-            records.append(StallReport(self._next_seq(), wall, result.stalls, result.stalled_now, details))
+        block = self._stall_block(result.stalls, result.stalled_now, now_ns, wall)
+        if block is not None:
+            records.append(block)
         for r in result.recovered:
+            if r.wait.key in self._filtered_out:  # its stall was never shown: neither is its end
+                self._filtered_out.discard(r.wait.key)
+                continue
             records.append(RecoveredReport(self._next_seq(), wall, r))
 
         inflight = inflight_view(waits, now_ns, self.tracker.thresholds)

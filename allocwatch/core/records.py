@@ -36,6 +36,8 @@ class StallReport:
     stalls: Sequence[Stall]
     stalled_now: int
     details: Mapping[int, TaskDetail] = field(default_factory=dict)  # by tid
+    held_back: int = 0  # task reports the rate limit held back since the last block
+    max_tasks: int = 1000  # tasks listed; the rest are summed up by site and cgroup
 
 
 @dataclass(frozen=True)
@@ -147,12 +149,25 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
     }
 
 
+def summarize_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Tasks past a block's limit, counted by site and cgroup, most first."""
+    acc: dict[tuple[str, str | None], list[float]] = {}
+    for t in tasks:
+        acc.setdefault((t["site"], t["cgroup"]), []).append(t["duration_s"])
+    rows = [{"site": s, "cgroup": c, "tasks": len(d), "longest_s": max(d)} for (s, c), d in acc.items()]
+    return sorted(rows, key=lambda r: (-r["tasks"], -r["longest_s"]))
+
+
 def to_dict(rec: Record) -> dict[str, Any]:
     """The one plain form of a record: JSON lines, text, journald and the socket use it."""
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
         tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
-        return {"type": "stall_report", **base, "stalled": rec.stalled_now, "tasks": tasks}
+        shown, rest = tasks[: rec.max_tasks], tasks[rec.max_tasks :]
+        return {
+            "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(tasks),
+            "held_back": rec.held_back, "tasks": shown, "more": summarize_tasks(rest),
+        }
     if isinstance(rec, RecoveredReport):
         r = rec.recovered
         w = r.wait

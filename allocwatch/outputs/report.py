@@ -60,20 +60,59 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+GROUP_TIDS_SHOWN = 16
+
+
+def group_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
+    """Tasks that share a site, cgroup and comm: one story, longest first."""
+    groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
+    for t in tasks:  # already longest first
+        groups.setdefault((t["site"], t["cgroup"], t["comm"]), []).append(t)
+    return list(groups.values())
+
+
+def _group_lines(g: Sequence[Mapping[str, Any]]) -> list[str]:
+    first = g[0]
+    tids = ",".join(str(t["tid"]) for t in g[:GROUP_TIDS_SHOWN])
+    if len(g) > GROUP_TIDS_SHOWN:
+        tids += f",+{len(g) - GROUP_TIDS_SHOWN}"
+    new = sum(1 for t in g if t["new"])
+    line = (
+        f"  comm={text_value(first['comm'])} tasks={len(g)} site={first['site']} "
+        f"waited={g[-1]['duration_s']:.1f}s..{first['duration_s']:.1f}s "
+        f"cgroup={text_value(first['cgroup']) if first['cgroup'] else '-'} tids={tids}"
+        + (f" ({new} new)" if new else "")
+    )
+    lines = [line]
+    if first["stack"]:
+        lines.append("    stack (longest): " + stack_text(first["stack"]))
+    return lines
+
+
+def _stall_text(head: str, d: Mapping[str, Any]) -> str:
+    tasks = d["tasks"]
+    new = sum(1 for t in tasks if t["new"])
+    longest = max((t["duration_s"] for t in tasks), default=0.0)
+    lines = [
+        f"{head} stall report #{d['seq']}: {d.get('due', len(tasks))} task(s) due ({new} new), "
+        f"{d['stalled']} wait(s) over threshold, longest {longest:.1f}s"
+        + (f"; {d['held_back']} task report(s) held back by the rate limit" if d.get("held_back") else "")
+    ]
+    for g in group_tasks(tasks):
+        lines += _task_lines(g[0]) if len(g) == 1 else _group_lines(g)
+    for m in d.get("more", ()):
+        lines.append(
+            f"  and {m['tasks']} more task(s) site={m['site']} "
+            f"cgroup={text_value(m['cgroup']) if m['cgroup'] else '-'} longest={m['longest_s']:.1f}s"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def _text(d: Mapping[str, Any]) -> str:
     head = f"{d['time']} allocwatch:"
     kind = d["type"]
     if kind == "stall_report":
-        tasks = d["tasks"]
-        new = sum(1 for t in tasks if t["new"])
-        longest = max(t["duration_s"] for t in tasks)
-        lines = [
-            f"{head} stall report #{d['seq']}: {len(tasks)} task(s) due ({new} new), "
-            f"{d['stalled']} wait(s) over threshold, longest {longest:.1f}s"
-        ]
-        for t in tasks:
-            lines += _task_lines(t)
-        return "\n".join(lines) + "\n"
+        return _stall_text(head, d)
     if kind == "recovered":
         how = "" if d["exact"] else " or less (end not seen)"
         if not d["start_known"]:

@@ -198,3 +198,36 @@ def test_summary_merges_kernel_histograms_and_stack_named_sleeps(tmp_path):
     assert oom["buckets"] == {"4.194304": 1}  # stack-named sleeps land in a bucket too
     hist = d.completed()["memcg_oom_wait"]
     assert hist.buckets[-1] == (float("inf"), 1) and hist.count == 1
+
+
+def test_rate_limit_holds_blocks_back_and_says_so(tmp_path):
+    for t in (7, 8):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0, report_interval_s=5.0)
+    src.waits = [InflightWait(7, 7, "a", SITE_DSTATE, 0, None, None, None)]
+    clock["ns"] = 1 * S
+    d.scan_once()
+    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, S, None, None, None))
+    for t in (2, 3, 4):  # 7 escalates, 8 becomes due: within 5 s of the first block
+        clock["ns"] = t * S
+        d.scan_once()
+    clock["ns"] = 6 * S
+    d.scan_once()
+    blocks = [json.loads(w.splitlines()[0]) for w in sink.writes]
+    assert len(blocks) == 2 and blocks[1]["held_back"] >= 2, blocks
+
+
+def test_cgroup_filter_reports_only_matching_tasks_and_their_ends(tmp_path):
+    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize"], cgroup="4:memory:/box/web\n")
+    fake_proc(tmp_path, 8, ["mem_cgroup_oom_synchronize"], cgroup="4:memory:/other\n")
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0, cgroups=("/box",))
+    src.waits = [InflightWait(t, t, "x", SITE_DSTATE, 0, None, None, None) for t in (7, 8)]
+    clock["ns"] = 2 * S
+    d.scan_once()
+    src.waits = []
+    src.events = [WaitEnd(t, t, "x", SITE_DSTATE, 0, 3 * S, None, None, None) for t in (7, 8)]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    docs = [json.loads(line) for w in sink.writes for line in w.splitlines()]
+    assert [t["tid"] for t in docs[0]["tasks"]] == [7]
+    assert [r["tid"] for r in docs if r["type"] == "recovered"] == [7]

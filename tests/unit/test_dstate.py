@@ -68,3 +68,16 @@ def test_end_named_from_cache_then_pruned():
     assert named is not None and named.wait.site is Site.MEMCG_OOM_WAIT
     n.prune()
     assert n.name_end(end) is None
+
+
+def test_comm_from_proc_keeps_its_raw_bytes(tmp_path):
+    """A task stuck before start is named from /proc/PID/stat: CR, ')' and 0xff survive."""
+    from allocwatch.core.model import encode_comm
+    from allocwatch.kernel import procfs
+
+    raw = b"a\rb) c\xff"
+    d = tmp_path / "9" / "task" / "9"
+    d.mkdir(parents=True)
+    (d / "stat").write_bytes(b"9 (" + raw + b") D 1 2 3\n")
+    ((pid, tid, comm),) = procfs.tasks_in_state(tmp_path, "D")
+    assert (pid, tid) == (9, 9) and encode_comm(comm) == raw

@@ -66,7 +66,11 @@ def test_two_waits_of_one_task_are_one_task_line():
 def test_200_tasks_one_well_formed_block():
     rec = block([stall(t, dur_s=10 + t / 100) for t in range(1, 201)])
     text = report.render([rec], "text")
-    assert text.count("stall report #") == 1 and len(text.splitlines()) == 201
+    # one program, one site, one cgroup: one story, one grouped line with the tids, longest first
+    assert text.count("stall report #") == 1 and len(text.splitlines()) == 2
+    line = text.splitlines()[1]
+    assert "tasks=200 site=memcg_oom_wait waited=10.0s..12.0s" in line and "tids=200,199,198," in line
+    assert line.endswith(",+184 (200 new)")
     doc = json.loads(report.render([rec], "json"))
     assert len(doc["tasks"]) == 200
     assert [t["tid"] for t in doc["tasks"]][:2] == [200, 199]
@@ -162,3 +166,16 @@ def test_summary_and_limits_have_a_seq():
     lim = LimitsReport(12, 0.0, {"dwaits_full": 3}, {"dwaits_full": 10})
     assert json.loads(report.render_json(lim))["seq"] == 12
     assert "D-state map full: 3 sleep(s) not tracked" in report.render_text(lim)
+
+
+def test_tasks_past_the_block_limit_are_summed_up_by_site_and_cgroup():
+    stalls = [stall(t, dur_s=10 + t / 100) for t in range(1, 8)]
+    rec = StallReport(7, 0.0, stalls, 7, {t: TaskDetail("/a" if t % 2 else "/b", "D", []) for t in range(1, 8)},
+                      held_back=4, max_tasks=3)
+    doc = json.loads(report.render_json(rec))
+    assert [t["tid"] for t in doc["tasks"]] == [7, 6, 5] and doc["due"] == 7 and doc["held_back"] == 4
+    assert doc["more"] == [{"site": "memcg_oom_wait", "cgroup": "/b", "tasks": 2, "longest_s": 10.04},
+                           {"site": "memcg_oom_wait", "cgroup": "/a", "tasks": 2, "longest_s": 10.03}]
+    text = report.render_text(rec)
+    assert "7 task(s) due" in text and "4 task report(s) held back by the rate limit" in text
+    assert text.count("and 2 more task(s) site=memcg_oom_wait") == 2
