@@ -247,7 +247,11 @@ class Daemon:
             records.append(limits)
         for k in kills:
             self.oom_kills += 1
-            records.append(OomKillReport(self._next_seq(), wall, k))
+            records.append(OomKillReport(
+                self._next_seq(), wall, k,
+                procfs.memory_cgroup(self.proc, k.victim_pid, k.victim_pid),
+                procfs.memory_cgroup(self.proc, k.invoker_pid, k.invoker_tid),
+            ))
         block = self._stall_block(result.stalls, result.stalled_now, now_ns, wall)
         if block is not None:
             records.append(block)

@@ -455,6 +455,15 @@ int aw_mark_victim(struct tracepoint__oom__mark_victim *args)
      * fields" (v6.9, backported to some stable kernels). */
     TP_DATA_LOC_READ_STR(ev.target_comm, comm, sizeof(ev.target_comm));
 #endif
+#ifdef AW_HAVE_MARK_VICTIM_RSS
+    /* Same commit: the victim's RSS in kB, uid and oom_score_adj. */
+    ev.target_anon_rss_kb = args->anon_rss;
+    ev.target_file_rss_kb = args->file_rss;
+    ev.target_shmem_rss_kb = args->shmem_rss;
+    ev.target_uid = args->uid;
+    ev.target_oom_score_adj = args->oom_score_adj;
+    ev.target_flags = AW_VICTIM_RSS;
+#endif
     stat_inc(AW_STAT_OOM_KILLS);
     if (events.ringbuf_output(&ev, sizeof(ev), 0))
         stat_inc(AW_STAT_EVENTS_LOST);

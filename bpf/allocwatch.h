@@ -97,6 +97,17 @@ struct aw_event {
     __u32 how;        /* AW_EV_WAIT_END: AW_END_* */
     char comm[AW_COMM_LEN];
     char target_comm[AW_COMM_LEN];
+    /* AW_EV_OOM_KILL, when target_flags has AW_VICTIM_RSS: the victim's memory
+     * and standing, from oom:mark_victim (fields added in v6.9). */
+    __u64 target_anon_rss_kb;
+    __u64 target_file_rss_kb;
+    __u64 target_shmem_rss_kb;
+    __u32 target_uid;
+    __s32 target_oom_score_adj;
+    __u32 target_flags;
+    __u32 _pad;
 };
+
+#define AW_VICTIM_RSS 1 /* target_*_rss_kb, target_uid, target_oom_score_adj are set */
 
 #endif /* ALLOCWATCH_H */

@@ -57,6 +57,17 @@ class WaitEnd:
 
 
 @dataclass(frozen=True)
+class VictimMemory:
+    """What oom:mark_victim says of the victim (v6.9+ kernels)."""
+
+    anon_rss_kb: int
+    file_rss_kb: int
+    shmem_rss_kb: int
+    uid: int
+    oom_score_adj: int
+
+
+@dataclass(frozen=True)
 class OomKill:
     time_ns: int
     victim_pid: int
@@ -64,3 +75,4 @@ class OomKill:
     invoker_tid: int
     invoker_pid: int
     invoker_comm: str
+    victim: VictimMemory | None = None

@@ -52,6 +52,8 @@ class OomKillReport:
     seq: int
     time: float
     kill: OomKill
+    victim_cgroup: str | None = None  # from /proc when the report is made (the victim may be gone)
+    invoker_cgroup: str | None = None
 
 
 @dataclass(frozen=True)
@@ -194,6 +196,13 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "invoker_pid": k.invoker_pid,
             "invoker_tid": k.invoker_tid,
             "invoker_comm": escape(k.invoker_comm),
+            "victim_cgroup": escape(rec.victim_cgroup) if rec.victim_cgroup is not None else None,
+            "invoker_cgroup": escape(rec.invoker_cgroup) if rec.invoker_cgroup is not None else None,
+            "victim_anon_rss_kb": k.victim.anon_rss_kb if k.victim else None,
+            "victim_file_rss_kb": k.victim.file_rss_kb if k.victim else None,
+            "victim_shmem_rss_kb": k.victim.shmem_rss_kb if k.victim else None,
+            "victim_uid": k.victim.uid if k.victim else None,
+            "victim_oom_score_adj": k.victim.oom_score_adj if k.victim else None,
         }
     if isinstance(rec, LimitsReport):
         return {"type": "limits_reached", **base, "grown": dict(rec.grown), "totals": dict(rec.totals)}

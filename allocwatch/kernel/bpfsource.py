@@ -24,6 +24,8 @@ from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import (
     MARK_VICTIM_COMM_DEFINE,
+    MARK_VICTIM_RSS_DEFINE,
+    MARK_VICTIM_RSS_FIELDS,
     SCHED_EXIT,
     SCHED_SWITCH,
     SIGNAL_GENERATE,
@@ -95,6 +97,8 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
                     defines.add(define)
     if features.has_tracepoint("oom:mark_victim", ("comm",)):
         defines.add(MARK_VICTIM_COMM_DEFINE)
+    if features.has_tracepoint("oom:mark_victim", MARK_VICTIM_RSS_FIELDS):
+        defines.add(MARK_VICTIM_RSS_DEFINE)
     if features.has_tracepoint(SIGNAL_GENERATE.name, SIGNAL_GENERATE.fields):
         defines.add(SIGNAL_GENERATE_DEFINE)
     if kprobes:

@@ -345,6 +345,9 @@ CATALOG: tuple[SiteEntry, ...] = (
 SCHED_SWITCH = Tracepoint("sched:sched_switch", "aw_sched_switch", ("prev_state", "prev_pid", "next_pid"))
 SCHED_EXIT = Tracepoint("sched:sched_process_exit", "aw_sched_process_exit", ("pid",))
 MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
+# ef8444ea01d7 ("mm: update mark_victim tracepoints fields", v6.9; backported to 6.1.y)
+MARK_VICTIM_RSS_FIELDS = ("anon_rss", "file_rss", "shmem_rss", "uid", "oom_score_adj")
+MARK_VICTIM_RSS_DEFINE = "AW_HAVE_MARK_VICTIM_RSS"
 # Lets a report say a wait ended because the task was SIGKILLed (optional).
 SIGNAL_GENERATE = Tracepoint("signal:signal_generate", "aw_signal_generate", ("sig", "pid"))
 SIGNAL_GENERATE_DEFINE = "AW_TP_SIGNAL_GENERATE"

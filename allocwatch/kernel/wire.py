@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import ctypes
 
-from allocwatch.core.model import COMM_LEN, InflightWait, OomKill, WaitEnd, decode_comm, encode_comm
+from allocwatch.core.model import COMM_LEN, InflightWait, OomKill, VictimMemory, WaitEnd, decode_comm, encode_comm
+
+VICTIM_RSS = 1  # AW_VICTIM_RSS
 from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
 
 __all__ = ["COMM_LEN", "InflightWait", "OomKill", "WaitEnd", "decode_comm", "encode_comm"]
@@ -44,6 +46,13 @@ class Event(ctypes.Structure):
         ("how", ctypes.c_uint32),
         ("comm", ctypes.c_char * COMM_LEN),
         ("target_comm", ctypes.c_char * COMM_LEN),
+        ("target_anon_rss_kb", ctypes.c_uint64),
+        ("target_file_rss_kb", ctypes.c_uint64),
+        ("target_shmem_rss_kb", ctypes.c_uint64),
+        ("target_uid", ctypes.c_uint32),
+        ("target_oom_score_adj", ctypes.c_int32),
+        ("target_flags", ctypes.c_uint32),
+        ("_pad", ctypes.c_uint32),
     ]
 
 
@@ -94,6 +103,7 @@ def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
         )
     if ev.kind == EV_OOM_KILL:
         victim_comm = decode_comm(bytes(ev.target_comm))
+        rss = bool(ev.target_flags & VICTIM_RSS)
         return OomKill(
             time_ns=ev.start_ns,
             victim_pid=ev.target_pid,
@@ -101,5 +111,9 @@ def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
             invoker_tid=ev.tid,
             invoker_pid=ev.pid,
             invoker_comm=decode_comm(bytes(ev.comm)),
+            victim=VictimMemory(
+                ev.target_anon_rss_kb, ev.target_file_rss_kb, ev.target_shmem_rss_kb,
+                ev.target_uid, ev.target_oom_score_adj,
+            ) if rss else None,
         )
     return None

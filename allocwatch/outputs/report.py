@@ -124,9 +124,17 @@ def _text(d: Mapping[str, Any]) -> str:
         )
     if kind == "oom_kill":
         victim = text_value(d["victim_comm"]) if d["victim_comm"] else "?"
+        mem = ""
+        if d.get("victim_anon_rss_kb") is not None:
+            mem = (
+                f" uid={d['victim_uid']} anon-rss={d['victim_anon_rss_kb']}kB file-rss={d['victim_file_rss_kb']}kB "
+                f"shmem-rss={d['victim_shmem_rss_kb']}kB oom_score_adj={d['victim_oom_score_adj']}"
+            )
+        vcg = f" cgroup={text_value(d['victim_cgroup'])}" if d.get("victim_cgroup") else ""
+        icg = f" cgroup={text_value(d['invoker_cgroup'])}" if d.get("invoker_cgroup") else ""
         return (
-            f"{head} oom kill #{d['seq']}: victim pid={d['victim_pid']} comm={victim}, "
-            f"invoked by comm={text_value(d['invoker_comm'])} pid={d['invoker_pid']} tid={d['invoker_tid']}\n"
+            f"{head} oom kill #{d['seq']}: victim pid={d['victim_pid']} comm={victim}{mem}{vcg}, "
+            f"invoked by comm={text_value(d['invoker_comm'])} pid={d['invoker_pid']} tid={d['invoker_tid']}{icg}\n"
         )
     if kind == "limits_reached":
         return "".join(f"{head} limit #{d['seq']}: {limit_line(k, n, d['totals'][k])}\n" for k, n in d["grown"].items())

@@ -161,6 +161,10 @@ def test_oom_kill_reported(daemon_factory):
         assert d.wait_for(lambda rs: any(r["type"] == "oom_kill" and r["victim_pid"] == victim for r in rs), 10)
     kill = next(r for r in d.of_type("oom_kill") if r["victim_pid"] == victim)
     assert kill["victim_comm"].startswith("python") and kill["invoker_pid"] == victim
+    # the kernel's own oom-kill facts, from the tracepoint: about 64 MiB of anonymous memory
+    assert 32 << 10 <= kill["victim_anon_rss_kb"] <= 80 << 10, kill
+    assert kill["victim_uid"] == 0 and kill["victim_oom_score_adj"] == 0
+    assert kill["invoker_cgroup"] in (group.rel_path, None)
     assert d.stop(sig=signal.SIGINT) == 0  # Ctrl-C detaches like SIGTERM
     assert d.of_type("summary")[-1]["stats"]["oom_kills"] >= 1
 

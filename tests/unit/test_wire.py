@@ -43,7 +43,7 @@ def test_record_sizes_and_offsets_are_pinned():
         ("site_hint", 28),
         ("comm", 32),
     ]
-    assert ctypes.sizeof(wire.Event) == 88
+    assert ctypes.sizeof(wire.Event) == 128
     assert {f: getattr(wire.Event, f).offset for f, _ in wire.Event._fields_} == {
         "start_ns": 0,
         "duration_ns": 8,
@@ -58,6 +58,13 @@ def test_record_sizes_and_offsets_are_pinned():
         "how": 52,
         "comm": 56,
         "target_comm": 72,
+        "target_anon_rss_kb": 88,
+        "target_file_rss_kb": 96,
+        "target_shmem_rss_kb": 104,
+        "target_uid": 112,
+        "target_oom_score_adj": 116,
+        "target_flags": 120,
+        "_pad": 124,
     }
 
 
@@ -97,6 +104,15 @@ def test_wait_end_says_how_it_ended():
     assert wire.decode_event(raw).how == "killed"
     raw = _event(kind=sites.EV_WAIT_END, site=31, tid=7, pid=7, how=2, site_hint=sites.SITE_NONE)
     assert wire.decode_event(raw).how == "exited"
+
+
+def test_oom_kill_carries_the_victims_memory_when_the_kernel_gives_it():
+    raw = _event(kind=sites.EV_OOM_KILL, tid=9, pid=9, target_pid=42, comm=b"a", target_comm=b"v",
+                 target_anon_rss_kb=204800, target_file_rss_kb=12, target_shmem_rss_kb=0, target_uid=1000,
+                 target_oom_score_adj=-500, target_flags=wire.VICTIM_RSS)
+    ev = wire.decode_event(raw)
+    assert ev.victim.anon_rss_kb == 204800 and ev.victim.uid == 1000 and ev.victim.oom_score_adj == -500
+    assert wire.decode_event(_event(kind=sites.EV_OOM_KILL, target_pid=42)).victim is None
 
 
 def test_decode_ignores_unknown_kind():
