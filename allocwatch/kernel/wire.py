@@ -9,11 +9,11 @@ from __future__ import annotations
 import ctypes
 
 from allocwatch.core.model import COMM_LEN, InflightWait, OomKill, VictimMemory, WaitEnd, decode_comm, encode_comm
-
-VICTIM_RSS = 1  # AW_VICTIM_RSS
 from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
 
 __all__ = ["COMM_LEN", "InflightWait", "OomKill", "WaitEnd", "decode_comm", "encode_comm"]
+
+VICTIM_RSS = 1  # AW_VICTIM_RSS in bpf/allocwatch.h
 
 class WaitKey(ctypes.Structure):
     _fields_ = [("tid", ctypes.c_uint32), ("site", ctypes.c_uint32)]
