@@ -119,6 +119,17 @@ def cmd_probes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gfp_table(cfg: config.Config) -> list[tuple[int, str]]:
+    """The running kernel's gfp flag names, from the first reclaim-begin event that has them."""
+    from allocwatch.kernel import gfpnames
+
+    for event in ("vmscan/mm_vmscan_memcg_reclaim_begin", "vmscan/mm_vmscan_direct_reclaim_begin"):
+        table = gfpnames.read_table(Path(cfg.tracefs), event)
+        if table:
+            return table
+    return []
+
+
 def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
     """Bind the metrics address before anything is loaded: a port in use is exit 11."""
     listen = cfg.metrics_listen
@@ -185,7 +196,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         attached_plans = source.effective_plans
         daemon = Daemon(
             cfg, source, attached_plans, [sink], coverage=coverage.snapshot_coverage(source.status),
-            kernel=features.release,
+            kernel=features.release, gfp_table=_gfp_table(cfg),
         )
         daemon_ref.append(daemon)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from allocwatch import __version__
 from allocwatch.config import Config
+from allocwatch.core import gfp
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.model import InflightWait, OomKill, WaitEnd
@@ -82,6 +83,7 @@ class Daemon:
         wall_s: Callable[[], float] = time.time,
         coverage: Sequence[SiteCoverage] = (),
         kernel: str = "",
+        gfp_table: Sequence[tuple[int, str]] = (),
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -95,6 +97,7 @@ class Daemon:
             classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
         )
         self.coverage = tuple(coverage)
+        self.gfp_table = tuple(gfp_table)
         self.info = {"version": __version__, "kernel": kernel}
         self.seq = 0
         self.scans = 0
@@ -145,6 +148,7 @@ class Daemon:
             cgroup=procfs.memory_cgroup(self.proc, w.pid, w.tid),
             state=procfs.task_state(self.proc, w.pid, w.tid),
             stack=stack,
+            gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
         )
 
     def _limits(self, stats: dict[str, int], wall: float) -> LimitsReport | None:

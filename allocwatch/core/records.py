@@ -27,6 +27,7 @@ class TaskDetail:
     cgroup: str | None = None
     state: str | None = None
     stack: Sequence[str] | None = None
+    gfp_flags: str | None = None  # the mask decoded with the running kernel's names
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "level": s.level,
         "new": s.first,
         "gfp": gfp_text(w.gfp),
+        "gfp_flags": detail.gfp_flags,
         "order": w.order,
         "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
         "state": detail.state,

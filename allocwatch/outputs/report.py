@@ -45,7 +45,8 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} site={t['site']}",
         f"waited{'=' if t['start_known'] else '>='}{t['duration_s']:.1f}s",
-        f"gfp={t['gfp'] or '-'} order={'-' if t['order'] is None else t['order']}",
+        f"gfp={t['gfp'] or '-'}{'(' + t['gfp_flags'] + ')' if t.get('gfp_flags') else ''} "
+        f"order={'-' if t['order'] is None else t['order']}",
         f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
     ]
     if t["new"]:

@@ -227,6 +227,10 @@ def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_facto
     assert "writeback_wait" in sites, tasks
     assert any("folio_wait_writeback" in t["stack"] for t in tasks), tasks
     assert all(t["gfp"] is not None for t in tasks if t["site"] == "memcg_reclaim")
+    # the request, in the running kernel's own words, and the stack down to the syscall
+    reclaim = [t for t in tasks if t["site"] == "memcg_reclaim"]
+    assert reclaim and all(t["gfp_flags"] and "GFP_" in t["gfp_flags"] for t in reclaim), reclaim
+    assert any(any("sys_write" in f or "do_syscall" in f for f in t["stack"]) for t in tasks), tasks
     assert d.stop() == 0
 
 

@@ -47,7 +47,7 @@ def test_json_stall_report_fields():
     (task,) = doc["tasks"]
     assert task == {
         "tid": 3, "pid": 3, "comm": "hog", "site": "memcg_oom_wait", "duration_s": 12.0, "level": 1,
-        "new": True, "gfp": "0xcc0", "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
+        "new": True, "gfp": "0xcc0", "gfp_flags": None, "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
         "start_known": True,
         "other_waits": [],
     }
@@ -179,3 +179,9 @@ def test_tasks_past_the_block_limit_are_summed_up_by_site_and_cgroup():
     text = report.render_text(rec)
     assert "7 task(s) due" in text and "4 task report(s) held back by the rate limit" in text
     assert text.count("and 2 more task(s) site=memcg_oom_wait") == 2
+
+
+def test_gfp_is_shown_decoded_beside_the_hex():
+    rec = block([stall(3, gfp=0x100CCA)], {3: TaskDetail("/cg", "D", [], gfp_flags="GFP_HIGHUSER_MOVABLE")})
+    assert "gfp=0x100cca(GFP_HIGHUSER_MOVABLE) order=0" in report.render_text(rec)
+    assert json.loads(report.render_json(rec))["tasks"][0]["gfp_flags"] == "GFP_HIGHUSER_MOVABLE"
