@@ -20,9 +20,11 @@ from allocwatch.config import Config
 from allocwatch.core import gfp
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
+from allocwatch.core.host import KswapdInfo, MemcgInfo, vmstat_delta
 from allocwatch.core.model import InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
     LIMIT_TEXT,
+    BlockContext,
     LimitsReport,
     OomKillReport,
     Record,
@@ -31,6 +33,7 @@ from allocwatch.core.records import (
     StallReport,
     SummaryReport,
     TaskDetail,
+    Victim,
     limit_line,
     to_dict,
 )
@@ -48,7 +51,7 @@ from allocwatch.core.snapshot import (
     per_site_now,
 )
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
-from allocwatch.kernel import procfs
+from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 
 
@@ -113,6 +116,11 @@ class Daemon:
         self._held_back = 0  # task reports the rate limit held back since the last block
         self._held_back_total = 0
         self._filtered_out: set[WaitKey] = set()  # stalls the --cgroup filter left out
+        self._memcg_cache: dict[str, MemcgInfo | None] = {}
+        self._victims: dict[int, tuple[str | None, int]] = {}  # OOM victim pid -> (comm, chosen at)
+        self._kswapd_pids: list[tuple[int, int]] | None = None
+        self._last_vmstat: dict[str, int] = {}
+        self._last_psi_us: dict[str, int] = {}
         self.latest: Snapshot | None = None
         self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
 
@@ -144,11 +152,71 @@ class Daemon:
         stack = self.namer.stack_of(w.tid, w.start_ns) if w.dstate else None
         if stack is None:
             stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
+        cgroup = procfs.memory_cgroup(self.proc, w.pid, w.tid)
+        flags = hostfs.task_flags(self.proc, w.pid, w.tid)
         return TaskDetail(
-            cgroup=procfs.memory_cgroup(self.proc, w.pid, w.tid),
+            cgroup=cgroup,
             state=procfs.task_state(self.proc, w.pid, w.tid),
             stack=stack,
             gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
+            memcg=self._memcg(cgroup),
+            task=hostfs.task_info(self.proc, w.pid, w.tid),
+            dying=flags.dying,
+            exiting=flags.exiting,
+        )
+
+    def _memcg(self, cgroup: str | None) -> MemcgInfo | None:
+        """Read once per cgroup per block: 200 tasks of one group cost one read."""
+        if cgroup is None:
+            return None
+        if cgroup not in self._memcg_cache:
+            self._memcg_cache[cgroup] = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
+        return self._memcg_cache[cgroup]
+
+    def _victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
+        """OOM victims chosen and not gone yet (still in /proc, not a zombie)."""
+        alive = []
+        for pid, (comm, since_ns) in list(self._victims.items()):
+            if procfs.task_state(self.proc, pid, pid) in (None, "Z", "X"):
+                del self._victims[pid]
+                continue
+            alive.append(Victim(pid, comm, (now_ns - since_ns) / NS_PER_S))
+        return tuple(alive)
+
+    def _kswapd(self) -> tuple[KswapdInfo, ...]:
+        if self._kswapd_pids is None:
+            self._kswapd_pids = hostfs.find_kswapd(self.proc)
+        infos = [hostfs.kswapd_state(self.proc, node, pid) for node, pid in self._kswapd_pids]
+        if any(k.state is None for k in infos):  # a pid went away or was reused: look again next time
+            self._kswapd_pids = None
+        return tuple(k for k in infos if k.state is not None)
+
+    def _context(
+        self, stalled_now: int, details: dict[int, TaskDetail], now_ns: int, stats: dict[str, int]
+    ) -> BlockContext:
+        """The rest of the machine, read once per block."""
+        picture = hostfs.memory_picture(self.proc)
+        delta = vmstat_delta(self._last_vmstat, picture.vmstat) if self._last_vmstat else {}
+        self._last_vmstat = dict(picture.vmstat)
+        psi_delta = {}
+        if picture.pressure is not None:
+            lines = {"some": picture.pressure.some, "full": picture.pressure.full}
+            for kind, line in lines.items():
+                if line is None:
+                    continue
+                if kind in self._last_psi_us:
+                    psi_delta[kind] = max(0, line.total_us - self._last_psi_us[kind]) / 1e6
+                self._last_psi_us[kind] = line.total_us
+        return BlockContext(
+            stalling=stalled_now,
+            dying=sum(d.dying for d in details.values()),
+            exiting=sum(d.exiting for d in details.values()),
+            victims=self._victims_alive(now_ns),
+            oom_kills=stats.get("oom_kills", 0),
+            memory=picture,
+            vmstat_delta=delta,
+            psi_delta_s=psi_delta,
+            kswapd=self._kswapd(),
         )
 
     def _limits(self, stats: dict[str, int], wall: float) -> LimitsReport | None:
@@ -196,10 +264,13 @@ class Daemon:
         prefixes = self.cfg.cgroups
         return not prefixes or (detail.cgroup is not None and detail.cgroup.startswith(prefixes))
 
-    def _stall_block(self, stalls: list[Stall], stalled_now: int, now_ns: int, wall: float) -> StallReport | None:
+    def _stall_block(
+        self, stalls: list[Stall], stalled_now: int, now_ns: int, wall: float, stats: dict[str, int]
+    ) -> StallReport | None:
         """The stall block due now, or None: filtered by cgroup, at most one per report interval."""
         if not stalls:
             return None
+        self._memcg_cache = {}
         details: dict[int, TaskDetail] = {}
         for s in stalls:  # one /proc read per task, however many waits it has
             if s.wait.tid not in details:
@@ -220,9 +291,11 @@ class Daemon:
         self._last_block_ns = now_ns
         held, self._held_back = self._held_back, 0
         self.reported["stall"] = self.reported.get("stall", 0) + len(tasks)
+        shown = {t: details[t] for t in tasks}
         return StallReport(
-            self._next_seq(), wall, kept, stalled_now, {t: details[t] for t in tasks},
+            self._next_seq(), wall, kept, stalled_now, shown,
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
+            context=self._context(stalled_now, shown, now_ns, stats),
         )
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
@@ -251,12 +324,13 @@ class Daemon:
             records.append(limits)
         for k in kills:
             self.oom_kills += 1
+            self._victims[k.victim_pid] = (k.victim_comm, now_ns)
             records.append(OomKillReport(
                 self._next_seq(), wall, k,
                 procfs.memory_cgroup(self.proc, k.victim_pid, k.victim_pid),
                 procfs.memory_cgroup(self.proc, k.invoker_pid, k.invoker_tid),
             ))
-        block = self._stall_block(result.stalls, result.stalled_now, now_ns, wall)
+        block = self._stall_block(result.stalls, result.stalled_now, now_ns, wall, stats)
         if block is not None:
             records.append(block)
         for r in result.recovered:

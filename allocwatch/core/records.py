@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
 from allocwatch.core.model import OomKill
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall
 
@@ -28,6 +29,32 @@ class TaskDetail:
     state: str | None = None
     stack: Sequence[str] | None = None
     gfp_flags: str | None = None  # the mask decoded with the running kernel's names
+    memcg: MemcgInfo | None = None
+    task: TaskInfo | None = None
+    dying: bool = False  # SIGKILL pending
+    exiting: bool = False
+
+
+@dataclass(frozen=True)
+class Victim:
+    pid: int
+    comm: str | None
+    for_s: float  # since it was chosen
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    """What a stall block says about the rest of the machine: read once per block."""
+
+    stalling: int  # waits over their threshold now
+    dying: int  # of the tasks due, with SIGKILL pending
+    exiting: int  # of the tasks due, exiting
+    victims: tuple[Victim, ...]  # OOM victims chosen and not gone yet
+    oom_kills: int  # so far (the kernel's counter)
+    memory: MemoryPicture | None = None
+    vmstat_delta: Mapping[str, int] = field(default_factory=dict)  # since the last block
+    psi_delta_s: Mapping[str, float] = field(default_factory=dict)  # "some"/"full" stall time since the last block
+    kswapd: tuple[KswapdInfo, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,6 +66,7 @@ class StallReport:
     details: Mapping[int, TaskDetail] = field(default_factory=dict)  # by tid
     held_back: int = 0  # task reports the rate limit held back since the last block
     max_tasks: int = 1000  # tasks listed; the rest are summed up by site and cgroup
+    context: BlockContext | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +178,57 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "state": detail.state,
         "stack": [escape(f) for f in detail.stack] if detail.stack else [],
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
+        "uid": detail.task.uid if detail.task else None,
+        "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
+        "dying": detail.dying,
+        "exiting": detail.exiting,
+        "memcg": _memcg_dict(detail.memcg),
+    }
+
+
+def _memcg_dict(m: MemcgInfo | None) -> dict[str, Any] | None:
+    if m is None:
+        return None
+    return {
+        "version": m.version,
+        "path": escape(m.path),
+        "usage_bytes": m.usage_bytes,
+        "limit_bytes": m.limit_bytes,
+        "high_bytes": m.high_bytes,
+        "near_limit": m.usage_near_limit,
+        "oom_kill_disable": m.oom_kill_disable,
+        "under_oom": m.under_oom,
+        "failcnt": m.failcnt,
+        "events": dict(m.events),
+        "pressure_some_avg10_pct": m.pressure.some.avg10_pct if m.pressure else None,
+    }
+
+
+def context_dict(c: BlockContext | None) -> dict[str, Any] | None:
+    if c is None:
+        return None
+    mem = c.memory
+    return {
+        "stalling": c.stalling,
+        "dying": c.dying,
+        "exiting": c.exiting,
+        "victims": [{"pid": v.pid, "comm": escape(v.comm) if v.comm else None, "for_s": round(v.for_s, 1)}
+                    for v in c.victims],
+        "oom_kills": c.oom_kills,
+        "meminfo_bytes": dict(mem.meminfo_bytes) if mem else {},
+        "zones": [
+            {"node": z.node, "zone": z.zone, "free_pages": z.free_pages, "min_pages": z.min_pages,
+             "low_pages": z.low_pages, "high_pages": z.high_pages, "under_watermark": z.under_watermark}
+            for z in (mem.zones if mem else ())
+        ],
+        "psi": {
+            "some_avg10_pct": mem.pressure.some.avg10_pct,
+            "full_avg10_pct": mem.pressure.full.avg10_pct if mem.pressure.full else None,
+            **{f"{k}_since_last_s": round(v, 3) for k, v in c.psi_delta_s.items()},
+        } if mem and mem.pressure else None,
+        "vmstat_delta": dict(c.vmstat_delta),
+        "kswapd": [{"node": k.node, "pid": k.pid, "state": k.state,
+                    "stack": [escape(f) for f in k.stack] if k.stack else []} for k in c.kswapd],
     }
 
 
@@ -170,7 +249,8 @@ def to_dict(rec: Record) -> dict[str, Any]:
         shown, rest = tasks[: rec.max_tasks], tasks[rec.max_tasks :]
         return {
             "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(tasks),
-            "held_back": rec.held_back, "tasks": shown, "more": summarize_tasks(rest),
+            "held_back": rec.held_back, "context": context_dict(rec.context),
+            "tasks": shown, "more": summarize_tasks(rest),
         }
     if isinstance(rec, RecoveredReport):
         r = rec.recovered

@@ -53,7 +53,13 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         parts.append("(new)")
     if not t["start_known"]:
         parts.append("(asleep before allocwatch started)")
+    if t.get("dying"):
+        parts.append("(SIGKILL pending)")
     lines = [" ".join(parts)]
+    if t.get("memcg"):
+        lines.append(_memcg_line(t["memcg"]))
+    if t.get("cmdline") or t.get("uid") is not None:
+        lines.append(f"    uid={'-' if t.get('uid') is None else t['uid']} cmdline={text_value(t['cmdline'] or '-')}")
     for other in t["other_waits"]:
         lines.append(f"    also waiting: site={other['site']} for {other['duration_s']:.1f}s")
     if t["stack"]:
@@ -85,9 +91,79 @@ def _group_lines(g: Sequence[Mapping[str, Any]]) -> list[str]:
         + (f" ({new} new)" if new else "")
     )
     lines = [line]
+    if first.get("memcg"):
+        lines.append(_memcg_line(first["memcg"]))
+    if first.get("cmdline") or first.get("uid") is not None:
+        uid = "-" if first.get("uid") is None else first["uid"]
+        lines.append(f"    uid={uid} cmdline={text_value(first['cmdline'] or '-')} (longest)")
     if first["stack"]:
         lines.append("    stack (longest): " + stack_text(first["stack"]))
     return lines
+
+
+VMSTAT_SHOWN = ("allocstall", "pgscan_direct", "pgsteal_direct", "pgscan_kswapd", "compact_stall", "oom_kill",
+                "workingset_refault")
+MEMINFO_SHOWN = ("MemAvailable", "MemFree", "Cached", "Dirty", "Writeback", "AnonPages", "Shmem", "SUnreclaim",
+                 "SwapFree")
+
+
+def size_text(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{n}B"
+
+
+def _context_lines(c: Mapping[str, Any]) -> list[str]:
+    victims = " ".join(f"{v['pid']}({text_value(v['comm']) if v['comm'] else '?'},{v['for_s']:.0f}s)"
+                       for v in c["victims"])
+    lines = [
+        f"  MemAlloc-Info: stalling={c['stalling']} dying={c['dying']} exiting={c['exiting']} "
+        f"victim={len(c['victims'])} oom_count={c['oom_kills']}" + (f" victims: {victims}" if victims else "")
+    ]
+    mem = " ".join(f"{k}={size_text(c['meminfo_bytes'][k])}" for k in MEMINFO_SHOWN if k in c["meminfo_bytes"])
+    psi = c["psi"]
+    if psi:
+        full = "-" if psi["full_avg10_pct"] is None else f"{psi['full_avg10_pct']:.2f}%"
+        mem += f"; psi memory avg10 some={psi['some_avg10_pct']:.2f}% full={full}"
+        if "some_since_last_s" in psi:
+            full_s = psi.get("full_since_last_s", 0.0)
+            mem += f" (+{psi['some_since_last_s']:.3f}s some, +{full_s:.3f}s full since the last block)"
+    lines.append(f"  memory: {mem}")
+    if c["vmstat_delta"]:
+        lines.append("  since the last block: " + " ".join(
+            f"{k}=+{c['vmstat_delta'][k]}" for k in VMSTAT_SHOWN if k in c["vmstat_delta"]))
+    low = [z for z in c["zones"] if z["under_watermark"]]
+    for z in low:
+        lines.append(
+            f"  zone node{z['node']}/{z['zone']}: free={z['free_pages']} pages, under its {z['under_watermark']} "
+            f"watermark (min={z['min_pages']} low={z['low_pages']} high={z['high_pages']})"
+        )
+    if c["zones"] and not low:
+        lines.append(f"  zones: all {len(c['zones'])} above their watermarks")
+    for k in c["kswapd"]:
+        lines.append(f"  kswapd{k['node']} pid={k['pid']} state={k['state']}")
+        if k["stack"]:
+            lines.append("    stack: " + stack_text(k["stack"]))
+    return lines
+
+
+def _memcg_line(m: Mapping[str, Any]) -> str:
+    parts = [f"    memcg v{m['version']}: usage={size_text(m['usage_bytes'])}"]
+    if m["limit_bytes"] is not None:
+        parts.append(f"limit={size_text(m['limit_bytes'])}" + (" (at its limit)" if m["near_limit"] else ""))
+    if m["high_bytes"] is not None:
+        parts.append(f"high={size_text(m['high_bytes'])}")
+    if m["oom_kill_disable"] is not None:
+        parts.append(f"oom_kill_disable={int(m['oom_kill_disable'])} under_oom={int(bool(m['under_oom']))}")
+    if m["failcnt"] is not None:
+        parts.append(f"failcnt={m['failcnt']}")
+    ev = m["events"]
+    if ev:
+        parts.append("events " + " ".join(f"{k}={ev[k]}" for k in ("high", "max", "oom", "oom_kill") if k in ev))
+    return " ".join(parts)
 
 
 def _stall_text(head: str, d: Mapping[str, Any]) -> str:
@@ -99,6 +175,8 @@ def _stall_text(head: str, d: Mapping[str, Any]) -> str:
         f"{d['stalled']} wait(s) over threshold, longest {longest:.1f}s"
         + (f"; {d['held_back']} task report(s) held back by the rate limit" if d.get("held_back") else "")
     ]
+    if d.get("context"):
+        lines += _context_lines(d["context"])
     for g in group_tasks(tasks):
         lines += _task_lines(g[0]) if len(g) == 1 else _group_lines(g)
     for m in d.get("more", ()):

@@ -48,6 +48,14 @@ def proc_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 
 
+def _stalled_pids(hogs, settle_s: float = 1.0) -> set[int]:
+    """The hogs really held in the wait: one or two may fit in the group's headroom and finish."""
+    time.sleep(settle_s)
+    pids = {h.pid for h in hogs if h.proc.poll() is None and proc_state(h.pid) == "D"}
+    assert len(pids) >= len(hogs) - 5, f"only {len(pids)} of {len(hogs)} hogs stalled"
+    return pids
+
+
 def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
     """Three tasks held in the memcg OOM wait (no tracepoint fires there)."""
     d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
@@ -79,6 +87,16 @@ def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
         assert task["pid"] == task["tid"] and task["comm"].startswith("python")
         assert task["cgroup"] == group.rel_path
         assert "mem_cgroup_oom_synchronize" in task["stack"]
+        # why it cannot progress: the group is at its limit with the OOM killer off
+        m = task["memcg"]
+        assert m["version"] == 1 and m["path"] == group.rel_path and m["limit_bytes"], m
+        assert m["near_limit"] and m["oom_kill_disable"] is True and m["under_oom"] is True, m
+        assert task["uid"] == 0 and "python" in (task["cmdline"] or "")
+        # and what the rest of the machine looks like
+        ctx = first["context"]
+        assert ctx["stalling"] >= 3 and "MemAvailable" in ctx["meminfo_bytes"] and ctx["zones"], ctx
+        assert ctx["kswapd"] and all(k["state"] in "RSDI" for k in ctx["kswapd"]), ctx["kswapd"]
+        assert ctx["psi"] is not None and "some_avg10_pct" in ctx["psi"]
         assert 1.0 <= task["duration_s"] < 3.0 and task["level"] == 1 and task["new"] is True
 
         memcg.release(group)
@@ -105,7 +123,7 @@ def test_200_stalled_tasks_come_out_as_one_block(daemon_factory):
     d = daemon_factory("--threshold", "1", "--scan-interval", "0.5")
     with memcg.MemCgroup("aw-many") as group:
         hogs = memcg.stall_indefinitely(group, 200, 4)
-        pids = {h.pid for h in hogs}
+        pids = _stalled_pids(hogs)
 
         def one_block(records) -> bool:
             return any(r["type"] == "stall_report" and pids <= {t["tid"] for t in r["tasks"]} for r in records)
@@ -422,3 +440,42 @@ def test_bpf_that_does_not_load_is_exit_9(tmp_path):
     assert proc.returncode == 9, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("allocwatch: the BPF programs did not compile or load")
+
+
+def test_200_tasks_of_one_program_are_one_text_line(daemon_factory):
+    """Text groups tasks that share site, cgroup and comm; JSON (the other test) keeps all 200."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "allocwatch", "run", "--metrics-addr", "", "--format", "text",
+         "--threshold", "1", "--scan-interval", "0.5"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines: list[str] = []
+    import threading
+
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    try:
+        assert proc.stderr is not None and "watching" in proc.stderr.readline()
+        reader.start()
+        with memcg.MemCgroup("aw-group") as group:
+            hogs = memcg.stall_indefinitely(group, 200, 4)
+            n = len(_stalled_pids(hogs))
+            want = f"tasks={n} site=memcg_oom_wait"
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(want in ln for ln in lines):
+                time.sleep(0.2)
+            memcg.release(group)
+            for h in hogs:
+                h.stop()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    grouped = [ln for ln in lines if want in ln]
+    assert grouped, lines[:10]
+    assert grouped[0].startswith("  comm=python") and "tids=" in grouped[0]
+    at = lines.index(grouped[0])
+    block = lines[max(0, at - 8) : at]
+    assert any("MemAlloc-Info: stalling=" in ln for ln in block), block

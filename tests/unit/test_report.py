@@ -49,7 +49,7 @@ def test_json_stall_report_fields():
         "tid": 3, "pid": 3, "comm": "hog", "site": "memcg_oom_wait", "duration_s": 12.0, "level": 1,
         "new": True, "gfp": "0xcc0", "gfp_flags": None, "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
         "start_known": True,
-        "other_waits": [],
+        "other_waits": [], "uid": None, "cmdline": None, "dying": False, "exiting": False, "memcg": None,
     }
 
 
@@ -185,3 +185,33 @@ def test_gfp_is_shown_decoded_beside_the_hex():
     rec = block([stall(3, gfp=0x100CCA)], {3: TaskDetail("/cg", "D", [], gfp_flags="GFP_HIGHUSER_MOVABLE")})
     assert "gfp=0x100cca(GFP_HIGHUSER_MOVABLE) order=0" in report.render_text(rec)
     assert json.loads(report.render_json(rec))["tasks"][0]["gfp_flags"] == "GFP_HIGHUSER_MOVABLE"
+
+
+def test_block_context_and_memcg_say_why_and_what_else():
+    from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, PressureInfo, PsiLine, TaskInfo, ZoneInfo
+    from allocwatch.core.records import BlockContext, Victim
+
+    memcg = MemcgInfo(1, "/box", 64 << 20, 64 << 20, None, True, True, {"oom_kill": 0}, 12, None)
+    picture = MemoryPicture(
+        {"MemAvailable": 1 << 30, "MemFree": 100 << 20, "Dirty": 8 << 20},
+        (ZoneInfo(0, "Normal", 100, 200, 250, 300), ZoneInfo(0, "DMA32", 5000, 200, 250, 300)),
+        PressureInfo(PsiLine(12.5, 3.0, 1.0, 10_000_000), PsiLine(4.0, 1.0, 0.5, 4_000_000)),
+        {"allocstall": 10},
+    )
+    ctx = BlockContext(3, 1, 0, (Victim(42, "victim", 12.3),), 2, picture, {"allocstall": 7, "oom_kill": 1},
+                       {"some": 1.25, "full": 0.5}, (KswapdInfo(0, 45, "D", ("down_read", "shrink_slab")),))
+    detail = TaskDetail("/box", "D", ["mem_cgroup_oom_synchronize"], "GFP_KERNEL", memcg,
+                        TaskInfo(3, 3, 1000, "db --serve now", "D"), dying=True)
+    rec = StallReport(9, 0.0, [stall(3)], 3, {3: detail}, context=ctx)
+    text = report.render_text(rec)
+    assert "MemAlloc-Info: stalling=3 dying=1 exiting=0 victim=1 oom_count=2 victims: 42(victim,12s)" in text
+    assert "MemAvailable=1.0GiB MemFree=100.0MiB Dirty=8.0MiB; psi memory avg10 some=12.50% full=4.00%" in text
+    assert "(+1.250s some, +0.500s full since the last block)" in text
+    assert "since the last block: allocstall=+7 oom_kill=+1" in text
+    assert "zone node0/Normal: free=100 pages, under its min watermark (min=200 low=250 high=300)" in text
+    assert "kswapd0 pid=45 state=D" in text and "stack: down_read <- shrink_slab" in text
+    assert "memcg v1: usage=64.0MiB limit=64.0MiB (at its limit) oom_kill_disable=1 under_oom=1" in text
+    assert 'uid=1000 cmdline="db --serve now"' in text and "(SIGKILL pending)" in text
+    doc = json.loads(report.render_json(rec))
+    assert doc["context"]["zones"][0]["under_watermark"] == "min" and doc["context"]["victims"][0]["pid"] == 42
+    assert doc["tasks"][0]["memcg"]["near_limit"] is True and doc["tasks"][0]["uid"] == 1000

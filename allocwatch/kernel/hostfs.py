@@ -1,0 +1,356 @@
+"""Reads for a stall report: the task's memory cgroup, the machine's memory
+(meminfo, zoneinfo, PSI, vmstat), kswapd per node, and who a task is.
+
+Every function takes its root (the procfs root, or the mountinfo file that
+says where the cgroup hierarchies are mounted), so tests use a fake tree.
+Text is decoded with surrogateescape like procfs. A missing or unreadable
+file gives None or an empty value; a malformed line is skipped, never raised.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from allocwatch.core.host import (
+    KswapdInfo,
+    MemcgInfo,
+    MemoryPicture,
+    PressureInfo,
+    PsiLine,
+    TaskFlags,
+    TaskInfo,
+    ZoneInfo,
+)
+from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, task_dir
+
+DEFAULT_MOUNTINFO = DEFAULT_PROCFS / "self" / "mountinfo"
+
+# v1 shows "no limit" as the page counter's maximum in bytes: 9223372036854771712
+# with 4 KiB pages, a little less with larger ones, 2**64 - 1 on old kernels.
+V1_NO_LIMIT_BYTES = 1 << 62
+PF_EXITING = 0x00000004
+PF_KTHREAD = 0x00200000
+SIGKILL_MASK = 1 << (9 - 1)  # signal N is bit N-1 of SigPnd / ShdPnd
+CMDLINE_MAX_BYTES = 256
+
+MEMINFO_KEYS = frozenset({
+    "MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree", "Dirty",
+    "Writeback", "Shmem", "Slab", "SReclaimable", "SUnreclaim", "AnonPages",
+})
+_ZONES = ("dma", "dma32", "normal", "high", "movable", "device")  # vmstat's zone suffixes
+# counter -> suffixes of the lines summed into it (per zone on older kernels)
+VMSTAT_SUMS: dict[str, tuple[str, ...]] = {
+    "allocstall": _ZONES, "pgscan_direct": _ZONES, "pgsteal_direct": _ZONES, "pgscan_kswapd": _ZONES,
+    "pgsteal_kswapd": _ZONES, "compact_stall": (), "oom_kill": (), "workingset_refault": ("anon", "file"),
+}
+_VMSTAT_LINES = {
+    line: total for total, suffixes in VMSTAT_SUMS.items() for line in (total, *(f"{total}_{s}" for s in suffixes))
+}
+_INT = re.compile(r"-?[0-9]+")
+_OCTAL = re.compile(r"\\([0-7]{3})")
+_ZONE_HEAD = re.compile(r"Node\s+(\d+),\s+zone\s+(\S+)")
+_KSWAPD = re.compile(r"kswapd(\d+)(?::\d+)?")
+
+
+def _bytes(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return None
+
+
+def _text(path: Path) -> str | None:
+    raw = _bytes(path)
+    return None if raw is None else raw.decode("utf-8", "surrogateescape")
+
+
+def _int(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if _INT.fullmatch(text) else None
+
+
+def _flat(text: str | None) -> dict[str, int]:
+    """A flat-keyed file ("key value" lines): the well-formed lines."""
+    out = {}
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and (value := _int(parts[1])) is not None:
+            out[parts[0]] = value
+    return out
+
+
+def _read_int(path: Path) -> int | None:
+    text = _text(path)
+    return None if text is None else _int(text)
+
+
+def _limit(path: Path) -> int | None:
+    """A limit file: bytes, or None for "max" (v2), v1's no-limit value, or unreadable."""
+    text = _text(path)
+    value = None if text is None else _int(text)
+    return None if value is None or value >= V1_NO_LIMIT_BYTES else value
+
+
+# --- memory cgroup ------------------------------------------------------------
+
+
+def _unescape(field: str) -> str:
+    """mountinfo's octal escapes (\\040 space, \\011 tab, \\012 newline, \\134 backslash)."""
+    def byte(m: re.Match[str]) -> str:
+        n = int(m.group(1), 8)
+        return chr(n) if n < 0x80 else chr(0xDC00 + n)  # as surrogateescape would decode it
+    return _OCTAL.sub(byte, field)
+
+
+def _mount(line: str) -> tuple[int, str, Path] | None:
+    """(version, root, mount point) of a memory cgroup mountinfo line, else None."""
+    fields = line.split(" ")
+    try:
+        sep = fields.index("-", 6)
+        fstype, superopts = fields[sep + 1], fields[sep + 3]
+    except (ValueError, IndexError):
+        return None
+    if fstype == "cgroup2":
+        version = 2
+    elif fstype == "cgroup" and "memory" in superopts.split(","):
+        version = 1
+    else:
+        return None
+    return version, _unescape(fields[3]), Path(_unescape(fields[4]))
+
+
+def _under(root: str, point: Path, cgroup_path: str) -> Path | None:
+    """The directory of cgroup_path in a mount of the hierarchy's `root`, or
+    None when the mount shows another part of the hierarchy."""
+    root = root.rstrip("/")
+    if cgroup_path != root and not cgroup_path.startswith(root + "/"):
+        return None
+    return point / cgroup_path[len(root):].lstrip("/")
+
+
+def _memcg_dir(cgroup_path: str, mountinfo: Path, version: int | None) -> tuple[int, Path] | None:
+    mounts = [m for line in (_text(mountinfo) or "").splitlines() if (m := _mount(line))]
+    for want in (1, 2) if version is None else (version,):
+        candidates = [(root, point) for v, root, point in mounts if v == want]
+        if candidates:  # memory is on v1 when v1 mounts it, even with a v2 mount beside
+            dirs = [d for root, point in candidates if (d := _under(root, point, cgroup_path))]
+            return next(((want, d) for d in dirs if d.is_dir()), None)
+    return None
+
+
+def _memcg_v1(path: str, d: Path) -> MemcgInfo:
+    oom = _flat(_text(d / "memory.oom_control"))
+    flag = {k: bool(oom[k]) if k in oom else None for k in ("oom_kill_disable", "under_oom")}
+    return MemcgInfo(
+        version=1, path=path, usage_bytes=_read_int(d / "memory.usage_in_bytes"),
+        limit_bytes=_limit(d / "memory.limit_in_bytes"), high_bytes=None,
+        oom_kill_disable=flag["oom_kill_disable"], under_oom=flag["under_oom"],
+        events={k: v for k, v in oom.items() if k == "oom_kill"},
+        failcnt=_read_int(d / "memory.failcnt"), pressure=None,
+    )
+
+
+def _memcg_v2(path: str, d: Path) -> MemcgInfo:
+    return MemcgInfo(
+        version=2, path=path, usage_bytes=_read_int(d / "memory.current"),
+        limit_bytes=_limit(d / "memory.max"), high_bytes=_limit(d / "memory.high"),
+        oom_kill_disable=None, under_oom=None, events=_flat(_text(d / "memory.events")),
+        failcnt=None, pressure=_pressure(_text(d / "memory.pressure")),
+    )
+
+
+def memcg_info(cgroup_path: str, mountinfo: Path = DEFAULT_MOUNTINFO, version: int | None = None) -> MemcgInfo | None:
+    """The memory cgroup at cgroup_path (as /proc/PID/cgroup shows it: the v1
+    memory line if there is one, else the v2 "0::" line).
+
+    The hierarchy is found in `mountinfo`: v1 (a "cgroup" mount with the
+    memory option) if mounted, else v2 ("cgroup2"); `version` forces one.
+    None when no such mount holds the path or its directory is missing."""
+    found = _memcg_dir(cgroup_path, mountinfo, version)
+    if found is None:
+        return None
+    ver, directory = found
+    return (_memcg_v1 if ver == 1 else _memcg_v2)(cgroup_path, directory)
+
+
+# --- the memory picture -------------------------------------------------------
+
+
+def _psi_line(fields: list[str]) -> PsiLine | None:
+    kv = dict(f.split("=", 1) for f in fields if "=" in f)
+    try:
+        total = _int(kv["total"])
+        avg10, avg60, avg300 = (float(kv[k]) for k in ("avg10", "avg60", "avg300"))
+    except (KeyError, ValueError):
+        return None
+    return None if total is None else PsiLine(avg10, avg60, avg300, total)
+
+
+def _pressure(text: str | None) -> PressureInfo | None:
+    """A PSI file: None without a well-formed "some" line."""
+    lines = {}
+    for line in (text or "").splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind in ("some", "full") and (psi := _psi_line(rest.split())):
+            lines[kind] = psi
+    some = lines.get("some")
+    return None if some is None else PressureInfo(some=some, full=lines.get("full"))
+
+
+def _meminfo(text: str | None) -> dict[str, int]:
+    out = {}
+    for line in (text or "").splitlines():
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if key in MEMINFO_KEYS and len(parts) == 2 and parts[1] == "kB" and (kib := _int(parts[0])) is not None:
+            out[key] = kib * 1024
+    return out
+
+
+def _zone_value(line: str) -> tuple[str, int] | None:
+    """("free" | "min" | "low" | "high" | "managed", pages) of a zone's line."""
+    parts = line.split()
+    if parts[:2] == ["pages", "free"] and len(parts) == 3:
+        parts = ["free", parts[2]]
+    if len(parts) == 2 and parts[0] in ("free", "min", "low", "high", "managed"):
+        value = _int(parts[1])
+        return None if value is None else (parts[0], value)
+    return None
+
+
+def _zone(node: int, name: str, values: dict[str, int]) -> ZoneInfo | None:
+    if values.get("managed") == 0 or not {"free", "min", "low", "high"} <= values.keys():
+        return None
+    return ZoneInfo(node, name, values["free"], values["min"], values["low"], values["high"])
+
+
+def _zones(text: str | None) -> tuple[ZoneInfo, ...]:
+    """Each zone of /proc/zoneinfo with its free pages and watermarks;
+    zones the kernel manages no pages of (managed 0) left out."""
+    heads: list[tuple[int, str, dict[str, int]]] = []
+    for line in (text or "").splitlines():
+        if m := _ZONE_HEAD.match(line):
+            heads.append((int(m[1]), m[2], {}))
+        elif heads and (kv := _zone_value(line)):
+            heads[-1][2].setdefault(*kv)
+    return tuple(z for node, name, values in heads if (z := _zone(node, name, values)))
+
+
+def _vmstat(text: str | None) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line, value in _flat(text).items():
+        if (total := _VMSTAT_LINES.get(line)) is not None:
+            out[total] = out.get(total, 0) + value
+    return out
+
+
+def memory_picture(proc: Path = DEFAULT_PROCFS) -> MemoryPicture:
+    """meminfo, zoneinfo, PSI memory and vmstat, each empty / None when unreadable."""
+    return MemoryPicture(
+        meminfo_bytes=_meminfo(_text(proc / "meminfo")),
+        zones=_zones(_text(proc / "zoneinfo")),
+        pressure=_pressure(_text(proc / "pressure" / "memory")),
+        vmstat=_vmstat(_text(proc / "vmstat")),
+    )
+
+
+# --- tasks: kswapd, who a task is, dying / exiting ----------------------------
+
+
+def _stat(path: Path) -> tuple[str, list[str]]:
+    """(comm, fields after it) of a stat file; ("", []) when unreadable.
+    comm may hold spaces and ')': the fields follow the last ')'."""
+    text = _text(path)
+    if text is None or ")" not in text:
+        return "", []
+    head, rest = text.rsplit(")", 1)
+    return head.partition("(")[2], rest.split()
+
+
+def _stat_flags(fields: list[str]) -> int:
+    """The task's PF_* flags (stat field 9: the 7th after comm)."""
+    value = _int(fields[6]) if len(fields) > 6 else None
+    return value or 0
+
+
+def _pids(proc: Path) -> list[int]:
+    try:
+        return [int(p) for p in os.listdir(proc) if p.isascii() and p.isdigit()]
+    except OSError:
+        return []
+
+
+def _kswapd_node(comm: str, fields: list[str]) -> int | None:
+    m = _KSWAPD.fullmatch(comm)
+    return int(m[1]) if m and _stat_flags(fields) & PF_KTHREAD else None
+
+
+def find_kswapd(proc: Path = DEFAULT_PROCFS) -> list[tuple[int, int]]:
+    """(node, pid) of each kswapd kernel thread ("kswapd0", "kswapd0:0"), sorted.
+    A scan of every /proc/PID/stat: do it once, again when a pid is gone."""
+    found = []
+    for pid in _pids(proc):
+        node = _kswapd_node(*_stat(proc / str(pid) / "stat"))
+        if node is not None:
+            found.append((node, pid))
+    return sorted(found)
+
+
+def kswapd_state(proc: Path, node: int, pid: int) -> KswapdInfo:
+    """kswapd's state letter, and its kernel stack only when in D. State None
+    when the pid is gone or is no longer that node's kswapd (rescan then)."""
+    comm, fields = _stat(proc / str(pid) / "stat")
+    state = fields[0] if fields and _kswapd_node(comm, fields) == node else None
+    stack = kernel_stack(proc, pid, pid) if state == "D" else None
+    return KswapdInfo(node=node, pid=pid, state=state, stack=None if stack is None else tuple(stack))
+
+
+def _status(text: str | None) -> dict[str, list[str]]:
+    """/proc/.../status as key -> its whitespace-separated values."""
+    out = {}
+    for line in (text or "").splitlines():
+        key, sep, rest = line.partition(":")
+        if sep:
+            out[key] = rest.split()
+    return out
+
+
+def _cmdline(raw: bytes | None) -> str | None:
+    """NUL-separated arguments, space-joined, cut to CMDLINE_MAX_BYTES then "..."."""
+    raw = (raw or b"").rstrip(b"\0").replace(b"\0", b" ")
+    if not raw:
+        return None
+    cut = raw[:CMDLINE_MAX_BYTES] + (b"..." if len(raw) > CMDLINE_MAX_BYTES else b"")
+    return cut.decode("utf-8", "surrogateescape")
+
+
+def task_info(proc: Path, pid: int, tid: int) -> TaskInfo:
+    """uid (real, of the thread), cmdline (of the process) and state letter;
+    each None when unreadable."""
+    uids = _status(_text(task_dir(proc, pid, tid) / "status")).get("Uid", [])
+    fields = _stat(task_dir(proc, pid, tid) / "stat")[1]
+    return TaskInfo(
+        pid=pid, tid=tid, uid=_int(uids[0]) if uids else None,
+        cmdline=_cmdline(_bytes(proc / str(pid) / "cmdline")), state=fields[0] if fields else None,
+    )
+
+
+def _sigkill_pending(status: dict[str, list[str]]) -> bool:
+    for key in ("SigPnd", "ShdPnd"):
+        try:
+            if int(status.get(key, ["0"])[0], 16) & SIGKILL_MASK:
+                return True
+        except (ValueError, IndexError):
+            continue
+    return False
+
+
+def task_flags(proc: Path, pid: int, tid: int) -> TaskFlags:
+    """dying and exiting as TaskFlags defines them, from the thread's status
+    (SigPnd, ShdPnd) and stat (state, flags); False when unreadable."""
+    fields = _stat(task_dir(proc, pid, tid) / "stat")[1]
+    exiting = bool(fields) and (fields[0] in ("Z", "X") or bool(_stat_flags(fields) & PF_EXITING))
+    dying = _sigkill_pending(_status(_text(task_dir(proc, pid, tid) / "status")))
+    return TaskFlags(dying=dying, exiting=exiting)

@@ -1,0 +1,258 @@
+"""The host readers (kernel/hostfs.py) on fake /proc and cgroup trees, and
+the pure parts of core/host.py.
+
+Fixture formats follow this kernel's /proc files and, for cgroup v2, the
+kernel's Documentation/admin-guide/cgroup-v2.rst. Mountinfo is written at
+run time, since it names absolute paths of the tree under test.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from allocwatch.core.host import (
+    MIB,
+    KswapdInfo,
+    MemcgInfo,
+    PsiLine,
+    TaskFlags,
+    ZoneInfo,
+    alloc_info_line,
+    near_limit,
+    vmstat_delta,
+)
+from allocwatch.kernel import hostfs
+
+HOST = Path(__file__).resolve().parents[1] / "fixtures" / "host"
+PROC = HOST / "proc"
+
+
+def _mountinfo(tmp_path: Path, *lines: str) -> Path:
+    path = tmp_path / "mountinfo"
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _v1_line(point: Path, root: str = "/", opts: str = "rw,memory") -> str:
+    return f"35 31 0:32 {root} {point} rw,nosuid,nodev,noexec,relatime shared:17 - cgroup cgroup {opts}"
+
+
+def _v2_line(point: Path, root: str = "/") -> str:
+    return f"41 31 0:38 {root} {point} rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate"
+
+
+# --- memory cgroup --------------------------------------------------------------
+
+
+def test_memcg_v1_reads_usage_limit_oom_control_and_failcnt(tmp_path):
+    mountinfo = _mountinfo(tmp_path, _v1_line(HOST / "cgroup-v1", opts="rw,cpu"), _v1_line(HOST / "cgroup-v1"))
+    info = hostfs.memcg_info("/docker/abc", mountinfo)
+    assert info == MemcgInfo(
+        version=1, path="/docker/abc", usage_bytes=533725184, limit_bytes=512 * MIB, high_bytes=None,
+        oom_kill_disable=False, under_oom=True, events={"oom_kill": 4}, failcnt=1234, pressure=None,
+    )
+    assert info.usage_near_limit
+
+
+def test_memcg_v1_no_limit_value_and_malformed_lines(tmp_path):
+    info = hostfs.memcg_info("/unlimited", _mountinfo(tmp_path, _v1_line(HOST / "cgroup-v1")))
+    assert info is not None
+    assert (info.usage_bytes, info.limit_bytes, info.failcnt) == (409780224, None, None)
+    assert (info.oom_kill_disable, info.under_oom, info.events) == (True, None, {"oom_kill": 0})
+    assert not info.usage_near_limit
+
+
+def test_memcg_v2_reads_current_max_high_events_pressure(tmp_path):
+    info = hostfs.memcg_info("/app.slice/web.service", _mountinfo(tmp_path, _v2_line(HOST / "cgroup-v2")))
+    assert info is not None
+    assert (info.version, info.usage_bytes, info.limit_bytes, info.high_bytes) == (2, 256 * MIB, 1024 * MIB, 768 * MIB)
+    assert info.events == {"low": 0, "high": 12, "max": 3, "oom": 1, "oom_kill": 1, "oom_group_kill": 0}
+    assert (info.oom_kill_disable, info.under_oom, info.failcnt) == (None, None, None)
+    assert info.pressure is not None
+    assert info.pressure.some == PsiLine(12.5, 4.02, 1.1, 9876543)
+    assert info.pressure.full == PsiLine(8.0, 2.5, 0.7, 5432100)
+    assert not info.usage_near_limit
+
+
+def test_memcg_v2_max_means_no_limit_and_bad_event_lines_are_skipped(tmp_path):
+    info = hostfs.memcg_info("/nolimit", _mountinfo(tmp_path, _v2_line(HOST / "cgroup-v2")))
+    assert info is not None
+    assert (info.limit_bytes, info.high_bytes) == (None, None)
+    assert "oom_kill" not in info.events and info.events["oom"] == 0
+    assert info.pressure is not None and info.pressure.full is None
+
+
+def test_memcg_mount_root_sub_path_and_escaped_mount_point(tmp_path):
+    point = tmp_path / "cg mem\tv1"
+    shutil.copytree(HOST / "cgroup-v1" / "docker", point)
+    escaped = str(point).replace(" ", "\\040").replace("\t", "\\011")
+    mountinfo = _mountinfo(tmp_path, _v1_line(Path(escaped), root="/docker"))
+    info = hostfs.memcg_info("/docker/abc", mountinfo)
+    assert info is not None and info.usage_bytes == 533725184
+    assert hostfs.memcg_info("/other/abc", mountinfo) is None  # that mount shows only /docker
+
+
+def test_memcg_prefers_v1_memory_and_version_forces_one(tmp_path):
+    shutil.copytree(HOST / "cgroup-v2" / "nolimit", tmp_path / "v2" / "nolimit")
+    mountinfo = _mountinfo(tmp_path, _v2_line(tmp_path / "v2"), _v1_line(HOST / "cgroup-v1"))
+    assert hostfs.memcg_info("/unlimited", mountinfo).version == 1
+    assert hostfs.memcg_info("/nolimit", mountinfo) is None  # memory lives on v1: no v2 fallback
+    assert hostfs.memcg_info("/nolimit", mountinfo, version=2).version == 2
+
+
+def test_memcg_missing_mountinfo_mount_or_directory_gives_none(tmp_path):
+    assert hostfs.memcg_info("/docker/abc", tmp_path / "absent") is None
+    junk = _mountinfo(tmp_path, "garbage", "1 2 3", "35 31 0:32 / /x rw - ext4 /dev/sda1 rw", "1 2 0:1 / /y rw -")
+    assert hostfs.memcg_info("/docker/abc", junk) is None
+    assert hostfs.memcg_info("/gone", _mountinfo(tmp_path, _v1_line(HOST / "cgroup-v1"))) is None
+
+
+def test_memcg_missing_files_give_none_fields(tmp_path):
+    (tmp_path / "cg" / "empty").mkdir(parents=True)
+    info = hostfs.memcg_info("/empty", _mountinfo(tmp_path, _v2_line(tmp_path / "cg")))
+    assert info == MemcgInfo(2, "/empty", None, None, None, None, None, {}, None, None)
+
+
+@pytest.mark.parametrize(
+    ("usage", "limit", "near"),
+    [
+        (None, 100 * MIB, False), (10 * MIB, None, False),
+        (99 * MIB, 100 * MIB, True), (99 * MIB - 1, 100 * MIB, False),  # 1 % of 100 MiB is 1 MiB
+        (10 * 1024 * MIB - 50 * MIB, 10 * 1024 * MIB, True),  # 1 % of 10 GiB: 102 MiB
+        (10 * 1024 * MIB - 200 * MIB, 10 * 1024 * MIB, False),
+        (int(31.5 * MIB), 32 * MIB, True), (30 * MIB, 32 * MIB, False),  # 1 MiB beats 1 % of 32 MiB
+        (40 * MIB, 32 * MIB, True),  # over it (v1 can show that)
+    ],
+)
+def test_near_limit_margin_is_1_mib_or_1_percent_whichever_is_larger(usage, limit, near):
+    assert near_limit(usage, limit) is near
+
+
+# --- the memory picture -----------------------------------------------------------
+
+
+def test_memory_picture_meminfo_in_bytes_malformed_skipped():
+    meminfo = hostfs.memory_picture(PROC).meminfo_bytes
+    assert meminfo["MemTotal"] == 24684084 * 1024 and meminfo["SUnreclaim"] == 28248 * 1024
+    assert "Writeback" not in meminfo  # malformed
+    assert "Mapped" not in meminfo and "HugePages_Total" not in meminfo  # not asked for
+    assert set(meminfo) == hostfs.MEMINFO_KEYS - {"Writeback"}
+
+
+def test_memory_picture_zones_skip_unmanaged_and_malformed():
+    zones = hostfs.memory_picture(PROC).zones
+    assert [(z.node, z.zone) for z in zones] == [(0, "DMA"), (0, "DMA32"), (0, "Normal"), (1, "Normal")]
+    assert zones[2] == ZoneInfo(0, "Normal", 9000, 8132, 10165, 12198)  # the pagesets' "high:" ignored
+    assert [z.under_watermark for z in zones] == [None, None, "low", "min"]
+
+
+def test_memory_picture_pressure_and_vmstat():
+    picture = hostfs.memory_picture(PROC)
+    assert picture.pressure is not None
+    assert picture.pressure.some == PsiLine(1.25, 0.85, 1.56, 37978325)
+    assert picture.pressure.full == PsiLine(0.5, 0.73, 1.36, 33732004)
+    assert picture.vmstat == {
+        "allocstall": 43, "pgscan_direct": 90, "pgsteal_direct": 20, "compact_stall": 2, "oom_kill": 35,
+        "pgscan_kswapd": 400, "pgsteal_kswapd": 100, "workingset_refault": 873674,
+    }  # allocstall_movable malformed; pgscan_direct_throttle is not pgscan_direct
+
+
+def test_vmstat_of_an_old_kernel_single_and_per_zone_lines(tmp_path):
+    (tmp_path / "vmstat").write_text(
+        "allocstall 17\nworkingset_refault 900\npgscan_direct_dma32 5\npgscan_direct_normal 6\n"
+        "pgsteal_kswapd_normal 8\npgscan_direct_throttle 1\n"
+    )
+    (tmp_path / "pressure").mkdir()
+    (tmp_path / "pressure" / "memory").write_text("some avg10=0.00 avg60=0.00 avg300=0.00 total=0\nfull bad\n")
+    picture = hostfs.memory_picture(tmp_path)
+    assert picture.vmstat == {"allocstall": 17, "workingset_refault": 900, "pgscan_direct": 11, "pgsteal_kswapd": 8}
+    assert picture.pressure is not None and picture.pressure.full is None
+
+
+def test_memory_picture_of_missing_files_is_empty(tmp_path):
+    picture = hostfs.memory_picture(tmp_path)
+    assert (dict(picture.meminfo_bytes), picture.zones, picture.pressure, dict(picture.vmstat)) == ({}, (), None, {})
+    (tmp_path / "pressure").mkdir()
+    (tmp_path / "pressure" / "memory").write_text("full avg10=1.00 avg60=1.00 avg300=1.00 total=5\n")
+    assert hostfs.memory_picture(tmp_path).pressure is None  # no "some" line
+
+
+def test_vmstat_delta():
+    prev = {"allocstall": 40, "oom_kill": 35, "compact_stall": 9}
+    now = {"allocstall": 43, "oom_kill": 35, "compact_stall": 2, "pgscan_direct": 90}
+    assert vmstat_delta(prev, now) == {"allocstall": 3, "oom_kill": 0, "compact_stall": 0}
+
+
+# --- kswapd ---------------------------------------------------------------------
+
+
+def test_find_kswapd_only_kernel_threads():
+    # 82 is a user process named kswapd0, 84 has a malformed stat
+    assert hostfs.find_kswapd(PROC) == [(0, 80), (1, 81), (2, 83)]
+    assert hostfs.find_kswapd(PROC / "absent") == []
+
+
+def test_kswapd_in_d_gives_its_stack():
+    assert hostfs.kswapd_state(PROC, 0, 80) == KswapdInfo(
+        0, 80, "D",
+        ("throttle_direct_reclaim", "shrink_node", "balance_pgdat", "kswapd", "kthread", "ret_from_fork"),
+    )
+
+
+def test_kswapd_in_s_gives_no_stack():
+    assert hostfs.kswapd_state(PROC, 1, 81) == KswapdInfo(1, 81, "S", None)
+
+
+def test_kswapd_gone_or_pid_reused_gives_no_state():
+    assert hostfs.kswapd_state(PROC, 0, 99) == KswapdInfo(0, 99, None, None)
+    assert hostfs.kswapd_state(PROC, 0, 82).state is None  # not a kernel thread
+    assert hostfs.kswapd_state(PROC, 1, 80).state is None  # another node's kswapd
+
+
+# --- tasks --------------------------------------------------------------------------
+
+
+def test_task_info_cuts_cmdline_and_keeps_raw_bytes():
+    info = hostfs.task_info(PROC, 1000, 1000)
+    assert (info.pid, info.tid, info.uid, info.state) == (1000, 1000, 1000, "S")
+    assert info.cmdline is not None and info.cmdline.endswith("...")
+    raw = info.cmdline.encode("utf-8", "surrogateescape")
+    assert len(raw) == hostfs.CMDLINE_MAX_BYTES + 3
+    assert raw.startswith(b"/usr/bin/web --name=caf\xff --data=xxx")
+    assert "\0" not in info.cmdline
+
+
+def test_task_info_short_cmdline_and_comm_with_parentheses():
+    assert hostfs.task_info(PROC, 1300, 1300).cmdline == "sleep 60"  # trailing NUL dropped
+    assert hostfs.task_info(PROC, 1000, 1001).state == "D"  # comm "a) R (b"
+
+
+def test_task_info_kernel_thread_zombie_missing_and_malformed():
+    assert hostfs.task_info(PROC, 80, 80).cmdline is None  # kernel thread: empty cmdline
+    zombie = hostfs.task_info(PROC, 1100, 1100)
+    assert (zombie.uid, zombie.cmdline, zombie.state) == (0, None, "Z")
+    gone = hostfs.task_info(PROC, 4242, 4242)
+    assert (gone.uid, gone.cmdline, gone.state) == (None, None, None)
+    assert hostfs.task_info(PROC, 1300, 1300).uid is None  # "Uid: not-a-number"
+
+
+@pytest.mark.parametrize(
+    ("pid", "tid", "flags"),
+    [
+        (1000, 1000, TaskFlags(dying=False, exiting=False)),
+        (1000, 1001, TaskFlags(dying=True, exiting=False)),  # SIGKILL in the thread's SigPnd
+        (1100, 1100, TaskFlags(dying=False, exiting=True)),  # zombie
+        (1200, 1200, TaskFlags(dying=True, exiting=True)),  # PF_EXITING, SIGKILL in ShdPnd
+        (1300, 1300, TaskFlags(dying=False, exiting=False)),  # malformed status
+        (4242, 4242, TaskFlags(dying=False, exiting=False)),  # gone
+    ],
+)
+def test_task_flags(pid, tid, flags):
+    assert hostfs.task_flags(PROC, pid, tid) == flags
+
+
+def test_alloc_info_line():
+    assert alloc_info_line(3, 1, 2, 1, 35) == "MemAlloc-Info: stalling=3 dying=1 exiting=2 victim=1 oom_count=35"
