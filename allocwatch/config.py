@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from allocwatch.core.findings import WindowRules
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Thresholds
 from allocwatch.errors import ConfigError, ConfigUnreadable
@@ -74,6 +75,17 @@ class Config:
     report_interval_s: float = 1.0  # at most one stall block this often; what is held back is counted
     max_tasks_per_block: int = 1000  # beyond it, a block sums up the rest by site and cgroup
     cgroups: tuple[str, ...] = ()  # report only tasks whose memory cgroup path starts with one of these
+    throttle_window_s: float = 10.0  # the sliding window of the throttled and livelock rules
+    throttle_share: float = 0.5  # throttled: at least this share of the window spent in memory waits
+    livelock_passes_per_s: float = 100.0  # livelock: at least this many reclaim passes a second, none freeing
+
+    def window_rules(self) -> WindowRules:
+        return WindowRules(
+            window_ns=round(self.throttle_window_s * NS_PER_S),
+            share=self.throttle_share,
+            threshold_ns=round(self.threshold_s * NS_PER_S),
+            livelock_passes_per_s=self.livelock_passes_per_s,
+        )
 
     def thresholds(self) -> Thresholds:
         return Thresholds(
@@ -133,6 +145,13 @@ def _number(key: str, v: Any, lo: float, hi: float, what: str) -> float:
     if not ok or not lo <= v <= hi:
         raise ConfigError(f"{key}: expected {what} from {lo:g} to {hi:g}, got {_shown(v)}")
     return float(v)
+
+
+def _plain_range(lo: float, hi: float, what: str) -> Callable[[str, Any], float]:
+    def check(key: str, v: Any) -> float:
+        return _number(key, v, lo, hi, what)
+
+    return check
 
 
 def _ranged(lo: float, hi: float) -> Callable[[str, Any], float]:
@@ -279,6 +298,9 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "report_interval_s": _ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S),
     "max_tasks_per_block": _int_range(MAX_TASKS_PER_BLOCK_MIN, MAX_TASKS_PER_BLOCK_MAX),
     "cgroups": _prefixes,
+    "throttle_window_s": _ranged(1.0, 600.0),
+    "throttle_share": _plain_range(0.05, 1.0, "a share of the window"),
+    "livelock_passes_per_s": _plain_range(1.0, 1e7, "passes a second"),
     "hot_paths": _bool,
     "bpf_stats": _bool,
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),

@@ -20,11 +20,13 @@ from allocwatch.config import Config
 from allocwatch.core import gfp
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
+from allocwatch.core.findings import Finding, Findings, VictimSeen
 from allocwatch.core.host import KswapdInfo, MemcgInfo, vmstat_delta
-from allocwatch.core.model import InflightWait, OomKill, WaitEnd
+from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
     LIMIT_TEXT,
     BlockContext,
+    EpisodeEndReport,
     LimitsReport,
     OomKillReport,
     Record,
@@ -95,6 +97,7 @@ class Daemon:
         self.clock_ns = clock_ns
         self.wall_s = wall_s
         self.tracker = Tracker(cfg.thresholds())
+        self.findings = Findings(cfg.window_rules())
         classifier = StackClassifier(stack_classified_sites(plans))
         self.namer = DstateNamer(
             classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
@@ -264,38 +267,55 @@ class Daemon:
         prefixes = self.cfg.cgroups
         return not prefixes or (detail.cgroup is not None and detail.cgroup.startswith(prefixes))
 
+    def _finding_detail(self, f: Finding) -> TaskDetail:
+        stack = procfs.kernel_stack(self.proc, f.pid, f.tid)
+        cgroup = procfs.memory_cgroup(self.proc, f.pid, f.tid)
+        flags = hostfs.task_flags(self.proc, f.pid, f.tid)
+        return TaskDetail(
+            cgroup=cgroup, state=procfs.task_state(self.proc, f.pid, f.tid), stack=stack,
+            memcg=self._memcg(cgroup), task=hostfs.task_info(self.proc, f.pid, f.tid),
+            dying=flags.dying, exiting=flags.exiting,
+        )
+
     def _stall_block(
-        self, stalls: list[Stall], stalled_now: int, now_ns: int, wall: float, stats: dict[str, int]
+        self, stalls: list[Stall], findings: list[Finding], stalled_now: int, now_ns: int, wall: float,
+        stats: dict[str, int],
     ) -> StallReport | None:
         """The stall block due now, or None: filtered by cgroup, at most one per report interval."""
-        if not stalls:
+        if not stalls and not findings:
             return None
         self._memcg_cache = {}
         details: dict[int, TaskDetail] = {}
         for s in stalls:  # one /proc read per task, however many waits it has
             if s.wait.tid not in details:
                 details[s.wait.tid] = self._detail(s.wait)
+        for f in findings:
+            if f.tid not in details:
+                details[f.tid] = self._finding_detail(f)
         kept = []
         for s in stalls:
             if self._wanted(details[s.wait.tid]):
                 kept.append(s)
             else:
                 self._filtered_out.add(s.wait.key)
+        kept_findings = [f for f in findings if self._wanted(details[f.tid])]
         tasks = {s.wait.tid for s in kept}
-        if not kept:
+        if not kept and not kept_findings:
             return None
         if self._last_block_ns is not None and now_ns - self._last_block_ns < self._report_interval_ns:
-            self._held_back += len(tasks)  # said in the next block that gets out
-            self._held_back_total += len(tasks)
+            self._held_back += len(tasks) + len(kept_findings)  # said in the next block that gets out
+            self._held_back_total += len(tasks) + len(kept_findings)
             return None
         self._last_block_ns = now_ns
         held, self._held_back = self._held_back, 0
         self.reported["stall"] = self.reported.get("stall", 0) + len(tasks)
-        shown = {t: details[t] for t in tasks}
+        for f in kept_findings:
+            self.reported[f.kind] = self.reported.get(f.kind, 0) + 1
+        shown = {t: details[t] for t in tasks | {f.tid for f in kept_findings}}
         return StallReport(
             self._next_seq(), wall, kept, stalled_now, shown,
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
-            context=self._context(stalled_now, shown, now_ns, stats),
+            context=self._context(stalled_now, shown, now_ns, stats), findings=kept_findings,
         )
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
@@ -330,7 +350,18 @@ class Daemon:
                 procfs.memory_cgroup(self.proc, k.victim_pid, k.victim_pid),
                 procfs.memory_cgroup(self.proc, k.invoker_pid, k.invoker_tid),
             ))
-        block = self._stall_block(result.stalls, result.stalled_now, now_ns, wall, stats)
+        inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
+        accts = self._task_accounts()
+        stalled_tids = {f.tid for f in inflight if f.level >= 1}
+        victims = []
+        for pid, (comm, since) in list(self._victims.items()):
+            state = procfs.task_state(self.proc, pid, pid)
+            if state in (None, "Z", "X"):  # gone: its stuck-victim episode ends
+                del self._victims[pid]
+            else:
+                victims.append(VictimSeen(pid, comm, since, state))
+        due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, victims)
+        block = self._stall_block(result.stalls, due, result.stalled_now, now_ns, wall, stats)
         if block is not None:
             records.append(block)
         for r in result.recovered:
@@ -338,8 +369,9 @@ class Daemon:
                 self._filtered_out.discard(r.wait.key)
                 continue
             records.append(RecoveredReport(self._next_seq(), wall, r))
+        for e in episodes_ended:
+            records.append(EpisodeEndReport(self._next_seq(), wall, e))
 
-        inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
         completed = self.completed()
         snap = Snapshot(
             scan=self.scans,
@@ -356,6 +388,7 @@ class Daemon:
             scan_durations=self._scan_durations.freeze(),
             coverage=self.coverage,
             programs=self._program_stats(),
+            shares=shares,
             info=self.info,
         )
         self.latest = snap
@@ -364,6 +397,10 @@ class Daemon:
         self._last_scan_s = time.monotonic() - t0
         self._scan_durations.observe(self._last_scan_s)
         return snap
+
+    def _task_accounts(self) -> dict[int, Acct]:
+        read = getattr(self.source, "task_accounts", None)  # fakes in tests may have none
+        return read() if read is not None else {}
 
     def _program_stats(self) -> dict[str, tuple[int, int]]:
         read = getattr(self.source, "program_stats", None)  # only the real source has it

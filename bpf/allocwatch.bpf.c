@@ -34,6 +34,9 @@
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 256
 #endif
+#ifndef MAX_ACCT
+#define MAX_ACCT 16384
+#endif
 #ifndef HINT_MAX_AGE_NS
 #define HINT_MAX_AGE_NS 50000000ULL
 #endif
@@ -53,6 +56,49 @@ BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
  * target tid; a process-wide kill names its leader, whose tid is the tgid).
  * LRU: entries of tasks that died are pushed out, never cleaned up by hand. */
 BPF_TABLE("lru_hash", u32, u64, sigkills, 4096);
+/* Per-task accounting (struct aw_task_acct): LRU, so tasks long gone make room. */
+BPF_TABLE("lru_hash", u32, struct aw_task_acct, task_acct, MAX_ACCT);
+BPF_PERCPU_ARRAY(acct_zero, struct aw_task_acct, 1); /* all zeros: the initial value, off the stack */
+
+static __always_inline struct aw_task_acct *acct_of(u32 tid, u32 pid, const char *comm)
+{
+    struct aw_task_acct *a = task_acct.lookup(&tid);
+    if (a)
+        return a;
+    u32 zero = 0;
+    struct aw_task_acct *z = acct_zero.lookup(&zero);
+    if (!z)
+        return 0;
+    task_acct.update(&tid, z);
+    a = task_acct.lookup(&tid);
+    if (a) {
+        a->pid = pid;
+        __builtin_memcpy(a->comm, comm, sizeof(a->comm));
+    }
+    return a;
+}
+
+static __always_inline void acct_wait(u32 tid, u32 pid, const char *comm, u32 site, u64 duration_ns)
+{
+    if (site >= AW_NR_SITES)
+        return;
+    struct aw_task_acct *a = acct_of(tid, pid, comm);
+    if (!a)
+        return;
+    __sync_fetch_and_add(&a->wait_ns[site], duration_ns);
+    __sync_fetch_and_add(&a->waits[site], 1);
+}
+
+static __always_inline void acct_reclaim(u32 tid, u32 pid, const char *comm, u64 nr_reclaimed)
+{
+    struct aw_task_acct *a = acct_of(tid, pid, comm);
+    if (!a)
+        return;
+    __sync_fetch_and_add(&a->reclaim_passes, 1);
+    if (nr_reclaimed == 0)
+        __sync_fetch_and_add(&a->reclaim_zero, 1);
+    __sync_fetch_and_add(&a->reclaimed_pages, nr_reclaimed);
+}
 
 static __always_inline void stat_inc(u32 idx)
 {
@@ -135,7 +181,8 @@ static __always_inline int wait_begin(u32 site, u64 gfp, s32 order)
     return wait_begin_tid((u32)id, id >> 32, site, gfp, order);
 }
 
-static __always_inline int wait_end_tid(u32 tid, u32 site)
+/* nr_reclaimed: pages a reclaim pass freed, or -1 for other sites. */
+static __always_inline int wait_end_tid(u32 tid, u32 site, s64 nr_reclaimed)
 {
     struct aw_wait_key key = {.tid = tid, .site = site};
     struct aw_wait *w = waits.lookup(&key);
@@ -149,6 +196,9 @@ static __always_inline int wait_end_tid(u32 tid, u32 site)
     }
     u64 duration_ns = bpf_ktime_get_ns() - w->start_ns;
     hist_add(site, duration_ns);
+    acct_wait(tid, w->pid, w->comm, site, duration_ns);
+    if (nr_reclaimed >= 0)
+        acct_reclaim(tid, w->pid, w->comm, (u64)nr_reclaimed);
     /* Send before delete: user space snapshots the map, then drains the
      * ring, so a wait missing from the snapshot has its end in the ring. */
     if (duration_ns >= LONG_WAIT_NS)
@@ -159,13 +209,22 @@ static __always_inline int wait_end_tid(u32 tid, u32 site)
 
 static __always_inline int wait_end(u32 site)
 {
-    return wait_end_tid((u32)bpf_get_current_pid_tgid(), site);
+    return wait_end_tid((u32)bpf_get_current_pid_tgid(), site, -1);
+}
+
+static __always_inline int reclaim_end(u32 site, u64 nr_reclaimed)
+{
+    return wait_end_tid((u32)bpf_get_current_pid_tgid(), site, (s64)nr_reclaimed);
 }
 
 /* A wait reported only after its sleep, with the time slept. */
 static __always_inline int wait_done(u32 site, u64 delayed_ns)
 {
     hist_add(site, delayed_ns);
+    u64 id = bpf_get_current_pid_tgid();
+    char comm[AW_COMM_LEN];
+    bpf_get_current_comm(&comm, sizeof(comm));
+    acct_wait((u32)id, id >> 32, comm, site, delayed_ns);
     return 0;
 }
 
@@ -207,8 +266,10 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
         u64 duration_ns = now_ns - w->start_ns;
         /* A sleep named by a hint is counted here; one named from its stack
          * can only be counted in user space, which names it. */
-        if (w->site_hint < AW_NR_SITES)
+        if (w->site_hint < AW_NR_SITES) {
             hist_add(w->site_hint, duration_ns);
+            acct_wait(next, w->pid, w->comm, w->site_hint, duration_ns);
+        }
         if (duration_ns >= LONG_WAIT_NS || (w->site_hint >= AW_NR_SITES && duration_ns >= DSTATE_END_NS))
             emit_end(next, AW_SITE_DSTATE, w, duration_ns, end_how(next, w->pid, w->start_ns, AW_END_WOKE));
         dwaits.delete(&next);
@@ -273,6 +334,7 @@ int aw_sched_process_exit(struct tracepoint__sched__sched_process_exit *args)
         dwaits.delete(&tid);
     }
     hints.delete(&tid);
+    task_acct.delete(&tid); /* user space sees it gone: its throttled or livelock episode ends */
     return 0;
 }
 
@@ -298,7 +360,7 @@ int aw_direct_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_
 }
 int aw_direct_reclaim_end(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_end *args)
 {
-    return wait_end(AW_SITE_DIRECT_RECLAIM);
+    return reclaim_end(AW_SITE_DIRECT_RECLAIM, args->nr_reclaimed);
 }
 #endif
 
@@ -309,7 +371,7 @@ int aw_memcg_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_be
 }
 int aw_memcg_reclaim_end(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_end *args)
 {
-    return wait_end(AW_SITE_MEMCG_RECLAIM);
+    return reclaim_end(AW_SITE_MEMCG_RECLAIM, args->nr_reclaimed);
 }
 #endif
 
@@ -373,7 +435,7 @@ int aw_start_task_reaping(struct tracepoint__oom__start_task_reaping *args)
 }
 int aw_finish_task_reaping(struct tracepoint__oom__finish_task_reaping *args)
 {
-    return wait_end_tid(args->pid, AW_SITE_OOM_REAPER);
+    return wait_end_tid(args->pid, AW_SITE_OOM_REAPER, -1);
 }
 #endif
 

@@ -108,6 +108,19 @@ struct aw_event {
     __u32 _pad;
 };
 
-#define AW_VICTIM_RSS 1 /* target_*_rss_kb, target_uid, target_oom_score_adj are set */
+#define AW_VICTIM_RSS 1
+
+/* Per task, cumulative since the programs were loaded: completed waits per
+ * site, and reclaim passes with their progress. User space takes deltas over
+ * a sliding window (the crawl, the throttled task, the livelock). */
+struct aw_task_acct {
+    __u64 wait_ns[AW_NR_SITES];
+    __u32 waits[AW_NR_SITES];
+    __u32 pid;
+    __u64 reclaim_passes;  /* direct and memcg reclaim ends */
+    __u64 reclaim_zero;    /* of them, with nr_reclaimed == 0 */
+    __u64 reclaimed_pages;
+    char comm[AW_COMM_LEN];
+}; /* target_*_rss_kb, target_uid, target_oom_score_adj are set */
 
 #endif /* ALLOCWATCH_H */

@@ -76,3 +76,17 @@ class OomKill:
     invoker_pid: int
     invoker_comm: str
     victim: VictimMemory | None = None
+
+
+@dataclass(frozen=True)
+class Acct:
+    """One task's cumulative waits (per site number) and reclaim passes, since load."""
+
+    tid: int
+    pid: int
+    comm: str
+    wait_ns: tuple[int, ...]  # by site number
+    waits: tuple[int, ...]
+    reclaim_passes: int
+    reclaim_zero: int  # passes that freed nothing
+    reclaimed_pages: int

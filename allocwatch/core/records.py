@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
 from allocwatch.core.model import OomKill
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall
@@ -67,6 +68,7 @@ class StallReport:
     held_back: int = 0  # task reports the rate limit held back since the last block
     max_tasks: int = 1000  # tasks listed; the rest are summed up by site and cgroup
     context: BlockContext | None = None
+    findings: Sequence[Finding] = ()  # throttled, livelock, stuck_victim: due now
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,15 @@ class RecoveredReport:
     seq: int
     time: float
     recovered: Recovered
+
+
+@dataclass(frozen=True)
+class EpisodeEndReport:
+    """A throttled, livelock or stuck-victim episode that ended."""
+
+    seq: int
+    time: float
+    end: EpisodeEnd
 
 
 @dataclass(frozen=True)
@@ -111,7 +122,7 @@ class SummaryReport:
     oom_kills: int
 
 
-Record = StallReport | RecoveredReport | OomKillReport | LimitsReport | SummaryReport
+Record = StallReport | RecoveredReport | EpisodeEndReport | OomKillReport | LimitsReport | SummaryReport
 
 # What each limit counter means, for the text line and stderr.
 LIMIT_TEXT = {
@@ -163,6 +174,7 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
     s = group[0]
     w = s.wait
     return {
+        "kind": "stall",
         "tid": w.tid,
         "pid": w.pid,
         "comm": escape(w.comm),
@@ -184,6 +196,42 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "exiting": detail.exiting,
         "memcg": _memcg_dict(detail.memcg),
     }
+
+
+def _finding_dict(f: Finding, detail: TaskDetail) -> dict[str, Any]:
+    """A throttled, livelock or stuck-victim task, in the same shape as a stalled one plus its evidence."""
+    d: dict[str, Any] = {
+        "kind": f.kind,
+        "tid": f.tid,
+        "pid": f.pid,
+        "comm": escape(f.comm),
+        "site": f.site.label,
+        "duration_s": round(f.duration_s, 3),
+        "start_known": True,
+        "level": f.level,
+        "new": f.first,
+        "gfp": None,
+        "gfp_flags": None,
+        "order": None,
+        "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
+        "state": detail.state,
+        "stack": [escape(x) for x in detail.stack] if detail.stack else [],
+        "other_waits": [],
+        "uid": detail.task.uid if detail.task else None,
+        "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
+        "dying": detail.dying,
+        "exiting": detail.exiting,
+        "memcg": _memcg_dict(detail.memcg),
+        "window": {
+            "share": round(f.share, 3),
+            "sites": {s: {"count": w.count, "total_s": w.total_s} for s, w in f.per_site.items()},
+            "reclaim_passes_per_s": round(f.passes_per_s, 1),
+            "reclaimed_pages": f.reclaimed_pages,
+        },
+    }
+    if f.kind == STUCK_VICTIM:
+        d["state"] = detail.state or f.victim_state
+    return d
 
 
 def _memcg_dict(m: MemcgInfo | None) -> dict[str, Any] | None:
@@ -246,17 +294,27 @@ def to_dict(rec: Record) -> dict[str, Any]:
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
         tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
+        tasks += [_finding_dict(f, rec.details.get(f.tid, TaskDetail())) for f in rec.findings]
+        tasks.sort(key=lambda t: -t["duration_s"])
         shown, rest = tasks[: rec.max_tasks], tasks[rec.max_tasks :]
         return {
             "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(tasks),
             "held_back": rec.held_back, "context": context_dict(rec.context),
             "tasks": shown, "more": summarize_tasks(rest),
         }
+    if isinstance(rec, EpisodeEndReport):
+        e = rec.end
+        return {
+            "type": "recovered", **base, "kind": e.kind, "tid": e.tid, "pid": e.pid, "comm": escape(e.comm),
+            "site": e.site.label, "duration_s": round(e.duration_s, 3), "exact": True, "start_known": True,
+            "ended": "exited" if e.kind == STUCK_VICTIM else "woke", "reports": e.reports,
+        }
     if isinstance(rec, RecoveredReport):
         r = rec.recovered
         w = r.wait
         return {
             "type": "recovered",
+            "kind": "stall",
             **base,
             "tid": w.tid,
             "pid": w.pid,

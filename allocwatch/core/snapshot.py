@@ -126,6 +126,7 @@ class Snapshot:
     scan_durations: Histogram
     coverage: tuple[SiteCoverage, ...] = ()
     programs: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # BPF program: (run ns, runs)
+    shares: Mapping[int, float] = field(default_factory=dict)  # by tid: share of the last window spent waiting
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
 
 

@@ -237,6 +237,10 @@ class BpfSource:
         out += [wire.decode_dwait(_int(k), v, SITE_DSTATE) for k, v in self._items("dwaits")]
         return out
 
+    def task_accounts(self) -> dict[int, wire.Acct]:
+        """Per task: cumulative completed waits per site and reclaim passes."""
+        return {_int(k): wire.decode_acct(_int(k), v) for k, v in self._items("task_acct")}
+
     def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None:
         """Track a task that was already asleep in D before the programs were
         attached (it will not switch out again until it wakes)."""

@@ -76,12 +76,14 @@ def _kp(*functions: str, fn: str, note: str = "") -> Option:
     return Option(Mechanism.KPROBE_PAIR, functions=functions, kprobe_fn=fn, note=note)
 
 
-def _pair(category: str, prefix: str, fn: str, define: str, note: str = "") -> Option:
+def _pair(
+    category: str, prefix: str, fn: str, define: str, note: str = "", end_fields: tuple[str, ...] = ()
+) -> Option:
     return Option(
         Mechanism.TRACEPOINT_PAIR,
         tracepoints=(
             Tracepoint(f"{category}:{prefix}_begin", f"aw_{fn}_begin", ("gfp_flags", "order")),
-            Tracepoint(f"{category}:{prefix}_end", f"aw_{fn}_end"),
+            Tracepoint(f"{category}:{prefix}_end", f"aw_{fn}_end", end_fields),
         ),
         define=define,
         note=note,
@@ -123,7 +125,8 @@ CATALOG: tuple[SiteEntry, ...] = (
         Site.DIRECT_RECLAIM,
         "direct reclaim (try_to_free_pages)",
         (
-            _pair("vmscan", "mm_vmscan_direct_reclaim", "direct_reclaim", "AW_TP_DIRECT_RECLAIM"),
+            _pair("vmscan", "mm_vmscan_direct_reclaim", "direct_reclaim", "AW_TP_DIRECT_RECLAIM",
+                  end_fields=("nr_reclaimed",)),
             _kp("try_to_free_pages", fn="direct_reclaim"),
         ),
         stack_frames=("try_to_free_pages",),
@@ -132,7 +135,8 @@ CATALOG: tuple[SiteEntry, ...] = (
         Site.MEMCG_RECLAIM,
         "memcg limit/high reclaim (try_to_free_mem_cgroup_pages)",
         (
-            _pair("vmscan", "mm_vmscan_memcg_reclaim", "memcg_reclaim", "AW_TP_MEMCG_RECLAIM"),
+            _pair("vmscan", "mm_vmscan_memcg_reclaim", "memcg_reclaim", "AW_TP_MEMCG_RECLAIM",
+                  end_fields=("nr_reclaimed",)),
             _kp("try_to_free_mem_cgroup_pages", fn="memcg_reclaim"),
         ),
         stack_frames=("try_to_free_mem_cgroup_pages",),

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import ctypes
 
-from allocwatch.core.model import COMM_LEN, InflightWait, OomKill, VictimMemory, WaitEnd, decode_comm, encode_comm
-from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, SITE_NONE
+from allocwatch.core.model import COMM_LEN, Acct, InflightWait, OomKill, VictimMemory, WaitEnd, decode_comm, encode_comm
+from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, NR_SITES, SITE_NONE
 
 __all__ = ["COMM_LEN", "InflightWait", "OomKill", "WaitEnd", "decode_comm", "encode_comm"]
 
@@ -66,6 +66,31 @@ def _opt_order(order: int) -> int | None:
 
 def _opt_site(site: int) -> int | None:
     return None if site == SITE_NONE else site
+
+
+class TaskAcct(ctypes.Structure):
+    _fields_ = [
+        ("wait_ns", ctypes.c_uint64 * NR_SITES),
+        ("waits", ctypes.c_uint32 * NR_SITES),
+        ("pid", ctypes.c_uint32),
+        ("reclaim_passes", ctypes.c_uint64),
+        ("reclaim_zero", ctypes.c_uint64),
+        ("reclaimed_pages", ctypes.c_uint64),
+        ("comm", ctypes.c_char * COMM_LEN),
+    ]
+
+
+def decode_acct(tid: int, v: TaskAcct) -> Acct:
+    return Acct(
+        tid=tid,
+        pid=v.pid,
+        comm=decode_comm(bytes(v.comm)),
+        wait_ns=tuple(v.wait_ns),
+        waits=tuple(v.waits),
+        reclaim_passes=v.reclaim_passes,
+        reclaim_zero=v.reclaim_zero,
+        reclaimed_pages=v.reclaimed_pages,
+    )
 
 
 def decode_inflight(key: WaitKey, value: WaitValue) -> InflightWait:

@@ -26,7 +26,7 @@ from allocwatch.core.snapshot import Histogram, Snapshot
 
 # Kernel-side limit counters, by the `map` label of allocwatch_map_full_total.
 _MAP_FULL = {"waits_full": "waits", "dwaits_full": "dwaits"}
-STALL_KINDS = ("stall",)  # grows with the stall classes (throttled, livelock, stuck victim)
+STALL_KINDS = ("stall", "throttled", "livelock", "stuck_victim")
 
 
 def _buckets(h: Histogram) -> list[tuple[str, float]]:

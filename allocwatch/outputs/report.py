@@ -41,7 +41,41 @@ def stack_text(frames: Sequence[str]) -> str:
     return " <- ".join([*inner, f"... {left_out} more ...", *outer])
 
 
+def _evidence(t: Mapping[str, Any]) -> str:
+    """What makes a throttled, livelock or stuck-victim task one."""
+    w = t.get("window") or {}
+    if t["kind"] == "throttled":
+        return f"share={w.get('share', 0) * 100:.0f}% of the window waited"
+    if t["kind"] == "livelock":
+        return (f"reclaim={w.get('reclaim_passes_per_s', 0):.0f} passes/s "
+                f"reclaimed={w.get('reclaimed_pages', 0)} pages in the window")
+    return "not exited since chosen by the OOM killer"
+
+
+def _finding_lines(t: Mapping[str, Any]) -> list[str]:
+    parts = [
+        f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} kind={t['kind']} site={t['site']}",
+        f"for={t['duration_s']:.1f}s {_evidence(t)}",
+        f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
+    ]
+    if t["new"]:
+        parts.append("(new)")
+    lines = [" ".join(parts)]
+    sites = (t.get("window") or {}).get("sites") or {}
+    if sites:
+        ranked = sorted(sites.items(), key=lambda kv: -kv[1]["total_s"])
+        shown = ", ".join(f"{s} {v['count']} wait(s) {v['total_s']:.1f}s" for s, v in ranked)
+        lines.append(f"    in the window: {shown}")
+    if t.get("memcg"):
+        lines.append(_memcg_line(t["memcg"]))
+    if t["stack"]:
+        lines.append("    stack: " + stack_text(t["stack"]))
+    return lines
+
+
 def _task_lines(t: Mapping[str, Any]) -> list[str]:
+    if t.get("kind", "stall") != "stall":
+        return _finding_lines(t)
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} site={t['site']}",
         f"waited{'=' if t['start_known'] else '>='}{t['duration_s']:.1f}s",
@@ -74,7 +108,7 @@ def group_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, An
     """Tasks that share a site, cgroup and comm: one story, longest first."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
     for t in tasks:  # already longest first
-        groups.setdefault((t["site"], t["cgroup"], t["comm"]), []).append(t)
+        groups.setdefault((t.get("kind", "stall"), t["site"], t["cgroup"], t["comm"]), []).append(t)
     return list(groups.values())
 
 
@@ -178,7 +212,11 @@ def _stall_text(head: str, d: Mapping[str, Any]) -> str:
     if d.get("context"):
         lines += _context_lines(d["context"])
     for g in group_tasks(tasks):
-        lines += _task_lines(g[0]) if len(g) == 1 else _group_lines(g)
+        if len(g) > 1 and g[0].get("kind", "stall") == "stall":
+            lines += _group_lines(g)
+        else:
+            for t in g:
+                lines += _task_lines(t)
     for m in d.get("more", ()):
         lines.append(
             f"  and {m['tasks']} more task(s) site={m['site']} "
@@ -197,6 +235,8 @@ def _text(d: Mapping[str, Any]) -> str:
         if not d["start_known"]:
             how += " or more (asleep before allocwatch started)"
         verb = "recovered" if d["ended"] in ("woke", "unseen") else f"wait ended ({d['ended']})"
+        if d.get("kind", "stall") != "stall":
+            verb = f"{d['kind']} over" if d["kind"] != "stuck_victim" else "stuck victim gone"
         return (
             f"{head} {verb} #{d['seq']}: comm={text_value(d['comm'])} pid={d['pid']} tid={d['tid']} "
             f"site={d['site']} waited {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)\n"

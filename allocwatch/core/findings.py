@@ -1,0 +1,275 @@
+"""Stalls no single wait shows (pure): the throttled task, the reclaim
+livelock and the OOM victim that cannot exit.
+
+Each scan passes the time, every task's cumulative accounting (completed
+waits per site and reclaim passes, from the kernel), the waits in flight and
+the OOM victims still alive. `Findings.scan()` keeps, per task, the samples of
+the last window and decides:
+
+- throttled: the task spent at least `share` of the last `window_s` in memory
+  waits, none of which alone is reported as a stall;
+- livelock: the task kept entering reclaim (at least `livelock_passes_per_s`
+  passes a second over the window) and (nearly) every pass freed nothing,
+  continuously for at least the threshold, although it may never block;
+- stuck_victim: an OOM victim still alive a threshold after it was chosen.
+
+Each is an episode: reported when it starts (level 1), again at every further
+threshold while it lasts (as stalls escalate), and once more when it ends.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from allocwatch.core.model import Acct
+from allocwatch.core.sites import NR_SITES, Site
+from allocwatch.core.tracker import NS_PER_S, Wait
+
+THROTTLED = "throttled"
+LIVELOCK = "livelock"
+STUCK_VICTIM = "stuck_victim"
+
+
+@dataclass(frozen=True)
+class WindowRules:
+    window_ns: int = 10 * NS_PER_S
+    share: float = 0.5  # of the window spent waiting
+    threshold_ns: int = 10 * NS_PER_S  # escalation step, and how long a livelock or a stuck victim must last
+    livelock_passes_per_s: float = 100.0
+    livelock_fruitless_share: float = 0.95  # of the passes, those that freed nothing
+
+
+@dataclass(frozen=True)
+class SiteWindow:
+    count: int  # waits completed in the window
+    total_s: float  # completed plus in flight
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    tid: int
+    pid: int
+    comm: str
+    site: Site  # where most of the time went (reclaim for a livelock, oom for a victim)
+    since_ns: int  # when the episode began
+    duration_s: float  # how long it has lasted
+    level: int
+    share: float = 0.0  # of the window spent in memory waits
+    per_site: Mapping[str, SiteWindow] = field(default_factory=dict)
+    passes_per_s: float = 0.0  # reclaim passes a second over the window
+    reclaimed_pages: int = 0  # in the window
+    victim_state: str | None = None
+
+    @property
+    def first(self) -> bool:
+        return self.level == 1
+
+
+@dataclass(frozen=True)
+class EpisodeEnd:
+    kind: str
+    tid: int
+    pid: int
+    comm: str
+    site: Site
+    duration_s: float
+    reports: int
+
+
+@dataclass(frozen=True)
+class VictimSeen:
+    pid: int
+    comm: str | None
+    chosen_ns: int
+    state: str | None
+
+
+@dataclass
+class _Episode:
+    since_ns: int
+    level: int = 0
+    reports: int = 0
+    last: Finding | None = None
+
+
+@dataclass(frozen=True)
+class _Sample:
+    t_ns: int
+    acct: Acct
+
+
+def _site_ns_delta(new: Acct, old: Acct | None) -> list[int]:
+    if old is None:
+        return list(new.wait_ns)
+    return [max(0, a - b) for a, b in zip(new.wait_ns, old.wait_ns, strict=False)]
+
+
+class Findings:
+    def __init__(self, rules: WindowRules | None = None) -> None:
+        self.rules = rules or WindowRules()
+        self._samples: dict[int, deque[_Sample]] = {}
+        self._episodes: dict[tuple[str, int], _Episode] = {}
+        self._no_progress_since: dict[int, int] = {}
+
+    # -- the window ----------------------------------------------------------------
+
+    def _remember(self, now_ns: int, accts: Mapping[int, Acct]) -> None:
+        horizon = now_ns - self.rules.window_ns
+        for tid, a in accts.items():
+            q = self._samples.setdefault(tid, deque())
+            q.append(_Sample(now_ns, a))
+            while len(q) > 2 and q[1].t_ns <= horizon:  # keep one sample at or before the window's start
+                q.popleft()
+        for tid in [t for t in self._samples if t not in accts]:
+            del self._samples[tid]
+
+    def _baseline(self, tid: int) -> tuple[Acct | None, int]:
+        """The sample the window's deltas start from, and its time (0: the task's first)."""
+        q = self._samples[tid]
+        if len(q) < 2:
+            return None, 0
+        return q[0].acct, q[0].t_ns
+
+    def _window(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> tuple[float, dict[str, SiteWindow]]:
+        latest = self._samples[tid][-1].acct
+        base, _ = self._baseline(tid)
+        done = _site_ns_delta(latest, base)
+        counts = [a - (base.waits[i] if base else 0) for i, a in enumerate(latest.waits)]
+        per_site: dict[str, list[float]] = {}
+        for i in range(min(NR_SITES, len(done))):
+            if done[i] or counts[i]:
+                per_site[Site(i).label] = [counts[i], done[i] / NS_PER_S]
+        flying_ns = 0
+        for w in inflight:
+            overlap = min(max(0, now_ns - w.start_ns), self.rules.window_ns)
+            flying_ns += overlap
+            row = per_site.setdefault(w.site.label, [0, 0.0])
+            row[1] += overlap / NS_PER_S
+        share = min(1.0, (sum(done) + flying_ns) / self.rules.window_ns)
+        return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}
+
+    # -- episodes ------------------------------------------------------------------
+
+    def _episode(
+        self, key: tuple[str, int], active: bool, now_ns: int, make: Callable[[int, int], Finding] | None
+    ) -> tuple[Finding | None, EpisodeEnd | None]:
+        ep = self._episodes.get(key)
+        if not active:
+            if ep is None or ep.last is None:
+                self._episodes.pop(key, None)
+                return None, None
+            del self._episodes[key]
+            f = ep.last
+            return None, EpisodeEnd(f.kind, f.tid, f.pid, f.comm, f.site, (now_ns - ep.since_ns) / NS_PER_S, ep.reports)
+        if ep is None:
+            ep = self._episodes[key] = _Episode(now_ns)
+        level = 1 + (now_ns - ep.since_ns) // self.rules.threshold_ns
+        assert make is not None
+        finding = make(ep.since_ns, level)
+        ep.last = finding
+        if level > ep.level:
+            ep.level = level
+            ep.reports += 1
+            return finding, None
+        return None, None
+
+    def scan(
+        self,
+        now_ns: int,
+        accts: Mapping[int, Acct],
+        inflight: Iterable[Wait],
+        stalled_tids: set[int],
+        victims: Sequence[VictimSeen] = (),
+    ) -> tuple[list[Finding], list[EpisodeEnd], dict[int, float]]:
+        """Findings due now, episodes that ended, and every task's share of the window."""
+        self._remember(now_ns, accts)
+        flying: dict[int, list[Wait]] = {}
+        for w in inflight:
+            flying.setdefault(w.tid, []).append(w)
+        due: list[Finding] = []
+        ended: list[EpisodeEnd] = []
+        shares: dict[int, float] = {}
+        r = self.rules
+        for tid in list(self._samples):
+            a = self._samples[tid][-1].acct
+            share, per_site = self._window(tid, now_ns, flying.get(tid, []))
+            shares[tid] = share
+            top = max(per_site.items(), key=lambda kv: kv[1].total_s)[0] if per_site else Site.MEMCG_RECLAIM.label
+            throttled = share >= r.share and tid not in stalled_tids
+
+            def throttled_finding(since: int, level: int, a=a, share=share, per_site=per_site, top=top) -> Finding:
+                return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), since,
+                               (now_ns - since) / NS_PER_S, level, share, per_site)
+
+            for res in self._episode((THROTTLED, tid), throttled, now_ns, throttled_finding):
+                if isinstance(res, Finding):
+                    due.append(res)
+                elif isinstance(res, EpisodeEnd):
+                    ended.append(res)
+            live = self._livelock(tid, now_ns)
+            active = live is not None and now_ns - live[2] >= r.threshold_ns
+
+            def livelock_finding(_since: int, level: int, a=a, share=share, per_site=per_site, live=live) -> Finding:
+                assert live is not None  # made only while active
+                rate, reclaimed, since = live
+                return Finding(LIVELOCK, a.tid, a.pid, a.comm, Site.MEMCG_RECLAIM, since,
+                               (now_ns - since) / NS_PER_S, level, share, per_site, rate, reclaimed)
+
+            for res in self._episode((LIVELOCK, tid), active, now_ns, livelock_finding):
+                if isinstance(res, Finding):
+                    due.append(res)
+                elif isinstance(res, EpisodeEnd):
+                    ended.append(res)
+        for key in [k for k in self._episodes if k[0] in (THROTTLED, LIVELOCK) and k[1] not in self._samples]:
+            _, end = self._episode(key, False, now_ns, None)  # the task is gone
+            if end is not None:
+                ended.append(end)
+        due_v, ended_v = self._victims(now_ns, victims)
+        return due + due_v, ended + ended_v, shares
+
+    def _livelock(self, tid: int, now_ns: int) -> tuple[float, int, int] | None:
+        """(passes a second, pages reclaimed, no progress since) while the task
+        reclaims fast and frees nothing; None otherwise."""
+        latest = self._samples[tid][-1].acct
+        base, base_ns = self._baseline(tid)
+        if base is None:
+            self._no_progress_since.pop(tid, None)
+            return None
+        span_s = max((now_ns - base_ns) / NS_PER_S, 1e-9)
+        passes = latest.reclaim_passes - base.reclaim_passes
+        fruitless = latest.reclaim_zero - base.reclaim_zero
+        reclaimed = latest.reclaimed_pages - base.reclaimed_pages
+        rate = passes / span_s
+        # No progress: (nearly) every pass freed nothing. A few pages now and then
+        # (the task's own text, refaulted and dropped again) are no way out.
+        if rate < self.rules.livelock_passes_per_s or fruitless < passes * self.rules.livelock_fruitless_share:
+            self._no_progress_since.pop(tid, None)
+            return None
+        since = self._no_progress_since.setdefault(tid, base_ns)
+        return rate, reclaimed, since
+
+    def _victims(self, now_ns: int, victims: Sequence[VictimSeen]) -> tuple[list[Finding], list[EpisodeEnd]]:
+        due, ended = [], []
+        alive = {v.pid: v for v in victims}
+        for v in victims:
+            stuck = now_ns - v.chosen_ns >= self.rules.threshold_ns
+
+            def victim_finding(_since: int, level: int, v=v) -> Finding:
+                return Finding(STUCK_VICTIM, v.pid, v.pid, v.comm or "", Site.OOM, v.chosen_ns,
+                               (now_ns - v.chosen_ns) / NS_PER_S, level, victim_state=v.state)
+
+            if not stuck:
+                continue
+            if (STUCK_VICTIM, v.pid) not in self._episodes:  # level 1 at one threshold after it was chosen
+                self._episodes[(STUCK_VICTIM, v.pid)] = _Episode(v.chosen_ns + self.rules.threshold_ns)
+            f, _ = self._episode((STUCK_VICTIM, v.pid), True, now_ns, victim_finding)
+            if f is not None:
+                due.append(f)
+        for key in [k for k in self._episodes if k[0] == STUCK_VICTIM and k[1] not in alive]:
+            _, end = self._episode(key, False, now_ns, None)
+            if end is not None:
+                ended.append(end)
+        return due, ended

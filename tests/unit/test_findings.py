@@ -1,0 +1,112 @@
+"""The window arithmetic, the no-progress rule and the victim timer, with a fake clock."""
+
+from __future__ import annotations
+
+from allocwatch.core.findings import LIVELOCK, STUCK_VICTIM, THROTTLED, Findings, VictimSeen, WindowRules
+from allocwatch.core.model import Acct
+from allocwatch.core.sites import NR_SITES, Site
+from allocwatch.core.tracker import Wait
+
+S = 1_000_000_000
+
+
+def acct(tid=7, waits=None, passes=0, zero=0, reclaimed=0):
+    wait_ns = [0] * NR_SITES
+    counts = [0] * NR_SITES
+    for site, (n, ns) in (waits or {}).items():
+        counts[site] = n
+        wait_ns[site] = ns
+    return Acct(tid, tid, "dd", tuple(wait_ns), tuple(counts), passes, zero, reclaimed)
+
+
+def run(f, seconds, make, step=1.0, inflight=lambda t: (), stalled=frozenset(), victims=lambda t: ()):
+    out = []
+    t = 0.0
+    while t <= seconds:
+        due, ended, shares = f.scan(int(t * S), make(t), inflight(t), set(stalled), victims(t))
+        out.append((t, due, ended, shares))
+        t += step
+    return out
+
+
+def test_a_crawl_of_short_waits_is_throttled_within_the_window():
+    # dirty throttling: 0.2 s sleeps, 95 % of the time, from t=0
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5, threshold_ns=10 * S))
+
+    def make(t):
+        n = int(t / 0.2 * 0.95)
+        return {7: acct(waits={Site.DIRTY_THROTTLE: (n, int(n * 0.2 * S))})}
+
+    res = run(f, 30, make)
+    first = next((t, d) for t, d, _, _ in res if any(x.kind == THROTTLED for x in d))
+    assert first[0] <= 6  # half the window waited: reported after about 5 s
+    (x,) = first[1]
+    assert x.site is Site.DIRTY_THROTTLE and x.per_site["dirty_throttle"].count > 0 and x.level == 1
+    levels = [x.level for _, d, _, _ in res for x in d]
+    assert levels == [1, 2, 3]  # escalates every threshold while it lasts
+    assert res[-1][3][7] >= 0.9
+
+
+def test_eight_second_waits_in_flight_count_toward_the_share():
+    f = Findings(WindowRules())
+    waits = lambda t: [Wait(7, 7, "dd", Site.MEMCG_RECLAIM, int((t // 8) * 8 * S))]  # noqa: E731
+
+    def make(t):
+        n = int(t // 8)
+        return {7: acct(waits={Site.MEMCG_RECLAIM: (n, n * 8 * S)})}
+
+    res = run(f, 24, make, inflight=waits)
+    assert any(x.kind == THROTTLED for _, d, _, _ in res for x in d)
+
+
+def test_a_task_already_reported_as_a_stall_is_not_throttled_too():
+    f = Findings(WindowRules())
+    res = run(f, 20, lambda t: {7: acct(waits={Site.MEMCG_OOM_WAIT: (0, 0)})},
+              inflight=lambda t: [Wait(7, 7, "a", Site.MEMCG_OOM_WAIT, 0)], stalled={7})
+    assert not any(d for _, d, _, _ in res)
+
+
+def test_throttled_ends_when_the_share_falls():
+    f = Findings(WindowRules())
+
+    def make(t):
+        busy = min(t, 12.0) * 0.9  # waits stop at t=12
+        return {7: acct(waits={Site.DIRTY_THROTTLE: (int(busy * 5), int(busy * S))})}
+
+    res = run(f, 30, make)
+    ends = [e for _, _, ended, _ in res for e in ended]
+    assert [e.kind for e in ends] == [THROTTLED] and ends[0].reports >= 1
+
+
+def test_reclaim_that_frees_nothing_fast_is_a_livelock_after_the_threshold():
+    f = Findings(WindowRules(threshold_ns=5 * S))
+    res = run(f, 20, lambda t: {7: acct(passes=int(t * 30000), zero=int(t * 30000))})
+    first = next(t for t, d, _, _ in res if any(x.kind == LIVELOCK for x in d))
+    assert 5 <= first <= 7
+    x = next(x for _, d, _, _ in res for x in d if x.kind == LIVELOCK)
+    assert 29000 <= x.passes_per_s <= 31000 and x.reclaimed_pages == 0 and x.duration_s >= 5
+
+
+def test_reclaim_that_makes_progress_is_no_livelock():
+    f = Findings(WindowRules(threshold_ns=5 * S))
+    res = run(f, 20, lambda t: {7: acct(passes=int(t * 30000), zero=int(t * 15000), reclaimed=int(t * 15000))})
+    assert not any(x.kind == LIVELOCK for _, d, _, _ in res for x in d)
+    # a few pages now and then (its own text, refaulted) is still no way out
+    res = run(f, 20, lambda t: {7: acct(passes=int(t * 30000), zero=int(t * 29900), reclaimed=int(t * 100))})
+    assert any(x.kind == LIVELOCK for _, d, _, _ in res for x in d)
+
+
+def test_slow_reclaim_is_no_livelock():
+    f = Findings(WindowRules(threshold_ns=5 * S))
+    res = run(f, 20, lambda t: {7: acct(passes=int(t * 10))})
+    assert not any(x.kind == LIVELOCK for _, d, _, _ in res for x in d)
+
+
+def test_victim_timer_reports_then_says_when_it_exits():
+    f = Findings(WindowRules(threshold_ns=10 * S))
+    victims = lambda t: [VictimSeen(42, "victim", 0, "D")] if t < 25 else []  # noqa: E731
+    res = run(f, 30, lambda t: {}, victims=victims)
+    due = [(t, x.level) for t, d, _, _ in res for x in d if x.kind == STUCK_VICTIM]
+    assert due == [(10.0, 1), (20.0, 2)]
+    ends = [(t, e) for t, _, ended, _ in res for e in ended]
+    assert ends[0][0] == 25.0 and ends[0][1].kind == STUCK_VICTIM and ends[0][1].reports == 2
