@@ -230,16 +230,17 @@ def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_facto
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         try:
-            def dd_reported(records) -> bool:
+            def dd_reported(records) -> bool:  # as a stall (it may be reported as throttled first)
                 return any(
-                    r["type"] == "stall_report" and any(t["pid"] == dd.pid for t in r["tasks"]) for r in records
+                    r["type"] == "stall_report" and any(t["pid"] == dd.pid and t["kind"] == "stall" for t in r["tasks"])
+                    for r in records
                 )
 
             assert d.wait_for(dd_reported, 90), f"dd was never reported: {d.raw_lines[-3:]}"
             assert dd.poll() is None, "reported only after dd had finished"
         finally:
             _stop_writer(disk, dd)
-    tasks = [t for r in d.of_type("stall_report") for t in r["tasks"] if t["pid"] == dd.pid]
+    tasks = [t for r in d.of_type("stall_report") for t in r["tasks"] if t["pid"] == dd.pid and t["kind"] == "stall"]
     sites = {t["site"] for t in tasks} | {o["site"] for t in tasks for o in t["other_waits"]}
     assert "memcg_reclaim" in sites, tasks
     assert "writeback_wait" in sites, tasks
