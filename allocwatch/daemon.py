@@ -168,6 +168,12 @@ class Daemon:
             exiting=flags.exiting,
         )
 
+    def _live_cgroup(self, pid: int, tid: int) -> str | None:
+        """A task's memory cgroup, or None once it has exited (a zombie shows the root)."""
+        if procfs.task_state(self.proc, pid, tid) in (None, "Z", "X"):
+            return None
+        return procfs.memory_cgroup(self.proc, pid, tid)
+
     def _memcg(self, cgroup: str | None) -> MemcgInfo | None:
         """Read once per cgroup per block: 200 tasks of one group cost one read."""
         if cgroup is None:
@@ -346,9 +352,8 @@ class Daemon:
             self.oom_kills += 1
             self._victims[k.victim_pid] = (k.victim_comm, now_ns)
             records.append(OomKillReport(
-                self._next_seq(), wall, k,
-                procfs.memory_cgroup(self.proc, k.victim_pid, k.victim_pid),
-                procfs.memory_cgroup(self.proc, k.invoker_pid, k.invoker_tid),
+                self._next_seq(), wall, k, self._live_cgroup(k.victim_pid, k.victim_pid),
+                self._live_cgroup(k.invoker_pid, k.invoker_tid),
             ))
         inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()

@@ -163,7 +163,7 @@ class Findings:
                 return None, None
             del self._episodes[key]
             f = ep.last
-            return None, EpisodeEnd(f.kind, f.tid, f.pid, f.comm, f.site, (now_ns - ep.since_ns) / NS_PER_S, ep.reports)
+            return None, EpisodeEnd(f.kind, f.tid, f.pid, f.comm, f.site, (now_ns - f.since_ns) / NS_PER_S, ep.reports)
         if ep is None:
             ep = self._episodes[key] = _Episode(now_ns)
         level = 1 + (now_ns - ep.since_ns) // self.rules.threshold_ns
@@ -201,8 +201,10 @@ class Findings:
             throttled = share >= r.share and tid not in stalled_tids
 
             def throttled_finding(since: int, level: int, a=a, share=share, per_site=per_site, top=top) -> Finding:
-                return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), since,
-                               (now_ns - since) / NS_PER_S, level, share, per_site)
+                # it has been throttled at least as long as it waited in the window
+                began = min(since, now_ns - int(share * r.window_ns))
+                return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
+                               (now_ns - began) / NS_PER_S, level, share, per_site)
 
             for res in self._episode((THROTTLED, tid), throttled, now_ns, throttled_finding):
                 if isinstance(res, Finding):

@@ -235,11 +235,13 @@ def _text(d: Mapping[str, Any]) -> str:
         if not d["start_known"]:
             how += " or more (asleep before allocwatch started)"
         verb = "recovered" if d["ended"] in ("woke", "unseen") else f"wait ended ({d['ended']})"
+        waited = "waited"
         if d.get("kind", "stall") != "stall":
             verb = f"{d['kind']} over" if d["kind"] != "stuck_victim" else "stuck victim gone"
+            waited = "lasted"
         return (
             f"{head} {verb} #{d['seq']}: comm={text_value(d['comm'])} pid={d['pid']} tid={d['tid']} "
-            f"site={d['site']} waited {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)\n"
+            f"site={d['site']} {waited} {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)\n"
         )
     if kind == "oom_kill":
         victim = text_value(d["victim_comm"]) if d["victim_comm"] else "?"
