@@ -79,6 +79,7 @@ def _load_source(cfg: config.Config, plans, features):
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,
         dstate_end_ns=cfg.classify_after_ns,
+        begin_stacks=cfg.begin_stacks,
         max_waits=cfg.max_inflight,
         max_dwaits=cfg.max_inflight,
     )

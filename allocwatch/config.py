@@ -69,6 +69,7 @@ class Config:
     disable_sites: tuple[str, ...] = ()
     hot_paths: bool = False
     bpf_stats: bool = False  # count BPF programs' run time while the daemon runs
+    begin_stacks: bool = True  # BPF takes a task's stack as it enters reclaim, at most once a second
     classify_after_s: float = 1.0
     max_inflight: int = 32768
     tracefs: str = "/sys/kernel/tracing"
@@ -303,6 +304,7 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "livelock_passes_per_s": _plain_range(1.0, 1e7, "passes a second"),
     "hot_paths": _bool,
     "bpf_stats": _bool,
+    "begin_stacks": _bool,
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),
     "max_inflight": _count,
     "tracefs": _path,

@@ -166,7 +166,12 @@ class Daemon:
             task=hostfs.task_info(self.proc, w.pid, w.tid),
             dying=flags.dying,
             exiting=flags.exiting,
+            recent_stack=None if stack else self._recent_stack(w.tid),
         )
+
+    def _recent_stack(self, tid: int) -> list[str] | None:
+        read = getattr(self.source, "recent_stack", None)  # only the real source has it
+        return read(tid) if read is not None else None
 
     def _live_cgroup(self, pid: int, tid: int) -> str | None:
         """A task's memory cgroup, or None once it has exited (a zombie shows the root)."""
@@ -280,7 +285,7 @@ class Daemon:
         return TaskDetail(
             cgroup=cgroup, state=procfs.task_state(self.proc, f.pid, f.tid), stack=stack,
             memcg=self._memcg(cgroup), task=hostfs.task_info(self.proc, f.pid, f.tid),
-            dying=flags.dying, exiting=flags.exiting,
+            dying=flags.dying, exiting=flags.exiting, recent_stack=None if stack else self._recent_stack(f.tid),
         )
 
     def _stall_block(

@@ -175,6 +175,36 @@ static __always_inline int wait_begin_tid(u32 tid, u32 pid, u32 site, u64 gfp, s
     return 0;
 }
 
+#ifdef AW_BEGIN_STACKS
+/* The kernel stack of a task entering reclaim, at most once per STACK_EVERY_NS
+ * per task: a task looping RUNNING in reclaim has no stack in /proc, and
+ * bpf_get_stackid costs microseconds, far too much at 30,000 passes a second. */
+#ifndef STACK_EVERY_NS
+#define STACK_EVERY_NS 1000000000ULL
+#endif
+struct aw_stack_seen {
+    __u64 time_ns;
+    __s64 stack_id;
+};
+BPF_STACK_TRACE(stacks, 1024);
+BPF_TABLE("lru_hash", u32, struct aw_stack_seen, task_stacks, 16384);
+
+static __always_inline void begin_stack(void *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 now_ns = bpf_ktime_get_ns();
+    struct aw_stack_seen *seen = task_stacks.lookup(&tid);
+    if (seen && now_ns - seen->time_ns < STACK_EVERY_NS)
+        return;
+    struct aw_stack_seen fresh = {.time_ns = now_ns};
+    fresh.stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
+    task_stacks.update(&tid, &fresh);
+}
+#define BEGIN_STACK(ctx) begin_stack(ctx)
+#else
+#define BEGIN_STACK(ctx)
+#endif
+
 static __always_inline int wait_begin(u32 site, u64 gfp, s32 order)
 {
     u64 id = bpf_get_current_pid_tgid();
@@ -356,6 +386,7 @@ int aw_signal_generate(struct tracepoint__signal__signal_generate *args)
 #ifdef AW_TP_DIRECT_RECLAIM
 int aw_direct_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_begin *args)
 {
+    BEGIN_STACK(args);
     return wait_begin(AW_SITE_DIRECT_RECLAIM, args->gfp_flags, args->order);
 }
 int aw_direct_reclaim_end(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_end *args)
@@ -367,6 +398,7 @@ int aw_direct_reclaim_end(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_en
 #ifdef AW_TP_MEMCG_RECLAIM
 int aw_memcg_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_begin *args)
 {
+    BEGIN_STACK(args);
     return wait_begin(AW_SITE_MEMCG_RECLAIM, args->gfp_flags, args->order);
 }
 int aw_memcg_reclaim_end(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_end *args)

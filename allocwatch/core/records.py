@@ -34,6 +34,7 @@ class TaskDetail:
     task: TaskInfo | None = None
     dying: bool = False  # SIGKILL pending
     exiting: bool = False
+    recent_stack: Sequence[str] | None = None  # from BPF, when it last entered reclaim
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,7 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "state": detail.state,
         "stack": [escape(f) for f in detail.stack] if detail.stack else [],
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
+        "recent_stack": [escape(f) for f in detail.recent_stack] if detail.recent_stack else [],
         "uid": detail.task.uid if detail.task else None,
         "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
         "dying": detail.dying,
@@ -217,6 +219,7 @@ def _finding_dict(f: Finding, detail: TaskDetail) -> dict[str, Any]:
         "state": detail.state,
         "stack": [escape(x) for x in detail.stack] if detail.stack else [],
         "other_waits": [],
+        "recent_stack": [escape(x) for x in detail.recent_stack] if detail.recent_stack else [],
         "uid": detail.task.uid if detail.task else None,
         "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
         "dying": detail.dying,

@@ -42,6 +42,7 @@ BPF_SOURCE = "allocwatch.bpf.c"
 class LoadOptions:
     long_wait_ns: int
     dstate_end_ns: int | None = None  # default: long_wait_ns
+    begin_stacks: bool = True  # a task's stack when it enters reclaim, at most once a second
     max_waits: int = 32768
     max_dwaits: int = 32768
     ringbuf_pages: int = 256
@@ -103,6 +104,8 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
         defines.add(SIGNAL_GENERATE_DEFINE)
     if kprobes:
         defines.add("AW_KPROBES")
+    if opts.begin_stacks:
+        defines.add("AW_BEGIN_STACKS")
     flags += [f"-D{d}" for d in sorted(defines)]
     return flags
 
@@ -240,6 +243,21 @@ class BpfSource:
     def task_accounts(self) -> dict[int, wire.Acct]:
         """Per task: cumulative completed waits per site and reclaim passes."""
         return {_int(k): wire.decode_acct(_int(k), v) for k, v in self._items("task_acct")}
+
+    def recent_stack(self, tid: int) -> list[str] | None:
+        """The task's kernel stack when it last entered reclaim (at most a second
+        stale when it keeps entering), symbolized; None when none was taken."""
+        if self._bpf is None or not self.opts.begin_stacks:
+            return None
+        try:
+            table = self._bpf[b"task_stacks"]
+            seen = table[table.Key(tid)]
+            if seen.stack_id < 0:
+                return None
+            addrs = list(self._bpf[b"stacks"].walk(seen.stack_id))
+        except (KeyError, Exception):  # bcc raises KeyError or bare Exception for a missing entry
+            return None
+        return [self._bpf.ksym(a).decode(errors="replace") for a in addrs]
 
     def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None:
         """Track a task that was already asleep in D before the programs were

@@ -68,9 +68,17 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
         lines.append(f"    in the window: {shown}")
     if t.get("memcg"):
         lines.append(_memcg_line(t["memcg"]))
-    if t["stack"]:
-        lines.append("    stack: " + stack_text(t["stack"]))
+    lines += _stack_lines(t)
     return lines
+
+
+def _stack_lines(t: Mapping[str, Any]) -> list[str]:
+    """The stack from /proc; when it has none (a running task), the one BPF took as it entered reclaim."""
+    if t["stack"]:
+        return ["    stack: " + stack_text(t["stack"])]
+    if t.get("recent_stack"):
+        return ["    stack entering reclaim: " + stack_text(t["recent_stack"])]
+    return []
 
 
 def _task_lines(t: Mapping[str, Any]) -> list[str]:
@@ -96,8 +104,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         lines.append(f"    uid={'-' if t.get('uid') is None else t['uid']} cmdline={text_value(t['cmdline'] or '-')}")
     for other in t["other_waits"]:
         lines.append(f"    also waiting: site={other['site']} for {other['duration_s']:.1f}s")
-    if t["stack"]:
-        lines.append("    stack: " + stack_text(t["stack"]))
+    lines += _stack_lines(t)
     return lines
 
 
