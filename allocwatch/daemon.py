@@ -269,7 +269,7 @@ class Daemon:
                 if named:
                     ended.append(named)
             elif (w := _pair_wait(ev)) is not None:
-                ended.append(Ended(w, ev.duration_ns, how=ev.how))
+                ended.append(Ended(w, ev.duration_ns, how=ev.how, reclaimed_pages=ev.reclaimed_pages))
         self.namer.prune()
         return waits, ended, kills
 

@@ -135,11 +135,13 @@ static __always_inline u32 end_how(u32 tid, u32 tgid, u64 start_ns, u32 otherwis
     return otherwise;
 }
 
-static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns, u32 how)
+static __always_inline void emit_end_detail(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns, u32 how,
+                                            s64 nr_reclaimed)
 {
     struct aw_event ev = {};
     ev.kind = AW_EV_WAIT_END;
     ev.how = how;
+    ev.reclaimed_pages = nr_reclaimed < 0 ? 0xffffffff : (nr_reclaimed > 0xfffffffe ? 0xfffffffe : nr_reclaimed);
     ev.site = site;
     ev.tid = tid;
     ev.pid = w->pid;
@@ -151,6 +153,11 @@ static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 d
     __builtin_memcpy(ev.comm, w->comm, sizeof(ev.comm));
     if (events.ringbuf_output(&ev, sizeof(ev), 0))
         stat_inc(AW_STAT_EVENTS_LOST);
+}
+
+static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns, u32 how)
+{
+    emit_end_detail(tid, site, w, duration_ns, how, -1);
 }
 
 static __always_inline int wait_begin_tid(u32 tid, u32 pid, u32 site, u64 gfp, s32 order)
@@ -232,7 +239,7 @@ static __always_inline int wait_end_tid(u32 tid, u32 site, s64 nr_reclaimed)
     /* Send before delete: user space snapshots the map, then drains the
      * ring, so a wait missing from the snapshot has its end in the ring. */
     if (duration_ns >= LONG_WAIT_NS)
-        emit_end(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE));
+        emit_end_detail(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE), nr_reclaimed);
     waits.delete(&key);
     return 0;
 }

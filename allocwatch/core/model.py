@@ -54,6 +54,7 @@ class WaitEnd:
     order: int | None
     site_hint: int | None
     how: str = "woke"  # sites.END_HOW: woke, killed, exited
+    reclaimed_pages: int | None = None  # a reclaim pass: what it freed
 
 
 @dataclass(frozen=True)

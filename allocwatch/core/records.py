@@ -310,7 +310,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
         return {
             "type": "recovered", **base, "kind": e.kind, "tid": e.tid, "pid": e.pid, "comm": escape(e.comm),
             "site": e.site.label, "duration_s": round(e.duration_s, 3), "exact": True, "start_known": True,
-            "ended": "exited" if e.kind == STUCK_VICTIM else "woke", "reports": e.reports,
+            "ended": "exited" if e.kind == STUCK_VICTIM else "woke", "reports": e.reports, "reclaimed_pages": None,
         }
     if isinstance(rec, RecoveredReport):
         r = rec.recovered
@@ -328,6 +328,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "start_known": w.start_known,
             "ended": r.how or "unseen",
             "reports": r.reports,
+            "reclaimed_pages": r.reclaimed_pages,
         }
     if isinstance(rec, OomKillReport):
         k = rec.kill

@@ -51,6 +51,7 @@ class Ended:
     # count it per site, so the tracker does (dstate_completed).
     counted_in_kernel: bool = True
     how: str = "woke"  # woke, killed (SIGKILL sent while it waited), exited
+    reclaimed_pages: int | None = None  # a reclaim pass: what it freed in the end
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class Recovered:
     exact: bool  # False when the end was not seen and the last sighting is used
     reports: int  # how many times it was reported while it lasted
     how: str | None = None  # woke, killed, exited; None when the end was not seen
+    reclaimed_pages: int | None = None
 
 
 @dataclass(frozen=True)
@@ -160,7 +162,7 @@ class Tracker:
             rep = self._reported.pop(key)
             end = ended_by_key.get(key)
             if end is not None:
-                recovered.append(Recovered(rep.wait, end.duration_ns, True, rep.reports, end.how))
+                recovered.append(Recovered(rep.wait, end.duration_ns, True, rep.reports, end.how, end.reclaimed_pages))
             else:
                 recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
         stalls.sort(key=lambda s: -s.duration_ns)

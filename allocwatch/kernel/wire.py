@@ -52,7 +52,7 @@ class Event(ctypes.Structure):
         ("target_uid", ctypes.c_uint32),
         ("target_oom_score_adj", ctypes.c_int32),
         ("target_flags", ctypes.c_uint32),
-        ("_pad", ctypes.c_uint32),
+        ("reclaimed_pages", ctypes.c_uint32),
     ]
 
 
@@ -125,6 +125,7 @@ def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
             order=_opt_order(ev.order),
             site_hint=_opt_site(ev.site_hint),
             how=END_HOW.get(ev.how, "woke"),
+            reclaimed_pages=None if ev.reclaimed_pages == 0xFFFFFFFF else ev.reclaimed_pages,
         )
     if ev.kind == EV_OOM_KILL:
         victim_comm = decode_comm(bytes(ev.target_comm))

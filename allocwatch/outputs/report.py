@@ -248,7 +248,9 @@ def _text(d: Mapping[str, Any]) -> str:
             waited = "lasted"
         return (
             f"{head} {verb} #{d['seq']}: comm={text_value(d['comm'])} pid={d['pid']} tid={d['tid']} "
-            f"site={d['site']} {waited} {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)\n"
+            f"site={d['site']} {waited} {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)"
+            + (f", the pass freed {d['reclaimed_pages']} page(s)" if d.get("reclaimed_pages") is not None else "")
+            + "\n"
         )
     if kind == "oom_kill":
         victim = text_value(d["victim_comm"]) if d["victim_comm"] else "?"

@@ -250,6 +250,9 @@ def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_facto
     reclaim = [t for t in tasks if t["site"] == "memcg_reclaim"]
     assert reclaim and all(t["gfp_flags"] and "GFP_" in t["gfp_flags"] for t in reclaim), reclaim
     assert any(any("sys_write" in f or "do_syscall" in f for f in t["stack"]) for t in tasks), tasks
+    ends = [r for r in d.of_type("recovered")
+            if r["pid"] == dd.pid and r["site"] == "memcg_reclaim" and r["kind"] == "stall"]
+    assert all(isinstance(r["reclaimed_pages"], int) for r in ends), ends  # what the pass freed
     assert d.stop() == 0
 
 
