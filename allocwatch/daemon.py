@@ -119,6 +119,10 @@ class Daemon:
         self._held_back = 0  # task reports the rate limit held back since the last block
         self._held_back_total = 0
         self._filtered_out: set[WaitKey] = set()  # stalls the --cgroup filter left out
+        self._hidden_findings: set[tuple[str, int]] = set()  # findings it left out
+        self._pending_stalls: list[Stall] = []  # held back by the rate limit, for the next block
+        self._pending_findings: list[Finding] = []
+        self._slack_ns = round(cfg.scan_interval_s * NS_PER_S) // 2
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
         self._victims: dict[int, tuple[str | None, int]] = {}  # OOM victim pid -> (comm, chosen at)
         self._kswapd_pids: list[tuple[int, int]] | None = None
@@ -309,14 +313,36 @@ class Daemon:
                 kept.append(s)
             else:
                 self._filtered_out.add(s.wait.key)
-        kept_findings = [f for f in findings if self._wanted(details[f.tid])]
+        kept_findings = []
+        for f in findings:
+            if self._wanted(details[f.tid]):
+                kept_findings.append(f)
+            else:
+                self._hidden_findings.add((f.kind, f.tid))
+        # what the rate limit held back comes out with the next block (newest sighting of each)
+        pending = {s.wait.key: s for s in self._pending_stalls}
+        pending.update({s.wait.key: s for s in kept})
+        kept = sorted(pending.values(), key=lambda s: -s.duration_ns)
+        pending_f = {(f.kind, f.tid): f for f in self._pending_findings}
+        pending_f.update({(f.kind, f.tid): f for f in kept_findings})
+        kept_findings = list(pending_f.values())
+        for s in kept:
+            if s.wait.tid not in details:
+                details[s.wait.tid] = self._detail(s.wait)
+        for f in kept_findings:
+            if f.tid not in details:
+                details[f.tid] = self._finding_detail(f)
         tasks = {s.wait.tid for s in kept}
         if not kept and not kept_findings:
             return None
-        if self._last_block_ns is not None and now_ns - self._last_block_ns < self._report_interval_ns:
-            self._held_back += len(tasks) + len(kept_findings)  # said in the next block that gets out
-            self._held_back_total += len(tasks) + len(kept_findings)
+        # half a scan of slack: scans that drift by milliseconds are not held back
+        if self._last_block_ns is not None and now_ns - self._last_block_ns < self._report_interval_ns - self._slack_ns:
+            fresh = len({s.wait.tid for s in kept} - {s.wait.tid for s in self._pending_stalls})
+            self._held_back += fresh + len(kept_findings) - len(self._pending_findings)
+            self._held_back_total += fresh
+            self._pending_stalls, self._pending_findings = kept, kept_findings
             return None
+        self._pending_stalls, self._pending_findings = [], []
         self._last_block_ns = now_ns
         held, self._held_back = self._held_back, 0
         self.reported["stall"] = self.reported.get("stall", 0) + len(tasks)
@@ -380,6 +406,9 @@ class Daemon:
                 continue
             records.append(RecoveredReport(self._next_seq(), wall, r))
         for e in episodes_ended:
+            if (e.kind, e.tid) in self._hidden_findings:
+                self._hidden_findings.discard((e.kind, e.tid))
+                continue
             records.append(EpisodeEndReport(self._next_seq(), wall, e))
 
         completed = self.completed()

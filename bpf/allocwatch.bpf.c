@@ -204,7 +204,7 @@ static __always_inline void begin_stack(void *ctx)
     if (seen && now_ns - seen->time_ns < STACK_EVERY_NS)
         return;
     struct aw_stack_seen fresh = {.time_ns = now_ns};
-    fresh.stack_id = stacks.get_stackid(ctx, BPF_F_REUSE_STACKID);
+    fresh.stack_id = stacks.get_stackid(ctx, 0); /* no REUSE: a saved id never points at another stack */
     task_stacks.update(&tid, &fresh);
 }
 #define BEGIN_STACK(ctx) begin_stack(ctx)
@@ -372,6 +372,9 @@ int aw_sched_process_exit(struct tracepoint__sched__sched_process_exit *args)
     }
     hints.delete(&tid);
     task_acct.delete(&tid); /* user space sees it gone: its throttled or livelock episode ends */
+#ifdef AW_BEGIN_STACKS
+    task_stacks.delete(&tid); /* a reused tid must not show this task's stack */
+#endif
     return 0;
 }
 

@@ -120,22 +120,29 @@ class Findings:
         horizon = now_ns - self.rules.window_ns
         for tid, a in accts.items():
             q = self._samples.setdefault(tid, deque())
-            q.append(_Sample(now_ns, a))
+            if not q or q[-1].acct != a:  # a task that did not wait since costs no new sample
+                q.append(_Sample(now_ns, a))
             while len(q) > 2 and q[1].t_ns <= horizon:  # keep one sample at or before the window's start
                 q.popleft()
         for tid in [t for t in self._samples if t not in accts]:
             del self._samples[tid]
+            self._no_progress_since.pop(tid, None)
 
-    def _baseline(self, tid: int) -> tuple[Acct | None, int]:
-        """The sample the window's deltas start from, and its time (0: the task's first)."""
+    def _baseline(self, tid: int, now_ns: int) -> tuple[Acct | None, int]:
+        """The sample the window's deltas start from, and its time. None: the task
+        was first seen within the window, so its whole account is in it (the map
+        counts from the task's first wait)."""
         q = self._samples[tid]
-        if len(q) < 2:
-            return None, 0
-        return q[0].acct, q[0].t_ns
+        if len(q) >= 2 or q[0].t_ns <= now_ns - self.rules.window_ns:
+            return q[0].acct, q[0].t_ns
+        return None, 0
 
     def _window(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> tuple[float, dict[str, SiteWindow]]:
         latest = self._samples[tid][-1].acct
-        base, _ = self._baseline(tid)
+        base, base_ns = self._baseline(tid, now_ns)
+        # completed waits are counted from the baseline, which may be a scan older
+        # than the window: divide by the span they were counted over
+        span_ns = max(self.rules.window_ns, now_ns - base_ns) if base is not None else self.rules.window_ns
         done = _site_ns_delta(latest, base)
         counts = [a - (base.waits[i] if base else 0) for i, a in enumerate(latest.waits)]
         per_site: dict[str, list[float]] = {}
@@ -148,7 +155,7 @@ class Findings:
             flying_ns += overlap
             row = per_site.setdefault(w.site.label, [0, 0.0])
             row[1] += overlap / NS_PER_S
-        share = min(1.0, (sum(done) + flying_ns) / self.rules.window_ns)
+        share = min(1.0, (sum(done) + flying_ns) / span_ns)
         return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}
 
     # -- episodes ------------------------------------------------------------------
@@ -236,8 +243,8 @@ class Findings:
         """(passes a second, pages reclaimed, no progress since) while the task
         reclaims fast and frees nothing; None otherwise."""
         latest = self._samples[tid][-1].acct
-        base, base_ns = self._baseline(tid)
-        if base is None:
+        base, base_ns = self._baseline(tid, now_ns)
+        if base is None or base_ns == self._samples[tid][-1].t_ns:
             self._no_progress_since.pop(tid, None)
             return None
         span_s = max((now_ns - base_ns) / NS_PER_S, 1e-9)
@@ -250,7 +257,7 @@ class Findings:
         if rate < self.rules.livelock_passes_per_s or fruitless < passes * self.rules.livelock_fruitless_share:
             self._no_progress_since.pop(tid, None)
             return None
-        since = self._no_progress_since.setdefault(tid, base_ns)
+        since = self._no_progress_since.setdefault(tid, now_ns)  # from when it was first seen so
         return rate, reclaimed, since
 
     def _victims(self, now_ns: int, victims: Sequence[VictimSeen]) -> tuple[list[Finding], list[EpisodeEnd]]:

@@ -36,6 +36,7 @@ from allocwatch.kernel.probes import (
 )
 
 BPF_SOURCE = "allocwatch.bpf.c"
+RECENT_STACK_MAX_AGE_NS = 5_000_000_000  # a stack taken entering reclaim, shown for this long
 
 
 @dataclass(frozen=True)
@@ -252,8 +253,8 @@ class BpfSource:
         try:
             table = self._bpf[b"task_stacks"]
             seen = table[table.Key(tid)]
-            if seen.stack_id < 0:
-                return None
+            if seen.stack_id < 0 or time.monotonic_ns() - seen.time_ns > RECENT_STACK_MAX_AGE_NS:
+                return None  # none taken, or too old to say anything about this wait
             addrs = list(self._bpf[b"stacks"].walk(seen.stack_id))
         except (KeyError, Exception):  # bcc raises KeyError or bare Exception for a missing entry
             return None

@@ -136,8 +136,16 @@ def _memcg_dir(cgroup_path: str, mountinfo: Path, version: int | None) -> tuple[
         candidates = [(root, point) for v, root, point in mounts if v == want]
         if candidates:  # memory is on v1 when v1 mounts it, even with a v2 mount beside
             dirs = [d for root, point in candidates if (d := _under(root, point, cgroup_path))]
-            return next(((want, d) for d in dirs if d.is_dir()), None)
+            return next(((want, d) for d in dirs if _is_dir(d)), None)
     return None
+
+
+def _is_dir(d: Path) -> bool:
+    """is_dir() that never raises: a 4 KiB cgroup path under a mount point is ENAMETOOLONG."""
+    try:
+        return d.is_dir()
+    except OSError:
+        return False
 
 
 def _memcg_v1(path: str, d: Path) -> MemcgInfo:

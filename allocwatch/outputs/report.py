@@ -114,8 +114,11 @@ GROUP_TIDS_SHOWN = 16
 def group_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[list[Mapping[str, Any]]]:
     """Tasks that share a site, cgroup and comm: one story, longest first."""
     groups: dict[tuple[Any, ...], list[Mapping[str, Any]]] = {}
-    for t in tasks:  # already longest first
-        groups.setdefault((t.get("kind", "stall"), t["site"], t["cgroup"], t["comm"]), []).append(t)
+    for i, t in enumerate(tasks):  # already longest first
+        # a task with something of its own to say keeps a line of its own
+        alone = t.get("dying") or not t["start_known"] or t["other_waits"]
+        key = ("alone", i) if alone else (t.get("kind", "stall"), t["site"], t["cgroup"], t["comm"], t["gfp"])
+        groups.setdefault(key, []).append(t)
     return list(groups.values())
 
 
@@ -128,7 +131,9 @@ def _group_lines(g: Sequence[Mapping[str, Any]]) -> list[str]:
     line = (
         f"  comm={text_value(first['comm'])} tasks={len(g)} site={first['site']} "
         f"waited={g[-1]['duration_s']:.1f}s..{first['duration_s']:.1f}s "
-        f"cgroup={text_value(first['cgroup']) if first['cgroup'] else '-'} tids={tids}"
+        + (f"gfp={first['gfp']}{'(' + first['gfp_flags'] + ')' if first.get('gfp_flags') else ''} "
+           if first["gfp"] else "")
+        + f"cgroup={text_value(first['cgroup']) if first['cgroup'] else '-'} tids={tids}"
         + (f" ({new} new)" if new else "")
     )
     lines = [line]

@@ -31,6 +31,10 @@ DEFAULT_MAX_BLOCKS = 8  # scans of backlog a slow reader may build up
 _POLL_MS = 200
 
 
+class _RenderFailed(AllocwatchError):
+    """A bug: exit 1, like any internal error."""
+
+
 class FdSink:
     def __init__(
         self,
@@ -97,12 +101,18 @@ class FdSink:
                 return None
             block = self._queue.popleft()
             dropped, self._dropped_unsaid = self._dropped_unsaid, 0
-        text = self._render(block)
+        try:
+            text = self._render(block)
+        except Exception as exc:  # a renderer bug must not silence the stream without a word
+            raise _RenderFailed(f"internal error: cannot render a report block: {type(exc).__name__}: {exc}") from None
         return self._drop_notice(dropped) + text if dropped else text
 
     def _run(self) -> None:
-        while (text := self._next()) is not None:
+        while True:
             try:
+                text = self._next()
+                if text is None:
+                    return
                 self._write_all(text.encode("utf-8", "backslashreplace"))
             except AllocwatchError as err:
                 with self._cond:

@@ -231,3 +231,33 @@ def test_cgroup_filter_reports_only_matching_tasks_and_their_ends(tmp_path):
     docs = [json.loads(line) for w in sink.writes for line in w.splitlines()]
     assert [t["tid"] for t in docs[0]["tasks"]] == [7]
     assert [r["tid"] for r in docs if r["type"] == "recovered"] == [7]
+
+
+def test_a_block_a_few_ms_early_is_not_held_back_and_held_back_tasks_come_out_later(tmp_path):
+    for t in (7, 8):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0)  # report interval 1 s, scan 1 s
+    src.waits = [InflightWait(7, 7, "a", SITE_DSTATE, 0, None, None, None)]
+    clock["ns"] = int(1.005 * S)
+    d.scan_once()
+    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, 0, None, None, None))
+    clock["ns"] = int(1.999 * S)  # 0.994 s later: within the slack
+    d.scan_once()
+    tids = [{t["tid"] for t in json.loads(w.splitlines()[0])["tasks"]} for w in sink.writes]
+    assert tids == [{7}, {8}]  # 8 went out, not held back by a 6 ms drift
+
+
+def test_held_back_stalls_are_in_the_next_block(tmp_path):
+    for t in (7, 8):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0, report_interval_s=10.0)
+    src.waits = [InflightWait(7, 7, "a", SITE_DSTATE, 0, None, None, None)]
+    clock["ns"] = 1 * S
+    d.scan_once()
+    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, S, None, None, None))
+    clock["ns"] = 2 * S  # 8 is due, held back
+    d.scan_once()
+    clock["ns"] = 11 * S
+    d.scan_once()
+    blocks = [json.loads(w.splitlines()[0]) for w in sink.writes]
+    assert len(blocks) == 2 and 8 in {t["tid"] for t in blocks[1]["tasks"]} and blocks[1]["held_back"] >= 1

@@ -110,3 +110,21 @@ def test_victim_timer_reports_then_says_when_it_exits():
     assert due == [(10.0, 1), (20.0, 2)]
     ends = [(t, e) for t, _, ended, _ in res for e in ended]
     assert ends[0][0] == 25.0 and ends[0][1].kind == STUCK_VICTIM and ends[0][1].reports == 2
+
+
+def test_a_task_that_does_not_wait_costs_no_new_samples():
+    f = Findings(WindowRules())
+    a = acct(waits={Site.MEMCG_RECLAIM: (1, S)})
+    for t in range(100):
+        f.scan(t * S, {7: a}, (), set())
+    assert len(f._samples[7]) == 1
+    _, _, shares = f.scan(101 * S, {7: a}, (), set())
+    assert shares[7] == 0.0  # its one old wait is out of the window
+
+
+def test_share_is_over_the_span_the_waits_were_counted_in():
+    f = Findings(WindowRules(window_ns=10 * S))
+    f.scan(0, {7: acct()}, (), set())
+    # 30 s scans: 5 s of waiting in 30 s is 17 %, not 50 %
+    _, _, shares = f.scan(30 * S, {7: acct(waits={Site.DIRTY_THROTTLE: (25, 5 * S)})}, (), set())
+    assert 0.15 < shares[7] < 0.2

@@ -256,3 +256,11 @@ def test_task_flags(pid, tid, flags):
 
 def test_alloc_info_line():
     assert alloc_info_line(3, 1, 2, 1, 35) == "MemAlloc-Info: stalling=3 dying=1 exiting=2 victim=1 oom_count=35"
+
+
+def test_a_cgroup_path_too_long_for_the_kernel_is_no_crash(tmp_path):
+    from allocwatch.kernel import hostfs
+
+    mi = tmp_path / "mountinfo"
+    mi.write_text(f"30 1 0:26 / {tmp_path} rw - cgroup cgroup rw,memory\n")
+    assert hostfs.memcg_info("/" + "x" * 4090, mi) is None

@@ -216,3 +216,10 @@ def test_block_context_and_memcg_say_why_and_what_else():
     doc = json.loads(report.render_json(rec))
     assert doc["context"]["zones"][0]["under_watermark"] == "min" and doc["context"]["victims"][0]["pid"] == 42
     assert doc["tasks"][0]["memcg"]["near_limit"] is True and doc["tasks"][0]["uid"] == 1000
+
+
+def test_a_dying_task_keeps_its_own_line_out_of_the_group():
+    stalls = [stall(t, comm="db worker 1") for t in (1, 2, 3)]
+    details = {1: TaskDetail("/a", "D", [], dying=True), 2: TaskDetail("/a", "D", []), 3: TaskDetail("/a", "D", [])}
+    text = report.render_text(block(stalls, details))
+    assert "tasks=2 site=memcg_oom_wait" in text and text.count("(SIGKILL pending)") == 1
