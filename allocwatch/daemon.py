@@ -126,6 +126,7 @@ class Daemon:
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
         self._victims: dict[int, tuple[str | None, int]] = {}  # OOM victim pid -> (comm, chosen at)
         self._kswapd_pids: list[tuple[int, int]] | None = None
+        self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
         self._last_vmstat: dict[str, int] = {}
         self._last_psi_us: dict[str, int] = {}
         self.latest: Snapshot | None = None
@@ -209,6 +210,29 @@ class Daemon:
             self._kswapd_pids = None
         return tuple(k for k in infos if k.state is not None)
 
+    def _watch_kswapd(self, now_ns: int) -> None:
+        """kswapd's state at every scan, so a block can say for how long it has been in it."""
+        if self._kswapd_pids is None:
+            self._kswapd_pids = hostfs.find_kswapd(self.proc)
+        for _node, pid in self._kswapd_pids:
+            state = procfs.task_state(self.proc, pid, pid)
+            seen = self._kswapd_since.get(pid)
+            if seen is None or seen[0] != state:
+                self._kswapd_since[pid] = (state, now_ns)
+
+    def _kswapd_for_s(self, now_ns: int) -> dict[int, float]:
+        return {pid: (now_ns - since) / NS_PER_S for pid, (_, since) in self._kswapd_since.items()}
+
+    def _oom_constraint(self, cgroup: str | None) -> str | None:
+        """memcg when the invoker's memory cgroup is at its limit (or in its OOM, v1), else
+        global: inferred, since no tracepoint says it."""
+        if cgroup is None:
+            return None
+        info = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
+        if info is None:
+            return None
+        return "memcg" if info.under_oom or (info.limit_bytes is not None and info.usage_near_limit) else "global"
+
     def _context(
         self, stalled_now: int, details: dict[int, TaskDetail], now_ns: int, stats: dict[str, int]
     ) -> BlockContext:
@@ -235,6 +259,7 @@ class Daemon:
             vmstat_delta=delta,
             psi_delta_s=psi_delta,
             kswapd=self._kswapd(),
+            kswapd_state_for_s=self._kswapd_for_s(now_ns),
         )
 
     def _limits(self, stats: dict[str, int], wall: float) -> LimitsReport | None:
@@ -371,6 +396,7 @@ class Daemon:
         t0 = time.monotonic()
         now_ns = self.clock_ns()
         waits, ended, kills = self._read(now_ns)
+        self._watch_kswapd(now_ns)
         result = self.tracker.scan(now_ns, waits, ended)
         self.scans += 1
         wall = self.wall_s()
@@ -382,9 +408,10 @@ class Daemon:
         for k in kills:
             self.oom_kills += 1
             self._victims[k.victim_pid] = (k.victim_comm, now_ns)
+            invoker_cgroup = self._live_cgroup(k.invoker_pid, k.invoker_tid)
             records.append(OomKillReport(
                 self._next_seq(), wall, k, self._live_cgroup(k.victim_pid, k.victim_pid),
-                self._live_cgroup(k.invoker_pid, k.invoker_tid),
+                invoker_cgroup, self._oom_constraint(invoker_cgroup),
             ))
         inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()

@@ -57,6 +57,7 @@ class BlockContext:
     vmstat_delta: Mapping[str, int] = field(default_factory=dict)  # since the last block
     psi_delta_s: Mapping[str, float] = field(default_factory=dict)  # "some"/"full" stall time since the last block
     kswapd: tuple[KswapdInfo, ...] = ()
+    kswapd_state_for_s: Mapping[int, float] = field(default_factory=dict)  # pid -> in its state for, at least
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class OomKillReport:
     kill: OomKill
     victim_cgroup: str | None = None  # from /proc when the report is made (the victim may be gone)
     invoker_cgroup: str | None = None
+    constraint: str | None = None  # "memcg" or "global", inferred from the invoker's memory cgroup
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,7 @@ def context_dict(c: BlockContext | None) -> dict[str, Any] | None:
         } if mem and mem.pressure else None,
         "vmstat_delta": dict(c.vmstat_delta),
         "kswapd": [{"node": k.node, "pid": k.pid, "state": k.state,
+                    "state_for_s": round(c.kswapd_state_for_s[k.pid], 1) if k.pid in c.kswapd_state_for_s else None,
                     "stack": [escape(f) for f in k.stack] if k.stack else []} for k in c.kswapd],
     }
 
@@ -342,6 +345,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "invoker_comm": escape(k.invoker_comm),
             "victim_cgroup": escape(rec.victim_cgroup) if rec.victim_cgroup is not None else None,
             "invoker_cgroup": escape(rec.invoker_cgroup) if rec.invoker_cgroup is not None else None,
+            "constraint": rec.constraint,
             "victim_anon_rss_kb": k.victim.anon_rss_kb if k.victim else None,
             "victim_file_rss_kb": k.victim.file_rss_kb if k.victim else None,
             "victim_shmem_rss_kb": k.victim.shmem_rss_kb if k.victim else None,

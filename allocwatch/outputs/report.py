@@ -190,7 +190,8 @@ def _context_lines(c: Mapping[str, Any]) -> list[str]:
     if c["zones"] and not low:
         lines.append(f"  zones: all {len(c['zones'])} above their watermarks")
     for k in c["kswapd"]:
-        lines.append(f"  kswapd{k['node']} pid={k['pid']} state={k['state']}")
+        held = f" for>={k['state_for_s']:.0f}s" if k.get("state_for_s") is not None else ""
+        lines.append(f"  kswapd{k['node']} pid={k['pid']} state={k['state']}{held}")
         if k["stack"]:
             lines.append("    stack: " + stack_text(k["stack"]))
     return lines
@@ -267,6 +268,8 @@ def _text(d: Mapping[str, Any]) -> str:
             )
         vcg = f" cgroup={text_value(d['victim_cgroup'])}" if d.get("victim_cgroup") else ""
         icg = f" cgroup={text_value(d['invoker_cgroup'])}" if d.get("invoker_cgroup") else ""
+        if d.get("constraint"):
+            icg += f" constraint={d['constraint']}(inferred)"
         return (
             f"{head} oom kill #{d['seq']}: victim pid={d['victim_pid']} comm={victim}{mem}{vcg}, "
             f"invoked by comm={text_value(d['invoker_comm'])} pid={d['invoker_pid']} tid={d['invoker_tid']}{icg}\n"

@@ -96,6 +96,7 @@ def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
         ctx = first["context"]
         assert ctx["stalling"] >= 3 and "MemAvailable" in ctx["meminfo_bytes"] and ctx["zones"], ctx
         assert ctx["kswapd"] and all(k["state"] in "RSDI" for k in ctx["kswapd"]), ctx["kswapd"]
+        assert all(k["state_for_s"] is not None and k["state_for_s"] >= 0 for k in ctx["kswapd"]), ctx["kswapd"]
         assert ctx["psi"] is not None and "some_avg10_pct" in ctx["psi"]
         assert 1.0 <= task["duration_s"] < 3.0 and task["level"] == 1 and task["new"] is True
 
@@ -183,6 +184,7 @@ def test_oom_kill_reported(daemon_factory):
     assert 32 << 10 <= kill["victim_anon_rss_kb"] <= 80 << 10, kill
     assert kill["victim_uid"] == 0 and kill["victim_oom_score_adj"] == 0
     assert kill["invoker_cgroup"] in (group.rel_path, None)
+    assert kill["constraint"] in ("memcg", None), kill  # the group at its 64 MiB limit (None: invoker gone)
     assert d.stop(sig=signal.SIGINT) == 0  # Ctrl-C detaches like SIGTERM
     assert d.of_type("summary")[-1]["stats"]["oom_kills"] >= 1
 
@@ -416,6 +418,8 @@ def test_oom_victim_that_cannot_exit_is_a_stuck_victim(daemon_factory):
         gone = lambda rs: any(r["type"] == "recovered" and r["kind"] == "stuck_victim"  # noqa: E731
                               and r["pid"] == victim.pid for r in rs)
         assert d.wait_for(gone, 10), "the victim's exit was not said"
+    kill = next(r for r in d.of_type("oom_kill") if r["victim_pid"] == victim.pid)
+    assert kill["constraint"] == "memcg" and kill["invoker_cgroup"] == group.rel_path, kill  # the group's limit
     stuck = next(t for r in d.of_type("stall_report") for t in r["tasks"]
                  if t["kind"] == "stuck_victim" and t["pid"] == victim.pid)
     assert stuck["state"] == "D" and stuck["duration_s"] >= 10 and stuck["site"] == "oom", stuck
