@@ -131,6 +131,12 @@ def _gfp_table(cfg: config.Config) -> list[tuple[int, str]]:
     return []
 
 
+def _compaction_names(cfg: config.Config) -> dict[int, str]:
+    from allocwatch.kernel import gfpnames
+
+    return gfpnames.read_symbolic(Path(cfg.tracefs), "compaction/mm_compaction_end", "status")
+
+
 def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
     """Bind the metrics address before anything is loaded: a port in use is exit 11."""
     listen = cfg.metrics_listen
@@ -197,7 +203,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         attached_plans = source.effective_plans
         daemon = Daemon(
             cfg, source, attached_plans, [sink], coverage=coverage.snapshot_coverage(source.status),
-            kernel=features.release, gfp_table=_gfp_table(cfg),
+            kernel=features.release, gfp_table=_gfp_table(cfg), compaction_names=_compaction_names(cfg),
         )
         daemon_ref.append(daemon)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -89,6 +89,7 @@ class Daemon:
         coverage: Sequence[SiteCoverage] = (),
         kernel: str = "",
         gfp_table: Sequence[tuple[int, str]] = (),
+        compaction_names: Mapping[int, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -104,6 +105,7 @@ class Daemon:
         )
         self.coverage = tuple(coverage)
         self.gfp_table = tuple(gfp_table)
+        self.compaction_names = dict(compaction_names or {})  # enum compact_result, from the print fmt
         self.info = {"version": __version__, "kernel": kernel}
         self.seq = 0
         self.scans = 0
@@ -298,7 +300,7 @@ class Daemon:
                 if named:
                     ended.append(named)
             elif (w := _pair_wait(ev)) is not None:
-                ended.append(Ended(w, ev.duration_ns, how=ev.how, reclaimed_pages=ev.reclaimed_pages))
+                ended.append(Ended(w, ev.duration_ns, how=ev.how, **self._end_detail(w.site, ev.detail)))
         self.namer.prune()
         return waits, ended, kills
 
@@ -379,6 +381,16 @@ class Daemon:
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
             context=self._context(stalled_now, shown, now_ns, stats), findings=kept_findings,
         )
+
+    def _end_detail(self, site: Site, detail: int | None) -> dict[str, Any]:
+        """What the end tracepoint said, in the record's words."""
+        if detail is None:
+            return {}
+        if site in (Site.DIRECT_RECLAIM, Site.MEMCG_RECLAIM):
+            return {"reclaimed_pages": detail}
+        if site is Site.COMPACTION:
+            return {"compaction_status": self.compaction_names.get(detail, str(detail))}
+        return {}
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
         return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "held_back": self._held_back_total}

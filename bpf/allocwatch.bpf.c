@@ -136,12 +136,12 @@ static __always_inline u32 end_how(u32 tid, u32 tgid, u64 start_ns, u32 otherwis
 }
 
 static __always_inline void emit_end_detail(u32 tid, u32 site, struct aw_wait *w, u64 duration_ns, u32 how,
-                                            s64 nr_reclaimed)
+                                            s64 detail)
 {
     struct aw_event ev = {};
     ev.kind = AW_EV_WAIT_END;
     ev.how = how;
-    ev.reclaimed_pages = nr_reclaimed < 0 ? 0xffffffff : (nr_reclaimed > 0xfffffffe ? 0xfffffffe : nr_reclaimed);
+    ev.end_detail = detail < 0 ? 0xffffffff : (detail > 0xfffffffe ? 0xfffffffe : detail);
     ev.site = site;
     ev.tid = tid;
     ev.pid = w->pid;
@@ -218,8 +218,8 @@ static __always_inline int wait_begin(u32 site, u64 gfp, s32 order)
     return wait_begin_tid((u32)id, id >> 32, site, gfp, order);
 }
 
-/* nr_reclaimed: pages a reclaim pass freed, or -1 for other sites. */
-static __always_inline int wait_end_tid(u32 tid, u32 site, s64 nr_reclaimed)
+/* detail: pages a reclaim pass freed, a compaction's status, or -1. */
+static __always_inline int wait_end_tid(u32 tid, u32 site, s64 detail)
 {
     struct aw_wait_key key = {.tid = tid, .site = site};
     struct aw_wait *w = waits.lookup(&key);
@@ -234,12 +234,12 @@ static __always_inline int wait_end_tid(u32 tid, u32 site, s64 nr_reclaimed)
     u64 duration_ns = bpf_ktime_get_ns() - w->start_ns;
     hist_add(site, duration_ns);
     acct_wait(tid, w->pid, w->comm, site, duration_ns);
-    if (nr_reclaimed >= 0)
-        acct_reclaim(tid, w->pid, w->comm, (u64)nr_reclaimed);
+    if (detail >= 0 && (site == AW_SITE_DIRECT_RECLAIM || site == AW_SITE_MEMCG_RECLAIM))
+        acct_reclaim(tid, w->pid, w->comm, (u64)detail);
     /* Send before delete: user space snapshots the map, then drains the
      * ring, so a wait missing from the snapshot has its end in the ring. */
     if (duration_ns >= LONG_WAIT_NS)
-        emit_end_detail(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE), nr_reclaimed);
+        emit_end_detail(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE), detail);
     waits.delete(&key);
     return 0;
 }
@@ -457,7 +457,7 @@ int aw_compaction_end(struct tracepoint__compaction__mm_compaction_end *args)
     /* Compaction is over: a later sleep is not a compaction wait. */
     if (h && h->site == AW_SITE_COMPACTION)
         hints.delete(&tid);
-    return wait_end(AW_SITE_COMPACTION);
+    return wait_end_tid(tid, AW_SITE_COMPACTION, args->status);
 }
 #endif
 

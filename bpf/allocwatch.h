@@ -105,7 +105,8 @@ struct aw_event {
     __u32 target_uid;
     __s32 target_oom_score_adj;
     __u32 target_flags;
-    __u32 reclaimed_pages; /* AW_EV_WAIT_END of direct/memcg reclaim: what the pass freed, or ~0 */
+    __u32 end_detail; /* AW_EV_WAIT_END: pages a direct/memcg reclaim pass freed, or a
+                       * compaction's status (enum compact_result), or ~0 */
 };
 
 #define AW_VICTIM_RSS 1

@@ -247,3 +247,16 @@ def decode(mask: int, table: Iterable[tuple[int, str]]) -> str:
 def describe(mask: int | None, table: Iterable[tuple[int, str]]) -> str | None:
     """decode, with None (no mask known) kept as None."""
     return None if mask is None else decode(mask, table)
+
+
+_SYMBOL_RE = re.compile(r'\{\s*(-?\d+)\s*,\s*"([^"]*)"\s*\}')
+
+
+def parse_symbolic(print_fmt: str, field: str) -> dict[int, str]:
+    """The numbered names of `__print_symbolic(REC->field, {1, "skipped"}, ...)`,
+    as the running kernel prints them (enum compact_result, for one); {} when absent."""
+    start = print_fmt.find(f"__print_symbolic(REC->{field},")
+    if start < 0:
+        return {}
+    end = print_fmt.find(")", start)
+    return {int(n): name for n, name in _SYMBOL_RE.findall(print_fmt[start : end if end > 0 else None])}

@@ -54,7 +54,7 @@ class WaitEnd:
     order: int | None
     site_hint: int | None
     how: str = "woke"  # sites.END_HOW: woke, killed, exited
-    reclaimed_pages: int | None = None  # a reclaim pass: what it freed
+    detail: int | None = None  # reclaim: pages the pass freed; compaction: its status number
 
 
 @dataclass(frozen=True)

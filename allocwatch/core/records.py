@@ -314,6 +314,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "type": "recovered", **base, "kind": e.kind, "tid": e.tid, "pid": e.pid, "comm": escape(e.comm),
             "site": e.site.label, "duration_s": round(e.duration_s, 3), "exact": True, "start_known": True,
             "ended": "exited" if e.kind == STUCK_VICTIM else "woke", "reports": e.reports, "reclaimed_pages": None,
+            "compaction_status": None,
         }
     if isinstance(rec, RecoveredReport):
         r = rec.recovered
@@ -332,6 +333,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "ended": r.how or "unseen",
             "reports": r.reports,
             "reclaimed_pages": r.reclaimed_pages,
+            "compaction_status": r.compaction_status,
         }
     if isinstance(rec, OomKillReport):
         k = rec.kill

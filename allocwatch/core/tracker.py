@@ -52,6 +52,7 @@ class Ended:
     counted_in_kernel: bool = True
     how: str = "woke"  # woke, killed (SIGKILL sent while it waited), exited
     reclaimed_pages: int | None = None  # a reclaim pass: what it freed in the end
+    compaction_status: str | None = None  # a compaction: how it ended, in the kernel's words
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Recovered:
     reports: int  # how many times it was reported while it lasted
     how: str | None = None  # woke, killed, exited; None when the end was not seen
     reclaimed_pages: int | None = None
+    compaction_status: str | None = None
 
 
 @dataclass(frozen=True)
@@ -162,7 +164,9 @@ class Tracker:
             rep = self._reported.pop(key)
             end = ended_by_key.get(key)
             if end is not None:
-                recovered.append(Recovered(rep.wait, end.duration_ns, True, rep.reports, end.how, end.reclaimed_pages))
+                recovered.append(Recovered(
+                    rep.wait, end.duration_ns, True, rep.reports, end.how, end.reclaimed_pages, end.compaction_status
+                ))
             else:
                 recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
         stalls.sort(key=lambda s: -s.duration_ns)

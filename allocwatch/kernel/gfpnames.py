@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from allocwatch.core.gfp import FlagTable, parse_flag_table, unresolved_names
+from allocwatch.core.gfp import FlagTable, parse_flag_table, parse_symbolic, unresolved_names
 
 BTF_MAGIC = 0xEB9F
 BTF_MAX_BYTES = 64 << 20  # vmlinux BTF is ~5 MB; anything far bigger is not what we think it is
@@ -152,3 +152,12 @@ def read_table(
         except (OSError, ValueError):
             symbols = {}
     return parse_flag_table(text, field, symbols)
+
+
+def read_symbolic(tracefs: Path, event: str, field: str) -> dict[int, str]:
+    """`parse_symbolic` of an event's format file; {} when it cannot be read."""
+    try:
+        text = (tracefs / "events" / event / "format").read_text(errors="replace")
+    except OSError:
+        return {}
+    return parse_symbolic(text, field)

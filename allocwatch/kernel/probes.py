@@ -238,7 +238,7 @@ CATALOG: tuple[SiteEntry, ...] = (
                 Mechanism.TRACEPOINT_PAIR,
                 (
                     Tracepoint("compaction:mm_compaction_begin", "aw_compaction_begin"),
-                    Tracepoint("compaction:mm_compaction_end", "aw_compaction_end"),
+                    Tracepoint("compaction:mm_compaction_end", "aw_compaction_end", ("status",)),
                 ),
                 "AW_TP_COMPACTION",
                 optional=(

@@ -14,6 +14,7 @@ from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN
 __all__ = ["COMM_LEN", "InflightWait", "OomKill", "WaitEnd", "decode_comm", "encode_comm"]
 
 VICTIM_RSS = 1  # AW_VICTIM_RSS in bpf/allocwatch.h
+NO_DETAIL = 0xFFFFFFFF
 
 class WaitKey(ctypes.Structure):
     _fields_ = [("tid", ctypes.c_uint32), ("site", ctypes.c_uint32)]
@@ -52,7 +53,7 @@ class Event(ctypes.Structure):
         ("target_uid", ctypes.c_uint32),
         ("target_oom_score_adj", ctypes.c_int32),
         ("target_flags", ctypes.c_uint32),
-        ("reclaimed_pages", ctypes.c_uint32),
+        ("end_detail", ctypes.c_uint32),
     ]
 
 
@@ -125,7 +126,7 @@ def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
             order=_opt_order(ev.order),
             site_hint=_opt_site(ev.site_hint),
             how=END_HOW.get(ev.how, "woke"),
-            reclaimed_pages=None if ev.reclaimed_pages == 0xFFFFFFFF else ev.reclaimed_pages,
+            detail=None if ev.end_detail == NO_DETAIL else ev.end_detail,
         )
     if ev.kind == EV_OOM_KILL:
         victim_comm = decode_comm(bytes(ev.target_comm))

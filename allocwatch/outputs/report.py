@@ -256,6 +256,7 @@ def _text(d: Mapping[str, Any]) -> str:
             f"{head} {verb} #{d['seq']}: comm={text_value(d['comm'])} pid={d['pid']} tid={d['tid']} "
             f"site={d['site']} {waited} {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)"
             + (f", the pass freed {d['reclaimed_pages']} page(s)" if d.get("reclaimed_pages") is not None else "")
+            + (f", compaction {d['compaction_status']}" if d.get("compaction_status") else "")
             + "\n"
         )
     if kind == "oom_kill":

@@ -346,3 +346,15 @@ def test_read_table_with_this_machines_btf(tmp_path, tables):
     if not (REAL_BTF.is_file() and os.access(REAL_BTF, os.R_OK)) or _release() != (6, 18):
         return
     assert read_table(_tracefs(tmp_path, FMT_6_11)) == tables["6.18"]
+
+
+def test_compaction_status_names_come_from_the_print_fmt():
+    from allocwatch.core.gfp import parse_symbolic
+    from allocwatch.kernel.gfpnames import read_symbolic
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "kernels"
+    for release in ("6.1", "6.18"):
+        names = read_symbolic(fixtures / release, "compaction/mm_compaction_end", "status")
+        assert names[1] == "skipped" and names[8] == "success" and names[7] == "contended", names
+    assert parse_symbolic('x, __print_symbolic(REC->status, {0, "a"}, {-1, "b"})', "status") == {0: "a", -1: "b"}
+    assert parse_symbolic("no table here", "status") == {}

@@ -64,7 +64,7 @@ def test_record_sizes_and_offsets_are_pinned():
         "target_uid": 112,
         "target_oom_score_adj": 116,
         "target_flags": 120,
-        "reclaimed_pages": 124,
+        "end_detail": 124,
     }
 
 
@@ -84,7 +84,7 @@ def _event(**kw) -> bytes:
 def test_decode_wait_end_with_unknowns():
     raw = _event(
         kind=sites.EV_WAIT_END, site=3, tid=7, pid=6, start_ns=10, duration_ns=5,
-        gfp=sites.GFP_UNKNOWN, order=-1, site_hint=sites.SITE_NONE, comm=b"dd", reclaimed_pages=0xFFFFFFFF,
+        gfp=sites.GFP_UNKNOWN, order=-1, site_hint=sites.SITE_NONE, comm=b"dd", end_detail=0xFFFFFFFF,
     )
     ev = wire.decode_event(raw)
     assert ev == wire.WaitEnd(7, 6, "dd", 3, 10, 5, None, None, None)
@@ -120,5 +120,5 @@ def test_decode_ignores_unknown_kind():
 
 
 def test_a_reclaim_end_says_what_the_pass_freed():
-    raw = _event(kind=sites.EV_WAIT_END, site=3, tid=7, pid=7, site_hint=sites.SITE_NONE, reclaimed_pages=12)
-    assert wire.decode_event(raw).reclaimed_pages == 12
+    raw = _event(kind=sites.EV_WAIT_END, site=3, tid=7, pid=7, site_hint=sites.SITE_NONE, end_detail=12)
+    assert wire.decode_event(raw).detail == 12
