@@ -189,10 +189,17 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "gfp": gfp_text(w.gfp),
         "gfp_flags": detail.gfp_flags,
         "order": w.order,
+        "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
+        **_detail_fields(detail),
+    }
+
+
+def _detail_fields(detail: TaskDetail) -> dict[str, Any]:
+    """What was read about a task when it was reported, as every task entry carries it."""
+    return {
         "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
         "state": detail.state,
         "stack": [escape(f) for f in detail.stack] if detail.stack else [],
-        "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
         "recent_stack": [escape(f) for f in detail.recent_stack] if detail.recent_stack else [],
         "uid": detail.task.uid if detail.task else None,
         "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
@@ -217,16 +224,8 @@ def _finding_dict(f: Finding, detail: TaskDetail) -> dict[str, Any]:
         "gfp": None,
         "gfp_flags": None,
         "order": None,
-        "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
-        "state": detail.state,
-        "stack": [escape(x) for x in detail.stack] if detail.stack else [],
         "other_waits": [],
-        "recent_stack": [escape(x) for x in detail.recent_stack] if detail.recent_stack else [],
-        "uid": detail.task.uid if detail.task else None,
-        "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
-        "dying": detail.dying,
-        "exiting": detail.exiting,
-        "memcg": _memcg_dict(detail.memcg),
+        **_detail_fields(detail),
         "window": {
             "share": round(f.share, 3),
             "sites": {s: {"count": w.count, "total_s": w.total_s} for s, w in f.per_site.items()},
