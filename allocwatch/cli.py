@@ -7,6 +7,7 @@ them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from allocwatch import __version__, config, preflight
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, NothingAttached, OutputClosed
@@ -157,6 +159,46 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
         ) from None
 
 
+# Keys a running daemon cannot change: they shape what is loaded or bound at start.
+RESTART_KEYS = ("max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats")
+
+
+def _reload(args: argparse.Namespace, overrides: dict, running: config.Config) -> config.Config | None:
+    """SIGHUP: the configuration file again (flags still win). A bad one is refused
+    with one line and the running one stays; what needs a restart is said."""
+    try:
+        new = config.load(args.config, overrides)
+    except AllocwatchError as err:
+        print(f"allocwatch: reload refused: {err}; the running configuration stays", file=sys.stderr, flush=True)
+        return None
+    stuck = [k for k in RESTART_KEYS if getattr(new, k) != getattr(running, k)]
+    kept = dataclasses.replace(new, **{k: getattr(running, k) for k in stuck})
+    print(
+        f"allocwatch: reloaded {args.config or 'the defaults'}: threshold {kept.threshold_s:g}s, "
+        f"scan every {kept.scan_interval_s:g}s, format {kept.format}"
+        + (f"; needs a restart to change: {', '.join(stuck)}" if stuck else ""),
+        file=sys.stderr, flush=True,
+    )
+    return kept
+
+
+def _reloader(args: argparse.Namespace, overrides: dict, daemon: Any, source: Any, fmt: list[str]):
+    """SIGHUP asks for a reload; the scan loop does it between two scans."""
+    asked = threading.Event()
+    signal.signal(signal.SIGHUP, lambda *_: asked.set())
+
+    def between_scans() -> None:
+        if asked.is_set():
+            asked.clear()
+            new = _reload(args, overrides, daemon.cfg)
+            if new is not None:
+                daemon.reload(new)
+                source.set_tunables(new.thresholds().min_ns, new.classify_after_ns)
+                fmt[0] = new.format
+
+    return between_scans
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from allocwatch.daemon import Daemon
 
@@ -172,10 +214,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     _tracefs(cfg)
     daemon_ref: list[Daemon] = []
     stop = threading.Event()
+    fmt = [cfg.format]  # a reload may change it
     sink = FdSink(
         1,
-        render=lambda block: report.render_dicts(block, cfg.format),
-        drop_notice=lambda n: report.render_drop_notice(n, time.time(), cfg.format),
+        render=lambda block: report.render_dicts(block, fmt[0]),
+        drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
         on_fatal=lambda _err: stop.set(),
         name="standard output",
     )
@@ -219,7 +262,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         if server is not None:
             server.start()
-        daemon.run(stop)
+        daemon.run(stop, _reloader(args, overrides, daemon, source, fmt))
         if sink.error is None:
             sink.write([daemon.summary()])
             sink.close(timeout_s=0.3)  # a reader that is stuck does not hold up the stop

@@ -499,12 +499,24 @@ class Daemon:
         rec = SummaryReport(self._next_seq(), self.wall_s(), completed, counters, self.oom_kills)
         return to_dict(rec)
 
-    def run(self, stop: threading.Event) -> None:
-        """Scan every scan_interval_s until `stop` is set; a last scan at the end."""
-        interval_ns = int(self.cfg.scan_interval_s * NS_PER_S)
+    def reload(self, cfg: Config) -> None:
+        """Take a new configuration at the next scan: thresholds, intervals, windows,
+        the cgroup filter, the format (the CLI checks it and says what needs a restart)."""
+        self.cfg = cfg
+        self.tracker.thresholds = cfg.thresholds()
+        self.findings.rules = cfg.window_rules()
+        self.namer.set_classify_after(cfg.classify_after_ns)
+        self._report_interval_ns = round(cfg.report_interval_s * NS_PER_S)
+        self._slack_ns = round(cfg.scan_interval_s * NS_PER_S) // 2
+
+    def run(self, stop: threading.Event, between_scans: Callable[[], None] = lambda: None) -> None:
+        """Scan every scan_interval_s until `stop` is set; a last scan at the end.
+        `between_scans` runs after each scan (a reload asked for by SIGHUP)."""
         next_ns = self.clock_ns()
         while not stop.is_set():
             self.scan_once()
+            between_scans()
+            interval_ns = int(self.cfg.scan_interval_s * NS_PER_S)
             next_ns += interval_ns
             now_ns = self.clock_ns()
             if next_ns < now_ns:  # fell behind (a slow scan): do not burst

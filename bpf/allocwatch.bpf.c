@@ -11,6 +11,8 @@
  *   LONG_WAIT_NS     completed waits at least this long are sent to user space
  *   DSTATE_END_NS    D-state sleeps no hint named, at least this long, are sent up
  *                    too: only user space can name and count them
+ *   (both are the defaults of the `tunables` array, which user space rewrites
+ *   on a reload, so a lower threshold takes effect without a new load)
  *   MAX_WAITS        in-flight (tid, site) entries
  *   MAX_DWAITS       tasks sleeping in TASK_UNINTERRUPTIBLE tracked at once
  *   RINGBUF_PAGES    ring buffer size, in pages (a power of two)
@@ -51,6 +53,15 @@ BPF_HASH(hints, u32, struct aw_hint, MAX_DWAITS);
 BPF_ARRAY(wait_hist, u64, AW_NR_SITES * AW_HIST_SLOTS);
 BPF_ARRAY(wait_sum_ns, u64, AW_NR_SITES);
 BPF_ARRAY(stats, u64, AW_NR_STATS);
+/* [0] the long-wait cut-off, [1] the D-state one: written by user space at
+ * load and on every reload (0 means "use the compiled default"). */
+BPF_ARRAY(tunables, u64, 2);
+
+static __always_inline u64 tunable(u32 idx, u64 fallback)
+{
+    u64 *v = tunables.lookup(&idx);
+    return v && *v ? *v : fallback;
+}
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 /* When a SIGKILL was last sent to a task (signal:signal_generate names the
  * target tid; a process-wide kill names its leader, whose tid is the tgid).
@@ -238,7 +249,7 @@ static __always_inline int wait_end_tid(u32 tid, u32 site, s64 detail)
         acct_reclaim(tid, w->pid, w->comm, (u64)detail);
     /* Send before delete: user space snapshots the map, then drains the
      * ring, so a wait missing from the snapshot has its end in the ring. */
-    if (duration_ns >= LONG_WAIT_NS)
+    if (duration_ns >= tunable(0, LONG_WAIT_NS))
         emit_end_detail(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE), detail);
     waits.delete(&key);
     return 0;
@@ -307,7 +318,8 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
             hist_add(w->site_hint, duration_ns);
             acct_wait(next, w->pid, w->comm, w->site_hint, duration_ns);
         }
-        if (duration_ns >= LONG_WAIT_NS || (w->site_hint >= AW_NR_SITES && duration_ns >= DSTATE_END_NS))
+        if (duration_ns >= tunable(0, LONG_WAIT_NS) ||
+            (w->site_hint >= AW_NR_SITES && duration_ns >= tunable(1, DSTATE_END_NS)))
             emit_end(next, AW_SITE_DSTATE, w, duration_ns, end_how(next, w->pid, w->start_ns, AW_END_WOKE));
         dwaits.delete(&next);
     }
@@ -346,7 +358,7 @@ static __always_inline void end_at_exit(u32 tid, u32 tgid, u32 site, struct aw_w
         hist_add(site, duration_ns);
     else if (w->site_hint < AW_NR_SITES)
         hist_add(w->site_hint, duration_ns);
-    if (duration_ns >= LONG_WAIT_NS)
+    if (duration_ns >= tunable(0, LONG_WAIT_NS))
         emit_end(tid, site, w, duration_ns, end_how(tid, tgid, w->start_ns, AW_END_EXITED));
 }
 

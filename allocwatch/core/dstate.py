@@ -36,6 +36,9 @@ class DstateNamer:
         self._seeded: set[tuple[int, int]] = set()
         self._unrelated: list[tuple[int, int]] = []  # (tid, start_ns) named "not a memory wait"
 
+    def set_classify_after(self, ns: int) -> None:
+        self._classify_after_ns = ns
+
     def seeded(self, tid: int, start_ns: int) -> None:
         """Note a sleep found in D at start: its real start is unknown."""
         self._seeded.add((tid, start_ns))

@@ -150,6 +150,7 @@ class BpfSource:
                 self.kill_tracking = self._attach_tp(SIGNAL_GENERATE)
             except Exception:
                 pass
+        self.set_tunables(self.opts.long_wait_ns, self.opts.dstate_end_ns or self.opts.long_wait_ns)
         self.status = [self._attach_site(p) for p in self.plans]
         _release_build_memory()
         self.load_seconds = time.monotonic() - t0
@@ -288,6 +289,12 @@ class BpfSource:
         self._bpf.ring_buffer_consume()
         raw, self._pending = self._pending, []
         return [ev for ev in map(wire.decode_event, raw) if ev is not None]
+
+    def set_tunables(self, long_wait_ns: int, dstate_end_ns: int) -> None:
+        """The cut-offs the handlers read (a reload lowers them without a new load)."""
+        table = self._bpf[b"tunables"]
+        table[table.Key(0)] = table.Leaf(long_wait_ns)
+        table[table.Key(1)] = table.Leaf(min(dstate_end_ns, long_wait_ns))
 
     def enable_program_stats(self) -> None:
         """Count run time per program for as long as this source lives

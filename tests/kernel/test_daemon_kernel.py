@@ -585,3 +585,39 @@ def test_200_tasks_of_one_program_are_one_text_line(daemon_factory):
     at = lines.index(grouped[0])
     block = lines[max(0, at - 8) : at]
     assert any("MemAlloc-Info: stalling=" in ln for ln in block), block
+
+
+def test_sighup_reloads_a_good_config_refuses_a_bad_one_and_keeps_exact_ends(tmp_path):
+    """SIGHUP re-reads the file: a lower threshold takes effect at the next scan, and
+    the BPF side's long-wait cut-off follows it, so the end is still exact."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("threshold_s: 60\nscan_interval_s: 0.25\n")
+    d = Daemon("--config", str(cfg))
+    try:
+        d.wait_ready()
+        cfg.write_text("threshold_s: 1\nscan_interval_s: 0.25\nmax_inflight: 4096\n")
+        d.proc.send_signal(signal.SIGHUP)
+        assert d._wait(lambda: any("reloaded" in s for s in d.stderr), 5), d.stderr
+        line = next(s for s in d.stderr if "reloaded" in s)
+        assert "threshold 1s" in line and "needs a restart to change: max_inflight" in line, line
+        cfg.write_text("threshold_s: .nan\n")
+        d.proc.send_signal(signal.SIGHUP)
+        assert d._wait(lambda: any("reload refused" in s for s in d.stderr), 5), d.stderr
+        refused = [s for s in d.stderr if "reload refused" in s]
+        assert len(refused) == 1 and "threshold_s" in refused[0] and d.proc.poll() is None
+        with memcg.MemCgroup("aw-hup") as group:
+            hogs = memcg.stall_indefinitely(group, 2, 100)
+            pids = {h.pid for h in hogs}
+            seen = lambda rs: pids <= {t["tid"] for r in rs if r["type"] == "stall_report" for t in r["tasks"]}  # noqa: E731
+            assert d.wait_for(seen, 15), "the reloaded 1 s threshold did not take effect"
+            time.sleep(1)
+            memcg.release(group)
+            for h in hogs:
+                assert h.wait_done(20)
+                h.stop()
+        ended = lambda rs: pids <= {r["tid"] for r in rs if r["type"] == "recovered"}  # noqa: E731
+        assert d.wait_for(ended, 10)
+        assert all(r["exact"] for r in d.of_type("recovered") if r["tid"] in pids), d.of_type("recovered")
+        assert d.stop() == 0
+    finally:
+        d.kill()

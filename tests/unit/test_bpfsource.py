@@ -21,6 +21,11 @@ class FakeBPF:
     def __getitem__(self, name):
         return self
 
+    Key = Leaf = int  # as a bcc table; tunables written at load land in `written`
+
+    def __setitem__(self, key, value):
+        self.written = {**getattr(self, "written", {}), key: value}
+
     def open_ring_buffer(self, cb):
         pass
 
