@@ -160,7 +160,10 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
 
 
 # Keys a running daemon cannot change: they shape what is loaded or bound at start.
-RESTART_KEYS = ("max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats")
+RESTART_KEYS = (
+    "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
+    "oom_score_adj",
+)
 
 
 def _reload(args: argparse.Namespace, overrides: dict, running: config.Config) -> config.Config | None:
@@ -197,6 +200,26 @@ def _reloader(args: argparse.Namespace, overrides: dict, daemon: Any, source: An
                 fmt[0] = new.format
 
     return between_scans
+
+
+def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> None:
+    """The one line that says it is watching, and what it could not do for itself."""
+    why_not = preflight.lower_oom_score(cfg.oom_score_adj)
+    rss = source.rss_kb
+    memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
+              f"(compiler text dropped: file was {source.rss_kb_before_drop.get('RssFile', 0) // 1024} MB)"
+              if rss else "")
+    served = f"; metrics at http://{cfg.metrics_listen}/metrics" if serving else "; metrics off"
+    print(
+        f"allocwatch {__version__}: watching {coverage.summarize(source.status).line()} "
+        f"(loaded in {source.load_seconds:.2f}s); "
+        f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s{served}{memory}"
+        + (f"; {seeded} task(s) already asleep in D, timed from now" if seeded else ""),
+        file=sys.stderr,
+        flush=True,
+    )
+    if why_not:  # after the line that says it is watching, which scripts wait for
+        print(f"allocwatch: {why_not}", file=sys.stderr, flush=True)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -251,15 +274,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon_ref.append(daemon)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
-        served = f"; metrics at http://{cfg.metrics_listen}/metrics" if server is not None else "; metrics off"
-        print(
-            f"allocwatch {__version__}: watching {coverage.summarize(source.status).line()} "
-            f"(loaded in {source.load_seconds:.2f}s); "
-            f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s{served}"
-            + (f"; {seeded} task(s) already asleep in D, timed from now" if seeded else ""),
-            file=sys.stderr,
-            flush=True,
-        )
+        _announce(cfg, source, server is not None, seeded)
         if server is not None:
             server.start()
         daemon.run(stop, _reloader(args, overrides, daemon, source, fmt))

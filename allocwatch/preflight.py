@@ -171,3 +171,21 @@ def require_stdout(fd: int = 1) -> None:
             f"standard output (fd {fd}) is closed: reports would have nowhere to go; "
             "give the daemon a stdout (a file, a pipe, /dev/null, or the journal)"
         ) from None
+
+
+# -- surviving the pressure it watches ---------------------------------------------
+
+
+def lower_oom_score(adj: int, path: Path = Path("/proc/self/oom_score_adj")) -> str | None:
+    """Ask the OOM killer to spare the watchdog; None when done, else why not (one line).
+    Lowering it needs CAP_SYS_RESOURCE; a unit's OOMScoreAdjust= does it without."""
+    try:
+        if int(path.read_text()) <= adj:
+            return None
+        path.write_text(f"{adj}\n")
+        return None
+    except OSError as exc:
+        return (f"could not set its own oom_score_adj to {adj} ({exc.strerror}; lowering it needs "
+                "CAP_SYS_RESOURCE): the OOM killer ranks it like any task of its size")
+    except ValueError:
+        return None

@@ -621,3 +621,18 @@ def test_sighup_reloads_a_good_config_refuses_a_bad_one_and_keeps_exact_ends(tmp
         assert d.stop() == 0
     finally:
         d.kill()
+
+
+def test_the_daemon_makes_itself_small_and_asks_to_be_spared(daemon_factory):
+    """Once the programs are loaded, the compiler's text leaves the daemon's RSS (the OOM
+    killer ranks by it), and it lowers its own oom_score_adj, or says why it could not."""
+    d = daemon_factory()
+    status = Path(f"/proc/{d.proc.pid}/status").read_text()
+    rss_file_kb = int(next(line for line in status.splitlines() if line.startswith("RssFile:")).split()[1])
+    assert rss_file_kb < 40 << 10, f"RssFile {rss_file_kb} kB: the compiler's text is still mapped in"
+    assert "compiler text dropped" in "".join(d.stderr)
+    adj = int(Path(f"/proc/{d.proc.pid}/oom_score_adj").read_text())
+    time.sleep(0.5)
+    said = any("could not set its own oom_score_adj" in s for s in d.stderr)
+    assert adj == -900 or said, (adj, d.stderr)
+    assert d.stop() == 0

@@ -142,3 +142,19 @@ def test_kallsyms_without_tracefs_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main(["probes", "--kallsyms", "/proc/kallsyms"])
     assert exc.value.code == 2
+
+
+def test_oom_score_is_lowered_when_it_may_and_said_when_not(tmp_path, monkeypatch):
+    f = tmp_path / "oom_score_adj"
+    f.write_text("0\n")
+    assert preflight.lower_oom_score(-900, f) is None and f.read_text() == "-900\n"
+    f.write_text("-1000\n")
+    assert preflight.lower_oom_score(-900, f) is None and f.read_text() == "-1000\n"  # already lower: left
+    f.write_text("0\n")
+
+    def refuse(*_a, **_k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(type(f), "write_text", refuse)
+    why = preflight.lower_oom_score(-900, f)
+    assert why is not None and "CAP_SYS_RESOURCE" in why and len(why.splitlines()) == 1
