@@ -22,6 +22,7 @@ from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, 
 from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
 from allocwatch.outputs import report
+from allocwatch.outputs.notify import SystemdNotifier
 from allocwatch.outputs.sinks import FdSink
 
 
@@ -185,7 +186,9 @@ def _reload(args: argparse.Namespace, overrides: dict, running: config.Config) -
     return kept
 
 
-def _reloader(args: argparse.Namespace, overrides: dict, daemon: Any, source: Any, fmt: list[str]):
+def _reloader(
+    args: argparse.Namespace, overrides: dict, daemon: Any, source: Any, fmt: list[str], notifier: SystemdNotifier
+):
     """SIGHUP asks for a reload; the scan loop does it between two scans."""
     asked = threading.Event()
     signal.signal(signal.SIGHUP, lambda *_: asked.set())
@@ -193,11 +196,13 @@ def _reloader(args: argparse.Namespace, overrides: dict, daemon: Any, source: An
     def between_scans() -> None:
         if asked.is_set():
             asked.clear()
+            notifier.reloading()
             new = _reload(args, overrides, daemon.cfg)
             if new is not None:
                 daemon.reload(new)
                 source.set_tunables(new.thresholds().min_ns, new.classify_after_ns)
                 fmt[0] = new.format
+            notifier.reloaded(f"watching; configuration {'reloaded' if new is not None else 'kept (reload refused)'}")
 
     return between_scans
 
@@ -267,17 +272,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         attached_plans = source.effective_plans
+        notifier = SystemdNotifier()
         daemon = Daemon(
-            cfg, source, attached_plans, [sink], coverage=coverage.snapshot_coverage(source.status),
+            cfg, source, attached_plans, [sink, notifier], coverage=coverage.snapshot_coverage(source.status),
             kernel=features.release, gfp_table=_gfp_table(cfg), compaction_names=_compaction_names(cfg),
         )
         daemon_ref.append(daemon)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
         _announce(cfg, source, server is not None, seeded)
+        notifier.ready(f"watching {coverage.summarize(source.status).line()}")
         if server is not None:
             server.start()
-        daemon.run(stop, _reloader(args, overrides, daemon, source, fmt))
+        daemon.run(stop, _reloader(args, overrides, daemon, source, fmt, notifier))
+        notifier.stopping()
         if sink.error is None:
             sink.write([daemon.summary()])
             sink.close(timeout_s=0.3)  # a reader that is stuck does not hold up the stop

@@ -636,3 +636,39 @@ def test_the_daemon_makes_itself_small_and_asks_to_be_spared(daemon_factory):
     said = any("could not set its own oom_score_adj" in s for s in d.stderr)
     assert adj == -900 or said, (adj, d.stderr)
     assert d.stop() == 0
+
+
+def test_the_service_manager_hears_ready_status_watchdog_reload_and_stop(tmp_path):
+    """$NOTIFY_SOCKET as systemd gives it: READY=1 only once attached, STATUS= and
+    WATCHDOG=1 from the scan loop, RELOADING=1 on SIGHUP, STOPPING=1 at the end."""
+    import socket
+
+    path = tmp_path / "notify"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=str(path))
+    proc = subprocess.Popen([sys.executable, "-m", "allocwatch", "run", "--metrics-addr", "", "--scan-interval", "0.2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        first = sock.recv(4096).decode().splitlines()
+        assert first[0] == "READY=1" and "watching" in first[1], first
+        assert allocwatch_prog_ids(), "READY=1 before anything was attached"
+        pings = [sock.recv(4096).decode() for _ in range(3)]
+        assert all("WATCHDOG=1" in m and "STATUS=watching" in m for m in pings), pings
+        proc.send_signal(signal.SIGHUP)
+        seen = [sock.recv(4096).decode() for _ in range(6)]
+        assert any(m.startswith("RELOADING=1\nMONOTONIC_USEC=") for m in seen), seen
+        proc.send_signal(signal.SIGTERM)
+        rest = []
+        while True:
+            m = sock.recv(4096).decode()
+            rest.append(m)
+            if m.startswith("STOPPING=1"):
+                break
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sock.close()
