@@ -134,6 +134,12 @@ def _gfp_table(cfg: config.Config) -> list[tuple[int, str]]:
     return []
 
 
+def _throttle_names(cfg: config.Config) -> dict[int, str]:
+    from allocwatch.kernel import gfpnames
+
+    return gfpnames.read_throttle_reasons(Path(cfg.tracefs))
+
+
 def _compaction_names(cfg: config.Config) -> dict[int, str]:
     from allocwatch.kernel import gfpnames
 
@@ -276,6 +282,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon = Daemon(
             cfg, source, attached_plans, [sink, notifier], coverage=coverage.snapshot_coverage(source.status),
             kernel=features.release, gfp_table=_gfp_table(cfg), compaction_names=_compaction_names(cfg),
+            throttle_names=_throttle_names(cfg),
         )
         daemon_ref.append(daemon)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)

@@ -90,6 +90,7 @@ class Daemon:
         kernel: str = "",
         gfp_table: Sequence[tuple[int, str]] = (),
         compaction_names: Mapping[int, str] | None = None,
+        throttle_names: Mapping[int, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.source = source
@@ -106,6 +107,7 @@ class Daemon:
         self.coverage = tuple(coverage)
         self.gfp_table = tuple(gfp_table)
         self.compaction_names = dict(compaction_names or {})  # enum compact_result, from the print fmt
+        self.throttle_names = dict(throttle_names or {})  # reason bit -> VMSCAN_THROTTLE_*, from fmt and BTF
         self.info = {"version": __version__, "kernel": kernel}
         self.seq = 0
         self.scans = 0
@@ -380,6 +382,7 @@ class Daemon:
             self._next_seq(), wall, kept, stalled_now, shown,
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
             context=self._context(stalled_now, shown, now_ns, stats), findings=kept_findings,
+            throttle_names=self.throttle_names,
         )
 
     def _end_detail(self, site: Site, detail: int | None) -> dict[str, Any]:

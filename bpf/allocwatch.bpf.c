@@ -504,7 +504,19 @@ int aw_vmscan_throttled(struct tracepoint__vmscan__mm_vmscan_throttled *args)
 {
     u32 site = (args->reason & AW_THROTTLE_ISOLATED_BIT) ? AW_SITE_TOO_MANY_ISOLATED
                                                         : AW_SITE_RECLAIM_THROTTLE;
-    return wait_done(site, (u64)args->usec_delayed * 1000);
+    wait_done(site, (u64)args->usec_delayed * 1000);
+    u64 id = bpf_get_current_pid_tgid();
+    char comm[AW_COMM_LEN];
+    bpf_get_current_comm(&comm, sizeof(comm));
+    struct aw_task_acct *a = acct_of((u32)id, id >> 32, comm);
+    if (!a)
+        return 0;
+    u32 reason = args->reason;
+#pragma unroll
+    for (int bit = 0; bit < 4; bit++)
+        if (reason & (1U << bit))
+            __sync_fetch_and_add(&a->throttle_reasons[bit], 1);
+    return 0;
 }
 #endif
 

@@ -121,6 +121,7 @@ struct aw_task_acct {
     __u64 reclaim_passes;  /* direct and memcg reclaim ends */
     __u64 reclaim_zero;    /* of them, with nr_reclaimed == 0 */
     __u64 reclaimed_pages;
+    __u32 throttle_reasons[4]; /* mm_vmscan_throttled sleeps by reason bit (enum vmscan_throttle_state) */
     char comm[AW_COMM_LEN];
 }; /* target_*_rss_kb, target_uid, target_oom_score_adj are set */
 

@@ -62,6 +62,7 @@ class Finding:
     passes_per_s: float = 0.0  # reclaim passes a second over the window
     reclaimed_pages: int = 0  # in the window
     victim_state: str | None = None
+    throttle_reasons: Mapping[int, int] = field(default_factory=dict)  # reason bit -> sleeps in the window
 
     @property
     def first(self) -> bool:
@@ -137,6 +138,17 @@ class Findings:
             return q[0].acct, q[0].t_ns
         return None, 0
 
+    def _reasons(self, tid: int, now_ns: int) -> dict[int, int]:
+        latest = self._samples[tid][-1].acct
+        base, _ = self._baseline(tid, now_ns)
+        old = base.throttle_reasons if base is not None else ()
+        out = {}
+        for bit, n in enumerate(latest.throttle_reasons):
+            d = n - (old[bit] if bit < len(old) else 0)
+            if d > 0:
+                out[bit] = d
+        return out
+
     def _window(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> tuple[float, dict[str, SiteWindow]]:
         latest = self._samples[tid][-1].acct
         base, base_ns = self._baseline(tid, now_ns)
@@ -211,7 +223,8 @@ class Findings:
                 # it has been throttled at least as long as it waited in the window
                 began = min(since, now_ns - int(share * r.window_ns))
                 return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
-                               (now_ns - began) / NS_PER_S, level, share, per_site)
+                               (now_ns - began) / NS_PER_S, level, share, per_site,
+                               throttle_reasons=self._reasons(a.tid, now_ns))
 
             for res in self._episode((THROTTLED, tid), throttled, now_ns, throttled_finding):
                 if isinstance(res, Finding):

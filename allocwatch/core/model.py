@@ -91,3 +91,4 @@ class Acct:
     reclaim_passes: int
     reclaim_zero: int  # passes that freed nothing
     reclaimed_pages: int
+    throttle_reasons: tuple[int, ...] = ()  # mm_vmscan_throttled sleeps, by reason bit

@@ -71,6 +71,7 @@ class StallReport:
     max_tasks: int = 1000  # tasks listed; the rest are summed up by site and cgroup
     context: BlockContext | None = None
     findings: Sequence[Finding] = ()  # throttled, livelock, stuck_victim: due now
+    throttle_names: Mapping[int, str] = field(default_factory=dict)  # reason bit -> the kernel's name
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ def _detail_fields(detail: TaskDetail) -> dict[str, Any]:
     }
 
 
-def _finding_dict(f: Finding, detail: TaskDetail) -> dict[str, Any]:
+def _finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, str]) -> dict[str, Any]:
     """A throttled, livelock or stuck-victim task, in the same shape as a stalled one plus its evidence."""
     d: dict[str, Any] = {
         "kind": f.kind,
@@ -231,6 +232,7 @@ def _finding_dict(f: Finding, detail: TaskDetail) -> dict[str, Any]:
             "sites": {s: {"count": w.count, "total_s": w.total_s} for s, w in f.per_site.items()},
             "reclaim_passes_per_s": round(f.passes_per_s, 1),
             "reclaimed_pages": f.reclaimed_pages,
+            "throttle_reasons": {throttle_names.get(b, f"bit{b}"): n for b, n in sorted(f.throttle_reasons.items())},
         },
     }
     if f.kind == STUCK_VICTIM:
@@ -299,7 +301,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
         tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
-        tasks += [_finding_dict(f, rec.details.get(f.tid, TaskDetail())) for f in rec.findings]
+        tasks += [_finding_dict(f, rec.details.get(f.tid, TaskDetail()), rec.throttle_names) for f in rec.findings]
         tasks.sort(key=lambda t: -t["duration_s"])
         shown, rest = tasks[: rec.max_tasks], tasks[rec.max_tasks :]
         return {

@@ -161,3 +161,22 @@ def read_symbolic(tracefs: Path, event: str, field: str) -> dict[int, str]:
     except OSError:
         return {}
     return parse_symbolic(text, field)
+
+
+def read_throttle_reasons(tracefs: Path, btf: Path = Path("/sys/kernel/btf/vmlinux")) -> dict[int, str]:
+    """mm_vmscan_throttled's reason bits by the kernel's names (VMSCAN_THROTTLE_*):
+    the print fmt names them by enum, so the numbers come from BTF. {} when unknown."""
+    try:
+        text = (tracefs / "events" / "vmscan" / "mm_vmscan_throttled" / "format").read_text(errors="replace")
+    except OSError:
+        return {}
+    wanted = unresolved_names(text, "reason")
+    try:
+        symbols = btf_enum_values(btf, wanted) if wanted else {}
+    except (OSError, BTFError):
+        symbols = {}
+    out = {}
+    for value, name in parse_flag_table(text, "reason", symbols):
+        if value and value & (value - 1) == 0:  # one bit each
+            out[value.bit_length() - 1] = name
+    return out

@@ -77,6 +77,7 @@ class TaskAcct(ctypes.Structure):
         ("reclaim_passes", ctypes.c_uint64),
         ("reclaim_zero", ctypes.c_uint64),
         ("reclaimed_pages", ctypes.c_uint64),
+        ("throttle_reasons", ctypes.c_uint32 * 4),
         ("comm", ctypes.c_char * COMM_LEN),
     ]
 
@@ -91,6 +92,7 @@ def decode_acct(tid: int, v: TaskAcct) -> Acct:
         reclaim_passes=v.reclaim_passes,
         reclaim_zero=v.reclaim_zero,
         reclaimed_pages=v.reclaimed_pages,
+        throttle_reasons=tuple(v.throttle_reasons),
     )
 
 

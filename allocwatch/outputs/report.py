@@ -66,6 +66,9 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
         ranked = sorted(sites.items(), key=lambda kv: -kv[1]["total_s"])
         shown = ", ".join(f"{s} {v['count']} wait(s) {v['total_s']:.1f}s" for s, v in ranked)
         lines.append(f"    in the window: {shown}")
+    reasons = (t.get("window") or {}).get("throttle_reasons") or {}
+    if reasons:
+        lines.append("    throttled by: " + " ".join(f"{k}={v}" for k, v in reasons.items()))
     if t.get("memcg"):
         lines.append(_memcg_line(t["memcg"]))
     lines += _stack_lines(t)

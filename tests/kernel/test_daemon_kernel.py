@@ -469,6 +469,9 @@ def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
         assert ctypes.sizeof(bpf[b"waits"].Key) == ctypes.sizeof(wire.WaitKey)
         for name, _ in wire.WaitValue._fields_:
             assert getattr(bpf[b"waits"].Leaf, name).offset == getattr(wire.WaitValue, name).offset
+        assert ctypes.sizeof(bpf[b"task_acct"].Leaf) == ctypes.sizeof(wire.TaskAcct)
+        for name, _ in wire.TaskAcct._fields_:
+            assert getattr(bpf[b"task_acct"].Leaf, name).offset == getattr(wire.TaskAcct, name).offset
     finally:
         src.close()
 

@@ -128,3 +128,16 @@ def test_share_is_over_the_span_the_waits_were_counted_in():
     # 30 s scans: 5 s of waiting in 30 s is 17 %, not 50 %
     _, _, shares = f.scan(30 * S, {7: acct(waits={Site.DIRTY_THROTTLE: (25, 5 * S)})}, (), set())
     assert 0.15 < shares[7] < 0.2
+
+
+def test_a_throttled_task_says_which_throttle_reasons_held_it():
+    f = Findings(WindowRules())
+
+    def make(t):
+        n = int(t * 9)  # 100 ms sleeps, 90 % of the time
+        a = acct(waits={Site.RECLAIM_THROTTLE: (n, n * S // 10)})
+        return {7: Acct(7, 7, "dd", a.wait_ns, a.waits, 0, 0, 0, (n, 0, 0, 0))}
+
+    res = run(f, 12, make)
+    x = next(x for _, d, _, _ in res for x in d)
+    assert x.kind == THROTTLED and x.site is Site.RECLAIM_THROTTLE and set(x.throttle_reasons) == {0}

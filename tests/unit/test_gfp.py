@@ -358,3 +358,15 @@ def test_compaction_status_names_come_from_the_print_fmt():
         assert names[1] == "skipped" and names[8] == "success" and names[7] == "contended", names
     assert parse_symbolic('x, __print_symbolic(REC->status, {0, "a"}, {-1, "b"})', "status") == {0: "a", -1: "b"}
     assert parse_symbolic("no table here", "status") == {}
+
+
+def test_throttle_reason_bits_are_named_from_the_print_fmt_and_btf():
+    from allocwatch.kernel.gfpnames import read_throttle_reasons
+
+    fixtures = Path(__file__).resolve().parents[1] / "fixtures" / "kernels"
+    btf = Path("/sys/kernel/btf/vmlinux")
+    names = read_throttle_reasons(fixtures / "6.18", btf)
+    if btf.exists():  # the enum's numbers come from BTF; without it the names cannot be placed
+        assert names == {0: "VMSCAN_THROTTLE_WRITEBACK", 1: "VMSCAN_THROTTLE_ISOLATED",
+                         2: "VMSCAN_THROTTLE_NOPROGRESS", 3: "VMSCAN_THROTTLE_CONGESTED"}
+    assert read_throttle_reasons(fixtures / "no-such-kernel", btf) == {}
