@@ -105,3 +105,39 @@ class Daemon:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()
+
+
+class TextDaemon:
+    """The real daemon with text reports: its stdout lines collected as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "allocwatch", "run", "--format", "text", "--metrics-addr", "", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        self.lines: list[str] = []
+        assert self.proc.stderr is not None and self.proc.stdout is not None
+        first = self.proc.stderr.readline()
+        assert "watching" in first, first
+        out = self.proc.stdout
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(out.readline, "")), daemon=True)
+        self._reader.start()
+
+    def wait_line(self, pred: Callable[[str], bool], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(pred(ln) for ln in list(self.lines)):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(10)
+        self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()

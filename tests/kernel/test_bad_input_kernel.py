@@ -20,7 +20,7 @@ import pytest
 from allocwatch.core import records
 from allocwatch.kernel import wire
 from tests.kernel import memcg, slowdisk
-from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
+from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -172,31 +172,19 @@ HOSTILE = b"x pid=1 tid=1\xff"
 def test_hostile_comm_stays_in_its_field_under_a_real_stall():
     """A task naming itself "x pid=1 tid=1<0xff>" while really stalled: the text line
     still splits into the true fields, and its comm reads back to the same 14 bytes."""
-    proc = subprocess.Popen(
-        _argv("--threshold", "1", "--scan-interval", "0.25", "--format", "text"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    d = TextDaemon("--threshold", "1", "--scan-interval", "0.25")
     try:
-        _started(proc)
-        reader.start()
         with memcg.MemCgroup("aw-hostile") as group:
             hogs = memcg.stall_indefinitely(group, 1, 100, comm=HOSTILE)
             pid = hogs[0].pid
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not any(f"tid={pid} " in ln for ln in lines):
-                time.sleep(0.2)
+            d.wait_line(lambda ln: f"tid={pid} " in ln, 20)
             memcg.release(group)
             for h in hogs:
                 h.stop()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        reader.join(5)
+        assert d.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        d.kill()
+    lines = d.lines
     task_lines = [ln for ln in lines if ln.startswith("  comm=") and f"tid={pid} " in ln]
     assert task_lines, lines
     fields = dict(tok.split("=", 1) for tok in shlex.split(task_lines[0]) if "=" in tok)

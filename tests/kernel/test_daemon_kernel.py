@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel import memcg, slowdisk
-from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
+from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -553,35 +553,20 @@ def test_bpf_that_does_not_load_is_exit_9(tmp_path):
 
 def test_200_tasks_of_one_program_are_one_text_line(daemon_factory):
     """Text groups tasks that share site, cgroup and comm; JSON (the other test) keeps all 200."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "allocwatch", "run", "--metrics-addr", "", "--format", "text",
-         "--threshold", "1", "--scan-interval", "0.5"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    lines: list[str] = []
-    import threading
-
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    d = TextDaemon("--threshold", "1", "--scan-interval", "0.5")
     try:
-        assert proc.stderr is not None and "watching" in proc.stderr.readline()
-        reader.start()
         with memcg.MemCgroup("aw-group") as group:
             hogs = memcg.stall_indefinitely(group, 200, 4)
             n = len(_stalled_pids(hogs))
             want = f"tasks={n} site=memcg_oom_wait"
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline and not any(want in ln for ln in lines):
-                time.sleep(0.2)
+            d.wait_line(lambda ln: want in ln, 30)
             memcg.release(group)
             for h in hogs:
                 h.stop()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
-        reader.join(5)
+        assert d.stop() == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        d.kill()
+    lines = d.lines
     grouped = [ln for ln in lines if want in ln]
     assert grouped, lines[:10]
     assert grouped[0].startswith("  comm=python") and "tids=" in grouped[0]
