@@ -196,15 +196,21 @@ class Daemon:
             self._memcg_cache[cgroup] = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
         return self._memcg_cache[cgroup]
 
-    def _victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
-        """OOM victims chosen and not gone yet (still in /proc, not a zombie)."""
-        alive = []
-        for pid, (comm, since_ns) in list(self._victims.items()):
-            if procfs.task_state(self.proc, pid, pid) in (None, "Z", "X"):
+    def _live_victims(self) -> list[VictimSeen]:
+        """OOM victims chosen and not gone yet (still in /proc, not a zombie), read once a
+        scan; the ones gone are forgotten, which ends their stuck-victim episode."""
+        victims = []
+        for pid, (comm, since) in list(self._victims.items()):
+            state = procfs.task_state(self.proc, pid, pid)
+            if state in (None, "Z", "X"):
                 del self._victims[pid]
-                continue
-            alive.append(Victim(pid, comm, (now_ns - since_ns) / NS_PER_S))
-        return tuple(alive)
+            else:
+                victims.append(VictimSeen(pid, comm, since, state))
+        return victims
+
+    def _victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
+        """For a block: the victims this scan found alive (pruned by _live_victims)."""
+        return tuple(Victim(pid, comm, (now_ns - since) / NS_PER_S) for pid, (comm, since) in self._victims.items())
 
     def _kswapd(self) -> tuple[KswapdInfo, ...]:
         if self._kswapd_pids is None:
@@ -431,14 +437,7 @@ class Daemon:
         inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()
         stalled_tids = {f.tid for f in inflight if f.level >= 1}
-        victims = []
-        for pid, (comm, since) in list(self._victims.items()):
-            state = procfs.task_state(self.proc, pid, pid)
-            if state in (None, "Z", "X"):  # gone: its stuck-victim episode ends
-                del self._victims[pid]
-            else:
-                victims.append(VictimSeen(pid, comm, since, state))
-        due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, victims)
+        due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
         block = self._stall_block(result.stalls, due, result.stalled_now, now_ns, wall, stats)
         if block is not None:
             records.append(block)
