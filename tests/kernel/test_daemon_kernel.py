@@ -375,8 +375,11 @@ def test_reclaim_livelock_reported_without_loss(daemon_factory):
     live = next(t for r in d.of_type("stall_report") for t in r["tasks"] if t["kind"] == "livelock")
     assert live["pid"] == hog.pid and live["site"] == "memcg_reclaim", live
     assert live["window"]["reclaim_passes_per_s"] >= 1000, live
-    # RUNNING, so /proc has no stack most of the time; BPF took one as it entered reclaim
-    assert any("try_to_free_mem_cgroup_pages" in f or "try_charge" in f for f in live["recent_stack"]), live
+    # RUNNING, so /proc has no stack most of the time and BPF's, taken as it entered
+    # reclaim, is shown; caught asleep for a moment (cond_resched), /proc's is shown.
+    # Either way it is a stack in memcg reclaim.
+    shown = live["stack"] or live["recent_stack"]
+    assert any("try_to_free_mem_cgroup_pages" in f or "try_charge" in f for f in shown), live
     assert live["duration_s"] >= 10
 
 
