@@ -21,9 +21,9 @@ from allocwatch import __version__, config, preflight
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, NothingAttached, OutputClosed
 from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
-from allocwatch.outputs import report
+from allocwatch.outputs import journal, report
 from allocwatch.outputs.notify import SystemdNotifier
-from allocwatch.outputs.sinks import FdSink
+from allocwatch.outputs.sinks import FdSink, QueuedOutput
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +41,10 @@ def _parser() -> argparse.ArgumentParser:
         "'' for none)",
     )
     run.add_argument("--format", choices=("text", "json"), help="report format (default text)")
+    run.add_argument(
+        "--output", choices=("stdout", "journal"),
+        help="where reports go (default stdout; journal: structured entries to the systemd journal)",
+    )
     run.add_argument(
         "--cgroup", action="append", metavar="PATH",
         help="report only tasks whose memory cgroup path starts with PATH (repeatable)",
@@ -169,7 +173,7 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
 # Keys a running daemon cannot change: they shape what is loaded or bound at start.
 RESTART_KEYS = (
     "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
-    "oom_score_adj",
+    "oom_score_adj", "output",
 )
 
 
@@ -233,6 +237,22 @@ def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> No
         print(f"allocwatch: {why_not}", file=sys.stderr, flush=True)
 
 
+def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOutput:
+    """The record stream: stdout (fatal when its reader goes), or the journal."""
+    if cfg.output == "journal":
+        return journal.open_sink(
+            on_error=lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True),
+            on_fatal=lambda _err: stop.set(),
+        )
+    return FdSink(
+        1,
+        render=lambda block: report.render_dicts(block, fmt[0]),
+        drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
+        on_fatal=lambda _err: stop.set(),
+        name="standard output",
+    )
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from allocwatch.daemon import Daemon
 
@@ -241,6 +261,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "scan_interval_s": args.scan_interval,
         "metrics_addr": args.metrics_addr,
         "format": args.format,
+        "output": args.output,
         "cgroups": args.cgroup,
     }
     cfg = config.load(args.config, overrides)
@@ -249,13 +270,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon_ref: list[Daemon] = []
     stop = threading.Event()
     fmt = [cfg.format]  # a reload may change it
-    sink = FdSink(
-        1,
-        render=lambda block: report.render_dicts(block, fmt[0]),
-        drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
-        on_fatal=lambda _err: stop.set(),
-        name="standard output",
-    )
+    sink = _sink(cfg, fmt, stop)
     server = _metrics_server(cfg, daemon_ref, [sink])
     try:
         features = _features(cfg)

@@ -65,6 +65,7 @@ class Config:
     thresholds_s: dict[str, float] = field(default_factory=dict)  # per site label
     scan_interval_s: float = 1.0
     format: str = "text"
+    output: str = "stdout"  # or "journal": structured entries to the systemd journal
     metrics_addr: str | None = None  # None: not given (DEFAULT_METRICS_ADDR); "": metrics off; else "host:port"
     disable_sites: tuple[str, ...] = ()
     hot_paths: bool = False
@@ -192,6 +193,12 @@ def _format(key: str, v: Any) -> str:
     return v
 
 
+def _output(key: str, v: Any) -> str:
+    if not isinstance(v, str) or v not in ("stdout", "journal"):
+        raise ConfigError(f"{key}: expected 'stdout' or 'journal', got {_shown(v)}")
+    return v
+
+
 _HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
@@ -295,6 +302,7 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "thresholds_s": _thresholds,
     "scan_interval_s": _ranged(SCAN_INTERVAL_MIN_S, SCAN_INTERVAL_MAX_S),
     "format": _format,
+    "output": _output,
     "metrics_addr": _addr,
     "disable_sites": _sites,
     "report_interval_s": _ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S),
