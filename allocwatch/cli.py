@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -173,7 +174,7 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
 # Keys a running daemon cannot change: they shape what is loaded or bound at start.
 RESTART_KEYS = (
     "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
-    "oom_score_adj", "output",
+    "oom_score_adj", "lock_memory", "output",
 )
 
 
@@ -217,9 +218,42 @@ def _reloader(
     return between_scans
 
 
+def _enable_bpf_stats(source: Any) -> None:
+    try:
+        source.enable_program_stats()
+    except OSError as exc:
+        print(f"allocwatch: bpf_stats: the kernel refused BPF_ENABLE_STATS ({exc.strerror}); "
+              "no per-program run time", file=sys.stderr)
+
+
+def _test_wedge() -> Callable[[], None]:
+    """For the watchdog test only: with ALLOCWATCH_TEST_WEDGE=1 in the environment,
+    SIGUSR2 makes the scan loop hang for good, so systemd's watchdog must end it."""
+    if os.environ.get("ALLOCWATCH_TEST_WEDGE") != "1":
+        return lambda: None
+    asked = threading.Event()
+    signal.signal(signal.SIGUSR2, lambda *_: asked.set())
+
+    def between_scans() -> None:
+        if asked.is_set():
+            print("allocwatch: ALLOCWATCH_TEST_WEDGE: the scan loop hangs now", file=sys.stderr, flush=True)
+            threading.Event().wait()
+
+    return between_scans
+
+
+def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
+    def run_all() -> None:
+        for step in steps:
+            step()
+
+    return run_all
+
+
 def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> None:
     """The one line that says it is watching, and what it could not do for itself."""
-    why_not = preflight.lower_oom_score(cfg.oom_score_adj)
+    why_not = [w for w in (preflight.lower_oom_score(cfg.oom_score_adj),
+                           preflight.lock_memory() if cfg.lock_memory else None) if w]
     rss = source.rss_kb
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
               f"(compiler text dropped: file was {source.rss_kb_before_drop.get('RssFile', 0) // 1024} MB)"
@@ -233,8 +267,8 @@ def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> No
         file=sys.stderr,
         flush=True,
     )
-    if why_not:  # after the line that says it is watching, which scripts wait for
-        print(f"allocwatch: {why_not}", file=sys.stderr, flush=True)
+    for line in why_not:  # after the line that says it is watching, which scripts wait for
+        print(f"allocwatch: {line}", file=sys.stderr, flush=True)
 
 
 def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOutput:
@@ -282,11 +316,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     try:
         if cfg.bpf_stats:
-            try:
-                source.enable_program_stats()
-            except OSError as exc:
-                print(f"allocwatch: bpf_stats: the kernel refused BPF_ENABLE_STATS ({exc.strerror}); "
-                      "no per-program run time", file=sys.stderr)
+            _enable_bpf_stats(source)
         attached = [s for s in source.status if s.attached]
         if not attached:
             raise NothingAttached("no wait site could be attached: see 'allocwatch probes' for why")
@@ -306,7 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier.ready(f"watching {coverage.summarize(source.status).line()}")
         if server is not None:
             server.start()
-        daemon.run(stop, _reloader(args, overrides, daemon, source, fmt, notifier))
+        daemon.run(stop, _between_scans(_reloader(args, overrides, daemon, source, fmt, notifier), _test_wedge()))
         notifier.stopping()
         if sink.error is None:
             sink.write([daemon.summary()])

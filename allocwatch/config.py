@@ -72,6 +72,7 @@ class Config:
     bpf_stats: bool = False  # count BPF programs' run time while the daemon runs
     begin_stacks: bool = True  # BPF takes a task's stack as it enters reclaim, at most once a second
     oom_score_adj: int = -900  # set on itself at start when it may (CAP_SYS_RESOURCE to lower it)
+    lock_memory: bool = True  # mlockall(MCL_ONFAULT) once loaded: its pages stay in RAM as it touches them
     classify_after_s: float = 1.0
     max_inflight: int = 32768
     tracefs: str = "/sys/kernel/tracing"
@@ -315,6 +316,7 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "bpf_stats": _bool,
     "begin_stacks": _bool,
     "oom_score_adj": _int_range(-1000, 1000),
+    "lock_memory": _bool,
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),
     "max_inflight": _count,
     "tracefs": _path,
