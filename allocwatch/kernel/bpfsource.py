@@ -52,9 +52,11 @@ class LoadOptions:
 def bpf_dir() -> Path:
     """Where bpf/*.c and bpf/*.h are: the package's data, or the checkout."""
     try:
-        data = Path(str(resources.files("allocwatch.bpf")))
-        if (data / BPF_SOURCE).exists():
-            return data
+        # allocwatch.bpf has no __init__.py: files() gives a MultiplexedPath,
+        # whose str() is not a path; a file in it is a real one.
+        src = resources.files("allocwatch.bpf") / BPF_SOURCE
+        if src.is_file():
+            return Path(str(src)).parent
     except (ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "bpf"
