@@ -253,7 +253,8 @@ def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
 def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> None:
     """The one line that says it is watching, and what it could not do for itself."""
     why_not = [w for w in (preflight.lower_oom_score(cfg.oom_score_adj),
-                           preflight.lock_memory() if cfg.lock_memory else None) if w]
+                           preflight.lock_memory() if cfg.lock_memory else None,
+                           preflight.pid_namespace_note()) if w]
     rss = source.rss_kb
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
               f"(compiler text dropped: file was {source.rss_kb_before_drop.get('RssFile', 0) // 1024} MB)"

@@ -225,3 +225,17 @@ def lock_memory(
     err = ctypes.get_errno()
     return (f"could not lock its pages in memory ({os.strerror(err)}; it needs CAP_IPC_LOCK or a "
             "large enough RLIMIT_MEMLOCK): under pressure its own pages may be reclaimed")
+
+
+def pid_namespace_note(status: Path = Path("/proc/self/status")) -> str | None:
+    """None in the host's PID namespace; else why reports will lack /proc details.
+    BPF gives the host's pids, and this /proc shows another namespace's."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("NSpid:") and len(line.split()) > 2:  # NSpid: host-pid ... own-pid
+                return ("runs in a PID namespace of its own: the kernel reports the host's pids, so the stacks, "
+                        "cgroups and command lines of the tasks it reports cannot be read; run it in the host's "
+                        "PID namespace (hostPID in Kubernetes)")
+    except OSError:
+        pass
+    return None
