@@ -60,3 +60,22 @@ def test_unit_exposure_is_at_most_the_readme_figure(tmp_path):
     assert exposure <= EXPOSURE_MAX, proc.stdout
     readme = (ROOT / "README.md").read_text()
     assert f"exposure {exposure:.1f}" in readme, f"the README must say the exposure figure ({exposure:.1f})"
+
+
+def test_pip_install_into_a_venv_with_system_site_packages(tmp_path):
+    """`pip install .` resolves every required dependency from Debian's packages
+    (systemd-python is an extra: nothing has to be built from C)."""
+    src = tmp_path / "src"  # a copy: a build leaves files behind
+    for name in ("allocwatch", "bpf"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    venv = tmp_path / "venv"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    proc = subprocess.run(
+        [str(venv / "bin" / "pip"), "install", "-q", "--no-build-isolation", "--no-index", str(src)],
+        capture_output=True, text=True, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = subprocess.run([str(venv / "bin" / "allocwatch"), "--version"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.startswith("allocwatch "), out
