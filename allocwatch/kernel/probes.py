@@ -401,6 +401,10 @@ def _why_not(opt: Option, features: KernelFeatures) -> str:
         if not features.kprobes:
             return features.kprobes_why_not or "no kprobes on this kernel"
         if not any(features.find_function(f) for f in opt.functions):
+            notrace = [sym for f in opt.functions for sym in features.untraceable(f)]
+            if notrace:
+                return (f"{' / '.join(notrace)} cannot take a kprobe: not in available_filter_functions "
+                        "(notrace; refused since v5.0)")
             return f"no function {' / '.join(opt.functions)} in kallsyms (inlined, renamed or absent)"
         return ""
     if opt.mechanism is Mechanism.DSTATE_STACK:
