@@ -155,3 +155,26 @@ def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemo
         assert 0 < p["setpoint_pages"] <= p["limit_pages"] and p["dirty_pages"] > 0, p  # between freerun and limit
         assert p["dirtied_pages"] > 0, p  # it is throttled for what it dirtied
         assert t["reclaimed_so_far_pages"] is None, t
+
+
+def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
+    import ctypes
+
+    from allocwatch.kernel import kernelinfo, probes, wire
+    from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
+
+    features = kernelinfo.read_features(
+        Path("/sys/kernel/tracing"), probes.all_tracepoint_names(), probes.all_function_names()
+    )
+    src = BpfSource(probes.plan(features), features, LoadOptions(long_wait_ns=10**9))
+    try:
+        src.load()
+        assert probes.RECLAIM_PROGRESS.name in src._attached_tps  # this kernel has it: the count is on
+        assert src._dirty_pauses and probes.BALANCE_DIRTY_PAGES in src._attached_tps
+        leaf = src._bpf[b"dirty_pauses"].Leaf
+        assert ctypes.sizeof(leaf) == ctypes.sizeof(wire.DirtyPauseValue)
+        for name, _ in wire.DirtyPauseValue._fields_:
+            assert getattr(leaf, name).offset == getattr(wire.DirtyPauseValue, name).offset
+        assert src._bpf[b"waits"].Leaf.reclaimed_pages.offset == wire.WaitValue.reclaimed_pages.offset
+    finally:
+        src.close()
