@@ -569,8 +569,8 @@ int aw_wait_iff_congested(struct tracepoint__writeback__writeback_wait_iff_conge
 #ifdef AW_HAVE_DIRTY_PAUSE
 /* The pause chosen and what chose it, for a report of the sleep in flight.
  * Only fields every supported kernel has: bdi_setpoint/bdi_dirty became
- * wb_setpoint/wb_dirty in f1ab2831e2a4 (v6.15), so they are left out. A
- * throttled task comes here at most once per pause (<= 200 ms). */
+ * wb_setpoint/wb_dirty in f1ab2831e2a4 (v6.15), so they are left out. One
+ * note per sleep chosen, and a sleep lasts up to max_pause (200 ms). */
 #ifndef MAX_DIRTY_PAUSES
 #define MAX_DIRTY_PAUSES 4096
 #endif

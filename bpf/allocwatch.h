@@ -95,7 +95,7 @@ struct aw_dirty_pause {
     __u64 dirty;         /* pages dirty or under writeback */
     __u64 setpoint;      /* pages: the level the throttle steers dirty to */
     __u64 limit;         /* pages */
-    __s64 pause_ms;      /* the sleep chosen: period_ms - think_ms, capped */
+    __s64 pause_ms;      /* the sleep chosen: period_ms less think_ms, bounded */
     __u64 period_ms;     /* what the pages it dirtied take at its rate limit */
     __s64 think_ms;      /* since its last pause */
     __u64 paused_ms;     /* slept already in this balance_dirty_pages() call */

@@ -32,8 +32,8 @@ class DirtyPause:
 
     `dirty_pages` is the throttling domain's (global, or the task's memcg's with
     cgroup writeback), `limit_pages` the global dirty limit as the tracepoint
-    gives it; the sleep is `period_ms` (what the task's dirtying takes at its
-    rate limit) less `think_ms` (since its last pause), capped."""
+    gives it; the sleep comes from `period_ms` (what the task's dirtying takes
+    at its rate limit) less `think_ms` (since its last pause), bounded."""
 
     pause_ms: int
     period_ms: int
