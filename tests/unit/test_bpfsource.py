@@ -126,3 +126,13 @@ def test_compiler_output_is_kept_off_stderr_and_given_back(capfd):
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"  # fd 2 is given back
     assert said_tail([""]) == ""
+
+
+def test_site_detail_handlers_are_compiled_where_the_kernel_has_their_fields(source):
+    src = source("6.18")
+    flags = set(src._bpf.cflags)
+    assert {"-DAW_TP_LRU_SHRINK_INACTIVE", "-DAW_HAVE_DIRTY_PAUSE"} <= flags
+    assert ("tp", probes.RECLAIM_PROGRESS.name) in src._bpf.attached
+    old = source("6.1")  # its capture has no lru_shrink_inactive; balance_dirty_pages has the fields
+    assert "-DAW_TP_LRU_SHRINK_INACTIVE" not in old._bpf.cflags and "-DAW_HAVE_DIRTY_PAUSE" in old._bpf.cflags
+    assert ("tp", probes.RECLAIM_PROGRESS.name) not in old._bpf.attached
