@@ -35,12 +35,12 @@ from allocwatch.kernel.probes import (
     MARK_VICTIM_RSS_FIELDS,
     RECLAIM_PROGRESS,
     SCHED_EXIT,
-    SCHED_SWITCH,
     SIGNAL_GENERATE,
     SIGNAL_GENERATE_DEFINE,
     Mechanism,
     SitePlan,
     Tracepoint,
+    tracepoints_to_attach,
 )
 
 BPF_SOURCE = "allocwatch.bpf.c"
@@ -250,10 +250,7 @@ class BpfSource:
         assert opt is not None
         if opt.mechanism is Mechanism.KPROBE_PAIR:
             return self._attach_kprobe_pair(plan, opt.kprobe_fn)
-        tps = list(opt.tracepoints)
-        tps += [tp for tp, _ in opt.optional if self.features.has_tracepoint(tp.name, tp.fields)]
-        if opt.mechanism.needs_sched_switch:
-            tps.append(SCHED_SWITCH)
+        tps = tracepoints_to_attach(opt, self.features)
         new = []
         try:
             for tp in tps:

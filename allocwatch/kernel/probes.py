@@ -393,6 +393,17 @@ class SitePlan:
         return next(filter(None, map(features.find_function, self.chosen.functions)), None)
 
 
+def tracepoints_to_attach(opt: Option, features: KernelFeatures) -> list[Tracepoint]:
+    """What attaching `opt` attaches on this kernel, in order: its tracepoints, the
+    optional ones the kernel has with their fields, and sched_switch if it needs it.
+    The live attach and the offline prediction both use it, so they cannot differ."""
+    tps = list(opt.tracepoints)
+    tps += [tp for tp, _ in opt.optional if features.has_tracepoint(tp.name, tp.fields)]
+    if opt.mechanism.needs_sched_switch:
+        tps.append(SCHED_SWITCH)
+    return tps
+
+
 def all_tracepoint_names() -> set[str]:
     names = {SCHED_SWITCH.name, SCHED_EXIT.name, SIGNAL_GENERATE.name}
     for entry in CATALOG:
