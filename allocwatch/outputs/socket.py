@@ -71,7 +71,8 @@ def may_read(uid: int, gid: int, group: int | None, own_uid: int) -> bool:
         return False
 
 
-def _prepare_dir(d: Path, gid: int | None) -> None:
+def _prepare_dir(d: Path, gid: int | None) -> bool:
+    """True when it made the directory (and so removes it again at exit)."""
     mode = 0o750 if gid is not None else 0o700
     try:
         d.mkdir(mode=mode)
@@ -89,6 +90,7 @@ def _prepare_dir(d: Path, gid: int | None) -> None:
         if gid is not None:
             os.chown(d, -1, gid)
         os.chmod(d, mode)  # whatever the umask
+    return made
 
 
 def _clear_stale(path: Path) -> None:
@@ -151,7 +153,7 @@ class SocketServer:
         self._thread.start()
 
     def _listen(self) -> socket.socket:
-        _prepare_dir(self.path.parent, self._gid)
+        self._made_dir = _prepare_dir(self.path.parent, self._gid)
         _clear_stale(self.path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
         old = os.umask(0o177)  # nobody but the owner between bind() and chmod()
@@ -198,6 +200,9 @@ class SocketServer:
         with contextlib.suppress(OSError):
             if os.lstat(self.path).st_ino == self._inode:  # ours, not a successor's
                 self.path.unlink()
+        if self._made_dir:
+            with contextlib.suppress(OSError):  # not empty: somebody else's files, left alone
+                self.path.parent.rmdir()
 
     # -- the socket thread -----------------------------------------------------------
 

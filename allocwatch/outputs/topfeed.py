@@ -14,6 +14,7 @@ import errno
 import json
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,18 +33,21 @@ class Feed:
     """The latest two snapshots, as dicts; `wait()` returns when a new one came."""
 
     source = ""
+    settled_mono = 0.0  # CLOCK_MONOTONIC after which a snapshot shows everything (an own session names sleeps late)
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._latest: dict[str, Any] | None = None
         self._previous: dict[str, Any] | None = None
         self._count = 0
+        self.last_put_mono = 0.0
         self.closed: str | None = None  # why the feed ended, if it did
 
     def put(self, doc: dict[str, Any]) -> None:
         with self._cond:
             self._previous, self._latest = self._latest, doc
             self._count += 1
+            self.last_put_mono = time.monotonic()
             self._cond.notify_all()
 
     def end(self, why: str) -> None:
@@ -64,6 +68,14 @@ class Feed:
         """Until `count` snapshots have come in all (or the feed ended)."""
         with self._cond:
             return self._cond.wait_for(lambda: self._count >= count or self.closed is not None, timeout_s)
+
+    def wait_settled(self, timeout_s: float) -> bool:
+        """Until two snapshots have come (rates need two), the last after `settled_mono`."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (self._count >= 2 and self.last_put_mono >= self.settled_mono) or self.closed is not None,
+                timeout_s,
+            )
 
     def close(self) -> None:
         pass
