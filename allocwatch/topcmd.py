@@ -44,10 +44,10 @@ def _feed(cfg: config.Config, path: str) -> Feed:
         if not path:
             raise NoDaemon("socket_path is '' (no socket)")
         return SocketFeed(path)
-    except NoDaemon as why:
-        from allocwatch.topsession import OwnSession, session_config
+    except NoDaemon:  # nothing answers there: the same code, in-process (its scans at top's --interval)
+        from allocwatch.topsession import OwnSession
 
-        return OwnSession(session_config(cfg, cfg.scan_interval_s), f"no daemon: {why}")
+        return OwnSession(cfg, f"no daemon on {path or '-'}")
 
 
 def _print_once(feed: Feed, as_json: bool, width: int) -> None:

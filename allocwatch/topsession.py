@@ -8,7 +8,6 @@ program, whatever ended top (q, SIGINT, SIGTERM, SIGHUP).
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
 from typing import Any
@@ -62,8 +61,3 @@ class OwnSession(Feed):
         self._stop.set()
         self._thread.join(10)
         self._bpf.close()
-
-
-def session_config(cfg: config.Config, interval_s: float) -> config.Config:
-    """Scans at top's refresh; the rest as configured."""
-    return dataclasses.replace(cfg, scan_interval_s=interval_s)
