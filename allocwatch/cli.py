@@ -150,7 +150,7 @@ def _compaction_names(cfg: config.Config) -> dict[int, str]:
     return gfpnames.read_symbolic(Path(cfg.tracefs), "compaction/mm_compaction_end", "status")
 
 
-def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
+def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list, sock: Any = None):
     """Bind the metrics address before anything is loaded: a port in use is exit 11."""
     listen = cfg.metrics_listen
     if listen is None:
@@ -160,6 +160,7 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
     collector = SnapshotCollector(
         lambda: daemon_ref[0].latest if daemon_ref else None,
         lambda: {s.name: s.dropped_blocks for s in sinks},
+        lambda: sock.stats() if sock is not None else {},
     )
     try:
         return MetricsServer(listen, registry_for(collector))
@@ -181,11 +182,11 @@ def _listeners(cfg: config.Config, daemon_ref: list, sinks: list) -> tuple[Any, 
     is exit 11, a socket in use exit 14."""
     from allocwatch.outputs.socket import SocketServer
 
-    server = _metrics_server(cfg, daemon_ref, sinks)
+    sock = SocketServer(cfg.socket_path, cfg.socket_group) if cfg.socket_path else None
     try:
-        return server, SocketServer(cfg.socket_path, cfg.socket_group) if cfg.socket_path else None
+        return _metrics_server(cfg, daemon_ref, sinks, sock), sock
     except BaseException:
-        _close(server)
+        _close(sock)
         raise
 
 

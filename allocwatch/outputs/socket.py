@@ -175,6 +175,10 @@ class SocketServer:
     def set_hello(self, hello: Mapping[str, Any]) -> None:
         self._hello = _line(hello)
 
+    def stats(self) -> dict[str, int]:
+        return {"clients_dropped": self.clients_dropped, "clients_refused": self.clients_refused,
+                "snapshots_dropped": self.snapshots_dropped}
+
     def wanted(self) -> bool:
         """Somebody listens: the daemon then reads the live view (a plain read, no lock)."""
         return bool(self._clients)
