@@ -61,7 +61,7 @@ class Column:
 COLUMNS = (
     Column("PID", 7, 0, lambda r: str(r.pid) if r.pid else "*", True),
     Column("TID", 7, 5, lambda r: f"x{len(r.tids)}" if r.tids else str(r.tid), True),
-    Column("COMM", 15, 0, lambda r: r.comm),
+    Column("COMM", 15, 0, lambda r: f"{r.comm[:10]} x{len(r.tids)}" if r.tids else r.comm),
     Column("SITE", 16, 0, lambda r: r.site),
     Column("WAIT", 7, 0, lambda r: ("" if r.start_known else ">") + duration_text(r.wait_s), True),
     Column("SHARE", 5, 2, lambda r: _pct(r.share), True),
@@ -116,8 +116,8 @@ def header_lines(doc: Mapping[str, Any], source: str, age_s: float, width: int) 
         (f"allocwatch top  {source}  scan #{doc['scan']} {age_s:.1f}s old", "title"),
         (f"mem: {psi_text} | avail {size_text(mem.get('MemAvailable'))} free {size_text(mem.get('MemFree'))}"
          f" | oom kills {doc.get('counters', {}).get('oom_kills', 0)}", ""),
-        (f"{kswapd}  sites {sum(1 for c in cov if c['attached'])} attached of {len(cov)}"
-         f"  tasks {waiting} waiting, {stalled} over threshold, {len(doc.get('episodes', ()))} episode(s)", ""),
+        (f"{kswapd}  sites {sum(1 for c in cov if c['attached'])}/{len(cov)} attached"
+         f"  tasks {waiting} waiting, {stalled} stalled, {len(doc.get('episodes', ()))} episodes", ""),
     ]
     return [(t[:width], s) for t, s in lines]
 

@@ -95,6 +95,7 @@ def test_many_tasks_of_one_program_share_a_row_where_their_longest_is():
     assert [r.tids or r.tid for r in grouped] == [1, (204, 203, 202, 201, 200), 2]
     g = grouped[1]
     assert g.pid == 100 and g.wait_s == 14.0 and g.comm == "hog"
+    assert topview.task_line(g, 80).split()[:2] == ["100", "hog"] and " x5 " in topview.task_line(g, 80)
     assert len(visible_rows(doc, grouped=False)) == 7
     assert len(group_rows(task_rows(doc), min_size=10)) == 7
 
@@ -126,8 +127,9 @@ def test_a_frame_fits_80x24_and_uses_more_width_when_there_is_more():
     rows = visible_rows(doc, grouped=False)
     lines = topview.frame_lines(doc, None, rows, "daemon /run/allocwatch/allocwatch.sock", 0.4, 80, 24, 0, "sort: wait")
     assert len(lines) == 24 and all(len(t) <= 80 for t, _ in lines)
-    assert lines[0][0].startswith("allocwatch top  daemon") and "2 attached" not in lines[2][0]
-    assert "sites 1 attached of 2" in lines[2][0] and "kswapd0 S 12.0s" in lines[2][0]
+    assert lines[0][0].startswith("allocwatch top  daemon")
+    assert "sites 1/2 attached" in lines[2][0] and lines[2][0].endswith("0 episodes")
+    assert "kswapd0 S 12.0s" in lines[2][0]
     assert "psi10 some 1.50% full 0.50%" in lines[1][0] and "oom kills 2" in lines[1][0]
     table = next(i for i, (t, _) in enumerate(lines) if t.startswith("    PID"))
     assert "GFP" not in lines[table][0] and lines[table + 1][1] == "selected"
