@@ -164,6 +164,12 @@ def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
         pane.type("echo")  # the shell is up
         _exercise(pane, hog.pid, socket_path, timeout=30, header="own session")
         assert allocwatch_prog_ids() == before, "q left programs attached"
+        pane.type(f"clear; {TOP} --socket {socket_path}; echo AW-EXIT=$?")  # SIGINT (Ctrl-C) ends it like q
+        assert pane.wait(lambda s: "own session" in s and _row(s, hog.pid) is not None, 30), pane.screen()
+        pane.keys("C-c")
+        after = pane.wait(lambda s: _EXIT.search(s) is not None, 15)
+        assert after and _EXIT.search(after)[1] == "0", pane.screen()
+        assert allocwatch_prog_ids() == before, "SIGINT left programs attached"
         # a closed terminal (SIGHUP) detaches everything too
         pid = pane.shell_pid()
         pane.type(f"exec {sys.executable} -m allocwatch top --socket {socket_path}")  # top takes the shell's pid

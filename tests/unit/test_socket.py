@@ -130,7 +130,7 @@ def test_a_client_that_never_reads_is_dropped_and_counted_without_slowing_publis
             time.sleep(0.005)
             if srv.clients_dropped:
                 break
-        assert srv.clients_dropped == 1 and slowest < 0.05
+        assert srv.clients_dropped == 1 and slowest < 0.25  # a queue append; blocking would take seconds
         lazy.settimeout(5)
         got = b""
         while chunk := lazy.recv(1 << 20):  # what it was sent, then the end: it was closed
