@@ -14,6 +14,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,9 @@ from allocwatch import __version__, config, preflight, topcmd
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, NothingAttached, OutputClosed
 from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
-from allocwatch.outputs import report
+from allocwatch.outputs import journal, report
 from allocwatch.outputs.notify import SystemdNotifier
-from allocwatch.outputs.sinks import FdSink
+from allocwatch.outputs.sinks import FdSink, QueuedOutput
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
         "'' for none)",
     )
     run.add_argument("--format", choices=("text", "json"), help="report format (default text)")
+    run.add_argument(
+        "--output", choices=("stdout", "journal"),
+        help="where reports go (default stdout; journal: structured entries to the systemd journal)",
+    )
     run.add_argument(
         "--socket", metavar="PATH", help=f"socket for allocwatch top (default {config.DEFAULT_SOCKET_PATH}; '' none)"
     )
@@ -203,7 +208,7 @@ def _serve_top(daemon: Any, sock: Any) -> None:
 # Keys a running daemon cannot change: they shape what is loaded or bound at start.
 RESTART_KEYS = (
     "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
-    "oom_score_adj", "socket_path", "socket_group",
+    "oom_score_adj", "lock_memory", "output", "socket_path", "socket_group",
 )
 
 
@@ -247,9 +252,43 @@ def _reloader(
     return between_scans
 
 
+def _enable_bpf_stats(source: Any) -> None:
+    try:
+        source.enable_program_stats()
+    except OSError as exc:
+        print(f"allocwatch: bpf_stats: the kernel refused BPF_ENABLE_STATS ({exc.strerror}); "
+              "no per-program run time", file=sys.stderr)
+
+
+def _test_wedge() -> Callable[[], None]:
+    """For the watchdog test only: with ALLOCWATCH_TEST_WEDGE=1 in the environment,
+    SIGUSR2 makes the scan loop hang for good, so systemd's watchdog must end it."""
+    if os.environ.get("ALLOCWATCH_TEST_WEDGE") != "1":
+        return lambda: None
+    asked = threading.Event()
+    signal.signal(signal.SIGUSR2, lambda *_: asked.set())
+
+    def between_scans() -> None:
+        if asked.is_set():
+            print("allocwatch: ALLOCWATCH_TEST_WEDGE: the scan loop hangs now", file=sys.stderr, flush=True)
+            threading.Event().wait()
+
+    return between_scans
+
+
+def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
+    def run_all() -> None:
+        for step in steps:
+            step()
+
+    return run_all
+
+
 def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> None:
     """The one line that says it is watching, and what it could not do for itself."""
-    why_not = preflight.lower_oom_score(cfg.oom_score_adj)
+    why_not = [w for w in (preflight.lower_oom_score(cfg.oom_score_adj),
+                           preflight.lock_memory() if cfg.lock_memory else None,
+                           preflight.pid_namespace_note()) if w]
     rss = source.rss_kb
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
               f"(compiler text dropped: file was {source.rss_kb_before_drop.get('RssFile', 0) // 1024} MB)"
@@ -263,8 +302,24 @@ def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> No
         file=sys.stderr,
         flush=True,
     )
-    if why_not:  # after the line that says it is watching, which scripts wait for
-        print(f"allocwatch: {why_not}", file=sys.stderr, flush=True)
+    for line in why_not:  # after the line that says it is watching, which scripts wait for
+        print(f"allocwatch: {line}", file=sys.stderr, flush=True)
+
+
+def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOutput:
+    """The record stream: stdout (fatal when its reader goes), or the journal."""
+    if cfg.output == "journal":
+        return journal.open_sink(
+            on_error=lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True),
+            on_fatal=lambda _err: stop.set(),
+        )
+    return FdSink(
+        1,
+        render=lambda block: report.render_dicts(block, fmt[0]),
+        drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
+        on_fatal=lambda _err: stop.set(),
+        name="standard output",
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -275,6 +330,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "scan_interval_s": args.scan_interval,
         "metrics_addr": args.metrics_addr,
         "format": args.format,
+        "output": args.output,
         "cgroups": args.cgroup,
         "socket_path": args.socket,
     }
@@ -284,13 +340,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     daemon_ref: list[Daemon] = []
     stop = threading.Event()
     fmt = [cfg.format]  # a reload may change it
-    sink = FdSink(
-        1,
-        render=lambda block: report.render_dicts(block, fmt[0]),
-        drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
-        on_fatal=lambda _err: stop.set(),
-        name="standard output",
-    )
+    sink = _sink(cfg, fmt, stop)
     server, sock = _listeners(cfg, daemon_ref, [sink])
     try:
         features = _features(cfg)
@@ -301,11 +351,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise
     try:
         if cfg.bpf_stats:
-            try:
-                source.enable_program_stats()
-            except OSError as exc:
-                print(f"allocwatch: bpf_stats: the kernel refused BPF_ENABLE_STATS ({exc.strerror}); "
-                      "no per-program run time", file=sys.stderr)
+            _enable_bpf_stats(source)
         attached = [s for s in source.status if s.attached]
         if not attached:
             raise NothingAttached("no wait site could be attached: see 'allocwatch probes' for why")
@@ -327,7 +373,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier.ready(f"watching {coverage.summarize(source.status).line()}")
         if server is not None:
             server.start()
-        daemon.run(stop, _reloader(args, overrides, daemon, source, fmt, notifier))
+        daemon.run(stop, _between_scans(_reloader(args, overrides, daemon, source, fmt, notifier), _test_wedge()))
         notifier.stopping()
         if sink.error is None:
             sink.write([daemon.summary()])

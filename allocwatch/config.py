@@ -70,12 +70,14 @@ class Config:
     thresholds_s: dict[str, float] = field(default_factory=dict)  # per site label
     scan_interval_s: float = 1.0
     format: str = "text"
+    output: str = "stdout"  # or "journal": structured entries to the systemd journal
     metrics_addr: str | None = None  # None: not given (DEFAULT_METRICS_ADDR); "": metrics off; else "host:port"
     disable_sites: tuple[str, ...] = ()
     hot_paths: bool = False
     bpf_stats: bool = False  # count BPF programs' run time while the daemon runs
     begin_stacks: bool = True  # BPF takes a task's stack as it enters reclaim, at most once a second
     oom_score_adj: int = -900  # set on itself at start when it may (CAP_SYS_RESOURCE to lower it)
+    lock_memory: bool = True  # mlockall(MCL_ONFAULT) once loaded: its pages stay in RAM as it touches them
     classify_after_s: float = 1.0
     max_inflight: int = 32768
     tracefs: str = "/sys/kernel/tracing"
@@ -196,6 +198,12 @@ def _thresholds(key: str, v: Any) -> dict[str, float]:
 def _format(key: str, v: Any) -> str:
     if not isinstance(v, str) or v not in ("text", "json"):
         raise ConfigError(f"{key}: expected 'text' or 'json', got {_shown(v)}")
+    return v
+
+
+def _output(key: str, v: Any) -> str:
+    if not isinstance(v, str) or v not in ("stdout", "journal"):
+        raise ConfigError(f"{key}: expected 'stdout' or 'journal', got {_shown(v)}")
     return v
 
 
@@ -326,6 +334,7 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "thresholds_s": _thresholds,
     "scan_interval_s": _ranged(SCAN_INTERVAL_MIN_S, SCAN_INTERVAL_MAX_S),
     "format": _format,
+    "output": _output,
     "metrics_addr": _addr,
     "disable_sites": _sites,
     "report_interval_s": _ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S),
@@ -338,6 +347,7 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "bpf_stats": _bool,
     "begin_stacks": _bool,
     "oom_score_adj": _int_range(-1000, 1000),
+    "lock_memory": _bool,
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),
     "max_inflight": _count,
     "tracefs": _path,

@@ -9,9 +9,11 @@ already be a tracefs mount point.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import resource
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from allocwatch.errors import NotPrivileged, OutputClosed, TracefsMissing
@@ -189,3 +191,51 @@ def lower_oom_score(adj: int, path: Path = Path("/proc/self/oom_score_adj")) -> 
                 "CAP_SYS_RESOURCE): the OOM killer ranks it like any task of its size")
     except ValueError:
         return None
+
+
+# mlockall(2) flags, include/uapi/asm-generic/mman-common.h. MCL_ONFAULT since
+# v4.4 (b0f205c2a308, "mm: mlock: add mlock flags to enable VM_LOCKONFAULT usage").
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+CAP_IPC_LOCK = 14
+
+
+def lock_memory(
+    mlockall: Callable[[int], int] | None = None,
+    effective: int | None = None,
+    memlock_limit: int | None = None,
+) -> str | None:
+    """Keep the scan loop's pages in RAM: each page is locked when it is first
+    touched (MCL_ONFAULT), so what is not resident now (the compiler's text,
+    dropped after the load) is never pulled in. None when done, else why not.
+
+    Only with CAP_IPC_LOCK or no RLIMIT_MEMLOCK: under a finite limit,
+    MCL_FUTURE would make every later allocation past it fail."""
+    effective = _effective_caps() if effective is None else effective
+    memlock_limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] if memlock_limit is None else memlock_limit
+    if not effective >> CAP_IPC_LOCK & 1 and memlock_limit != resource.RLIM_INFINITY:
+        return ("did not lock its pages in memory (that needs CAP_IPC_LOCK, or RLIMIT_MEMLOCK unlimited: "
+                "LimitMEMLOCK=infinity): under pressure its own pages may be reclaimed")
+    if mlockall is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mlockall = libc.mlockall
+    if mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+        return None
+    err = ctypes.get_errno()
+    return (f"could not lock its pages in memory ({os.strerror(err)}; it needs CAP_IPC_LOCK or a "
+            "large enough RLIMIT_MEMLOCK): under pressure its own pages may be reclaimed")
+
+
+def pid_namespace_note(status: Path = Path("/proc/self/status")) -> str | None:
+    """None in the host's PID namespace; else why reports will lack /proc details.
+    BPF gives the host's pids, and this /proc shows another namespace's."""
+    try:
+        for line in status.read_text().splitlines():
+            if line.startswith("NSpid:") and len(line.split()) > 2:  # NSpid: host-pid ... own-pid
+                return ("runs in a PID namespace of its own: the kernel reports the host's pids, so the stacks, "
+                        "cgroups and command lines of the tasks it reports cannot be read; run it in the host's "
+                        "PID namespace (hostPID in Kubernetes)")
+    except OSError:
+        pass
+    return None

@@ -7,11 +7,15 @@ stops the daemon), and hands decoded records to the rest of the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -52,9 +56,11 @@ class LoadOptions:
 def bpf_dir() -> Path:
     """Where bpf/*.c and bpf/*.h are: the package's data, or the checkout."""
     try:
-        data = Path(str(resources.files("allocwatch.bpf")))
-        if (data / BPF_SOURCE).exists():
-            return data
+        # allocwatch.bpf has no __init__.py: files() gives a MultiplexedPath,
+        # whose str() is not a path; a file in it is a real one.
+        src = resources.files("allocwatch.bpf") / BPF_SOURCE
+        if src.is_file():
+            return Path(str(src)).parent
     except (ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "bpf"
@@ -80,8 +86,43 @@ def check_headers(release: str) -> None:
         )
 
 
+# What clang says of the kernel's own headers when it compiles them for the BPF
+# target, harmless and not ours to fix: x86's __noendbr (nocf_check, an
+# attribute the BPF target ignores; v5.18+) and the percpu accessors' repeated
+# __seg_gs qualifiers (v6.10+). Seen compiling against Debian's 6.12 headers.
+QUIET_CFLAGS = ("-Wno-ignored-attributes", "-Wno-duplicate-decl-specifier")
+SAID_TAIL_CHARS = 2000
+
+
+@contextlib.contextmanager
+def compiler_output() -> Iterator[list[str]]:
+    """What bcc and clang write on fd 2 while inside, kept from the user's
+    stderr; the list holds it (its last SAID_TAIL_CHARS) once the block ends."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield said
+            finally:
+                os.dup2(saved, 2)
+                tmp.seek(0, os.SEEK_END)
+                tmp.seek(max(0, tmp.tell() - SAID_TAIL_CHARS))
+                said.append(tmp.read().decode("utf-8", "replace"))
+    finally:
+        os.close(saved)
+
+
+def said_tail(said: list[str]) -> str:
+    text = " ".join(line.strip() for line in "".join(said).splitlines() if line.strip())
+    return f"; the compiler said: ...{text[-SAID_TAIL_CHARS // 2:]}" if text else ""
+
+
 def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOptions, kprobes: bool) -> list[str]:
     flags = [
+        *QUIET_CFLAGS,
         f"-I{bpf_dir()}",
         f"-DLONG_WAIT_NS={opts.long_wait_ns}ULL",
         f"-DDSTATE_END_NS={min(opts.dstate_end_ns or opts.long_wait_ns, opts.long_wait_ns)}ULL",
@@ -137,10 +178,14 @@ class BpfSource:
         want_kprobes = self.features.kprobes if kprobes is None else kprobes
         flags = cflags_for(self.plans, self.features, self.opts, want_kprobes)
         src = str(bpf_dir() / BPF_SOURCE).encode()
-        try:
-            self._bpf = self._bcc.BPF(src_file=src, cflags=flags)
-        except Exception as exc:  # bcc raises bare Exception for everything
-            raise BpfUnavailable(f"the BPF programs did not compile or load: {exc}") from None
+        failed: Exception | None = None
+        with compiler_output() as said:
+            try:
+                self._bpf = self._bcc.BPF(src_file=src, cflags=flags)
+            except Exception as exc:  # bcc raises bare Exception for everything
+                failed = exc
+        if failed is not None:
+            raise BpfUnavailable(f"the BPF programs did not compile or load: {failed}{said_tail(said)}") from None
         self._bpf[b"events"].open_ring_buffer(self._on_event)
         try:  # without it, maps would keep the waits of tasks that exited
             self._attach_tp(SCHED_EXIT)
@@ -153,7 +198,8 @@ class BpfSource:
             except Exception:
                 pass
         self.set_tunables(self.opts.long_wait_ns, self.opts.dstate_end_ns or self.opts.long_wait_ns)
-        self.status = [self._attach_site(p) for p in self.plans]
+        with compiler_output():  # bcc prints its own line for an attach that fails; the status says why
+            self.status = [self._attach_site(p) for p in self.plans]
         _release_build_memory()
         before = _rss_kb()
         _drop_compiler_text()

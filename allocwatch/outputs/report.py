@@ -216,7 +216,8 @@ def memcg_line(m: Mapping[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _stall_text(head: str, d: Mapping[str, Any]) -> str:
+def stall_head_lines(head: str, d: Mapping[str, Any]) -> list[str]:
+    """A stall block's first line and what the rest of the machine looks like."""
     tasks = d["tasks"]
     new = sum(1 for t in tasks if t["new"])
     longest = max((t["duration_s"] for t in tasks), default=0.0)
@@ -227,22 +228,41 @@ def _stall_text(head: str, d: Mapping[str, Any]) -> str:
     ]
     if d.get("context"):
         lines += _context_lines(d["context"])
-    for g in group_tasks(tasks):
+    return lines
+
+
+def task_lines(t: Mapping[str, Any]) -> list[str]:
+    """One task of a stall block on its own (no grouping): its line and what follows it."""
+    return _task_lines(t)
+
+
+def more_lines(d: Mapping[str, Any]) -> list[str]:
+    """The tasks past a block's limit, counted."""
+    return [
+        f"  and {m['tasks']} more task(s) site={m['site']} "
+        f"cgroup={text_value(m['cgroup']) if m['cgroup'] else '-'} longest={m['longest_s']:.1f}s"
+        for m in d.get("more", ())
+    ]
+
+
+def _stall_text(head: str, d: Mapping[str, Any]) -> str:
+    lines = stall_head_lines(head, d)
+    for g in group_tasks(d["tasks"]):
         if len(g) > 1 and g[0].get("kind", "stall") == "stall":
             lines += _group_lines(g)
         else:
             for t in g:
                 lines += _task_lines(t)
-    for m in d.get("more", ()):
-        lines.append(
-            f"  and {m['tasks']} more task(s) site={m['site']} "
-            f"cgroup={text_value(m['cgroup']) if m['cgroup'] else '-'} longest={m['longest_s']:.1f}s"
-        )
+    lines += more_lines(d)
     return "\n".join(lines) + "\n"
 
 
 def _text(d: Mapping[str, Any]) -> str:
-    head = f"{d['time']} allocwatch:"
+    return record_text(d, f"{d['time']} allocwatch:")
+
+
+def record_text(d: Mapping[str, Any], head: str) -> str:
+    """A record as text, its first line starting with `head` (the journal has its own time)."""
     kind = d["type"]
     if kind == "stall_report":
         return _stall_text(head, d)

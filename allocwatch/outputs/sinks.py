@@ -1,6 +1,7 @@
-"""The record stream to an fd (stdout), without ever blocking the scan loop.
+"""The record streams (stdout, the journal), without ever blocking the scan loop.
 
-`FdSink.publish()` puts a snapshot's records (one block per scan) on a bounded
+`QueuedOutput` is the queue and thread they share; `FdSink` writes text or
+JSON to an fd. `FdSink.publish()` puts a snapshot's records (one block per scan) on a bounded
 queue and returns at once; a writer thread renders each block and writes it to
 the fd in order, so two blocks never interleave. When the reader is slower than the reports, whole
 blocks are dropped (never half of one), counted, and the next block that gets
@@ -35,23 +36,17 @@ class _RenderFailed(AllocwatchError):
     """A bug: exit 1, like any internal error."""
 
 
-class FdSink:
+class QueuedOutput:
+    """A bounded queue of blocks and the thread that empties it: `write()` never
+    blocks; a subclass says how one block goes out (`_emit`)."""
+
+    name = "output"  # the metrics label
+
     def __init__(
-        self,
-        fd: int = 1,
-        render: Callable[[Block], str] = lambda block: "".join(f"{d}\n" for d in block),
-        drop_notice: Callable[[int], str] = lambda n: f"allocwatch: {n} report block(s) dropped: output too slow\n",
-        on_fatal: Callable[[AllocwatchError], None] = lambda err: None,
-        max_blocks: int = DEFAULT_MAX_BLOCKS,
-        name: str = "standard output",
+        self, max_blocks: int = DEFAULT_MAX_BLOCKS, on_fatal: Callable[[AllocwatchError], None] = lambda e: None
     ) -> None:
-        self._fd = fd
-        self._render = render
-        self._drop_notice = drop_notice
-        self._on_fatal = on_fatal
         self._max_blocks = max_blocks
-        self._name = name
-        self.name = "stdout" if fd == 1 else f"fd{fd}"  # the metrics label
+        self._on_fatal = on_fatal
         self._queue: deque[Block] = deque()
         self._cond = threading.Condition()
         self._closing = False
@@ -59,7 +54,7 @@ class FdSink:
         self._dropped_unsaid = 0  # since the last block that got out
         self.written_blocks = 0
         self.error: AllocwatchError | None = None
-        self._thread = threading.Thread(target=self._run, name=f"sink-fd{fd}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._thread.start()
 
     # -- the scan loop's side: never blocks ------------------------------------
@@ -93,7 +88,7 @@ class FdSink:
 
     # -- the writer thread ----------------------------------------------------------
 
-    def _next(self) -> str | None:
+    def _next(self) -> tuple[Block, int] | None:
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
@@ -101,26 +96,51 @@ class FdSink:
                 return None
             block = self._queue.popleft()
             dropped, self._dropped_unsaid = self._dropped_unsaid, 0
-        try:
-            text = self._render(block)
-        except Exception as exc:  # a renderer bug must not silence the stream without a word
-            raise _RenderFailed(f"internal error: cannot render a report block: {type(exc).__name__}: {exc}") from None
-        return self._drop_notice(dropped) + text if dropped else text
+        return block, dropped
 
     def _run(self) -> None:
         while True:
             try:
-                text = self._next()
-                if text is None:
+                item = self._next()
+                if item is None:
                     return
-                self._write_all(text.encode("utf-8", "backslashreplace"))
-            except AllocwatchError as err:
+                self._emit(*item)
+            except Exception as exc:  # a bug in rendering must not silence the stream without a word
+                err = exc if isinstance(exc, AllocwatchError) else _RenderFailed(
+                    f"internal error: cannot write a report block: {type(exc).__name__}: {exc}")
                 with self._cond:
                     self.error = err
                     self._queue.clear()
                 self._on_fatal(err)
                 return
             self.written_blocks += 1
+
+    def _emit(self, block: Block, dropped_before: int) -> None:
+        raise NotImplementedError
+
+
+class FdSink(QueuedOutput):
+    def __init__(
+        self,
+        fd: int = 1,
+        render: Callable[[Block], str] = lambda block: "".join(map("{}\n".format, block)),
+        drop_notice: Callable[[int], str] = lambda n: f"allocwatch: {n} report block(s) dropped: output too slow\n",
+        on_fatal: Callable[[AllocwatchError], None] = lambda err: None,
+        max_blocks: int = DEFAULT_MAX_BLOCKS,
+        name: str = "standard output",
+    ) -> None:
+        self._fd = fd
+        self._render = render
+        self._drop_notice = drop_notice
+        self._name = name
+        self.name = "stdout" if fd == 1 else f"fd{fd}"
+        super().__init__(max_blocks, on_fatal)
+
+    def _emit(self, block: Block, dropped_before: int) -> None:
+        text = self._render(block)
+        if dropped_before:
+            text = self._drop_notice(dropped_before) + text
+        self._write_all(text.encode("utf-8", "backslashreplace"))
 
     def _write_all(self, data: bytes) -> None:
         view = memoryview(data)

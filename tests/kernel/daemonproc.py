@@ -25,9 +25,10 @@ def allocwatch_prog_ids() -> set[int]:
 
 
 class Daemon:
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, spawn: Callable[..., subprocess.Popen[Any]] = subprocess.Popen) -> None:
+        """`spawn` starts it (MemCgroup.spawn puts it in a memory cgroup)."""
         self.before = allocwatch_prog_ids()
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             # metrics and top's socket off unless a test asks (a later flag wins),
             # so daemons of two tests never fight over the default port or path
             [sys.executable, "-m", "allocwatch", "run", "--format", "json", "--metrics-addr", "", "--socket", "",

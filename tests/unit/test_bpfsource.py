@@ -1,6 +1,8 @@
 """Attaching, with a stand-in for bcc: fail-over to the next option, and no
 half-attached pair left behind. (The real thing runs in tests/kernel.)"""
 
+import os
+
 import pytest
 
 from allocwatch.core.sites import Site
@@ -108,3 +110,18 @@ def test_fallback_handlers_are_compiled(source):
     flags = set(src._bpf.cflags)
     assert "-DAW_KPROBES" in flags
     assert "-DAW_TP_BALANCE_DIRTY_PAGES" in flags and "-DAW_TP_MARK_VICTIM" in flags
+
+
+def test_compiler_output_is_kept_off_stderr_and_given_back(capfd):
+    from allocwatch.kernel.bpfsource import SAID_TAIL_CHARS, compiler_output, said_tail
+
+    with compiler_output() as said:
+        os.write(2, b"In file included from <built-in>:4:\nwarning: 'nocf_check' attribute ignored\n")
+    assert capfd.readouterr().err == ""
+    assert "nocf_check" in said[0] and "nocf_check" in said_tail(said)
+    with compiler_output() as said:
+        os.write(2, b"x" * (3 * SAID_TAIL_CHARS))
+    assert len(said[0]) == SAID_TAIL_CHARS
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"  # fd 2 is given back
+    assert said_tail([""]) == ""

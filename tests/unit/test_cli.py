@@ -1,6 +1,7 @@
 """Exit codes and messages for bad input (the README lists the codes)."""
 
 import json
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -158,3 +159,27 @@ def test_oom_score_is_lowered_when_it_may_and_said_when_not(tmp_path, monkeypatc
     monkeypatch.setattr(type(f), "write_text", refuse)
     why = preflight.lower_oom_score(-900, f)
     assert why is not None and "CAP_SYS_RESOURCE" in why and len(why.splitlines()) == 1
+
+
+def test_lock_memory_only_where_later_allocations_cannot_fail():
+    calls = []
+
+    def fake(flags):
+        calls.append(flags)
+        return 0
+
+    finite = 8 << 20
+    no_cap = 0
+    assert "CAP_IPC_LOCK" in preflight.lock_memory(fake, effective=no_cap, memlock_limit=finite)
+    assert calls == []  # not even tried: MCL_FUTURE under a finite limit breaks later mmaps
+    assert preflight.lock_memory(fake, effective=1 << preflight.CAP_IPC_LOCK, memlock_limit=finite) is None
+    assert preflight.lock_memory(fake, effective=no_cap, memlock_limit=resource.RLIM_INFINITY) is None
+    assert calls == [preflight.MCL_CURRENT | preflight.MCL_FUTURE | preflight.MCL_ONFAULT] * 2
+
+
+def test_a_pid_namespace_of_its_own_is_said(tmp_path):
+    status = tmp_path / "status"
+    status.write_text("Name:\tallocwatch\nNSpid:\t4242\n")
+    assert preflight.pid_namespace_note(status) is None
+    status.write_text("Name:\tallocwatch\nNSpid:\t4242\t165\n")
+    assert "hostPID" in preflight.pid_namespace_note(status)

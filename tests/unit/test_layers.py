@@ -85,7 +85,10 @@ def test_built_wheel_holds_and_imports_every_module(tmp_path):
     code = (
         f"import importlib, sys; sys.path.insert(0, {str(unpacked)!r}); "
         f"files = [importlib.import_module(m).__file__ for m in {mods!r}]; "
-        f"assert all(f.startswith({str(unpacked)!r}) for f in files), files"
+        f"assert all(f.startswith({str(unpacked)!r}) for f in files), files; "
+        # the installed package finds its BPF source in itself, not in a checkout
+        f"from allocwatch.kernel.bpfsource import bpf_dir; d = bpf_dir(); "
+        f"assert str(d) == {str(unpacked / 'allocwatch' / 'bpf')!r}, d"
     )
     # -I: no user site, no editable-install finder of the checkout in the way
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path)
