@@ -9,7 +9,8 @@ that still has more than `max_buffer_bytes` unread when the next snapshot
 comes has fallen behind: it is closed and counted, never waited for.
 
 Who may read: the socket is mode 0600 (0660 with `socket_group`), owned by
-the daemon's user, in a directory made 0700 (0750) when it does not exist;
+the daemon's user, in a directory made 0700 (0750) when it does not exist
+(an existing private one, 0700 or 0750 and the daemon's, gets the group too);
 and each client's credentials (SO_PEERCRED) are checked again on accept: root,
 the daemon's own user, or a member of the group. Anyone else gets one line
 saying so and is closed.
@@ -86,7 +87,10 @@ def _prepare_dir(d: Path, gid: int | None) -> bool:
         raise SocketUnavailable(f"socket_path: {d} is not a directory")
     if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
         raise SocketUnavailable(f"socket_path: {d} may be written by other users: the socket could be replaced")
-    if made:
+    # A directory of the daemon's own (mode 0700 or 0750, as systemd's RuntimeDirectory=
+    # makes it) is given to the group too; a shared one such as /run is never changed.
+    private = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) in (0o700, 0o750)
+    if made or (private and gid is not None):
         if gid is not None:
             os.chown(d, -1, gid)
         os.chmod(d, mode)  # whatever the umask

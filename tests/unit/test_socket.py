@@ -58,6 +58,24 @@ def test_with_a_group_its_members_may_too(sockdir):
         srv.close()
 
 
+def test_a_private_directory_gets_the_group_and_a_shared_one_is_left_alone(tmp_path):
+    group = _own_group()
+    gid = grp.getgrnam(group).gr_gid
+    private = tmp_path / "rt"
+    private.mkdir()
+    private.chmod(0o750)  # as systemd's RuntimeDirectory= makes it
+    srv = SocketServer(str(private / "a.sock"), group=group)
+    srv.close()
+    st = os.lstat(private)
+    assert stat.S_IMODE(st.st_mode) == 0o750 and st.st_gid == gid and private.exists()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    srv = SocketServer(str(shared / "a.sock"), group=group)
+    srv.close()
+    assert stat.S_IMODE(os.lstat(shared).st_mode) == 0o755
+
+
 def test_an_unknown_group_a_live_socket_and_another_file_are_refused(sockdir):
     sockdir.mkdir(mode=0o700)  # not made by the server: left in place
     with pytest.raises(SocketUnavailable, match="no group named"):
