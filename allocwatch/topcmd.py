@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from allocwatch import config
+from allocwatch.errors import NotPrivileged
 from allocwatch.outputs import topview
 from allocwatch.outputs.topfeed import Feed, NoDaemon, SocketFeed
 from allocwatch.outputs.topmodel import visible_rows
@@ -44,10 +45,13 @@ def _feed(cfg: config.Config, path: str) -> Feed:
         if not path:
             raise NoDaemon("socket_path is '' (no socket)")
         return SocketFeed(path)
-    except NoDaemon:  # nothing answers there: the same code, in-process (its scans at top's --interval)
+    except NoDaemon as why:  # nothing answers there: the same code, in-process (its scans at top's --interval)
         from allocwatch.topsession import OwnSession
 
-        return OwnSession(cfg, f"no daemon on {path or '-'}")
+        try:
+            return OwnSession(cfg, f"no daemon on {path or '-'}")
+        except NotPrivileged as err:
+            raise NotPrivileged(f"{why}; top would start a session of its own, but {err}") from None
 
 
 def _print_once(feed: Feed, as_json: bool, width: int) -> None:
