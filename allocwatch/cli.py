@@ -187,7 +187,10 @@ def _listeners(cfg: config.Config, daemon_ref: list, sinks: list) -> tuple[Any, 
     is exit 11, a socket in use exit 14."""
     from allocwatch.outputs.socket import SocketServer
 
-    sock = SocketServer(cfg.socket_path, cfg.socket_group) if cfg.socket_path else None
+    def said(line: str) -> None:
+        print(f"allocwatch: {line}", file=sys.stderr, flush=True)
+
+    sock = SocketServer(cfg.socket_path, cfg.socket_group, on_error=said) if cfg.socket_path else None
     try:
         return _metrics_server(cfg, daemon_ref, sinks, sock), sock
     except BaseException:

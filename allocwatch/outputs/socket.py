@@ -135,6 +135,7 @@ class SocketServer:
         max_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES,
         max_clients: int = DEFAULT_MAX_CLIENTS,
         render: Callable[[Snapshot], Mapping[str, Any]] = snapshot_dict,
+        on_error: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.path = Path(path)
         self._gid = group_id(group)
@@ -142,6 +143,8 @@ class SocketServer:
         self._max_buffer = max_buffer_bytes
         self._max_clients = max_clients
         self._render = render
+        self._on_error = on_error  # said once; the socket goes on without that snapshot
+        self.render_failed = 0
         self._hello = _line({"type": "hello"})
         self._queue: deque[Snapshot] = deque()
         self._lock = threading.Lock()
@@ -181,7 +184,7 @@ class SocketServer:
 
     def stats(self) -> dict[str, int]:
         return {"clients_dropped": self.clients_dropped, "clients_refused": self.clients_refused,
-                "snapshots_dropped": self.snapshots_dropped}
+                "snapshots_dropped": self.snapshots_dropped + self.render_failed}
 
     def wanted(self) -> bool:
         """Somebody listens: the daemon then reads the live view (a plain read, no lock)."""
@@ -267,7 +270,13 @@ class SocketServer:
                 snap = self._queue.popleft()
             if not self._clients:
                 continue
-            data = _line(self._render(snap))
+            try:
+                data = _line(self._render(snap))
+            except Exception as exc:  # a bug: the snapshot is lost, the socket and the scans go on
+                self.render_failed += 1
+                if self.render_failed == 1:
+                    self._on_error(f"internal error: cannot render a snapshot for top: {type(exc).__name__}: {exc}")
+                continue
             for c in list(self._clients.values()):
                 if len(c.out) > self._max_buffer:  # still this much unread: it has fallen behind
                     self.clients_dropped += 1

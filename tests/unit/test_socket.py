@@ -210,3 +210,30 @@ def test_drops_are_metrics(sockdir):
     assert 'allocwatch_socket_clients_dropped_total{reason="behind"} 2.0' in text
     assert 'allocwatch_socket_clients_dropped_total{reason="refused"} 0.0' in text
     assert "allocwatch_socket_snapshots_dropped_total 5.0" in text
+
+
+def test_a_snapshot_that_cannot_be_rendered_is_said_once_and_the_socket_goes_on(sockdir, tmp_path):
+    d, *_ = _daemon(tmp_path)
+    said: list[str] = []
+    calls = {"n": 0}
+
+    def flaky(snap):
+        calls["n"] += 1
+        if calls["n"] <= 2:
+            raise ValueError("boom")
+        return {"type": "snapshot", "scan": snap.scan, "time_s": snap.time_s}
+
+    srv = SocketServer(str(sockdir / "a.sock"), render=flaky, on_error=said.append)
+    try:
+        feed = SocketFeed(str(sockdir / "a.sock"))
+        deadline = time.monotonic() + 5
+        while not srv.wanted() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(3):
+            srv.publish(d.scan_once())
+            time.sleep(0.05)
+        assert feed.wait_for(1, 5) and feed.frames()[1]["scan"] == 3
+        assert len(said) == 1 and "ValueError: boom" in said[0] and srv.stats()["snapshots_dropped"] == 2
+        feed.close()
+    finally:
+        srv.close()
