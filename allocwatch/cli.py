@@ -204,7 +204,7 @@ def _serve_top(daemon: Any, sock: Any) -> None:
     from allocwatch.live import LiveReader
 
     sock.set_hello(hello_dict(daemon.info, [dataclasses.asdict(c) for c in daemon.coverage]))
-    daemon.live = LiveReader(sock.wanted)
+    daemon.live = LiveReader(sock.wanted, on_error=lambda line: print(f"allocwatch: {line}", file=sys.stderr))
     daemon.outputs.append(sock)
 
 

@@ -26,15 +26,27 @@ if TYPE_CHECKING:
 
 class LiveReader:
     def __init__(
-        self, wanted: Callable[[], bool], max_tasks: int = LIVE_MAX_TASKS, max_detailed: int = LIVE_MAX_DETAILED
+        self, wanted: Callable[[], bool], max_tasks: int = LIVE_MAX_TASKS, max_detailed: int = LIVE_MAX_DETAILED,
+        on_error: Callable[[str], None] = lambda line: None,
     ) -> None:
         self.wanted = wanted
         self.max_tasks = max_tasks
         self.max_detailed = max_detailed
+        self.on_error = on_error
+        self.failed = 0
 
     def enrich(self, daemon: Daemon, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
         if not self.wanted():
             return snap
+        try:
+            return self._enrich(daemon, snap, waits)
+        except Exception as exc:  # a viewer must never stop the scans: the snapshot goes out without it
+            self.failed += 1
+            if self.failed == 1:
+                self.on_error(f"internal error: no live view for top: {type(exc).__name__}: {exc}")
+            return snap
+
+    def _enrich(self, daemon: Daemon, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
         now_ns = snap.mono_ns
         daemon._memcg_cache = {}  # figures of this scan, not of the last report block
         tasks: dict[int, TaskDetail] = {}

@@ -56,3 +56,15 @@ def test_only_the_longest_get_full_detail(tmp_path):
 def test_hello_names_the_protocol_and_coverage():
     h = hello_dict({"version": "1", "kernel": "k"}, [{"site": "oom", "mechanism": "tp", "attached": True}])
     assert h["type"] == "hello" and h["protocol"] == 1 and h["version"] == "1" and h["coverage"][0]["site"] == "oom"
+
+
+def test_a_live_view_that_fails_never_stops_the_scan(tmp_path):
+    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    said: list[str] = []
+    d.live = LiveReader(lambda: True, on_error=said.append)
+    d.findings.active = lambda: 1 / 0  # a bug where only the live view looks
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
+    for t in (1, 2):
+        clock["ns"] = t * S
+        snap = d.scan_once()
+    assert snap.live is None and snap.inflight and len(said) == 1 and "ZeroDivisionError" in said[0]
