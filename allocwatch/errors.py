@@ -78,6 +78,12 @@ class SocketRefused(AllocwatchError):
     exit_code = 15
 
 
+class NoSnapshot(AllocwatchError):
+    """`allocwatch top --once/--json`: the daemon answered but sent no snapshot in time."""
+
+    exit_code = 16
+
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2

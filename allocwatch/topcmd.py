@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from allocwatch import config
-from allocwatch.errors import NotPrivileged
+from allocwatch.errors import NoSnapshot, NotPrivileged
 from allocwatch.outputs import topview
 from allocwatch.outputs.topfeed import Feed, NoDaemon, SocketFeed
 from allocwatch.outputs.topmodel import visible_rows
@@ -71,24 +71,35 @@ def cmd_top(args: argparse.Namespace) -> int:
     cfg = config.load(args.config, {"scan_interval_s": args.interval})
     interval_s = cfg.scan_interval_s
     stop = threading.Event()
-    feed = _feed(cfg, args.socket if args.socket is not None else cfg.socket_path)
+    # from the start: a signal while its own session loads ends it as cleanly as q
     old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    feed: Feed | None = None
     try:
+        feed = _feed(cfg, args.socket if args.socket is not None else cfg.socket_path)
         if args.once or args.json:
-            if not feed.wait_settled(FIRST_SNAPSHOT_TIMEOUT_S) or feed.frames()[1] is None:
-                print(f"allocwatch: top: no snapshot from {feed.source}: {feed.closed or 'timed out'}",
-                      file=sys.stderr)
-                return 1
-            _print_once(feed, args.json, shutil.get_terminal_size((120, 24)).columns)
+            _wait_settled(feed, stop)
+            if not stop.is_set():
+                _print_once(feed, args.json, shutil.get_terminal_size((120, 24)).columns)
         elif not sys.stdout.isatty() or os.environ.get("TERM", "dumb") == "dumb":
             _plain_loop(feed, interval_s, stop)  # a dumb terminal: frames as text, one an interval
         else:
             Screen(feed, interval_s, stop).run()
     finally:
-        feed.close()
+        if feed is not None:
+            feed.close()
         for sig, handler in old.items():
             signal.signal(sig, handler)
     return 0
+
+
+def _wait_settled(feed: Feed, stop: threading.Event) -> None:
+    deadline = time.monotonic() + FIRST_SNAPSHOT_TIMEOUT_S
+    while not stop.is_set() and not feed.wait_settled(0.2):
+        if time.monotonic() >= deadline:
+            break
+    if not stop.is_set() and (feed.frames()[1] is None or feed.count < 2):
+        raise NoSnapshot(f"top: no snapshot from {feed.source} within {FIRST_SNAPSHOT_TIMEOUT_S:.0f}s: "
+                         f"{feed.closed or 'it sent none'}")
 
 
 def _plain_loop(feed: Feed, interval_s: float, stop: threading.Event) -> None:

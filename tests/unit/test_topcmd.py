@@ -48,3 +48,17 @@ def test_json_prints_the_latest_snapshot(capsys):
 
     doc = json.loads(capsys.readouterr().out)
     assert doc["scan"] == 2 and doc["inflight"][0]["tid"] == 7
+
+
+def test_no_snapshot_in_time_is_its_own_exit(monkeypatch):
+    from allocwatch.errors import NoSnapshot
+
+    monkeypatch.setattr(topcmd, "FIRST_SNAPSHOT_TIMEOUT_S", 0.3)
+    feed = Feed()
+    feed.source = "daemon /x.sock"
+    with pytest.raises(NoSnapshot) as exc:
+        topcmd._wait_settled(feed, threading.Event())
+    assert exc.value.exit_code == 16 and "no snapshot from daemon /x.sock" in str(exc.value)
+    stop = threading.Event()
+    stop.set()
+    topcmd._wait_settled(feed, stop)  # a signal while it waits: no error, it just ends
