@@ -43,7 +43,7 @@ class Row:
     def key(self) -> tuple[Any, ...]:
         """What stays the same across refreshes: the selection follows it."""
         if self.tids:
-            return ("group", self.comm, self.site, self.cgroup, self.kind)
+            return ("group", self.pid, self.comm, self.site, self.cgroup, self.kind)
         return ("task", self.tid)
 
 
@@ -115,16 +115,27 @@ def sort_rows(rows: Sequence[Row], by: str) -> list[Row]:
     return longest
 
 
+def _group_key(r: Row, threads: Mapping[int, int], min_size: int) -> tuple[Any, ...]:
+    """Threads of one process (whatever each is named), else tasks of one comm in one cgroup."""
+    if threads[r.pid] >= min_size:
+        return ("pid", r.pid, r.site, r.kind)
+    return ("comm", r.comm, r.site, r.cgroup, r.kind)
+
+
 def group_rows(rows: Sequence[Row], min_size: int = GROUP_MIN) -> list[Row]:
-    """Many tasks of one program (comm) at one site in one cgroup, of one kind: one row,
-    at the place of its longest; fewer than `min_size` keep rows of their own."""
+    """Many tasks of one program at one site, of one kind: one row, at the place of its
+    longest; fewer than `min_size` keep rows of their own. A program is a process when
+    that many of its threads wait there, else a comm within one cgroup."""
+    threads: dict[int, int] = {}
+    for r in rows:
+        threads[r.pid] = threads.get(r.pid, 0) + 1
     groups: dict[tuple[Any, ...], list[Row]] = {}
     for r in rows:
-        groups.setdefault((r.comm, r.site, r.cgroup, r.kind), []).append(r)
+        groups.setdefault(_group_key(r, threads, min_size), []).append(r)
     out: list[Row] = []
     done: set[tuple[Any, ...]] = set()
     for r in rows:
-        k = (r.comm, r.site, r.cgroup, r.kind)
+        k = _group_key(r, threads, min_size)
         members = groups[k]
         if len(members) < min_size:
             out.append(r)

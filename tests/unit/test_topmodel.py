@@ -97,6 +97,10 @@ def test_many_tasks_of_one_program_share_a_row_where_their_longest_is():
     assert g.pid == 100 and g.wait_s == 14.0 and g.comm == "hog"
     assert topview.task_line(g, 80).split()[:2] == ["100", "hog"] and " x5 " in topview.task_line(g, 80)
     assert len(visible_rows(doc, grouped=False)) == 7
+    # threads of one process group whatever each is named
+    workers = _doc([_task(t, 5.0 + t / 100, pid=300, comm=f"db worker {t}") for t in range(301, 304)])
+    (g,) = visible_rows(workers)
+    assert g.tids == (303, 302, 301) and g.pid == 300 and g.comm == "db worker 303"
     assert len(group_rows(task_rows(doc), min_size=10)) == 7
 
 
