@@ -74,7 +74,8 @@ class Output(Protocol):
 def _pair_wait(raw: InflightWait | WaitEnd) -> Wait | None:
     if not 0 <= raw.site < NR_SITES:
         return None
-    return Wait(raw.tid, raw.pid, raw.comm, Site(raw.site), raw.start_ns, raw.gfp, raw.order)
+    so_far = raw.reclaimed_pages if isinstance(raw, InflightWait) else None
+    return Wait(raw.tid, raw.pid, raw.comm, Site(raw.site), raw.start_ns, raw.gfp, raw.order, reclaimed_pages=so_far)
 
 
 class Daemon:

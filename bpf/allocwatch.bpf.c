@@ -429,6 +429,35 @@ int aw_memcg_reclaim_end(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_end 
 }
 #endif
 
+#ifdef AW_TP_LRU_SHRINK_INACTIVE
+/* Pages reclaimed so far by a direct or memcg reclaim wait in flight: every
+ * shrink_inactive_list() pass ends with this summary, in the reclaiming task's
+ * context; nr_reclaimed has been a field of it on every kernel checked (v4.4
+ * to v5.15 from their symbols, v6.1 headers, v6.18 tracefs). A pass that freed
+ * nothing leaves before any lookup; kswapd and tasks with no reclaim wait open
+ * leave after two. Both waits of a task in one nested in the other gain the
+ * pages: they were freed while each waited. Slab pages freed by shrinkers are
+ * counted only at the end (reclaim_end's nr_reclaimed). */
+static __always_inline void add_reclaimed(u32 tid, u32 site, u64 pages)
+{
+    struct aw_wait_key key = {.tid = tid, .site = site};
+    struct aw_wait *w = waits.lookup(&key);
+    if (w)
+        w->reclaimed_pages += pages; /* only this task writes its own waits */
+}
+
+int aw_lru_shrink_inactive(struct tracepoint__vmscan__mm_vmscan_lru_shrink_inactive *args)
+{
+    u64 pages = args->nr_reclaimed;
+    if (!pages)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    add_reclaimed(tid, AW_SITE_MEMCG_RECLAIM, pages);
+    add_reclaimed(tid, AW_SITE_DIRECT_RECLAIM, pages);
+    return 0;
+}
+#endif
+
 #ifdef AW_TP_MEMCG_SOFTLIMIT_RECLAIM
 int aw_memcg_softlimit_reclaim_begin(
     struct tracepoint__vmscan__mm_vmscan_memcg_softlimit_reclaim_begin *args)
@@ -537,12 +566,45 @@ int aw_wait_iff_congested(struct tracepoint__writeback__writeback_wait_iff_conge
 /* ---- tracepoints just before a sleep ---- */
 
 #ifdef AW_TP_BALANCE_DIRTY_PAGES
+#ifdef AW_HAVE_DIRTY_PAUSE
+/* The pause chosen and what chose it, for a report of the sleep in flight.
+ * Only fields every supported kernel has: bdi_setpoint/bdi_dirty became
+ * wb_setpoint/wb_dirty in f1ab2831e2a4 (v6.15), so they are left out. One
+ * note per sleep chosen, and a sleep lasts up to max_pause (200 ms). */
+#ifndef MAX_DIRTY_PAUSES
+#define MAX_DIRTY_PAUSES 4096
+#endif
+BPF_TABLE("lru_hash", u32, struct aw_dirty_pause, dirty_pauses, MAX_DIRTY_PAUSES);
+
+static __always_inline void note_dirty_pause(struct aw_dirty_pause *p)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    p->time_ns = bpf_ktime_get_ns();
+    dirty_pauses.update(&tid, p);
+}
+#endif
+
 int aw_balance_dirty_pages(struct tracepoint__writeback__balance_dirty_pages *args)
 {
     /* pause <= 0: no sleep follows. Otherwise the sleep is TASK_KILLABLE:
      * the D-state tracking times it, named by this hint. */
     if (args->pause <= 0)
         return 0;
+#ifdef AW_HAVE_DIRTY_PAUSE
+    /* read here: bcc defines the args struct only for the entry point */
+    struct aw_dirty_pause p = {
+        .dirty = args->dirty,
+        .setpoint = args->setpoint,
+        .limit = args->limit,
+        .pause_ms = args->pause,
+        .period_ms = args->period,
+        .think_ms = args->think,
+        .paused_ms = args->paused,
+        .dirtied = args->dirtied,
+        .dirtied_pause = args->dirtied_pause,
+    };
+    note_dirty_pause(&p);
+#endif
     return hint_sleep(AW_SITE_DIRTY_THROTTLE, AW_GFP_UNKNOWN, -1);
 }
 #endif

@@ -72,6 +72,8 @@ struct aw_wait {
     __u32 depth;      /* nested begins of the same site still open */
     __u32 site_hint;  /* D-state only: site named by a tracepoint just before the sleep */
     char comm[AW_COMM_LEN];
+    __u64 reclaimed_pages; /* direct/memcg reclaim: LRU pages reclaimed so far in this wait
+                            * (mm_vmscan_lru_shrink_inactive nr_reclaimed, summed) */
 };
 
 /* A short-lived note that a tracepoint fired just before the task sleeps
@@ -81,6 +83,24 @@ struct aw_hint {
     __u64 gfp;
     __u32 site;
     __s32 order;
+};
+
+/* What writeback:balance_dirty_pages said as it chose a sleep (pause > 0), by
+ * tid. User space joins it to the D-state sleep it hinted: same tid, the sleep
+ * began at most HINT_MAX_AGE_NS after time_ns. `dirty` is the throttling
+ * domain's (global, or the memcg's with cgroup writeback); `limit` is the
+ * global domain's smoothed dirty limit, as the tracepoint assigns it. */
+struct aw_dirty_pause {
+    __u64 time_ns;
+    __u64 dirty;         /* pages dirty or under writeback */
+    __u64 setpoint;      /* pages: the level the throttle steers dirty to */
+    __u64 limit;         /* pages */
+    __s64 pause_ms;      /* the sleep chosen: period_ms less think_ms, bounded */
+    __u64 period_ms;     /* what the pages it dirtied take at its rate limit */
+    __s64 think_ms;      /* since its last pause */
+    __u64 paused_ms;     /* slept already in this balance_dirty_pages() call */
+    __u32 dirtied;       /* pages the task dirtied since its last pause */
+    __u32 dirtied_pause; /* pages it may dirty between two pauses */
 };
 
 struct aw_event {

@@ -98,4 +98,6 @@ class DstateNamer:
 
 
 def _wait(raw: InflightWait | WaitEnd, site: Site, start_known: bool = True) -> Wait:
-    return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, True, start_known)
+    pause = raw.dirty_pause if isinstance(raw, InflightWait) else None
+    return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, True, start_known,
+                dirty_pause=pause)

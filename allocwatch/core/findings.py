@@ -63,6 +63,7 @@ class Finding:
     reclaimed_pages: int = 0  # in the window
     victim_state: str | None = None
     throttle_reasons: Mapping[int, int] = field(default_factory=dict)  # reason bit -> sleeps in the window
+    waiting: Wait | None = None  # the task's wait in flight at this scan, if any (with its site detail)
 
     @property
     def first(self) -> bool:
@@ -100,6 +101,13 @@ class _Episode:
 class _Sample:
     t_ns: int
     acct: Acct
+
+
+def _waiting_now(waits: Sequence[Wait]) -> Wait | None:
+    """The wait a task is in now: one the kernel gave detail for, else the oldest."""
+    if not waits:
+        return None
+    return min(waits, key=lambda w: (w.reclaimed_pages is None and w.dirty_pause is None, w.start_ns))
 
 
 def _site_ns_delta(new: Acct, old: Acct | None) -> list[int]:
@@ -219,16 +227,19 @@ class Findings:
         for tid in list(self._samples):
             a = self._samples[tid][-1].acct
             share, per_site = self._window(tid, now_ns, flying.get(tid, []))
+            waiting = _waiting_now(flying.get(tid, []))
             shares[tid] = share
             top = max(per_site.items(), key=lambda kv: kv[1].total_s)[0] if per_site else Site.MEMCG_RECLAIM.label
             throttled = share >= r.share and tid not in stalled_tids
 
-            def throttled_finding(since: int, level: int, a=a, share=share, per_site=per_site, top=top) -> Finding:
+            def throttled_finding(
+                since: int, level: int, a=a, share=share, per_site=per_site, top=top, waiting=waiting
+            ) -> Finding:
                 # it has been throttled at least as long as it waited in the window
                 began = min(since, now_ns - int(share * r.window_ns))
                 return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
                                (now_ns - began) / NS_PER_S, level, share, per_site,
-                               throttle_reasons=self._reasons(a.tid, now_ns))
+                               throttle_reasons=self._reasons(a.tid, now_ns), waiting=waiting)
 
             for res in self._episode((THROTTLED, tid), throttled, now_ns, throttled_finding):
                 if isinstance(res, Finding):
@@ -238,11 +249,14 @@ class Findings:
             live = self._livelock(tid, now_ns)
             active = live is not None and now_ns - live[2] >= r.threshold_ns
 
-            def livelock_finding(_since: int, level: int, a=a, share=share, per_site=per_site, live=live) -> Finding:
+            def livelock_finding(
+                _since: int, level: int, a=a, share=share, per_site=per_site, live=live, waiting=waiting
+            ) -> Finding:
                 assert live is not None  # made only while active
                 rate, reclaimed, since = live
                 return Finding(LIVELOCK, a.tid, a.pid, a.comm, Site.MEMCG_RECLAIM, since,
-                               (now_ns - since) / NS_PER_S, level, share, per_site, rate, reclaimed)
+                               (now_ns - since) / NS_PER_S, level, share, per_site, rate, reclaimed,
+                               waiting=waiting)
 
             for res in self._episode((LIVELOCK, tid), active, now_ns, livelock_finding):
                 if isinstance(res, Finding):

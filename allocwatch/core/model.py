@@ -27,6 +27,26 @@ def encode_comm(comm: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class DirtyPause:
+    """What writeback:balance_dirty_pages said as it chose a dirty-throttle sleep.
+
+    `dirty_pages` is the throttling domain's (global, or the task's memcg's with
+    cgroup writeback), `limit_pages` the global dirty limit as the tracepoint
+    gives it; the sleep comes from `period_ms` (what the task's dirtying takes
+    at its rate limit) less `think_ms` (since its last pause), bounded."""
+
+    pause_ms: int
+    period_ms: int
+    think_ms: int
+    paused_ms: int  # slept already in this balance_dirty_pages() call
+    dirtied_pages: int  # by the task since its last pause
+    dirtied_pause_pages: int  # it may dirty between two pauses
+    dirty_pages: int
+    setpoint_pages: int
+    limit_pages: int
+
+
+@dataclass(frozen=True)
 class InflightWait:
     """A wait still in progress, read from a BPF map."""
 
@@ -38,6 +58,8 @@ class InflightWait:
     gfp: int | None
     order: int | None
     site_hint: int | None = None
+    reclaimed_pages: int | None = None  # direct/memcg reclaim: LRU pages reclaimed so far
+    dirty_pause: DirtyPause | None = None  # a dirty-throttle sleep: the pause chosen for it
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ into the same `key=value` fields.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
 from allocwatch.core.model import OomKill
-from allocwatch.core.tracker import NS_PER_S, Recovered, Stall
+from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,16 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "order": w.order,
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
         **detail_fields(detail),
+        **site_detail(w),
+    }
+
+
+def site_detail(w: Wait | None) -> dict[str, Any]:
+    """What the kernel says of a wait still in flight, where it says anything (else null)."""
+    pause = w.dirty_pause if w is not None else None
+    return {
+        "reclaimed_so_far_pages": w.reclaimed_pages if w is not None else None,
+        "dirty_pause": dataclasses.asdict(pause) if pause is not None else None,
     }
 
 
@@ -227,6 +238,8 @@ def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, st
         "order": None,
         "other_waits": [],
         **detail_fields(detail),
+        "waiting_site": f.waiting.site.label if f.waiting is not None else None,
+        **site_detail(f.waiting),
         "window": {
             "share": round(f.share, 3),
             "sites": {s: {"count": w.count, "total_s": w.total_s} for s, w in f.per_site.items()},

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from allocwatch.core.model import DirtyPause
 from allocwatch.core.sites import HIST_SLOTS, Site
 
 NS_PER_S = 1_000_000_000
@@ -35,6 +36,9 @@ class Wait:
     # False for a sleep that began before allocwatch started: start_ns is
     # then when allocwatch first saw it, and durations are lower bounds.
     start_known: bool = True
+    # Site detail as of this scan, where the kernel gives it for a wait in flight.
+    reclaimed_pages: int | None = None  # direct/memcg reclaim: LRU pages reclaimed so far
+    dirty_pause: DirtyPause | None = None  # dirty throttling: the pause chosen for this sleep
 
     @property
     def key(self) -> WaitKey:

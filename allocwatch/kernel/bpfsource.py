@@ -27,16 +27,20 @@ from allocwatch.kernel import bpfstats, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import (
+    BALANCE_DIRTY_PAGES,
+    DIRTY_PAUSE_DEFINE,
+    DIRTY_PAUSE_FIELDS,
     MARK_VICTIM_COMM_DEFINE,
     MARK_VICTIM_RSS_DEFINE,
     MARK_VICTIM_RSS_FIELDS,
+    RECLAIM_PROGRESS,
     SCHED_EXIT,
-    SCHED_SWITCH,
     SIGNAL_GENERATE,
     SIGNAL_GENERATE_DEFINE,
     Mechanism,
     SitePlan,
     Tracepoint,
+    tracepoints_to_attach,
 )
 
 BPF_SOURCE = "allocwatch.bpf.c"
@@ -144,6 +148,8 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
         defines.add(MARK_VICTIM_RSS_DEFINE)
     if features.has_tracepoint(SIGNAL_GENERATE.name, SIGNAL_GENERATE.fields):
         defines.add(SIGNAL_GENERATE_DEFINE)
+    if "AW_TP_BALANCE_DIRTY_PAGES" in defines and features.has_tracepoint(BALANCE_DIRTY_PAGES, DIRTY_PAUSE_FIELDS):
+        defines.add(DIRTY_PAUSE_DEFINE)
     if kprobes:
         defines.add("AW_KPROBES")
     if opts.begin_stacks:
@@ -161,6 +167,7 @@ class BpfSource:
         self.opts = opts
         self._bcc = import_bcc()
         self._bpf: Any = None
+        self._dirty_pauses = False  # the balance_dirty_pages handler notes each pause
         self._pending: list[bytes] = []
         self._attached_tps: set[str] = set()
         self.status: list[SiteStatus] = []
@@ -178,6 +185,7 @@ class BpfSource:
         want_kprobes = self.features.kprobes if kprobes is None else kprobes
         flags = cflags_for(self.plans, self.features, self.opts, want_kprobes)
         src = str(bpf_dir() / BPF_SOURCE).encode()
+        self._dirty_pauses = f"-D{DIRTY_PAUSE_DEFINE}" in flags
         failed: Exception | None = None
         with compiler_output() as said:
             try:
@@ -242,10 +250,7 @@ class BpfSource:
         assert opt is not None
         if opt.mechanism is Mechanism.KPROBE_PAIR:
             return self._attach_kprobe_pair(plan, opt.kprobe_fn)
-        tps = list(opt.tracepoints)
-        tps += [tp for tp, _ in opt.optional if self.features.has_tracepoint(tp.name, tp.fields)]
-        if opt.mechanism.needs_sched_switch:
-            tps.append(SCHED_SWITCH)
+        tps = tracepoints_to_attach(opt, self.features)
         new = []
         try:
             for tp in tps:
@@ -288,10 +293,19 @@ class BpfSource:
             return list(table.items())
 
     def inflight(self) -> list[wire.InflightWait]:
-        """All waits in flight now: pair-timed ones, then D-state sleeps."""
-        out = [wire.decode_inflight(k, v) for k, v in self._items("waits")]
-        out += [wire.decode_dwait(_int(k), v, SITE_DSTATE) for k, v in self._items("dwaits")]
+        """All waits in flight now: pair-timed ones, then D-state sleeps (a
+        dirty-throttle sleep with the pause balance_dirty_pages chose for it)."""
+        progress = RECLAIM_PROGRESS.name in self._attached_tps
+        out = [wire.decode_inflight(k, v, progress) for k, v in self._items("waits")]
+        dwaits = self._items("dwaits")
+        pauses = self._dirty_pause_values() if any(v.site_hint == Site.DIRTY_THROTTLE for _, v in dwaits) else {}
+        out += [wire.decode_dwait(_int(k), v, SITE_DSTATE, pauses.get(_int(k))) for k, v in dwaits]
         return out
+
+    def _dirty_pause_values(self) -> dict[int, wire.DirtyPauseValue]:
+        if not self._dirty_pauses or BALANCE_DIRTY_PAGES not in self._attached_tps:
+            return {}
+        return {_int(k): v for k, v in self._items("dirty_pauses")}
 
     def task_accounts(self) -> dict[int, wire.Acct]:
         """Per task: cumulative completed waits per site and reclaim passes."""

@@ -15,7 +15,7 @@ from typing import Any
 
 from allocwatch.core.snapshot import SiteCoverage
 from allocwatch.kernel.kernelinfo import KernelFeatures
-from allocwatch.kernel.probes import SCHED_SWITCH, Mechanism, SitePlan
+from allocwatch.kernel.probes import Mechanism, SitePlan, tracepoints_to_attach
 
 
 class State(str, enum.Enum):
@@ -58,7 +58,7 @@ def planned(plan: SitePlan, features: KernelFeatures) -> SiteStatus:
     elif opt.mechanism is Mechanism.KPROBE_PAIR:
         target = plan.kprobe_target(features) or ""
     else:
-        target = " + ".join(tp.name for tp in opt.tracepoints) or SCHED_SWITCH.name
+        target = " + ".join(tp.name for tp in tracepoints_to_attach(opt, features))
     return SiteStatus(plan, opt is not None, target, live=False, in_kernel=plan.entry.in_kernel(features.version))
 
 

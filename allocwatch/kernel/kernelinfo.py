@@ -31,6 +31,13 @@ class KernelFeatures:
     kprobes: bool = False
     kprobes_why_not: str = ""
     proc_stack: bool = False
+    # Of `functions`, those ftrace can trace (available_filter_functions); None
+    # when the kernel does not list them. A kprobe event on a function outside
+    # this list is refused with EINVAL since 45408c4f9250 ("tracing: kprobes:
+    # Prohibit probing on notrace function", v5.0), unless the kernel has
+    # CONFIG_KPROBE_EVENTS_ON_NOTRACE: Debian's 6.1 and 6.12 refuse the
+    # allocator slow path's .constprop clone that way.
+    traceable: frozenset[str] | None = None
 
     @property
     def version(self) -> tuple[int, int] | None:
@@ -43,13 +50,21 @@ class KernelFeatures:
         return have is not None and all(f in have for f in fields)
 
     def find_function(self, name: str) -> str | None:
-        """The symbol to probe for `name`: itself, or a compiler clone of it."""
-        if name in self.functions:
-            return name
-        clones = sorted(
+        """The symbol to probe for `name`: itself, or a compiler clone of it,
+        of those a kprobe may be put on."""
+        candidates = [name] if name in self.functions else []
+        candidates += sorted(
             f for f in self.functions if base_symbol(f) == name and f != name and not _FRAGMENT_RE.search(f)
         )
-        return clones[0] if clones else None
+        if self.traceable is not None:
+            candidates = [f for f in candidates if f in self.traceable]
+        return candidates[0] if candidates else None
+
+    def untraceable(self, name: str) -> list[str]:
+        """Symbols for `name` that exist but that a kprobe may not be put on (notrace)."""
+        if self.traceable is None:
+            return []
+        return sorted(f for f in self.functions if (f == name or base_symbol(f) == name) and f not in self.traceable)
 
 
 def parse_format_fields(text: str) -> frozenset[str]:
@@ -95,6 +110,16 @@ def read_functions(kallsyms: Path, wanted: Iterable[str]) -> frozenset[str]:
     return frozenset(found)
 
 
+def read_traceable(tracefs: Path, functions: frozenset[str]) -> frozenset[str] | None:
+    """Which of `functions` ftrace lists in available_filter_functions
+    ("name" or "name [module]" per line); None when there is no such file."""
+    try:
+        with (tracefs / "available_filter_functions").open() as f:
+            return frozenset(name for line in f if (name := line.split(" ", 1)[0].strip()) in functions)
+    except OSError:
+        return None
+
+
 def kprobe_support(tracefs: Path, sysfs: Path) -> tuple[bool, str]:
     """Whether kprobes can be created: the perf kprobe PMU (4.17+) or kprobe_events."""
     if (sysfs / "bus/event_source/devices/kprobe").exists():
@@ -126,10 +151,12 @@ def read_features(
     `sysfs` inside the capture and `assume_proc_stack` (this host's /proc says
     nothing about another kernel)."""
     kprobes, why_not = kprobe_support(tracefs, sysfs)
+    functions = read_functions(kallsyms, wanted_functions)
     return KernelFeatures(
         release=release or os.uname().release,
         tracepoints=read_tracepoints(tracefs, wanted_tracepoints),
-        functions=read_functions(kallsyms, wanted_functions),
+        functions=functions,
+        traceable=read_traceable(tracefs, functions) if kprobes else None,
         kprobes=kprobes,
         kprobes_why_not=why_not,
         proc_stack=proc_stack_readable(procfs) if assume_proc_stack is None else assume_proc_stack,

@@ -77,7 +77,8 @@ def _kp(*functions: str, fn: str, note: str = "") -> Option:
 
 
 def _pair(
-    category: str, prefix: str, fn: str, define: str, note: str = "", end_fields: tuple[str, ...] = ()
+    category: str, prefix: str, fn: str, define: str, note: str = "", end_fields: tuple[str, ...] = (),
+    optional: tuple[tuple[Tracepoint, str], ...] = (),
 ) -> Option:
     return Option(
         Mechanism.TRACEPOINT_PAIR,
@@ -86,6 +87,7 @@ def _pair(
             Tracepoint(f"{category}:{prefix}_end", f"aw_{fn}_end", end_fields),
         ),
         define=define,
+        optional=optional,
         note=note,
     )
 
@@ -94,6 +96,10 @@ def _dstate(note: str = "") -> Option:
     return Option(Mechanism.DSTATE_STACK, note=note)
 
 
+# The end summary of each shrink_inactive_list() pass, in the reclaiming task:
+# what a direct or memcg reclaim wait still in flight has reclaimed so far.
+RECLAIM_PROGRESS = Tracepoint("vmscan:mm_vmscan_lru_shrink_inactive", "aw_lru_shrink_inactive", ("nr_reclaimed",))
+_RECLAIM_PROGRESS = ((RECLAIM_PROGRESS, "AW_TP_LRU_SHRINK_INACTIVE"),)
 _THROTTLED = Tracepoint("vmscan:mm_vmscan_throttled", "aw_vmscan_throttled", ("usec_delayed", "reason"))
 
 CATALOG: tuple[SiteEntry, ...] = (
@@ -126,7 +132,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         "direct reclaim (try_to_free_pages)",
         (
             _pair("vmscan", "mm_vmscan_direct_reclaim", "direct_reclaim", "AW_TP_DIRECT_RECLAIM",
-                  end_fields=("nr_reclaimed",)),
+                  end_fields=("nr_reclaimed",), optional=_RECLAIM_PROGRESS),
             _kp("try_to_free_pages", fn="direct_reclaim"),
         ),
         stack_frames=("try_to_free_pages",),
@@ -136,7 +142,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         "memcg limit/high reclaim (try_to_free_mem_cgroup_pages)",
         (
             _pair("vmscan", "mm_vmscan_memcg_reclaim", "memcg_reclaim", "AW_TP_MEMCG_RECLAIM",
-                  end_fields=("nr_reclaimed",)),
+                  end_fields=("nr_reclaimed",), optional=_RECLAIM_PROGRESS),
             _kp("try_to_free_mem_cgroup_pages", fn="memcg_reclaim"),
         ),
         stack_frames=("try_to_free_mem_cgroup_pages",),
@@ -348,6 +354,11 @@ CATALOG: tuple[SiteEntry, ...] = (
 # Always attached when anything uses D-state tracking, and for map clean-up.
 SCHED_SWITCH = Tracepoint("sched:sched_switch", "aw_sched_switch", ("prev_state", "prev_pid", "next_pid"))
 SCHED_EXIT = Tracepoint("sched:sched_process_exit", "aw_sched_process_exit", ("pid",))
+# What balance_dirty_pages says of the pause it chose, on every kernel from v6.1 to
+# v6.18 (the bdi_*/wb_* pair is left out: renamed by f1ab2831e2a4, v6.15).
+BALANCE_DIRTY_PAGES = "writeback:balance_dirty_pages"
+DIRTY_PAUSE_FIELDS = ("dirty", "setpoint", "limit", "pause", "period", "think", "paused", "dirtied", "dirtied_pause")
+DIRTY_PAUSE_DEFINE = "AW_HAVE_DIRTY_PAUSE"
 MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
 # ef8444ea01d7 ("mm: update mark_victim tracepoints fields", v6.9; backported to 6.1.y)
 MARK_VICTIM_RSS_FIELDS = ("anon_rss", "file_rss", "shmem_rss", "uid", "oom_score_adj")
@@ -382,6 +393,17 @@ class SitePlan:
         return next(filter(None, map(features.find_function, self.chosen.functions)), None)
 
 
+def tracepoints_to_attach(opt: Option, features: KernelFeatures) -> list[Tracepoint]:
+    """What attaching `opt` attaches on this kernel, in order: its tracepoints, the
+    optional ones the kernel has with their fields, and sched_switch if it needs it.
+    The live attach and the offline prediction both use it, so they cannot differ."""
+    tps = list(opt.tracepoints)
+    tps += [tp for tp, _ in opt.optional if features.has_tracepoint(tp.name, tp.fields)]
+    if opt.mechanism.needs_sched_switch:
+        tps.append(SCHED_SWITCH)
+    return tps
+
+
 def all_tracepoint_names() -> set[str]:
     names = {SCHED_SWITCH.name, SCHED_EXIT.name, SIGNAL_GENERATE.name}
     for entry in CATALOG:
@@ -401,6 +423,10 @@ def _why_not(opt: Option, features: KernelFeatures) -> str:
         if not features.kprobes:
             return features.kprobes_why_not or "no kprobes on this kernel"
         if not any(features.find_function(f) for f in opt.functions):
+            notrace = [sym for f in opt.functions for sym in features.untraceable(f)]
+            if notrace:
+                return (f"{' / '.join(notrace)} cannot take a kprobe: not in available_filter_functions "
+                        "(notrace; refused since v5.0)")
             return f"no function {' / '.join(opt.functions)} in kallsyms (inlined, renamed or absent)"
         return ""
     if opt.mechanism is Mechanism.DSTATE_STACK:

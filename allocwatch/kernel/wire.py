@@ -7,14 +7,28 @@ functions; tests pin sizes and offsets against the header.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 
-from allocwatch.core.model import COMM_LEN, Acct, InflightWait, OomKill, VictimMemory, WaitEnd, decode_comm, encode_comm
-from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, NR_SITES, SITE_NONE
+from allocwatch.core.model import (
+    COMM_LEN,
+    Acct,
+    DirtyPause,
+    InflightWait,
+    OomKill,
+    VictimMemory,
+    WaitEnd,
+    decode_comm,
+    encode_comm,
+)
+from allocwatch.core.sites import END_HOW, EV_OOM_KILL, EV_WAIT_END, GFP_UNKNOWN, NR_SITES, SITE_NONE, Site
 
 __all__ = ["COMM_LEN", "InflightWait", "OomKill", "WaitEnd", "decode_comm", "encode_comm"]
 
 VICTIM_RSS = 1  # AW_VICTIM_RSS in bpf/allocwatch.h
 NO_DETAIL = 0xFFFFFFFF
+HINT_MAX_AGE_NS = 50_000_000  # bpf/allocwatch.bpf.c: a sleep follows its hint within this
+# Sites whose waits count the pages their reclaim passes free as they go.
+RECLAIM_PROGRESS_SITES = (Site.DIRECT_RECLAIM, Site.MEMCG_RECLAIM)
 
 class WaitKey(ctypes.Structure):
     _fields_ = [("tid", ctypes.c_uint32), ("site", ctypes.c_uint32)]
@@ -29,6 +43,22 @@ class WaitValue(ctypes.Structure):
         ("depth", ctypes.c_uint32),
         ("site_hint", ctypes.c_uint32),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("reclaimed_pages", ctypes.c_uint64),
+    ]
+
+
+class DirtyPauseValue(ctypes.Structure):
+    _fields_ = [
+        ("time_ns", ctypes.c_uint64),
+        ("dirty", ctypes.c_uint64),
+        ("setpoint", ctypes.c_uint64),
+        ("limit", ctypes.c_uint64),
+        ("pause_ms", ctypes.c_int64),
+        ("period_ms", ctypes.c_uint64),
+        ("think_ms", ctypes.c_int64),
+        ("paused_ms", ctypes.c_uint64),
+        ("dirtied", ctypes.c_uint32),
+        ("dirtied_pause", ctypes.c_uint32),
     ]
 
 
@@ -96,7 +126,9 @@ def decode_acct(tid: int, v: TaskAcct) -> Acct:
     )
 
 
-def decode_inflight(key: WaitKey, value: WaitValue) -> InflightWait:
+def decode_inflight(key: WaitKey, value: WaitValue, progress: bool = False) -> InflightWait:
+    """`progress`: the pass-end handler that counts pages reclaimed so far is attached."""
+    counted = progress and key.site in RECLAIM_PROGRESS_SITES
     return InflightWait(
         tid=key.tid,
         pid=value.pid,
@@ -106,11 +138,33 @@ def decode_inflight(key: WaitKey, value: WaitValue) -> InflightWait:
         gfp=_opt_gfp(value.gfp),
         order=_opt_order(value.order),
         site_hint=_opt_site(value.site_hint),
+        reclaimed_pages=value.reclaimed_pages if counted else None,
     )
 
 
-def decode_dwait(tid: int, value: WaitValue, dstate_site: int) -> InflightWait:
-    return decode_inflight(WaitKey(tid=tid, site=dstate_site), value)
+def decode_dirty_pause(v: DirtyPauseValue) -> DirtyPause:
+    return DirtyPause(
+        pause_ms=v.pause_ms, period_ms=v.period_ms, think_ms=v.think_ms, paused_ms=v.paused_ms,
+        dirtied_pages=v.dirtied, dirtied_pause_pages=v.dirtied_pause,
+        dirty_pages=v.dirty, setpoint_pages=v.setpoint, limit_pages=v.limit,
+    )
+
+
+def pause_of_sleep(value: WaitValue, pause: DirtyPauseValue | None) -> DirtyPause | None:
+    """The pause balance_dirty_pages chose for this sleep: noted by the same
+    task just before the sleep began, as its hint was (an older note belongs to
+    an earlier sleep, a newer one to the next)."""
+    if pause is None or value.site_hint != Site.DIRTY_THROTTLE:
+        return None
+    if not 0 <= value.start_ns - pause.time_ns <= HINT_MAX_AGE_NS:
+        return None
+    return decode_dirty_pause(pause)
+
+
+def decode_dwait(tid: int, value: WaitValue, dstate_site: int, pause: DirtyPauseValue | None = None) -> InflightWait:
+    raw = decode_inflight(WaitKey(tid=tid, site=dstate_site), value)
+    found = pause_of_sleep(value, pause)
+    return dataclasses.replace(raw, dirty_pause=found) if found else raw
 
 
 def decode_event(raw: bytes) -> WaitEnd | OomKill | None:

@@ -52,12 +52,27 @@ def _evidence(t: Mapping[str, Any]) -> str:
     return "not exited since chosen by the OOM killer"
 
 
+def site_detail_text(t: Mapping[str, Any]) -> str:
+    """What the kernel says of the wait in flight: pages reclaimed so far, or the
+    dirty-throttle pause and the dirty pages against the setpoint and limit behind it."""
+    if t.get("reclaimed_so_far_pages") is not None:
+        return f"reclaimed_so_far={t['reclaimed_so_far_pages']}pages"
+    p = t.get("dirty_pause")
+    if not p:
+        return ""
+    return (f"pause={p['pause_ms']}ms period={p['period_ms']}ms think={p['think_ms']}ms "
+            f"dirty={p['dirty_pages']}pages setpoint={p['setpoint_pages']}pages limit={p['limit_pages']}pages "
+            f"dirtied={p['dirtied_pages']}pages")
+
+
 def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} kind={t['kind']} site={t['site']}",
         f"for={t['duration_s']:.1f}s {_evidence(t)}",
         f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
     ]
+    if detail := site_detail_text(t):
+        parts.append(f"now={t.get('waiting_site') or '-'} {detail}")
     if t["new"]:
         parts.append("(new)")
     lines = [" ".join(parts)]
@@ -94,6 +109,8 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         f"order={'-' if t['order'] is None else t['order']}",
         f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
     ]
+    if detail := site_detail_text(t):
+        parts.insert(3, detail)
     if t["new"]:
         parts.append("(new)")
     if not t["start_known"]:

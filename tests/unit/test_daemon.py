@@ -3,7 +3,7 @@
 import json
 
 from allocwatch.config import Config
-from allocwatch.core.model import InflightWait, OomKill, WaitEnd
+from allocwatch.core.model import DirtyPause, InflightWait, OomKill, WaitEnd
 from allocwatch.core.sites import SITE_DSTATE, Site
 from allocwatch.daemon import Daemon
 from allocwatch.kernel import procfs
@@ -261,3 +261,24 @@ def test_held_back_stalls_are_in_the_next_block(tmp_path):
     d.scan_once()
     blocks = [json.loads(w.splitlines()[0]) for w in sink.writes]
     assert len(blocks) == 2 and 8 in {t["tid"] for t in blocks[1]["tasks"]} and blocks[1]["held_back"] >= 1
+
+
+def test_site_detail_of_waits_in_flight_reaches_the_block(tmp_path):
+    """Pages reclaimed so far grow scan by scan; a hinted dirty-throttle sleep keeps its pause."""
+    d, src, sink, clock = make(tmp_path, threshold_s=0.1, thresholds_s={"memcg_reclaim": 1.0})
+    pause = DirtyPause(200, 216, 16, 0, 32, 32, 2101, 1792, 2048)
+    src.waits = [
+        InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, reclaimed_pages=40),
+        InflightWait(8, 8, "dd", SITE_DSTATE, int(0.9 * S), None, None, int(Site.DIRTY_THROTTLE), dirty_pause=pause),
+    ]
+    clock["ns"] = S
+    d.scan_once()
+    tasks = {t["tid"]: t for t in json.loads(sink.writes[-1])["tasks"]}
+    assert tasks[7]["reclaimed_so_far_pages"] == 40 and tasks[7]["dirty_pause"] is None
+    assert tasks[8]["site"] == "dirty_throttle" and tasks[8]["dirty_pause"]["pause_ms"] == 200
+    assert tasks[8]["reclaimed_so_far_pages"] is None
+    src.waits = [InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, reclaimed_pages=97)]
+    clock["ns"] = 2 * S
+    d.scan_once()
+    (task,) = json.loads(sink.writes[-1].splitlines()[0])["tasks"]
+    assert task["level"] == 2 and task["reclaimed_so_far_pages"] == 97  # as of this scan, not the first

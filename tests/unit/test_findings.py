@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from allocwatch.core.findings import LIVELOCK, STUCK_VICTIM, THROTTLED, Findings, VictimSeen, WindowRules
-from allocwatch.core.model import Acct
+from allocwatch.core.model import Acct, DirtyPause
 from allocwatch.core.sites import NR_SITES, Site
 from allocwatch.core.tracker import Wait
 
@@ -141,3 +141,25 @@ def test_a_throttled_task_says_which_throttle_reasons_held_it():
     res = run(f, 12, make)
     x = next(x for _, d, _, _ in res for x in d)
     assert x.kind == THROTTLED and x.site is Site.RECLAIM_THROTTLE and set(x.throttle_reasons) == {0}
+
+
+def test_a_throttled_task_carries_the_wait_it_is_in_with_its_detail():
+    # asleep in a dirty-throttle pause at each scan; a plain sleep beside it says less
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5, threshold_ns=10 * S))
+    pause = DirtyPause(200, 216, 16, 0, 32, 32, 2101, 1792, 2048)
+
+    def make(t):
+        n = int(t / 0.2 * 0.95)
+        return {7: acct(waits={Site.DIRTY_THROTTLE: (n, int(n * 0.2 * S))})}
+
+    def flying(t):
+        start = int((t - 0.1) * S)
+        return [Wait(7, 7, "dd", Site.WRITEBACK_WAIT, start - S, dstate=True),
+                Wait(7, 7, "dd", Site.DIRTY_THROTTLE, start, dstate=True, dirty_pause=pause)]
+
+    res = run(f, 10, make, inflight=flying)
+    x = next(x for _, d, _, _ in res for x in d if x.kind == THROTTLED)
+    assert x.waiting is not None and x.waiting.site is Site.DIRTY_THROTTLE and x.waiting.dirty_pause == pause
+    quiet = Findings(WindowRules(window_ns=10 * S, share=0.5, threshold_ns=10 * S))
+    y = next(y for _, d, _, _ in run(quiet, 10, make) for y in d if y.kind == THROTTLED)
+    assert y.waiting is None  # awake between two pauses at that scan

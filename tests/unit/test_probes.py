@@ -179,11 +179,40 @@ def test_captured_6_1_guest_prefers_kprobe_pairs_where_tracepoints_do_not_bracke
     m = chosen(plans)
     assert m[Site.MEMCG_RECLAIM] is Mechanism.TRACEPOINT_PAIR
     assert m[Site.TOO_MANY_ISOLATED] is Mechanism.TRACEPOINT_AFTER
-    for site in (Site.ALLOC_SLOWPATH, Site.RECLAIM_THROTTLE, Site.MEMCG_OOM_WAIT,
-                 Site.MEMCG_HIGH_THROTTLE, Site.PFMEMALLOC_THROTTLE):
+    for site in (Site.RECLAIM_THROTTLE, Site.MEMCG_OOM_WAIT, Site.MEMCG_HIGH_THROTTLE, Site.PFMEMALLOC_THROTTLE):
         assert m[site] is Mechanism.KPROBE_PAIR, site
     by_site = {p.site: p for p in plans}
-    assert by_site[Site.ALLOC_SLOWPATH].kprobe_target(f) == "__alloc_pages_slowpath.constprop.0"
+    # the slow path's clone is in kallsyms but not in available_filter_functions:
+    # 6.1 refuses a kprobe there (notrace), so the D-state tracking is chosen
+    assert m[Site.ALLOC_SLOWPATH] is Mechanism.DSTATE_STACK
+    assert "notrace" in by_site[Site.ALLOC_SLOWPATH].skipped[0][1]
     assert by_site[Site.MEMCG_HIGH_THROTTLE].kprobe_target(f) == "mem_cgroup_handle_over_high"
     assert by_site[Site.OOM].kprobe_target(f) is None  # a tracepoint event was chosen
     assert m[Site.CONGESTION_WAIT] is None and m[Site.THROTTLE_VM_WRITEOUT] is None
+
+
+def test_captured_6_12_guest():
+    """Debian's 6.12: the 6.10 allocator rename, no mem_cgroup_oom_synchronize (the
+    memcg OOM wait is gone from the fault path), kprobes elsewhere as on 6.1."""
+    f = captured("6.12")
+    assert f.kprobes and f.release.startswith("6.12")
+    plans = probes.plan(f)
+    m = chosen(plans)
+    for site in (Site.RECLAIM_THROTTLE, Site.MEMCG_HIGH_THROTTLE, Site.PFMEMALLOC_THROTTLE):
+        assert m[site] is Mechanism.KPROBE_PAIR, site
+    assert m[Site.ALLOC_SLOWPATH] is Mechanism.DSTATE_STACK
+    assert m[Site.MEMCG_RECLAIM] is Mechanism.TRACEPOINT_PAIR and m[Site.OOM] is Mechanism.TRACEPOINT_EVENT
+
+
+def test_a_notrace_clone_is_not_chosen_for_a_kprobe():
+    """Debian's 6.1 and 6.12 have __alloc_pages_slowpath.constprop.0 in kallsyms but
+    not in available_filter_functions, and refuse a kprobe on it (EINVAL)."""
+    from allocwatch.kernel.kernelinfo import KernelFeatures
+
+    funcs = frozenset({"__alloc_pages_slowpath.constprop.0", "reclaim_throttle"})
+    unknown = KernelFeatures(release="6.1.0", functions=funcs, kprobes=True)
+    listed = KernelFeatures(release="6.1.0", functions=funcs, kprobes=True, traceable=frozenset({"reclaim_throttle"}))
+    assert unknown.find_function("__alloc_pages_slowpath") == "__alloc_pages_slowpath.constprop.0"
+    assert listed.find_function("__alloc_pages_slowpath") is None
+    assert listed.find_function("reclaim_throttle") == "reclaim_throttle"
+    assert listed.untraceable("__alloc_pages_slowpath") == ["__alloc_pages_slowpath.constprop.0"]

