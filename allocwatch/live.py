@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from allocwatch.core.live import LIVE_MAX_DETAILED, LIVE_MAX_TASKS, LiveView
-from allocwatch.core.records import BlockContext, TaskDetail
+from allocwatch.core.records import BlockContext, TaskDetail, site_detail
 from allocwatch.core.snapshot import Snapshot
 from allocwatch.core.tracker import NS_PER_S, Wait
 from allocwatch.kernel import hostfs, procfs
@@ -66,6 +66,7 @@ class LiveReader:
                     cgroup=procfs.memory_cgroup(daemon.proc, w.pid, w.tid),
                     state=procfs.task_state(daemon.proc, w.pid, w.tid),
                 )
+        so_far = {(w.tid, w.site.label): site_detail(w) for w in waits if w.tid in tasks}
         episodes = tuple(daemon.findings.active())
         for f in episodes:
             if f.tid not in tasks:
@@ -83,7 +84,8 @@ class LiveReader:
             kswapd=daemon._kswapd(),
             kswapd_state_for_s=daemon._kswapd_for_s(now_ns),
         )
-        live = LiveView(context, tasks, frozenset(detailed), episodes, thresholds, daemon.throttle_names, truncated)
+        live = LiveView(context, tasks, frozenset(detailed), episodes, thresholds, daemon.throttle_names, truncated,
+                        so_far)
         return dataclasses.replace(snap, live=live)
 
     @staticmethod

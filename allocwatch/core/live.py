@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from allocwatch.core.findings import Finding
 from allocwatch.core.records import BlockContext, TaskDetail
@@ -33,3 +34,4 @@ class LiveView:
     thresholds_s: Mapping[str, float] = field(default_factory=dict)  # by site label; "*" the default
     throttle_names: Mapping[int, str] = field(default_factory=dict)
     truncated: int = 0  # tasks in flight beyond LIVE_MAX_TASKS, shown without cgroup and state
+    site_detail: Mapping[tuple[int, str], Mapping[str, Any]] = field(default_factory=dict)  # (tid, site): so far

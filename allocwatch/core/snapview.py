@@ -31,7 +31,9 @@ def histogram_dict(h: Histogram) -> dict[str, Any]:
     }
 
 
-def _inflight_dict(f: InFlight, detail: TaskDetail | None, detailed: bool, share: float | None) -> dict[str, Any]:
+def _inflight_dict(
+    f: InFlight, detail: TaskDetail | None, detailed: bool, share: float | None, so_far: Mapping[str, Any] | None
+) -> dict[str, Any]:
     d: dict[str, Any] = {
         "kind": "stall" if f.level >= 1 else "wait",
         "tid": f.tid,
@@ -49,6 +51,8 @@ def _inflight_dict(f: InFlight, detail: TaskDetail | None, detailed: bool, share
     if detail is not None:
         d["gfp_flags"] = detail.gfp_flags
         d.update(detail_fields(detail))
+    if so_far is not None:  # pages reclaimed so far, the dirty-throttle pause: as a report's task has them
+        d.update(so_far)
     return d
 
 
@@ -68,7 +72,9 @@ def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
         "coverage": [{"site": c.site, "mechanism": c.mechanism, "attached": c.attached} for c in snap.coverage],
         "thresholds_s": dict(live.thresholds_s) if live else {},
         "inflight": [
-            _inflight_dict(f, details.get(f.tid), f.tid in detailed, snap.shares.get(f.tid)) for f in snap.inflight
+            _inflight_dict(f, details.get(f.tid), f.tid in detailed, snap.shares.get(f.tid),
+                           live.site_detail.get((f.tid, f.site)) if live else None)
+            for f in snap.inflight
         ],
         "inflight_without_detail": live.truncated if live else 0,
         "episodes": [

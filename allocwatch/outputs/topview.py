@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from allocwatch.outputs.report import memcg_line, size_text, text_value
+from allocwatch.outputs.report import memcg_line, site_detail_text, size_text, text_value
 from allocwatch.outputs.topmodel import Row, SiteRow, site_rows
 
 Line = tuple[str, str]
@@ -154,7 +154,8 @@ def detail_lines(r: Row, width: int) -> list[Line]:
         (who, "title"),
         (f"kind={r.kind} site={r.site} waited{'=' if r.start_known else '>='}{duration_text(r.wait_s)} "
          f"level={r.level} state={r.state or '-'} share={_pct(r.share)}", r.severity),
-        (f"gfp={d.get('gfp') or '-'}{flags} order={'-' if d.get('order') is None else d['order']}", ""),
+        (f"gfp={d.get('gfp') or '-'}{flags} order={'-' if d.get('order') is None else d['order']}"
+         + (f" now: {so_far}" if (so_far := site_detail_text(d)) else ""), ""),
         (f"cgroup={text_value(r.cgroup) if r.cgroup else '-'}", ""),
     ]
     if d.get("memcg"):

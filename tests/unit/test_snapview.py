@@ -17,7 +17,7 @@ def _scan(tmp_path, wanted: bool, max_detailed: int = 64):
     fake_proc(tmp_path, 9, ["shrink_folio_list", "try_to_free_mem_cgroup_pages"], cgroup="4:memory:/box/b\n")
     d.live = LiveReader(lambda: wanted, max_detailed=max_detailed)
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None),
-                 InflightWait(9, 9, "dd\nx", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0)]
+                 InflightWait(9, 9, "dd\nx", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0, reclaimed_pages=12)]
     clock["ns"] = int(2.5 * S)
     return d.scan_once()
 
@@ -39,6 +39,7 @@ def test_live_view_has_rows_detail_context_and_thresholds(tmp_path):
     assert hog["cgroup"] == "/box" and hog["state"] == "D" and hog["stack"] == ["mem_cgroup_oom_synchronize"]
     assert dd["kind"] == "wait" and dd["comm"] == "dd\\x0ax" and dd["gfp"] == "0xcc0" and dd["cgroup"] == "/box/b"
     assert hog["detail"] is True and doc["thresholds_s"] == {"*": 2.0}
+    assert dd["reclaimed_so_far_pages"] == 12 and hog["reclaimed_so_far_pages"] is None  # as a report says it
     assert doc["context"]["kswapd"] == [] and "meminfo_bytes" in doc["context"]
     assert doc["sites"]["memcg_reclaim"]["waiting"] == 1
     assert doc["sites"]["memcg_reclaim"]["completed"]["count"] == 41

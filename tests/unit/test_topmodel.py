@@ -156,6 +156,8 @@ def test_detail_has_both_stacks_gfp_and_the_cgroup_limit():
     (row,) = task_rows(_doc([t]))
     text = "\n".join(line for line, _ in topview.detail_lines(row, 80))
     assert "gfp=0x100cca(GFP_HIGHUSER_MOVABLE) order=0" in text
+    (reclaiming,) = task_rows(_doc([_task(9, 1.0, site="memcg_reclaim", reclaimed_so_far_pages=40)]))
+    assert "now: reclaimed_so_far=40pages" in topview.detail_lines(reclaiming, 80)[2][0]
     assert "memcg v1: usage=32.0MiB limit=32.0MiB (at its limit) oom_kill_disable=1" in text
     assert "\n    under_oom=1 failcnt=3" in text  # wrapped, not cut
     assert "  mem_cgroup_oom_synchronize\n  pagefault_out_of_memory" in text and "  try_charge_memcg" in text
