@@ -46,7 +46,9 @@ def _pct(v: float | None) -> str:
 
 def left_cut(text: str, n: int) -> str:
     """The end of a path is what tells groups apart: cut from the left."""
-    return text if len(text) <= n else ".." + text[-(n - 2):] if n > 2 else text[:n]
+    if len(text) <= n:
+        return text
+    return ".." + text[-(n - 2):] if n > 2 else text[:n]
 
 
 @dataclass(frozen=True)
