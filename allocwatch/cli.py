@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from allocwatch import __version__, config, preflight
+from allocwatch import __version__, config, preflight, topcmd
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, NothingAttached, OutputClosed
 from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         help="where reports go (default stdout; journal: structured entries to the systemd journal)",
     )
     run.add_argument(
+        "--socket", metavar="PATH", help=f"socket for allocwatch top (default {config.DEFAULT_SOCKET_PATH}; '' none)"
+    )
+    run.add_argument(
         "--cgroup", action="append", metavar="PATH",
         help="report only tasks whose memory cgroup path starts with PATH (repeatable)",
     )
@@ -56,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", type=Path, help="YAML configuration file")
     pr.add_argument("--tracefs", type=Path, help="evaluate a captured tracefs tree instead (no attach)")
     pr.add_argument("--kallsyms", type=Path, help="with --tracefs: the captured kallsyms (default DIR/kallsyms)")
+    topcmd.add_parser(sub)
     return ap
 
 
@@ -151,7 +155,7 @@ def _compaction_names(cfg: config.Config) -> dict[int, str]:
     return gfpnames.read_symbolic(Path(cfg.tracefs), "compaction/mm_compaction_end", "status")
 
 
-def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
+def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list, sock: Any = None):
     """Bind the metrics address before anything is loaded: a port in use is exit 11."""
     listen = cfg.metrics_listen
     if listen is None:
@@ -161,6 +165,7 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
     collector = SnapshotCollector(
         lambda: daemon_ref[0].latest if daemon_ref else None,
         lambda: {s.name: s.dropped_blocks for s in sinks},
+        lambda: sock.stats() if sock is not None else {},
     )
     try:
         return MetricsServer(listen, registry_for(collector))
@@ -171,10 +176,42 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list):
         ) from None
 
 
+def _close(*servers: Any) -> None:
+    for s in servers:
+        if s is not None:
+            s.close()
+
+
+def _listeners(cfg: config.Config, daemon_ref: list, sinks: list) -> tuple[Any, Any]:
+    """The metrics endpoint and top's socket, before anything is loaded: a port in use
+    is exit 11, a socket in use exit 14."""
+    from allocwatch.outputs.socket import SocketServer
+
+    def said(line: str) -> None:
+        print(f"allocwatch: {line}", file=sys.stderr, flush=True)
+
+    sock = SocketServer(cfg.socket_path, cfg.socket_group, on_error=said) if cfg.socket_path else None
+    try:
+        return _metrics_server(cfg, daemon_ref, sinks, sock), sock
+    except BaseException:
+        _close(sock)
+        raise
+
+
+def _serve_top(daemon: Any, sock: Any) -> None:
+    """top's socket: a hello, then each scan's snapshot, with the live view while a client listens."""
+    from allocwatch.core.snapview import hello_dict
+    from allocwatch.live import LiveReader
+
+    sock.set_hello(hello_dict(daemon.info, [dataclasses.asdict(c) for c in daemon.coverage]))
+    daemon.live = LiveReader(sock.wanted, on_error=lambda line: print(f"allocwatch: {line}", file=sys.stderr))
+    daemon.outputs.append(sock)
+
+
 # Keys a running daemon cannot change: they shape what is loaded or bound at start.
 RESTART_KEYS = (
     "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
-    "oom_score_adj", "lock_memory", "output",
+    "oom_score_adj", "lock_memory", "output", "socket_path", "socket_group",
 )
 
 
@@ -298,6 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "format": args.format,
         "output": args.output,
         "cgroups": args.cgroup,
+        "socket_path": args.socket,
     }
     cfg = config.load(args.config, overrides)
     preflight.require_capabilities()
@@ -306,14 +344,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     fmt = [cfg.format]  # a reload may change it
     sink = _sink(cfg, fmt, stop)
-    server = _metrics_server(cfg, daemon_ref, [sink])
+    server, sock = _listeners(cfg, daemon_ref, [sink])
     try:
         features = _features(cfg)
         plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
         source = _load_source(cfg, plans, features)
     except BaseException:
-        if server is not None:
-            server.close()
+        _close(server, sock)
         raise
     try:
         if cfg.bpf_stats:
@@ -331,6 +368,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             throttle_names=_throttle_names(cfg),
         )
         daemon_ref.append(daemon)
+        if sock is not None:
+            _serve_top(daemon, sock)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
         _announce(cfg, source, server is not None, seeded)
@@ -346,8 +385,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise sink.error
     finally:
         source.close()
-        if server is not None:
-            server.close()
+        _close(server, sock)
     return 0
 
 
@@ -360,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
         preflight.require_stdout()
         if args.command == "probes":
             return cmd_probes(args)
+        if args.command == "top":
+            return topcmd.cmd_top(args)
         return cmd_run(args)
     except AllocwatchError as err:
         print(f"allocwatch: {err}", file=sys.stderr)

@@ -51,6 +51,11 @@ MAX_INFLIGHT_MAX = 1 << 22  # 4194304
 # clear of both (and of OpenTelemetry's 9464).
 DEFAULT_METRICS_PORT = 19464
 DEFAULT_METRICS_ADDR = f"127.0.0.1:{DEFAULT_METRICS_PORT}"
+# Where `allocwatch top` finds the daemon. A Unix socket path is at most 107
+# bytes (sun_path holds 108 with its NUL).
+DEFAULT_SOCKET_PATH = "/run/allocwatch/allocwatch.sock"
+SOCKET_PATH_MAX_BYTES = 107
+GROUP_NAME_MAX_CHARS = 32
 CONFIG_MAX_BYTES = 1 << 20  # 1 MiB
 YAML_MAX_DEPTH = 16  # nested mappings/sequences
 YAML_MAX_NODES = 10000  # scalars, mappings and sequences in one file
@@ -82,6 +87,8 @@ class Config:
     throttle_window_s: float = 10.0  # the sliding window of the throttled and livelock rules
     throttle_share: float = 0.5  # throttled: at least this share of the window spent in memory waits
     livelock_passes_per_s: float = 100.0  # livelock: at least this many reclaim passes a second, none freeing
+    socket_path: str = DEFAULT_SOCKET_PATH  # the live snapshots for `allocwatch top`; "" for none
+    socket_group: str = ""  # a group whose members may read the socket too; "" for root only
 
     def window_rules(self) -> WindowRules:
         return WindowRules(
@@ -298,6 +305,30 @@ def _path(key: str, v: Any) -> str:
     return v
 
 
+def _socket_path(key: str, v: Any) -> str:
+    if v == "":
+        return ""
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v or not v.isprintable():
+        raise ConfigError(f"{key}: expected an absolute path, or '' for no socket, got {_shown(v)}")
+    if len(os.fsencode(v)) > SOCKET_PATH_MAX_BYTES or v.endswith("/"):
+        raise ConfigError(f"{key}: expected a file path of at most {SOCKET_PATH_MAX_BYTES} bytes, got {_shown(v)}")
+    return v
+
+
+_GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
+
+
+def _group(key: str, v: Any) -> str:
+    if v == "":
+        return ""
+    if not isinstance(v, str) or len(v) > GROUP_NAME_MAX_CHARS or not _GROUP_NAME.fullmatch(v):
+        raise ConfigError(
+            f"{key}: expected a group name (letters, digits, '_', '-', '.'; at most {GROUP_NAME_MAX_CHARS} "
+            f"characters) or '' for root only, got {_shown(v)}"
+        )
+    return v
+
+
 _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "threshold_s": _threshold,
     "thresholds_s": _thresholds,
@@ -320,6 +351,8 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "classify_after_s": _ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),
     "max_inflight": _count,
     "tracefs": _path,
+    "socket_path": _socket_path,
+    "socket_group": _group,
 }
 
 

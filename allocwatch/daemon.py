@@ -55,6 +55,7 @@ from allocwatch.core.snapshot import (
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
 from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
+from allocwatch.live import LiveReader
 
 
 class Source(Protocol):
@@ -136,6 +137,7 @@ class Daemon:
         self._last_psi_us: dict[str, int] = {}
         self.latest: Snapshot | None = None
         self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
+        self.live: LiveReader | None = None  # fills Snapshot.live while a viewer (top) listens
 
     def seed_preexisting(self) -> int:
         """Track tasks already asleep in D when the programs were attached.
@@ -472,6 +474,8 @@ class Daemon:
             shares=shares,
             info=self.info,
         )
+        if self.live is not None:
+            snap = self.live.enrich(self, snap, waits)
         self.latest = snap
         for out in self.outputs:
             out.publish(snap)

@@ -66,6 +66,24 @@ class OutputFailed(AllocwatchError):
     exit_code = 13
 
 
+class SocketUnavailable(AllocwatchError):
+    """The socket for `allocwatch top` cannot be made: in use, a wrong file there, or its group unknown."""
+
+    exit_code = 14
+
+
+class SocketRefused(AllocwatchError):
+    """`allocwatch top`: the daemon's socket is there but this user may not read it."""
+
+    exit_code = 15
+
+
+class NoSnapshot(AllocwatchError):
+    """`allocwatch top --once/--json`: the daemon answered but sent no snapshot in time."""
+
+    exit_code = 16
+
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2

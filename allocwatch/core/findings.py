@@ -123,6 +123,10 @@ class Findings:
         self._episodes: dict[tuple[str, int], _Episode] = {}
         self._no_progress_since: dict[int, int] = {}
 
+    def active(self) -> list[Finding]:
+        """Episodes in progress, as last seen: a live view shows them between reports too."""
+        return [ep.last for ep in self._episodes.values() if ep.last is not None]
+
     # -- the window ----------------------------------------------------------------
 
     def _remember(self, now_ns: int, accts: Mapping[int, Acct]) -> None:

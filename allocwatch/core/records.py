@@ -192,12 +192,12 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "gfp_flags": detail.gfp_flags,
         "order": w.order,
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
-        **_detail_fields(detail),
-        **_site_detail(w),
+        **detail_fields(detail),
+        **site_detail(w),
     }
 
 
-def _site_detail(w: Wait | None) -> dict[str, Any]:
+def site_detail(w: Wait | None) -> dict[str, Any]:
     """What the kernel says of a wait still in flight, where it says anything (else null)."""
     pause = w.dirty_pause if w is not None else None
     return {
@@ -206,7 +206,7 @@ def _site_detail(w: Wait | None) -> dict[str, Any]:
     }
 
 
-def _detail_fields(detail: TaskDetail) -> dict[str, Any]:
+def detail_fields(detail: TaskDetail) -> dict[str, Any]:
     """What was read about a task when it was reported, as every task entry carries it."""
     return {
         "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
@@ -221,7 +221,7 @@ def _detail_fields(detail: TaskDetail) -> dict[str, Any]:
     }
 
 
-def _finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, str]) -> dict[str, Any]:
+def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, str]) -> dict[str, Any]:
     """A throttled, livelock or stuck-victim task, in the same shape as a stalled one plus its evidence."""
     d: dict[str, Any] = {
         "kind": f.kind,
@@ -237,9 +237,9 @@ def _finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, s
         "gfp_flags": None,
         "order": None,
         "other_waits": [],
-        **_detail_fields(detail),
+        **detail_fields(detail),
         "waiting_site": f.waiting.site.label if f.waiting is not None else None,
-        **_site_detail(f.waiting),
+        **site_detail(f.waiting),
         "window": {
             "share": round(f.share, 3),
             "sites": {s: {"count": w.count, "total_s": w.total_s} for s, w in f.per_site.items()},
@@ -314,7 +314,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
         tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
-        tasks += [_finding_dict(f, rec.details.get(f.tid, TaskDetail()), rec.throttle_names) for f in rec.findings]
+        tasks += [finding_dict(f, rec.details.get(f.tid, TaskDetail()), rec.throttle_names) for f in rec.findings]
         tasks.sort(key=lambda t: -t["duration_s"])
         shown, rest = tasks[: rec.max_tasks], tasks[rec.max_tasks :]
         return {

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocwatch.core.live import LiveView
 from allocwatch.core.sites import HIST_SLOTS, Site, hist_slot_upper_s
 from allocwatch.core.tracker import NS_PER_S, Thresholds, Wait
 
@@ -128,6 +129,7 @@ class Snapshot:
     programs: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # BPF program: (run ns, runs)
     shares: Mapping[int, float] = field(default_factory=dict)  # by tid: share of the last window spent waiting
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
+    live: LiveView | None = None  # what a live viewer needs; only while one listens (core/live.py)
 
 
 def inflight_view(waits: Iterable[Wait], now_ns: int, thresholds: Thresholds) -> tuple[InFlight, ...]:

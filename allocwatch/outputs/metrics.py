@@ -40,9 +40,11 @@ class SnapshotCollector:
         self,
         latest: Callable[[], Snapshot | None],
         drops: Callable[[], Mapping[str, int]] = dict,
+        socket: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._latest = latest
         self._drops = drops
+        self._socket = socket  # top's socket: clients_dropped, clients_refused, snapshots_dropped
 
     def collect(self) -> Iterator[Metric]:
         snap = self._latest()
@@ -162,6 +164,20 @@ class SnapshotCollector:
         for output, n in sorted(self._drops().items()):
             dropped.add_metric([output], n)
         yield dropped
+        sock = self._socket()
+        clients = CounterMetricFamily(
+            "allocwatch_socket_clients_dropped",
+            "Clients of top's socket closed by the daemon: fell behind (unread buffer full), or refused",
+            labels=["reason"],
+        )
+        clients.add_metric(["behind"], sock.get("clients_dropped", 0))
+        clients.add_metric(["refused"], sock.get("clients_refused", 0))
+        yield clients
+        snaps = CounterMetricFamily(
+            "allocwatch_socket_snapshots_dropped", "Snapshots the socket's own thread was too far behind to send"
+        )
+        snaps.add_metric([], sock.get("snapshots_dropped", 0))
+        yield snaps
 
 
 def registry_for(collector: SnapshotCollector) -> CollectorRegistry:

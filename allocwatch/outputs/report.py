@@ -85,7 +85,7 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     if reasons:
         lines.append("    throttled by: " + " ".join(f"{k}={v}" for k, v in reasons.items()))
     if t.get("memcg"):
-        lines.append(_memcg_line(t["memcg"]))
+        lines.append(memcg_line(t["memcg"]))
     lines += _stack_lines(t)
     return lines
 
@@ -119,7 +119,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         parts.append("(SIGKILL pending)")
     lines = [" ".join(parts)]
     if t.get("memcg"):
-        lines.append(_memcg_line(t["memcg"]))
+        lines.append(memcg_line(t["memcg"]))
     if t.get("cmdline") or t.get("uid") is not None:
         lines.append(f"    uid={'-' if t.get('uid') is None else t['uid']} cmdline={text_value(t['cmdline'] or '-')}")
     for other in t["other_waits"]:
@@ -158,7 +158,7 @@ def _group_lines(g: Sequence[Mapping[str, Any]]) -> list[str]:
     )
     lines = [line]
     if first.get("memcg"):
-        lines.append(_memcg_line(first["memcg"]))
+        lines.append(memcg_line(first["memcg"]))
     if first.get("cmdline") or first.get("uid") is not None:
         uid = "-" if first.get("uid") is None else first["uid"]
         lines.append(f"    uid={uid} cmdline={text_value(first['cmdline'] or '-')} (longest)")
@@ -217,7 +217,7 @@ def _context_lines(c: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _memcg_line(m: Mapping[str, Any]) -> str:
+def memcg_line(m: Mapping[str, Any]) -> str:
     parts = [f"    memcg v{m['version']}: usage={size_text(m['usage_bytes'])}"]
     if m["limit_bytes"] is not None:
         parts.append(f"limit={size_text(m['limit_bytes'])}" + (" (at its limit)" if m["near_limit"] else ""))

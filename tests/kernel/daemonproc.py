@@ -29,9 +29,10 @@ class Daemon:
         """`spawn` starts it (MemCgroup.spawn puts it in a memory cgroup)."""
         self.before = allocwatch_prog_ids()
         self.proc = spawn(
-            # metrics off unless a test asks (a later --metrics-addr wins), so
-            # daemons of two tests never fight over the default port
-            [sys.executable, "-m", "allocwatch", "run", "--format", "json", "--metrics-addr", "", *args],
+            # metrics and top's socket off unless a test asks (a later flag wins),
+            # so daemons of two tests never fight over the default port or path
+            [sys.executable, "-m", "allocwatch", "run", "--format", "json", "--metrics-addr", "", "--socket", "",
+             *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -113,7 +114,8 @@ class TextDaemon:
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "allocwatch", "run", "--format", "text", "--metrics-addr", "", *args],
+            [sys.executable, "-m", "allocwatch", "run", "--format", "text", "--metrics-addr", "", "--socket", "",
+             *args],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         self.lines: list[str] = []

@@ -119,6 +119,13 @@ def _stall_in_the_journal(c: Container) -> None:
     assert any(h.get("ALLOCWATCH_SEQ") == e["ALLOCWATCH_REPORT_SEQ"] for h in heads), heads[-2:]
 
 
+def _top_reads_the_services_socket(c: Container) -> None:
+    """Under the hardened unit the socket is made in its RuntimeDirectory, and top reads it."""
+    assert c.run(["stat", "-c", "%a %U", "/run/allocwatch/allocwatch.sock"]).stdout.split() == ["600", "root"]
+    top = c.run(["/opt/allocwatch/bin/allocwatch", "top", "--once"], timeout_s=60, check=False)
+    assert top.returncode == 0 and "daemon /run/allocwatch/allocwatch.sock" in top.stdout, top.stderr
+
+
 def _reload_bad(c: Container, pid: int) -> None:
     c.sh(f"printf 'threshold_s: .nan\\n' > {CONF}")
     c.run(["systemctl", "reload", UNIT])
@@ -175,6 +182,7 @@ def test_service_installs_reports_to_the_journal_restarts_reloads_and_uninstalls
         _install(c, before)
         pid = _main_pid(c)
         _reload_good(c, pid)
+        _top_reads_the_services_socket(c)
         _stall_in_the_journal(c)
         _reload_bad(c, pid)
         _restarted_after_kill_9(c, pid)

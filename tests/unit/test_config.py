@@ -42,6 +42,11 @@ def test_classify_age_never_after_lowest_threshold():
         ("disable_sites: compaction\n", "disable_sites: expected a list"),
         ("hot_paths: 1\n", "hot_paths: expected true or false"),
         ("max_inflight: 10\n", "max_inflight: expected an integer"),
+        ("socket_path: run/a.sock\n", "socket_path: expected an absolute path"),
+        ("socket_path: /" + "a" * 107 + "\n", "socket_path: expected a file path of at most 107 bytes"),
+        ("socket_path: 5\n", "socket_path: expected an absolute path"),
+        ("socket_group: 'a b'\n", "socket_group: expected a group name"),
+        ("socket_group: 0\n", "socket_group: expected a group name"),
         ("- a\n- b\n", "expected a mapping"),
         ("threshold_s: [\n", "not valid YAML"),
     ],
@@ -271,5 +276,12 @@ def test_shown_cuts_long_and_large_values():
 
 
 def test_unknown_key_is_cut():
-    msg = _refused({"k" * 5000: 1}, "unknown key 'kkk", 700)
+    msg = _refused({"k" * 5000: 1}, "unknown key 'kkk", 700)  # the key is cut; the list of known keys grows
     assert "k" * 100 not in msg
+
+
+def test_socket_keys_accept_a_path_a_group_and_off():
+    cfg = config.load(None, {})
+    assert (cfg.socket_path, cfg.socket_group) == ("/run/allocwatch/allocwatch.sock", "")
+    cfg = config.from_mapping({"socket_path": "", "socket_group": "allocwatch"})
+    assert (cfg.socket_path, cfg.socket_group) == ("", "allocwatch")

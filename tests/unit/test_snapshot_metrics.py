@@ -140,7 +140,7 @@ def test_no_label_carries_a_pid_or_comm(tmp_path):
     clock["ns"] = 3 * S
     d.scan_once()
     text = generate_latest(registry_for(SnapshotCollector(lambda: d.latest))).decode()
-    allowed = {"site", "mechanism", "kind", "map", "output", "version", "kernel", "le"}
+    allowed = {"site", "mechanism", "kind", "map", "output", "version", "kernel", "le", "reason"}
     import re
 
     for labels in re.findall(r"\{([^}]*)\}", text):

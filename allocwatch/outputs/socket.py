@@ -1,0 +1,312 @@
+"""The daemon's Unix socket for `allocwatch top`: a hello, then one snapshot per scan.
+
+Each line is one JSON object (core/snapview.py): first `hello` (version,
+kernel, coverage), then a `snapshot` after every scan. `publish()` returns at
+once: it hands the snapshot to the socket's own thread through a queue of
+QUEUE_SNAPSHOTS (a snapshot that finds it full is dropped and counted), and
+that thread renders it once and appends it to each client's buffer. A client
+that still has more than `max_buffer_bytes` unread when the next snapshot
+comes has fallen behind: it is closed and counted, never waited for.
+
+Who may read: the socket is mode 0600 (0660 with `socket_group`), owned by
+the daemon's user, in a directory made 0700 (0750) when it does not exist
+(an existing private one, 0700 or 0750 and the daemon's, gets the group too);
+and each client's credentials (SO_PEERCRED) are checked again on accept: root,
+the daemon's own user, or a member of the group. Anyone else gets one line
+saying so and is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import grp
+import json
+import os
+import pwd
+import selectors
+import socket
+import stat
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from allocwatch.core.snapshot import Snapshot
+from allocwatch.core.snapview import snapshot_dict
+from allocwatch.errors import SocketUnavailable
+
+QUEUE_SNAPSHOTS = 2  # scans the socket thread may lag behind before snapshots are dropped
+DEFAULT_CLIENT_BUFFER_BYTES = 4 << 20  # unread bytes a client may hold when the next snapshot comes
+DEFAULT_MAX_CLIENTS = 16
+REFUSED_TYPE = "refused"
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def _line(doc: Mapping[str, Any]) -> bytes:
+    return (json.dumps(doc, ensure_ascii=True, separators=(",", ":")) + "\n").encode()
+
+
+def group_id(name: str) -> int | None:
+    if not name:
+        return None
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise SocketUnavailable(f"socket_group: no group named {name!r} on this host") from None
+
+
+def may_read(uid: int, gid: int, group: int | None, own_uid: int) -> bool:
+    """Root, the daemon's own user, or (with a group) a member of it, by primary or listed membership."""
+    if uid in (0, own_uid):
+        return True
+    if group is None:
+        return False
+    if gid == group:
+        return True
+    try:
+        return pwd.getpwuid(uid).pw_name in grp.getgrgid(group).gr_mem
+    except KeyError:
+        return False
+
+
+def _prepare_dir(d: Path, gid: int | None) -> bool:
+    """True when it made the directory (and so removes it again at exit)."""
+    mode = 0o750 if gid is not None else 0o700
+    try:
+        d.mkdir(mode=mode)
+        made = True
+    except FileExistsError:
+        made = False
+    except OSError as exc:
+        raise SocketUnavailable(f"socket_path: cannot make the directory {d}: {exc.strerror}") from None
+    st = os.lstat(d)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SocketUnavailable(f"socket_path: {d} is not a directory")
+    if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+        raise SocketUnavailable(f"socket_path: {d} may be written by other users: the socket could be replaced")
+    # A directory of the daemon's own (mode 0700 or 0750, as systemd's RuntimeDirectory=
+    # makes it) is given to the group too; a shared one such as /run is never changed.
+    private = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) in (0o700, 0o750)
+    if made or (private and gid is not None):
+        if gid is not None:
+            os.chown(d, -1, gid)
+        os.chmod(d, mode)  # whatever the umask
+    return made
+
+
+def _clear_stale(path: Path) -> None:
+    """A socket left by a daemon that died is removed; a live one or another file is refused."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise SocketUnavailable(f"socket_path: {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno != errno.ECONNREFUSED:
+            raise SocketUnavailable(f"socket_path: {path}: {exc.strerror or exc}") from None
+        path.unlink()
+        return
+    finally:
+        probe.close()
+    raise SocketUnavailable(f"socket_path: another allocwatch answers on {path}")
+
+
+class _Client:
+    def __init__(self, sock: socket.socket, first: bytes) -> None:
+        self.sock = sock
+        self.out = bytearray(first)
+
+
+class SocketServer:
+    """Listening from construction on; `close()` stops the thread and removes the socket."""
+
+    def __init__(
+        self,
+        path: str,
+        group: str = "",
+        max_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        render: Callable[[Snapshot], Mapping[str, Any]] = snapshot_dict,
+        on_error: Callable[[str], None] = lambda line: None,
+    ) -> None:
+        self.path = Path(path)
+        self._gid = group_id(group)
+        self._group = group
+        self._max_buffer = max_buffer_bytes
+        self._max_clients = max_clients
+        self._render = render
+        self._on_error = on_error  # said once; the socket goes on without that snapshot
+        self.render_failed = 0
+        self._hello = _line({"type": "hello"})
+        self._queue: deque[Snapshot] = deque()
+        self._lock = threading.Lock()
+        self._clients: dict[int, _Client] = {}
+        self.clients_dropped = 0  # fell behind
+        self.clients_refused = 0  # not allowed, or too many
+        self.snapshots_dropped = 0  # the socket thread itself fell behind
+        self._listener = self._listen()
+        self._inode = os.lstat(self.path).st_ino
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="socket", daemon=True)
+        self._thread.start()
+
+    def _listen(self) -> socket.socket:
+        self._made_dir = _prepare_dir(self.path.parent, self._gid)
+        _clear_stale(self.path)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        old = os.umask(0o177)  # nobody but the owner between bind() and chmod()
+        try:
+            s.bind(str(self.path))
+        except OSError as exc:
+            s.close()
+            raise SocketUnavailable(f"socket_path: cannot listen on {self.path}: {exc.strerror or exc}") from None
+        finally:
+            os.umask(old)
+        if self._gid is not None:
+            os.chown(self.path, -1, self._gid)
+        os.chmod(self.path, 0o660 if self._gid is not None else 0o600)
+        s.listen(8)
+        return s
+
+    # -- the scan loop's side: never blocks --------------------------------------
+
+    def set_hello(self, hello: Mapping[str, Any]) -> None:
+        self._hello = _line(hello)
+
+    def stats(self) -> dict[str, int]:
+        return {"clients_dropped": self.clients_dropped, "clients_refused": self.clients_refused,
+                "snapshots_dropped": self.snapshots_dropped + self.render_failed}
+
+    def wanted(self) -> bool:
+        """Somebody listens: the daemon then reads the live view (a plain read, no lock)."""
+        return bool(self._clients)
+
+    def publish(self, snap: Snapshot) -> None:
+        if not self._clients:
+            return
+        with self._lock:
+            if len(self._queue) >= QUEUE_SNAPSHOTS:
+                self.snapshots_dropped += 1
+                return
+            self._queue.append(snap)
+        self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
+
+    def close(self, timeout_s: float = 1.0) -> None:
+        self._closing = True
+        self._wake()
+        self._thread.join(timeout_s)
+        with contextlib.suppress(OSError):
+            if os.lstat(self.path).st_ino == self._inode:  # ours, not a successor's
+                self.path.unlink()
+        if self._made_dir:
+            with contextlib.suppress(OSError):  # not empty: somebody else's files, left alone
+                self.path.parent.rmdir()
+
+    # -- the socket thread -----------------------------------------------------------
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listener, selectors.EVENT_READ, "listen")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._closing:
+                for key, events in sel.select(timeout=1.0):
+                    if key.data == "listen":
+                        self._accept(sel)
+                    elif key.data == "wake":
+                        with contextlib.suppress(BlockingIOError):
+                            os.read(self._wake_r, 4096)
+                        self._fan_out(sel)
+                    else:
+                        self._service(sel, key.data, events)
+        finally:
+            for c in list(self._clients.values()):
+                self._drop(sel, c)
+            sel.close()
+            self._listener.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+
+    def _refuse(self, conn: socket.socket, why: str) -> None:
+        self.clients_refused += 1
+        with contextlib.suppress(OSError):
+            conn.send(_line({"type": REFUSED_TYPE, "error": why}))  # one small line: fits the socket buffer
+        conn.close()
+
+    def _accept(self, sel: selectors.BaseSelector) -> None:
+        try:
+            conn, _ = self._listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return
+        pid, uid, gid = _UCRED.unpack(conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if not may_read(uid, gid, self._gid, os.geteuid()):
+            who = f"root or members of group {self._group}" if self._group else "root"
+            return self._refuse(conn, f"uid {uid} may not read allocwatch's socket: only {who} may")
+        if len(self._clients) >= self._max_clients:
+            return self._refuse(conn, f"too many clients ({self._max_clients}) already")
+        conn.setblocking(False)
+        c = _Client(conn, self._hello)
+        self._clients[conn.fileno()] = c
+        sel.register(conn, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+
+    def _fan_out(self, sel: selectors.BaseSelector) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    return
+                snap = self._queue.popleft()
+            if not self._clients:
+                continue
+            try:
+                data = _line(self._render(snap))
+            except Exception as exc:  # a bug: the snapshot is lost, the socket and the scans go on
+                self.render_failed += 1
+                if self.render_failed == 1:
+                    self._on_error(f"internal error: cannot render a snapshot for top: {type(exc).__name__}: {exc}")
+                continue
+            for c in list(self._clients.values()):
+                if len(c.out) > self._max_buffer:  # still this much unread: it has fallen behind
+                    self.clients_dropped += 1
+                    self._drop(sel, c)
+                    continue
+                c.out += data
+                sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
+
+    def _service(self, sel: selectors.BaseSelector, c: _Client, events: int) -> None:
+        if events & selectors.EVENT_READ:
+            try:
+                if not c.sock.recv(4096):  # the client went away (it never needs to write)
+                    return self._drop(sel, c)
+            except BlockingIOError:
+                pass
+            except OSError:
+                return self._drop(sel, c)
+        if events & selectors.EVENT_WRITE and c.out:
+            try:
+                n = c.sock.send(c.out)
+            except BlockingIOError:
+                return
+            except OSError:
+                return self._drop(sel, c)
+            del c.out[:n]
+        if not c.out:
+            sel.modify(c.sock, selectors.EVENT_READ, c)
+
+    def _drop(self, sel: selectors.BaseSelector, c: _Client) -> None:
+        self._clients.pop(c.sock.fileno(), None)
+        with contextlib.suppress(KeyError, ValueError):
+            sel.unregister(c.sock)
+        c.sock.close()

@@ -1,0 +1,110 @@
+"""`allocwatch top`: the live picture, from the daemon's socket or a session of its own.
+
+It connects to the daemon's socket (`socket_path`, or `--socket`); when no
+daemon answers there, it loads and attaches the programs itself, with the
+daemon's own code, and its header says so. A socket it may not read is exit
+15, not a reason to load a second copy. SIGINT, SIGTERM and SIGHUP (the
+terminal closed) end it like q: the screen is given back and everything
+attached is detached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from allocwatch import config
+from allocwatch.errors import NoSnapshot, NotPrivileged
+from allocwatch.outputs import topview
+from allocwatch.outputs.topfeed import Feed, NoDaemon, SocketFeed
+from allocwatch.outputs.topmodel import visible_rows
+from allocwatch.outputs.topscreen import Screen
+
+FIRST_SNAPSHOT_TIMEOUT_S = 30.0
+
+
+def add_parser(sub: Any) -> None:
+    top = sub.add_parser("top", help="the live picture: who waits for memory now, where, for how long")
+    top.add_argument("--interval", type=float, metavar="SECONDS", help="refresh (default 1; 0.05 to 60)")
+    top.add_argument("--once", action="store_true", help="print one frame as text and exit")
+    top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
+    top.add_argument("--socket", metavar="PATH", help="the daemon's socket (default: socket_path)")
+    top.add_argument("--config", type=Path, help="YAML configuration file (socket_path, thresholds)")
+
+
+def _feed(cfg: config.Config, path: str) -> Feed:
+    try:
+        if not path:
+            raise NoDaemon("socket_path is '' (no socket)")
+        return SocketFeed(path)
+    except NoDaemon as why:  # nothing answers there: the same code, in-process (its scans at top's --interval)
+        from allocwatch.topsession import OwnSession
+
+        try:
+            return OwnSession(cfg, f"no daemon on {path or '-'}")
+        except NotPrivileged as err:
+            raise NotPrivileged(f"{why}; top would start a session of its own, but {err}") from None
+
+
+def _print_once(feed: Feed, as_json: bool, width: int) -> None:
+    prev, doc = feed.frames()
+    if doc is None:
+        raise TimeoutError
+    if as_json:
+        print(json.dumps(doc, ensure_ascii=True))
+        return
+    rows = visible_rows(doc)
+    age = max(0.0, time.time() - doc["time_s"])
+    for text, _ in topview.frame_lines(doc, prev, rows, feed.source, age, width):
+        print(text)
+
+
+def cmd_top(args: argparse.Namespace) -> int:
+    cfg = config.load(args.config, {"scan_interval_s": args.interval})
+    interval_s = cfg.scan_interval_s
+    stop = threading.Event()
+    # from the start: a signal while its own session loads ends it as cleanly as q
+    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    feed: Feed | None = None
+    try:
+        feed = _feed(cfg, args.socket if args.socket is not None else cfg.socket_path)
+        if args.once or args.json:
+            _wait_settled(feed, stop)
+            if not stop.is_set():
+                _print_once(feed, args.json, shutil.get_terminal_size((120, 24)).columns)
+        elif not sys.stdout.isatty() or os.environ.get("TERM", "dumb") == "dumb":
+            _plain_loop(feed, interval_s, stop)  # a dumb terminal: frames as text, one an interval
+        else:
+            Screen(feed, interval_s, stop).run()
+    finally:
+        if feed is not None:
+            feed.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+def _wait_settled(feed: Feed, stop: threading.Event) -> None:
+    deadline = time.monotonic() + FIRST_SNAPSHOT_TIMEOUT_S
+    while not stop.is_set() and not feed.wait_settled(0.2):
+        if time.monotonic() >= deadline:
+            break
+    if not stop.is_set() and (feed.frames()[1] is None or feed.count < 2):
+        raise NoSnapshot(f"top: no snapshot from {feed.source} within {FIRST_SNAPSHOT_TIMEOUT_S:.0f}s: "
+                         f"{feed.closed or 'it sent none'}")
+
+
+def _plain_loop(feed: Feed, interval_s: float, stop: threading.Event) -> None:
+    while not stop.is_set():
+        if feed.frames()[1] is not None:
+            _print_once(feed, False, shutil.get_terminal_size((80, 24)).columns)
+            print(flush=True)
+        stop.wait(interval_s)
