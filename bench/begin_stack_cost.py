@@ -19,13 +19,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.kernel import memcg, slowdisk
+from tests.kernel import recipes
 from tests.kernel.promserver import free_port
 
 PROGRAM = "aw_memcg_reclaim_begin"
@@ -47,25 +46,7 @@ def one_round(begin_stacks: bool, n_victims: int = 6) -> tuple[float, float]:
                           "--format", "json"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         assert d.stderr is not None and "watching" in d.stderr.readline()
-        with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-bench") as group:
-            group.set_limit_bytes(64 << 20)
-            subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
-            victims = []
-            try:
-                for i in range(n_victims):
-                    code = f"b = bytearray(8 << 20); open('{disk.mnt}/v{i}', 'w')"
-                    victims.append(group.spawn(
-                        ["sh", "-c", f'echo 1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "{code}"']))
-                time.sleep(2)
-                hog = memcg.Hog(group, 128)
-                hog.wait_ready(30)
-                hog.go()
-                hog.proc.wait(90)
-            finally:
-                subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-                for v in victims:
-                    v.kill()
-                    v.wait(30)
+        recipes.reclaim_livelock(n_victims, prefix="aw-bench")
         with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
             text = r.read().decode()
         runs = _sample(text, "allocwatch_bpf_program_runs_total")

@@ -36,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocwatch.kernel import bpfsource, bpfstats
-from tests.kernel import memcg, slowdisk
+from tests.kernel import memcg, recipes, slowdisk
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
 PAIRS = (
@@ -88,29 +88,6 @@ def storm(mib: int) -> float:
     finally:
         (workdir / "f").unlink(missing_ok=True)
         workdir.rmdir()
-
-
-def livelock(n_victims: int = 4) -> None:
-    """Seed 003: a task looping in memcg reclaim that frees nothing, victims tried one by one."""
-    with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-bench-live") as group:
-        group.set_limit_bytes(64 << 20)
-        subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
-        victims = []
-        try:
-            for i in range(n_victims):
-                code = f"b = bytearray(8 << 20); open('{disk.mnt}/v{i}', 'w')"
-                victims.append(group.spawn(
-                    ["sh", "-c", f'echo 1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "{code}"']))
-            time.sleep(2)
-            hog = memcg.Hog(group, 128)
-            hog.wait_ready(30)
-            hog.go()
-            hog.proc.wait(90)
-        finally:
-            subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-            for v in victims:
-                v.kill()
-                v.wait(30)
 
 
 BDP = "writeback:balance_dirty_pages"
@@ -188,7 +165,7 @@ def main() -> int:
         progs.attach("real")
         before = progs.stats()
         t0 = time.monotonic()
-        livelock()
+        recipes.reclaim_livelock(prefix="aw-bench-live")
         live_s = time.monotonic() - t0
         d = delta(progs.stats(), before)
         dirty = [dirty_pause_cost(reverse) for reverse in (False, True)]

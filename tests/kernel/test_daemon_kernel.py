@@ -29,21 +29,6 @@ def _root() -> None:
     memcg.require_root_bpf()
 
 
-@pytest.fixture
-def daemon_factory():
-    started: list[Daemon] = []
-
-    def start(*args: str) -> Daemon:
-        d = Daemon(*args)
-        started.append(d)
-        d.wait_ready()
-        return d
-
-    yield start
-    for d in started:
-        d.kill()
-
-
 def proc_state(pid: int) -> str:
     return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
 

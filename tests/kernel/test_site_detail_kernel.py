@@ -8,7 +8,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,25 +25,9 @@ def _root() -> None:
 
 
 @pytest.fixture
-def daemon() -> Iterator[Any]:
-    started: list[Daemon] = []
-    configs: list[Path] = []
-
-    def start(yaml: str, *args: str) -> Daemon:
-        fd, name = tempfile.mkstemp(prefix="aw-detail-", suffix=".yaml")
-        with open(fd, "w") as f:
-            f.write(yaml)
-        configs.append(Path(name))
-        d = Daemon("--config", name, *args)
-        started.append(d)
-        d.wait_ready()
-        return d
-
-    yield start
-    for d in started:
-        d.kill()
-    for c in configs:
-        c.unlink(missing_ok=True)
+def daemon(daemon_factory):
+    """A daemon with this YAML configuration and these flags."""
+    return lambda yaml, *args: daemon_factory(*args, config=yaml)
 
 
 def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen[Any]) -> None:

@@ -1,0 +1,37 @@
+"""Fixtures the kernel tests share."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.kernel.daemonproc import Daemon
+
+
+@pytest.fixture
+def daemon_factory() -> Iterator[Callable[..., Daemon]]:
+    """Start real daemons (`config=` YAML text goes to a scratch file); every one
+    left running is killed, and every scratch file removed, after the test."""
+    started: list[Daemon] = []
+    configs: list[Path] = []
+
+    def start(*args: str, config: str | None = None) -> Daemon:
+        if config is not None:
+            fd, name = tempfile.mkstemp(prefix="aw-config-", suffix=".yaml")
+            with open(fd, "w") as f:
+                f.write(config)
+            configs.append(Path(name))
+            args = ("--config", name, *args)
+        d = Daemon(*args)
+        started.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+    for c in configs:
+        c.unlink(missing_ok=True)
