@@ -36,7 +36,9 @@ from allocwatch.core.records import (
     SummaryReport,
     TaskDetail,
     Victim,
+    item_tid,
     limit_line,
+    listing,
     to_dict,
 )
 from allocwatch.core.sites import NR_SITES, SITE_DSTATE, Site
@@ -168,14 +170,14 @@ class Daemon:
         if stack is None:
             stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
         cgroup = procfs.memory_cgroup(self.proc, w.pid, w.tid)
-        flags = hostfs.task_flags(self.proc, w.pid, w.tid)
+        info, flags = hostfs.task_facts(self.proc, w.pid, w.tid)  # one read of stat and status
         return TaskDetail(
             cgroup=cgroup,
-            state=procfs.task_state(self.proc, w.pid, w.tid),
+            state=info.state,
             stack=stack,
             gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
             memcg=self._memcg(cgroup),
-            task=hostfs.task_info(self.proc, w.pid, w.tid),
+            task=info,
             dying=flags.dying,
             exiting=flags.exiting,
             recent_stack=None if stack else self._recent_stack(w.tid),
@@ -315,10 +317,17 @@ class Daemon:
         self.namer.prune()
         return waits, ended, kills
 
-    def _wanted(self, detail: TaskDetail) -> bool:
+    def _wanted(self, detail: TaskDetail | None) -> bool:
         """The --cgroup filter: no filter, or the task's memory cgroup starts with a prefix."""
         prefixes = self.cfg.cgroups
-        return not prefixes or (detail.cgroup is not None and detail.cgroup.startswith(prefixes))
+        return not prefixes or (detail is not None and detail.cgroup is not None and detail.cgroup.startswith(prefixes))
+
+    def _brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail]) -> TaskDetail:
+        """A task the block only counts (past max_tasks_per_block): its cgroup, for
+        the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info."""
+        cgroup = read[tid].cgroup if tid in read else procfs.memory_cgroup(self.proc, pid, tid)
+        flags = hostfs.task_flags(self.proc, pid, tid)
+        return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
 
     def _finding_detail(self, f: Finding) -> TaskDetail:
         stack = procfs.kernel_stack(self.proc, f.pid, f.tid)
@@ -338,22 +347,21 @@ class Daemon:
         if not stalls and not findings:
             return None
         self._memcg_cache = {}
+        # The cgroup filter needs each task's cgroup; the rest of /proc is read
+        # below only for the tasks the block lists (max_tasks_per_block).
         details: dict[int, TaskDetail] = {}
-        for s in stalls:  # one /proc read per task, however many waits it has
-            if s.wait.tid not in details:
-                details[s.wait.tid] = self._detail(s.wait)
-        for f in findings:
-            if f.tid not in details:
-                details[f.tid] = self._finding_detail(f)
+        if self.cfg.cgroups:
+            for tid, pid in {(s.wait.tid, s.wait.pid) for s in stalls} | {(f.tid, f.pid) for f in findings}:
+                details[tid] = TaskDetail(cgroup=procfs.memory_cgroup(self.proc, pid, tid))
         kept = []
         for s in stalls:
-            if self._wanted(details[s.wait.tid]):
+            if self._wanted(details.get(s.wait.tid)):
                 kept.append(s)
             else:
                 self._filtered_out.add(s.wait.key)
         kept_findings = []
         for f in findings:
-            if self._wanted(details[f.tid]):
+            if self._wanted(details.get(f.tid)):
                 kept_findings.append(f)
             else:
                 self._hidden_findings.add((f.kind, f.tid))
@@ -364,12 +372,17 @@ class Daemon:
         pending_f = {(f.kind, f.tid): f for f in self._pending_findings}
         pending_f.update({(f.kind, f.tid): f for f in kept_findings})
         kept_findings = list(pending_f.values())
-        for s in kept:
-            if s.wait.tid not in details:
-                details[s.wait.tid] = self._detail(s.wait)
+        listed = {item_tid(x) for _, x in listing(kept, kept_findings)[: self.cfg.max_tasks_per_block]}
+        full: dict[int, TaskDetail] = {}
+        for s in kept:  # one /proc read per task, however many waits it has
+            if s.wait.tid not in full:
+                full[s.wait.tid] = (self._detail(s.wait) if s.wait.tid in listed
+                                     else self._brief(s.wait.pid, s.wait.tid, details))
         for f in kept_findings:
-            if f.tid not in details:
-                details[f.tid] = self._finding_detail(f)
+            if f.tid not in full:
+                full[f.tid] = (self._finding_detail(f) if f.tid in listed
+                                else self._brief(f.pid, f.tid, details))
+        details = full
         tasks = {s.wait.tid for s in kept}
         if not kept and not kept_findings:
             return None

@@ -140,6 +140,8 @@ LIMIT_TEXT = {
 def escape(text: str) -> str:
     """Printable ASCII stays; a backslash doubles; anything else (newlines, ESC,
     non-ASCII, undecodable bytes held as surrogates) becomes \\xNN per byte."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text  # nearly every comm, path and frame: no copy, char by char
     out = []
     for ch in text:
         if ch == "\\":
@@ -300,6 +302,31 @@ def context_dict(c: BlockContext | None) -> dict[str, Any] | None:
     }
 
 
+def listing(stalls: Sequence[Stall], findings: Sequence[Finding]) -> list[tuple[float, list[Stall] | Finding]]:
+    """A block's tasks in the order it lists them, with the duration it shows:
+    stalled tasks (each with its waits) and findings, longest first."""
+    items: list[tuple[float, list[Stall] | Finding]] = [(seconds(g[0].duration_ns), g) for g in by_task(stalls)]
+    items += [(round(f.duration_s, 3), f) for f in findings]
+    items.sort(key=lambda it: -it[0])
+    return items
+
+
+def item_tid(x: list[Stall] | Finding) -> int:
+    return x[0].wait.tid if isinstance(x, list) else x.tid
+
+
+def _item_dict(x: list[Stall] | Finding, rec: StallReport) -> dict[str, Any]:
+    detail = rec.details.get(item_tid(x), TaskDetail())
+    return _task_dict(x, detail) if isinstance(x, list) else finding_dict(x, detail, rec.throttle_names)
+
+
+def _item_brief(duration_s: float, x: list[Stall] | Finding, rec: StallReport) -> dict[str, Any]:
+    """What the summary of tasks past the block's limit needs of one."""
+    cgroup = rec.details.get(item_tid(x), TaskDetail()).cgroup
+    site = x[0].wait.site if isinstance(x, list) else x.site
+    return {"site": site.label, "cgroup": escape(cgroup) if cgroup is not None else None, "duration_s": duration_s}
+
+
 def summarize_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Tasks past a block's limit, counted by site and cgroup, most first."""
     acc: dict[tuple[str, str | None], list[float]] = {}
@@ -313,12 +340,11 @@ def to_dict(rec: Record) -> dict[str, Any]:
     """The one plain form of a record: JSON lines, text, journald and the socket use it."""
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
-        tasks = [_task_dict(g, rec.details.get(g[0].wait.tid, TaskDetail())) for g in by_task(rec.stalls)]
-        tasks += [finding_dict(f, rec.details.get(f.tid, TaskDetail()), rec.throttle_names) for f in rec.findings]
-        tasks.sort(key=lambda t: -t["duration_s"])
-        shown, rest = tasks[: rec.max_tasks], tasks[rec.max_tasks :]
+        items = listing(rec.stalls, rec.findings)
+        shown = [_item_dict(x, rec) for _, x in items[: rec.max_tasks]]
+        rest = [_item_brief(d, x, rec) for d, x in items[rec.max_tasks :]]
         return {
-            "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(tasks),
+            "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(items),
             "held_back": rec.held_back, "context": context_dict(rec.context),
             "tasks": shown, "more": summarize_tasks(rest),
         }

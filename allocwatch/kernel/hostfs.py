@@ -23,7 +23,7 @@ from allocwatch.core.host import (
     TaskInfo,
     ZoneInfo,
 )
-from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, task_dir
+from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, task_file
 
 DEFAULT_MOUNTINFO = DEFAULT_PROCFS / "self" / "mountinfo"
 
@@ -54,14 +54,15 @@ _ZONE_HEAD = re.compile(r"Node\s+(\d+),\s+zone\s+(\S+)")
 _KSWAPD = re.compile(r"kswapd(\d+)(?::\d+)?")
 
 
-def _bytes(path: Path) -> bytes | None:
+def _bytes(path: str | Path) -> bytes | None:
     try:
-        return path.read_bytes()
+        with open(path, "rb") as f:
+            return f.read()
     except OSError:
         return None
 
 
-def _text(path: Path) -> str | None:
+def _text(path: str | Path) -> str | None:
     raw = _bytes(path)
     return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
@@ -267,7 +268,7 @@ def memory_picture(proc: Path = DEFAULT_PROCFS) -> MemoryPicture:
 # --- tasks: kswapd, who a task is, dying / exiting ----------------------------
 
 
-def _stat(path: Path) -> tuple[str, list[str]]:
+def _stat(path: str | Path) -> tuple[str, list[str]]:
     """(comm, fields after it) of a stat file; ("", []) when unreadable.
     comm may hold spaces and ')': the fields follow the last ')'."""
     text = _text(path)
@@ -337,12 +338,24 @@ def _cmdline(raw: bytes | None) -> str | None:
 def task_info(proc: Path, pid: int, tid: int) -> TaskInfo:
     """uid (real, of the thread), cmdline (of the process) and state letter;
     each None when unreadable."""
-    uids = _status(_text(task_dir(proc, pid, tid) / "status")).get("Uid", [])
-    fields = _stat(task_dir(proc, pid, tid) / "stat")[1]
-    return TaskInfo(
+    return task_facts(proc, pid, tid)[0]
+
+
+def task_facts(proc: Path, pid: int, tid: int) -> tuple[TaskInfo, TaskFlags]:
+    """task_info and task_flags from one read of the thread's stat and status."""
+    status = _status(_text(task_file(proc, pid, tid, "status")))
+    fields = _stat(task_file(proc, pid, tid, "stat"))[1]
+    uids = status.get("Uid", [])
+    info = TaskInfo(
         pid=pid, tid=tid, uid=_int(uids[0]) if uids else None,
-        cmdline=_cmdline(_bytes(proc / str(pid) / "cmdline")), state=fields[0] if fields else None,
+        cmdline=_cmdline(_bytes(f"{proc}/{pid}/cmdline")), state=fields[0] if fields else None,
     )
+    return info, _flags(fields, status)
+
+
+def _flags(fields: list[str], status: dict[str, list[str]]) -> TaskFlags:
+    exiting = bool(fields) and (fields[0] in ("Z", "X") or bool(_stat_flags(fields) & PF_EXITING))
+    return TaskFlags(dying=_sigkill_pending(status), exiting=exiting)
 
 
 def _sigkill_pending(status: dict[str, list[str]]) -> bool:
@@ -358,7 +371,5 @@ def _sigkill_pending(status: dict[str, list[str]]) -> bool:
 def task_flags(proc: Path, pid: int, tid: int) -> TaskFlags:
     """dying and exiting as TaskFlags defines them, from the thread's status
     (SigPnd, ShdPnd) and stat (state, flags); False when unreadable."""
-    fields = _stat(task_dir(proc, pid, tid) / "stat")[1]
-    exiting = bool(fields) and (fields[0] in ("Z", "X") or bool(_stat_flags(fields) & PF_EXITING))
-    dying = _sigkill_pending(_status(_text(task_dir(proc, pid, tid) / "status")))
-    return TaskFlags(dying=dying, exiting=exiting)
+    fields = _stat(task_file(proc, pid, tid, "stat"))[1]
+    return _flags(fields, _status(_text(task_file(proc, pid, tid, "status"))))
