@@ -58,8 +58,9 @@ alternative is a periodic sweep of /proc/*/task/*/stat for tasks in D.
 
 2. /proc sweep: one sweep lists /proc, lists every /proc/<pid>/task, reads
    each task's stat (state letter after the last ')') and reads the kernel
-   stack of any task in D. Two readers: Path.read_text, as allocwatch/procfs.py
-   reads, and a bare os.open/os.read/os.close (the leanest Python sweep).
+   stack of any task in D. Two readers: allocwatch's own (imported from
+   allocwatch.kernel.procfs: tasks_in_state, kernel_stack), and a bare
+   os.open/os.read/os.close (the leanest Python sweep).
    Median of 20 sweeps (wall and CPU time), tasks seen, us per task; then the
    same with a child process holding 2,000 extra idle threads, killed after.
 
@@ -98,6 +99,8 @@ from typing import Any
 
 SCRIPT = Path(__file__).resolve()
 CHECKOUT = SCRIPT.parent.parent
+if str(CHECKOUT) not in sys.path:
+    sys.path.insert(0, str(CHECKOUT))
 BPF_DIR = CHECKOUT / "bpf"
 BPF_SRC = BPF_DIR / "allocwatch.bpf.c"
 
@@ -109,7 +112,6 @@ STATS_SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 # sched_switch's prev_state for TASK_UNINTERRUPTIBLE (and TASK_KILLABLE).
 REPORT_UNINTERRUPTIBLE = 2
 
-EMPTY_SRC = "int empty(void *ctx) { return 0; }\n"
 COUNTER_SRC = """
 BPF_ARRAY(counts, u64, 2);
 int count_switch(struct tracepoint__sched__sched_switch *args)
@@ -427,6 +429,8 @@ class Prog:
 def load_programs() -> dict[str, Prog]:
     from bcc import BPF
 
+    from bench.emptyprog import EMPTY_SRC
+
     real = BPF(src_file=str(BPF_SRC).encode(), cflags=[f"-I{BPF_DIR}", "-DLONG_WAIT_NS=1000000000ULL"])
     empty = BPF(text=EMPTY_SRC)
     counter = BPF(text=COUNTER_SRC, cflags=[f"-DAW_D={REPORT_UNINTERRUPTIBLE}"])
@@ -564,11 +568,6 @@ def calibrate_dio(cpu: int, path: Path, target_s: float) -> int:
 # ------------------------------------------------------------- /proc sweep --
 
 
-def read_pathlib(path: Path) -> str:
-    """How allocwatch/procfs.py reads a /proc file."""
-    return path.read_text(errors="replace")
-
-
 def read_raw(path: Path) -> str:
     """The leanest Python read: one open, one read, one close."""
     fd = os.open(path, os.O_RDONLY)
@@ -578,7 +577,16 @@ def read_raw(path: Path) -> str:
         os.close(fd)
 
 
-READERS: dict[str, Callable[[Path], str]] = {"pathlib": read_pathlib, "os.read": read_raw}
+def sweep_allocwatch(procfs: Path = Path("/proc")) -> tuple[int, int]:
+    """The same sweep with allocwatch's own /proc readers (allocwatch.kernel.procfs)."""
+    from allocwatch.kernel import procfs as aw_procfs
+
+    tasks = sum(len(os.listdir(procfs / p / "task")) for p in os.listdir(procfs) if p.isdigit()
+                and os.path.isdir(procfs / p / "task"))
+    dtasks = aw_procfs.tasks_in_state(procfs, "D")
+    for pid, tid, _ in dtasks:
+        aw_procfs.kernel_stack(procfs, pid, tid)
+    return tasks, len(dtasks)
 
 
 def sweep_proc(read: Callable[[Path], str], procfs: Path = Path("/proc")) -> tuple[int, int]:
@@ -629,13 +637,20 @@ class SweepResult:
         return self.median_wall * 1e6 / self.median_tasks
 
 
+SWEEPS: dict[str, Callable[[], tuple[int, int]]] = {
+    "allocwatch.kernel.procfs": sweep_allocwatch,
+    "os.read": lambda: sweep_proc(read_raw),
+}
+READERS = tuple(SWEEPS)
+
+
 def measure_sweeps(label: str, reader: str, count: int) -> SweepResult:
-    read = READERS[reader]
-    sweep_proc(read)  # warm dentries
+    sweep = SWEEPS[reader]
+    sweep()  # warm dentries
     res = SweepResult(label, reader, [], [], [], [])
     for _ in range(count):
         c0, t0 = time.thread_time(), time.perf_counter()
-        tasks, dstate = sweep_proc(read)
+        tasks, dstate = sweep()
         res.wall_s.append(time.perf_counter() - t0)
         res.cpu_s.append(time.thread_time() - c0)
         res.tasks.append(tasks)

@@ -36,6 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocwatch.kernel import bpfsource, bpfstats
+from bench.emptyprog import EMPTY_SRC
 from tests.kernel import memcg, recipes, slowdisk
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
@@ -55,7 +56,7 @@ class Programs:
         bcc = bpfsource.import_bcc()
         flags = [f"-I{BPF_DIR}", "-DAW_TP_MEMCG_RECLAIM", "-DAW_TP_DIRECT_RECLAIM", "-DAW_TP_LRU_SHRINK_INACTIVE"]
         self.real = bcc.BPF(src_file=str(BPF_DIR / bpfsource.BPF_SOURCE).encode(), cflags=flags)
-        self.empty = bcc.BPF(text=b"int empty(void *ctx) { return 0; }\n")
+        self.empty = bcc.BPF(text=EMPTY_SRC.encode())
         self.fds = {REAL: self.real.load_func(REAL.encode(), bcc.BPF.TRACEPOINT).fd,
                     EMPTY: self.empty.load_func(EMPTY.encode(), bcc.BPF.TRACEPOINT).fd}
         for tp, fn in PAIRS:

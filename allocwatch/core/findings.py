@@ -161,6 +161,20 @@ class Findings:
                 out[bit] = d
         return out
 
+    def _idle_stall(self, tid: int, latest: Acct, now_ns: int) -> bool:
+        """No episode open and the same counts as at the window's start."""
+        if (THROTTLED, tid) in self._episodes or (LIVELOCK, tid) in self._episodes:
+            return False
+        base, _ = self._baseline(tid, now_ns)
+        return base is not None and (base is latest or base == latest)
+
+    def _flying_share(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> float:
+        """The share `_window` gives a task with nothing completed in the window."""
+        _, base_ns = self._baseline(tid, now_ns)
+        span_ns = max(self.rules.window_ns, now_ns - base_ns)
+        flying_ns = sum(min(max(0, now_ns - w.start_ns), self.rules.window_ns) for w in inflight)
+        return min(1.0, flying_ns / span_ns)
+
     def _window(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> tuple[float, dict[str, SiteWindow]]:
         latest = self._samples[tid][-1].acct
         base, base_ns = self._baseline(tid, now_ns)
@@ -226,6 +240,12 @@ class Findings:
         r = self.rules
         for tid in list(self._samples):
             a = self._samples[tid][-1].acct
+            if tid in stalled_tids and self._idle_stall(tid, a, now_ns):
+                # reported as a stall and nothing completed in the window: neither
+                # rule can fire, only its share is wanted (10,000 stalled: most of them)
+                shares[tid] = self._flying_share(tid, now_ns, flying.get(tid, []))
+                self._no_progress_since.pop(tid, None)
+                continue
             share, per_site = self._window(tid, now_ns, flying.get(tid, []))
             waiting = _waiting_now(flying.get(tid, []))
             shares[tid] = share

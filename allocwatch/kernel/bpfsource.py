@@ -15,11 +15,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
@@ -44,6 +45,7 @@ from allocwatch.kernel.probes import (
 )
 
 BPF_SOURCE = "allocwatch.bpf.c"
+T = TypeVar("T")
 RECENT_STACK_MAX_AGE_NS = 5_000_000_000  # a stack taken entering reclaim, shown for this long
 
 
@@ -68,6 +70,25 @@ def bpf_dir() -> Path:
     except (ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "bpf"
+
+
+class DecodeCache(Generic[T]):
+    """Decoded values by the raw bytes they came from, kept for one scan to the
+    next: what was not seen again in a scan is forgotten at its end."""
+
+    def __init__(self) -> None:
+        self._last: dict[bytes, T] = {}
+        self._now: dict[bytes, T] = {}
+
+    def get(self, raw: bytes, decode: Callable[[], T]) -> T:
+        value = self._last.get(raw)
+        if value is None:
+            value = decode()
+        self._now[raw] = value
+        return value
+
+    def end_scan(self) -> None:
+        self._last, self._now = self._now, {}
 
 
 def import_bcc() -> Any:
@@ -174,6 +195,11 @@ class BpfSource:
         self.load_seconds = 0.0
         self.kill_tracking = False
         self._stats_fd: int | None = None
+        # Map entries decoded at the last scan, by their raw bytes: a task stalled
+        # for minutes is the same entry every scan (10,000 stalled: 30,000 entries).
+        self._waits_cache: DecodeCache[wire.InflightWait] = DecodeCache()
+        self._dwaits_cache: DecodeCache[wire.InflightWait] = DecodeCache()
+        self._acct_cache: DecodeCache[wire.Acct] = DecodeCache()
         self.rss_kb_before_drop: dict[str, int] = {}
         self.rss_kb: dict[str, int] = {}
 
@@ -296,10 +322,19 @@ class BpfSource:
         """All waits in flight now: pair-timed ones, then D-state sleeps (a
         dirty-throttle sleep with the pause balance_dirty_pages chose for it)."""
         progress = RECLAIM_PROGRESS.name in self._attached_tps
-        out = [wire.decode_inflight(k, v, progress) for k, v in self._items("waits")]
+        cache = self._waits_cache
+        out = [cache.get(bytes(k) + bytes(v), partial(wire.decode_inflight, k, v, progress))
+               for k, v in self._items("waits")]
         dwaits = self._items("dwaits")
-        pauses = self._dirty_pause_values() if any(v.site_hint == Site.DIRTY_THROTTLE for _, v in dwaits) else {}
-        out += [wire.decode_dwait(_int(k), v, SITE_DSTATE, pauses.get(_int(k))) for k, v in dwaits]
+        if any(v.site_hint == Site.DIRTY_THROTTLE for _, v in dwaits):
+            pauses = self._dirty_pause_values()  # a pause note changes the decoding: no cache
+            out += [wire.decode_dwait(_int(k), v, SITE_DSTATE, pauses.get(_int(k))) for k, v in dwaits]
+        else:
+            dcache = self._dwaits_cache
+            out += [dcache.get(bytes(k) + bytes(v), partial(wire.decode_dwait, _int(k), v, SITE_DSTATE))
+                    for k, v in dwaits]
+        cache.end_scan()
+        self._dwaits_cache.end_scan()
         return out
 
     def _dirty_pause_values(self) -> dict[int, wire.DirtyPauseValue]:
@@ -309,7 +344,13 @@ class BpfSource:
 
     def task_accounts(self) -> dict[int, wire.Acct]:
         """Per task: cumulative completed waits per site and reclaim passes."""
-        return {_int(k): wire.decode_acct(_int(k), v) for k, v in self._items("task_acct")}
+        cache = self._acct_cache
+        out = {}
+        for k, v in self._items("task_acct"):
+            tid = _int(k)
+            out[tid] = cache.get(bytes(k) + bytes(v), partial(wire.decode_acct, tid, v))
+        cache.end_scan()
+        return out
 
     def recent_stack(self, tid: int) -> list[str] | None:
         """The task's kernel stack when it last entered reclaim (at most a second

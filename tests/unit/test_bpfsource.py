@@ -136,3 +136,21 @@ def test_site_detail_handlers_are_compiled_where_the_kernel_has_their_fields(sou
     old = source("6.1")  # Debian's 6.1 has both, with the same fields
     assert {"-DAW_TP_LRU_SHRINK_INACTIVE", "-DAW_HAVE_DIRTY_PAUSE"} <= set(old._bpf.cflags)
     assert ("tp", probes.RECLAIM_PROGRESS.name) in old._bpf.attached
+
+
+def test_decode_cache_keeps_what_was_seen_again_for_one_more_scan():
+    from allocwatch.kernel.bpfsource import DecodeCache
+
+    decoded = []
+
+    def decode(x):
+        decoded.append(x)
+        return x.upper()
+
+    c: DecodeCache[str] = DecodeCache()
+    assert c.get(b"a", lambda: decode("a")) == "A" and c.get(b"b", lambda: decode("b")) == "B"
+    c.end_scan()
+    assert c.get(b"a", lambda: decode("a")) == "A"  # the same bytes: not decoded again
+    c.end_scan()  # b was not seen in that scan: forgotten
+    assert c.get(b"b", lambda: decode("b")) == "B"
+    assert decoded == ["a", "b", "b"]

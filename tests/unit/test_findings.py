@@ -163,3 +163,15 @@ def test_a_throttled_task_carries_the_wait_it_is_in_with_its_detail():
     quiet = Findings(WindowRules(window_ns=10 * S, share=0.5, threshold_ns=10 * S))
     y = next(y for _, d, _, _ in run(quiet, 10, make) for y in d if y.kind == THROTTLED)
     assert y.waiting is None  # awake between two pauses at that scan
+
+
+def test_an_idle_stall_takes_the_short_way_with_the_same_share():
+    """A task already reported as a stall, nothing completed in the window: the
+    share from its waits in flight alone is what the full window arithmetic gives."""
+    w = Wait(7, 7, "dd", Site.MEMCG_OOM_WAIT, 0, None, None, dstate=True)
+    counts = {7: acct(waits={Site.MEMCG_RECLAIM: (3, int(0.3 * S))})}  # done before the wait, then nothing
+    rules = WindowRules(window_ns=10 * S, share=0.5, threshold_ns=10 * S)
+    slow = run(Findings(rules), 40, lambda t: counts, inflight=lambda t: [w] if t >= 2 else [])
+    fast = run(Findings(rules), 40, lambda t: counts, inflight=lambda t: [w] if t >= 2 else [], stalled={7})
+    assert [r[3] for r in fast] == [r[3] for r in slow]
+    assert fast[-1][3][7] > 0 and not any(d for _, d, _, _ in fast)
