@@ -83,7 +83,8 @@ class Allocwatch:
     """`allocwatch run --format json` with a config of `settings`; stdout to a file,
     each line kept with the wall time it arrived; stderr read for the ready line."""
 
-    def __init__(self, settings: dict[str, Any], metrics: bool = False) -> None:
+    def __init__(self, settings: dict[str, Any], metrics: bool = False, tree: Path | None = None) -> None:
+        """`tree`: run the daemon of another checkout (a before/after comparison)."""
         fd, cfg = tempfile.mkstemp(prefix="aw-bench-", suffix=".yaml")
         os.write(fd, "".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()).encode())
         os.close(fd)
@@ -95,7 +96,8 @@ class Allocwatch:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "allocwatch", "run", "--format", "json", "--config", cfg,
              "--metrics-addr", self.addr, "--socket", ""],
-            stdout=fd, stderr=subprocess.PIPE, text=True,
+            stdout=fd, stderr=subprocess.PIPE, text=True, cwd=tree,
+            env=None if tree is None else {**os.environ, "PYTHONPATH": str(tree)},
         )
         os.close(fd)
         self.stderr: list[str] = []

@@ -4,6 +4,7 @@ one process held in the memcg OOM wait at once (cgroup v1)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import subprocess
 import sys
@@ -43,7 +44,7 @@ def pagefault_loop(chunk_mib: int = 256, rounds: int = 8) -> float:
 
 # Threads wait in read(0) (no memory needed to wake them: the harness writes the
 # bytes, and the pipe's pages are charged to the writer), touch their own pages,
-# and wait in read(0) again until released. In C: a Python thread that faults while holding the GIL (a new arena,
+# and wait on a second pipe until released. In C: a Python thread that faults while holding the GIL (a new arena,
 # its own text evicted by the group's reclaim) would leave every other thread
 # waiting for the GIL in S instead of for memory. The file pages mapped at start
 # are locked (mlockall MCL_CURRENT) so that reclaim cannot take them either.
@@ -54,16 +55,18 @@ THREADS_C = r"""
 #include <sys/mman.h>
 #include <unistd.h>
 static long stride;
+static int hold_fd;
 static void *work(void *addr) {
     char c;
     if (read(0, &c, 1) != 1) return NULL;
     for (long off = 0; off < stride; off += 4096) ((volatile char *)addr)[off] = 1;
-    read(0, &c, 1);  /* hold on until released: an exiting thread frees room for the next */
+    read(hold_fd, &c, 1);  /* hold on until released: an exiting thread frees room for the next */
     return NULL;
 }
 int main(int argc, char **argv) {
     long n = atol(argv[1]);
     stride = atol(argv[2]) * 4096;
+    hold_fd = atoi(argv[3]);
     if (mlockall(MCL_CURRENT) != 0) { perror("mlockall"); return 1; }
     char *mem = mmap(NULL, n * stride, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (mem == MAP_FAILED) { perror("mmap"); return 1; }
@@ -99,8 +102,12 @@ class Stalled:
         self.group, self.n = group, n
         group.set_limit_bytes(None)
         group.set_oom_kill_disable(False)
-        self.proc = group.spawn([str(exe), str(n), str(pages)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        hold_r, self._hold_w = os.pipe()
+        try:
+            self.proc = group.spawn([str(exe), str(n), str(pages), str(hold_r)], pass_fds=(hold_r,),
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+        finally:
+            os.close(hold_r)
         assert self.proc.stdout is not None and self.proc.stdin is not None
         ready, _, _ = select.select([self.proc.stdout], [], [], 120)
         line = self.proc.stdout.readline() if ready else b""
@@ -118,8 +125,11 @@ class Stalled:
     def release(self, timeout_s: float = 120.0) -> bool:
         """Lift the limit; True once every thread has finished its pages."""
         memcg.release(self.group)
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        self.proc.stdin.write(b"g" * self.n)
+        assert self.proc.stdout is not None
+        if self._hold_w >= 0:
+            os.write(self._hold_w, b"g" * self.n)
+            os.close(self._hold_w)
+            self._hold_w = -1
         ready, _, _ = select.select([self.proc.stdout], [], [], timeout_s)
         return bool(ready) and self.proc.stdout.readline() == b"done\n"
 

@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""What allocwatch costs, how fast it sees, and how far it scales: one table.
+
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-tree DIR]   (as root)
+
+Runs every figure of BENCHMARKS.md on the real kernel and prints one markdown
+table, each figure marked against its budget. --quick takes about 5 minutes,
+the full run about 15. Progress goes to stderr. Nothing else may load the
+machine meanwhile: run it under the same lock the kernel tests take.
+
+FIGURES (comma-separated, default all): per-event, slowdown, idle, latency,
+scale, dstate. --daemon-tree DIR runs the daemon of another checkout (for a
+before/after of the scale figure: `git archive REV | tar -x -C DIR`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench import figures, procinfo, report  # noqa: E402
+from bench.stats import render_markdown  # noqa: E402
+
+ALL = ("per-event", "slowdown", "idle", "latency", "scale", "dstate")
+
+
+def say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def commit() -> str:
+    try:
+        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", "allocwatch", "bpf"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return rev + (" (with local changes)" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
+    mode = figures.Mode.of(args.quick)
+    data: dict[str, Any] = {"mode": mode.name}
+    if "idle" in only:
+        data["idle"] = figures.idle(mode, say)
+    if "per-event" in only:
+        data["per_event"] = figures.per_event(mode, say)
+    if "slowdown" in only:
+        data["slowdown"] = figures.slowdown(mode, say)
+    if "latency" in only:
+        data["latency"] = figures.latency(mode, say)
+    if "scale" in only:
+        data["scale"] = figures.scale(mode, say, args.daemon_tree)
+    if "dstate" in only:
+        data["dstate"] = figures.dstate(args.quick, say)
+    return data
+
+
+def rows_of(data: dict[str, Any], label: str) -> list[Any]:
+    rows: list[Any] = []
+    pe, slow, idle, sc = (data.get(k) for k in ("per_event", "slowdown", "idle", "scale"))
+    if pe:
+        rows += report.per_event_rows(pe)
+    if pe and slow:
+        rows += report.true_cost_rows(pe, slow)
+    if slow:
+        rows += report.slowdown_rows(slow)
+    if idle:
+        rows += report.cpu_mem_rows(idle, slow or {}, sc or {})
+        rows += report.ready_rows(idle, slow or {})
+    if data.get("latency"):
+        rows += report.latency_rows(data["latency"])
+    if sc:
+        rows += report.scale_rows(sc, label)
+    if idle:
+        rows += report.kernel_memory_rows(idle)
+    if data.get("dstate"):
+        rows += report.dstate_rows(data["dstate"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller counts (about 5 minutes)")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write every raw number as JSON")
+    ap.add_argument("--only", default=",".join(ALL), help="comma-separated figures: " + ", ".join(ALL))
+    ap.add_argument("--daemon-tree", type=Path, help="run the daemon of this checkout instead")
+    args = ap.parse_args(argv)
+    only = set(args.only.split(","))
+    if only - set(ALL):
+        ap.error(f"unknown figures: {', '.join(sorted(only - set(ALL)))}")
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: it loads BPF programs, makes memory cgroups and reads /proc/PID/stack")
+    for sig in (signal.SIGTERM, signal.SIGHUP):  # so that every cleanup runs
+        signal.signal(sig, lambda signum, _f: sys.exit(128 + signum))
+    started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
+    data = measure(args, only)
+    elapsed = time.monotonic() - t0
+    m = procinfo.machine()
+    tree = f", daemon from {args.daemon_tree}" if args.daemon_tree else ""
+    head = (f"allocwatch {commit()}{tree}, {data['mode']} run of {elapsed / 60:.1f} min, "
+            f"{started:%Y-%m-%d %H:%M} UTC; {m['nproc']} CPUs ({m['cpu']}), {m['ram']} RAM, {m['virt']}; "
+            f"kernel {m['kernel']}; Python {platform.python_version()}")
+    table = render_markdown(rows_of(data, " (other daemon)" if args.daemon_tree else ""))
+    print(head + "\n\n" + table)
+    if args.json:
+        args.json.write_text(json.dumps({"heading": head, "machine": m, "data": data, "table": table},
+                                        indent=1, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

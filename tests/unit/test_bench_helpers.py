@@ -1,0 +1,48 @@
+"""The benchmark harness's pure helpers (bench/stats.py, bench/procinfo.py parsers).
+No timing is asserted anywhere: benchmarks are not tests."""
+
+from __future__ import annotations
+
+import math
+
+from bench import procinfo
+from bench.stats import Row, percentile, ratios, render_markdown, spread, verdict
+
+
+def test_spread_is_median_and_range():
+    s = spread([3.0, 1.0, 2.0, 10.0])
+    assert (s.median, s.low, s.high, s.n) == (2.5, 1.0, 10.0, 4)
+    assert s.fmt(1, " s") == "2.5 s (1.0 to 10.0, n=4)"
+    assert spread([]).fmt() == "n/a" and math.isnan(spread([]).median)
+
+
+def test_ratios_pair_rounds_in_order():
+    assert ratios([2.0, 3.0], [1.0, 3.0]) == [2.0, 1.0]
+
+
+def test_percentile_is_nearest_rank():
+    values = list(range(1, 101))
+    assert percentile(values, 50) == 50
+    assert percentile(values, 99) == 99
+    assert percentile([5.0], 99) == 5.0
+    assert math.isnan(percentile([], 50))
+
+
+def test_verdict_words():
+    assert verdict(True) == "met"
+    assert verdict(False, "why") == "**missed**: why"
+    assert verdict(None) == "reported"
+
+
+def test_table_escapes_pipes():
+    table = render_markdown([Row("a|b", "c", "d", "e", "f")])
+    assert table.splitlines()[0] == "| figure | condition | measured | budget | verdict |"
+    assert table.splitlines()[2] == "| a\\|b | c | d | e | f |"
+
+
+def test_proc_parsers():
+    stat = "42 (a) b) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14"
+    assert procinfo.state_letter(stat) == "S"
+    assert procinfo.parse_cpu_ticks(stat) == 11 + 12
+    status = "Name:\tx\nVmRSS:\t  300 kB\nRssAnon:\t  100 kB\nRssFile:\t  200 kB\nRssShmem:\t 0 kB\n"
+    assert procinfo.parse_rss_kb(status) == {"VmRSS": 300, "RssAnon": 100, "RssFile": 200, "RssShmem": 0}
