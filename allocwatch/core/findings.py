@@ -7,7 +7,9 @@ the OOM victims still alive. `Findings.scan()` keeps, per task, the samples of
 the last window and decides:
 
 - throttled: the task spent at least `share` of the last `window_s` in memory
-  waits, none of which alone is reported as a stall;
+  waits, none of which alone is reported as a stall, and it is a crawl: waits
+  that ended account for at least as much of it as the waits still in flight
+  (one long wait after a short reclaim is a stall, reported at its threshold);
 - livelock: the task kept entering reclaim (at least `livelock_passes_per_s`
   passes a second over the window) and (nearly) every pass freed nothing,
   continuously for at least the threshold, although it may never block;
@@ -161,7 +163,7 @@ class Findings:
                 out[bit] = d
         return out
 
-    def _idle_stall(self, tid: int, latest: Acct, now_ns: int) -> bool:
+    def _idle(self, tid: int, latest: Acct, now_ns: int) -> bool:
         """No episode open and the same counts as at the window's start."""
         if (THROTTLED, tid) in self._episodes or (LIVELOCK, tid) in self._episodes:
             return False
@@ -175,7 +177,11 @@ class Findings:
         flying_ns = sum(min(max(0, now_ns - w.start_ns), self.rules.window_ns) for w in inflight)
         return min(1.0, flying_ns / span_ns)
 
-    def _window(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> tuple[float, dict[str, SiteWindow]]:
+    def _window(
+        self, tid: int, now_ns: int, inflight: Sequence[Wait]
+    ) -> tuple[float, dict[str, SiteWindow], bool]:
+        """The share of the window waited, per site, and whether it is a crawl
+        (waits that ended weigh at least as much as those in flight)."""
         latest = self._samples[tid][-1].acct
         base, base_ns = self._baseline(tid, now_ns)
         # completed waits are counted from the baseline, which may be a scan older
@@ -194,7 +200,8 @@ class Findings:
             row = per_site.setdefault(w.site.label, [0, 0.0])
             row[1] += overlap / NS_PER_S
         share = min(1.0, (sum(done) + flying_ns) / span_ns)
-        return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}
+        crawl = sum(done) > 0 and sum(done) >= flying_ns
+        return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}, crawl
 
     # -- episodes ------------------------------------------------------------------
 
@@ -240,17 +247,17 @@ class Findings:
         r = self.rules
         for tid in list(self._samples):
             a = self._samples[tid][-1].acct
-            if tid in stalled_tids and self._idle_stall(tid, a, now_ns):
-                # reported as a stall and nothing completed in the window: neither
-                # rule can fire, only its share is wanted (10,000 stalled: most of them)
+            if self._idle(tid, a, now_ns):
+                # nothing completed in the window and no episode open: neither rule
+                # can fire, only its share is wanted (10,000 stalled: all of them)
                 shares[tid] = self._flying_share(tid, now_ns, flying.get(tid, []))
                 self._no_progress_since.pop(tid, None)
                 continue
-            share, per_site = self._window(tid, now_ns, flying.get(tid, []))
+            share, per_site, crawl = self._window(tid, now_ns, flying.get(tid, []))
             waiting = _waiting_now(flying.get(tid, []))
             shares[tid] = share
             top = max(per_site.items(), key=lambda kv: kv[1].total_s)[0] if per_site else Site.MEMCG_RECLAIM.label
-            throttled = share >= r.share and tid not in stalled_tids
+            throttled = share >= r.share and crawl and tid not in stalled_tids
 
             def throttled_finding(
                 since: int, level: int, a=a, share=share, per_site=per_site, top=top, waiting=waiting

@@ -72,15 +72,24 @@ def bpf_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "bpf"
 
 
+def _raw(value: Any) -> bytes:
+    """A map value's own bytes. (Not bytes(): bcc hands an int-keyed map's keys
+    back as Python ints, and bytes(n) is n zero bytes.)"""
+    return ctypes.string_at(ctypes.addressof(value), ctypes.sizeof(value))
+
+
+RawKey = tuple[int, int, bytes]  # (tid, site or 0, the value's bytes)
+
+
 class DecodeCache(Generic[T]):
-    """Decoded values by the raw bytes they came from, kept for one scan to the
+    """Decoded values by the raw entry they came from, kept for one scan to the
     next: what was not seen again in a scan is forgotten at its end."""
 
     def __init__(self) -> None:
-        self._last: dict[bytes, T] = {}
-        self._now: dict[bytes, T] = {}
+        self._last: dict[RawKey, T] = {}
+        self._now: dict[RawKey, T] = {}
 
-    def get(self, raw: bytes, decode: Callable[[], T]) -> T:
+    def get(self, raw: RawKey, decode: Callable[[], T]) -> T:
         value = self._last.get(raw)
         if value is None:
             value = decode()
@@ -323,7 +332,7 @@ class BpfSource:
         dirty-throttle sleep with the pause balance_dirty_pages chose for it)."""
         progress = RECLAIM_PROGRESS.name in self._attached_tps
         cache = self._waits_cache
-        out = [cache.get(bytes(k) + bytes(v), partial(wire.decode_inflight, k, v, progress))
+        out = [cache.get((k.tid, k.site, _raw(v)), partial(wire.decode_inflight, k, v, progress))
                for k, v in self._items("waits")]
         dwaits = self._items("dwaits")
         if any(v.site_hint == Site.DIRTY_THROTTLE for _, v in dwaits):
@@ -331,7 +340,7 @@ class BpfSource:
             out += [wire.decode_dwait(_int(k), v, SITE_DSTATE, pauses.get(_int(k))) for k, v in dwaits]
         else:
             dcache = self._dwaits_cache
-            out += [dcache.get(bytes(k) + bytes(v), partial(wire.decode_dwait, _int(k), v, SITE_DSTATE))
+            out += [dcache.get((_int(k), 0, _raw(v)), partial(wire.decode_dwait, _int(k), v, SITE_DSTATE))
                     for k, v in dwaits]
         cache.end_scan()
         self._dwaits_cache.end_scan()
@@ -348,7 +357,7 @@ class BpfSource:
         out = {}
         for k, v in self._items("task_acct"):
             tid = _int(k)
-            out[tid] = cache.get(bytes(k) + bytes(v), partial(wire.decode_acct, tid, v))
+            out[tid] = cache.get((tid, 0, _raw(v)), partial(wire.decode_acct, tid, v))
         cache.end_scan()
         return out
 

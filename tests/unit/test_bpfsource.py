@@ -148,9 +148,21 @@ def test_decode_cache_keeps_what_was_seen_again_for_one_more_scan():
         return x.upper()
 
     c: DecodeCache[str] = DecodeCache()
-    assert c.get(b"a", lambda: decode("a")) == "A" and c.get(b"b", lambda: decode("b")) == "B"
+    a, b = (1, 0, b"a"), (2, 0, b"b")
+    assert c.get(a, lambda: decode("a")) == "A" and c.get(b, lambda: decode("b")) == "B"
     c.end_scan()
-    assert c.get(b"a", lambda: decode("a")) == "A"  # the same bytes: not decoded again
+    assert c.get(a, lambda: decode("a")) == "A"  # the same entry: not decoded again
     c.end_scan()  # b was not seen in that scan: forgotten
-    assert c.get(b"b", lambda: decode("b")) == "B"
+    assert c.get(b, lambda: decode("b")) == "B"
     assert decoded == ["a", "b", "b"]
+
+
+def test_raw_bytes_of_a_map_value_are_its_own():
+    import ctypes
+
+    from allocwatch.kernel.bpfsource import _raw
+    from allocwatch.kernel.wire import TaskAcct
+
+    arr = (TaskAcct * 4)()
+    arr[2].pid = 4242
+    assert len(_raw(arr[2])) == ctypes.sizeof(TaskAcct) and _raw(arr[2]) == bytes(memoryview(arr[2]))

@@ -175,3 +175,15 @@ def test_an_idle_stall_takes_the_short_way_with_the_same_share():
     fast = run(Findings(rules), 40, lambda t: counts, inflight=lambda t: [w] if t >= 2 else [], stalled={7})
     assert [r[3] for r in fast] == [r[3] for r in slow]
     assert fast[-1][3][7] > 0 and not any(d for _, d, _, _ in fast)
+
+
+def test_one_long_wait_after_a_short_reclaim_is_not_a_crawl():
+    """10,000 tasks each reclaim for a moment, then wait in the memcg OOM wait:
+    that is a stall at its threshold, not a throttled task at half of it."""
+    w = Wait(7, 7, "hog", Site.MEMCG_OOM_WAIT, 1 * S, None, None, dstate=True)
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5, threshold_ns=10 * S))
+    before = acct(waits={})
+    after = acct(waits={Site.MEMCG_RECLAIM: (2, int(0.002 * S))})
+    res = run(f, 9, lambda t: {7: before if t < 1 else after}, inflight=lambda t: [w] if t >= 1 else [])
+    assert not any(d for _, d, _, _ in res)
+    assert res[-1][3][7] >= 0.5  # its share still says how much it waited
