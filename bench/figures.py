@@ -35,8 +35,8 @@ class Mode:
     @classmethod
     def of(cls, quick: bool) -> Mode:
         if quick:
-            return cls("quick", 3, 2048, 6, 10, 2, 2, 8, (1000, 10000), 3, 5)
-        return cls("full", 9, 2048, 8, 30, 3, 4, 30, (1000, 10000, 20000), 5, 10)
+            return cls("quick", 3, 2048, 8, 10, 2, 2, 8, (1000, 10000), 3, 5)
+        return cls("full", 9, 2048, 16, 30, 3, 4, 30, (1000, 10000, 20000), 5, 10)
 
 
 def _delta(after: dict[Any, tuple[int, int]], before: dict[Any, tuple[int, int]]) -> dict[Any, tuple[int, int]]:
@@ -205,7 +205,7 @@ def latency(mode: Mode, say: Say) -> dict[str, Any]:
     threshold = 1.0
     rng = random.Random(20)
     pids: list[set[int]] = []
-    with tools.allocwatch({"threshold_s": threshold}) as d, memcg.MemCgroup("aw-bench-lat") as group:
+    with tools.allocwatch({"threshold_s": threshold}, poll_s=0.002) as d, memcg.MemCgroup("aw-bench-lat") as group:
         for ep in range(mode.latency_episodes):
             hogs = memcg.stall_indefinitely(group, 3, 64)
             want = {h.pid for h in hogs}
@@ -227,7 +227,7 @@ def latency(mode: Mode, say: Say) -> dict[str, Any]:
         lateness += [v["lateness_s"] for v in firsts.values()]
         write += [v["write_s"] for v in firsts.values()]
     return {"threshold_s": threshold, "scan_interval_s": 1.0, "lateness_s": lateness, "write_s": write,
-            "missing": missing}
+            "missing": missing, "episodes": len(pids)}
 
 
 def _reported(d: Allocwatch) -> set[int]:
@@ -258,21 +258,21 @@ def _first_reports(records: list[tuple[float, dict[str, Any]]], tids: set[int], 
 
 # -------------------------------------------------------------- scale --
 
-def scale(mode: Mode, say: Say, tree: Path | None = None) -> dict[str, Any]:
+def scale(mode: Mode, say: Say) -> dict[str, Any]:
     out: dict[str, Any] = {"threshold_s": mode.scale_threshold_s, "scan_interval_s": 1.0, "runs": {}}
     with workloads.threads_binary() as exe:
         for n in mode.scales:
             say(f"scale: {n:,} stalled at once")
-            out["runs"][str(n)] = _scale_one(exe, n, mode, tree)
+            out["runs"][str(n)] = _scale_one(exe, n, mode)
             r = out["runs"][str(n)]
             say(f"scale {n:,}: {r['stalled']:,} stalled, {r['reported']:,} reported, "
                 f"cpu {r['cpu_s'] / r['wall_s'] * 100:.1f} %, late max {r['late_max_s']:.2f} s")
     return out
 
 
-def _scale_one(exe: Path, n: int, mode: Mode, tree: Path | None) -> dict[str, Any]:
+def _scale_one(exe: Path, n: int, mode: Mode) -> dict[str, Any]:
     threshold = mode.scale_threshold_s
-    d = Allocwatch({"threshold_s": threshold, "max_tasks_per_block": 100000}, metrics=True, tree=tree)
+    d = Allocwatch({"threshold_s": threshold, "max_tasks_per_block": 100000}, metrics=True)
     try:
         d.wait_ready()
         time.sleep(2)

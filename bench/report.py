@@ -13,6 +13,7 @@ MIB_KB = 1024
 FLOORS = "raw tracepoint a few ns, classic tracepoint ~10 ns, kprobe ~16 ns, kretprobe ~43 ns (bare metal)"
 # What a ratio can resolve here: the median of 7 base/base pairs of 2 GiB storms falls in 0.965..1.036.
 RESOLUTION = 0.036
+RARE = 1000  # runs below which a per-event figure is mostly cold caches
 
 
 def per_event_rows(pe: dict[str, Any]) -> list[Row]:
@@ -22,19 +23,26 @@ def per_event_rows(pe: dict[str, Any]) -> list[Row]:
         ph = pe["phases"].get(phase)
         if not ph:
             continue
+        rare = []
         for name, p in sorted(ph["programs"].items(), key=lambda kv: -kv[1]["runs"]):
             if p["runs"] == 0:
                 continue
             e = ph["empty"].get(p["hook"], {"run_ns": 0, "runs": 0})
             real = p["run_ns"] / p["runs"]
             empty = e["run_ns"] / e["runs"] if e["runs"] else math.nan
-            empties_seen.append(empty)
             x = real / empty if empty else math.nan
+            if p["runs"] < RARE:
+                rare.append(f"{name.split(' ')[0]} {real:,.0f} ns ({p['runs']:,} runs; empty {fmt_ns(empty)})")
+                continue
+            empties_seen.append(empty)
             rows.append(Row(
                 f"per-event cost: {name.split(' ')[0]}", f"{phase}, {p['hook']}",
                 f"{real:,.0f} ns a run ({p['runs']:,} runs); empty program on the hook {fmt_ns(empty)}; {x:.1f}x",
                 "within 2x the empty program",
                 verdict(x <= 2, "" if x <= 2 else f"{real - empty:,.0f} ns of work beyond the dispatch")))
+        if rare:
+            rows.append(Row("per-event cost: rare events", f"{phase}, under {RARE:,} runs (cold caches dominate)",
+                            "; ".join(rare), "within 2x the empty program", verdict(None, "too few runs to judge")))
     for kind, ext in pe.get("externals", {}).items():
         if "error" in ext:
             rows.append(Row(f"per-event cost: {kind}", "storm", f"could not start: {ext['error']}", "compare",
@@ -140,7 +148,7 @@ def latency_rows(lat: dict[str, Any]) -> list[Row]:
     p50, p99 = percentile(v, 50), percentile(v, 99)
     lag = percentile(lat.get("write_s", []), 99)
     return [Row("detection latency", f"threshold {lat['threshold_s']:g} s, scan every {lat['scan_interval_s']:g} s, "
-                f"{len(v)} stalls ({lat['missing']} missed)",
+                f"{len(v)} stalled tasks in {lat.get('episodes', '?')} episodes ({lat['missing']} missed)",
                 f"p50 {p50:.3f} s, p99 {p99:.3f} s, max {max(v):.3f} s past the threshold (scan to the line read: "
                 f"p99 {lag:.3f} s)" if v else "none",
                 "p99 within one scan interval", verdict(bool(v) and p99 <= lat["scan_interval_s"]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What allocwatch costs, how fast it sees, and how far it scales: one table.
 
-    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-tree DIR]   (as root)
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-rev REV]   (as root)
 
 Runs every figure of BENCHMARKS.md on the real kernel and prints one markdown
 table, each figure marked against its budget. --quick takes about 5 minutes,
@@ -9,8 +9,9 @@ the full run about 15. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
 FIGURES (comma-separated, default all): per-event, slowdown, idle, latency,
-scale, dstate. --daemon-tree DIR runs the daemon of another checkout (for a
-before/after of the scale figure: `git archive REV | tar -x -C DIR`).
+scale, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
+into a temporary directory): HEAD to leave out uncommitted changes, an older
+commit for a before/after (its allocwatch/ and bpf/).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import figures, procinfo, report  # noqa: E402
+from bench import figures, procinfo, report, tools  # noqa: E402
 from bench.stats import render_markdown  # noqa: E402
 
 ALL = ("per-event", "slowdown", "idle", "latency", "scale", "dstate")
@@ -64,7 +66,7 @@ def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
     if "latency" in only:
         data["latency"] = figures.latency(mode, say)
     if "scale" in only:
-        data["scale"] = figures.scale(mode, say, args.daemon_tree)
+        data["scale"] = figures.scale(mode, say)
     if "dstate" in only:
         data["dstate"] = figures.dstate(args.quick, say)
     return data
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller counts (about 5 minutes)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every raw number as JSON")
     ap.add_argument("--only", default=",".join(ALL), help="comma-separated figures: " + ", ".join(ALL))
-    ap.add_argument("--daemon-tree", type=Path, help="run the daemon of this checkout instead")
+    ap.add_argument("--daemon-rev", metavar="REV", help="run the daemon of this commit (git archive)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     if only - set(ALL):
@@ -108,14 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):  # so that every cleanup runs
         signal.signal(sig, lambda signum, _f: sys.exit(128 + signum))
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
-    data = measure(args, only)
+    with tempfile.TemporaryDirectory(prefix="aw-bench-rev-") as tmp:
+        rev = ""
+        if args.daemon_rev:
+            rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.daemon_rev],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "allocwatch", "bpf"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", tmp], input=archive, check=True)
+            tools.DAEMON_TREE = Path(tmp)
+        data = measure(args, only)
     elapsed = time.monotonic() - t0
     m = procinfo.machine()
-    tree = f", daemon from {args.daemon_tree}" if args.daemon_tree else ""
-    head = (f"allocwatch {commit()}{tree}, {data['mode']} run of {elapsed / 60:.1f} min, "
+    who = f"allocwatch daemon of {rev} (harness {commit()})" if rev else f"allocwatch {commit()}"
+    head = (f"{who}, {data['mode']} run of {elapsed / 60:.1f} min, "
             f"{started:%Y-%m-%d %H:%M} UTC; {m['nproc']} CPUs ({m['cpu']}), {m['ram']} RAM, {m['virt']}; "
             f"kernel {m['kernel']}; Python {platform.python_version()}")
-    table = render_markdown(rows_of(data, " (other daemon)" if args.daemon_tree else ""))
+    table = render_markdown(rows_of(data, f" ({rev})" if rev else ""))
     print(head + "\n\n" + table)
     if args.json:
         args.json.write_text(json.dumps({"heading": head, "machine": m, "data": data, "table": table},

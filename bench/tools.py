@@ -24,6 +24,8 @@ from bench.emptyprog import EMPTY_SRC
 from tests.kernel.promserver import free_port
 
 TRACEFS = Path("/sys/kernel/tracing")
+# The checkout whose daemon runs (None: this one); bench/run.py --daemon-rev sets it.
+DAEMON_TREE: Path | None = None
 
 
 def bpftool_json(*args: str) -> Any:
@@ -83,8 +85,12 @@ class Allocwatch:
     """`allocwatch run --format json` with a config of `settings`; stdout to a file,
     each line kept with the wall time it arrived; stderr read for the ready line."""
 
-    def __init__(self, settings: dict[str, Any], metrics: bool = False, tree: Path | None = None) -> None:
-        """`tree`: run the daemon of another checkout (a before/after comparison)."""
+    def __init__(self, settings: dict[str, Any], metrics: bool = False, tree: Path | None = None,
+                 poll_s: float = 0.02) -> None:
+        """`tree`: run the daemon of another checkout (a before/after comparison);
+        `poll_s`: how often the output file is looked at (the arrival times' resolution)."""
+        self.poll_s = poll_s
+        tree = tree if tree is not None else DAEMON_TREE
         fd, cfg = tempfile.mkstemp(prefix="aw-bench-", suffix=".yaml")
         os.write(fd, "".join(f"{k}: {json.dumps(v)}\n" for k, v in settings.items()).encode())
         os.close(fd)
@@ -135,7 +141,7 @@ class Allocwatch:
                 elif self._stop.is_set():
                     return
                 else:
-                    time.sleep(0.02)
+                    time.sleep(self.poll_s)
 
     def wait_ready(self, timeout_s: float = 60.0) -> float:
         if not self._ready.wait(timeout_s) or self.proc.poll() is not None:
@@ -167,8 +173,9 @@ class Allocwatch:
 
 
 @contextlib.contextmanager
-def allocwatch(settings: dict[str, Any] | None = None, metrics: bool = False) -> Iterator[Allocwatch]:
-    d = Allocwatch(settings or {}, metrics)
+def allocwatch(settings: dict[str, Any] | None = None, metrics: bool = False, poll_s: float = 0.02
+               ) -> Iterator[Allocwatch]:
+    d = Allocwatch(settings or {}, metrics, poll_s=poll_s)
     try:
         d.wait_ready()
         yield d
