@@ -16,6 +16,8 @@ from bench.tools import Allocwatch, External
 from tests.kernel import memcg, recipes
 
 Say = Callable[[str], None]
+# bench/run.py --profile: py-spy samples the daemon over each scale window (it perturbs that CPU figure).
+PROFILE = False
 
 
 @dataclass(frozen=True)
@@ -280,8 +282,10 @@ def _scale_one(exe: Path, n: int, mode: Mode) -> dict[str, Any]:
             time.sleep(threshold + 3)
             m0 = d.metrics()
             c0, t0 = procinfo.cpu_seconds(d.pid), time.monotonic()
+            prof = tools.PySpy(d.pid, mode.steady_s) if PROFILE else None
             time.sleep(mode.steady_s)
             cpu, wall = procinfo.cpu_seconds(d.pid) - c0, time.monotonic() - t0
+            profile = prof.top() if prof else None
             m1 = d.metrics()
             rss = procinfo.rss_kb(d.pid)
             stalled = procinfo.threads_in_d(s.pid)
@@ -306,6 +310,7 @@ def _scale_one(exe: Path, n: int, mode: Mode) -> dict[str, Any]:
         "scans": scans, "scan_mean_s": scan_sum / scans if scans else float("nan"),
         "scan_buckets": {le: h1[le] - h0.get(le, 0) for le in h1},
         "stats": summary.get("stats", {}),
+        "profile": profile,
     }
 
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 """What allocwatch costs, how fast it sees, and how far it scales: one table.
 
-    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-rev REV]   (as root)
+    .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-rev REV] [--profile]
 
 Runs every figure of BENCHMARKS.md on the real kernel and prints one markdown
-table, each figure marked against its budget. --quick takes about 5 minutes,
+table, each figure marked against its budget. As root. --quick takes about 5 minutes,
 the full run about 15. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every raw number as JSON")
     ap.add_argument("--only", default=",".join(ALL), help="comma-separated figures: " + ", ".join(ALL))
     ap.add_argument("--daemon-rev", metavar="REV", help="run the daemon of this commit (git archive)")
+    ap.add_argument("--profile", action="store_true",
+                    help="py-spy (pip install py-spy) samples the daemon in the scale windows (JSON: profile)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     if only - set(ALL):
@@ -109,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("run as root: it loads BPF programs, makes memory cgroups and reads /proc/PID/stack")
     for sig in (signal.SIGTERM, signal.SIGHUP):  # so that every cleanup runs
         signal.signal(sig, lambda signum, _f: sys.exit(128 + signum))
+    figures.PROFILE = args.profile
     started, t0 = dt.datetime.now(dt.UTC), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="aw-bench-rev-") as tmp:
         rev = ""
@@ -128,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
             f"kernel {m['kernel']}; Python {platform.python_version()}")
     table = render_markdown(rows_of(data, f" ({rev})" if rev else ""))
     print(head + "\n\n" + table)
+    for n, r in (data.get("scale") or {}).get("runs", {}).items():
+        if r.get("profile"):
+            p = r["profile"]
+            print(f"\npy-spy, {int(n):,} stalled, {p['samples']} samples; self: "
+                  + ", ".join(f"{f} {share * 100:.0f} %" for f, share in p["self"][:8])
+                  + "; inclusive: " + ", ".join(f"{f} {share * 100:.0f} %" for f, share in p["inclusive"][:10]))
     if args.json:
         args.json.write_text(json.dumps({"heading": head, "machine": m, "data": data, "table": table},
                                         indent=1, default=str) + "\n")

@@ -296,3 +296,45 @@ class EmptyOnHooks:
         for obj in self.objs.values():
             obj.cleanup()
         self.objs = {}
+
+
+class PySpy:
+    """py-spy (PyPI) sampling `pid` for `seconds`, not pausing it; `top()` waits and
+    gives the functions with the most samples, by self and by inclusive time."""
+
+    def __init__(self, pid: int, seconds: float) -> None:
+        exe = Path(sys.executable).with_name("py-spy")
+        fd, out = tempfile.mkstemp(prefix="aw-bench-pyspy-", suffix=".txt")
+        os.close(fd)
+        self.out = Path(out)
+        self.proc = subprocess.Popen([str(exe), "record", "--pid", str(pid), "--duration", str(int(seconds)),
+                                      "--rate", "50", "--format", "raw", "--output", out, "--nonblocking"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def top(self, n: int = 12) -> dict[str, Any]:
+        try:
+            self.proc.wait(120)
+            return collapsed_top(self.out.read_text(), n)
+        finally:
+            end(self.proc)
+            self.out.unlink(missing_ok=True)
+
+
+def collapsed_top(text: str, n: int) -> dict[str, Any]:
+    """Self and inclusive sample counts per function of collapsed stacks ("a;b;c 12" lines)."""
+    own: dict[str, int] = {}
+    incl: dict[str, int] = {}
+    total = 0
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        total += k
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + k
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + k
+    def best(d: dict[str, int]) -> list[tuple[str, float]]:
+        return [(f, c / total) for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:n]] if total else []
+    return {"samples": total, "self": best(own), "inclusive": best(incl)}

@@ -46,3 +46,12 @@ def test_proc_parsers():
     assert procinfo.parse_cpu_ticks(stat) == 11 + 12
     status = "Name:\tx\nVmRSS:\t  300 kB\nRssAnon:\t  100 kB\nRssFile:\t  200 kB\nRssShmem:\t 0 kB\n"
     assert procinfo.parse_rss_kb(status) == {"VmRSS": 300, "RssAnon": 100, "RssFile": 200, "RssShmem": 0}
+
+
+def test_collapsed_stacks_give_self_and_inclusive_shares():
+    from bench.tools import collapsed_top
+
+    top = collapsed_top("main;scan;read 6\nmain;scan 2\nmain;idle 2\nnot a line\n", 2)
+    assert top["samples"] == 10
+    assert top["self"] == [("read", 0.6), ("scan", 0.2)]
+    assert top["inclusive"][0] == ("main", 1.0) and top["inclusive"][1] == ("scan", 0.8)
