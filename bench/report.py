@@ -167,7 +167,8 @@ def scale_rows(sc: dict[str, Any], label: str = "") -> list[Row]:
             f"{r['reported']:,} reported, {r['missing']} missed; past the threshold p50 {r['late_p50_s']:.2f} s, "
             f"p99 {r['late_p99_s']:.2f} s, max {r['late_max_s']:.2f} s ({r['over_budget']} over {limit:g} s); "
             f"events_lost {lost[0]}, waits_full {lost[1]}; per scan {r['scan_mean_s'] * 1e3:.0f} ms "
-            f"(mean of {r['scans']:.0f}); CPU {fmt_pct(cpu_share(r['cpu_s'], r['wall_s']), 1)}",
+            f"(mean of {r['scans']:.0f}); CPU {fmt_pct(cpu_share(r['cpu_s'], r['wall_s']), 1)}; "
+            f"RssAnon {r['rss_kb']['RssAnon'] / MIB_KB:.0f} MiB",
             f"each within {limit:g} s of its threshold; nothing lost", verdict(ok)))
     return rows
 

@@ -95,18 +95,34 @@ def rows_of(data: dict[str, Any], label: str) -> list[Any]:
     return rows
 
 
+def print_profiles(data: dict[str, Any]) -> None:
+    for n, r in (data.get("scale") or {}).get("runs", {}).items():
+        if r.get("profile"):
+            p = r["profile"]
+            print(f"\npy-spy, {int(n):,} stalled, {p['samples']} samples; self: "
+                  + ", ".join(f"{f} {share * 100:.0f} %" for f, share in p["self"][:8])
+                  + "; inclusive: " + ", ".join(f"{f} {share * 100:.0f} %" for f, share in p["inclusive"][:10]))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller counts (about 5 minutes)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every raw number as JSON")
     ap.add_argument("--only", default=",".join(ALL), help="comma-separated figures: " + ", ".join(ALL))
     ap.add_argument("--daemon-rev", metavar="REV", help="run the daemon of this commit (git archive)")
+    ap.add_argument("--render", type=Path, metavar="JSON", help="print the table of an earlier --json file")
     ap.add_argument("--profile", action="store_true",
                     help="py-spy (pip install py-spy) samples the daemon in the scale windows (JSON: profile)")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     if only - set(ALL):
         ap.error(f"unknown figures: {', '.join(sorted(only - set(ALL)))}")
+    if args.render:
+        saved = json.loads(args.render.read_text())
+        rev = saved["heading"].split("daemon of ", 1)[1].split(" ", 1)[0] if "daemon of " in saved["heading"] else ""
+        print(saved["heading"] + "\n\n" + render_markdown(rows_of(saved["data"], f" ({rev})" if rev else "")))
+        print_profiles(saved["data"])
+        return 0
     if os.geteuid() != 0:
         raise SystemExit("run as root: it loads BPF programs, makes memory cgroups and reads /proc/PID/stack")
     for sig in (signal.SIGTERM, signal.SIGHUP):  # so that every cleanup runs
@@ -131,12 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             f"kernel {m['kernel']}; Python {platform.python_version()}")
     table = render_markdown(rows_of(data, f" ({rev})" if rev else ""))
     print(head + "\n\n" + table)
-    for n, r in (data.get("scale") or {}).get("runs", {}).items():
-        if r.get("profile"):
-            p = r["profile"]
-            print(f"\npy-spy, {int(n):,} stalled, {p['samples']} samples; self: "
-                  + ", ".join(f"{f} {share * 100:.0f} %" for f, share in p["self"][:8])
-                  + "; inclusive: " + ", ".join(f"{f} {share * 100:.0f} %" for f, share in p["inclusive"][:10]))
+    print_profiles(data)
     if args.json:
         args.json.write_text(json.dumps({"heading": head, "machine": m, "data": data, "table": table},
                                         indent=1, default=str) + "\n")

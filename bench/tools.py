@@ -331,10 +331,12 @@ def collapsed_top(text: str, n: int) -> dict[str, Any]:
             continue
         k = int(count)
         total += k
-        frames = stack.split(";")
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]  # one function, all its lines
         own[frames[-1]] = own.get(frames[-1], 0) + k
-        for f in set(frames):
+        for f in set(frames):  # a recursive function counts once
             incl[f] = incl.get(f, 0) + k
     def best(d: dict[str, int]) -> list[tuple[str, float]]:
         return [(f, c / total) for f, c in sorted(d.items(), key=lambda kv: -kv[1])[:n]] if total else []
-    return {"samples": total, "self": best(own), "inclusive": best(incl)}
+    # the frames every sample passes through (the entry point down to the loop) say nothing
+    below_root = {f: c for f, c in incl.items() if c < 0.8 * total}
+    return {"samples": total, "self": best(own), "inclusive": best(below_root)}

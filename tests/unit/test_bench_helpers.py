@@ -51,7 +51,9 @@ def test_proc_parsers():
 def test_collapsed_stacks_give_self_and_inclusive_shares():
     from bench.tools import collapsed_top
 
-    top = collapsed_top("main;scan;read 6\nmain;scan 2\nmain;idle 2\nnot a line\n", 2)
+    text = "main (m.py:1);scan (s.py:5);read (r.py:9) 4\nmain (m.py:1);scan (s.py:6);read (r.py:10) 2\n"
+    top = collapsed_top(text + "main (m.py:1);scan (s.py:5) 2\nmain (m.py:1);idle (i.py:3) 2\nnot a line\n", 2)
     assert top["samples"] == 10
-    assert top["self"] == [("read", 0.6), ("scan", 0.2)]
-    assert top["inclusive"][0] == ("main", 1.0) and top["inclusive"][1] == ("scan", 0.8)
+    assert top["self"] == [("read (r.py)", 0.6), ("scan (s.py)", 0.2)]
+    # main and scan are in (nearly) every sample: left out of the inclusive list
+    assert top["inclusive"] == [("read (r.py)", 0.6), ("idle (i.py)", 0.2)]
