@@ -272,9 +272,22 @@ def scale(mode: Mode, say: Say) -> dict[str, Any]:
     return out
 
 
-def _scale_one(exe: Path, n: int, mode: Mode) -> dict[str, Any]:
-    threshold = mode.scale_threshold_s
-    d = Allocwatch({"threshold_s": threshold, "max_tasks_per_block": 100000}, metrics=True)
+def stalled_default(mode: Mode, say: Say) -> dict[str, Any]:
+    """Daemon CPU and memory with 1,000 and 10,000 stalled, at the default settings
+    (threshold 10 s, blocks list 1,000 tasks and count the rest)."""
+    out: dict[str, Any] = {"threshold_s": 10.0, "runs": {}}
+    with workloads.threads_binary() as exe:
+        for n in (1000, 10000):
+            say(f"default daemon, {n:,} stalled")
+            out["runs"][str(n)] = _scale_one(exe, n, mode, {})
+    return out
+
+
+def _scale_one(exe: Path, n: int, mode: Mode, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    if settings is None:
+        settings = {"threshold_s": mode.scale_threshold_s, "max_tasks_per_block": 100000}
+    threshold = float(settings.get("threshold_s", 10.0))
+    d = Allocwatch(settings, metrics=True)
     try:
         d.wait_ready()
         time.sleep(2)

@@ -105,7 +105,10 @@ def slowdown_rows(slow: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def cpu_mem_rows(idle: dict[str, Any], slow: dict[str, Any], sc: dict[str, Any]) -> list[Row]:
+def cpu_mem_rows(idle: dict[str, Any], slow: dict[str, Any], sc: dict[str, Any],
+                 default: dict[str, Any] | None = None) -> list[Row]:
+    """CPU and memory; with 10,000 stalled the budget is judged on the default daemon
+    (`default`) when it ran, the scale figure's runs (every task listed) are shown beside."""
     rows = []
     share = cpu_share(idle["cpu_s"], idle["wall_s"])
     rows.append(Row("daemon CPU", f"idle, {idle['wall_s']:.0f} s", fmt_pct(share), "under 0.5 % of a core",
@@ -116,24 +119,31 @@ def cpu_mem_rows(idle: dict[str, Any], slow: dict[str, Any], sc: dict[str, Any])
         rows.append(Row("daemon CPU", "during a 2 GiB storm", f"{fmt_pct(s.median)} ({fmt_pct(s.low)} to "
                         f"{fmt_pct(s.high)}, n={s.n})", "under 5 %", verdict(s.median < 0.05)))
     runs = sc.get("runs", {})
-    for n, budget in (("1000", None), ("10000", 0.10), ("20000", None)):
-        if n in runs:
-            r = runs[n]
+    for title, source in (("default daemon", (default or {}).get("runs", {})),
+                          ("every task listed", runs)):
+        for n in ("1000", "10000", "20000"):
+            if n not in source:
+                continue
+            r = source[n]
             share = cpu_share(r["cpu_s"], r["wall_s"])
-            rows.append(Row("daemon CPU", f"{int(n):,} tasks stalled ({r['stalled']:,} in D), {r['wall_s']:.0f} s",
-                            fmt_pct(share, 1), "under 10 %" if budget else "-",
+            budget = 0.10 if n == "10000" and (title == "default daemon" or not default) else None
+            rows.append(Row("daemon CPU", f"{int(n):,} tasks stalled ({r['stalled']:,} in D), {title}, "
+                            f"{r['wall_s']:.0f} s", fmt_pct(share, 1), "under 10 %" if budget else "-",
                             verdict(share < budget) if budget else verdict(None)))
     rss = idle["rss_kb"]
     rows.append(Row("daemon memory", "idle", f"RssAnon {rss['RssAnon'] / MIB_KB:.1f} MiB, RssFile "
                     f"{rss['RssFile'] / MIB_KB:.1f} MiB", "RssAnon at most 30 MB",
                     verdict(rss["RssAnon"] * 1024 <= 30e6)))
-    for n in ("10000", "20000"):
-        if n in runs:
-            rss = runs[n]["rss_kb"]
-            rows.append(Row("daemon memory", f"{int(n):,} stalled", f"RssAnon {rss['RssAnon'] / MIB_KB:.1f} MiB, "
-                            f"RssFile {rss['RssFile'] / MIB_KB:.1f} MiB",
-                            "RssAnon at most 40 MB" if n == "10000" else "-",
-                            verdict(rss["RssAnon"] * 1024 <= 40e6) if n == "10000" else verdict(None)))
+    for title, source in (("default daemon", (default or {}).get("runs", {})), ("every task listed", runs)):
+        for n in ("10000", "20000"):
+            if n not in source:
+                continue
+            rss = source[n]["rss_kb"]
+            judged = n == "10000" and (title == "default daemon" or not default)
+            rows.append(Row("daemon memory", f"{int(n):,} stalled, {title}", f"RssAnon {rss['RssAnon'] / MIB_KB:.1f} "
+                            f"MiB, RssFile {rss['RssFile'] / MIB_KB:.1f} MiB",
+                            "RssAnon at most 40 MB" if judged else "-",
+                            verdict(rss["RssAnon"] * 1024 <= 40e6) if judged else verdict(None)))
     return rows
 
 

@@ -9,7 +9,7 @@ the full run about 15. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
 FIGURES (comma-separated, default all): per-event, slowdown, idle, latency,
-scale, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
+scale, default-stalled, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
 into a temporary directory): HEAD to leave out uncommitted changes, an older
 commit for a before/after (its allocwatch/ and bpf/).
 """
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 from bench import figures, procinfo, report, tools  # noqa: E402
 from bench.stats import render_markdown  # noqa: E402
 
-ALL = ("per-event", "slowdown", "idle", "latency", "scale", "dstate")
+ALL = ("per-event", "slowdown", "idle", "latency", "scale", "default-stalled", "dstate")
 
 
 def say(text: str) -> None:
@@ -67,6 +67,8 @@ def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
         data["latency"] = figures.latency(mode, say)
     if "scale" in only:
         data["scale"] = figures.scale(mode, say)
+    if "default-stalled" in only:
+        data["default_stalled"] = figures.stalled_default(mode, say)
     if "dstate" in only:
         data["dstate"] = figures.dstate(args.quick, say)
     return data
@@ -82,7 +84,7 @@ def rows_of(data: dict[str, Any], label: str) -> list[Any]:
     if slow:
         rows += report.slowdown_rows(slow)
     if idle:
-        rows += report.cpu_mem_rows(idle, slow or {}, sc or {})
+        rows += report.cpu_mem_rows(idle, slow or {}, sc or {}, data.get("default_stalled"))
         rows += report.ready_rows(idle, slow or {})
     if data.get("latency"):
         rows += report.latency_rows(data["latency"])
