@@ -4,8 +4,8 @@
     .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-rev REV] [--profile]
 
 Runs every figure of BENCHMARKS.md on the real kernel and prints one markdown
-table, each figure marked against its budget. As root. --quick takes about 5 minutes,
-the full run about 15. Progress goes to stderr. Nothing else may load the
+table, each figure marked against its budget. As root. --quick takes about 4 minutes,
+the full run about 10. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
 FIGURES (comma-separated, default all): per-event, slowdown, idle, latency,
@@ -108,7 +108,7 @@ def print_profiles(data: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller counts (about 5 minutes)")
+    ap.add_argument("--quick", action="store_true", help="fewer rounds and smaller counts (about 4 minutes)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every raw number as JSON")
     ap.add_argument("--only", default=",".join(ALL), help="comma-separated figures: " + ", ".join(ALL))
     ap.add_argument("--daemon-rev", metavar="REV", help="run the daemon of this commit (git archive)")
