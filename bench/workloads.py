@@ -104,19 +104,24 @@ class Stalled:
         group.set_oom_kill_disable(False)
         hold_r, self._hold_w = os.pipe()
         try:
-            self.proc = group.spawn([str(exe), str(n), str(pages), str(hold_r)], pass_fds=(hold_r,),
-                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
-        finally:
-            os.close(hold_r)
-        assert self.proc.stdout is not None and self.proc.stdin is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], 120)
-        line = self.proc.stdout.readline() if ready else b""
-        if line != b"ready\n":
-            raise RuntimeError(f"thread holder not ready: {line!r}, status {self.proc.poll()}")
-        group.set_limit_bytes(group.usage_bytes() + headroom_kib * 1024)
-        group.set_oom_kill_disable(True)
-        self.go_time = time.time()
-        self.proc.stdin.write(b"g" * n)
+            try:
+                self.proc = group.spawn([str(exe), str(n), str(pages), str(hold_r)], pass_fds=(hold_r,),
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, bufsize=0)
+            finally:
+                os.close(hold_r)
+            assert self.proc.stdout is not None and self.proc.stdin is not None
+            ready, _, _ = select.select([self.proc.stdout], [], [], 120)
+            line = self.proc.stdout.readline() if ready else b""
+            if line != b"ready\n":
+                raise RuntimeError(f"thread holder not ready: {line!r}, status {self.proc.poll()}")
+            group.set_limit_bytes(group.usage_bytes() + headroom_kib * 1024)
+            group.set_oom_kill_disable(True)
+            self.go_time = time.time()
+            self.proc.stdin.write(b"g" * n)
+        except BaseException:
+            os.close(self._hold_w)  # the group's close() kills the holder
+            self._hold_w = -1
+            raise
 
     @property
     def pid(self) -> int:
