@@ -117,6 +117,7 @@ class Daemon:
         self.scans = 0
         self.oom_kills = 0
         self.unrelated_dropped = 0  # D-state sleeps named "not a memory wait" and untracked
+        self.stale_dropped = 0  # D-state entries whose task was seen awake when due
         self.reported: dict[str, int] = {}  # stall reports by kind
         self._limits_seen: dict[str, int] = {}
         self._stall_seconds = StallSeconds()
@@ -322,6 +323,22 @@ class Daemon:
         prefixes = self.cfg.cgroups
         return not prefixes or (detail is not None and detail.cgroup is not None and detail.cgroup.startswith(prefixes))
 
+    def _without_stale_sleeps(self, kept: list[Stall], details: Mapping[int, TaskDetail]) -> list[Stall]:
+        """A D-state sleep whose task /proc shows awake (S, R ...) is not a stall now.
+        Either it woke after this scan drained the ring (its end comes next scan) or
+        the kernel missed its switch-in and the entry is stale (seen: one task of 200
+        released at once, about one run in six). Its slot is given back either way;
+        a stale one then ends, unseen, at the next scan."""
+        out = []
+        for s in kept:
+            state = details[s.wait.tid].state if s.wait.tid in details else None
+            if s.wait.dstate and s.wait.start_known and state not in (None, "D"):
+                self.source.drop_dwait(s.wait.tid, s.wait.start_ns)
+                self.stale_dropped += 1
+                continue
+            out.append(s)
+        return out
+
     def _brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail]) -> TaskDetail:
         """A task the block only counts (past max_tasks_per_block): its cgroup, for
         the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info."""
@@ -383,6 +400,7 @@ class Daemon:
                 full[f.tid] = (self._finding_detail(f) if f.tid in listed
                                 else self._brief(f.pid, f.tid, details))
         details = full
+        kept = self._without_stale_sleeps(kept, details)
         tasks = {s.wait.tid for s in kept}
         if not kept and not kept_findings:
             return None
@@ -418,7 +436,8 @@ class Daemon:
         return {}
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
-        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "held_back": self._held_back_total}
+        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "dwaits_stale_dropped": self.stale_dropped,
+                "held_back": self._held_back_total}
 
     def completed(self) -> dict[str, Histogram]:
         """Completed waits per site: the kernel's histograms plus the sleeps named here."""

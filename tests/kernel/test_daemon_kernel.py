@@ -117,7 +117,12 @@ def test_200_stalled_tasks_come_out_as_one_block(daemon_factory):
         assert d.wait_for(one_block, 30), "the 200 stalled tasks did not come out in one block"
         memcg.release(group)
         assert all(h.wait_done(30) for h in hogs)
-        assert d.wait_for(lambda rs: pids <= {r["tid"] for r in rs if r["type"] == "recovered"}, 15)
+        recovered = d.wait_for(lambda rs: pids <= {r["tid"] for r in rs if r["type"] == "recovered"}, 15)
+        missing = pids - {r["tid"] for r in d.records if r["type"] == "recovered"}
+        seen = [(r["seq"], t["tid"], t["level"], t["duration_s"], t["state"], t["start_known"])
+                for r in d.of_type("stall_report") for t in r["tasks"] if t["tid"] in missing]
+        assert recovered, (missing, seen[-4:], len(d.of_type("recovered")), d.of_type("summary"),
+                           [x for x in d.raw_lines if any(str(m) in x for m in missing)][-2:])
         for h in hogs:
             h.stop()
     block = next(r for r in d.of_type("stall_report") if pids <= {t["tid"] for t in r["tasks"]})

@@ -282,3 +282,18 @@ def test_site_detail_of_waits_in_flight_reaches_the_block(tmp_path):
     d.scan_once()
     (task,) = json.loads(sink.writes[-1].splitlines()[0])["tasks"]
     assert task["level"] == 2 and task["reclaimed_so_far_pages"] == 97  # as of this scan, not the first
+
+
+def test_a_dstate_entry_whose_task_is_awake_is_dropped_not_reported(tmp_path):
+    """The kernel map can keep a sleep whose switch-in was missed: when it comes
+    due and /proc shows the task awake, it is given back, not reported."""
+    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize"], state="S")
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    dropped = []
+    src.drop_dwait = lambda tid, start_ns: dropped.append((tid, start_ns))
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
+    for t in range(1, 4):
+        clock["ns"] = t * S
+        d.scan_once()
+    assert dropped == [(7, 0)] and sink.writes == []
+    assert d.counters({})["dwaits_stale_dropped"] == 1
