@@ -166,3 +166,15 @@ def test_raw_bytes_of_a_map_value_are_its_own():
     arr = (TaskAcct * 4)()
     arr[2].pid = 4242
     assert len(_raw(arr[2])) == ctypes.sizeof(TaskAcct) and _raw(arr[2]) == bytes(memoryview(arr[2]))
+
+
+def test_the_ring_holds_a_map_worth_of_ends():
+    import ctypes
+
+    from allocwatch.kernel.bpfsource import PAGE_BYTES, ringbuf_pages_for
+    from allocwatch.kernel.wire import Event
+
+    for n in (1, 1000, 32768, 100_000):
+        pages = ringbuf_pages_for(n)
+        assert pages & (pages - 1) == 0 and pages * PAGE_BYTES >= n * ctypes.sizeof(Event)
+        assert pages == 1 or (pages // 2) * PAGE_BYTES < n * ctypes.sizeof(Event)  # no bigger than needed
