@@ -50,6 +50,7 @@ __all__ = [
     "CgroupError",
     "Hog",
     "MemCgroup",
+    "NeedsCgroupVersion",
     "hog_command",
     "kernel_stack",
     "proc_state",
@@ -63,6 +64,11 @@ MIB = 1 << 20
 
 class CgroupError(RuntimeError):
     """A memory cgroup cannot be made, used or removed here."""
+
+
+class NeedsCgroupVersion(CgroupError):
+    """This machine's memory controller is the other cgroup version: a test that
+    needs this one skips by that name (tests/kernel/conftest.py), or fails in CI."""
 
 
 # --------------------------------------------------------------------------
@@ -325,8 +331,9 @@ class MemCgroup:
     def set_high_bytes(self, n: int | None) -> None:
         """v2 memory.high (the throttling limit; "max" = none). cgroup v1 has none."""
         if self._version == 1:
-            raise NotImplementedError(
-                "memory.high exists only on cgroup v2; on v1 hold tasks with set_limit_bytes + set_oom_kill_disable"
+            raise NeedsCgroupVersion(
+                "needs cgroup v2 memory: memory.high exists only on cgroup v2; "
+                "on v1 hold tasks with set_limit_bytes + set_oom_kill_disable"
             )
         _write(self._file("memory.high"), "max" if n is None else str(int(n)))
 
@@ -338,8 +345,8 @@ class MemCgroup:
     def set_oom_kill_disable(self, disable: bool) -> None:
         """v1 memory.oom_control: with 1, page-fault charges over the limit wait instead of OOM-killing."""
         if self._version != 1:
-            raise NotImplementedError(
-                "cgroup v2 has no oom_kill_disable (memory.oom_control is v1 only); "
+            raise NeedsCgroupVersion(
+                "needs cgroup v1 memory: cgroup v2 has no oom_kill_disable (memory.oom_control is v1 only); "
                 "to hold tasks in a memory wait on v2 use set_high_bytes (memory.high)"
             )
         _write(self._file("memory.oom_control"), "1" if disable else "0")
@@ -352,7 +359,7 @@ class MemCgroup:
     def under_oom(self) -> bool:
         """v1 memory.oom_control `under_oom`: some task of the group waits in the memcg OOM wait."""
         if self._version != 1:
-            raise NotImplementedError("under_oom is cgroup v1 only (memory.oom_control)")
+            raise NeedsCgroupVersion("needs cgroup v1 memory: under_oom is cgroup v1 only (memory.oom_control)")
         return _keyed(self._file("memory.oom_control")).get("under_oom", 0) != 0
 
     # -- tasks ---------------------------------------------------------------
@@ -640,8 +647,9 @@ def stall_indefinitely(
     reach the wait; on any error the ones started are killed.
     """
     if group.version != 1:
-        raise NotImplementedError(
-            "stall_indefinitely needs cgroup v1 (oom_kill_disable); on v2 slow tasks with set_high_bytes instead"
+        raise NeedsCgroupVersion(
+            "needs cgroup v1 memory: stall_indefinitely holds tasks with oom_kill_disable; "
+            "on v2 slow tasks with set_high_bytes instead"
         )
     hogs: list[Hog] = []
     try:
