@@ -163,16 +163,16 @@ class Findings:
                 out[bit] = d
         return out
 
-    def _idle(self, tid: int, latest: Acct, now_ns: int) -> bool:
-        """No episode open and the same counts as at the window's start."""
+    def _idle_since(self, tid: int, latest: Acct, now_ns: int) -> int | None:
+        """The baseline's time when no episode is open and the counts are the
+        same as at the window's start; None otherwise."""
         if (THROTTLED, tid) in self._episodes or (LIVELOCK, tid) in self._episodes:
-            return False
-        base, _ = self._baseline(tid, now_ns)
-        return base is not None and (base is latest or base == latest)
+            return None
+        base, base_ns = self._baseline(tid, now_ns)
+        return base_ns if base is not None and (base is latest or base == latest) else None
 
-    def _flying_share(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> float:
-        """The share `_window` gives a task with nothing completed in the window."""
-        _, base_ns = self._baseline(tid, now_ns)
+    def _flying_share(self, base_ns: int, now_ns: int, inflight: Sequence[Wait]) -> float:
+        """The share `_window` gives a task with nothing completed since `base_ns`."""
         span_ns = max(self.rules.window_ns, now_ns - base_ns)
         flying_ns = sum(min(max(0, now_ns - w.start_ns), self.rules.window_ns) for w in inflight)
         return min(1.0, flying_ns / span_ns)
@@ -247,10 +247,11 @@ class Findings:
         r = self.rules
         for tid in list(self._samples):
             a = self._samples[tid][-1].acct
-            if self._idle(tid, a, now_ns):
+            idle_since_ns = self._idle_since(tid, a, now_ns)
+            if idle_since_ns is not None:
                 # nothing completed in the window and no episode open: neither rule
                 # can fire, only its share is wanted (10,000 stalled: all of them)
-                shares[tid] = self._flying_share(tid, now_ns, flying.get(tid, []))
+                shares[tid] = self._flying_share(idle_since_ns, now_ns, flying.get(tid, []))
                 self._no_progress_since.pop(tid, None)
                 continue
             share, per_site, crawl = self._window(tid, now_ns, flying.get(tid, []))
