@@ -240,14 +240,16 @@ class Daemon:
         return {pid: (now_ns - since) / NS_PER_S for pid, (_, since) in self._kswapd_since.items()}
 
     def _oom_constraint(self, cgroup: str | None) -> str | None:
-        """memcg when the invoker's memory cgroup is at its limit (or in its OOM, v1), else
-        global: inferred, since no tracepoint says it."""
+        """memcg when the invoker's memory cgroup is at its limit, in its OOM (v1), or has
+        OOM kills of its own (the kill may have brought it under its limit by the time
+        this is read), else global: inferred, since no tracepoint says it."""
         if cgroup is None:
             return None
         info = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
         if info is None:
             return None
-        return "memcg" if info.under_oom or (info.limit_bytes is not None and info.usage_near_limit) else "global"
+        at_limit = info.limit_bytes is not None and info.usage_near_limit
+        return "memcg" if info.under_oom or at_limit or info.events.get("oom_kill", 0) > 0 else "global"
 
     def _context(
         self, stalled_now: int, details: dict[int, TaskDetail], now_ns: int, stats: dict[str, int]

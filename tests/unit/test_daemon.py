@@ -297,3 +297,20 @@ def test_a_dstate_entry_whose_task_is_awake_is_dropped_not_reported(tmp_path):
         d.scan_once()
     assert dropped == [(7, 0)] and sink.writes == []
     assert d.counters({})["dwaits_stale_dropped"] == 1
+
+
+def test_oom_constraint_is_memcg_when_the_group_has_kills_of_its_own(tmp_path, monkeypatch):
+    """Read after the kill, the invoker's group may be back under its limit: its
+    own oom_kill count still says the OOM was the group's (seen on 6.1, cgroup v2)."""
+    from allocwatch.core.host import MemcgInfo
+    from allocwatch.kernel import hostfs
+
+    d, *_ = make(tmp_path)
+
+    def info(kills, usage):
+        return MemcgInfo(version=2, path="/g", usage_bytes=usage, limit_bytes=64 << 20, high_bytes=None,
+                         oom_kill_disable=None, under_oom=None, events={"oom_kill": kills}, failcnt=None, pressure=None)
+
+    for kills, usage, want in ((1, 20 << 20, "memcg"), (0, 20 << 20, "global"), (0, 64 << 20, "memcg")):
+        monkeypatch.setattr(hostfs, "memcg_info", lambda *a, kills=kills, usage=usage, **k: info(kills, usage))
+        assert d._oom_constraint("/g") == want, (kills, usage)
