@@ -7,9 +7,10 @@ the OOM victims still alive. `Findings.scan()` keeps, per task, the samples of
 the last window and decides:
 
 - throttled: the task spent at least `share` of the last `window_s` in memory
-  waits, none of which alone is reported as a stall, and it is a crawl: waits
-  that ended account for at least as much of it as the waits still in flight
-  (one long wait after a short reclaim is a stall, reported at its threshold);
+  waits, none of which alone is reported as a stall, and it began as a crawl:
+  waits that ended accounted for at least as much of it as the waits still in
+  flight (one long wait after a short reclaim is a stall, reported at its
+  threshold); once begun, it lasts while the share holds;
 - livelock: the task kept entering reclaim (at least `livelock_passes_per_s`
   passes a second over the window) and (nearly) every pass freed nothing,
   continuously for at least the threshold, although it may never block;
@@ -258,7 +259,11 @@ class Findings:
             waiting = _waiting_now(flying.get(tid, []))
             shares[tid] = share
             top = max(per_site.items(), key=lambda kv: kv[1].total_s)[0] if per_site else Site.MEMCG_RECLAIM.label
-            throttled = share >= r.share and crawl and tid not in stalled_tids
+            # The crawl test starts an episode, it does not end one: in a crawl of
+            # waits of about one length, the wait in flight outlasts the last one
+            # ended now and then (a 9 s wait after 8 s ones), and that is no recovery.
+            going = (THROTTLED, tid) in self._episodes
+            throttled = share >= r.share and (crawl or going) and tid not in stalled_tids
 
             def throttled_finding(
                 since: int, level: int, a=a, share=share, per_site=per_site, top=top, waiting=waiting

@@ -59,6 +59,28 @@ def test_eight_second_waits_in_flight_count_toward_the_share():
     assert any(x.kind == THROTTLED for _, d, _, _ in res for x in d)
 
 
+def test_a_crawl_whose_wait_in_flight_outlasts_the_last_one_stays_one_episode():
+    """Seen on the kernel (dd through a 64 MiB memcg onto a 512 KiB/s disk): back to
+    back memcg reclaim waits of about 8.8 s, each with a writeback wait inside it; when
+    one lasts 9 s, the wait in flight weighs more than the one ended in the window for
+    a moment. The episode goes on and escalates; it neither ends nor starts again."""
+    ends_s = [8.8, 17.6, 26.6, 35.4, 44.2, 53.0]  # the third wait is 9.0 s
+
+    def make(t):
+        done = [e for e in ends_s if e <= t]
+        ns = int((done[-1] if done else 0) * S)
+        return {7: acct(waits={Site.MEMCG_RECLAIM: (len(done), ns), Site.WRITEBACK_WAIT: (len(done), ns)})}
+
+    def flying(t):
+        start = int(max([0.0] + [e for e in ends_s if e <= t]) * S)
+        return [Wait(7, 7, "dd", Site.MEMCG_RECLAIM, start), Wait(7, 7, "dd", Site.WRITEBACK_WAIT, start + 1000)]
+
+    res = run(Findings(WindowRules()), 50, make, step=0.5, inflight=flying)
+    assert [e for _, _, ended, _ in res for e in ended] == []
+    due = [(t, x.level) for t, d, _, _ in res for x in d]
+    assert [lvl for _, lvl in due] == [1, 2, 3, 4, 5] and due[0][0] <= 12, due  # within about 12 s
+
+
 def test_a_task_already_reported_as_a_stall_is_not_throttled_too():
     f = Findings(WindowRules())
     res = run(f, 20, lambda t: {7: acct(waits={Site.MEMCG_OOM_WAIT: (0, 0)})},
