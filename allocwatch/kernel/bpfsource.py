@@ -17,16 +17,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
 from allocwatch.kernel import bpfstats, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
+from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
 from allocwatch.kernel.probes import (
     BALANCE_DIRTY_PAGES,
     DIRTY_PAUSE_DEFINE,
@@ -70,34 +70,6 @@ def bpf_dir() -> Path:
     except (ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "bpf"
-
-
-def _raw(value: Any) -> bytes:
-    """A map value's own bytes. (Not bytes(): bcc hands an int-keyed map's keys
-    back as Python ints, and bytes(n) is n zero bytes.)"""
-    return ctypes.string_at(ctypes.addressof(value), ctypes.sizeof(value))
-
-
-RawKey = tuple[int, int, bytes]  # (tid, site or 0, the value's bytes)
-
-
-class DecodeCache(Generic[T]):
-    """Decoded values by the raw entry they came from, kept for one scan to the
-    next: what was not seen again in a scan is forgotten at its end."""
-
-    def __init__(self) -> None:
-        self._last: dict[RawKey, T] = {}
-        self._now: dict[RawKey, T] = {}
-
-    def get(self, raw: RawKey, decode: Callable[[], T]) -> T:
-        value = self._last.get(raw)
-        if value is None:
-            value = decode()
-        self._now[raw] = value
-        return value
-
-    def end_scan(self) -> None:
-        self._last, self._now = self._now, {}
 
 
 def import_bcc() -> Any:
@@ -215,11 +187,9 @@ class BpfSource:
         self.load_seconds = 0.0
         self.kill_tracking = False
         self._stats_fd: int | None = None
-        # Map entries decoded at the last scan, by their raw bytes: a task stalled
-        # for minutes is the same entry every scan (10,000 stalled: 30,000 entries).
-        self._waits_cache: DecodeCache[wire.InflightWait] = DecodeCache()
-        self._dwaits_cache: DecodeCache[wire.InflightWait] = DecodeCache()
-        self._acct_cache: DecodeCache[wire.Acct] = DecodeCache()
+        # The maps read whole every scan, each entry decoded only when its bytes
+        # change: a task stalled for minutes is the same entry every scan.
+        self._readers: dict[str, MapReader[Any]] = {}
         self.rss_kb_before_drop: dict[str, int] = {}
         self.rss_kb: dict[str, int] = {}
 
@@ -241,6 +211,7 @@ class BpfSource:
         if failed is not None:
             raise BpfUnavailable(f"the BPF programs did not compile or load: {failed}{said_tail(said)}") from None
         self._bpf[b"events"].open_ring_buffer(self._on_event)
+        self._readers = {}  # readers hold this load's map fds
         try:  # without it, maps would keep the waits of tasks that exited
             self._attach_tp(SCHED_EXIT)
         except Exception as exc:
@@ -331,46 +302,50 @@ class BpfSource:
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
         self._pending.append(ctypes.string_at(data, size))
 
-    def _items(self, name: str) -> list[tuple[Any, Any]]:
-        table = self._bpf[name.encode()]
+    def _reader(self, name: str, decode: Callable[[Any, Any], T]) -> MapReader[T]:
+        """The map's reader, made at its first read: `decode(key, value)` gets ctypes objects."""
+        reader = self._readers.get(name)
+        if reader is None:
+            table = self._bpf[name.encode()]
+            key_t, leaf_t = table.Key, table.Leaf
+            ks, vs = ctypes.sizeof(key_t), ctypes.sizeof(leaf_t)
+            reader = MapReader(table.map_fd, ks, vs, table.max_entries, self._bcc.libbcc.lib.bpf_lookup_batch,
+                               lambda k, v: decode(key_t.from_buffer_copy(k), leaf_t.from_buffer_copy(v)))
+            self._readers[name] = reader
+        return reader
+
+    def _read_map(self, name: str, decode: Callable[[Any, Any], T]) -> list[T]:
+        reader = self._reader(name, decode)
         try:
-            return list(table.items_lookup_batch())
-        except Exception:  # batch ops need 5.6+; fall back to per-key lookups
-            return list(table.items())
+            return reader.read()
+        except BatchUnsupported:  # before v5.6: the map's own walk, one syscall an entry
+            table = self._bpf[name.encode()]
+            ks = ctypes.sizeof(table.Key)
+            reader.fall_back(lambda: ((raw_bytes(k, ks), raw_bytes(v, 0)) for k, v in table.items()))
+            return reader.read()
 
     def inflight(self) -> list[wire.InflightWait]:
         """All waits in flight now: pair-timed ones, then D-state sleeps (a
         dirty-throttle sleep with the pause balance_dirty_pages chose for it)."""
         progress = RECLAIM_PROGRESS.name in self._attached_tps
-        cache = self._waits_cache
-        out = [cache.get((k.tid, k.site, _raw(v)), partial(wire.decode_inflight, k, v, progress))
-               for k, v in self._items("waits")]
-        dwaits = self._items("dwaits")
-        if any(v.site_hint == Site.DIRTY_THROTTLE for _, v in dwaits):
-            pauses = self._dirty_pause_values()  # a pause note changes the decoding: no cache
-            out += [wire.decode_dwait(_int(k), v, SITE_DSTATE, pauses.get(_int(k))) for k, v in dwaits]
+        out = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress))
+        dwaits = self._read_map("dwaits", lambda k, v: (_int(k), v, wire.decode_dwait(_int(k), v, SITE_DSTATE)))
+        if any(v.site_hint == Site.DIRTY_THROTTLE for _, v, _ in dwaits):
+            pauses = self._dirty_pause_values()  # a pause note changes the decoding
+            out += [wire.decode_dwait(tid, v, SITE_DSTATE, pauses[tid]) if tid in pauses else w
+                    for tid, v, w in dwaits]
         else:
-            dcache = self._dwaits_cache
-            out += [dcache.get((_int(k), 0, _raw(v)), partial(wire.decode_dwait, _int(k), v, SITE_DSTATE))
-                    for k, v in dwaits]
-        cache.end_scan()
-        self._dwaits_cache.end_scan()
+            out += [w for _, _, w in dwaits]
         return out
 
     def _dirty_pause_values(self) -> dict[int, wire.DirtyPauseValue]:
         if not self._dirty_pauses or BALANCE_DIRTY_PAGES not in self._attached_tps:
             return {}
-        return {_int(k): v for k, v in self._items("dirty_pauses")}
+        return dict(self._read_map("dirty_pauses", lambda k, v: (_int(k), v)))
 
     def task_accounts(self) -> dict[int, wire.Acct]:
         """Per task: cumulative completed waits per site and reclaim passes."""
-        cache = self._acct_cache
-        out = {}
-        for k, v in self._items("task_acct"):
-            tid = _int(k)
-            out[tid] = cache.get((tid, 0, _raw(v)), partial(wire.decode_acct, tid, v))
-        cache.end_scan()
-        return out
+        return {a.tid: a for a in self._read_map("task_acct", lambda k, v: wire.decode_acct(_int(k), v))}
 
     def recent_stack(self, tid: int) -> list[str] | None:
         """The task's kernel stack when it last entered reclaim (at most a second

@@ -138,36 +138,6 @@ def test_site_detail_handlers_are_compiled_where_the_kernel_has_their_fields(sou
     assert ("tp", probes.RECLAIM_PROGRESS.name) in old._bpf.attached
 
 
-def test_decode_cache_keeps_what_was_seen_again_for_one_more_scan():
-    from allocwatch.kernel.bpfsource import DecodeCache
-
-    decoded = []
-
-    def decode(x):
-        decoded.append(x)
-        return x.upper()
-
-    c: DecodeCache[str] = DecodeCache()
-    a, b = (1, 0, b"a"), (2, 0, b"b")
-    assert c.get(a, lambda: decode("a")) == "A" and c.get(b, lambda: decode("b")) == "B"
-    c.end_scan()
-    assert c.get(a, lambda: decode("a")) == "A"  # the same entry: not decoded again
-    c.end_scan()  # b was not seen in that scan: forgotten
-    assert c.get(b, lambda: decode("b")) == "B"
-    assert decoded == ["a", "b", "b"]
-
-
-def test_raw_bytes_of_a_map_value_are_its_own():
-    import ctypes
-
-    from allocwatch.kernel.bpfsource import _raw
-    from allocwatch.kernel.wire import TaskAcct
-
-    arr = (TaskAcct * 4)()
-    arr[2].pid = 4242
-    assert len(_raw(arr[2])) == ctypes.sizeof(TaskAcct) and _raw(arr[2]) == bytes(memoryview(arr[2]))
-
-
 def test_the_ring_holds_a_map_worth_of_ends():
     import ctypes
 

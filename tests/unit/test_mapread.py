@@ -1,0 +1,113 @@
+"""MapReader: one batch call per read, entries decoded only when their bytes change."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+import pytest
+
+from allocwatch.kernel.mapread import ENOTSUPP, BatchUnsupported, MapReader, raw_bytes
+
+
+class FakeMap:
+    """A hash map behind a fake BPF_MAP_LOOKUP_BATCH: hands out at most `per_call`
+    entries a call, with a bucket token, and ENOENT once the map is done."""
+
+    def __init__(self, entries: dict[int, int], per_call: int = 1000, err: int = 0) -> None:
+        self.entries = entries
+        self.per_call = per_call
+        self.err = err
+        self.calls = 0
+
+    def __call__(self, fd, in_batch, out_batch, keys, values, count) -> int:
+        self.calls += 1
+        if self.err:
+            ctypes.set_errno(self.err)
+            return -1
+        start = ctypes.cast(in_batch, ctypes.POINTER(ctypes.c_uint32))[0] if in_batch else 0
+        items = sorted(self.entries.items())[start:]
+        room = ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))
+        n = min(room[0], self.per_call, len(items))
+        kp = ctypes.cast(keys, ctypes.POINTER(ctypes.c_uint32))
+        vp = ctypes.cast(values, ctypes.POINTER(ctypes.c_uint64))
+        for i, (k, v) in enumerate(items[:n]):
+            kp[i], vp[i] = k, v
+        room[0] = n
+        ctypes.cast(out_batch, ctypes.POINTER(ctypes.c_uint32))[0] = start + n
+        if n == len(items):
+            ctypes.set_errno(errno.ENOENT)
+            return -1
+        return 0
+
+
+def batch_of(fake: FakeMap):
+    # The reader reads errno with ctypes.get_errno(): give it a real function's
+    # errno handling by calling through a CFUNCTYPE with use_errno.
+    proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_void_p, ctypes.c_void_p, use_errno=True)
+    return proto(fake)
+
+
+def reader_over(fake: FakeMap, decoded: list[tuple[int, int]], max_entries: int = 64) -> MapReader[tuple[int, int]]:
+    def decode(k: bytes, v: bytes) -> tuple[int, int]:
+        pair = (int.from_bytes(k, "little"), int.from_bytes(v, "little"))
+        decoded.append(pair)
+        return pair
+
+    return MapReader(3, 4, 8, max_entries, batch_of(fake), decode)
+
+
+def test_every_entry_comes_out_across_calls_and_each_is_decoded_once_while_unchanged():
+    fake = FakeMap({tid: tid * 10 for tid in range(1, 51)}, per_call=16)
+    decoded: list[tuple[int, int]] = []
+    r = reader_over(fake, decoded)
+    first = r.read()
+    assert first == [(t, t * 10) for t in range(1, 51)]
+    assert fake.calls == 4  # 16 + 16 + 16 + 2, the last one ENOENT
+    again = r.read()
+    assert again == first and all(a is b for a, b in zip(again, first, strict=True))  # the same objects
+    assert len(decoded) == 50 and r.decoded == 50
+
+
+def test_a_changed_value_and_a_new_key_are_decoded_and_a_gone_key_is_forgotten():
+    fake = FakeMap({1: 10, 2: 20, 3: 30})
+    decoded: list[tuple[int, int]] = []
+    r = reader_over(fake, decoded)
+    r.read()
+    fake.entries = {1: 10, 2: 21, 4: 40}
+    assert r.read() == [(1, 10), (2, 21), (4, 40)]
+    assert decoded[3:] == [(2, 21), (4, 40)]
+    fake.entries = {1: 10, 3: 30}
+    assert r.read() == [(1, 10), (3, 30)]
+    assert decoded[-1] == (3, 30)  # 3 was gone for a read: decoded anew
+
+
+def test_an_empty_map_reads_empty():
+    r = reader_over(FakeMap({}), [])
+    assert r.read() == []
+
+
+@pytest.mark.parametrize("err", [errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP])
+def test_a_kernel_without_batch_lookups_is_said_and_the_walk_then_reads(err):
+    fake = FakeMap({1: 10}, err=err)
+    decoded: list[tuple[int, int]] = []
+    r = reader_over(fake, decoded)
+    with pytest.raises(BatchUnsupported):
+        r.read()
+    r.fall_back(lambda: [(raw_bytes(7, 4), (70).to_bytes(8, "little"))])
+    assert r.read() == [(7, 70)] and r.read() == [(7, 70)] and decoded == [(7, 70)]
+
+
+def test_any_other_failure_is_an_error_not_an_empty_map():
+    with pytest.raises(OSError, match="EPERM"):
+        reader_over(FakeMap({1: 1}, err=errno.EPERM), []).read()
+
+
+def test_raw_bytes_are_an_objects_own():
+    from allocwatch.kernel.wire import TaskAcct
+
+    arr = (TaskAcct * 4)()
+    arr[2].pid = 4242
+    assert raw_bytes(arr[2], 0) == bytes(memoryview(arr[2])) and len(raw_bytes(arr[2], 0)) == ctypes.sizeof(TaskAcct)
+    assert raw_bytes(5, 4) == b"\x05\0\0\0"  # bcc's int keys: not bytes(5)
