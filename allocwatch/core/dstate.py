@@ -23,6 +23,10 @@ StackReader = Callable[[int, int], "list[str] | None"]  # (pid, tid) -> frames
 class _Named:
     site: Site | None
     frames: list[str] | None
+    # the Wait made from the map entry last read: an entry that did not change
+    # comes back as the same object (kernel/mapread.py), and so does its Wait
+    raw: InflightWait | None = None
+    wait: Wait | None = None
 
 
 class DstateNamer:
@@ -50,8 +54,7 @@ class DstateNamer:
     def _hint_site(self, hint: int | None) -> Site | None:
         return Site(hint) if hint is not None and 0 <= hint < NR_SITES else None
 
-    def _name(self, raw: InflightWait, now_ns: int) -> Site | None:
-        key = (raw.tid, raw.start_ns)
+    def _name(self, key: tuple[int, int], raw: InflightWait, now_ns: int) -> _Named | None:
         named = self._named.get(key)
         if named is None:
             hinted = self._hint_site(raw.site_hint)
@@ -63,17 +66,21 @@ class DstateNamer:
             named = self._named[key] = _Named(site, frames)
             if site is None and frames is not None:
                 self._unrelated.append(key)
-        return named.site
+        return named
 
     def name_all(self, raws: Iterable[InflightWait], now_ns: int) -> list[Wait]:
         """The nameable sleeps among `raws`. Call `prune()` after `name_end()`."""
         waits = []
-        self._live = set()
+        live = self._live = set()
         for raw in raws:
-            self._live.add((raw.tid, raw.start_ns))
-            site = self._name(raw, now_ns)
-            if site is not None:
-                waits.append(_wait(raw, site, (raw.tid, raw.start_ns) not in self._seeded))
+            key = (raw.tid, raw.start_ns)
+            live.add(key)
+            named = self._name(key, raw, now_ns)
+            if named is None or named.site is None:
+                continue
+            if named.raw is not raw or named.wait is None:
+                named.raw, named.wait = raw, _wait(raw, named.site, key not in self._seeded)
+            waits.append(named.wait)
         return waits
 
     def take_unrelated(self) -> list[tuple[int, int]]:

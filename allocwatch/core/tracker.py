@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from allocwatch.core.model import DirtyPause
 from allocwatch.core.sites import HIST_SLOTS, Site
@@ -40,8 +41,8 @@ class Wait:
     reclaimed_pages: int | None = None  # direct/memcg reclaim: LRU pages reclaimed so far
     dirty_pause: DirtyPause | None = None  # dirty throttling: the pause chosen for this sleep
 
-    @property
-    def key(self) -> WaitKey:
+    @cached_property
+    def key(self) -> WaitKey:  # cached: a wait in flight is the same object scan after scan
         return (self.tid, "D" if self.dstate else int(self.site), self.start_ns)
 
 

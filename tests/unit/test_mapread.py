@@ -111,3 +111,14 @@ def test_raw_bytes_are_an_objects_own():
     arr[2].pid = 4242
     assert raw_bytes(arr[2], 0) == bytes(memoryview(arr[2])) and len(raw_bytes(arr[2], 0)) == ctypes.sizeof(TaskAcct)
     assert raw_bytes(5, 4) == b"\x05\0\0\0"  # bcc's int keys: not bytes(5)
+
+
+def test_the_buffers_given_back_after_a_storm_still_read_right():
+    big = {tid: tid for tid in range(1, 2001)}
+    fake = FakeMap(big, per_call=5000)
+    r = reader_over(fake, [], max_entries=4096)
+    assert len(r.read()) == 2000
+    fake.entries = {1: 1, 2: 2}
+    assert r.read() == [(1, 1), (2, 2)]  # 2 <= 2000 / 4: the pages past them were given back
+    fake.entries = big
+    assert r.read() == sorted(big.items())
