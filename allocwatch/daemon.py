@@ -20,7 +20,7 @@ from allocwatch.config import Config
 from allocwatch.core import gfp
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
-from allocwatch.core.findings import Finding, Findings, VictimSeen
+from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
 from allocwatch.core.host import KswapdInfo, MemcgInfo, vmstat_delta
 from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
@@ -55,6 +55,7 @@ from allocwatch.core.snapshot import (
     per_site_now,
 )
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
+from allocwatch.core.victims import VictimBook, cgroup_waiters
 from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 from allocwatch.live import LiveReader
@@ -133,7 +134,8 @@ class Daemon:
         self._pending_findings: list[Finding] = []
         self._slack_ns = round(cfg.scan_interval_s * NS_PER_S) // 2
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
-        self._victims: dict[int, tuple[str | None, int]] = {}  # OOM victim pid -> (comm, chosen at)
+        self.victims = VictimBook(any(c.site == Site.OOM_REAPER.label and c.attached for c in self.coverage))
+        self._scanned: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
         self._kswapd_pids: list[tuple[int, int]] | None = None
         self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
         self._last_vmstat: dict[str, int] = {}
@@ -205,18 +207,11 @@ class Daemon:
     def _live_victims(self) -> list[VictimSeen]:
         """OOM victims chosen and not gone yet (still in /proc, not a zombie), read once a
         scan; the ones gone are forgotten, which ends their stuck-victim episode."""
-        victims = []
-        for pid, (comm, since) in list(self._victims.items()):
-            state = procfs.task_state(self.proc, pid, pid)
-            if state in (None, "Z", "X"):
-                del self._victims[pid]
-            else:
-                victims.append(VictimSeen(pid, comm, since, state))
-        return victims
+        return self.victims.alive(lambda pid: procfs.task_state(self.proc, pid, pid))
 
     def _victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
         """For a block: the victims this scan found alive (pruned by _live_victims)."""
-        return tuple(Victim(pid, comm, (now_ns - since) / NS_PER_S) for pid, (comm, since) in self._victims.items())
+        return tuple(Victim(pid, comm, for_s) for pid, comm, for_s in self.victims.for_s(now_ns))
 
     def _kswapd(self) -> tuple[KswapdInfo, ...]:
         if self._kswapd_pids is None:
@@ -356,7 +351,19 @@ class Daemon:
             cgroup=cgroup, state=procfs.task_state(self.proc, f.pid, f.tid), stack=stack,
             memcg=self._memcg(cgroup), task=hostfs.task_info(self.proc, f.pid, f.tid),
             dying=flags.dying, exiting=flags.exiting, recent_stack=None if stack else self._recent_stack(f.tid),
+            **(self._cgroup_waiting(f, cgroup) if f.kind == STUCK_VICTIM else {}),
         )
+
+    def _cgroup_waiting(self, f: Finding, cgroup: str | None) -> dict[str, Any]:
+        """A stuck victim's cgroup: the tasks there still waiting for memory at the
+        last scan (the longest max_tasks_per_block of them) and how many."""
+        if cgroup is None:  # gone
+            return {}
+        waits, shares, accts, now_ns = self._scanned
+        names = {tid: (a.pid, a.comm) for tid, a in accts.items()}
+        found = cgroup_waiters(cgroup, f.pid, waits, shares, names,
+                               lambda pid, tid: procfs.memory_cgroup(self.proc, pid, tid), now_ns)
+        return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found)}
 
     def _stall_block(
         self, stalls: list[Stall], findings: list[Finding], stalled_now: int, now_ns: int, wall: float,
@@ -465,7 +472,7 @@ class Daemon:
             records.append(limits)
         for k in kills:
             self.oom_kills += 1
-            self._victims[k.victim_pid] = (k.victim_comm, now_ns)
+            self.victims.chosen(k.victim_pid, k.victim_comm, now_ns)
             invoker_cgroup = self._live_cgroup(k.invoker_pid, k.invoker_tid)
             records.append(OomKillReport(
                 self._next_seq(), wall, k, self._live_cgroup(k.victim_pid, k.victim_pid),
@@ -474,7 +481,9 @@ class Daemon:
         inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()
         stalled_tids = {f.tid for f in inflight if f.level >= 1}
+        self.victims.reaper_seen([*waits, *(e.wait for e in ended)], accts, now_ns)
         due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
+        self._scanned = (waits, shares, accts, now_ns)
         block = self._stall_block(result.stalls, due, result.stalled_now, now_ns, wall, stats)
         if block is not None:
             records.append(block)

@@ -65,6 +65,7 @@ class Finding:
     passes_per_s: float = 0.0  # reclaim passes a second over the window
     reclaimed_pages: int = 0  # in the window
     victim_state: str | None = None
+    reaped: bool | None = None  # a stuck victim: the OOM reaper has run on it (None: not watched)
     throttle_reasons: Mapping[int, int] = field(default_factory=dict)  # reason bit -> sleeps in the window
     waiting: Wait | None = None  # the task's wait in flight at this scan, if any (with its site detail)
 
@@ -90,6 +91,7 @@ class VictimSeen:
     comm: str | None
     chosen_ns: int
     state: str | None
+    reaped: bool | None = None  # the OOM reaper has run on it (None: its tracepoints are not attached)
 
 
 @dataclass
@@ -332,7 +334,7 @@ class Findings:
 
             def victim_finding(_since: int, level: int, v=v) -> Finding:
                 return Finding(STUCK_VICTIM, v.pid, v.pid, v.comm or "", Site.OOM, v.chosen_ns,
-                               (now_ns - v.chosen_ns) / NS_PER_S, level, victim_state=v.state)
+                               (now_ns - v.chosen_ns) / NS_PER_S, level, victim_state=v.state, reaped=v.reaped)
 
             if not stuck:
                 continue

@@ -21,6 +21,7 @@ from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
 from allocwatch.core.model import OomKill
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
+from allocwatch.core.victims import CgroupWaiter
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,9 @@ class TaskDetail:
     dying: bool = False  # SIGKILL pending
     exiting: bool = False
     recent_stack: Sequence[str] | None = None  # from BPF, when it last entered reclaim
+    # a stuck victim: tasks of its cgroup still waiting for memory (the longest few) and how many in all
+    cgroup_waiting: Sequence[CgroupWaiter] = ()
+    cgroup_waiting_count: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,13 @@ def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, st
     }
     if f.kind == STUCK_VICTIM:
         d["state"] = detail.state or f.victim_state
+        d["reaped"] = f.reaped
+        d["waiting_in_cgroup"] = {
+            "count": detail.cgroup_waiting_count,
+            "tasks": [{"tid": c.tid, "pid": c.pid, "comm": escape(c.comm), "site": c.site,
+                       "waited_s": None if c.waited_s is None else round(c.waited_s, 3), "share": round(c.share, 3)}
+                      for c in detail.cgroup_waiting],
+        }
     return d
 
 

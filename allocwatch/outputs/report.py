@@ -49,7 +49,26 @@ def _evidence(t: Mapping[str, Any]) -> str:
     if t["kind"] == "livelock":
         return (f"reclaim={w.get('reclaim_passes_per_s', 0):.0f} passes/s "
                 f"reclaimed={w.get('reclaimed_pages', 0)} pages in the window")
-    return "not exited since chosen by the OOM killer"
+    reaped = t.get("reaped")
+    reaper = "" if reaped is None else f", the OOM reaper has {'' if reaped else 'not '}run on it"
+    return "not exited since chosen by the OOM killer" + reaper
+
+
+def _waiter_text(c: Mapping[str, Any]) -> str:
+    now = f" {c['site']} {c['waited_s']:.1f}s" if c["site"] else ""
+    return f"comm={text_value(c['comm'])} pid={c['pid']} tid={c['tid']}{now} share={c['share'] * 100:.0f}%"
+
+
+def _cgroup_waiting_lines(t: Mapping[str, Any]) -> list[str]:
+    """A stuck victim: who in its cgroup is still waiting for memory."""
+    w = t.get("waiting_in_cgroup")
+    if w is None:
+        return []
+    if not w["count"]:
+        return ["    still waiting in its cgroup: none"]
+    shown = ", ".join(_waiter_text(c) for c in w["tasks"])
+    more = w["count"] - len(w["tasks"])
+    return [f"    still waiting in its cgroup: {w['count']} task(s): {shown}" + (f", {more} more" if more > 0 else "")]
 
 
 def site_detail_text(t: Mapping[str, Any]) -> str:
@@ -84,6 +103,7 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     reasons = (t.get("window") or {}).get("throttle_reasons") or {}
     if reasons:
         lines.append("    throttled by: " + " ".join(f"{k}={v}" for k, v in reasons.items()))
+    lines += _cgroup_waiting_lines(t)
     if t.get("memcg"):
         lines.append(memcg_line(t["memcg"]))
     lines += _stack_lines(t)

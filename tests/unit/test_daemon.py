@@ -314,3 +314,42 @@ def test_oom_constraint_is_memcg_when_the_group_has_kills_of_its_own(tmp_path, m
     for kills, usage, want in ((1, 20 << 20, "memcg"), (0, 20 << 20, "global"), (0, 64 << 20, "memcg")):
         monkeypatch.setattr(hostfs, "memcg_info", lambda *a, kills=kills, usage=usage, **k: info(kills, usage))
         assert d._oom_constraint("/g") == want, (kills, usage)
+
+
+def test_a_stuck_victim_says_whether_it_was_reaped_and_who_waits_in_its_cgroup(tmp_path):
+    """Seed 001's shape: a victim asleep in D a threshold after it was chosen, the OOM
+    reaper's short pass counted in its account only (no end event), and the task that
+    invoked the OOM still reclaiming in the same group; a task elsewhere is left out."""
+    from allocwatch.core.model import Acct
+    from allocwatch.core.sites import NR_SITES
+    from allocwatch.core.snapshot import SiteCoverage
+
+    fake_proc(tmp_path, 42, ["percpu_rwsem_wait", "mnt_want_write"], cgroup="4:memory:/box/g\n0::/\n")
+    fake_proc(tmp_path, 50, [], cgroup="4:memory:/box/g\n0::/\n", state="R")
+    fake_proc(tmp_path, 60, [], cgroup="4:memory:/elsewhere\n0::/\n", state="R")
+    clock = {"ns": 0}
+    src, sink = FakeSource(), ListSink()
+    reaped = [0] * NR_SITES
+    reaped[Site.OOM_REAPER] = 1
+    src.task_accounts = lambda: {42: Acct(42, 42, "oom_reaper", (0,) * NR_SITES, tuple(reaped), 0, 0, 0)}
+    d = Daemon(
+        Config(format="json", threshold_s=10.0), src, plan(captured("6.18")), [sink], proc=tmp_path,
+        clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9,
+        coverage=[SiteCoverage("oom_reaper", "tracepoint pair", True)],
+    )
+    src.events = [OomKill(0, 42, "victim", 50, 50, "hog")]
+    src.waits = [InflightWait(50, 50, "hog", int(Site.MEMCG_RECLAIM), 9 * S, 0xCC0, 0),
+                 InflightWait(60, 60, "far", int(Site.MEMCG_RECLAIM), 9 * S, 0xCC0, 0)]
+    for t in range(1, 12):
+        clock["ns"] = t * S
+        d.scan_once()
+    (block,) = [json.loads(ln) for w in sink.writes for ln in w.splitlines() if '"stall_report"' in ln]
+    (victim,) = [t for t in block["tasks"] if t["kind"] == "stuck_victim"]
+    assert (victim["pid"], victim["comm"], victim["state"], victim["duration_s"]) == (42, "victim", "D", 10.0)
+    assert victim["reaped"] is True and victim["stack"][0] == "percpu_rwsem_wait"
+    w = victim["waiting_in_cgroup"]
+    assert w["count"] == 1
+    assert [(x["pid"], x["site"], x["waited_s"]) for x in w["tasks"]] == [(50, "memcg_reclaim", 2.0)]
+    text = report.render_dicts([block], "text")
+    assert "kind=stuck_victim" in text and "the OOM reaper has run on it" in text
+    assert "still waiting in its cgroup: 1 task(s): comm=hog pid=50 tid=50 memcg_reclaim 2.0s" in text

@@ -126,10 +126,13 @@ def test_slow_reclaim_is_no_livelock():
 
 def test_victim_timer_reports_then_says_when_it_exits():
     f = Findings(WindowRules(threshold_ns=10 * S))
-    victims = lambda t: [VictimSeen(42, "victim", 0, "D")] if t < 25 else []  # noqa: E731
+    victims = lambda t: [VictimSeen(42, "victim", 0, "D", reaped=t >= 2)] if t < 25 else []  # noqa: E731
     res = run(f, 30, lambda t: {}, victims=victims)
     due = [(t, x.level) for t, d, _, _ in res for x in d if x.kind == STUCK_VICTIM]
     assert due == [(10.0, 1), (20.0, 2)]
+    first = next(x for _, d, _, _ in res for x in d)
+    assert (first.pid, first.comm, first.victim_state, first.reaped) == (42, "victim", "D", True)
+    assert first.duration_s == 10.0  # since it was chosen
     ends = [(t, e) for t, _, ended, _ in res for e in ended]
     assert ends[0][0] == 25.0 and ends[0][1].kind == STUCK_VICTIM and ends[0][1].reports == 2
 
