@@ -1,6 +1,7 @@
 """Rendering: one block per scan, every task in it, nothing a task can forge."""
 
 import json
+from dataclasses import replace
 
 from allocwatch.core.findings import Finding
 from allocwatch.core.model import DirtyPause, OomKill
@@ -267,3 +268,35 @@ def test_a_throttled_task_says_the_pause_of_the_sleep_it_is_in():
     between = Finding("throttled", 9, 9, "dd", Site.DIRTY_THROTTLE, 0, 5.1, 1, 0.52)  # awake at this scan
     (task,) = json.loads(report.render_json(StallReport(7, 0.0, [], 0, {}, findings=[between])))["tasks"]
     assert task["waiting_site"] is None and task["dirty_pause"] is None
+
+
+def test_the_four_kinds_share_one_block_in_text_and_json():
+    """A stall and the three kinds seen across waits come out in the same block,
+    longest first, each with its `kind` (JSON) and `kind=` (text, but the stall's)."""
+    from allocwatch.core.findings import SiteWindow
+    from allocwatch.core.victims import CgroupWaiter
+
+    w = Wait(1, 1, "hog", Site.MEMCG_OOM_WAIT, 0, None, None, dstate=True)
+    throttled = Finding("throttled", 2, 2, "dd", Site.MEMCG_RECLAIM, 0, 12.0, 1, 1.0,
+                        {"memcg_reclaim": SiteWindow(3, 9.0)})
+    livelock = Finding("livelock", 3, 3, "python", Site.MEMCG_RECLAIM, 0, 10.0, 1, 0.8, passes_per_s=41644.4)
+    victim = Finding("stuck_victim", 4, 4, "python", Site.OOM, 0, 11.0, 1, victim_state="D", reaped=False)
+    waiter = CgroupWaiter(3, 3, "python", "memcg_reclaim", 0.004, 0.8)
+    details = {4: TaskDetail("/g", "D", ["percpu_rwsem_wait"], cgroup_waiting=(waiter,), cgroup_waiting_count=1)}
+    rec = StallReport(7, 1_700_000_000.25, [Stall(w, 15 * NS_PER_S, 1)], 1, details,
+                      findings=[livelock, victim, throttled])
+    tasks = json.loads(report.render_json(rec))["tasks"]
+    assert [(t["kind"], t["tid"]) for t in tasks] == [("stall", 1), ("throttled", 2), ("stuck_victim", 4),
+                                                      ("livelock", 3)]
+    stuck = tasks[2]
+    assert stuck["reaped"] is False and stuck["waiting_in_cgroup"]["count"] == 1
+    assert "reaped" not in tasks[1] and "waiting_in_cgroup" not in tasks[3]  # a victim's fields only
+    text = report.render_text(rec)
+    assert text.count("stall report #7") == 1
+    kinds = [ln.split(" kind=")[1].split()[0] for ln in text.splitlines() if " kind=" in ln]
+    assert kinds == ["throttled", "stuck_victim", "livelock"]
+    assert "the OOM reaper has not run on it" in text
+    assert "still waiting in its cgroup: 1 task(s): comm=python pid=3 tid=3 memcg_reclaim 0.0s share=80%" in text
+    quiet = StallReport(8, 0.0, [], 0, {4: TaskDetail("/g", "D")}, findings=[replace(victim, reaped=None)])
+    lines = report.render_text(quiet)
+    assert "still waiting in its cgroup: none" in lines and "OOM reaper" not in lines
