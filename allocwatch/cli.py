@@ -212,6 +212,7 @@ def _serve_top(daemon: Any, sock: Any) -> None:
 RESTART_KEYS = (
     "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
     "oom_score_adj", "lock_memory", "output", "socket_path", "socket_group",
+    "metrics_cgroups", "metrics_cgroup_pattern", "metrics_cgroup_max",  # a counter's labels stay for the run
 )
 
 

@@ -60,6 +60,8 @@ CONFIG_MAX_BYTES = 1 << 20  # 1 MiB
 YAML_MAX_DEPTH = 16  # nested mappings/sequences
 YAML_MAX_NODES = 10000  # scalars, mappings and sequences in one file
 PATH_MAX_CHARS = 4096
+PATTERN_MAX_CHARS = 1000
+METRICS_CGROUP_MAX = 1000  # cgroup labels at most, whatever is configured
 SHOWN_MAX_CHARS = 60
 _NUMBER_MAX_CHARS = 64  # a YAML number literal longer than this is refused before it is built
 
@@ -84,6 +86,9 @@ class Config:
     report_interval_s: float = 1.0  # at most one stall block this often; what is held back is counted
     max_tasks_per_block: int = 1000  # beyond it, a block sums up the rest by site and cgroup
     cgroups: tuple[str, ...] = ()  # report only tasks whose memory cgroup path starts with one of these
+    metrics_cgroups: tuple[str, ...] = ()  # stall seconds per cgroup for these paths (and what is under each)
+    metrics_cgroup_pattern: str = ""  # and for cgroup paths this regex matches whole (label: its first group)
+    metrics_cgroup_max: int = 20  # at most this many cgroup labels in a run; the rest count as "other"
     throttle_window_s: float = 10.0  # the sliding window of the throttled and livelock rules
     throttle_share: float = 0.5  # throttled: at least this share of the window spent in memory waits
     livelock_passes_per_s: float = 100.0  # livelock: at least this many reclaim passes a second, none freeing
@@ -315,6 +320,22 @@ def _socket_path(key: str, v: Any) -> str:
     return v
 
 
+def _pattern(key: str, v: Any) -> str:
+    """A regular expression (Python's re) a cgroup path must match whole; '' for none."""
+    if v == "":
+        return ""
+    if not isinstance(v, str) or len(v) > PATTERN_MAX_CHARS or not v.isprintable():
+        raise ConfigError(
+            f"{key}: expected a regular expression of at most {PATTERN_MAX_CHARS} printable characters, "
+            f"or '' for none, got {_shown(v)}"
+        )
+    try:
+        re.compile(v)
+    except re.error as exc:
+        raise ConfigError(f"{key}: not a valid regular expression ({exc}): {_shown(v)}") from None
+    return v
+
+
 _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 
 
@@ -340,6 +361,9 @@ _KEYS: dict[str, Callable[[str, Any], Any]] = {
     "report_interval_s": _ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S),
     "max_tasks_per_block": _int_range(MAX_TASKS_PER_BLOCK_MIN, MAX_TASKS_PER_BLOCK_MAX),
     "cgroups": _prefixes,
+    "metrics_cgroups": _prefixes,
+    "metrics_cgroup_pattern": _pattern,
+    "metrics_cgroup_max": _int_range(1, METRICS_CGROUP_MAX),
     "throttle_window_s": _ranged(1.0, 600.0),
     "throttle_share": _plain_range(0.05, 1.0, "a share of the window"),
     "livelock_passes_per_s": _plain_range(1.0, 1e7, "passes a second"),

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 from allocwatch import __version__
 from allocwatch.config import Config
 from allocwatch.core import gfp
+from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
@@ -122,6 +123,12 @@ class Daemon:
         self.reported: dict[str, int] = {}  # stall reports by kind
         self._limits_seen: dict[str, int] = {}
         self._stall_seconds = StallSeconds()
+        labeler = CgroupLabeler(cfg.metrics_cgroups, cfg.metrics_cgroup_pattern, cfg.metrics_cgroup_max)
+        # one read of a task's cgroup per wait, and only when cgroups are to be labelled
+        self._cgroup_seconds = (
+            CgroupStallSeconds(labeler, lambda pid, tid: procfs.memory_cgroup(proc, pid, tid))
+            if labeler.enabled else None
+        )
         self._scan_durations = CumulativeHistogram(SCAN_BUCKETS_S)
         self._last_scan_s = 0.0
         self._report_interval_ns = round(cfg.report_interval_s * NS_PER_S)
@@ -515,6 +522,9 @@ class Daemon:
             coverage=self.coverage,
             programs=self._program_stats(),
             shares=shares,
+            cgroup_stalled_seconds=(
+                self._cgroup_seconds.update(now_ns, waits, ended) if self._cgroup_seconds is not None else {}
+            ),
             info=self.info,
         )
         if self.live is not None:

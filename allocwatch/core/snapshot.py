@@ -128,6 +128,8 @@ class Snapshot:
     coverage: tuple[SiteCoverage, ...] = ()
     programs: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # BPF program: (run ns, runs)
     shares: Mapping[int, float] = field(default_factory=dict)  # by tid: share of the last window spent waiting
+    # by (cgroup label, site label): only when cgroups to label are configured (core/cgroupstall.py)
+    cgroup_stalled_seconds: Mapping[tuple[str, str], float] = field(default_factory=dict)
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
     live: LiveView | None = None  # what a live viewer needs; only while one listens (core/live.py)
 

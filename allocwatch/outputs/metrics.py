@@ -4,7 +4,8 @@ HTTP endpoint that serves it.
 The collector builds every family at scrape time from the snapshot it is
 given (a callable, read with a plain reference swap: a scrape never waits on
 the scan loop). Labels are bounded: `site` and `mechanism` come from the
-catalog, `kind` and `map` from fixed lists; never a pid, tid or comm.
+catalog, `kind` and `map` from fixed lists, `cgroup` from the configured cgroups
+(capped, the rest `other`); never a pid, tid or comm.
 README.md, "Metrics", lists every family.
 """
 
@@ -105,6 +106,16 @@ class SnapshotCollector:
         for site, v in sorted(snap.stalled_seconds.items()):
             stalled.add_metric([site], v)
         yield stalled
+        if snap.cgroup_stalled_seconds:  # only with cgroups to label (metrics_cgroups, metrics_cgroup_pattern)
+            by_cgroup = CounterMetricFamily(
+                "allocwatch_cgroup_memory_stalled_seconds",
+                "Seconds tasks of the memory cgroup have spent waiting at the site, as far as the scans saw them "
+                "(cgroups not configured, or beyond the cap, count as cgroup=\"other\")",
+                labels=["cgroup", "site"],
+            )
+            for (cgroup, site), v in sorted(snap.cgroup_stalled_seconds.items()):
+                by_cgroup.add_metric([cgroup, site], v)
+            yield by_cgroup
         reports = CounterMetricFamily(
             "allocwatch_stall_reports", "Tasks reported as stalled (new or escalated), by kind", labels=["kind"]
         )

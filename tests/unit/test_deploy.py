@@ -40,6 +40,7 @@ GAUGES = {
 }
 COUNTERS = {
     "allocwatch_memory_stalled_seconds_total",
+    "allocwatch_cgroup_memory_stalled_seconds_total",
     "allocwatch_stall_reports_total",
     "allocwatch_oom_kills_total",
     "allocwatch_events_lost_total",
@@ -225,6 +226,7 @@ def test_dashboard_panels_the_brief_asks_for():
         "allocwatch_tasks_stalled",
         "allocwatch_tasks_waiting",
         "allocwatch_memory_stalled_seconds_total",
+        "allocwatch_cgroup_memory_stalled_seconds_total",
         "allocwatch_oom_kills_total",
         "allocwatch_events_lost_total",
         "allocwatch_map_full_total",

@@ -29,18 +29,36 @@ def test_exit_code_table_matches_the_code():
     assert len(distinct) == len(set(distinct)), "two errors share an exit code"
 
 
-def test_metrics_table_lists_every_family(tmp_path):
+def _served_families(tmp_path) -> dict[str, tuple[str, frozenset[str]]]:
+    """Every family the collector serves, with every option on: name -> (type, labels)."""
     from prometheus_client import generate_latest
 
+    from allocwatch.core.model import InflightWait
+    from allocwatch.core.sites import SITE_DSTATE
     from allocwatch.outputs.metrics import SnapshotCollector, registry_for
     from tests.unit.test_snapshot_metrics import _daemon
 
-    d, src, *_ = _daemon(tmp_path)
+    d, src, _, clock = _daemon(tmp_path, metrics_cgroups=("/box",))  # per-cgroup seconds on
+    clock["ns"] = 3_000_000_000
     src.program_stats = lambda: {"aw_sched_switch": (1500, 10)}  # as while the kernel counts
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
     d.scan_once()
     text = generate_latest(registry_for(SnapshotCollector(lambda: d.latest, lambda: {"stdout": 0}))).decode()
-    served = set(re.findall(r"^# TYPE (\S+) ", text, re.M))
-    documented = set(re.findall(r"^\| `(allocwatch_\w+)` \|", _section("## Metrics"), re.M))
-    # a counter family is served as NAME and documented as NAME_total
-    served = {n if n in documented else n + "_total" for n in served}
-    assert served == documented
+    types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
+    labels: dict[str, set[str]] = {name: set() for name in types}
+    for sample, keys in re.findall(r"^(\w+)\{([^}]*)\}", text, re.M):
+        family = next(n for n in types if sample in (n, n + "_total", n + "_bucket", n + "_count", n + "_sum"))
+        labels[family] |= {kv.split("=", 1)[0] for kv in keys.split(",") if kv} - {"le"}
+    # documented as NAME_total, whichever name the client gives a counter's TYPE line
+    return {(n.removesuffix("_total") + "_total" if t == "counter" else n): (t, frozenset(labels[n]))
+            for n, t in types.items()}
+
+
+def test_metrics_table_lists_every_family_with_its_type_and_labels(tmp_path):
+    served = _served_families(tmp_path)
+    documented = {}
+    for name, kind, labels in re.findall(r"^\| `(allocwatch_\w+)` \| (\w+) \|([^|]*)\|", _section("## Metrics"), re.M):
+        documented[name] = (kind, frozenset(re.findall(r"`(\w+)`", labels)))
+    assert set(served) == set(documented)
+    for name, want in served.items():
+        assert documented[name] == want, f"README says {name} is {documented[name]}, the code serves {want}"
