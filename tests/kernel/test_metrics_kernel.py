@@ -4,7 +4,10 @@ reader that never reads cannot stop the scan loop or SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,53 +43,92 @@ def _sample(text: str, name: str, labels: str = "") -> float | None:
     return None
 
 
-def test_prometheus_scrapes_a_real_stall_and_every_shipped_expression_evaluates():
+def _assert_histograms_whole(text: str) -> None:
+    """Each histogram series of the exposition: buckets cumulative, the last +Inf, equal to _count."""
+    series: dict[tuple[str, str], list[tuple[str, float]]] = {}
+    counts: dict[tuple[str, str], float] = {}
+    for line in text.splitlines():
+        m = re.match(r"(allocwatch_\w+)_(bucket|count)(?:\{(.*)\})? (\S+)$", line)
+        if not m:
+            continue
+        name, part, value = m.group(1), m.group(2), float(m.group(4))
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        le = labels.pop("le", None)
+        key = (name, repr(sorted(labels.items())))
+        if part == "bucket" and le is not None:
+            series.setdefault(key, []).append((le, value))
+        elif part == "count":
+            counts[key] = value
+    assert series and set(series) == set(counts), (sorted(series), sorted(counts))
+    for key, buckets in series.items():
+        values = [v for _, v in buckets]
+        assert values == sorted(values), (key, buckets)
+        assert buckets[-1][0] == "+Inf" and buckets[-1][1] == counts[key], (key, buckets[-1], counts[key])
+
+
+def test_prometheus_scrapes_a_real_stall_and_every_shipped_expression_evaluates(tmp_path):
     from tests import deploy_exprs
 
     addr = f"127.0.0.1:{free_port()}"
-    d = Daemon("--metrics-addr", addr, "--threshold", "1", "--scan-interval", "0.25")
-    try:
-        d.wait_ready()
-        with Prometheus(addr, [RULES]) as prom:
-            assert prom.wait_value('up{job="allocwatch"}', lambda v: v == 1, 20) == 1
-            site = '{site="memcg_oom_wait"}'
-            count0 = prom.wait_value(f"allocwatch_wait_seconds_count{site}", lambda v: True, 10) or 0.0
-            with memcg.MemCgroup("aw-prom") as group:
-                hogs = memcg.stall_indefinitely(group, 5, 100)
-                waiting = prom.wait_value(f"allocwatch_tasks_waiting{site}", lambda v: v >= 5, 20)
-                assert waiting == 5, f"in-flight gauge reached {waiting}, not the 5 stalled tasks"
-                assert prom.wait_value(f"allocwatch_tasks_stalled{site}", lambda v: v >= 5, 10) == 5
-                s1 = prom.value(f"allocwatch_memory_stalled_seconds_total{site}") or 0.0
-                time.sleep(3)
-                s2 = prom.value(f"allocwatch_memory_stalled_seconds_total{site}") or 0.0
-                assert s2 >= s1 + 5 * 2, (s1, s2)  # five tasks, about 3 s each, still waiting
-                memcg.release(group)
-                for h in hogs:
-                    assert h.wait_done(20)
-                    h.stop()
-            grown = prom.wait_value(f"allocwatch_wait_seconds_count{site}", lambda v: v >= count0 + 5, 15)
-            assert grown is not None and grown >= count0 + 5, (count0, grown)
-            assert prom.wait_value(f"allocwatch_tasks_waiting{site}", lambda v: v == 0, 10) == 0
-            # Every expression the rules and the dashboard ship: valid PromQL on this
-            # Prometheus, and every allocwatch metric it names exists here.
-            names = set(prom.api("label/__name__/values")["data"])
-            exprs = deploy_exprs.rule_exprs() + deploy_exprs.dashboard_exprs()
-            assert len(exprs) >= 10
-            for where, expr in exprs:
-                prom.query(expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
-                           .replace("$__interval", "15s"))
-                missing = {n for n in deploy_exprs.metric_names(expr) if n not in names}
-                assert not missing, f"{where}: {expr} names {missing}, which the daemon does not export"
-            rules = prom.api("rules")["data"]["groups"]
-            assert rules and all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
-            # promtool's linter has nothing to say about the exposition
-            text = _scrape(addr)
-            lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
-                                  check=False)
-            assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
-        assert d.stop() == 0
-    finally:
-        d.kill()
+    with memcg.MemCgroup("aw-prom") as group:
+        # the test's group gets a cgroup label of its own; every other wait counts as "other"
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(f"metrics_cgroups: [{json.dumps(group.rel_path)}]\nmetrics_cgroup_max: 1\n")
+        d = Daemon("--config", str(cfg), "--metrics-addr", addr, "--threshold", "1", "--scan-interval", "0.25")
+        try:
+            _scrape_a_stall_and_evaluate_every_expression(d, addr, group, deploy_exprs)
+        finally:
+            d.kill()
+
+
+def _scrape_a_stall_and_evaluate_every_expression(d: Daemon, addr: str, group: memcg.MemCgroup, deploy_exprs) -> None:
+    d.wait_ready()
+    with Prometheus(addr, [RULES]) as prom:
+        assert prom.wait_value('up{job="allocwatch"}', lambda v: v == 1, 20) == 1
+        site = '{site="memcg_oom_wait"}'
+        ours = f'{{cgroup={json.dumps(group.rel_path)}, site="memcg_oom_wait"}}'
+        count0 = prom.wait_value(f"allocwatch_wait_seconds_count{site}", lambda v: True, 10) or 0.0
+        hogs = memcg.stall_indefinitely(group, 5, 100)
+        waiting = prom.wait_value(f"allocwatch_tasks_waiting{site}", lambda v: v >= 5, 20)
+        assert waiting == 5, f"in-flight gauge reached {waiting}, not the 5 stalled tasks"
+        assert prom.wait_value(f"allocwatch_tasks_stalled{site}", lambda v: v >= 5, 10) == 5
+        s1 = prom.value(f"allocwatch_memory_stalled_seconds_total{site}") or 0.0
+        c1 = prom.value(f"allocwatch_cgroup_memory_stalled_seconds_total{ours}") or 0.0
+        time.sleep(3)
+        s2 = prom.value(f"allocwatch_memory_stalled_seconds_total{site}") or 0.0
+        c2 = prom.value(f"allocwatch_cgroup_memory_stalled_seconds_total{ours}") or 0.0
+        assert s2 >= s1 + 5 * 2, (s1, s2)  # five tasks, about 3 s each, still waiting
+        assert c2 >= c1 + 5 * 2, (c1, c2)  # the same seconds, under the group's own label
+        labels = {r["metric"]["cgroup"] for r in prom.query("allocwatch_cgroup_memory_stalled_seconds_total")}
+        assert labels <= {group.rel_path, "other"}, labels  # the cap (1) holds whatever else waits
+        memcg.release(group)
+        for h in hogs:
+            assert h.wait_done(20)
+            h.stop()
+        grown = prom.wait_value(f"allocwatch_wait_seconds_count{site}", lambda v: v >= count0 + 5, 15)
+        assert grown is not None and grown >= count0 + 5, (count0, grown)
+        assert prom.wait_value(f"allocwatch_tasks_waiting{site}", lambda v: v == 0, 10) == 0
+        # Every expression the rules and the dashboard ship: valid PromQL on this
+        # Prometheus, and every allocwatch metric it names exists here.
+        names = set(prom.api("label/__name__/values")["data"])
+        exprs = deploy_exprs.rule_exprs() + deploy_exprs.dashboard_exprs()
+        assert len(exprs) >= 10
+        for where, expr in exprs:
+            prom.query(expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+                       .replace("$__interval", "15s"))
+            missing = {n for n in deploy_exprs.metric_names(expr) if n not in names}
+            assert not missing, f"{where}: {expr} names {missing}, which the daemon does not export"
+        rules = prom.api("rules")["data"]["groups"]
+        assert rules and all(r["health"] == "ok" for g in rules for r in g["rules"]), rules
+        # promtool's linter has nothing to say about the exposition
+        text = _scrape(addr)
+        _assert_histograms_whole(text)
+        print(f"in flight {waiting:g}; stall s per site {s1:.1f} -> {s2:.1f}, for the group {c1:.1f} -> {c2:.1f}; "
+              f"completed {count0:g} -> {grown:g}; {len(exprs)} expressions evaluated")
+        lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True,
+                              check=False)
+        assert lint.returncode == 0 and not (lint.stdout + lint.stderr).strip(), lint.stdout + lint.stderr
+    assert d.stop() == 0
 
 
 def test_metrics_port_in_use_is_exit_11_before_anything_is_loaded():
@@ -104,6 +146,39 @@ def test_metrics_port_in_use_is_exit_11_before_anything_is_loaded():
     assert proc.returncode == 11, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "cannot listen there" in proc.stderr
     assert allocwatch_prog_ids() == before
+
+
+def _listening_tcp_ports(pid: int) -> set[int]:
+    """The TCP ports the process listens on (its socket inodes in /proc/net/tcp{,6}, state LISTEN)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@pytest.mark.parametrize("addr", ["", "127.0.0.1:{port}"])
+def test_metrics_addr_empty_serves_nothing(addr):
+    port = free_port()
+    d = Daemon("--metrics-addr", addr.format(port=port))
+    try:
+        d.wait_ready()
+        served = _listening_tcp_ports(d.proc.pid)
+        if addr:  # the check sees a listener where there is one
+            assert served == {port} and "metrics at" in "".join(d.stderr)
+        else:
+            assert served == set() and "metrics off" in "".join(d.stderr), (served, d.stderr)
+        assert d.stop() == 0
+    finally:
+        d.kill()
 
 
 def test_a_reader_that_never_reads_cannot_stop_scans_or_sigterm():
