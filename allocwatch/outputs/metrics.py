@@ -122,6 +122,12 @@ class SnapshotCollector:
         for kind in STALL_KINDS:
             reports.add_metric([kind], snap.reported.get(kind, 0))
         yield reports
+        held = CounterMetricFamily(
+            "allocwatch_stall_reports_held_back",
+            "Tasks whose stall report the rate limit (report_interval_s) held back for a later block",
+        )
+        held.add_metric([], snap.counters.get("held_back", 0))
+        yield held
         kills = CounterMetricFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim)")
         kills.add_metric([], snap.counters.get("oom_kills", 0))
         yield kills

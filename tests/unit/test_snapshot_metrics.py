@@ -134,6 +134,19 @@ def test_collector_exposes_the_snapshot(tmp_path):
     assert get("allocwatch_scans_total") == 2
 
 
+def test_reports_the_rate_limit_held_back_are_counted(tmp_path):
+    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0, report_interval_s=60.0)
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
+    clock["ns"] = 3 * S
+    d.scan_once()  # the first block goes out
+    src.waits.append(InflightWait(9, 9, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0))
+    clock["ns"] = int(3.5 * S)
+    d.scan_once()  # dd is due within the interval: held back
+    get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value
+    assert get("allocwatch_stall_reports_total", {"kind": "stall"}) == 1
+    assert get("allocwatch_stall_reports_held_back_total") == 1
+
+
 def test_no_label_carries_a_pid_or_comm(tmp_path):
     d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
     src.waits = [InflightWait(t, t, f"c{t}", SITE_DSTATE, 0, None, None, None) for t in range(7, 8)]
