@@ -54,6 +54,7 @@ class MapReader(Generic[T]):
         self._keys = (ctypes.c_char * len(self._kmap)).from_buffer(self._kmap)
         self._values = (ctypes.c_char * len(self._vmap)).from_buffer(self._vmap)
         self._high = 0  # the most entries a read has held since the buffers were last given back
+        self._can_give_back = True  # False once madvise refused (locked memory)
         self._last: dict[bytes, tuple[bytes, T]] = {}
         self._walk: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None
         self.decoded = 0  # entries decoded since start (new or changed), for tests and benchmarks
@@ -96,8 +97,13 @@ class MapReader(Generic[T]):
             return
         for buf, size in ((self._kmap, self._ks), (self._vmap, self._vs)):
             start = -(-n * size // mmap.PAGESIZE) * mmap.PAGESIZE
-            if start < len(buf):
-                buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
+            if start < len(buf) and self._can_give_back:
+                try:
+                    buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
+                except OSError:
+                    # EINVAL: the pages are locked (the daemon's mlockall after load
+                    # covers these buffers), and locked pages cannot be given back.
+                    self._can_give_back = False
         self._high = n
 
     def read(self) -> list[T]:

@@ -122,3 +122,35 @@ def test_the_buffers_given_back_after_a_storm_still_read_right():
     assert r.read() == [(1, 1), (2, 2)]  # 2 <= 2000 / 4: the pages past them were given back
     fake.entries = big
     assert r.read() == sorted(big.items())
+
+
+LOCKED_READ = """
+import ctypes, sys
+sys.path[:0] = [{root!r}]
+from tests.unit.test_mapread import FakeMap, reader_over
+big = {{tid: tid for tid in range(1, 2001)}}
+fake = FakeMap(big, per_call=5000)
+r = reader_over(fake, [], max_entries=4096)
+assert len(r.read()) == 2000
+if ctypes.CDLL(None, use_errno=True).mlockall(1 | 4) != 0:  # MCL_CURRENT | MCL_ONFAULT, as the daemon
+    sys.exit(77)
+fake.entries = {{1: 1, 2: 2}}
+assert r.read() == [(1, 1), (2, 2)]
+fake.entries = big
+assert r.read() == sorted(big.items())
+"""
+
+
+def test_buffers_locked_by_mlockall_are_kept_not_a_crash():
+    """The daemon locks its memory once loaded (lock_memory): madvise then refuses
+    to drop the buffers' pages (EINVAL), and the read after a storm goes on."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", LOCKED_READ.format(root=root)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 77:
+        pytest.skip("mlockall refused here (RLIMIT_MEMLOCK without CAP_IPC_LOCK)")
+    assert proc.returncode == 0, proc.stderr
