@@ -223,6 +223,8 @@ def test_a_reader_that_never_reads_cannot_stop_scans_or_sigterm():
                     h.stop()
         assert code == 0 and took < 2.0, f"exit {code} after {took:.2f}s"
         assert not allocwatch_prog_ids() - before, "BPF programs left after SIGTERM"
+        print(f"blocks dropped {dropped:g}; scans {scans1:g} -> {scans2:g} in 2 s; "
+              f"SIGTERM to exit {took:.2f}s, nothing left attached")
     finally:
         if proc.poll() is None:
             proc.kill()
