@@ -270,8 +270,11 @@ class Findings:
             def throttled_finding(
                 since: int, level: int, a=a, share=share, per_site=per_site, top=top, waiting=waiting
             ) -> Finding:
-                # it has been throttled at least as long as it waited in the window
-                began = min(since, now_ns - int(share * r.window_ns))
+                # it has been throttled at least as long as it waited in the window,
+                # and since the start an earlier report of the episode gave it
+                ep = self._episodes.get((THROTTLED, a.tid))
+                earlier = ep.last.since_ns if ep is not None and ep.last is not None else since
+                began = min(since, earlier, now_ns - int(share * r.window_ns))
                 return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
                                (now_ns - began) / NS_PER_S, level, share, per_site,
                                throttle_reasons=self._reasons(a.tid, now_ns), waiting=waiting)

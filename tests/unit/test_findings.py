@@ -44,6 +44,9 @@ def test_a_crawl_of_short_waits_is_throttled_within_the_window():
     assert x.site is Site.DIRTY_THROTTLE and x.per_site["dirty_throttle"].count > 0 and x.level == 1
     levels = [x.level for _, d, _, _ in res for x in d]
     assert levels == [1, 2, 3]  # escalates every threshold while it lasts
+    # and says how long it has lasted from the start the first report gave
+    durations = [x.duration_s for _, d, _, _ in res for x in d]
+    assert [round(durations[i + 1] - durations[i], 6) for i in range(2)] == [10.0, 10.0], durations
     assert res[-1][3][7] >= 0.9
 
 
