@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -48,10 +49,11 @@ from allocwatch.core.snapshot import (
     SCAN_BUCKETS_S,
     CumulativeHistogram,
     Histogram,
+    InflightTable,
+    LazyMapping,
     SiteCoverage,
     Snapshot,
     StallSeconds,
-    inflight_view,
     merge_slots,
     per_site_now,
 )
@@ -485,9 +487,10 @@ class Daemon:
                 self._next_seq(), wall, k, self._live_cgroup(k.victim_pid, k.victim_pid),
                 invoker_cgroup, self._oom_constraint(invoker_cgroup),
             ))
-        inflight = inflight_view(waits, now_ns, self.tracker.thresholds)
+        # rows for the outputs, made only if one reads them (snapshot.InflightTable)
+        inflight = InflightTable(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()
-        stalled_tids = {f.tid for f in inflight if f.level >= 1}
+        stalled_tids = result.stalled_tids
         self.victims.reaper_seen([*waits, *(e.wait for e in ended)], accts, now_ns)
         due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
         self._scanned = (waits, shares, accts, now_ns)
@@ -512,10 +515,10 @@ class Daemon:
             mono_ns=now_ns,
             scan_duration_s=self._last_scan_s,
             inflight=inflight,
-            now=per_site_now(inflight, [c.site for c in self.coverage if c.attached]),
+            now=LazyMapping(partial(per_site_now, inflight, [c.site for c in self.coverage if c.attached])),
             records=tuple(to_dict(r) for r in records),
             completed=completed,
-            stalled_seconds=self._stall_seconds.update(completed, inflight),
+            stalled_seconds=LazyMapping(partial(self._stall_seconds.update, completed, inflight)),
             counters=self.counters(stats),
             reported=dict(self.reported),
             scan_durations=self._scan_durations.freeze(),
@@ -526,6 +529,7 @@ class Daemon:
                 self._cgroup_seconds.update(now_ns, waits, ended) if self._cgroup_seconds is not None else {}
             ),
             info=self.info,
+            stalled_now=result.stalled_now,
         )
         if self.live is not None:
             snap = self.live.enrich(self, snap, waits)

@@ -11,9 +11,10 @@ the latest snapshot and never call back into the scan loop.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from allocwatch.core.live import LiveView
 from allocwatch.core.sites import HIST_SLOTS, Site, hist_slot_upper_s
@@ -27,6 +28,10 @@ LAST_BUCKET_SLOT = 25
 WAIT_BUCKETS_S: tuple[float, ...] = tuple(
     hist_slot_upper_s(k) for k in range(FIRST_BUCKET_SLOT, LAST_BUCKET_SLOT + 1)
 )
+
+K = TypeVar("K")
+V = TypeVar("V")
+SITE_LABELS: dict[Site, str] = {site: site.label for site in Site}
 
 SCAN_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -117,7 +122,7 @@ class Snapshot:
     time_s: float  # wall clock
     mono_ns: int  # CLOCK_MONOTONIC, as the BPF timestamps
     scan_duration_s: float  # how long the previous scan took (this one is not over yet)
-    inflight: tuple[InFlight, ...]
+    inflight: Sequence[InFlight]  # longest first; an InflightTable, made when first read
     now: Mapping[str, SiteNow]  # by site label, every site with a wait in flight
     records: tuple[Mapping[str, Any], ...]  # due now, as core.records.to_dict made them
     completed: Mapping[str, Histogram]  # completed waits, by site label
@@ -132,20 +137,108 @@ class Snapshot:
     cgroup_stalled_seconds: Mapping[tuple[str, str], float] = field(default_factory=dict)
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
     live: LiveView | None = None  # what a live viewer needs; only while one listens (core/live.py)
+    stalled_now: int | None = None  # waits at or over their threshold (None: count them in `now`)
+
+    def stalled_count(self) -> int:
+        """Waits at or over their threshold now, without making the rows."""
+        return self.stalled_now if self.stalled_now is not None else sum(n.stalled for n in self.now.values())
 
 
 def inflight_view(waits: Iterable[Wait], now_ns: int, thresholds: Thresholds) -> tuple[InFlight, ...]:
     out = []
+    labels = SITE_LABELS
     for w in waits:
-        duration_ns = max(0, now_ns - w.start_ns)
+        duration_ns = now_ns - w.start_ns
+        duration_ns = max(duration_ns, 0)
         out.append(
             InFlight(
-                w.tid, w.pid, w.comm, w.site.label, duration_ns / NS_PER_S,
+                w.tid, w.pid, w.comm, labels[w.site], duration_ns / NS_PER_S,
                 duration_ns // thresholds.for_site(w.site), w.start_known, w.gfp, w.order,
             )
         )
     out.sort(key=lambda f: -f.duration_s)
     return tuple(out)
+
+
+class InflightTable(Sequence[InFlight]):
+    """`inflight_view` of a scan's waits, made at first use, once.
+
+    A scan every second with 10,000 tasks stalled would otherwise make 10,000
+    rows a second for outputs that may never look (a scrape every 15 s, top
+    only while it runs). Its length needs no rows. Readers in other threads may
+    race to make the rows: both make the same tuple, and one is kept.
+    """
+
+    def __init__(self, waits: Sequence[Wait], now_ns: int, thresholds: Thresholds) -> None:
+        self._waits = waits
+        self._now_ns = now_ns
+        self._thresholds = thresholds
+        self._rows: tuple[InFlight, ...] | None = None
+
+    def rows(self) -> tuple[InFlight, ...]:
+        rows = self._rows
+        if rows is None:
+            rows = self._rows = inflight_view(self._waits, self._now_ns, self._thresholds)
+        return rows
+
+    def __len__(self) -> int:
+        return len(self._waits)
+
+    @overload
+    def __getitem__(self, i: int) -> InFlight: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[InFlight, ...]: ...
+    def __getitem__(self, i: int | slice) -> InFlight | tuple[InFlight, ...]:
+        return self.rows()[i]
+
+    def __iter__(self) -> Iterator[InFlight]:
+        return iter(self.rows())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and tuple(self) == tuple(other)
+
+    def __hash__(self) -> int:
+        return hash(self.rows())
+
+    def __repr__(self) -> str:
+        return f"InflightTable({len(self)} waits)"
+
+
+class LazyMapping(Mapping[K, V]):
+    """A mapping made by `make()` at first use, once (see InflightTable)."""
+
+    def __init__(self, make: Callable[[], Mapping[K, V]]) -> None:
+        self._make: Callable[[], Mapping[K, V]] | None = make
+        self._value: Mapping[K, V] | None = None
+
+    def _get(self) -> Mapping[K, V]:
+        value = self._value
+        if value is None:
+            make = self._make
+            if make is None:  # made by another thread meanwhile
+                value = self._value
+                assert value is not None
+                return value
+            value = self._value = make()
+            self._make = None
+        return value
+
+    def __getitem__(self, key: K) -> V:
+        return self._get()[key]
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._get())
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mapping) and dict(self.items()) == dict(other.items())
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"LazyMapping({dict(self._get())!r})"
 
 
 def per_site_now(inflight: Iterable[InFlight], watched: Iterable[str] = ()) -> dict[str, SiteNow]:
@@ -168,14 +261,16 @@ class StallSeconds:
 
     def __init__(self) -> None:
         self._last: dict[str, float] = {}
+        self._lock = threading.Lock()  # outputs' threads may ask for snapshots' totals at once
 
     def update(self, completed: Mapping[str, Histogram], inflight: Iterable[InFlight]) -> dict[str, float]:
         now = {site: h.sum_s for site, h in completed.items()}
         for f in inflight:
             now[f.site] = now.get(f.site, 0.0) + f.duration_s
-        for site, v in now.items():
-            self._last[site] = max(v, self._last.get(site, 0.0))
-        return dict(self._last)
+        with self._lock:
+            for site, v in now.items():
+                self._last[site] = max(v, self._last.get(site, 0.0))
+            return dict(self._last)
 
 
 def merge_slots(

@@ -100,6 +100,7 @@ class ScanResult:
     stalls: list[Stall]  # due now: new or escalated
     recovered: list[Recovered]
     stalled_now: int  # waits at or over their threshold now, due or not
+    stalled_tids: set[int] = field(default_factory=set)  # the tasks of those waits
 
 
 @dataclass
@@ -144,18 +145,23 @@ class Tracker:
         stalls: list[Stall] = []
         seen: set[WaitKey] = set()
         stalled_now = 0
+        stalled_tids: set[int] = set()
+        for_site = self.thresholds.for_site
         for w in inflight:
-            if w.key in ended_by_key:
+            key = w.key
+            if key in ended_by_key:
                 continue
-            seen.add(w.key)
-            duration_ns = max(0, now_ns - w.start_ns)
-            level = duration_ns // self.thresholds.for_site(w.site)
+            seen.add(key)
+            duration_ns = now_ns - w.start_ns
+            duration_ns = max(duration_ns, 0)
+            level = duration_ns // for_site(w.site)
             if level < 1:
                 continue
             stalled_now += 1
-            prev = self._reported.get(w.key)
+            stalled_tids.add(w.tid)
+            prev = self._reported.get(key)
             if prev is None:
-                self._reported[w.key] = _Reported(w, level, duration_ns, 1)
+                self._reported[key] = _Reported(w, level, duration_ns, 1)
                 stalls.append(Stall(w, duration_ns, level))
                 continue
             prev.last_duration_ns = duration_ns
@@ -175,4 +181,4 @@ class Tracker:
             else:
                 recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
         stalls.sort(key=lambda s: -s.duration_ns)
-        return ScanResult(stalls, recovered, stalled_now)
+        return ScanResult(stalls, recovered, stalled_now, stalled_tids)

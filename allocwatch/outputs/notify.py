@@ -59,7 +59,7 @@ class SystemdNotifier:
 
     def publish(self, snap: Snapshot) -> None:
         attached = sum(1 for c in snap.coverage if c.attached)
-        stalled = sum(n.stalled for n in snap.now.values())
+        stalled = snap.stalled_count()  # a count: the rows are made only for readers that want them
         self.send(
             f"STATUS=watching {attached} wait sites; {stalled} task(s) stalled now, "
             f"{len(snap.inflight)} wait(s) in flight; scan {snap.scan}",
