@@ -22,7 +22,6 @@ threshold while it lasts (as stalls escalate), and once more when it ends.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -124,7 +123,7 @@ def _site_ns_delta(new: Acct, old: Acct | None) -> list[int]:
 class Findings:
     def __init__(self, rules: WindowRules | None = None) -> None:
         self.rules = rules or WindowRules()
-        self._samples: dict[int, deque[_Sample]] = {}
+        self._samples: dict[int, list[_Sample]] = {}  # a few a task: lists, not deques (750 bytes each)
         self._episodes: dict[tuple[str, int], _Episode] = {}
         self._no_progress_since: dict[int, int] = {}
 
@@ -137,11 +136,17 @@ class Findings:
     def _remember(self, now_ns: int, accts: Mapping[int, Acct]) -> None:
         horizon = now_ns - self.rules.window_ns
         for tid, a in accts.items():
-            q = self._samples.setdefault(tid, deque())
-            if not q or q[-1].acct != a:  # a task that did not wait since costs no new sample
+            q = self._samples.get(tid)
+            if q is None:
+                self._samples[tid] = [_Sample(now_ns, a)]
+                continue
+            last = q[-1].acct
+            # a task that did not wait since costs no new sample (an unchanged map
+            # entry is the very object read last time: kernel/mapread.py)
+            if last is not a and last != a:
                 q.append(_Sample(now_ns, a))
             while len(q) > 2 and q[1].t_ns <= horizon:  # keep one sample at or before the window's start
-                q.popleft()
+                del q[0]
         for tid in [t for t in self._samples if t not in accts]:
             del self._samples[tid]
             self._no_progress_since.pop(tid, None)
@@ -174,11 +179,13 @@ class Findings:
         base, base_ns = self._baseline(tid, now_ns)
         return base_ns if base is not None and (base is latest or base == latest) else None
 
-    def _flying_share(self, base_ns: int, now_ns: int, inflight: Sequence[Wait]) -> float:
-        """The share `_window` gives a task with nothing completed since `base_ns`."""
-        span_ns = max(self.rules.window_ns, now_ns - base_ns)
-        flying_ns = sum(min(max(0, now_ns - w.start_ns), self.rules.window_ns) for w in inflight)
-        return min(1.0, flying_ns / span_ns)
+    def _flying_share(self, now_ns: int, inflight: Sequence[Wait]) -> float:
+        """The share `_window` gives a task with nothing completed since its baseline."""
+        window_ns = self.rules.window_ns
+        flying_ns = 0
+        for w in inflight:
+            flying_ns += min(max(0, now_ns - w.start_ns), window_ns)
+        return min(1.0, flying_ns / window_ns)
 
     def _window(
         self, tid: int, now_ns: int, inflight: Sequence[Wait]
@@ -202,7 +209,10 @@ class Findings:
             flying_ns += overlap
             row = per_site.setdefault(w.site.label, [0, 0.0])
             row[1] += overlap / NS_PER_S
-        share = min(1.0, (sum(done) + flying_ns) / span_ns)
+        # completed time over the span it was counted in; in-flight time over the
+        # window it was clipped to (a wait in flight all window long is all of it,
+        # however old the baseline)
+        share = min(1.0, sum(done) / span_ns + flying_ns / self.rules.window_ns)
         crawl = sum(done) > 0 and sum(done) >= flying_ns
         return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}, crawl
 
@@ -254,7 +264,7 @@ class Findings:
             if idle_since_ns is not None:
                 # nothing completed in the window and no episode open: neither rule
                 # can fire, only its share is wanted (10,000 stalled: all of them)
-                shares[tid] = self._flying_share(idle_since_ns, now_ns, flying.get(tid, []))
+                shares[tid] = self._flying_share(now_ns, flying.get(tid, []))
                 self._no_progress_since.pop(tid, None)
                 continue
             share, per_site, crawl = self._window(tid, now_ns, flying.get(tid, []))

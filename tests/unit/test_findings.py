@@ -215,3 +215,14 @@ def test_one_long_wait_after_a_short_reclaim_is_not_a_crawl():
     res = run(f, 9, lambda t: {7: before if t < 1 else after}, inflight=lambda t: [w] if t >= 1 else [])
     assert not any(d for _, d, _, _ in res)
     assert res[-1][3][7] >= 0.5  # its share still says how much it waited
+
+
+def test_a_wait_in_flight_all_window_long_is_the_whole_window_however_old_the_baseline():
+    """The baseline of a task that completed nothing for long is its one old sample:
+    completed time is over that span, but time in flight is over the window it was
+    clipped to (a task stalled for 100 s spent all of the last 10 s waiting)."""
+    w = Wait(7, 7, "dd", Site.MEMCG_OOM_WAIT, 5 * S, None, None, dstate=True)
+    counts = {7: acct(waits={Site.MEMCG_RECLAIM: (3, int(0.3 * S))})}
+    out = run(Findings(WindowRules(window_ns=10 * S)), 100, lambda t: counts, inflight=lambda t: [w] if t >= 5 else [])
+    assert out[-1][3][7] == 1.0  # not 10 s over a 100 s span
+    assert out[10][3][7] == 0.5  # 5 s of the last 10 in flight
