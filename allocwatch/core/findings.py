@@ -258,13 +258,23 @@ class Findings:
         ended: list[EpisodeEnd] = []
         shares: dict[int, float] = {}
         r = self.rules
-        for tid in list(self._samples):
-            a = self._samples[tid][-1].acct
+        horizon = now_ns - r.window_ns
+        episodes = self._episodes
+        no_waits: list[Wait] = []
+        for tid, q in list(self._samples.items()):
+            a = q[-1].acct
+            # The short way: one sample, older than the window (nothing completed
+            # in it, as _idle_since says), and no episode open. Neither rule can
+            # fire; only the share is wanted (10,000 stalled: all of them).
+            if (len(q) == 1 and q[0].t_ns <= horizon and (THROTTLED, tid) not in episodes
+                    and (LIVELOCK, tid) not in episodes):
+                shares[tid] = self._flying_share(now_ns, flying.get(tid, no_waits))
+                if tid in self._no_progress_since:
+                    del self._no_progress_since[tid]
+                continue
             idle_since_ns = self._idle_since(tid, a, now_ns)
-            if idle_since_ns is not None:
-                # nothing completed in the window and no episode open: neither rule
-                # can fire, only its share is wanted (10,000 stalled: all of them)
-                shares[tid] = self._flying_share(now_ns, flying.get(tid, []))
+            if idle_since_ns is not None:  # the same, with samples that repeat an account
+                shares[tid] = self._flying_share(now_ns, flying.get(tid, no_waits))
                 self._no_progress_since.pop(tid, None)
                 continue
             share, per_site, crawl = self._window(tid, now_ns, flying.get(tid, []))
