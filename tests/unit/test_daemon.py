@@ -353,3 +353,28 @@ def test_a_stuck_victim_says_whether_it_was_reaped_and_who_waits_in_its_cgroup(t
     text = report.render_dicts([block], "text")
     assert "kind=stuck_victim" in text and "the OOM reaper has run on it" in text
     assert "still waiting in its cgroup: 1 task(s): comm=hog pid=50 tid=50 memcg_reclaim 2.0s" in text
+
+
+def test_each_tasks_share_of_the_window_is_in_the_snapshot_and_its_rows(tmp_path):
+    """The share the throttled rule reads is exported per task: the snapshot's shares,
+    and the share of each row of waits in flight that the socket (and top) give."""
+    from allocwatch.core.model import Acct
+    from allocwatch.core.sites import NR_SITES
+    from allocwatch.core.snapview import snapshot_dict
+
+    d, src, _, clock = make(tmp_path)
+    done = [0] * NR_SITES
+    count = [0] * NR_SITES
+
+    def accounts():
+        return {7: Acct(7, 7, "dd", tuple(done), tuple(count), 0, 0, 0)}
+
+    src.task_accounts = accounts
+    d.scan_once()  # t=0: its first sample
+    done[Site.DIRTY_THROTTLE], count[Site.DIRTY_THROTTLE] = 3 * S, 15  # 3 s of sleeps in the 10 s since
+    src.waits = [InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 8 * S, 0xCC0, 0)]  # and 2 s in flight
+    clock["ns"] = 10 * S
+    snap = d.scan_once()
+    assert snap.shares[7] == 0.5
+    (row,) = snapshot_dict(snap)["inflight"]
+    assert row["tid"] == 7 and row["share"] == 0.5
