@@ -72,15 +72,22 @@ class DstateNamer:
         """The nameable sleeps among `raws`. Call `prune()` after `name_end()`."""
         waits = []
         live = self._live = set()
+        known = self._named
         for raw in raws:
             key = (raw.tid, raw.start_ns)
             live.add(key)
-            named = self._name(key, raw, now_ns)
-            if named is None or named.site is None:
+            named = known.get(key)
+            if named is None:
+                named = self._name(key, raw, now_ns)
+                if named is None:
+                    continue
+            if named.site is None:
                 continue
-            if named.raw is not raw or named.wait is None:
-                named.raw, named.wait = raw, _wait(raw, named.site, key not in self._seeded)
-            waits.append(named.wait)
+            wait = named.wait
+            if named.raw is not raw or wait is None:
+                wait = _wait(raw, named.site, key not in self._seeded)
+                named.raw, named.wait = raw, wait
+            waits.append(wait)
         return waits
 
     def take_unrelated(self) -> list[tuple[int, int]]:

@@ -27,6 +27,7 @@ T = TypeVar("T")
 BatchLookup = Callable[..., int]
 
 
+_INT_KEYS = {4: "I", 8: "Q"}  # key sizes read as native unsigned ints (memoryview formats)
 ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
 
 
@@ -56,6 +57,7 @@ class MapReader(Generic[T]):
         self._high = 0  # the most entries a read has held since the buffers were last given back
         self._can_give_back = True  # False once madvise refused (locked memory)
         self._last: dict[bytes, tuple[bytes, T]] = {}
+        self._last_by_id: dict[int, tuple[bytes, T]] = {}  # the same, for keys that are ints
         self._walk: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None
         self.decoded = 0  # entries decoded since start (new or changed), for tests and benchmarks
 
@@ -108,11 +110,30 @@ class MapReader(Generic[T]):
 
     def read(self) -> list[T]:
         """Every entry, decoded: by one batch call, or by the walk on a kernel without it."""
-        if self._walk is None:
-            keys, values, n = self.raw()
-            ks, vs = self._ks, self._vs
-            return self.decode_all((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(n))
-        return self.decode_all(self._walk())
+        if self._walk is not None:
+            return self.decode_all(self._walk())
+        keys, values, n = self.raw()
+        ks, vs = self._ks, self._vs
+        vals = [values[i:i + vs] for i in range(0, n * vs, vs)]
+        if ks not in _INT_KEYS:
+            return self.decode_all(zip([keys[i:i + ks] for i in range(0, n * ks, ks)], vals, strict=True))
+        # a key of 4 or 8 bytes is looked up as the int it packs: no slice, a cheap hash
+        ids: list[int] = memoryview(keys).cast(_INT_KEYS[ks]).tolist()  # type: ignore[call-overload]
+        last = self._last_by_id
+        now: dict[int, tuple[bytes, T]] = {}
+        out = []
+        for i, v in enumerate(vals):
+            ident = ids[i]
+            prev = last.get(ident)
+            if prev is not None and prev[0] == v:
+                obj = prev[1]
+            else:
+                obj = self._decode(keys[i * ks:(i + 1) * ks], v)
+                self.decoded += 1
+            now[ident] = (v, obj)
+            out.append(obj)
+        self._last_by_id = now
+        return out
 
     def fall_back(self, walk: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:
         """Read by `walk()` from now on (the kernel refused the batch call)."""
