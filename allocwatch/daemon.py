@@ -145,6 +145,7 @@ class Daemon:
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
         self.victims = VictimBook(any(c.site == Site.OOM_REAPER.label and c.attached for c in self.coverage))
         self._scanned: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
+        self._wait_cgroups: dict[WaitKey, str | None] = {}  # a stalled wait's cgroup, as first read (_brief)
         self._kswapd_pids: list[tuple[int, int]] | None = None
         self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
         self._last_vmstat: dict[str, int] = {}
@@ -345,10 +346,19 @@ class Daemon:
             out.append(s)
         return out
 
-    def _brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail]) -> TaskDetail:
+    def _brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail], wait: Wait | None = None) -> TaskDetail:
         """A task the block only counts (past max_tasks_per_block): its cgroup, for
-        the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info."""
-        cgroup = read[tid].cgroup if tid in read else procfs.memory_cgroup(self.proc, pid, tid)
+        the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info.
+        A stalled wait's cgroup is read once, at its first block: each escalation
+        read it again otherwise (10,000 stalled: 10,000 reads every threshold)."""
+        if tid in read:
+            cgroup = read[tid].cgroup
+        elif wait is not None and wait.key in self._wait_cgroups:
+            cgroup = self._wait_cgroups[wait.key]
+        else:
+            cgroup = procfs.memory_cgroup(self.proc, pid, tid)
+            if wait is not None:
+                self._wait_cgroups[wait.key] = cgroup
         flags = hostfs.task_flags(self.proc, pid, tid)
         return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
 
@@ -382,6 +392,8 @@ class Daemon:
         if not stalls and not findings:
             return None
         self._memcg_cache = {}
+        live = {w.key for w in self._scanned[0]}  # cgroups of waits that ended are forgotten
+        self._wait_cgroups = {k: v for k, v in self._wait_cgroups.items() if k in live}
         # The cgroup filter needs each task's cgroup; the rest of /proc is read
         # below only for the tasks the block lists (max_tasks_per_block).
         details: dict[int, TaskDetail] = {}
@@ -412,7 +424,7 @@ class Daemon:
         for s in kept:  # one /proc read per task, however many waits it has
             if s.wait.tid not in full:
                 full[s.wait.tid] = (self._detail(s.wait) if s.wait.tid in listed
-                                     else self._brief(s.wait.pid, s.wait.tid, details))
+                                     else self._brief(s.wait.pid, s.wait.tid, details, s.wait))
         for f in kept_findings:
             if f.tid not in full:
                 full[f.tid] = (self._finding_detail(f) if f.tid in listed

@@ -378,3 +378,36 @@ def test_each_tasks_share_of_the_window_is_in_the_snapshot_and_its_rows(tmp_path
     assert snap.shares[7] == 0.5
     (row,) = snapshot_dict(snap)["inflight"]
     assert row["tid"] == 7 and row["share"] == 0.5
+
+
+def test_a_counted_task_has_its_cgroup_read_once_per_wait(tmp_path, monkeypatch):
+    """Past max_tasks_per_block a task is only counted (by cgroup): its cgroup is read
+    at its wait's first block and kept for the escalations, until the wait ends."""
+    for t in range(10, 14):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"], cgroup=f"4:memory:/box{t}\n")
+    reads: list[int] = []
+    real = procfs.memory_cgroup
+
+    def counting(proc, pid, tid):
+        reads.append(tid)
+        return real(proc, pid, tid)
+
+    monkeypatch.setattr(procfs, "memory_cgroup", counting)
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0, max_tasks_per_block=1)
+    src.waits = [InflightWait(t, t, "w", int(Site.MEMCG_RECLAIM), (14 - t) * S // 10, 0xCC0, 0) for t in range(10, 14)]
+    for t in (2, 3, 4):  # three blocks: levels 1, 2, 3 of the same four waits
+        clock["ns"] = t * S
+        d.scan_once()
+    blocks = [json.loads(w) for w in sink.writes]
+    assert len(blocks) == 3 and all(len(b["tasks"]) == 1 for b in blocks)
+    listed = {b["tasks"][0]["tid"] for b in blocks}
+    assert len(listed) == 1
+    (shown,) = listed
+    counted = sorted({10, 11, 12, 13} - listed)
+    assert sorted(t for t in reads if t != shown) == counted  # the counted tasks: once each
+    assert reads.count(shown) == 3  # the listed one is read afresh each time
+    gone = next(w for w in src.waits if w.tid == counted[0])
+    src.waits = [w for w in src.waits if w is not gone]  # that wait ended: its cgroup is forgotten
+    clock["ns"] = 5 * S
+    d.scan_once()
+    assert gone.tid not in {k[0] for k in d._wait_cgroups}
