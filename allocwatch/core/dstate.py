@@ -19,7 +19,7 @@ from allocwatch.core.tracker import Ended, Wait
 StackReader = Callable[[int, int], "list[str] | None"]  # (pid, tid) -> frames
 
 
-@dataclass
+@dataclass(slots=True)
 class _Named:
     site: Site | None
     frames: list[str] | None

@@ -101,7 +101,7 @@ class _Episode:
     last: Finding | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Sample:
     t_ns: int
     acct: Acct

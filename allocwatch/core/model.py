@@ -26,7 +26,7 @@ def encode_comm(comm: str) -> bytes:
     return comm.encode("utf-8", "surrogateescape")[: COMM_LEN - 1]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DirtyPause:
     """What writeback:balance_dirty_pages said as it chose a dirty-throttle sleep.
 
@@ -46,7 +46,7 @@ class DirtyPause:
     limit_pages: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InflightWait:
     """A wait still in progress, read from a BPF map."""
 
@@ -62,7 +62,7 @@ class InflightWait:
     dirty_pause: DirtyPause | None = None  # a dirty-throttle sleep: the pause chosen for it
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WaitEnd:
     """A wait that ended after at least LONG_WAIT_NS."""
 
@@ -101,7 +101,7 @@ class OomKill:
     victim: VictimMemory | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Acct:
     """One task's cumulative waits (per site number) and reclaim passes, since load."""
 

@@ -87,7 +87,7 @@ class CumulativeHistogram:
         return Histogram(tuple(buckets), self._sum)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class InFlight:
     """One wait in flight now, named to a site."""
 

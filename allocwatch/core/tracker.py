@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import cached_property
 
 from allocwatch.core.model import DirtyPause
 from allocwatch.core.sites import HIST_SLOTS, Site
@@ -24,7 +23,7 @@ NS_PER_S = 1_000_000_000
 WaitKey = tuple[int, int | str, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: 10,000 stalled are 10,000 of these
 class Wait:
     tid: int
     pid: int
@@ -41,12 +40,14 @@ class Wait:
     reclaimed_pages: int | None = None  # direct/memcg reclaim: LRU pages reclaimed so far
     dirty_pause: DirtyPause | None = None  # dirty throttling: the pause chosen for this sleep
 
-    @cached_property
-    def key(self) -> WaitKey:  # cached: a wait in flight is the same object scan after scan
-        return (self.tid, "D" if self.dstate else int(self.site), self.start_ns)
+    # made once: a wait in flight is the same object scan after scan
+    key: WaitKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.tid, "D" if self.dstate else int(self.site), self.start_ns))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Ended:
     """A wait that ended, as the BPF side reported it (long waits only)."""
 
@@ -60,7 +61,7 @@ class Ended:
     compaction_status: str | None = None  # a compaction: how it ended, in the kernel's words
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Stall:
     wait: Wait
     duration_ns: int
@@ -71,7 +72,7 @@ class Stall:
         return self.level == 1
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Recovered:
     wait: Wait
     duration_ns: int
@@ -103,7 +104,7 @@ class ScanResult:
     stalled_tids: set[int] = field(default_factory=set)  # the tasks of those waits
 
 
-@dataclass
+@dataclass(slots=True)
 class _Reported:
     wait: Wait
     level: int
