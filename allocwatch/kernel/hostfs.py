@@ -355,7 +355,15 @@ def task_facts(proc: Path, pid: int, tid: int) -> tuple[TaskInfo, TaskFlags]:
 
 def _flags(fields: list[str], status: dict[str, list[str]]) -> TaskFlags:
     exiting = bool(fields) and (fields[0] in ("Z", "X") or bool(_stat_flags(fields) & PF_EXITING))
-    return TaskFlags(dying=_sigkill_pending(status), exiting=exiting)
+    return TaskFlags(dying=_sigkill_in_stat(fields) or _sigkill_pending(status), exiting=exiting)
+
+
+def _sigkill_in_stat(fields: list[str]) -> bool:
+    """SIGKILL in the thread's own pending set: stat field 31, `signal` (the 29th
+    after comm). A kill of the whole process puts SIGKILL in every thread's own
+    set too (complete_signal(), for a fatal signal), so this alone says dying."""
+    value = _int(fields[28]) if len(fields) > 28 else None
+    return bool(value and value & SIGKILL_MASK)
 
 
 def _sigkill_pending(status: dict[str, list[str]]) -> bool:
@@ -369,7 +377,8 @@ def _sigkill_pending(status: dict[str, list[str]]) -> bool:
 
 
 def task_flags(proc: Path, pid: int, tid: int) -> TaskFlags:
-    """dying and exiting as TaskFlags defines them, from the thread's status
-    (SigPnd, ShdPnd) and stat (state, flags); False when unreadable."""
-    fields = _stat(task_file(proc, pid, tid, "stat"))[1]
-    return _flags(fields, _status(_text(task_file(proc, pid, tid, "status"))))
+    """dying and exiting as TaskFlags defines them, from the thread's stat alone
+    (pending signals, state, flags): a stall block reads this for every task it
+    only counts, and status is fifty lines the kernel formats for one bit (10,000
+    stalled: half the block's /proc time). False when unreadable."""
+    return _flags(_stat(task_file(proc, pid, tid, "stat"))[1], {})

@@ -264,3 +264,18 @@ def test_a_cgroup_path_too_long_for_the_kernel_is_no_crash(tmp_path):
     mi = tmp_path / "mountinfo"
     mi.write_text(f"30 1 0:26 / {tmp_path} rw - cgroup cgroup rw,memory\n")
     assert hostfs.memcg_info("/" + "x" * 4090, mi) is None
+
+
+def test_task_flags_need_only_the_stat_line(tmp_path):
+    """A kill of the process puts SIGKILL in each thread's own pending set (stat's
+    `signal`, field 31): seen on 6.18 for a thread in D on a frozen file system."""
+    d = tmp_path / "7" / "task" / "7"
+    d.mkdir(parents=True)
+    fields = ["D"] + ["0"] * 40
+    fields[6] = "4194560"  # PF_* without PF_EXITING
+    fields[28] = str(1 << 8)  # SIGKILL
+    (d / "stat").write_text("7 (x y) " + " ".join(fields) + "\n")  # no status file at all
+    assert hostfs.task_flags(tmp_path, 7, 7) == TaskFlags(dying=True, exiting=False)
+    fields[28] = str(1 << 14)  # SIGTERM only
+    (d / "stat").write_text("7 (x y) " + " ".join(fields) + "\n")
+    assert hostfs.task_flags(tmp_path, 7, 7) == TaskFlags(dying=False, exiting=False)
