@@ -24,7 +24,7 @@ from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
 from allocwatch.outputs import journal, report
 from allocwatch.outputs.notify import SystemdNotifier
-from allocwatch.outputs.sinks import FdSink, QueuedOutput
+from allocwatch.outputs.sinks import FdSink, QueuedOutput, output_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,10 +126,30 @@ def cmd_probes(args: argparse.Namespace) -> int:
             "kprobes": features.kprobes,
             "sites": coverage.rows(statuses),
         }
-        print(json.dumps(doc, indent=2))
+        _stdout(json.dumps(doc, indent=2) + "\n")
     else:
-        print(coverage.render_text(statuses, features.release), end="")
+        _stdout(coverage.render_text(statuses, features.release))
     return 0
+
+
+def _stdout(text: str) -> None:
+    """Write and flush, or raise the typed error (exit 12 or 13). Nothing is
+    left in the buffer to fail again at exit."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except OSError as exc:
+        _stdout_to_devnull()
+        raise output_error(exc) from None
+
+
+def _stdout_to_devnull() -> None:
+    """After a write to stdout failed: what is left in its buffer goes nowhere,
+    so the flush at exit does not fail again (exit 120)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    if null != 1:
+        os.dup2(null, 1)
+        os.close(null)
 
 
 def _gfp_table(cfg: config.Config) -> list[tuple[int, str]]:
@@ -391,8 +411,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if sys.stderr is None or sys.stderr is sys.__stderr__:  # not when a caller has replaced it
+        sys.stderr = preflight.guard_stderr()  # diagnostics never fail, and never change the exit code
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except OSError as exc:  # `--help > /dev/full`
+        _stdout_to_devnull()
+        err = output_error(exc)
+        print(f"allocwatch: {err}", file=sys.stderr)
+        return err.exit_code
     if args.command == "probes" and args.kallsyms and not args.tracefs:
         parser.error("--kallsyms describes a captured kernel: give its --tracefs DIR too")
     try:
@@ -408,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # `allocwatch probes | head -1`
-        os.dup2(os.open(os.devnull, os.O_WRONLY), 1)  # so the exit flush does not fail again
+        _stdout_to_devnull()
         closed = OutputClosed("standard output was closed by its reader before everything was written")
         print(f"allocwatch: {closed}", file=sys.stderr)
         return closed.exit_code

@@ -1,5 +1,5 @@
-"""Checks before loading BPF: capabilities, tracefs, stdout. Each failure is a
-typed error whose message names the cause and the fix.
+"""Checks before loading BPF: capabilities, tracefs, stdout, stderr. Each
+failure is a typed error whose message names the cause and the fix.
 
 The mount rule: a configuration value never decides where something is
 mounted. allocwatch mounts tracefs only at the kernel's standard place, only
@@ -10,6 +10,7 @@ already be a tracefs mount point.
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import resource
 import subprocess
@@ -173,6 +174,50 @@ def require_stdout(fd: int = 1) -> None:
             f"standard output (fd {fd}) is closed: reports would have nowhere to go; "
             "give the daemon a stdout (a file, a pipe, /dev/null, or the journal)"
         ) from None
+
+
+# -- stderr -----------------------------------------------------------------------
+
+
+class DiagnosticStream(io.TextIOBase):
+    """Standard error for the daemon's one-line diagnostics: each write goes
+    straight to the fd and never raises. A stderr that is full (`2>/dev/full`),
+    gone or non-blocking and full loses the line, counted in `lost`; the
+    daemon goes on, and its exit code stays the one its cause decides."""
+
+    def __init__(self, fd: int = 2) -> None:
+        super().__init__()
+        self._fd = fd
+        self.lost = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, text: str) -> int:
+        data = memoryview(text.encode("utf-8", "backslashreplace"))
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+        except OSError:  # EPIPE, ENOSPC, EIO, EAGAIN: a diagnostic is not worth the daemon
+            self.lost += 1
+        return len(text)
+
+
+def guard_stderr(fd: int = 2) -> DiagnosticStream:
+    """The stream diagnostics go to. A stderr closed at start (`2>&-`) is given
+    /dev/null first, so no file opened later takes its number (bcc and libbpf
+    write their warnings to fd 2)."""
+    try:
+        os.fstat(fd)
+    except OSError:
+        null = os.open(os.devnull, os.O_WRONLY)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)  # when it took a closed stdout's number, stdout stays closed
+    return DiagnosticStream(fd)
 
 
 # -- surviving the pressure it watches ---------------------------------------------

@@ -140,32 +140,40 @@ class FdSink(QueuedOutput):
         text = self._render(block)
         if dropped_before:
             text = self._drop_notice(dropped_before) + text
-        self._write_all(text.encode("utf-8", "backslashreplace"))
+        write_all(self._fd, text.encode("utf-8", "backslashreplace"), self._name, _RESTART)
 
-    def _write_all(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(self._fd, view)
-            except BlockingIOError:
-                self._wait_writable()
-                continue
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                raise self._typed(exc) from None
-            view = view[n:]
 
-    def _wait_writable(self) -> None:
-        poller = select.poll()
-        poller.register(self._fd, select.POLLOUT)
-        for _fd, events in poller.poll(_POLL_MS):
-            if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not events & select.POLLOUT:
-                raise OutputClosed(f"{self._name} was closed by its reader: the daemon stops so it can be restarted")
+_RESTART = "the daemon stops so it can be restarted"
 
-    def _typed(self, exc: OSError) -> AllocwatchError:
-        if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
-            return OutputClosed(
-                f"{self._name} was closed by its reader ({exc.strerror}): the daemon stops so it can be restarted"
-            )
-        return OutputFailed(f"cannot write a report to {self._name}: {exc.strerror or exc}")
+
+def write_all(fd: int, data: bytes, name: str = "standard output", then: str = "") -> None:
+    """Write all of `data` to `fd`, waiting on a non-blocking one; a reader
+    that has gone is OutputClosed (exit 12), a file that cannot grow OutputFailed
+    (13). `then` ends the message of a reader that has gone."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            _wait_writable(fd, name, then)
+            continue
+        except InterruptedError:
+            continue
+        except OSError as exc:
+            raise output_error(exc, name, then) from None
+        view = view[n:]
+
+
+def _wait_writable(fd: int, name: str, then: str) -> None:
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    for _fd, events in poller.poll(_POLL_MS):
+        if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not events & select.POLLOUT:
+            raise OutputClosed(f"{name} was closed by its reader" + (f": {then}" if then else ""))
+
+
+def output_error(exc: OSError, name: str = "standard output", then: str = "") -> AllocwatchError:
+    """The typed error for a write to `name` that failed with `exc`."""
+    if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
+        return OutputClosed(f"{name} was closed by its reader ({exc.strerror})" + (f": {then}" if then else ""))
+    return OutputFailed(f"cannot write to {name}: {exc.strerror or exc}")

@@ -281,3 +281,51 @@ def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
         assert stats["dwaits_unrelated_dropped"] >= 1000, stats
     finally:
         d.kill()
+
+
+@pytest.mark.parametrize("how", ["/dev/full", "closed"])
+def test_a_stderr_that_cannot_be_written_does_not_stop_the_watch(how):
+    """`2>/dev/full` and `2>&-`: the daemon still loads, reports a real stall, stops
+    with 0 on SIGTERM and leaves nothing attached; stdout holds only its records."""
+    before = allocwatch_prog_ids()
+    argv = _argv("--threshold", "1", "--scan-interval", "0.25", "--format", "json")
+    full = open("/dev/full", "w") if how == "/dev/full" else None
+    if full is not None:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=full, text=True)
+    else:
+        proc = subprocess.Popen(  # os.close is async-signal-safe: no lock taken between fork and exec
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            preexec_fn=lambda: os.close(2),  # noqa: PLW1509
+        )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not allocwatch_prog_ids() - before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, f"exit {proc.returncode} before it was watching"
+        time.sleep(1)  # attached: the 'watching' line it could not write is behind it
+        with memcg.MemCgroup("aw-stderr") as group:
+            hogs = memcg.stall_indefinitely(group, 1, 100)
+            try:
+                deadline = time.monotonic() + 20
+                while not any('"type":"stall_report"' in ln for ln in lines) and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            finally:
+                memcg.release(group)
+                for h in hogs:
+                    h.stop()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if full is not None:
+            full.close()
+    assert any('"type":"stall_report"' in ln for ln in lines), lines[-3:]
+    assert lines and all(ln.startswith('{"type":') for ln in lines), lines[:3]
+    assert lines[-1].startswith('{"type":"summary"')
+    assert _no_programs_left(before)
