@@ -19,6 +19,7 @@ import ipaddress
 import math
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -239,7 +240,19 @@ def _host(host: str) -> str | None:
             return None
     if len(host) > 253 or not all(_HOST_LABEL.fullmatch(part) for part in host.split(".")):
         return None
+    if _inet_aton_accepts(host):  # 0x7f.1, 0x0: the resolver reads them as IPv4 addresses
+        return None
     return host
+
+
+def _inet_aton_accepts(host: str) -> bool:
+    """True when libc's inet_aton (which getaddrinfo tries first) takes `host`
+    for an IPv4 address in a shorthand form (hex or octal parts, fewer than four)."""
+    try:
+        socket.inet_aton(host)
+    except OSError:
+        return False
+    return True
 
 
 def _addr(key: str, v: Any) -> str | None:

@@ -212,6 +212,9 @@ def test_metrics_addr_not_given_is_none():
         ("a..b:9", "ASCII host name"),
         ("a" * 254 + ":9", "at most 253 characters"),
         ("1.2.3.999:9", "IPv4 address"),
+        ("0x7f.1:9", "IPv4 address"),  # a host name to the pattern; 127.0.0.1 to the resolver
+        ("0x0:9", "IPv4 address"),  # 0.0.0.0: every interface
+        ("0x7f000001:9", "IPv4 address"),
         ("::1:9", "[IPv6 address]"),  # IPv6 needs brackets
         ("[1.2.3.4]:9", "[IPv6 address]"),
         ("[::1%a b]:9", "[IPv6 address]"),
