@@ -62,3 +62,14 @@ def test_metrics_table_lists_every_family_with_its_type_and_labels(tmp_path):
     assert set(served) == set(documented)
     for name, want in served.items():
         assert documented[name] == want, f"README says {name} is {documented[name]}, the code serves {want}"
+
+
+def test_commands_are_shown_as_root_not_behind_sudo():
+    """A minimal Debian host has no sudo: no command line in a code block starts with it,
+    and every `sudo` in the text is the second form of a command shown as root."""
+    blocks = re.findall(r"^```(?:sh)?\n(.*?)^```", README, re.M | re.S)
+    lines = [ln.strip() for block in blocks for ln in block.splitlines()]
+    assert not [ln for ln in lines if ln.startswith("sudo")]
+    for m in re.finditer(r"`sudo [^`]*`", README):
+        around = README[max(0, m.start() - 300) : m.start()]
+        assert "root" in around, f"{m.group(0)} with no word of root before it"
