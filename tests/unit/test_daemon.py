@@ -411,3 +411,25 @@ def test_a_counted_task_has_its_cgroup_read_once_per_wait(tmp_path, monkeypatch)
     clock["ns"] = 5 * S
     d.scan_once()
     assert gone.tid not in {k[0] for k in d._wait_cgroups}
+
+
+def test_a_map_that_fills_is_said_in_the_next_block_and_on_stderr_once_per_growth(tmp_path):
+    d, src, sink, clock = make(tmp_path)
+    said: list[str] = []
+    d.on_limit = said.append
+    counts = {"events_lost": 0, "dwaits_full": 0}
+    src.stats = lambda: dict(counts)
+    d.scan_once()
+    counts["dwaits_full"] = 76
+    clock["ns"] += S
+    d.scan_once()
+    clock["ns"] += S
+    d.scan_once()  # nothing grew: nothing said
+    counts["dwaits_full"], counts["waits_full"] = 77, 5
+    clock["ns"] += S
+    d.scan_once()
+    limits = [json.loads(ln) for w in sink.writes for ln in w.splitlines() if '"limits_reached"' in ln]
+    assert [r["grown"] for r in limits] == [{"dwaits_full": 76}, {"waits_full": 5, "dwaits_full": 1}]
+    assert limits[-1]["totals"] == {"waits_full": 5, "dwaits_full": 77} and limits[0]["seq"] < limits[1]["seq"]
+    assert len(said) == 3 and said[0].startswith("D-state map full: 76 sleep(s) not tracked")
+    assert any(s.startswith("in-flight wait map full: 5 wait(s)") for s in said)

@@ -253,3 +253,13 @@ def test_program_run_time_is_exported_only_while_counted(tmp_path):
     d.scan_once()
     assert reg.get_sample_value("allocwatch_bpf_program_runs_total", {"program": "aw_sched_switch"}) == 7
     assert reg.get_sample_value("allocwatch_bpf_program_run_seconds_total", {"program": "aw_sched_switch"}) == 2.0
+
+
+def test_kernel_limit_counters_are_metrics(tmp_path):
+    d, src, _out, _clock = _daemon(tmp_path)
+    src.stats = lambda: {"events_lost": 2, "waits_full": 5, "dwaits_full": 77}
+    d.scan_once()
+    get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value
+    assert get("allocwatch_map_full_total", {"map": "dwaits"}) == 77
+    assert get("allocwatch_map_full_total", {"map": "waits"}) == 5
+    assert get("allocwatch_events_lost_total") == 2
