@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -94,3 +95,19 @@ def test_built_wheel_holds_and_imports_every_module(tmp_path):
     proc = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, check=False, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert importlib.import_module("allocwatch.core.model")
+
+
+def test_the_environment_read_is_a_short_known_list():
+    """No variable points the root daemon at code to compile (an ALLOCWATCH_BPF_DIR did once):
+    the product reads only these, and each ALLOCWATCH_* one is in the README as a test switch."""
+    pattern = re.compile(r'(?:environ|env)(?:\.get\(|\[)"([A-Z_]+)"|"([A-Z_]+)" (?:not )?in env|getenv\("([A-Z_]+)"')
+    read = set()
+    for path in PKG.rglob("*.py"):
+        text = path.read_text()
+        read |= {next(g for g in m.groups() if g) for m in pattern.finditer(text)}
+        unnamed = [ln for ln in text.splitlines()  # a name that is not a literal cannot be checked here
+                   if re.search(r"getenv\(|environ\[|environ\.get\(", ln) and not pattern.search(ln)]
+        assert not unnamed, f"{path.name}: {unnamed}"
+    assert read == {"ALLOCWATCH_TEST_WEDGE", "NOTIFY_SOCKET", "NO_COLOR", "TERM"}
+    readme = (ROOT / "README.md").read_text()
+    assert all(name in readme for name in read if name.startswith("ALLOCWATCH_"))
