@@ -467,7 +467,7 @@ class Daemon:
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
         return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "dwaits_stale_dropped": self.stale_dropped,
-                "held_back": self._held_back_total}
+                "waits_idle_given_back": getattr(self.source, "idle_given_back", 0), "held_back": self._held_back_total}
 
     def completed(self) -> dict[str, Histogram]:
         """Completed waits per site: the kernel's histograms plus the sleeps named here."""

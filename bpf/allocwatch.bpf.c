@@ -17,6 +17,7 @@
  *   MAX_DWAITS       tasks sleeping in TASK_UNINTERRUPTIBLE tracked at once
  *   RINGBUF_PAGES    ring buffer size, in pages (a power of two)
  *   HINT_MAX_AGE_NS  how long a "sleep follows" hint stays valid
+ *   NOTE_EVERY_NS    how often a waits entry retakes its task's comm and stack
  */
 #include <uapi/linux/ptrace.h>
 #include "allocwatch.h"
@@ -41,6 +42,9 @@
 #endif
 #ifndef HINT_MAX_AGE_NS
 #define HINT_MAX_AGE_NS 50000000ULL
+#endif
+#ifndef NOTE_EVERY_NS
+#define NOTE_EVERY_NS 1000000000ULL
 #endif
 
 /* sched_switch reports TASK_UNINTERRUPTIBLE (with or without TASK_WAKEKILL,
@@ -171,35 +175,53 @@ static __always_inline void emit_end(u32 tid, u32 site, struct aw_wait *w, u64 d
     emit_end_detail(tid, site, w, duration_ns, how, -1);
 }
 
-static __always_inline int wait_begin_tid(u32 tid, u32 pid, u32 site, u64 gfp, s32 order)
+/* The waits map keeps a task's entry for a site from its first wait there to
+ * its exit (sched_process_exit deletes it): a wait begins by writing the entry
+ * in place and ends by clearing start_ns. A hash insert and delete a wait cost
+ * 241-257 ns a pass here against 134-138 ns in place (bench/primitives.py),
+ * at 30,000 passes a second in a reclaim livelock. start_ns 0: no wait open.
+ * User space gives back idle entries when the map runs half full. */
+static __always_inline struct aw_wait *wait_begin_tid(u32 tid, u32 pid, u32 site, u64 gfp, s32 order)
 {
     struct aw_wait_key key = {.tid = tid, .site = site};
-    struct aw_wait *open = waits.lookup(&key);
-    if (open) {
-        /* Nested entry into the same site (an allocation inside reclaim):
-         * the outer wait goes on; count the depth so its end is matched. */
-        open->depth += 1;
+    struct aw_wait *w = waits.lookup(&key);
+    u64 now_ns = bpf_ktime_get_ns();
+    if (w) {
+        if (w->start_ns) {
+            /* Nested entry into the same site (an allocation inside reclaim):
+             * the outer wait goes on; count the depth so its end is matched. */
+            w->depth += 1;
+            return 0;
+        }
+        w->gfp = gfp;
+        w->pid = pid;
+        w->order = order;
+        w->depth = 0;
+        w->reclaimed_pages = 0;
+        if (now_ns - w->noted_ns >= NOTE_EVERY_NS) /* a task renamed (exec, prctl) is seen within this */
+            bpf_get_current_comm(&w->comm, sizeof(w->comm));
+        w->start_ns = now_ns; /* last: a reader that sees it open sees this wait's fields */
+        return w;
+    }
+    struct aw_wait fresh = {};
+    fresh.start_ns = now_ns;
+    fresh.gfp = gfp;
+    fresh.pid = pid;
+    fresh.order = order;
+    fresh.site_hint = AW_SITE_NONE;
+    bpf_get_current_comm(&fresh.comm, sizeof(fresh.comm));
+    if (waits.update(&key, &fresh)) {
+        stat_inc(AW_STAT_WAITS_FULL);
         return 0;
     }
-    struct aw_wait w = {};
-    w.start_ns = bpf_ktime_get_ns();
-    w.gfp = gfp;
-    w.pid = pid;
-    w.order = order;
-    w.site_hint = AW_SITE_NONE;
-    bpf_get_current_comm(&w.comm, sizeof(w.comm));
-    if (waits.update(&key, &w))
-        stat_inc(AW_STAT_WAITS_FULL);
-    return 0;
+    return waits.lookup(&key);
 }
 
 #ifdef AW_BEGIN_STACKS
-/* The kernel stack of a task entering reclaim, at most once per STACK_EVERY_NS
- * per task: a task looping RUNNING in reclaim has no stack in /proc, and
- * bpf_get_stackid costs microseconds, far too much at 30,000 passes a second. */
-#ifndef STACK_EVERY_NS
-#define STACK_EVERY_NS 1000000000ULL
-#endif
+/* The kernel stack of a task entering reclaim, at most once per NOTE_EVERY_NS
+ * per task and site (the wait entry's noted_ns says when): a task looping
+ * RUNNING in reclaim has no stack in /proc, and bpf_get_stackid costs
+ * microseconds, far too much at 30,000 passes a second. */
 struct aw_stack_seen {
     __u64 time_ns;
     __s64 stack_id;
@@ -207,26 +229,43 @@ struct aw_stack_seen {
 BPF_STACK_TRACE(stacks, 1024);
 BPF_TABLE("lru_hash", u32, struct aw_stack_seen, task_stacks, 16384);
 
-static __always_inline void begin_stack(void *ctx)
+static __always_inline void begin_stack(void *ctx, u32 tid, struct aw_wait *w)
 {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    u64 now_ns = bpf_ktime_get_ns();
-    struct aw_stack_seen *seen = task_stacks.lookup(&tid);
-    if (seen && now_ns - seen->time_ns < STACK_EVERY_NS)
+    if (!w || w->start_ns - w->noted_ns < NOTE_EVERY_NS)
         return;
-    struct aw_stack_seen fresh = {.time_ns = now_ns};
+    struct aw_stack_seen fresh = {.time_ns = w->start_ns};
     fresh.stack_id = stacks.get_stackid(ctx, 0); /* no REUSE: a saved id never points at another stack */
     task_stacks.update(&tid, &fresh);
 }
-#define BEGIN_STACK(ctx) begin_stack(ctx)
 #else
-#define BEGIN_STACK(ctx)
+static __always_inline void begin_stack(void *ctx, u32 tid, struct aw_wait *w) {}
 #endif
+
+static __always_inline void note_taken(struct aw_wait *w)
+{
+    if (w && w->start_ns - w->noted_ns >= NOTE_EVERY_NS)
+        w->noted_ns = w->start_ns;
+}
+
+/* A pair-timed wait begins; `ctx` given when its stack is wanted. */
+static __always_inline int wait_begin_stack(void *ctx, u32 site, u64 gfp, s32 order)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    struct aw_wait *w = wait_begin_tid((u32)id, id >> 32, site, gfp, order);
+    if (w && !w->depth) {
+        begin_stack(ctx, (u32)id, w);
+        note_taken(w);
+    }
+    return 0;
+}
 
 static __always_inline int wait_begin(u32 site, u64 gfp, s32 order)
 {
     u64 id = bpf_get_current_pid_tgid();
-    return wait_begin_tid((u32)id, id >> 32, site, gfp, order);
+    struct aw_wait *w = wait_begin_tid((u32)id, id >> 32, site, gfp, order);
+    if (w && !w->depth)
+        note_taken(w);
+    return 0;
 }
 
 /* detail: pages a reclaim pass freed, a compaction's status, or -1. */
@@ -234,7 +273,7 @@ static __always_inline int wait_end_tid(u32 tid, u32 site, s64 detail)
 {
     struct aw_wait_key key = {.tid = tid, .site = site};
     struct aw_wait *w = waits.lookup(&key);
-    if (!w) {
+    if (!w || !w->start_ns) {
         stat_inc(AW_STAT_UNMATCHED_END);
         return 0;
     }
@@ -244,14 +283,23 @@ static __always_inline int wait_end_tid(u32 tid, u32 site, s64 detail)
     }
     u64 duration_ns = bpf_ktime_get_ns() - w->start_ns;
     hist_add(site, duration_ns);
-    acct_wait(tid, w->pid, w->comm, site, duration_ns);
-    if (detail >= 0 && (site == AW_SITE_DIRECT_RECLAIM || site == AW_SITE_MEMCG_RECLAIM))
-        acct_reclaim(tid, w->pid, w->comm, (u64)detail);
-    /* Send before delete: user space snapshots the map, then drains the
+    struct aw_task_acct *a = acct_of(tid, w->pid, w->comm);
+    if (a && site < AW_NR_SITES) {
+        /* only this task writes its own account (and its exit, after): no atomics */
+        a->wait_ns[site] += duration_ns;
+        a->waits[site] += 1;
+        if (detail >= 0 && (site == AW_SITE_DIRECT_RECLAIM || site == AW_SITE_MEMCG_RECLAIM)) {
+            a->reclaim_passes += 1;
+            if (detail == 0)
+                a->reclaim_zero += 1;
+            a->reclaimed_pages += detail;
+        }
+    }
+    /* Send before clearing: user space snapshots the map, then drains the
      * ring, so a wait missing from the snapshot has its end in the ring. */
     if (duration_ns >= tunable(0, LONG_WAIT_NS))
         emit_end_detail(tid, site, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE), detail);
-    waits.delete(&key);
+    w->start_ns = 0;
     return 0;
 }
 
@@ -373,7 +421,8 @@ int aw_sched_process_exit(struct tracepoint__sched__sched_process_exit *args)
         key.site = site;
         struct aw_wait *w = waits.lookup(&key);
         if (w) {
-            end_at_exit(tid, tgid, site, w, now_ns);
+            if (w->start_ns) /* an entry with no wait open is only deleted */
+                end_at_exit(tid, tgid, site, w, now_ns);
             waits.delete(&key);
         }
     }
@@ -408,8 +457,7 @@ int aw_signal_generate(struct tracepoint__signal__signal_generate *args)
 #ifdef AW_TP_DIRECT_RECLAIM
 int aw_direct_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_begin *args)
 {
-    BEGIN_STACK(args);
-    return wait_begin(AW_SITE_DIRECT_RECLAIM, args->gfp_flags, args->order);
+    return wait_begin_stack(args, AW_SITE_DIRECT_RECLAIM, args->gfp_flags, args->order);
 }
 int aw_direct_reclaim_end(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_end *args)
 {
@@ -420,8 +468,7 @@ int aw_direct_reclaim_end(struct tracepoint__vmscan__mm_vmscan_direct_reclaim_en
 #ifdef AW_TP_MEMCG_RECLAIM
 int aw_memcg_reclaim_begin(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_begin *args)
 {
-    BEGIN_STACK(args);
-    return wait_begin(AW_SITE_MEMCG_RECLAIM, args->gfp_flags, args->order);
+    return wait_begin_stack(args, AW_SITE_MEMCG_RECLAIM, args->gfp_flags, args->order);
 }
 int aw_memcg_reclaim_end(struct tracepoint__vmscan__mm_vmscan_memcg_reclaim_end *args)
 {
@@ -442,7 +489,7 @@ static __always_inline void add_reclaimed(u32 tid, u32 site, u64 pages)
 {
     struct aw_wait_key key = {.tid = tid, .site = site};
     struct aw_wait *w = waits.lookup(&key);
-    if (w)
+    if (w && w->start_ns)
         w->reclaimed_pages += pages; /* only this task writes its own waits */
 }
 
@@ -514,7 +561,8 @@ int aw_try_to_compact_pages(struct tracepoint__compaction__mm_compaction_try_to_
 #ifdef AW_TP_OOM_REAPER
 int aw_start_task_reaping(struct tracepoint__oom__start_task_reaping *args)
 {
-    return wait_begin_tid(args->pid, args->pid, AW_SITE_OOM_REAPER, AW_GFP_UNKNOWN, -1);
+    wait_begin_tid(args->pid, args->pid, AW_SITE_OOM_REAPER, AW_GFP_UNKNOWN, -1);
+    return 0;
 }
 int aw_finish_task_reaping(struct tracepoint__oom__finish_task_reaping *args)
 {

@@ -74,6 +74,7 @@ struct aw_wait {
     char comm[AW_COMM_LEN];
     __u64 reclaimed_pages; /* direct/memcg reclaim: LRU pages reclaimed so far in this wait
                             * (mm_vmscan_lru_shrink_inactive nr_reclaimed, summed) */
+    __u64 noted_ns;   /* waits map: when comm and the begin stack were last taken */
 };
 
 /* A short-lived note that a tracepoint fired just before the task sleeps

@@ -198,6 +198,7 @@ class BpfSource:
         # change: a task stalled for minutes is the same entry every scan.
         self._readers: dict[str, MapReader[Any]] = {}
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
+        self.idle_given_back = 0  # waits entries with no wait open deleted (_give_back_idle)
         self.rss_kb_before_drop: dict[str, int] = {}
         self.rss_kb: dict[str, int] = {}
 
@@ -358,7 +359,10 @@ class BpfSource:
         """All waits in flight now: pair-timed ones, then D-state sleeps (a
         dirty-throttle sleep with the pause balance_dirty_pages chose for it)."""
         progress = RECLAIM_PROGRESS.name in self._attached_tps
-        out = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress))
+        entries = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress))
+        out = [w for w in entries if w.start_ns]  # start_ns 0: the task's entry, no wait open
+        if len(entries) - len(out) > self.opts.max_waits // 2:
+            self._give_back_idle([w for w in entries if not w.start_ns])
         dwaits = self._read_map("dwaits", lambda k, v: (_int(k), v, wire.decode_dwait(_int(k), v, SITE_DSTATE)))
         if any(v.site_hint == Site.DIRTY_THROTTLE for _, v, _ in dwaits):
             pauses = self._dirty_pause_values()  # a pause note changes the decoding
@@ -367,6 +371,19 @@ class BpfSource:
         else:
             out += [w for _, _, w in dwaits]
         return out
+
+    def _give_back_idle(self, idle: list[wire.InflightWait]) -> None:
+        """Delete entries with no wait open once they fill half the map: each task
+        keeps its entry for a site from its first wait there to its exit, and a
+        host with many threads that once reclaimed would fill the map. A wait
+        that begins in one just as it goes is lost (its end reads unmatched)."""
+        table = self._bpf[b"waits"]
+        for w in idle:
+            try:
+                del table[table.Key(tid=w.tid, site=w.site)]
+            except KeyError:
+                pass
+        self.idle_given_back += len(idle)
 
     def _dirty_pause_values(self) -> dict[int, wire.DirtyPauseValue]:
         if not self._dirty_pauses or BALANCE_DIRTY_PAGES not in self._attached_tps:

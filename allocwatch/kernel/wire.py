@@ -44,6 +44,7 @@ class WaitValue(ctypes.Structure):
         ("site_hint", ctypes.c_uint32),
         ("comm", ctypes.c_char * COMM_LEN),
         ("reclaimed_pages", ctypes.c_uint64),
+        ("noted_ns", ctypes.c_uint64),
     ]
 
 

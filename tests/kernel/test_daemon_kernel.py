@@ -700,3 +700,70 @@ def test_the_service_manager_hears_ready_status_watchdog_reload_and_stop(tmp_pat
             proc.kill()
             proc.wait()
         sock.close()
+
+
+GIVE_BACK_CHILD = r"""
+import os, sys, threading
+threading.stack_size(256 << 10)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+n, chunk = int(sys.argv[2]), 256 << 10
+started, done = threading.Semaphore(0), threading.Semaphore(0)
+go, hold = threading.Event(), threading.Event()
+one = threading.Lock()  # one read at a time: pages under read I/O cannot be reclaimed
+def work(i):
+    started.release()
+    go.wait()
+    with one:
+        os.posix_fadvise(fd, i * chunk, chunk, os.POSIX_FADV_RANDOM)
+        os.pread(fd, chunk, i * chunk)  # uncached: charged to the group at its limit, so reclaim
+    done.release()
+    hold.wait()
+threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(n)]
+for t in threads:
+    t.start()
+for _ in threads:
+    started.acquire()
+print("started", flush=True)
+sys.stdin.readline()
+go.set()
+for _ in threads:
+    done.acquire()
+print("ready", flush=True)
+sys.stdin.readline()
+hold.set()
+"""
+
+
+def test_idle_wait_entries_are_given_back_before_they_fill_the_map(daemon_factory, tmp_path):
+    """A task keeps its waits entry for a site between its waits (a wait is written
+    in place, not inserted and deleted). 900 threads that each read their own
+    uncached 256 KiB in a memcg at its limit (most of them reclaim to charge it),
+    and stay alive, would fill a map of 1,024 (the least max_inflight); past half
+    full the entries with no wait open are given back, and no wait is refused."""
+    n = 900
+    data = tmp_path / "uncached"
+    with open(data, "wb") as f:
+        f.write(os.urandom(1 << 20) * (n // 4 + 1))  # n chunks of 256 KiB
+        f.flush()
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    d = daemon_factory(config="max_inflight: 1024\nscan_interval_s: 0.2\n")
+    with memcg.MemCgroup("aw-giveback") as group:
+        child = group.spawn([sys.executable, "-I", "-S", "-c", GIVE_BACK_CHILD, str(data), str(n)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert child.stdin is not None and child.stdout is not None
+        try:
+            assert child.stdout.readline().strip() == "started", child.poll()
+            # the threads fit; a few hundred KiB of page cache more do not: each read reclaims
+            group.set_limit_bytes(group.usage_bytes() + (8 << 20))
+            child.stdin.write("go\n")
+            child.stdin.flush()
+            assert child.stdout.readline().strip() == "ready", (child.poll(), group.oom_kill_count())
+            time.sleep(1.5)  # several scans with every thread alive and its entry idle
+        finally:
+            child.stdin.close()
+            child.wait(30)
+    assert d.stop() == 0
+    stats = d.of_type("summary")[-1]["stats"]
+    assert stats["waits_idle_given_back"] > 0, (stats, d.of_type("summary")[-1]["waits_completed"].get("memcg_reclaim"))
+    assert stats["waits_full"] == 0 and stats["events_lost"] == 0, stats

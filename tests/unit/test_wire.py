@@ -33,7 +33,7 @@ def test_site_numbers_match_header():
 
 def test_record_sizes_and_offsets_are_pinned():
     assert ctypes.sizeof(wire.WaitKey) == 8
-    assert ctypes.sizeof(wire.WaitValue) == 56
+    assert ctypes.sizeof(wire.WaitValue) == 64
     assert [(f, getattr(wire.WaitValue, f).offset) for f, _ in wire.WaitValue._fields_] == [
         ("start_ns", 0),
         ("gfp", 8),
@@ -43,6 +43,7 @@ def test_record_sizes_and_offsets_are_pinned():
         ("site_hint", 28),
         ("comm", 32),
         ("reclaimed_pages", 48),
+        ("noted_ns", 56),
     ]
     assert ctypes.sizeof(wire.DirtyPauseValue) == 72
     assert [(f, getattr(wire.DirtyPauseValue, f).offset) for f, _ in wire.DirtyPauseValue._fields_] == [
