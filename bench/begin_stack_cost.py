@@ -8,8 +8,9 @@ cannot exit are tried one after another) under the real daemon, alternating
 `begin_stacks: true` and `false`, and reads the kernel's own run time and run
 count of the reclaim-begin handler from the daemon's metrics (`bpf_stats:
 true`). Prints per round the ns a run and the passes, then the medians and
-their spread. The stack is taken at most once a second per task, so its cost
-per pass is one LRU lookup, plus a stack walk once a second.
+their spread. The stack is taken at most once a second per task and site (the
+wait entry's noted_ns says when), so its cost per pass is a compare, plus a
+stack walk and an LRU update once a second.
 """
 
 from __future__ import annotations

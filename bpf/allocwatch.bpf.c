@@ -352,12 +352,15 @@ static __always_inline struct aw_hint *fresh_hint(u32 tid, u64 now_ns)
 
 /* ---- D-state tracking: the mechanism for waits no tracepoint brackets ---- */
 
+/* Like the waits map, dwaits keeps a task's entry from its first D sleep to its
+ * exit: a sleep is written in place and its end clears start_ns (a hash insert
+ * and delete per D sleep otherwise, at every disk or lock wait of the host). */
 int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
 {
     u32 next = args->next_pid;
     struct aw_wait *w = dwaits.lookup(&next);
     u64 now_ns = 0;
-    if (w) {
+    if (w && w->start_ns) {
         now_ns = bpf_ktime_get_ns();
         u64 duration_ns = now_ns - w->start_ns;
         /* A sleep named by a hint is counted here; one named from its stack
@@ -369,7 +372,7 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
         if (duration_ns >= tunable(0, LONG_WAIT_NS) ||
             (w->site_hint >= AW_NR_SITES && duration_ns >= tunable(1, DSTATE_END_NS)))
             emit_end(next, AW_SITE_DSTATE, w, duration_ns, end_how(next, w->pid, w->start_ns, AW_END_WOKE));
-        dwaits.delete(&next);
+        w->start_ns = 0;
     }
     if (args->prev_state != AW_REPORT_UNINTERRUPTIBLE)
         return 0;
@@ -378,21 +381,35 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
         return 0;
     if (!now_ns)
         now_ns = bpf_ktime_get_ns();
-    struct aw_wait d = {};
-    d.start_ns = now_ns;
-    d.gfp = AW_GFP_UNKNOWN;
-    d.order = -1;
-    d.site_hint = AW_SITE_NONE;
-    d.pid = bpf_get_current_pid_tgid() >> 32;
-    __builtin_memcpy(d.comm, args->prev_comm, sizeof(d.comm));
+    u64 gfp = AW_GFP_UNKNOWN;
+    s32 order = -1;
+    u32 hint = AW_SITE_NONE;
     struct aw_hint *h = fresh_hint(prev, now_ns);
     if (h) {
-        d.site_hint = h->site;
-        d.gfp = h->gfp;
-        d.order = h->order;
+        hint = h->site;
+        gfp = h->gfp;
+        order = h->order;
         hints.delete(&prev);
     }
-    if (dwaits.update(&prev, &d))
+    struct aw_wait *d = dwaits.lookup(&prev);
+    if (d) {
+        d->gfp = gfp;
+        d->order = order;
+        d->site_hint = hint;
+        d->depth = 0;
+        d->pid = bpf_get_current_pid_tgid() >> 32;
+        __builtin_memcpy(d->comm, args->prev_comm, sizeof(d->comm));
+        d->start_ns = now_ns; /* last: a reader that sees it open sees this sleep's fields */
+        return 0;
+    }
+    struct aw_wait fresh = {};
+    fresh.start_ns = now_ns;
+    fresh.gfp = gfp;
+    fresh.order = order;
+    fresh.site_hint = hint;
+    fresh.pid = bpf_get_current_pid_tgid() >> 32;
+    __builtin_memcpy(fresh.comm, args->prev_comm, sizeof(fresh.comm));
+    if (dwaits.update(&prev, &fresh))
         stat_inc(AW_STAT_DWAITS_FULL);
     return 0;
 }
@@ -428,7 +445,8 @@ int aw_sched_process_exit(struct tracepoint__sched__sched_process_exit *args)
     }
     struct aw_wait *d = dwaits.lookup(&tid);
     if (d) {
-        end_at_exit(tid, tgid, AW_SITE_DSTATE, d, now_ns);
+        if (d->start_ns)
+            end_at_exit(tid, tgid, AW_SITE_DSTATE, d, now_ns);
         dwaits.delete(&tid);
     }
     hints.delete(&tid);

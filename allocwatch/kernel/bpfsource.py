@@ -363,7 +363,10 @@ class BpfSource:
         out = [w for w in entries if w.start_ns]  # start_ns 0: the task's entry, no wait open
         if len(entries) - len(out) > self.opts.max_waits // 2:
             self._give_back_idle([w for w in entries if not w.start_ns])
-        dwaits = self._read_map("dwaits", lambda k, v: (_int(k), v, wire.decode_dwait(_int(k), v, SITE_DSTATE)))
+        every = self._read_map("dwaits", lambda k, v: (_int(k), v, wire.decode_dwait(_int(k), v, SITE_DSTATE)))
+        dwaits = [e for e in every if e[2].start_ns]  # start_ns 0: the task's entry, no sleep open
+        if len(every) - len(dwaits) > self.opts.max_dwaits // 2:
+            self._give_back_idle_dwaits([e[2] for e in every if not e[2].start_ns])
         if any(v.site_hint == Site.DIRTY_THROTTLE for _, v, _ in dwaits):
             pauses = self._dirty_pause_values()  # a pause note changes the decoding
             out += [wire.decode_dwait(tid, v, SITE_DSTATE, pauses[tid]) if tid in pauses else w
@@ -381,6 +384,16 @@ class BpfSource:
         for w in idle:
             try:
                 del table[table.Key(tid=w.tid, site=w.site)]
+            except KeyError:
+                pass
+        self.idle_given_back += len(idle)
+
+    def _give_back_idle_dwaits(self, idle: list[wire.InflightWait]) -> None:
+        """As `_give_back_idle`, for the D-state map."""
+        table = self._bpf[b"dwaits"]
+        for w in idle:
+            try:
+                del table[table.Key(w.tid)]
             except KeyError:
                 pass
         self.idle_given_back += len(idle)
