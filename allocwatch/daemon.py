@@ -145,6 +145,7 @@ class Daemon:
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
         self.victims = VictimBook(any(c.site == Site.OOM_REAPER.label and c.attached for c in self.coverage))
         self._scanned: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
+        self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid (_stall_block empties it)
         self._wait_cgroups: dict[WaitKey, str | None] = {}  # a stalled wait's cgroup, as first read (_brief)
         self._kswapd_pids: list[tuple[int, int]] | None = None
         self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
@@ -183,7 +184,7 @@ class Daemon:
         if stack is None:
             stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
         cgroup = procfs.memory_cgroup(self.proc, w.pid, w.tid)
-        info, flags = hostfs.task_facts(self.proc, w.pid, w.tid)  # one read of stat and status
+        info, flags = hostfs.task_facts(self.proc, w.pid, w.tid, self._cmdlines)  # one read of stat and status
         return TaskDetail(
             cgroup=cgroup,
             state=info.state,
@@ -392,6 +393,7 @@ class Daemon:
         if not stalls and not findings:
             return None
         self._memcg_cache = {}
+        self._cmdlines = {}  # by pid, for this block only
         live = {w.key for w in self._scanned[0]}  # cgroups of waits that ended are forgotten
         self._wait_cgroups = {k: v for k, v in self._wait_cgroups.items() if k in live}
         # The cgroup filter needs each task's cgroup; the rest of /proc is read

@@ -341,15 +341,23 @@ def task_info(proc: Path, pid: int, tid: int) -> TaskInfo:
     return task_facts(proc, pid, tid)[0]
 
 
-def task_facts(proc: Path, pid: int, tid: int) -> tuple[TaskInfo, TaskFlags]:
-    """task_info and task_flags from one read of the thread's stat and status."""
+def task_facts(
+    proc: Path, pid: int, tid: int, cmdlines: dict[int, str | None] | None = None
+) -> tuple[TaskInfo, TaskFlags]:
+    """task_info and task_flags from one read of the thread's stat and status.
+    `cmdlines`, by pid, is filled and reused: the threads of a process share
+    one (10,000 stalled threads of one process, one read, not 10,000)."""
     status = _status(_text(task_file(proc, pid, tid, "status")))
     fields = _stat(task_file(proc, pid, tid, "stat"))[1]
     uids = status.get("Uid", [])
-    info = TaskInfo(
-        pid=pid, tid=tid, uid=_int(uids[0]) if uids else None,
-        cmdline=_cmdline(_bytes(f"{proc}/{pid}/cmdline")), state=fields[0] if fields else None,
-    )
+    if cmdlines is not None and pid in cmdlines:
+        cmdline = cmdlines[pid]
+    else:
+        cmdline = _cmdline(_bytes(f"{proc}/{pid}/cmdline"))
+        if cmdlines is not None:
+            cmdlines[pid] = cmdline
+    info = TaskInfo(pid=pid, tid=tid, uid=_int(uids[0]) if uids else None, cmdline=cmdline,
+                    state=fields[0] if fields else None)
     return info, _flags(fields, status)
 
 

@@ -279,3 +279,21 @@ def test_task_flags_need_only_the_stat_line(tmp_path):
     fields[28] = str(1 << 14)  # SIGTERM only
     (d / "stat").write_text("7 (x y) " + " ".join(fields) + "\n")
     assert hostfs.task_flags(tmp_path, 7, 7) == TaskFlags(dying=False, exiting=False)
+
+
+def test_task_facts_read_a_process_cmdline_once_for_its_threads(monkeypatch):
+    reads: list[str] = []
+    real = hostfs._bytes
+
+    def counting(path):
+        if str(path).endswith("cmdline"):
+            reads.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(hostfs, "_bytes", counting)
+    seen: dict[int, str | None] = {}
+    a, _ = hostfs.task_facts(PROC, 1000, 1000, seen)
+    b, _ = hostfs.task_facts(PROC, 1000, 1001, seen)
+    assert a.cmdline == b.cmdline and len(reads) == 1 and 1000 in seen
+    hostfs.task_facts(PROC, 1000, 1001)  # no dict given: read afresh
+    assert len(reads) == 2
