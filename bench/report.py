@@ -212,3 +212,15 @@ def dstate_rows(ds: dict[str, Any]) -> list[Row]:
                         f"{s['ms']:.1f} ms for {s['tasks']:,} tasks ({s['us_per_task']:.1f} us a task)",
                         "reported", verdict(None)))
     return rows
+
+
+def primitive_rows(prim: dict[str, Any]) -> list[Row]:
+    """What each piece of a begin/end handler costs on the same hook (bench/primitives.py)."""
+    empty = prim.get("empty", {}).get("begin", (float("nan"), 0))[0]
+    rows = []
+    for name, r in prim.items():
+        (b, runs), (e, _) = r["begin"], r["end"]
+        rows.append(Row(f"handler pieces: {name}", "livelock, memcg reclaim begin / end",
+                        f"begin {b:.0f} ns, end {e:.0f} ns ({runs:,} runs; {max(b, e) / empty:.1f}x the empty begin)",
+                        "reported", verdict(None)))
+    return rows

@@ -8,7 +8,7 @@ table, each figure marked against its budget. As root. --quick takes about 4 min
 the full run about 10. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
-FIGURES (comma-separated, default all): per-event, slowdown, idle, latency,
+FIGURES (comma-separated, default all): per-event, primitives, slowdown, idle, latency,
 scale, default-stalled, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
 into a temporary directory): HEAD to leave out uncommitted changes, an older
 commit for a before/after (its allocwatch/ and bpf/).
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 from bench import figures, procinfo, report, tools  # noqa: E402
 from bench.stats import render_markdown  # noqa: E402
 
-ALL = ("per-event", "slowdown", "idle", "latency", "scale", "default-stalled", "dstate")
+ALL = ("per-event", "primitives", "slowdown", "idle", "latency", "scale", "default-stalled", "dstate")
 
 
 def say(text: str) -> None:
@@ -61,6 +61,11 @@ def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
         data["idle"] = figures.idle(mode, say)
     if "per-event" in only:
         data["per_event"] = figures.per_event(mode, say)
+    if "primitives" in only:
+        say("primitives: the pieces of a begin/end handler on the memcg reclaim hooks (livelock recipe)")
+        from bench import primitives
+
+        data["primitives"] = primitives.measure()
     if "slowdown" in only:
         data["slowdown"] = figures.slowdown(mode, say)
     if "latency" in only:
@@ -92,6 +97,8 @@ def rows_of(data: dict[str, Any], label: str) -> list[Any]:
         rows += report.scale_rows(sc, label)
     if idle:
         rows += report.kernel_memory_rows(idle)
+    if data.get("primitives"):
+        rows += report.primitive_rows(data["primitives"])
     if data.get("dstate"):
         rows += report.dstate_rows(data["dstate"])
     return rows
