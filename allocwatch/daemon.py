@@ -306,7 +306,7 @@ class Daemon:
         raws = self.source.inflight()
         events = self.source.drain()
         waits = [w for w in map(_pair_wait, (r for r in raws if r.site != SITE_DSTATE)) if w]
-        waits += self.namer.name_all((r for r in raws if r.site == SITE_DSTATE), now_ns)
+        waits += self.namer.name_all([r for r in raws if r.site == SITE_DSTATE], now_ns)
         # A sleep named "not a memory wait" gives its slot back, so tasks parked
         # in D elsewhere (vfork, frozen file systems) cannot fill the map.
         for tid, start_ns in self.namer.take_unrelated():

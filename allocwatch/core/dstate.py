@@ -8,7 +8,8 @@ after it has lasted `classify_after_ns`, so short sleeps cost nothing here.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import operator
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from allocwatch.core.classify import StackClassifier
@@ -39,13 +40,17 @@ class DstateNamer:
         self._live: set[tuple[int, int]] = set()
         self._seeded: set[tuple[int, int]] = set()
         self._unrelated: list[tuple[int, int]] = []  # (tid, start_ns) named "not a memory wait"
+        self._last: tuple[list[InflightWait], list[Wait]] | None = None  # the last name_all: in, out
+        self._unripe = 0  # sleeps of the last name_all too young to name yet
 
     def set_classify_after(self, ns: int) -> None:
         self._classify_after_ns = ns
+        self._last = None
 
     def seeded(self, tid: int, start_ns: int) -> None:
         """Note a sleep found in D at start: its real start is unknown."""
         self._seeded.add((tid, start_ns))
+        self._last = None
 
     def stack_of(self, tid: int, start_ns: int) -> list[str] | None:
         named = self._named.get((tid, start_ns))
@@ -68,11 +73,20 @@ class DstateNamer:
                 self._unrelated.append(key)
         return named
 
-    def name_all(self, raws: Iterable[InflightWait], now_ns: int) -> list[Wait]:
-        """The nameable sleeps among `raws`. Call `prune()` after `name_end()`."""
+    def name_all(self, raws: Sequence[InflightWait], now_ns: int) -> list[Wait]:
+        """The nameable sleeps among `raws`. Call `prune()` after `name_end()`.
+
+        The same entries as last time (the very objects: the map reader gives an
+        unchanged entry back as it was), with none of them waiting to be old
+        enough to classify, name the same: the last answer is given again."""
+        last = self._last
+        if (last is not None and not self._unripe and len(raws) == len(last[0])
+                and all(map(operator.is_, raws, last[0]))):
+            return list(last[1])
         waits = []
         live = self._live = set()
         known = self._named
+        unripe = 0
         for raw in raws:
             key = (raw.tid, raw.start_ns)
             live.add(key)
@@ -80,6 +94,7 @@ class DstateNamer:
             if named is None:
                 named = self._name(key, raw, now_ns)
                 if named is None:
+                    unripe += 1  # too young to read its stack: time alone may name it
                     continue
             if named.site is None:
                 continue
@@ -88,7 +103,9 @@ class DstateNamer:
                 wait = _wait(raw, named.site, key not in self._seeded)
                 named.raw, named.wait = raw, wait
             waits.append(wait)
-        return waits
+        self._unripe = unripe
+        self._last = (list(raws), waits)
+        return list(waits)
 
     def take_unrelated(self) -> list[tuple[int, int]]:
         """Sleeps named "not a memory wait" since the last call: the caller

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -27,6 +28,7 @@ T = TypeVar("T")
 BatchLookup = Callable[..., int]
 
 
+CHUNK = 64  # entries compared at once when the keys have not moved
 _INT_KEYS = {4: "I", 8: "Q"}  # key sizes read as native unsigned ints (memoryview formats)
 ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
 
@@ -58,6 +60,7 @@ class MapReader(Generic[T]):
         self._can_give_back = True  # False once madvise refused (locked memory)
         self._last: dict[bytes, tuple[bytes, T]] = {}
         self._last_by_id: dict[int, tuple[bytes, T]] = {}  # the same, for keys that are ints
+        self._pos: tuple[bytes, bytes, list[T]] | None = None  # the last read: keys, values, objects
         self._walk: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None
         self.decoded = 0  # entries decoded since start (new or changed), for tests and benchmarks
 
@@ -117,6 +120,8 @@ class MapReader(Generic[T]):
         vals = [values[i:i + vs] for i in range(0, n * vs, vs)]
         if ks not in _INT_KEYS:
             return self.decode_all(zip([keys[i:i + ks] for i in range(0, n * ks, ks)], vals, strict=True))
+        if self._pos is not None and self._pos[0] == keys:
+            return self._read_in_place(keys, values, n)
         # a key of 4 or 8 bytes is looked up as the int it packs: no slice, a cheap hash
         ids: list[int] = memoryview(keys).cast(_INT_KEYS[ks]).tolist()  # type: ignore[call-overload]
         last = self._last_by_id
@@ -133,6 +138,38 @@ class MapReader(Generic[T]):
             now[ident] = (v, obj)
             out.append(obj)
         self._last_by_id = now
+        self._pos = (keys, values, out)
+        return out
+
+    def _read_in_place(self, keys: bytes, values: bytes, n: int) -> list[T]:
+        """The same keys in the same order as the last read: entries written in
+        place move nothing in a hash map, so the values are compared by position,
+        a run of CHUNK entries at a time (10,000 stalled: a few changed entries a
+        scan, so about 160 compares, not 10,000 lookups)."""
+        assert self._pos is not None
+        _, old, objs = self._pos
+        if values == old:
+            return objs
+        ks, vs = self._ks, self._vs
+        step = CHUNK * vs
+        out: list[T] = []
+        for off in range(0, n * vs, step):
+            end = min(off + step, n * vs)
+            if values[off:end] == old[off:end]:
+                out.extend(objs[off // vs:end // vs])
+                continue
+            for j in range(off, end, vs):
+                v = values[j:j + vs]
+                i = j // vs
+                if v == old[j:j + vs]:
+                    out.append(objs[i])
+                    continue
+                k = keys[i * ks:(i + 1) * ks]
+                obj = self._decode(k, v)
+                self.decoded += 1
+                self._last_by_id[int.from_bytes(k, sys.byteorder)] = (v, obj)
+                out.append(obj)
+        self._pos = (keys, values, out)
         return out
 
     def fall_back(self, walk: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:

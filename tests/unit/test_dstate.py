@@ -81,3 +81,17 @@ def test_comm_from_proc_keeps_its_raw_bytes(tmp_path):
     (d / "stat").write_bytes(b"9 (" + raw + b") D 1 2 3\n")
     ((pid, tid, comm),) = procfs.tasks_in_state(tmp_path, "D")
     assert (pid, tid) == (9, 9) and encode_comm(comm) == raw
+
+
+def test_the_same_entries_name_the_same_without_a_look_and_a_young_one_still_ripens():
+    reads = []
+    n = DstateNamer(classifier(Site.MEMCG_OOM_WAIT), lambda p, t: reads.append(t) or ["mem_cgroup_oom_synchronize"],
+                    classify_after_ns=S)
+    old, young = raw(tid=5, start=0), raw(tid=6, start=S)
+    first = n.name_all([old, young], 2 * S // 1 - S // 2)  # 1.5 s: the young one (0.5 s) is not named yet
+    assert [w.tid for w in first] == [5] and reads == [5]
+    second = n.name_all([old, young], 3 * S)  # the same objects, but one was unripe: looked at again
+    assert [w.tid for w in second] == [5, 6] and reads == [5, 6]
+    third = n.name_all([old, young], 9 * S)  # the same objects, all named: the last answer
+    assert [w.tid for w in third] == [5, 6] and all(a is b for a, b in zip(third, second, strict=True))
+    assert n.name_all([old, raw(tid=6, start=S)], 9 * S)[1].tid == 6  # an equal but new entry: looked at

@@ -154,3 +154,18 @@ def test_buffers_locked_by_mlockall_are_kept_not_a_crash():
     if proc.returncode == 77:
         pytest.skip("mlockall refused here (RLIMIT_MEMLOCK without CAP_IPC_LOCK)")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_entries_written_in_place_are_compared_by_position_and_only_the_changed_decoded():
+    fake = FakeMap({tid: tid for tid in range(1, 201)}, per_call=1000)  # four runs of 64 and some
+    decoded: list[tuple[int, int]] = []
+    r = reader_over(fake, decoded, max_entries=256)
+    first = r.read()
+    assert r.read() is first  # nothing changed: the same list
+    fake.entries[130] = 1300
+    again = r.read()
+    assert again[129] == (130, 1300) and decoded[-1] == (130, 1300) and len(decoded) == 201
+    assert all(a is b for i, (a, b) in enumerate(zip(again, first, strict=True)) if i != 129)
+    fake.entries[201] = 201  # a new key: the keys moved, the lookup by key decodes only it
+    third = r.read()
+    assert len(decoded) == 202 and third[129] is again[129] and third[-1] == (201, 201)
