@@ -481,15 +481,16 @@ class BpfSource:
 
     def histograms(self) -> dict[Site, tuple[list[int], int]]:
         """Completed pair-timed and after-sleep waits: per site, slot counts and sum."""
-        hist = self._bpf[b"wait_hist"]
-        sums = self._bpf[b"wait_sum_ns"]
         counts = [0] * (NR_SITES * HIST_SLOTS)
-        for k, v in hist.items():
-            counts[_int(k)] = _int(v)
+        # one batch call each (bcc's walk of an array is a syscall per slot: 608 a scan)
+        for idx, n in self._read_map("wait_hist", lambda k, v: (_int(k), _int(v))):
+            if idx < len(counts):
+                counts[idx] = n
+        sums = dict(self._read_map("wait_sum_ns", lambda k, v: (_int(k), _int(v))))
         out = {}
         for site in Site:
             slots = counts[site * HIST_SLOTS : (site + 1) * HIST_SLOTS]
-            total_ns = int(sums[sums.Key(site)].value)
+            total_ns = sums.get(int(site), 0)
             if any(slots):
                 out[site] = (slots, total_ns)
         return out
