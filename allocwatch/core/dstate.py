@@ -42,6 +42,7 @@ class DstateNamer:
         self._unrelated: list[tuple[int, int]] = []  # (tid, start_ns) named "not a memory wait"
         self._last: tuple[list[InflightWait], list[Wait]] | None = None  # the last name_all: in, out
         self._unripe = 0  # sleeps of the last name_all too young to name yet
+        self._pruned = False  # prune() has run since the last full name_all
 
     def set_classify_after(self, ns: int) -> None:
         self._classify_after_ns = ns
@@ -85,6 +86,7 @@ class DstateNamer:
             return list(last[1])
         waits = []
         live = self._live = set()
+        self._pruned = False
         known = self._named
         unripe = 0
         for raw in raws:
@@ -114,10 +116,14 @@ class DstateNamer:
         return out
 
     def prune(self) -> None:
-        """Forget sleeps that were not in the last `name_all()`."""
+        """Forget sleeps that were not in the last `name_all()` (nothing to do
+        after one that gave its last answer again: the same sleeps as then)."""
+        if self._pruned:
+            return
         for key in [k for k in self._named if k not in self._live]:
             del self._named[key]
         self._seeded &= self._live
+        self._pruned = True
 
     def name_end(self, end: WaitEnd) -> Ended | None:
         named = self._named.get((end.tid, end.start_ns))

@@ -241,6 +241,34 @@ class Findings:
             return finding, None
         return None, None
 
+    def _short_way(
+        self, now_ns: int, inflight: Sequence[Wait]
+    ) -> tuple[dict[int, float], list[tuple[int, list[_Sample]]]]:
+        """Shares of the tasks with one sample older than the window (nothing
+        completed in it, as _idle_since says) and no episode open, where neither
+        rule can fire and the share is their time in flight over the window
+        (10,000 stalled: all of them); the other tasks, for the rules."""
+        window_ns = self.rules.window_ns
+        horizon = now_ns - window_ns
+        flying_ns: dict[int, int] = {}  # per task, without a list a task
+        get_ns = flying_ns.get
+        for w in inflight:
+            d = now_ns - w.start_ns
+            flying_ns[w.tid] = get_ns(w.tid, 0) + (0 if d < 0 else window_ns if d > window_ns else d)
+        open_tids = {key[1] for key in self._episodes if key[0] in (THROTTLED, LIVELOCK)}
+        no_progress = self._no_progress_since
+        shares: dict[int, float] = {}
+        rest: list[tuple[int, list[_Sample]]] = []
+        for tid, q in self._samples.items():
+            if len(q) == 1 and q[0].t_ns <= horizon and tid not in open_tids:
+                f = get_ns(tid, 0)
+                shares[tid] = 1.0 if f >= window_ns else f / window_ns
+                if tid in no_progress:
+                    del no_progress[tid]
+                continue
+            rest.append((tid, q))
+        return shares, rest
+
     def scan(
         self,
         now_ns: int,
@@ -251,31 +279,24 @@ class Findings:
     ) -> tuple[list[Finding], list[EpisodeEnd], dict[int, float]]:
         """Findings due now, episodes that ended, and every task's share of the window."""
         self._remember(now_ns, accts)
-        flying: dict[int, list[Wait]] = {}
-        for w in inflight:
-            flying.setdefault(w.tid, []).append(w)
+        inflight = list(inflight)
+        r = self.rules
+        no_progress = self._no_progress_since
         due: list[Finding] = []
         ended: list[EpisodeEnd] = []
-        shares: dict[int, float] = {}
-        r = self.rules
-        horizon = now_ns - r.window_ns
-        episodes = self._episodes
+        shares, rest = self._short_way(now_ns, inflight)
+        wanted = {tid for tid, _ in rest}
+        flying: dict[int, list[Wait]] = {}
+        for w in inflight:
+            if w.tid in wanted:
+                flying.setdefault(w.tid, []).append(w)
         no_waits: list[Wait] = []
-        for tid, q in list(self._samples.items()):
+        for tid, q in rest:
             a = q[-1].acct
-            # The short way: one sample, older than the window (nothing completed
-            # in it, as _idle_since says), and no episode open. Neither rule can
-            # fire; only the share is wanted (10,000 stalled: all of them).
-            if (len(q) == 1 and q[0].t_ns <= horizon and (THROTTLED, tid) not in episodes
-                    and (LIVELOCK, tid) not in episodes):
-                shares[tid] = self._flying_share(now_ns, flying.get(tid, no_waits))
-                if tid in self._no_progress_since:
-                    del self._no_progress_since[tid]
-                continue
             idle_since_ns = self._idle_since(tid, a, now_ns)
             if idle_since_ns is not None:  # the same, with samples that repeat an account
                 shares[tid] = self._flying_share(now_ns, flying.get(tid, no_waits))
-                self._no_progress_since.pop(tid, None)
+                no_progress.pop(tid, None)
                 continue
             share, per_site, crawl = self._window(tid, now_ns, flying.get(tid, []))
             waiting = _waiting_now(flying.get(tid, []))
