@@ -7,13 +7,13 @@ import pytest
 
 from allocwatch import config
 from allocwatch.core.cgroupstall import OTHER, CgroupLabeler, CgroupStallSeconds
-from allocwatch.core.model import InflightWait, WaitEnd
-from allocwatch.core.sites import SITE_DSTATE, Site
+from allocwatch.core.model import InflightWait
+from allocwatch.core.sites import Site
 from allocwatch.core.tracker import Ended, Wait
 from allocwatch.errors import ConfigError
 from allocwatch.outputs.metrics import SnapshotCollector, registry_for
 from tests.unit.test_daemon import fake_proc
-from tests.unit.test_snapshot_metrics import _daemon
+from tests.unit.test_snapshot_metrics import _daemon, hog_stalls_then_wakes
 
 S = 1_000_000_000
 
@@ -106,14 +106,7 @@ def test_waits_gone_unseen_are_forgotten():
 def test_the_collector_serves_per_cgroup_seconds_only_when_configured(tmp_path):
     d, src, out, clock = _daemon(tmp_path, threshold_s=2.0, metrics_cgroups=("/box",))
     fake_proc(tmp_path, 8, ["mem_cgroup_oom_synchronize"], cgroup="4:memory:/elsewhere\n")
-    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None),
-                 InflightWait(8, 8, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0)]
-    clock["ns"] = 3 * S
-    d.scan_once()
-    src.waits = []
-    src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, 4 * S, None, None, None)]
-    clock["ns"] = 4 * S
-    d.scan_once()
+    hog_stalls_then_wakes(d, src, clock, InflightWait(8, 8, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0))
     get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value
     name = "allocwatch_cgroup_memory_stalled_seconds_total"
     assert get(name, {"cgroup": "/box", "site": "memcg_oom_wait"}) == 4.0

@@ -110,15 +110,21 @@ def test_snapshot_holds_every_wait_in_flight_and_the_records_due(tmp_path):
         snap.scan = 5  # type: ignore[misc]
 
 
-def test_collector_exposes_the_snapshot(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
-    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
+def hog_stalls_then_wakes(d, src, clock, *others):
+    """A task in the memcg OOM wait since 0, seen at 3 s (past a 2 s threshold) with
+    `others` in flight beside it, and woken at 4 s."""
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None), *others]
     clock["ns"] = 3 * S
     d.scan_once()
     src.waits = []
     src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, 4 * S, None, None, None)]
     clock["ns"] = 4 * S
     d.scan_once()
+
+
+def test_collector_exposes_the_snapshot(tmp_path):
+    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    hog_stalls_then_wakes(d, src, clock)
     reg = registry_for(SnapshotCollector(lambda: d.latest, lambda: {"stdout": 3}))
     get = reg.get_sample_value
     assert get("allocwatch_wait_seconds_count", {"site": "memcg_oom_wait"}) == 1
