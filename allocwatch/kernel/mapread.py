@@ -18,7 +18,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -59,7 +58,7 @@ class MapReader(Generic[T]):
         self._high = 0  # the most entries a read has held since the buffers were last given back
         self._can_give_back = True  # False once madvise refused (locked memory)
         self._last: dict[bytes, tuple[bytes, T]] = {}
-        self._last_by_id: dict[int, tuple[bytes, T]] = {}  # the same, for keys that are ints
+        self._index: dict[int, int] = {}  # int keys: the entry's place in the last read (_pos)
         self._pos: tuple[bytes, bytes, list[T]] | None = None  # the last read: keys, values, objects
         self._walk: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None
         self.decoded = 0  # entries decoded since start (new or changed), for tests and benchmarks
@@ -117,27 +116,30 @@ class MapReader(Generic[T]):
             return self.decode_all(self._walk())
         keys, values, n = self.raw()
         ks, vs = self._ks, self._vs
-        vals = [values[i:i + vs] for i in range(0, n * vs, vs)]
         if ks not in _INT_KEYS:
-            return self.decode_all(zip([keys[i:i + ks] for i in range(0, n * ks, ks)], vals, strict=True))
+            return self.decode_all((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(n))
         if self._pos is not None and self._pos[0] == keys:
             return self._read_in_place(keys, values, n)
-        # a key of 4 or 8 bytes is looked up as the int it packs: no slice, a cheap hash
+        # A key of 4 or 8 bytes is looked up as the int it packs (no slice, a cheap
+        # hash), and gives the entry's place in the last read, whose buffers are
+        # kept: no bytes are kept per entry.
         ids: list[int] = memoryview(keys).cast(_INT_KEYS[ks]).tolist()  # type: ignore[call-overload]
-        last = self._last_by_id
-        now: dict[int, tuple[bytes, T]] = {}
+        last = self._index
+        old, objs = (self._pos[1], self._pos[2]) if self._pos is not None else (b"", [])
+        now: dict[int, int] = {}
         out = []
-        for i, v in enumerate(vals):
+        for i in range(n):
             ident = ids[i]
-            prev = last.get(ident)
-            if prev is not None and prev[0] == v:
-                obj = prev[1]
+            j = last.get(ident)
+            at = i * vs
+            if j is not None and values[at:at + vs] == old[j * vs:(j + 1) * vs]:
+                obj = objs[j]
             else:
-                obj = self._decode(keys[i * ks:(i + 1) * ks], v)
+                obj = self._decode(keys[i * ks:(i + 1) * ks], values[at:at + vs])
                 self.decoded += 1
-            now[ident] = (v, obj)
+            now[ident] = i
             out.append(obj)
-        self._last_by_id = now
+        self._index = now
         self._pos = (keys, values, out)
         return out
 
@@ -164,11 +166,9 @@ class MapReader(Generic[T]):
                 if v == old[j:j + vs]:
                     out.append(objs[i])
                     continue
-                k = keys[i * ks:(i + 1) * ks]
-                obj = self._decode(k, v)
+                obj = self._decode(keys[i * ks:(i + 1) * ks], v)
                 self.decoded += 1
-                self._last_by_id[int.from_bytes(k, sys.byteorder)] = (v, obj)
-                out.append(obj)
+                out.append(obj)  # same keys, same places: the index stays right
         self._pos = (keys, values, out)
         return out
 
