@@ -198,7 +198,7 @@ class BpfSource:
         # change: a task stalled for minutes is the same entry every scan.
         self._readers: dict[str, MapReader[Any]] = {}
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
-        self.idle_given_back = 0  # waits entries with no wait open deleted (_give_back_idle)
+        self.idle_given_back = 0  # map entries with no wait open deleted (_give_back_idle)
         self.rss_kb_before_drop: dict[str, int] = {}
         self.rss_kb: dict[str, int] = {}
 
@@ -362,11 +362,13 @@ class BpfSource:
         entries = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress))
         out = [w for w in entries if w.start_ns]  # start_ns 0: the task's entry, no wait open
         if len(entries) - len(out) > self.opts.max_waits // 2:
-            self._give_back_idle([w for w in entries if not w.start_ns])
+            key = self._bpf[b"waits"].Key
+            self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if not w.start_ns])
         every = self._read_map("dwaits", lambda k, v: (_int(k), v, wire.decode_dwait(_int(k), v, SITE_DSTATE)))
         dwaits = [e for e in every if e[2].start_ns]  # start_ns 0: the task's entry, no sleep open
         if len(every) - len(dwaits) > self.opts.max_dwaits // 2:
-            self._give_back_idle_dwaits([e[2] for e in every if not e[2].start_ns])
+            key = self._bpf[b"dwaits"].Key
+            self._give_back_idle("dwaits", [key(tid) for tid, _, w in every if not w.start_ns])
         if any(v.site_hint == Site.DIRTY_THROTTLE for _, v, _ in dwaits):
             pauses = self._dirty_pause_values()  # a pause note changes the decoding
             out += [wire.decode_dwait(tid, v, SITE_DSTATE, pauses[tid]) if tid in pauses else w
@@ -375,28 +377,19 @@ class BpfSource:
             out += [w for _, _, w in dwaits]
         return out
 
-    def _give_back_idle(self, idle: list[wire.InflightWait]) -> None:
+    def _give_back_idle(self, name: str, keys: list[Any]) -> None:
         """Delete entries with no wait open once they fill half the map: each task
-        keeps its entry for a site from its first wait there to its exit, and a
-        host with many threads that once reclaimed would fill the map. A wait
-        that begins in one just as it goes is lost (its end reads unmatched)."""
-        table = self._bpf[b"waits"]
-        for w in idle:
+        keeps its entry for a site (and one for D sleeps) from its first wait there
+        to its exit, and a host with many threads that once waited would fill the
+        map. A wait that begins in one just as it goes is lost (its end reads
+        unmatched)."""
+        table = self._bpf[name.encode()]
+        for key in keys:
             try:
-                del table[table.Key(tid=w.tid, site=w.site)]
+                del table[key]
             except KeyError:
                 pass
-        self.idle_given_back += len(idle)
-
-    def _give_back_idle_dwaits(self, idle: list[wire.InflightWait]) -> None:
-        """As `_give_back_idle`, for the D-state map."""
-        table = self._bpf[b"dwaits"]
-        for w in idle:
-            try:
-                del table[table.Key(w.tid)]
-            except KeyError:
-                pass
-        self.idle_given_back += len(idle)
+        self.idle_given_back += len(keys)
 
     def _dirty_pause_values(self) -> dict[int, wire.DirtyPauseValue]:
         if not self._dirty_pauses or BALANCE_DIRTY_PAGES not in self._attached_tps:
