@@ -104,17 +104,6 @@ static __always_inline void acct_wait(u32 tid, u32 pid, const char *comm, u32 si
     __sync_fetch_and_add(&a->waits[site], 1);
 }
 
-static __always_inline void acct_reclaim(u32 tid, u32 pid, const char *comm, u64 nr_reclaimed)
-{
-    struct aw_task_acct *a = acct_of(tid, pid, comm);
-    if (!a)
-        return;
-    __sync_fetch_and_add(&a->reclaim_passes, 1);
-    if (nr_reclaimed == 0)
-        __sync_fetch_and_add(&a->reclaim_zero, 1);
-    __sync_fetch_and_add(&a->reclaimed_pages, nr_reclaimed);
-}
-
 static __always_inline void stat_inc(u32 idx)
 {
     u64 *v = stats.lookup(&idx);
