@@ -49,7 +49,7 @@ class MapReader(Generic[T]):
         self._batch = batch
         self._decode = decode
         # Anonymous mappings, not ctypes buffers: a page costs memory only once the
-        # kernel has written entries into it (32,768 waits of 72 bytes: 2.3 MiB
+        # kernel has written entries into it (32,768 waits of 64 bytes: 2 MiB
         # zero-filled at start otherwise, for a map that is empty when all is well).
         self._kmap = mmap.mmap(-1, max(key_size * max_entries, 1))
         self._vmap = mmap.mmap(-1, max(value_size * max_entries, 1))
