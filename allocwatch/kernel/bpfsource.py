@@ -364,14 +364,15 @@ class BpfSource:
         if len(entries) - len(out) > self.opts.max_waits // 2:
             key = self._bpf[b"waits"].Key
             self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if not w.start_ns])
-        every = self._read_map("dwaits", lambda k, v: (_int(k), v, wire.decode_dwait(_int(k), v, SITE_DSTATE)))
+        # The value is kept only for a dirty-throttle sleep, whose pause note may change its decoding.
+        every = self._read_map("dwaits", lambda k, v: _dwait_row(_int(k), v))
         dwaits = [e for e in every if e[2].start_ns]  # start_ns 0: the task's entry, no sleep open
         if len(every) - len(dwaits) > self.opts.max_dwaits // 2:
             key = self._bpf[b"dwaits"].Key
             self._give_back_idle("dwaits", [key(tid) for tid, _, w in every if not w.start_ns])
-        if any(v.site_hint == Site.DIRTY_THROTTLE for _, v, _ in dwaits):
+        if any(v is not None for _, v, _ in dwaits):
             pauses = self._dirty_pause_values()  # a pause note changes the decoding
-            out += [wire.decode_dwait(tid, v, SITE_DSTATE, pauses[tid]) if tid in pauses else w
+            out += [wire.decode_dwait(tid, v, SITE_DSTATE, pauses[tid]) if v is not None and tid in pauses else w
                     for tid, v, w in dwaits]
         else:
             out += [w for _, _, w in dwaits]
@@ -528,6 +529,10 @@ def _quietly(fn: Any, arg: Any) -> None:
 
 def features_have(features: KernelFeatures, tp: Tracepoint) -> bool:
     return features.has_tracepoint(tp.name, tp.fields)
+
+
+def _dwait_row(tid: int, v: wire.WaitValue) -> tuple[int, wire.WaitValue | None, wire.InflightWait]:
+    return tid, v if v.site_hint == Site.DIRTY_THROTTLE else None, wire.decode_dwait(tid, v, SITE_DSTATE)
 
 
 def _int(v: Any) -> int:

@@ -6,6 +6,7 @@ Every function takes the procfs root, so tests point it at a fake tree.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 DEFAULT_PROCFS = Path("/proc")
@@ -46,7 +47,8 @@ def kernel_stack(procfs: Path, pid: int, tid: int) -> list[str] | None:
         sym = line.split("] ", 1)[-1].strip()
         name = sym.split("+", 1)[0].strip()
         if name:
-            frames.append(name)
+            # interned: 10,000 tasks stalled at one site hold one copy of each name
+            frames.append(sys.intern(name))
     return frames
 
 
@@ -61,10 +63,10 @@ def memory_cgroup(procfs: Path, pid: int, tid: int) -> str | None:
         if len(parts) != 3:
             continue
         if "memory" in parts[1].split(","):
-            return parts[2]
+            return sys.intern(parts[2])
         if parts[0] == "0" and parts[1] == "":
             unified = parts[2]
-    return unified
+    return None if unified is None else sys.intern(unified)  # kept per wait: one copy a cgroup
 
 
 def task_state(procfs: Path, pid: int, tid: int) -> str | None:
