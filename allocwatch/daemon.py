@@ -23,7 +23,7 @@ from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
-from allocwatch.core.host import KswapdInfo, MemcgInfo, vmstat_delta
+from allocwatch.core.host import KswapdInfo, MemcgInfo, TaskInfo, vmstat_delta
 from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
     LIMIT_TEXT,
@@ -61,6 +61,7 @@ from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitK
 from allocwatch.core.victims import VictimBook, cgroup_waiters
 from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
+from allocwatch.kernel.waitfacts import WaitFacts
 from allocwatch.live import LiveReader
 
 
@@ -146,7 +147,8 @@ class Daemon:
         self.victims = VictimBook(any(c.site == Site.OOM_REAPER.label and c.attached for c in self.coverage))
         self._scanned: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
         self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid (_stall_block empties it)
-        self._wait_cgroups: dict[WaitKey, str | None] = {}  # a stalled wait's cgroup, as first read (_brief)
+        self.facts = WaitFacts(proc)  # cgroup, uid, cmdline: read once a wait, ahead of its first block
+        self._ahead_ns = self._read_ahead_ns(cfg)
         self._kswapd_pids: list[tuple[int, int]] | None = None
         self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
         self._last_vmstat: dict[str, int] = {}
@@ -183,11 +185,13 @@ class Daemon:
         stack = self.namer.stack_of(w.tid, w.start_ns) if w.dstate else None
         if stack is None:
             stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
-        cgroup = procfs.memory_cgroup(self.proc, w.pid, w.tid)
-        info, flags = hostfs.task_facts(self.proc, w.pid, w.tid, self._cmdlines)  # one read of stat and status
+        cgroup = self.facts.cgroup(w)
+        uid, cmdline = self.facts.owner(w, self._cmdlines)
+        state, flags = hostfs.task_now(self.proc, w.pid, w.tid)  # the one read a listed task's report waits for
+        info = TaskInfo(pid=w.pid, tid=w.tid, uid=uid, cmdline=cmdline, state=state)
         return TaskDetail(
             cgroup=cgroup,
-            state=info.state,
+            state=state,
             stack=stack,
             gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
             memcg=self._memcg(cgroup),
@@ -350,16 +354,14 @@ class Daemon:
     def _brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail], wait: Wait | None = None) -> TaskDetail:
         """A task the block only counts (past max_tasks_per_block): its cgroup, for
         the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info.
-        A stalled wait's cgroup is read once, at its first block: each escalation
-        read it again otherwise (10,000 stalled: 10,000 reads every threshold)."""
+        A stalled wait's cgroup is read once (WaitFacts): each escalation read it
+        again otherwise (10,000 stalled: 10,000 reads every threshold)."""
         if tid in read:
             cgroup = read[tid].cgroup
-        elif wait is not None and wait.key in self._wait_cgroups:
-            cgroup = self._wait_cgroups[wait.key]
+        elif wait is not None:
+            cgroup = self.facts.cgroup(wait)
         else:
             cgroup = procfs.memory_cgroup(self.proc, pid, tid)
-            if wait is not None:
-                self._wait_cgroups[wait.key] = cgroup
         flags = hostfs.task_flags(self.proc, pid, tid)
         return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
 
@@ -394,14 +396,15 @@ class Daemon:
             return None
         self._memcg_cache = {}
         self._cmdlines = {}  # by pid, for this block only
-        live = {w.key for w in self._scanned[0]}  # cgroups of waits that ended are forgotten
-        self._wait_cgroups = {k: v for k, v in self._wait_cgroups.items() if k in live}
         # The cgroup filter needs each task's cgroup; the rest of /proc is read
         # below only for the tasks the block lists (max_tasks_per_block).
         details: dict[int, TaskDetail] = {}
         if self.cfg.cgroups:
-            for tid, pid in {(s.wait.tid, s.wait.pid) for s in stalls} | {(f.tid, f.pid) for f in findings}:
-                details[tid] = TaskDetail(cgroup=procfs.memory_cgroup(self.proc, pid, tid))
+            for s in stalls:
+                details[s.wait.tid] = TaskDetail(cgroup=self.facts.cgroup(s.wait))
+            for f in findings:
+                if f.tid not in details:
+                    details[f.tid] = TaskDetail(cgroup=procfs.memory_cgroup(self.proc, f.pid, f.tid))
         kept = []
         for s in stalls:
             if self._wanted(details.get(s.wait.tid)):
@@ -485,7 +488,11 @@ class Daemon:
         now_ns = self.clock_ns()
         waits, ended, kills = self._read(now_ns)
         self._watch_kswapd(now_ns)
-        result = self.tracker.scan(now_ns, waits, ended)
+        result = self.tracker.scan(now_ns, waits, ended, self._ahead_ns)
+        if len(self.facts) > len(waits):  # some waits ended: forget them
+            self.facts.keep({w.key for w in waits})
+        if result.nearing:
+            self.facts.read_ahead(result.nearing, self.cfg.max_tasks_per_block)
         self.scans += 1
         wall = self.wall_s()
         stats = self.source.stats()
@@ -586,6 +593,13 @@ class Daemon:
         self.namer.set_classify_after(cfg.classify_after_ns)
         self._report_interval_ns = round(cfg.report_interval_s * NS_PER_S)
         self._slack_ns = round(cfg.scan_interval_s * NS_PER_S) // 2
+        self._ahead_ns = self._read_ahead_ns(cfg)
+
+    @staticmethod
+    def _read_ahead_ns(cfg: Config) -> int:
+        """How long before its threshold a wait's facts are read: two scans, so
+        that one scan at least falls between the reading and the block."""
+        return 2 * round(cfg.scan_interval_s * NS_PER_S)
 
     def run(self, stop: threading.Event, between_scans: Callable[[], None] = lambda: None) -> None:
         """Scan every scan_interval_s until `stop` is set; a last scan at the end.

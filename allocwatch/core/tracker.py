@@ -102,6 +102,8 @@ class ScanResult:
     recovered: list[Recovered]
     stalled_now: int  # waits at or over their threshold now, due or not
     stalled_tids: set[int] = field(default_factory=set)  # the tasks of those waits
+    # waits under their threshold that reach it within the scan's `ahead_ns`, longest first
+    nearing: list[Wait] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -136,8 +138,10 @@ class Tracker:
         # rest are counted in the kernel's wait_hist.
         self.dstate_completed: dict[Site, SiteTotals] = {}
 
-    def scan(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended]) -> ScanResult:
-        """One scan. `inflight` was read before `ended` was drained."""
+    def scan(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended], ahead_ns: int = 0) -> ScanResult:
+        """One scan. `inflight` was read before `ended` was drained. Waits that
+        reach their threshold within `ahead_ns` are given as `nearing`, so that what
+        their first report reads of them can be read before it is due."""
         ended_by_key = {e.wait.key: e for e in ended}
         for e in ended_by_key.values():
             if not e.counted_in_kernel:
@@ -147,6 +151,7 @@ class Tracker:
         seen: set[WaitKey] = set()
         stalled_now = 0
         stalled_tids: set[int] = set()
+        nearing: list[tuple[int, Wait]] = []
         for_site = self.thresholds.for_site
         for w in inflight:
             key = w.key
@@ -155,8 +160,11 @@ class Tracker:
             seen.add(key)
             duration_ns = now_ns - w.start_ns
             duration_ns = max(duration_ns, 0)
-            level = duration_ns // for_site(w.site)
+            threshold_ns = for_site(w.site)
+            level = duration_ns // threshold_ns
             if level < 1:
+                if ahead_ns and duration_ns + ahead_ns >= threshold_ns:
+                    nearing.append((duration_ns, w))
                 continue
             stalled_now += 1
             stalled_tids.add(w.tid)
@@ -182,4 +190,5 @@ class Tracker:
             else:
                 recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
         stalls.sort(key=lambda s: -s.duration_ns)
-        return ScanResult(stalls, recovered, stalled_now, stalled_tids)
+        nearing.sort(key=lambda dw: -dw[0])
+        return ScanResult(stalls, recovered, stalled_now, stalled_tids, [w for _, w in nearing])

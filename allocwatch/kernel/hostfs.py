@@ -350,15 +350,34 @@ def task_facts(
     status = _status(_text(task_file(proc, pid, tid, "status")))
     fields = _stat(task_file(proc, pid, tid, "stat"))[1]
     uids = status.get("Uid", [])
-    if cmdlines is not None and pid in cmdlines:
-        cmdline = cmdlines[pid]
-    else:
-        cmdline = _cmdline(_bytes(f"{proc}/{pid}/cmdline"))
-        if cmdlines is not None:
-            cmdlines[pid] = cmdline
-    info = TaskInfo(pid=pid, tid=tid, uid=_int(uids[0]) if uids else None, cmdline=cmdline,
+    info = TaskInfo(pid=pid, tid=tid, uid=_int(uids[0]) if uids else None, cmdline=_cmdline_of(proc, pid, cmdlines),
                     state=fields[0] if fields else None)
     return info, _flags(fields, status)
+
+
+def task_owner(
+    proc: Path, pid: int, tid: int, cmdlines: dict[int, str | None] | None = None
+) -> tuple[int | None, str | None]:
+    """The thread's real uid (status) and its process's cmdline; `cmdlines` as
+    for task_facts. Each None when unreadable."""
+    uids = _status(_text(task_file(proc, pid, tid, "status"))).get("Uid", [])
+    return (_int(uids[0]) if uids else None), _cmdline_of(proc, pid, cmdlines)
+
+
+def _cmdline_of(proc: Path, pid: int, cmdlines: dict[int, str | None] | None) -> str | None:
+    if cmdlines is not None and pid in cmdlines:
+        return cmdlines[pid]
+    cmdline = _cmdline(_bytes(f"{proc}/{pid}/cmdline"))
+    if cmdlines is not None:
+        cmdlines[pid] = cmdline
+    return cmdline
+
+
+def task_now(proc: Path, pid: int, tid: int) -> tuple[str | None, TaskFlags]:
+    """The thread's state letter and task_flags, from one read of its stat (as
+    task_flags: SIGKILL in the thread's own pending set says dying)."""
+    fields = _stat(task_file(proc, pid, tid, "stat"))[1]
+    return (fields[0] if fields else None), _flags(fields, {})
 
 
 def _flags(fields: list[str], status: dict[str, list[str]]) -> TaskFlags:

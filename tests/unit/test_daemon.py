@@ -380,9 +380,10 @@ def test_each_tasks_share_of_the_window_is_in_the_snapshot_and_its_rows(tmp_path
     assert row["tid"] == 7 and row["share"] == 0.5
 
 
-def test_a_counted_task_has_its_cgroup_read_once_per_wait(tmp_path, monkeypatch):
-    """Past max_tasks_per_block a task is only counted (by cgroup): its cgroup is read
-    at its wait's first block and kept for the escalations, until the wait ends."""
+def test_a_task_has_its_cgroup_read_once_per_wait_listed_or_counted(tmp_path, monkeypatch):
+    """Past max_tasks_per_block a task is only counted (by cgroup). Listed or
+    counted, its cgroup is read once in its wait and kept for the escalations,
+    until the wait ends."""
     for t in range(10, 14):
         fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"], cgroup=f"4:memory:/box{t}\n")
     reads: list[int] = []
@@ -404,13 +405,12 @@ def test_a_counted_task_has_its_cgroup_read_once_per_wait(tmp_path, monkeypatch)
     assert len(listed) == 1
     (shown,) = listed
     counted = sorted({10, 11, 12, 13} - listed)
-    assert sorted(t for t in reads if t != shown) == counted  # the counted tasks: once each
-    assert reads.count(shown) == 3  # the listed one is read afresh each time
+    assert sorted(reads) == [10, 11, 12, 13]  # once each, over three blocks
     gone = next(w for w in src.waits if w.tid == counted[0])
     src.waits = [w for w in src.waits if w is not gone]  # that wait ended: its cgroup is forgotten
     clock["ns"] = 5 * S
     d.scan_once()
-    assert gone.tid not in {k[0] for k in d._wait_cgroups}
+    assert gone.tid not in {k[0] for k in d.facts._cgroups}
 
 
 def test_a_map_that_fills_is_said_in_the_next_block_and_on_stderr_once_per_growth(tmp_path):
@@ -433,3 +433,46 @@ def test_a_map_that_fills_is_said_in_the_next_block_and_on_stderr_once_per_growt
     assert limits[-1]["totals"] == {"waits_full": 5, "dwaits_full": 77} and limits[0]["seq"] < limits[1]["seq"]
     assert len(said) == 3 and said[0].startswith("D-state map full: 76 sleep(s) not tracked")
     assert any(s.startswith("in-flight wait map full: 5 wait(s)") for s in said)
+
+
+def test_what_a_block_says_of_a_task_that_cannot_change_is_read_before_it_is_due(tmp_path, monkeypatch):
+    """cgroup, uid and cmdline of a wait nearing its threshold are read in an
+    earlier scan (two scan intervals ahead); the scan that makes its block reads
+    only stat, and the block still says them all."""
+    fake_proc(tmp_path, 10, ["mem_cgroup_oom_synchronize"], cgroup="4:memory:/box\n")
+    (tmp_path / "10" / "task" / "10" / "status").write_text("Name:\tw\nUid:\t1234\t1234\t1234\t1234\n")
+    (tmp_path / "10" / "cmdline").write_bytes(b"w\0--fast\0")
+    d, src, sink, clock = make(tmp_path, threshold_s=5.0)
+    opened: list[tuple[int, str]] = []
+    real_open = open
+
+    def watching(path, *a, **kw):
+        if str(path).startswith(str(tmp_path)):
+            opened.append((clock["ns"] // S, str(path).rsplit("/", 1)[-1]))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr("builtins.open", watching)
+    src.waits = [InflightWait(10, 10, "w", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0)]
+    for t in range(1, 7):
+        clock["ns"] = t * S
+        d.scan_once()
+    facts = {"cgroup", "status", "cmdline"}
+    assert {name for at, name in opened if at < 3} & facts == set()  # not before it nears
+    assert {name for at, name in opened if at == 3} & facts == facts  # 2 s from its threshold of 5 s
+    due = {name for at, name in opened if at == 5}
+    assert "stat" in due and not {"cgroup", "status", "cmdline"} & due
+    (block,) = [json.loads(w) for w in sink.writes]
+    (task,) = block["tasks"]
+    assert (task["cgroup"], task["uid"], task["cmdline"], task["state"]) == ("/box", 1234, "w --fast", "D")
+
+
+def test_read_ahead_reads_owners_only_for_the_tasks_a_block_lists(tmp_path):
+    for t in range(10, 14):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"], cgroup=f"4:memory:/box{t}\n")
+    d, src, sink, clock = make(tmp_path, threshold_s=5.0, max_tasks_per_block=2)
+    src.waits = [InflightWait(t, t, "w", int(Site.MEMCG_RECLAIM), t * S // 10, 0xCC0, 0) for t in range(10, 14)]
+    clock["ns"] = 4_500_000_000  # each 3.2 to 3.5 s in: within 2 s of its threshold
+    d.scan_once()
+    assert {k[0] for k in d.facts._cgroups} == {10, 11, 12, 13}  # every task's, for the count by cgroup
+    assert {k[0] for k in d.facts._owners} == {10, 11}  # the two longest: those a block lists
+    assert not sink.writes

@@ -102,3 +102,17 @@ def test_pair_wait_and_dstate_wait_of_same_task_are_distinct():
     a = wait(site=Site.MEMCG_RECLAIM, dstate=False)
     b = wait(site=Site.WRITEBACK_WAIT, dstate=True)
     assert len(t.scan(2 * S, [a, b], []).stalls) == 2
+
+
+def test_waits_nearing_their_threshold_are_given_longest_first():
+    t = Tracker(Thresholds(default_ns=10 * S, per_site_ns={Site.DIRECT_RECLAIM: 4 * S}))
+    ws = [wait(1, start=0), wait(2, start=1 * S), wait(3, start=3 * S),
+          wait(4, Site.DIRECT_RECLAIM, start=6 * S, dstate=False)]
+    r = t.scan(9 * S, ws, [], ahead_ns=2 * S)
+    # 9 s, 8 s of 10 s are within 2 s; 6 s is not; 3 s of its site's 4 s is
+    assert [w.tid for w in r.nearing] == [1, 2, 4]
+    assert not r.stalls
+    r = t.scan(10 * S, ws, [], ahead_ns=2 * S)
+    assert [s.wait.tid for s in r.stalls] == [1, 4]  # due now: no longer nearing
+    assert [w.tid for w in r.nearing] == [2]  # 3 is 7 s in: 3 s short
+    assert t.scan(10 * S, ws, []).nearing == []  # none asked for
