@@ -300,6 +300,17 @@ def _test_wedge() -> Callable[[], None]:
     return between_scans
 
 
+def _once(step: Callable[[], None]) -> Callable[[], None]:
+    done = [False]
+
+    def first_time() -> None:
+        if not done[0]:
+            done[0] = True
+            step()
+
+    return first_time
+
+
 def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
     def run_all() -> None:
         for step in steps:
@@ -397,7 +408,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         notifier.ready(f"watching {coverage.summarize(source.status).line()}")
         if server is not None:
             server.start()
-        daemon.run(stop, _between_scans(_reloader(args, overrides, daemon, source, fmt, notifier), _test_wedge()))
+        reload_step = _reloader(args, overrides, daemon, source, fmt, notifier)
+        daemon.run(stop, _between_scans(_once(source.trim_heap), reload_step, _test_wedge()))
         notifier.stopping()
         if sink.error is None:
             sink.write([daemon.summary()])

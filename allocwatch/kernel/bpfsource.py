@@ -236,7 +236,7 @@ class BpfSource:
             self.status = [self._attach_site(p) for p in self.plans]
         if not self.opts.keep_compiler:
             self._free_compiler()
-        _release_build_memory()
+        trim_heap()
         before = _rss_kb()
         _drop_compiler_text()
         self.rss_kb_before_drop, self.rss_kb = before, _rss_kb()
@@ -493,6 +493,10 @@ class BpfSource:
 
     # -- stop -------------------------------------------------------------
 
+    def trim_heap(self) -> None:
+        """The daemon calls this once, after its first scan (see trim_heap below)."""
+        trim_heap()
+
     def close(self) -> None:
         """Detach everything, then free the maps. Each tracepoint detach waits
         for the kernel (about 75 ms each here, 1.5 s for 20 in a row), so they
@@ -593,8 +597,10 @@ def _rss_kb(status: Path = Path("/proc/self/status")) -> dict[str, int]:
     return out
 
 
-def _release_build_memory() -> None:
-    """Give back the compiler's heap: about 25 MB of anonymous memory, measured on 6.18."""
+def trim_heap() -> None:
+    """Give back the free memory at the top of the C heap (malloc_trim): after
+    load, the compiler's (about 25 MB of anonymous memory, measured on 6.18);
+    after the first scan, what starting up left (2.3 MB, measured on 6.18)."""
     libc_name = ctypes.util.find_library("c")
     if libc_name:
         try:

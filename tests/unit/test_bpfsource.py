@@ -63,7 +63,7 @@ class FakeBcc:
 def source(monkeypatch):
     monkeypatch.setattr(bpfsource, "import_bcc", lambda: FakeBcc)
     monkeypatch.setattr(bpfsource, "check_headers", lambda release: None)
-    monkeypatch.setattr(bpfsource, "_release_build_memory", lambda: None)
+    monkeypatch.setattr(bpfsource, "trim_heap", lambda: None)
 
     def make(kernel, fail=()):
         FakeBPF.fail = set(fail)
