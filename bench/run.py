@@ -9,9 +9,9 @@ the full run about 10. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
 FIGURES (comma-separated, default all): per-event, primitives, slowdown, idle, latency,
-scale, default-stalled, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
+scale, default-stalled, memory, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
 into a temporary directory): HEAD to leave out uncommitted changes, an older
-commit for a before/after (its allocwatch/ and bpf/).
+commit for a before/after (its allocwatch/ and bpf/); `memory` always measures this tree's.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:
 from bench import figures, procinfo, report, tools  # noqa: E402
 from bench.stats import render_markdown  # noqa: E402
 
-ALL = ("per-event", "primitives", "slowdown", "idle", "latency", "scale", "default-stalled", "dstate")
+ALL = ("per-event", "primitives", "slowdown", "idle", "latency", "scale", "default-stalled", "memory", "dstate")
 
 
 def say(text: str) -> None:
@@ -74,6 +74,10 @@ def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
         data["scale"] = figures.scale(mode, say)
     if "default-stalled" in only:
         data["default_stalled"] = figures.stalled_default(mode, say)
+    if "memory" in only:
+        from bench import memory  # this tree's daemon, in this process (not --daemon-rev's)
+
+        data["memory"] = memory.measure(say)
     if "dstate" in only:
         data["dstate"] = figures.dstate(args.quick, say)
     return data
@@ -104,6 +108,13 @@ def rows_of(data: dict[str, Any], label: str) -> list[Any]:
     return rows
 
 
+def print_memory(data: dict[str, Any]) -> None:
+    if data.get("memory"):
+        from bench import memory
+
+        print("\nWhere the memory goes (bench/memory.py): " + memory.render(data["memory"]))
+
+
 def print_profiles(data: dict[str, Any]) -> None:
     for n, r in (data.get("scale") or {}).get("runs", {}).items():
         if r.get("profile"):
@@ -130,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(args.render.read_text())
         rev = saved["heading"].split("daemon of ", 1)[1].split(" ", 1)[0] if "daemon of " in saved["heading"] else ""
         print(saved["heading"] + "\n\n" + render_markdown(rows_of(saved["data"], f" ({rev})" if rev else "")))
+        print_memory(saved["data"])
         print_profiles(saved["data"])
         return 0
     if os.geteuid() != 0:
@@ -156,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             f"kernel {m['kernel']}; Python {platform.python_version()}")
     table = render_markdown(rows_of(data, f" ({rev})" if rev else ""))
     print(head + "\n\n" + table)
+    print_memory(data)
     print_profiles(data)
     if args.json:
         args.json.write_text(json.dumps({"heading": head, "machine": m, "data": data, "table": table},

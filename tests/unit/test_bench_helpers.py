@@ -4,6 +4,7 @@ No timing is asserted anywhere: benchmarks are not tests."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from bench import procinfo
 from bench.stats import Row, percentile, ratios, render_markdown, spread, verdict
@@ -57,3 +58,32 @@ def test_collapsed_stacks_give_self_and_inclusive_shares():
     assert top["self"] == [("read (r.py)", 0.6), ("scan (s.py)", 0.2)]
     # main and scan are in (nearly) every sample: left out of the inclusive list
     assert top["inclusive"] == [("read (r.py)", 0.6), ("idle (i.py)", 0.2)]
+
+
+def test_memory_readings_of_this_process_add_up():
+    from bench import memory
+
+    parts = memory.anon_parts()
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+    rss_anon = int(status["RssAnon"].split()[0]) * 1024
+    assert abs(sum(parts.values()) - rss_anon) < 4 << 20  # the same pages, read a moment apart
+    held = [bytearray(100) for _ in range(20_000)]  # small objects: pymalloc's
+    assert memory.pymalloc_in_use() > 2_000_000
+    assert memory.c_heap()["in use"] > 0
+    del held
+
+
+def test_memory_sizes_count_a_shared_object_once_for_the_first_owner():
+    from bench import memory
+
+    shared = list(range(1000, 2000))
+
+    class D:
+        pass
+
+    d = D()
+    d.source, d.namer, d.tracker, d.findings, d.facts = D(), [shared], [shared], {}, {}
+    d._scanned, d.latest = (), None
+    sizes = memory.deep_sizes(d)  # type: ignore[arg-type]
+    assert sizes["D-state namer (stacks, named sleeps)"] > 1000 * 28
+    assert sizes["tracker (reported waits)"] < 200  # its list only: the ints were counted above
