@@ -201,13 +201,24 @@ class SocketServer:
         self._wake()
 
     def _wake(self) -> None:
+        if self._closing:  # the pipe is close()'s now, and may be closed
+            return
         with contextlib.suppress(BlockingIOError):
             os.write(self._wake_w, b"x")
 
     def close(self, timeout_s: float = 1.0) -> None:
+        """Stop the socket thread and remove the socket. The wake pipe is closed
+        here, once the thread has ended: closed by the thread, a wake written
+        after it would go to a closed descriptor, or to a file that reused it."""
+        if self._closing:
+            return
         self._closing = True
-        self._wake()
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"x")
         self._thread.join(timeout_s)
+        if not self._thread.is_alive():
+            os.close(self._wake_r)
+            os.close(self._wake_w)
         with contextlib.suppress(OSError):
             if os.lstat(self.path).st_ino == self._inode:  # ours, not a successor's
                 self.path.unlink()
@@ -237,8 +248,6 @@ class SocketServer:
                 self._drop(sel, c)
             sel.close()
             self._listener.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
 
     def _refuse(self, conn: socket.socket, why: str) -> None:
         self.clients_refused += 1

@@ -237,3 +237,15 @@ def test_a_snapshot_that_cannot_be_rendered_is_said_once_and_the_socket_goes_on(
         feed.close()
     finally:
         srv.close()
+
+
+def test_a_server_closed_at_once_closes_cleanly_every_time(sockdir):
+    """close() right after start, before the thread is in its loop: the thread
+    once closed the wake pipe as close() wrote to it (EBADF, or a write to a
+    file that reused the descriptor)."""
+    for i in range(200):
+        before = set(os.listdir("/proc/self/fd"))
+        srv = SocketServer(str(sockdir / f"s{i}.sock"))
+        srv.close()
+        srv.close()  # twice: nothing more happens
+        assert set(os.listdir("/proc/self/fd")) <= before  # nothing left open
