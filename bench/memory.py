@@ -16,13 +16,14 @@ been made), each as a difference from the process before the source loaded:
   the first that reaches it);
 - then what malloc_trim(0) gives back of the heap.
 
-    .venv/bin/python bench/memory.py      # as root; about 40 s
+    .venv/bin/python bench/memory.py      # as root; about 40 s (bench/run.py runs it: `--only memory`)
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
+import json
 import os
 import re
 import sys
@@ -205,4 +206,7 @@ def render(m: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    print(render(measure(lambda t: print(t, file=sys.stderr))))
+    # --json: the raw numbers, for bench/run.py, which runs this in a fresh process
+    # (its own heap, after its other figures, is no baseline)
+    result = measure(lambda t: print(f"[{time.strftime('%H:%M:%S')}] {t}", file=sys.stderr, flush=True))
+    print(json.dumps(result) if sys.argv[1:] == ["--json"] else render(result))

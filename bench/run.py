@@ -74,10 +74,10 @@ def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
         data["scale"] = figures.scale(mode, say)
     if "default-stalled" in only:
         data["default_stalled"] = figures.stalled_default(mode, say)
-    if "memory" in only:
-        from bench import memory  # this tree's daemon, in this process (not --daemon-rev's)
-
-        data["memory"] = memory.measure(say)
+    if "memory" in only:  # this tree's daemon (not --daemon-rev's), in a fresh process
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "memory.py"), "--json"], stdout=subprocess.PIPE,
+                             text=True, check=True).stdout
+        data["memory"] = json.loads(out)
     if "dstate" in only:
         data["dstate"] = figures.dstate(args.quick, say)
     return data
