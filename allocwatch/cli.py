@@ -20,6 +20,7 @@ from typing import Any
 
 from allocwatch import __version__, config, preflight, topcmd
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, MetricsPortInUse, NothingAttached, OutputClosed
+from allocwatch.heap import HeapTrimmer
 from allocwatch.kernel import coverage, kernelinfo, probes
 from allocwatch.kernel.probes import uses_dstate
 from allocwatch.outputs import journal, report
@@ -300,17 +301,6 @@ def _test_wedge() -> Callable[[], None]:
     return between_scans
 
 
-def _once(step: Callable[[], None]) -> Callable[[], None]:
-    done = [False]
-
-    def first_time() -> None:
-        if not done[0]:
-            done[0] = True
-            step()
-
-    return first_time
-
-
 def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
     def run_all() -> None:
         for step in steps:
@@ -319,10 +309,10 @@ def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
     return run_all
 
 
-def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int) -> None:
-    """The one line that says it is watching, and what it could not do for itself."""
-    why_not = [w for w in (preflight.lower_oom_score(cfg.oom_score_adj),
-                           preflight.lock_memory() if cfg.lock_memory else None,
+def _announce(cfg: config.Config, source: Any, serving: bool, seeded: int, lock_note: str | None) -> None:
+    """The one line that says it is watching, and what it could not do for itself
+    (`lock_note`: why lock_memory did not lock, if it did not)."""
+    why_not = [w for w in (preflight.lower_oom_score(cfg.oom_score_adj), lock_note,
                            preflight.pid_namespace_note()) if w]
     rss = source.rss_kb
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
@@ -404,12 +394,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             _serve_top(daemon, sock)
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
-        _announce(cfg, source, server is not None, seeded)
+        lock_note = preflight.lock_memory() if cfg.lock_memory else None
+        trimmer = HeapTrimmer(locked=cfg.lock_memory and lock_note is None)
+        _announce(cfg, source, server is not None, seeded, lock_note)
         notifier.ready(f"watching {coverage.summarize(source.status).line()}")
         if server is not None:
             server.start()
         reload_step = _reloader(args, overrides, daemon, source, fmt, notifier)
-        daemon.run(stop, _between_scans(_once(source.trim_heap), reload_step, _test_wedge()))
+        daemon.run(stop, _between_scans(trimmer.after_scan, reload_step, _test_wedge()))
         notifier.stopping()
         if sink.error is None:
             sink.write([daemon.summary()])

@@ -493,10 +493,6 @@ class BpfSource:
 
     # -- stop -------------------------------------------------------------
 
-    def trim_heap(self) -> None:
-        """The daemon calls this once, after its first scan (see trim_heap below)."""
-        trim_heap()
-
     def close(self) -> None:
         """Detach everything, then free the maps. Each tracepoint detach waits
         for the kernel (about 75 ms each here, 1.5 s for 20 in a row), so they
@@ -598,9 +594,9 @@ def _rss_kb(status: Path = Path("/proc/self/status")) -> dict[str, int]:
 
 
 def trim_heap() -> None:
-    """Give back the free memory at the top of the C heap (malloc_trim): after
-    load, the compiler's (about 25 MB of anonymous memory, measured on 6.18);
-    after the first scan, what starting up left (2.3 MB, measured on 6.18)."""
+    """Give back the compiler's heap (malloc_trim), before the daemon locks its
+    pages: about 25 MB of anonymous memory, measured on 6.18. Later trims are
+    allocwatch/heap.py's."""
     libc_name = ctypes.util.find_library("c")
     if libc_name:
         try:

@@ -1,0 +1,71 @@
+"""allocwatch/heap.py's policy, with the C library calls faked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from allocwatch.heap import HeapTrimmer, heap_range, rss_anon_kib
+
+
+class FakeLibc:
+    def __init__(self, relock_rc: int = 0) -> None:
+        self.calls: list[tuple] = []
+        self.relock_rc = relock_rc
+        self.malloc_trim = lambda pad: self.calls.append(("malloc_trim", pad)) or 1
+        self.munlock = lambda start, n: self.calls.append(("munlock", start, n)) or 0
+        self.mlock2 = lambda start, n, flags: self.calls.append(("mlock2", start, n, flags)) or self.relock_rc
+
+
+def trimmer(rss: list[int], locked: bool = True, libc: FakeLibc | None = None) -> tuple[HeapTrimmer, FakeLibc]:
+    fake = libc or FakeLibc()
+    t = HeapTrimmer(locked, fake, grow_kib=8 * 1024, rss=lambda: rss[0], heap=lambda: (0x1000, 0x9000))
+    return t, fake
+
+
+def test_the_first_scan_trims_then_only_a_growth_of_8_mib_does():
+    rss = [40_000]
+    t, libc = trimmer(rss)
+    t.after_scan()
+    assert t.trims == 1
+    rss[0] = 40_000 + 8 * 1024 - 1
+    t.after_scan()
+    assert t.trims == 1  # not grown enough
+    rss[0] = 40_000 + 8 * 1024
+    t.after_scan()
+    assert t.trims == 2
+
+
+def test_a_locked_heap_is_unlocked_for_the_trim_and_locked_again_on_fault():
+    t, libc = trimmer([1])
+    t.trim()
+    assert libc.calls == [("munlock", 0x1000, 0x8000), ("malloc_trim", 0), ("mlock2", 0x1000, 0x8000, 1)]
+
+
+def test_an_unlocked_heap_is_only_trimmed():
+    t, libc = trimmer([1], locked=False)
+    t.trim()
+    assert libc.calls == [("malloc_trim", 0)]
+
+
+def test_a_refused_relock_is_kept_and_the_heap_is_then_left_unlocked():
+    t, libc = trimmer([1], libc=FakeLibc(relock_rc=-1))
+    t.trim()
+    assert t.relock_failed
+    libc.calls.clear()
+    t.trim()
+    assert libc.calls == [("malloc_trim", 0)]  # no more unlocking of what cannot be locked again
+
+
+def test_what_it_gave_back_is_summed():
+    rss = [50_000]
+    t, libc = trimmer(rss)
+    libc.malloc_trim = lambda pad: rss.__setitem__(0, 30_000) or 1
+    t.after_scan()
+    assert t.given_back_kib == 20_000
+
+
+def test_readers_of_this_process():
+    assert rss_anon_kib() and rss_anon_kib() > 0
+    start, end = heap_range() or (0, 0)
+    assert end > start > 0  # CPython's own allocations have made a heap
+    assert heap_range(Path("/nonexistent")) is None and rss_anon_kib(Path("/nonexistent")) is None
