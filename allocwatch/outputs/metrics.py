@@ -1,5 +1,5 @@
 """Prometheus metrics: a custom collector over the latest snapshot, and the
-HTTP endpoint that serves it.
+HTTP endpoint that serves it (outputs/exposition.py writes the text).
 
 The collector builds every family at scrape time from the snapshot it is
 given (a callable, read with a plain reference swap: a scrape never waits on
@@ -11,19 +11,15 @@ README.md, "Metrics", lists every family.
 
 from __future__ import annotations
 
-import http.server
 import ipaddress
 import math
 import socket
+import socketserver
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
-
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from allocwatch.core.snapshot import Histogram, Snapshot
+from allocwatch.outputs.exposition import CONTENT_TYPE, CounterFamily, Family, GaugeFamily, HistogramFamily, render
 
 # Kernel-side limit counters, by the `map` label of allocwatch_map_full_total.
 _MAP_FULL = {"waits_full": "waits", "dwaits_full": "dwaits"}
@@ -47,7 +43,7 @@ class SnapshotCollector:
         self._drops = drops
         self._socket = socket  # top's socket: clients_dropped, clients_refused, snapshots_dropped
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         snap = self._latest()
         if snap is None:  # bound before the first scan: say only that it is up
             yield from self._drop_families()
@@ -57,14 +53,14 @@ class SnapshotCollector:
         yield from self._health(snap)
         yield from self._drop_families()
 
-    def _info(self, snap: Snapshot) -> Iterator[Metric]:
-        info = GaugeMetricFamily(
+    def _info(self, snap: Snapshot) -> Iterator[Family]:
+        info = GaugeFamily(
             "allocwatch_build_info", "allocwatch version and the kernel it runs on (always 1)",
             labels=["version", "kernel"],
         )
         info.add_metric([snap.info.get("version", ""), snap.info.get("kernel", "")], 1)
         yield info
-        attached = GaugeMetricFamily(
+        attached = GaugeFamily(
             "allocwatch_site_attached", "1 if the wait site is watched, 0 if not (see `allocwatch probes`)",
             labels=["site", "mechanism"],
         )
@@ -72,23 +68,23 @@ class SnapshotCollector:
             attached.add_metric([c.site, c.mechanism or "none"], 1 if c.attached else 0)
         yield attached
 
-    def _waits(self, snap: Snapshot) -> Iterator[Metric]:
-        hist = HistogramMetricFamily(
+    def _waits(self, snap: Snapshot) -> Iterator[Family]:
+        hist = HistogramFamily(
             "allocwatch_wait_seconds", "Completed waits at a memory stall site, by duration", labels=["site"]
         )
         for site, h in sorted(snap.completed.items()):
             hist.add_metric([site], _buckets(h), h.sum_s)
         yield hist
         families = {
-            "waiting": GaugeMetricFamily(
+            "waiting": GaugeFamily(
                 "allocwatch_tasks_waiting", "Tasks waiting at the site now, under their threshold too",
                 labels=["site"],
             ),
-            "stalled": GaugeMetricFamily(
+            "stalled": GaugeFamily(
                 "allocwatch_tasks_stalled", "Tasks waiting at the site now for at least its threshold",
                 labels=["site"],
             ),
-            "longest": GaugeMetricFamily(
+            "longest": GaugeFamily(
                 "allocwatch_longest_wait_seconds", "The longest wait in flight at the site now", labels=["site"]
             ),
         }
@@ -97,7 +93,7 @@ class SnapshotCollector:
             families["stalled"].add_metric([site], now.stalled)
             families["longest"].add_metric([site], now.longest_s)
         yield from families.values()
-        stalled = CounterMetricFamily(
+        stalled = CounterFamily(
             "allocwatch_memory_stalled_seconds",
             "Seconds tasks have spent waiting at the site, completed and in flight (where PSI says how much, "
             "this says where)",
@@ -107,7 +103,7 @@ class SnapshotCollector:
             stalled.add_metric([site], v)
         yield stalled
         if snap.cgroup_stalled_seconds:  # only with cgroups to label (metrics_cgroups, metrics_cgroup_pattern)
-            by_cgroup = CounterMetricFamily(
+            by_cgroup = CounterFamily(
                 "allocwatch_cgroup_memory_stalled_seconds",
                 "Seconds tasks of the memory cgroup have spent waiting at the site, as far as the scans saw them "
                 "(cgroups not configured, or beyond the cap, count as cgroup=\"other\")",
@@ -116,54 +112,54 @@ class SnapshotCollector:
             for (cgroup, site), v in sorted(snap.cgroup_stalled_seconds.items()):
                 by_cgroup.add_metric([cgroup, site], v)
             yield by_cgroup
-        reports = CounterMetricFamily(
+        reports = CounterFamily(
             "allocwatch_stall_reports", "Tasks reported as stalled (new or escalated), by kind", labels=["kind"]
         )
         for kind in STALL_KINDS:
             reports.add_metric([kind], snap.reported.get(kind, 0))
         yield reports
-        held = CounterMetricFamily(
+        held = CounterFamily(
             "allocwatch_stall_reports_held_back",
             "Tasks whose stall report the rate limit (report_interval_s) held back for a later block",
         )
         held.add_metric([], snap.counters.get("held_back", 0))
         yield held
-        kills = CounterMetricFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim)")
+        kills = CounterFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim)")
         kills.add_metric([], snap.counters.get("oom_kills", 0))
         yield kills
 
-    def _health(self, snap: Snapshot) -> Iterator[Metric]:
+    def _health(self, snap: Snapshot) -> Iterator[Family]:
         c = snap.counters
-        lost = CounterMetricFamily("allocwatch_events_lost", "Ring-buffer events lost (buffer full)")
+        lost = CounterFamily("allocwatch_events_lost", "Ring-buffer events lost (buffer full)")
         lost.add_metric([], c.get("events_lost", 0))
         yield lost
-        full = CounterMetricFamily(
+        full = CounterFamily(
             "allocwatch_map_full", "Waits not tracked because an in-kernel map was full", labels=["map"]
         )
         for key, label in _MAP_FULL.items():
             full.add_metric([label], c.get(key, 0))
         yield full
-        dropped = CounterMetricFamily(
+        dropped = CounterFamily(
             "allocwatch_dstate_unrelated_dropped",
             "D-state sleeps named as not a memory wait and no longer tracked (their slot given back)",
         )
         dropped.add_metric([], c.get("dwaits_unrelated_dropped", 0))
         yield dropped
-        scans = CounterMetricFamily("allocwatch_scans", "Scans of the waits in flight")
+        scans = CounterFamily("allocwatch_scans", "Scans of the waits in flight")
         scans.add_metric([], snap.scan)
         yield scans
-        last = GaugeMetricFamily("allocwatch_last_scan_timestamp_seconds", "When the latest scan ran (Unix time)")
+        last = GaugeFamily("allocwatch_last_scan_timestamp_seconds", "When the latest scan ran (Unix time)")
         last.add_metric([], snap.time_s)
         yield last
-        durations = HistogramMetricFamily("allocwatch_scan_duration_seconds", "How long one scan took")
+        durations = HistogramFamily("allocwatch_scan_duration_seconds", "How long one scan took")
         durations.add_metric([], _buckets(snap.scan_durations), snap.scan_durations.sum_s)
         yield durations
         if snap.programs:  # only while the kernel counts (bpf_stats, or kernel.bpf_stats_enabled)
-            run_s = CounterMetricFamily(
+            run_s = CounterFamily(
                 "allocwatch_bpf_program_run_seconds", "Time the kernel spent running each allocwatch BPF program",
                 labels=["program"],
             )
-            runs = CounterMetricFamily(
+            runs = CounterFamily(
                 "allocwatch_bpf_program_runs", "How many times each allocwatch BPF program ran", labels=["program"]
             )
             for name, (ns, cnt) in sorted(snap.programs.items()):
@@ -172,8 +168,8 @@ class SnapshotCollector:
             yield run_s
             yield runs
 
-    def _drop_families(self) -> Iterator[Metric]:
-        dropped = CounterMetricFamily(
+    def _drop_families(self) -> Iterator[Family]:
+        dropped = CounterFamily(
             "allocwatch_report_blocks_dropped",
             "Report blocks dropped whole because an output was slower than the reports",
             labels=["output"],
@@ -182,7 +178,7 @@ class SnapshotCollector:
             dropped.add_metric([output], n)
         yield dropped
         sock = self._socket()
-        clients = CounterMetricFamily(
+        clients = CounterFamily(
             "allocwatch_socket_clients_dropped",
             "Clients of top's socket closed by the daemon: fell behind (unread buffer full), or refused",
             labels=["reason"],
@@ -190,41 +186,90 @@ class SnapshotCollector:
         clients.add_metric(["behind"], sock.get("clients_dropped", 0))
         clients.add_metric(["refused"], sock.get("clients_refused", 0))
         yield clients
-        snaps = CounterMetricFamily(
+        snaps = CounterFamily(
             "allocwatch_socket_snapshots_dropped", "Snapshots the socket's own thread was too far behind to send"
         )
         snaps.add_metric([], sock.get("snapshots_dropped", 0))
         yield snaps
 
 
-def registry_for(collector: SnapshotCollector) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)  # type: ignore[arg-type]
-    return registry
+class Registry:
+    """What a scrape reads: the collector's families, as text."""
+
+    def __init__(self, collector: SnapshotCollector) -> None:
+        self._collector = collector
+
+    def render(self) -> bytes:
+        return render(self._collector.collect())
+
+    def get_sample_value(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample's value by its full name (`_total`, `_bucket` ... included) and labels; None if absent."""
+        want = dict(labels or {})
+        for family in self._collector.collect():
+            for sample in family.samples:
+                if family.name + sample.suffix == name and dict(sample.labels) == want:
+                    return sample.value
+        return None
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    registry: CollectorRegistry
+def registry_for(collector: SnapshotCollector) -> Registry:
+    return Registry(collector)
 
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path == "/metrics":
-            body, ctype, code = generate_latest(self.registry), CONTENT_TYPE_LATEST, 200
-        elif path == "/":
-            body, ctype, code = b"allocwatch: metrics at /metrics\n", "text/plain; charset=utf-8", 200
+
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large"}
+MAX_REQUEST_LINE = 8192  # bytes, of the request line and of each header line
+MAX_HEADERS = 100
+
+
+class _Handler(socketserver.StreamRequestHandler):
+    """One request a connection, HTTP/1.1 as far as a scraper needs: GET (or
+    HEAD) of /metrics or /, the headers read and ignored, then the answer and
+    close. A client that stalls is dropped after `timeout` seconds."""
+
+    registry: Registry
+    timeout = 5.0
+
+    def handle(self) -> None:
+        try:
+            self._handle()
+        except OSError:  # went away, or stalled past the timeout (TimeoutError is an OSError)
+            pass
+
+    def _handle(self) -> None:
+        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        if not line:
+            return
+        for _ in range(MAX_HEADERS):  # up to the empty line that ends the headers
+            header = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if header in (b"\r\n", b"\n", b""):
+                break
+            if len(header) > MAX_REQUEST_LINE:
+                return self._send(431, b"header line too long\n")
         else:
-            body, ctype, code = b"not found\n", "text/plain; charset=utf-8", 404
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+            return self._send(431, b"too many header lines\n")
+        parts = line.decode("latin-1").split()
+        if len(line) > MAX_REQUEST_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return self._send(400, b"bad request line\n")
+        method, target = parts[0], parts[1]
+        if method not in ("GET", "HEAD"):
+            return self._send(405, b"GET only\n", allow=True)
+        path = target.split("?", 1)[0]
+        if path == "/metrics":
+            self._send(200, self.registry.render(), CONTENT_TYPE, head=method == "HEAD")
+        elif path == "/":
+            self._send(200, b"allocwatch: metrics at /metrics\n", head=method == "HEAD")
+        else:
+            self._send(404, b"not found\n", head=method == "HEAD")
 
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # scrapes are not news
+    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", head: bool = False,
+              allow: bool = False) -> None:
+        head_lines = [f"HTTP/1.1 {code} {_REASONS[code]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
+                      "Connection: close", *(["Allow: GET, HEAD"] if allow else [])]
+        self.wfile.write(("\r\n".join(head_lines) + "\r\n\r\n").encode() + (b"" if head else body))
 
 
-class _Server(http.server.ThreadingHTTPServer):
+class _Server(socketserver.ThreadingTCPServer):
     daemon_threads = True
     allow_reuse_address = True
 
@@ -243,7 +288,7 @@ class MetricsServer:
     """Binds at construction (so a port in use is known before BPF is loaded);
     `start()` serves in a daemon thread; `close()` stops it."""
 
-    def __init__(self, addr: str, registry: CollectorRegistry, timeout_s: float = 5.0) -> None:
+    def __init__(self, addr: str, registry: Registry, timeout_s: float = 5.0) -> None:
         host, port = split_addr(addr)
         handler = type("Handler", (_Handler,), {"registry": registry, "timeout": timeout_s})
         server_cls: type[_Server] = _Server
@@ -251,7 +296,7 @@ class MetricsServer:
             if ipaddress.ip_address(host).version == 6:
                 server_cls = _Server6
         except ValueError:
-            pass  # a host name: IPv4 resolution, as http.server does
+            pass  # a host name: IPv4 resolution
         self.server = server_cls((host, port), handler)
         self.address = self.server.server_address
         # a short poll, so close() does not wait half a second for the loop to notice

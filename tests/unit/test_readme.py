@@ -31,8 +31,6 @@ def test_exit_code_table_matches_the_code():
 
 def _served_families(tmp_path) -> dict[str, tuple[str, frozenset[str]]]:
     """Every family the collector serves, with every option on: name -> (type, labels)."""
-    from prometheus_client import generate_latest
-
     from allocwatch.core.model import InflightWait
     from allocwatch.core.sites import SITE_DSTATE
     from allocwatch.outputs.metrics import SnapshotCollector, registry_for
@@ -43,7 +41,7 @@ def _served_families(tmp_path) -> dict[str, tuple[str, frozenset[str]]]:
     src.program_stats = lambda: {"aw_sched_switch": (1500, 10)}  # as while the kernel counts
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
     d.scan_once()
-    text = generate_latest(registry_for(SnapshotCollector(lambda: d.latest, lambda: {"stdout": 0}))).decode()
+    text = registry_for(SnapshotCollector(lambda: d.latest, lambda: {"stdout": 0})).render().decode()
     types = dict(re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M))
     labels: dict[str, set[str]] = {name: set() for name in types}
     for sample, keys in re.findall(r"^(\w+)\{([^}]*)\}", text, re.M):

@@ -10,7 +10,6 @@ import threading
 import time
 
 import pytest
-from prometheus_client import generate_latest
 
 from allocwatch.config import Config
 from allocwatch.core.model import InflightWait, WaitEnd
@@ -158,7 +157,7 @@ def test_no_label_carries_a_pid_or_comm(tmp_path):
     src.waits = [InflightWait(t, t, f"c{t}", SITE_DSTATE, 0, None, None, None) for t in range(7, 8)]
     clock["ns"] = 3 * S
     d.scan_once()
-    text = generate_latest(registry_for(SnapshotCollector(lambda: d.latest))).decode()
+    text = registry_for(SnapshotCollector(lambda: d.latest)).render().decode()
     allowed = {"site", "mechanism", "kind", "map", "output", "version", "kernel", "le", "reason"}
     import re
 

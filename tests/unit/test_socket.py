@@ -197,14 +197,12 @@ def test_a_non_root_client_is_refused_by_mode_and_by_credentials():
 
 
 def test_drops_are_metrics(sockdir):
-    from prometheus_client import generate_latest
-
     from allocwatch.outputs.metrics import SnapshotCollector, registry_for
 
     srv = SocketServer(str(sockdir / "a.sock"))
     try:
         srv.clients_dropped, srv.snapshots_dropped = 2, 5  # as the socket thread counts them
-        text = generate_latest(registry_for(SnapshotCollector(lambda: None, socket=srv.stats))).decode()
+        text = registry_for(SnapshotCollector(lambda: None, socket=srv.stats)).render().decode()
     finally:
         srv.close()
     assert 'allocwatch_socket_clients_dropped_total{reason="behind"} 2.0' in text
