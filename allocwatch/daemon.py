@@ -23,11 +23,10 @@ from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
-from allocwatch.core.host import KswapdInfo, MemcgInfo, TaskInfo, vmstat_delta
+from allocwatch.core.host import MemcgInfo, TaskInfo
 from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
     LIMIT_TEXT,
-    BlockContext,
     EpisodeEndReport,
     LimitsReport,
     OomKillReport,
@@ -59,6 +58,7 @@ from allocwatch.core.snapshot import (
 )
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
 from allocwatch.core.victims import VictimBook, cgroup_waiters
+from allocwatch.hostcontext import HostContext
 from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 from allocwatch.kernel.waitfacts import WaitFacts
@@ -149,10 +149,7 @@ class Daemon:
         self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid (_stall_block empties it)
         self.facts = WaitFacts(proc)  # cgroup, uid, cmdline: read once a wait, ahead of its first block
         self._ahead_ns = self._read_ahead_ns(cfg)
-        self._kswapd_pids: list[tuple[int, int]] | None = None
-        self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
-        self._last_vmstat: dict[str, int] = {}
-        self._last_psi_us: dict[str, int] = {}
+        self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
         self.latest: Snapshot | None = None
         self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
         self.live: LiveReader | None = None  # fills Snapshot.live while a viewer (top) listens
@@ -227,68 +224,6 @@ class Daemon:
     def _victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
         """For a block: the victims this scan found alive (pruned by _live_victims)."""
         return tuple(Victim(pid, comm, for_s) for pid, comm, for_s in self.victims.for_s(now_ns))
-
-    def _kswapd(self) -> tuple[KswapdInfo, ...]:
-        if self._kswapd_pids is None:
-            self._kswapd_pids = hostfs.find_kswapd(self.proc)
-        infos = [hostfs.kswapd_state(self.proc, node, pid) for node, pid in self._kswapd_pids]
-        if any(k.state is None for k in infos):  # a pid went away or was reused: look again next time
-            self._kswapd_pids = None
-        return tuple(k for k in infos if k.state is not None)
-
-    def _watch_kswapd(self, now_ns: int) -> None:
-        """kswapd's state at every scan, so a block can say for how long it has been in it."""
-        if self._kswapd_pids is None:
-            self._kswapd_pids = hostfs.find_kswapd(self.proc)
-        for _node, pid in self._kswapd_pids:
-            state = procfs.task_state(self.proc, pid, pid)
-            seen = self._kswapd_since.get(pid)
-            if seen is None or seen[0] != state:
-                self._kswapd_since[pid] = (state, now_ns)
-
-    def _kswapd_for_s(self, now_ns: int) -> dict[int, float]:
-        return {pid: (now_ns - since) / NS_PER_S for pid, (_, since) in self._kswapd_since.items()}
-
-    def _oom_constraint(self, cgroup: str | None) -> str | None:
-        """memcg when the invoker's memory cgroup is at its limit, in its OOM (v1), or has
-        OOM kills of its own (the kill may have brought it under its limit by the time
-        this is read), else global: inferred, since no tracepoint says it."""
-        if cgroup is None:
-            return None
-        info = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
-        if info is None:
-            return None
-        at_limit = info.limit_bytes is not None and info.usage_near_limit
-        return "memcg" if info.under_oom or at_limit or info.events.get("oom_kill", 0) > 0 else "global"
-
-    def _context(
-        self, stalled_now: int, details: dict[int, TaskDetail], now_ns: int, stats: dict[str, int]
-    ) -> BlockContext:
-        """The rest of the machine, read once per block."""
-        picture = hostfs.memory_picture(self.proc)
-        delta = vmstat_delta(self._last_vmstat, picture.vmstat) if self._last_vmstat else {}
-        self._last_vmstat = dict(picture.vmstat)
-        psi_delta = {}
-        if picture.pressure is not None:
-            lines = {"some": picture.pressure.some, "full": picture.pressure.full}
-            for kind, line in lines.items():
-                if line is None:
-                    continue
-                if kind in self._last_psi_us:
-                    psi_delta[kind] = max(0, line.total_us - self._last_psi_us[kind]) / 1e6
-                self._last_psi_us[kind] = line.total_us
-        return BlockContext(
-            stalling=stalled_now,
-            dying=sum(d.dying for d in details.values()),
-            exiting=sum(d.exiting for d in details.values()),
-            victims=self._victims_alive(now_ns),
-            oom_kills=stats.get("oom_kills", 0),
-            memory=picture,
-            vmstat_delta=delta,
-            psi_delta_s=psi_delta,
-            kswapd=self._kswapd(),
-            kswapd_state_for_s=self._kswapd_for_s(now_ns),
-        )
 
     def _limits(self, stats: dict[str, int], wall: float) -> LimitsReport | None:
         """Counters of kernel-side limits that grew since the last scan."""
@@ -456,7 +391,8 @@ class Daemon:
         return StallReport(
             self._next_seq(), wall, kept, stalled_now, shown,
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
-            context=self._context(stalled_now, shown, now_ns, stats), findings=kept_findings,
+            context=self.host.block_context(stalled_now, shown, now_ns, stats, self._victims_alive(now_ns)),
+            findings=kept_findings,
             throttle_names=self.throttle_names,
         )
 
@@ -487,7 +423,7 @@ class Daemon:
         t0 = time.monotonic()
         now_ns = self.clock_ns()
         waits, ended, kills = self._read(now_ns)
-        self._watch_kswapd(now_ns)
+        self.host.watch(now_ns)
         result = self.tracker.scan(now_ns, waits, ended, self._ahead_ns)
         if len(self.facts) > len(waits):  # some waits ended: forget them
             self.facts.keep({w.key for w in waits})
@@ -506,7 +442,7 @@ class Daemon:
             invoker_cgroup = self._live_cgroup(k.invoker_pid, k.invoker_tid)
             records.append(OomKillReport(
                 self._next_seq(), wall, k, self._live_cgroup(k.victim_pid, k.victim_pid),
-                invoker_cgroup, self._oom_constraint(invoker_cgroup),
+                invoker_cgroup, self.host.oom_constraint(invoker_cgroup),
             ))
         # rows for the outputs, made only if one reads them (snapshot.InflightTable)
         inflight = InflightTable(waits, now_ns, self.tracker.thresholds)

@@ -81,8 +81,8 @@ class LiveReader:
             victims=daemon._victims_alive(now_ns),
             oom_kills=snap.counters.get("oom_kills", 0),
             memory=hostfs.memory_picture(daemon.proc),
-            kswapd=daemon._kswapd(),
-            kswapd_state_for_s=daemon._kswapd_for_s(now_ns),
+            kswapd=daemon.host.kswapd(),
+            kswapd_state_for_s=daemon.host.kswapd_for_s(now_ns),
         )
         live = LiveView(context, tasks, frozenset(detailed), episodes, thresholds, daemon.throttle_names, truncated,
                         so_far)

@@ -313,7 +313,7 @@ def test_oom_constraint_is_memcg_when_the_group_has_kills_of_its_own(tmp_path, m
 
     for kills, usage, want in ((1, 20 << 20, "memcg"), (0, 20 << 20, "global"), (0, 64 << 20, "memcg")):
         monkeypatch.setattr(hostfs, "memcg_info", lambda *a, kills=kills, usage=usage, **k: info(kills, usage))
-        assert d._oom_constraint("/g") == want, (kills, usage)
+        assert d.host.oom_constraint("/g") == want, (kills, usage)
 
 
 def test_a_stuck_victim_says_whether_it_was_reaped_and_who_waits_in_its_cgroup(tmp_path):
