@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -448,7 +449,7 @@ class Daemon:
         inflight = InflightTable(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()
         stalled_tids = result.stalled_tids
-        self.victims.reaper_seen([*waits, *(e.wait for e in ended)], accts, now_ns)
+        self.victims.reaper_seen(chain(waits, (e.wait for e in ended)), accts, now_ns)
         due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
         self._scanned = (waits, shares, accts, now_ns)
         block = self._stall_block(result.stalls, due, result.stalled_now, now_ns, wall, stats)

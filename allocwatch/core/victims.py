@@ -43,6 +43,8 @@ class VictimBook:
     def reaper_seen(self, waits: Iterable[Wait], accts: Mapping[int, Acct], now_ns: int) -> None:
         """A reaper wait on a victim in flight or ended (long ones) at this scan, or
         counted in its task account (every one ended: short ones send no end)."""
+        if not self._chosen:  # nearly always: no victim to look for
+            return
         pids = {w.pid for w in waits if w.site is Site.OOM_REAPER}
         for pid, v in self._chosen.items():
             a = accts.get(pid)
