@@ -17,6 +17,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from allocwatch.core.snapshot import Histogram, Snapshot
 from allocwatch.outputs.exposition import CONTENT_TYPE, CounterFamily, Family, GaugeFamily, HistogramFamily, render
@@ -269,9 +270,41 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(("\r\n".join(head_lines) + "\r\n\r\n").encode() + (b"" if head else body))
 
 
+MAX_CONNECTIONS = 32  # served at once; more are closed at once, not queued behind them
+
+
 class _Server(socketserver.ThreadingTCPServer):
+    """A thread a connection, at most MAX_CONNECTIONS of them: clients that connect
+    and say nothing hold a thread each until the handler's timeout, and a host's
+    worth of them would otherwise be a thread each (and its locked stack pages).
+    The listen backlog is 64: socketserver's 5 made a burst of connections wait
+    for SYN retransmits, a second each (200 connections took 31 s, measured)."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.refused = 0
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Server6(_Server):

@@ -8,6 +8,7 @@ import math
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -90,5 +91,35 @@ def test_the_endpoint_answers_scrapers_and_refuses_the_rest(tmp_path):
         stalled.settimeout(5)
         assert stalled.recv(10) == b"" and time.monotonic() - t0 < 4  # closed by the server
         stalled.close()
+    finally:
+        srv.close()
+
+
+def test_clients_that_say_nothing_cannot_take_every_thread_nor_keep_a_scrape_out_for_long():
+    from allocwatch.outputs import metrics
+
+    srv = MetricsServer("127.0.0.1:0", registry_for(SnapshotCollector(lambda: None)), timeout_s=2.0)
+    try:
+        srv.start()
+        port = srv.address[1]
+        t0 = time.monotonic()
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(metrics.MAX_CONNECTIONS + 40)]
+        assert time.monotonic() - t0 < 3  # a burst is not held back by a listen backlog of 5
+        deadline = time.monotonic() + 3
+        while srv.server.refused < 40 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert srv.server.refused == 40  # past the cap: closed at once
+        assert threading.active_count() <= metrics.MAX_CONNECTIONS + 10
+        t1 = time.monotonic()
+        while True:  # the slots come back as the silent ones time out; a scrape then gets in
+            try:
+                if _ask(port, b"GET /metrics HTTP/1.1\r\n\r\n").startswith(b"HTTP/1.1 200"):
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() - t1 < 5, "no scrape served within the handler timeout"
+            time.sleep(0.1)
+        for s in idle:
+            s.close()
     finally:
         srv.close()
