@@ -16,6 +16,7 @@ import math
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -218,7 +219,7 @@ def registry_for(collector: SnapshotCollector) -> Registry:
 
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large"}
+            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 MAX_REQUEST_LINE = 8192  # bytes, of the request line and of each header line
 MAX_HEADERS = 100
 
@@ -226,32 +227,41 @@ MAX_HEADERS = 100
 class _Handler(socketserver.StreamRequestHandler):
     """One request a connection, HTTP/1.1 as far as a scraper needs: GET (or
     HEAD) of /metrics or /, the headers read and ignored, then the answer and
-    close. A client that stalls is dropped after `timeout` seconds."""
+    close. A client has `timeout` seconds in all to send its request: one that
+    sends a byte now and then is dropped as one that sends nothing."""
 
     registry: Registry
     timeout = 5.0
 
     def handle(self) -> None:
+        self._deadline = time.monotonic() + self.timeout
         try:
             self._handle()
-        except OSError:  # went away, or stalled past the timeout (TimeoutError is an OSError)
+        except OSError:  # went away, or stalled past the deadline (TimeoutError is an OSError)
             pass
 
+    def _readline(self) -> bytes:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("request not sent in time")
+        self.connection.settimeout(left)  # for the reads this line takes: the deadline is the whole request's
+        return self.rfile.readline(MAX_REQUEST_LINE + 1)
+
     def _handle(self) -> None:
-        line = self.rfile.readline(MAX_REQUEST_LINE + 1)
+        line = self._readline()
         if not line:
             return
+        parts = line.decode("latin-1").split()
+        if len(line) > MAX_REQUEST_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return self._send(400, b"bad request line\n")
         for _ in range(MAX_HEADERS):  # up to the empty line that ends the headers
-            header = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            header = self._readline()
             if header in (b"\r\n", b"\n", b""):
                 break
             if len(header) > MAX_REQUEST_LINE:
                 return self._send(431, b"header line too long\n")
         else:
             return self._send(431, b"too many header lines\n")
-        parts = line.decode("latin-1").split()
-        if len(line) > MAX_REQUEST_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return self._send(400, b"bad request line\n")
         method, target = parts[0], parts[1]
         if method not in ("GET", "HEAD"):
             return self._send(405, b"GET only\n", allow=True)
@@ -270,7 +280,9 @@ class _Handler(socketserver.StreamRequestHandler):
         self.wfile.write(("\r\n".join(head_lines) + "\r\n\r\n").encode() + (b"" if head else body))
 
 
-MAX_CONNECTIONS = 32  # served at once; more are closed at once, not queued behind them
+MAX_CONNECTIONS = 32  # served at once; more are answered 503 and closed at once, not queued behind them
+BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n"
+        b"Connection: close\r\nRetry-After: 1\r\n\r\nbusy\n")
 
 
 class _Server(socketserver.ThreadingTCPServer):
@@ -292,6 +304,11 @@ class _Server(socketserver.ThreadingTCPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
             self.refused += 1
+            try:  # one small answer, never waited on: the socket's buffer is empty
+                request.setblocking(False)
+                request.send(BUSY)
+            except OSError:
+                pass
             self.shutdown_request(request)
             return
         try:

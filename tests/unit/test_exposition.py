@@ -108,7 +108,9 @@ def test_clients_that_say_nothing_cannot_take_every_thread_nor_keep_a_scrape_out
         deadline = time.monotonic() + 3
         while srv.server.refused < 40 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert srv.server.refused == 40  # past the cap: closed at once
+        assert srv.server.refused == 40  # past the cap: answered 503 and closed at once
+        idle[-1].settimeout(2)
+        assert idle[-1].recv(100).startswith(b"HTTP/1.1 503 Service Unavailable")
         assert threading.active_count() <= metrics.MAX_CONNECTIONS + 10
         t1 = time.monotonic()
         while True:  # the slots come back as the silent ones time out; a scrape then gets in
@@ -121,5 +123,25 @@ def test_clients_that_say_nothing_cannot_take_every_thread_nor_keep_a_scrape_out
             time.sleep(0.1)
         for s in idle:
             s.close()
+    finally:
+        srv.close()
+
+
+def test_a_client_that_trickles_its_request_is_dropped_at_the_deadline_of_the_whole_request():
+    srv = MetricsServer("127.0.0.1:0", registry_for(SnapshotCollector(lambda: None)), timeout_s=1.0)
+    try:
+        srv.start()
+        with socket.create_connection(("127.0.0.1", srv.address[1]), timeout=5) as s:
+            t0 = time.monotonic()
+            try:
+                for ch in b"GET /metrics HTTP/1.1\r\nX-Slow: " + b"y" * 100:
+                    s.send(bytes([ch]))  # a byte every 0.1 s: never 1 s without one
+                    time.sleep(0.1)
+                    if time.monotonic() - t0 > 4:
+                        break
+                got = s.recv(100)
+            except OSError:  # reset: dropped
+                got = b""
+            assert got == b"" and time.monotonic() - t0 < 2.5  # closed near its 1 s, not served
     finally:
         srv.close()
