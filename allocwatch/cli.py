@@ -395,7 +395,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         daemon.on_limit = lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True)
         seeded = daemon.seed_preexisting() if uses_dstate(attached_plans) else 0
         lock_note = preflight.lock_memory() if cfg.lock_memory else None
-        trimmer = HeapTrimmer(locked=cfg.lock_memory and lock_note is None)
+        trimmer = HeapTrimmer(locked=cfg.lock_memory and lock_note is None,
+                              on_error=lambda line: print(f"allocwatch: {line}", file=sys.stderr, flush=True))
         _announce(cfg, source, server is not None, seeded, lock_note)
         notifier.ready(f"watching {coverage.summarize(source.status).line()}")
         if server is not None:

@@ -7,6 +7,8 @@ madvise(MADV_DONTNEED) refuses locked pages. 10,000 stalled tasks at once left
 13 MiB of such pages, free and resident (bench/memory.py). So the heap is
 unlocked for the trim and locked again at once (on fault, as mlockall left it):
 what it held free is then given back, and what it holds in use stays resident.
+For those milliseconds the heap's pages could be reclaimed like any other's (and
+faulted back in when touched); a relock that fails is said once and tried again.
 
 `HeapTrimmer.after_scan` trims when RssAnon has grown by `grow_kib` since the
 last trim (the first scan trims too: what starting up left). A trim of a 60 MB
@@ -17,10 +19,12 @@ decision is pure; the calls into libc are injected.
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 GROW_KIB = 8 * 1024  # RssAnon growth that asks for a trim
+RECHECK_SCANS = 60  # and how often RssAnon that stays high asks for one
 # mlock2(2)'s flag, include/uapi/asm-generic/mman-common.h: since v4.4 (b0f205c2a308, "mm: mlock:
 # add mlock flags to enable VM_LOCKONFAULT usage", the commit of MCL_ONFAULT in preflight.py too)
 MLOCK_ONFAULT = 1
@@ -54,42 +58,59 @@ class Libc:
 
     def __init__(self) -> None:
         libc = ctypes.CDLL(None, use_errno=True)
-        self.malloc_trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
+        self.malloc_trim: Callable[[int], int] | None = None
         self.munlock: Callable[[int, int], int] | None = None
         self.mlock2: Callable[[int, int, int], int] | None = None
-        for name in ("munlock", "mlock2"):
+        for name, argtypes in (("malloc_trim", [ctypes.c_size_t]),
+                               ("munlock", [ctypes.c_void_p, ctypes.c_size_t]),
+                               ("mlock2", [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])):
             fn = getattr(libc, name, None)
             if fn is not None:
-                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + ([ctypes.c_int] if name == "mlock2" else [])
+                fn.argtypes, fn.restype = argtypes, ctypes.c_int
                 setattr(self, name, fn)
 
 
 class HeapTrimmer:
     def __init__(self, locked: bool, libc: Libc | None = None, grow_kib: int = GROW_KIB,
                  rss: Callable[[], int | None] = rss_anon_kib,
-                 heap: Callable[[], tuple[int, int] | None] = heap_range) -> None:
+                 heap: Callable[[], tuple[int, int] | None] = heap_range,
+                 on_error: Callable[[str], None] = lambda line: None, recheck_scans: int = RECHECK_SCANS) -> None:
         self.locked = locked  # lock_memory took: the heap's pages are locked on fault
         self._libc = libc or Libc()
         self._grow_kib = grow_kib
         self._rss = rss
         self._heap = heap
+        self._on_error = on_error  # one line, said when the heap cannot be locked again
+        self._recheck_scans = recheck_scans
         self._after_last_kib: int | None = None  # RssAnon after the last trim
+        self._low_kib: int | None = None  # the lowest RssAnon after a trim
+        self._scans_since = 0
         self.trims = 0
         self.given_back_kib = 0  # RssAnon before a trim less after it, summed
-        self.relock_failed = False  # mlock2 refused once: the heap stays unlocked from then on
+        self.relock_failed = False  # the last relock was refused: tried again at the next trim
 
     def due(self, rss_kib: int | None) -> bool:
+        """The first scan; RssAnon grown by grow_kib since the last trim; or, every
+        recheck_scans, RssAnon grow_kib over the lowest after a trim: a storm that
+        ended leaves its freed pages while RssAnon stays flat."""
         if rss_kib is None:
             return False
-        return self._after_last_kib is None or rss_kib - self._after_last_kib >= self._grow_kib
+        if self._after_last_kib is None or rss_kib - self._after_last_kib >= self._grow_kib:
+            return True
+        return (self._scans_since >= self._recheck_scans and self._low_kib is not None
+                and rss_kib - self._low_kib >= self._grow_kib)
 
     def after_scan(self) -> None:
+        self._scans_since += 1
         before = self._rss()
         if not self.due(before):
             return
         self.trim()
         after = self._rss()
         self._after_last_kib = after
+        self._scans_since = 0
+        if after is not None:
+            self._low_kib = after if self._low_kib is None else min(self._low_kib, after)
         if before is not None and after is not None:
             self.given_back_kib += max(0, before - after)
 
@@ -97,16 +118,21 @@ class HeapTrimmer:
         libc = self._libc
         if libc.malloc_trim is None:
             return
-        span = self._heap() if self.locked and not self.relock_failed else None
+        span = self._heap() if self.locked else None
         if span is not None and libc.munlock is not None and libc.mlock2 is not None:
             start, end = span
-            libc.munlock(start, end - start)
+            libc.munlock(start, end - start)  # refused: nothing unlocked, the trim gives back less
             try:
                 libc.malloc_trim(0)
             finally:
                 span = self._heap() or span  # the trim may have moved the heap's end
-                if libc.mlock2(span[0], span[1] - span[0], MLOCK_ONFAULT) != 0:
-                    self.relock_failed = True
+                ok = libc.mlock2(span[0], span[1] - span[0], MLOCK_ONFAULT) == 0
+                if not ok and not self.relock_failed:
+                    err = ctypes.get_errno()
+                    self._on_error(f"could not lock its heap again after giving pages back "
+                                   f"({os.strerror(err) if err else 'refused'}): under pressure those pages may "
+                                   "be reclaimed; it tries again at the next trim")
+                self.relock_failed = not ok
         else:
             libc.malloc_trim(0)
         self.trims += 1

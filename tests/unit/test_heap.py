@@ -47,13 +47,40 @@ def test_an_unlocked_heap_is_only_trimmed():
     assert libc.calls == [("malloc_trim", 0)]
 
 
-def test_a_refused_relock_is_kept_and_the_heap_is_then_left_unlocked():
-    t, libc = trimmer([1], libc=FakeLibc(relock_rc=-1))
+def test_a_refused_relock_is_said_once_and_tried_again_at_each_trim():
+    said: list[str] = []
+    libc = FakeLibc(relock_rc=-1)
+    t = HeapTrimmer(True, libc, rss=lambda: 1, heap=lambda: (0x1000, 0x9000), on_error=said.append)
     t.trim()
-    assert t.relock_failed
-    libc.calls.clear()
     t.trim()
-    assert libc.calls == [("malloc_trim", 0)]  # no more unlocking of what cannot be locked again
+    assert t.relock_failed and len(said) == 1 and "could not lock its heap again" in said[0]
+    assert [c[0] for c in libc.calls].count("mlock2") == 2  # tried again
+    libc.relock_rc = 0
+    t.trim()
+    assert not t.relock_failed
+    libc.relock_rc = -1
+    t.trim()
+    assert len(said) == 2  # a new failure after a success is said again
+
+
+def test_rss_that_stays_high_after_a_storm_asks_for_a_trim_every_recheck():
+    rss = [30_000]
+    libc = FakeLibc()
+    t = HeapTrimmer(True, libc, grow_kib=8 * 1024, rss=lambda: rss[0], heap=lambda: (0x1000, 0x9000),
+                    recheck_scans=3)
+    t.after_scan()  # the first: trims; the lowest after a trim is 30,000
+    rss[0] = 45_000
+    t.after_scan()  # grown by 15,000: trims; that trim gave nothing back (the storm still holds it)
+    assert t.trims == 2
+    for _ in range(2):
+        t.after_scan()  # flat: not yet
+    assert t.trims == 2
+    t.after_scan()  # three scans on, still 15,000 over the lowest: once more (the storm has ended)
+    assert t.trims == 3
+    rss[0] = 31_000
+    for _ in range(6):
+        t.after_scan()  # near the lowest: no more
+    assert t.trims == 3
 
 
 def test_what_it_gave_back_is_summed():
