@@ -183,13 +183,16 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list, sock: Any
         return None
     from allocwatch.outputs.metrics import MetricsServer, SnapshotCollector, registry_for
 
+    served: list[MetricsServer] = []
     collector = SnapshotCollector(
         lambda: daemon_ref[0].latest if daemon_ref else None,
         lambda: {s.name: s.dropped_blocks for s in sinks},
         lambda: sock.stats() if sock is not None else {},
+        lambda: {"refused": served[0].server.refused} if served else {},
     )
     try:
-        return MetricsServer(listen, registry_for(collector))
+        served.append(MetricsServer(listen, registry_for(collector)))
+        return served[0]
     except OSError as exc:
         raise MetricsPortInUse(
             f"metrics_addr {listen}: cannot listen there ({exc.strerror or exc}); choose another with "

@@ -40,10 +40,12 @@ class SnapshotCollector:
         latest: Callable[[], Snapshot | None],
         drops: Callable[[], Mapping[str, int]] = dict,
         socket: Callable[[], Mapping[str, int]] = dict,
+        endpoint: Callable[[], Mapping[str, int]] = dict,
     ) -> None:
         self._latest = latest
         self._drops = drops
         self._socket = socket  # top's socket: clients_dropped, clients_refused, snapshots_dropped
+        self._endpoint = endpoint  # this endpoint: refused (connections past MAX_CONNECTIONS)
 
     def collect(self) -> Iterator[Family]:
         snap = self._latest()
@@ -193,6 +195,12 @@ class SnapshotCollector:
         )
         snaps.add_metric([], sock.get("snapshots_dropped", 0))
         yield snaps
+        refused = CounterFamily(
+            "allocwatch_metrics_connections_refused",
+            f"Connections to this endpoint answered 503 and closed at once: it was serving {MAX_CONNECTIONS} already",
+        )
+        refused.add_metric([], self._endpoint().get("refused", 0))
+        yield refused
 
 
 class Registry:

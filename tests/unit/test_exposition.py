@@ -98,7 +98,10 @@ def test_the_endpoint_answers_scrapers_and_refuses_the_rest(tmp_path):
 def test_clients_that_say_nothing_cannot_take_every_thread_nor_keep_a_scrape_out_for_long():
     from allocwatch.outputs import metrics
 
-    srv = MetricsServer("127.0.0.1:0", registry_for(SnapshotCollector(lambda: None)), timeout_s=2.0)
+    box: list[MetricsServer] = []
+    registry = registry_for(SnapshotCollector(lambda: None, endpoint=lambda: {"refused": box[0].server.refused}))
+    srv = MetricsServer("127.0.0.1:0", registry, timeout_s=2.0)
+    box.append(srv)
     try:
         srv.start()
         port = srv.address[1]
@@ -109,6 +112,7 @@ def test_clients_that_say_nothing_cannot_take_every_thread_nor_keep_a_scrape_out
         while srv.server.refused < 40 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert srv.server.refused == 40  # past the cap: answered 503 and closed at once
+        assert registry.get_sample_value("allocwatch_metrics_connections_refused_total") == 40
         idle[-1].settimeout(2)
         assert idle[-1].recv(100).startswith(b"HTTP/1.1 503 Service Unavailable")
         assert threading.active_count() <= metrics.MAX_CONNECTIONS + 10
