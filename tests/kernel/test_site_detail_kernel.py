@@ -79,7 +79,8 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
                     return any(kind == "stall" and rec["reclaimed_so_far_pages"] and rec["duration_s"] >= 2
                                for rows in _memcg_reclaim_records(d, pids).values() for kind, rec in rows)
 
-                assert d.wait_for(progress_seen, 90), f"no reclaim wait with pages so far: {d.raw_lines[-3:]}"
+                # Seconds here most runs; after a loaded suite, 76 s seen, and 90 s once not enough.
+                assert d.wait_for(progress_seen, 180), f"no reclaim wait with pages so far: {d.raw_lines[-3:]}"
             finally:
                 reader.kill()
                 _stop_writer(disk, dd)  # lifts the rule: the reader's wait ends too
