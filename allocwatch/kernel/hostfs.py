@@ -408,4 +408,4 @@ def task_flags(proc: Path, pid: int, tid: int) -> TaskFlags:
     (pending signals, state, flags): a stall block reads this for every task it
     only counts, and status is fifty lines the kernel formats for one bit (10,000
     stalled: half the block's /proc time). False when unreadable."""
-    return _flags(_stat(task_file(proc, pid, tid, "stat"))[1], {})
+    return task_now(proc, pid, tid)[1]
