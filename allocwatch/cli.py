@@ -28,7 +28,8 @@ from allocwatch.outputs.notify import SystemdNotifier
 from allocwatch.outputs.sinks import FdSink, QueuedOutput, output_error
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command line (also read at build time to make the man page)."""
     ap = argparse.ArgumentParser(prog="allocwatch", description="Live watchdog for memory-allocation stalls.")
     ap.add_argument("--version", action="version", version=f"allocwatch {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -421,7 +422,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     if sys.stderr is None or sys.stderr is sys.__stderr__:  # not when a caller has replaced it
         sys.stderr = preflight.guard_stderr()  # diagnostics never fail, and never change the exit code
-    parser = _parser()
+    parser = build_parser()
     try:
         args = parser.parse_args(argv)
     except OSError as exc:  # `--help > /dev/full`
