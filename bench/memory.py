@@ -36,10 +36,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from allocwatch import cli, config
-from allocwatch.daemon import Daemon
-from allocwatch.heap import HeapTrimmer
-from allocwatch.kernel import coverage, probes
+from allocwatch import config
+from allocwatch.app.daemon import Daemon
+from allocwatch.app.selfcare import HeapTrimmer
+from allocwatch.app.session import Session
 from allocwatch.outputs import report
 from bench import procinfo, workloads
 
@@ -148,14 +148,10 @@ def reading(d: Daemon | None) -> dict[str, Any]:
 def measure(say: Any = lambda _t: None) -> dict[str, Any]:
     cfg = config.load(None, {})
     before = reading(None)
-    features = cli._features(cfg)
-    plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
-    source = cli._load_source(cfg, plans, features)
+    session = Session.load(cfg)
     try:
         sink = RenderingSink()
-        d = Daemon(cfg, source, source.effective_plans, [sink], coverage=coverage.snapshot_coverage(source.status),
-                   kernel=features.release, gfp_table=cli._gfp_table(cfg),
-                   compaction_names=cli._compaction_names(cfg), throttle_names=cli._throttle_names(cfg))
+        d, _ = session.daemon([sink])
         trimmer = HeapTrimmer(locked=False)  # between scans, as `allocwatch run` has it
         for _ in range(3):
             d.scan_once()
@@ -176,7 +172,7 @@ def measure(say: Any = lambda _t: None) -> dict[str, Any]:
         return {"before": before, "idle": idle, "stalled": stalled, "n": N_STALLED, "in_d": in_d,
                 "trimmed": trimmed, "trims": trimmer.trims, "rendered_chars": sink.chars, "reported": dict(d.reported)}
     finally:
-        source.close()
+        session.close()
 
 
 def render(m: dict[str, Any]) -> str:

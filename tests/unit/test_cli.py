@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch import cli, preflight
+from allocwatch import cli
+from allocwatch.app import preflight, selfcare
 from allocwatch.errors import BccMissing, KernelHeadersMissing, NotPrivileged, TracefsMissing
 from allocwatch.kernel import bpfsource
 
@@ -49,7 +50,7 @@ ALL_CAPS = (1 << 41) - 1
 
 
 def test_missing_capabilities_exit_5(monkeypatch, capsys):
-    monkeypatch.setattr(preflight, "_effective_caps", lambda: 0)
+    monkeypatch.setattr(preflight, "effective_caps", lambda: 0)
     code, _, err = run_main(capsys, "run")
     assert code == NotPrivileged.exit_code == 5 and len(err.splitlines()) == 1
     assert "CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN" in err
@@ -96,7 +97,7 @@ def test_standard_place_with_something_else_on_it_is_left_alone(tmp_path):
 
 
 def test_tracefs_config_error_exit_8(monkeypatch, capsys, tmp_path):
-    monkeypatch.setattr(preflight, "_effective_caps", lambda: ALL_CAPS)
+    monkeypatch.setattr(preflight, "effective_caps", lambda: ALL_CAPS)
     f = tmp_path / "c.yaml"
     f.write_text(f"tracefs: {tmp_path}\n")
     code, _, err = run_main(capsys, "run", "--config", str(f))
@@ -148,16 +149,16 @@ def test_kallsyms_without_tracefs_is_a_usage_error(capsys):
 def test_oom_score_is_lowered_when_it_may_and_said_when_not(tmp_path, monkeypatch):
     f = tmp_path / "oom_score_adj"
     f.write_text("0\n")
-    assert preflight.lower_oom_score(-900, f) is None and f.read_text() == "-900\n"
+    assert selfcare.lower_oom_score(-900, f) is None and f.read_text() == "-900\n"
     f.write_text("-1000\n")
-    assert preflight.lower_oom_score(-900, f) is None and f.read_text() == "-1000\n"  # already lower: left
+    assert selfcare.lower_oom_score(-900, f) is None and f.read_text() == "-1000\n"  # already lower: left
     f.write_text("0\n")
 
     def refuse(*_a, **_k):
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(type(f), "write_text", refuse)
-    why = preflight.lower_oom_score(-900, f)
+    why = selfcare.lower_oom_score(-900, f)
     assert why is not None and "CAP_SYS_RESOURCE" in why and len(why.splitlines()) == 1
 
 
@@ -170,11 +171,11 @@ def test_lock_memory_only_where_later_allocations_cannot_fail():
 
     finite = 8 << 20
     no_cap = 0
-    assert "CAP_IPC_LOCK" in preflight.lock_memory(fake, effective=no_cap, memlock_limit=finite)
+    assert "CAP_IPC_LOCK" in selfcare.lock_memory(fake, effective=no_cap, memlock_limit=finite)
     assert calls == []  # not even tried: MCL_FUTURE under a finite limit breaks later mmaps
-    assert preflight.lock_memory(fake, effective=1 << preflight.CAP_IPC_LOCK, memlock_limit=finite) is None
-    assert preflight.lock_memory(fake, effective=no_cap, memlock_limit=resource.RLIM_INFINITY) is None
-    assert calls == [preflight.MCL_CURRENT | preflight.MCL_FUTURE | preflight.MCL_ONFAULT] * 2
+    assert selfcare.lock_memory(fake, effective=1 << selfcare.CAP_IPC_LOCK, memlock_limit=finite) is None
+    assert selfcare.lock_memory(fake, effective=no_cap, memlock_limit=resource.RLIM_INFINITY) is None
+    assert calls == [selfcare.MCL_CURRENT | selfcare.MCL_FUTURE | selfcare.MCL_ONFAULT] * 2
 
 
 def test_a_pid_namespace_of_its_own_is_said(tmp_path):

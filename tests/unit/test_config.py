@@ -266,16 +266,16 @@ def test_site_label_not_a_string(label):
 
 
 def test_shown_cuts_long_and_large_values():
-    long = config._shown("x" * 10_000)
+    long = config.shown("x" * 10_000)
     assert long.startswith("'xxx") and long.endswith("...") and len(long) <= config.SHOWN_MAX_CHARS
-    assert config._shown([1, 2, 3]) == "a list of 3 items"
-    assert config._shown({"a": 1}) == "a mapping of 1 item"
+    assert config.shown([1, 2, 3]) == "a list of 3 items"
+    assert config.shown({"a": 1}) == "a mapping of 1 item"
     deep: list = []
     for _ in range(100_000):
         deep = [deep]
-    assert config._shown(deep) == "a list of 1 item"  # no repr of the nested structure
-    assert config._shown("a\nb") == "'a\\nb'"
-    assert config._shown(10**5000) == "an integer of 16610 bits"
+    assert config.shown(deep) == "a list of 1 item"  # no repr of the nested structure
+    assert config.shown("a\nb") == "'a\\nb'"
+    assert config.shown(10**5000) == "an integer of 16610 bits"
 
 
 def test_unknown_key_is_cut():

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from allocwatch import cli, config
+from allocwatch.config import yamlfile
 from allocwatch.errors import ConfigError, ConfigUnreadable
 
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
@@ -197,7 +198,7 @@ def test_file_that_grows_after_fstat_is_cut_at_the_cap(tmp_path, monkeypatch):
         st[stat.ST_SIZE] = 10
         return os.stat_result(st)
 
-    monkeypatch.setattr(config.os, "fstat", small_fstat)
+    monkeypatch.setattr(yamlfile.os, "fstat", small_fstat)
     refused(f, ConfigUnreadable, "larger than the 1 MiB limit")
 
 
@@ -220,7 +221,7 @@ def test_non_regular_file_caught_after_open_too(tmp_path, monkeypatch, kind):
     regular = write(tmp_path, "threshold_s: 5\n", "regular.yaml")
     real_stat = os.stat
     monkeypatch.setattr(
-        config.os, "stat", lambda p, *a, **k: real_stat(regular) if p == target else real_stat(p, *a, **k)
+        yamlfile.os, "stat", lambda p, *a, **k: real_stat(regular) if p == target else real_stat(p, *a, **k)
     )
     finishes_within(1.0, lambda: refused(target, ConfigUnreadable, "not a regular file"))
 
@@ -246,7 +247,7 @@ def test_permission_denied_unreadable(tmp_path, monkeypatch):
     def denied(*_a, **_k):  # root reads any file: the refusal is simulated at open(2)
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(config.os, "open", denied)
+    monkeypatch.setattr(yamlfile.os, "open", denied)
     refused(f, ConfigUnreadable, "Permission denied")
 
 

@@ -2,10 +2,10 @@
 
 import json
 
+from allocwatch.app.daemon import Daemon
 from allocwatch.config import Config
 from allocwatch.core.model import DirtyPause, InflightWait, OomKill, WaitEnd
 from allocwatch.core.sites import SITE_DSTATE, Site
-from allocwatch.daemon import Daemon
 from allocwatch.kernel import procfs
 from allocwatch.kernel.probes import plan
 from allocwatch.outputs import report

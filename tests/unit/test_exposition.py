@@ -55,7 +55,7 @@ def test_numbers_and_mistakes():
 
 def test_the_daemon_no_longer_imports_a_client_library_or_an_http_stack():
     unwanted = ("prometheus_client", "http.server", "urllib.request", "email")
-    code = ("import sys, allocwatch.cli, allocwatch.daemon, allocwatch.outputs.metrics; "
+    code = ("import sys, allocwatch.cli, allocwatch.app.daemon, allocwatch.outputs.metrics; "
             f"print(sorted(m for m in {unwanted!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

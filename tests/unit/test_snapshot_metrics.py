@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from allocwatch.app.daemon import Daemon
 from allocwatch.config import Config
 from allocwatch.core.model import InflightWait, WaitEnd
 from allocwatch.core.sites import HIST_SLOTS, SITE_DSTATE, Site
@@ -24,7 +25,6 @@ from allocwatch.core.snapshot import (
     merge_slots,
     per_site_now,
 )
-from allocwatch.daemon import Daemon
 from allocwatch.kernel.probes import plan
 from allocwatch.outputs import report
 from allocwatch.outputs.metrics import MetricsServer, SnapshotCollector, registry_for, split_addr

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 
+from allocwatch.app.live import LiveReader
 from allocwatch.core.model import InflightWait
 from allocwatch.core.sites import SITE_DSTATE, Site
 from allocwatch.core.snapview import hello_dict, snapshot_dict
-from allocwatch.live import LiveReader
 from tests.unit.test_daemon import fake_proc
 from tests.unit.test_snapshot_metrics import S, _daemon
 

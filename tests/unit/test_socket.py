@@ -19,7 +19,7 @@ import pytest
 
 from allocwatch.errors import SocketUnavailable
 from allocwatch.outputs.socket import SocketServer, may_read
-from allocwatch.outputs.topfeed import NoDaemon, SocketFeed
+from allocwatch.top.feed import NoDaemon, SocketFeed
 from tests.unit.test_snapshot_metrics import _daemon
 
 NOBODY = 65534

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch import preflight
+from allocwatch.app import preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURE = ROOT / "tests" / "fixtures" / "kernels" / "6.18"
@@ -95,7 +95,7 @@ def test_diagnostics_to_a_full_non_blocking_pipe_never_block():
 
 GUARD = """
 import os, sys
-from allocwatch import preflight
+from allocwatch.app import preflight
 s = preflight.guard_stderr()
 try:
     os.fstat(1)

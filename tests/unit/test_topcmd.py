@@ -7,9 +7,11 @@ import threading
 
 import pytest
 
-from allocwatch import config, preflight, topcmd
+from allocwatch import config
+from allocwatch.app import preflight
 from allocwatch.errors import NotPrivileged
-from allocwatch.outputs.topfeed import Feed
+from allocwatch.top import command as topcmd
+from allocwatch.top.feed import Feed
 from tests.unit.test_topmodel import _doc, _task
 
 

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from allocwatch.outputs import topview
-from allocwatch.outputs.topmodel import (
+from allocwatch.top import view as topview
+from allocwatch.top.model import (
     STALLED,
     WARN,
     group_rows,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from allocwatch.outputs.topfeed import Feed
-from allocwatch.outputs.topscreen import Screen, use_colour
+from allocwatch.top.feed import Feed
+from allocwatch.top.screen import Screen, use_colour
 from tests.unit.test_topmodel import _doc, _task
 
 

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.kernel
 
 CHILD = textwrap.dedent("""
     import ctypes, json, re
-    from allocwatch.heap import HeapTrimmer, rss_anon_kib
+    from allocwatch.app.selfcare import HeapTrimmer, rss_anon_kib
 
     def heap_flags():
         flags, in_heap = [], False

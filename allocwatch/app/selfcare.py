@@ -1,4 +1,6 @@
-"""Giving the C heap's free pages back to the kernel, locked or not.
+"""Keeping the watchdog alive under the pressure it watches: its pages locked in
+memory, its oom_score_adj lowered, and the C heap's free pages given back,
+locked or not.
 
 A storm of waits makes and drops objects by the thousand; the C allocator keeps
 the pages they freed, and `malloc_trim(0)` hands back every whole free page.
@@ -20,8 +22,11 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 from collections.abc import Callable
 from pathlib import Path
+
+from allocwatch.app import preflight
 
 GROW_KIB = 8 * 1024  # RssAnon growth that asks for a trim
 RECHECK_SCANS = 60  # and how often RssAnon that stays high asks for one
@@ -136,3 +141,55 @@ class HeapTrimmer:
         else:
             libc.malloc_trim(0)
         self.trims += 1
+
+
+# -- surviving the pressure it watches ---------------------------------------------
+
+
+def lower_oom_score(adj: int, path: Path = Path("/proc/self/oom_score_adj")) -> str | None:
+    """Ask the OOM killer to spare the watchdog; None when done, else why not (one line).
+    Lowering it needs CAP_SYS_RESOURCE; a unit's OOMScoreAdjust= does it without."""
+    try:
+        if int(path.read_text()) <= adj:
+            return None
+        path.write_text(f"{adj}\n")
+        return None
+    except OSError as exc:
+        return (f"could not set its own oom_score_adj to {adj} ({exc.strerror}; lowering it needs "
+                "CAP_SYS_RESOURCE): the OOM killer ranks it like any task of its size")
+    except ValueError:
+        return None
+
+
+# mlockall(2) flags, include/uapi/asm-generic/mman-common.h. MCL_ONFAULT since
+# v4.4 (b0f205c2a308, "mm: mlock: add mlock flags to enable VM_LOCKONFAULT usage").
+MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
+
+
+CAP_IPC_LOCK = 14
+
+
+def lock_memory(
+    mlockall: Callable[[int], int] | None = None,
+    effective: int | None = None,
+    memlock_limit: int | None = None,
+) -> str | None:
+    """Keep the scan loop's pages in RAM: each page is locked when it is first
+    touched (MCL_ONFAULT), so what is not resident now (the compiler's text,
+    dropped after the load) is never pulled in. None when done, else why not.
+
+    Only with CAP_IPC_LOCK or no RLIMIT_MEMLOCK: under a finite limit,
+    MCL_FUTURE would make every later allocation past it fail."""
+    effective = preflight.effective_caps() if effective is None else effective
+    memlock_limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] if memlock_limit is None else memlock_limit
+    if not effective >> CAP_IPC_LOCK & 1 and memlock_limit != resource.RLIM_INFINITY:
+        return ("did not lock its pages in memory (that needs CAP_IPC_LOCK, or RLIMIT_MEMLOCK unlimited: "
+                "LimitMEMLOCK=infinity): under pressure its own pages may be reclaimed")
+    if mlockall is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        mlockall = libc.mlockall
+    if mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
+        return None
+    err = ctypes.get_errno()
+    return (f"could not lock its pages in memory ({os.strerror(err)}; it needs CAP_IPC_LOCK or a "
+            "large enough RLIMIT_MEMLOCK): under pressure its own pages may be reclaimed")

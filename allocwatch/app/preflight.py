@@ -9,12 +9,11 @@ already be a tracefs mount point.
 
 from __future__ import annotations
 
-import ctypes
 import io
 import os
-import resource
 import subprocess
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from allocwatch.errors import NotPrivileged, OutputClosed, TracefsMissing
@@ -62,7 +61,7 @@ def missing_capabilities(effective: int, euid: int, cap_last_cap: int) -> list[s
     return sorted(CAP_NAMES[c] for c in needed_capabilities(euid, cap_last_cap) if not effective >> c & 1)
 
 
-def _effective_caps(status: Path = Path("/proc/self/status")) -> int:
+def effective_caps(status: Path = Path("/proc/self/status")) -> int:
     for line in status.read_text().splitlines():
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
@@ -80,7 +79,7 @@ def require_capabilities(
     euid: int | None = None, effective: int | None = None, cap_last_cap: int | None = None
 ) -> None:
     euid = os.geteuid() if euid is None else euid
-    effective = _effective_caps() if effective is None else effective
+    effective = effective_caps() if effective is None else effective
     missing = missing_capabilities(effective, euid, _cap_last_cap() if cap_last_cap is None else cap_last_cap)
     if missing:
         who = "root" if euid == 0 else f"uid {euid}"
@@ -179,6 +178,11 @@ def require_stdout(fd: int = 1) -> None:
 # -- stderr -----------------------------------------------------------------------
 
 
+def say(line: str) -> None:
+    """One diagnostic line on standard error (main guards it: a full or closed stderr loses the line)."""
+    print(f"allocwatch: {line}", file=sys.stderr, flush=True)
+
+
 class DiagnosticStream(io.TextIOBase):
     """Standard error for the daemon's one-line diagnostics: each write goes
     straight to the fd and never raises. A stderr that is full (`2>/dev/full`),
@@ -218,58 +222,6 @@ def guard_stderr(fd: int = 2) -> DiagnosticStream:
             os.dup2(null, fd)
             os.close(null)  # when it took a closed stdout's number, stdout stays closed
     return DiagnosticStream(fd)
-
-
-# -- surviving the pressure it watches ---------------------------------------------
-
-
-def lower_oom_score(adj: int, path: Path = Path("/proc/self/oom_score_adj")) -> str | None:
-    """Ask the OOM killer to spare the watchdog; None when done, else why not (one line).
-    Lowering it needs CAP_SYS_RESOURCE; a unit's OOMScoreAdjust= does it without."""
-    try:
-        if int(path.read_text()) <= adj:
-            return None
-        path.write_text(f"{adj}\n")
-        return None
-    except OSError as exc:
-        return (f"could not set its own oom_score_adj to {adj} ({exc.strerror}; lowering it needs "
-                "CAP_SYS_RESOURCE): the OOM killer ranks it like any task of its size")
-    except ValueError:
-        return None
-
-
-# mlockall(2) flags, include/uapi/asm-generic/mman-common.h. MCL_ONFAULT since
-# v4.4 (b0f205c2a308, "mm: mlock: add mlock flags to enable VM_LOCKONFAULT usage").
-MCL_CURRENT, MCL_FUTURE, MCL_ONFAULT = 1, 2, 4
-
-
-CAP_IPC_LOCK = 14
-
-
-def lock_memory(
-    mlockall: Callable[[int], int] | None = None,
-    effective: int | None = None,
-    memlock_limit: int | None = None,
-) -> str | None:
-    """Keep the scan loop's pages in RAM: each page is locked when it is first
-    touched (MCL_ONFAULT), so what is not resident now (the compiler's text,
-    dropped after the load) is never pulled in. None when done, else why not.
-
-    Only with CAP_IPC_LOCK or no RLIMIT_MEMLOCK: under a finite limit,
-    MCL_FUTURE would make every later allocation past it fail."""
-    effective = _effective_caps() if effective is None else effective
-    memlock_limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0] if memlock_limit is None else memlock_limit
-    if not effective >> CAP_IPC_LOCK & 1 and memlock_limit != resource.RLIM_INFINITY:
-        return ("did not lock its pages in memory (that needs CAP_IPC_LOCK, or RLIMIT_MEMLOCK unlimited: "
-                "LimitMEMLOCK=infinity): under pressure its own pages may be reclaimed")
-    if mlockall is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        mlockall = libc.mlockall
-    if mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0:
-        return None
-    err = ctypes.get_errno()
-    return (f"could not lock its pages in memory ({os.strerror(err)}; it needs CAP_IPC_LOCK or a "
-            "large enough RLIMIT_MEMLOCK): under pressure its own pages may be reclaimed")
 
 
 def pid_namespace_note(status: Path = Path("/proc/self/status")) -> str | None:

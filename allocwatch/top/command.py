@@ -23,10 +23,10 @@ from typing import Any
 
 from allocwatch import config
 from allocwatch.errors import NoSnapshot, NotPrivileged
-from allocwatch.outputs import topview
-from allocwatch.outputs.topfeed import Feed, NoDaemon, SocketFeed
-from allocwatch.outputs.topmodel import visible_rows
-from allocwatch.outputs.topscreen import Screen
+from allocwatch.top import view
+from allocwatch.top.feed import Feed, NoDaemon, SocketFeed
+from allocwatch.top.model import visible_rows
+from allocwatch.top.screen import Screen
 
 FIRST_SNAPSHOT_TIMEOUT_S = 30.0
 
@@ -46,7 +46,7 @@ def _feed(cfg: config.Config, path: str) -> Feed:
             raise NoDaemon("socket_path is '' (no socket)")
         return SocketFeed(path)
     except NoDaemon as why:  # nothing answers there: the same code, in-process (its scans at top's --interval)
-        from allocwatch.topsession import OwnSession
+        from allocwatch.top.session import OwnSession
 
         try:
             return OwnSession(cfg, f"no daemon on {path or '-'}")
@@ -63,7 +63,7 @@ def _print_once(feed: Feed, as_json: bool, width: int) -> None:
         return
     rows = visible_rows(doc)
     age = max(0.0, time.time() - doc["time_s"])
-    for text, _ in topview.frame_lines(doc, prev, rows, feed.source, age, width):
+    for text, _ in view.frame_lines(doc, prev, rows, feed.source, age, width):
         print(text)
 
 

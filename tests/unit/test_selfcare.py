@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from allocwatch.heap import HeapTrimmer, heap_range, rss_anon_kib
+from allocwatch.app.selfcare import HeapTrimmer, heap_range, rss_anon_kib
 
 
 class FakeLibc:

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from allocwatch import __version__
+from allocwatch.app.hostcontext import HostContext
+from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
 from allocwatch.core import gfp
 from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
@@ -59,11 +61,9 @@ from allocwatch.core.snapshot import (
 )
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
 from allocwatch.core.victims import VictimBook, cgroup_waiters
-from allocwatch.hostcontext import HostContext
 from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 from allocwatch.kernel.waitfacts import WaitFacts
-from allocwatch.live import LiveReader
 
 
 class Source(Protocol):

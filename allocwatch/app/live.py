@@ -21,7 +21,7 @@ from allocwatch.core.tracker import NS_PER_S, Wait
 from allocwatch.kernel import hostfs, procfs
 
 if TYPE_CHECKING:
-    from allocwatch.daemon import Daemon
+    from allocwatch.app.daemon import Daemon
 
 
 class LiveReader:

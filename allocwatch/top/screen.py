@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from allocwatch.outputs import topview
-from allocwatch.outputs.topfeed import Feed
-from allocwatch.outputs.topmodel import SORTS, Row, visible_rows
+from allocwatch.top import view
+from allocwatch.top.feed import Feed
+from allocwatch.top.model import SORTS, Row, visible_rows
 
 _ENTER = (curses.KEY_ENTER, 10, 13)
 _ESC = 27
@@ -97,12 +97,12 @@ class Screen:
         rows = self._rows(doc)
         index = self._selected_index(rows)
         if self.state.mode == "help":
-            return topview.help_lines(width)
+            return view.help_lines(width)
         if self.state.mode == "detail" and index is not None:
-            return topview.detail_lines(rows[index], width)
+            return view.detail_lines(rows[index], width)
         self.state.mode = "table"
         age = max(0.0, self.clock_s() - doc["time_s"])
-        return topview.frame_lines(doc, prev, rows, self.feed.source, age, width, height, index, status)
+        return view.frame_lines(doc, prev, rows, self.feed.source, age, width, height, index, status)
 
     def _paint(self, scr: Any) -> None:
         height, width = scr.getmaxyx()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from allocwatch.outputs.report import memcg_line, site_detail_text, size_text, text_value
-from allocwatch.outputs.topmodel import Row, SiteRow, site_rows
+from allocwatch.top.model import Row, SiteRow, site_rows
 
 Line = tuple[str, str]
 CGROUP_MIN = 10

@@ -1,0 +1,147 @@
+"""A configuration made into programs that watch: what `run`, `probes` and top's own session share.
+
+`Session.open(cfg)` checks the capabilities, mounts tracefs where it may, reads
+what the running kernel offers, plans a way to each wait site, and compiles,
+loads and attaches the BPF programs. `Session.daemon()` then gives the scan
+loop over them, with the kernel's own names for gfp flags, compaction results
+and throttle reasons. `close()` detaches everything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from allocwatch import config
+from allocwatch.app import preflight
+from allocwatch.app.daemon import Daemon, Output
+from allocwatch.app.live import LiveReader
+from allocwatch.errors import NothingAttached
+from allocwatch.kernel import coverage, gfpnames, kernelinfo, probes
+
+if TYPE_CHECKING:
+    from allocwatch.kernel.bpfsource import BpfSource
+
+
+def read_features(
+    cfg: config.Config, tracefs: Path | None = None, kallsyms: Path | None = None
+) -> kernelinfo.KernelFeatures:
+    """What the running kernel offers, or (with `tracefs`) a captured copy of one."""
+    root = tracefs or Path(cfg.tracefs)
+    return kernelinfo.read_features(
+        root,
+        probes.all_tracepoint_names(),
+        probes.all_function_names(),
+        kallsyms=kallsyms or (Path("/proc/kallsyms") if tracefs is None else tracefs / "kallsyms"),
+        sysfs=Path("/sys") if tracefs is None else tracefs,
+        release=None if tracefs is None else _captured_release(tracefs),
+        assume_proc_stack=None if tracefs is None else True,
+    )
+
+
+def _captured_release(tracefs: Path) -> str:
+    try:
+        return (tracefs / "release").read_text().strip() + f" (captured at {tracefs})"
+    except OSError:
+        return f"captured at {tracefs}"
+
+
+def prepare(cfg: config.Config) -> None:
+    """Before anything is loaded: the capabilities BPF needs, and tracefs."""
+    preflight.require_capabilities()
+    mount_tracefs(cfg)
+
+
+def mount_tracefs(cfg: config.Config) -> None:
+    if preflight.ensure_tracefs(Path(cfg.tracefs)):
+        preflight.say(f"tracefs was not mounted: mounted it at {preflight.TRACEFS_STANDARD}")
+
+
+def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kernelinfo.KernelFeatures) -> BpfSource:
+    """Compile, load and attach; then give back what the compiler left (selfcare)."""
+    from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
+
+    opts = LoadOptions(
+        long_wait_ns=cfg.thresholds().min_ns,
+        dstate_end_ns=cfg.classify_after_ns,
+        begin_stacks=cfg.begin_stacks,
+        max_waits=cfg.max_inflight,
+        max_dwaits=cfg.max_inflight,
+    )
+    source = BpfSource(plans, features, opts)
+    source.load()
+    return source
+
+
+def gfp_table(cfg: config.Config) -> list[tuple[int, str]]:
+    """The running kernel's gfp flag names, from the first reclaim-begin event that has them."""
+    for event in ("vmscan/mm_vmscan_memcg_reclaim_begin", "vmscan/mm_vmscan_direct_reclaim_begin"):
+        table = gfpnames.read_table(Path(cfg.tracefs), event)
+        if table:
+            return table
+    return []
+
+
+def throttle_names(cfg: config.Config) -> dict[int, str]:
+    return gfpnames.read_throttle_reasons(Path(cfg.tracefs))
+
+
+def compaction_names(cfg: config.Config) -> dict[int, str]:
+    return gfpnames.read_symbolic(Path(cfg.tracefs), "compaction/mm_compaction_end", "status")
+
+
+class Session:
+    def __init__(self, cfg: config.Config, features: kernelinfo.KernelFeatures, source: BpfSource) -> None:
+        self.cfg = cfg
+        self.features = features
+        self.source = source
+
+    @classmethod
+    def open(cls, cfg: config.Config) -> Session:
+        """Everything up to attached programs; NothingAttached when no site could be."""
+        prepare(cfg)
+        session = cls.load(cfg)
+        try:
+            session.require_attached()
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    @classmethod
+    def load(cls, cfg: config.Config) -> Session:
+        """The kernel's features read, the sites planned, the programs loaded (after `prepare`)."""
+        features = read_features(cfg)
+        return cls(cfg, features, load_source(cfg, probes.plan(features, cfg.disabled, cfg.hot_paths), features))
+
+    def require_attached(self) -> None:
+        if not any(s.attached for s in self.source.status):
+            raise NothingAttached("no wait site could be attached: see 'allocwatch probes' for why")
+
+    def line(self) -> str:
+        """What is watched, in one line (the READY status, the announce line)."""
+        return coverage.summarize(self.source.status).line()
+
+    def daemon(
+        self, outputs: Sequence[Output], live_wanted: Callable[[], bool] | None = None,
+        on_error: Callable[[str], None] = lambda line: None,
+    ) -> tuple[Daemon, int]:
+        """The scan loop over this session's programs, and how many tasks already
+        asleep in D it now times from now (when D sleeps are watched). With
+        `live_wanted`, each snapshot carries the live view while it says so."""
+        effective = self.source.effective_plans
+        daemon = Daemon(
+            self.cfg, self.source, effective, outputs, coverage=coverage.snapshot_coverage(self.source.status),
+            kernel=self.features.release, gfp_table=gfp_table(self.cfg),
+            compaction_names=compaction_names(self.cfg), throttle_names=throttle_names(self.cfg),
+        )
+        if live_wanted is not None:
+            daemon.live = LiveReader(live_wanted, on_error=on_error)
+        daemon.on_limit = on_error
+        seeded = daemon.seed_preexisting() if probes.uses_dstate(effective) else 0
+        return daemon, seeded
+
+    def close(self) -> None:
+        self.source.close()
+

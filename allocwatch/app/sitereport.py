@@ -1,0 +1,38 @@
+"""`allocwatch probes`: which wait sites this kernel offers, and how each is reached.
+
+Live, it loads and attaches the programs as `run` would (then detaches them),
+so it says what a run would get; with a captured tracefs tree it only plans.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from allocwatch import config
+from allocwatch.app.session import load_source, prepare, read_features
+from allocwatch.kernel import coverage, probes
+
+
+def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None, as_json: bool) -> str:
+    """The text (or JSON document) to print; typed errors as `run` raises them."""
+    offline = tracefs is not None
+    if not offline:
+        prepare(cfg)
+    features = read_features(cfg, tracefs, kallsyms)
+    plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
+    if offline:
+        statuses = [coverage.planned(p, features) for p in plans]
+    else:
+        source = load_source(cfg, plans, features)
+        statuses = list(source.status)
+        source.close()
+    if as_json:
+        doc = {
+            "kernel": features.release,
+            "live": not offline,
+            "kprobes": features.kprobes,
+            "sites": coverage.rows(statuses),
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    return coverage.render_text(statuses, features.release)
