@@ -21,12 +21,11 @@ from allocwatch import __version__
 from allocwatch.app.hostcontext import HostContext
 from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
-from allocwatch.core import gfp
+from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
-from allocwatch.core.host import MemcgInfo, TaskInfo
 from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
     LIMIT_TEXT,
@@ -40,9 +39,7 @@ from allocwatch.core.records import (
     SummaryReport,
     TaskDetail,
     Victim,
-    item_tid,
     limit_line,
-    listing,
     to_dict,
 )
 from allocwatch.core.sites import NR_SITES, SITE_DSTATE, Site
@@ -59,10 +56,11 @@ from allocwatch.core.snapshot import (
     merge_slots,
     per_site_now,
 )
-from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait, WaitKey
+from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait
 from allocwatch.core.victims import VictimBook, cgroup_waiters
-from allocwatch.kernel import hostfs, procfs
+from allocwatch.kernel import procfs
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
+from allocwatch.kernel.tasks import TaskReader
 from allocwatch.kernel.waitfacts import WaitFacts
 
 
@@ -115,7 +113,6 @@ class Daemon:
             classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
         )
         self.coverage = tuple(coverage)
-        self.gfp_table = tuple(gfp_table)
         self.compaction_names = dict(compaction_names or {})  # enum compact_result, from the print fmt
         self.throttle_names = dict(throttle_names or {})  # reason bit -> VMSCAN_THROTTLE_*, from fmt and BTF
         self.info = {"version": __version__, "kernel": kernel}
@@ -135,20 +132,12 @@ class Daemon:
         )
         self._scan_durations = CumulativeHistogram(SCAN_BUCKETS_S)
         self._last_scan_s = 0.0
-        self._report_interval_ns = round(cfg.report_interval_s * NS_PER_S)
-        self._last_block_ns: int | None = None
-        self._held_back = 0  # task reports the rate limit held back since the last block
-        self._held_back_total = 0
-        self._filtered_out: set[WaitKey] = set()  # stalls the --cgroup filter left out
-        self._hidden_findings: set[tuple[str, int]] = set()  # findings it left out
-        self._pending_stalls: list[Stall] = []  # held back by the rate limit, for the next block
-        self._pending_findings: list[Finding] = []
-        self._slack_ns = round(cfg.scan_interval_s * NS_PER_S) // 2
-        self._memcg_cache: dict[str, MemcgInfo | None] = {}
+        self.policy = BlockPolicy(self._block_rules(cfg))
         self.victims = VictimBook(any(c.site == Site.OOM_REAPER.label and c.attached for c in self.coverage))
         self._scanned: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
-        self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid (_stall_block empties it)
         self.facts = WaitFacts(proc)  # cgroup, uid, cmdline: read once a wait, ahead of its first block
+        self.tasks = TaskReader(proc, self.facts, self.namer.stack_of, getattr(source, "recent_stack", None),
+                                gfp_table)
         self._ahead_ns = self._read_ahead_ns(cfg)
         self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
         self.latest: Snapshot | None = None
@@ -179,50 +168,12 @@ class Daemon:
         self.seq += 1
         return self.seq
 
-    def _detail(self, w: Wait) -> TaskDetail:
-        stack = self.namer.stack_of(w.tid, w.start_ns) if w.dstate else None
-        if stack is None:
-            stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
-        cgroup = self.facts.cgroup(w)
-        uid, cmdline = self.facts.owner(w, self._cmdlines)
-        state, flags = hostfs.task_now(self.proc, w.pid, w.tid)  # the one read a listed task's report waits for
-        info = TaskInfo(pid=w.pid, tid=w.tid, uid=uid, cmdline=cmdline, state=state)
-        return TaskDetail(
-            cgroup=cgroup,
-            state=state,
-            stack=stack,
-            gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
-            memcg=self._memcg(cgroup),
-            task=info,
-            dying=flags.dying,
-            exiting=flags.exiting,
-            recent_stack=None if stack else self._recent_stack(w.tid),
-        )
-
-    def _recent_stack(self, tid: int) -> list[str] | None:
-        read = getattr(self.source, "recent_stack", None)  # only the real source has it
-        return read(tid) if read is not None else None
-
-    def _live_cgroup(self, pid: int, tid: int) -> str | None:
-        """A task's memory cgroup, or None once it has exited (a zombie shows the root)."""
-        if procfs.task_state(self.proc, pid, tid) in (None, "Z", "X"):
-            return None
-        return procfs.memory_cgroup(self.proc, pid, tid)
-
-    def _memcg(self, cgroup: str | None) -> MemcgInfo | None:
-        """Read once per cgroup per block: 200 tasks of one group cost one read."""
-        if cgroup is None:
-            return None
-        if cgroup not in self._memcg_cache:
-            self._memcg_cache[cgroup] = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
-        return self._memcg_cache[cgroup]
-
     def _live_victims(self) -> list[VictimSeen]:
         """OOM victims chosen and not gone yet (still in /proc, not a zombie), read once a
         scan; the ones gone are forgotten, which ends their stuck-victim episode."""
         return self.victims.alive(lambda pid: procfs.task_state(self.proc, pid, pid))
 
-    def _victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
+    def victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
         """For a block: the victims this scan found alive (pruned by _live_victims)."""
         return tuple(Victim(pid, comm, for_s) for pid, comm, for_s in self.victims.for_s(now_ns))
 
@@ -266,11 +217,6 @@ class Daemon:
         self.namer.prune()
         return waits, ended, kills
 
-    def _wanted(self, detail: TaskDetail | None) -> bool:
-        """The --cgroup filter: no filter, or the task's memory cgroup starts with a prefix."""
-        prefixes = self.cfg.cgroups
-        return not prefixes or (detail is not None and detail.cgroup is not None and detail.cgroup.startswith(prefixes))
-
     def _without_stale_sleeps(self, kept: list[Stall], details: Mapping[int, TaskDetail]) -> list[Stall]:
         """A D-state sleep whose task /proc shows awake (S, R ...) is not a stall now.
         Either it woke after this scan drained the ring (its end comes next scan) or
@@ -287,30 +233,10 @@ class Daemon:
             out.append(s)
         return out
 
-    def _brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail], wait: Wait | None = None) -> TaskDetail:
-        """A task the block only counts (past max_tasks_per_block): its cgroup, for
-        the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info.
-        A stalled wait's cgroup is read once (WaitFacts): each escalation read it
-        again otherwise (10,000 stalled: 10,000 reads every threshold)."""
-        if tid in read:
-            cgroup = read[tid].cgroup
-        elif wait is not None:
-            cgroup = self.facts.cgroup(wait)
-        else:
-            cgroup = procfs.memory_cgroup(self.proc, pid, tid)
-        flags = hostfs.task_flags(self.proc, pid, tid)
-        return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
-
-    def _finding_detail(self, f: Finding) -> TaskDetail:
-        stack = procfs.kernel_stack(self.proc, f.pid, f.tid)
-        cgroup = procfs.memory_cgroup(self.proc, f.pid, f.tid)
-        flags = hostfs.task_flags(self.proc, f.pid, f.tid)
-        return TaskDetail(
-            cgroup=cgroup, state=procfs.task_state(self.proc, f.pid, f.tid), stack=stack,
-            memcg=self._memcg(cgroup), task=hostfs.task_info(self.proc, f.pid, f.tid),
-            dying=flags.dying, exiting=flags.exiting, recent_stack=None if stack else self._recent_stack(f.tid),
-            **(self._cgroup_waiting(f, cgroup) if f.kind == STUCK_VICTIM else {}),
-        )
+    def finding_detail(self, f: Finding) -> TaskDetail:
+        """A finding's task in full; a stuck victim's with the tasks of its cgroup still waiting."""
+        return self.tasks.finding_detail(f, lambda cgroup: self._cgroup_waiting(f, cgroup) if f.kind == STUCK_VICTIM
+                                         else {})
 
     def _cgroup_waiting(self, f: Finding, cgroup: str | None) -> dict[str, Any]:
         """A stuck victim's cgroup: the tasks there still waiting for memory at the
@@ -319,72 +245,45 @@ class Daemon:
             return {}
         waits, shares, accts, now_ns = self._scanned
         names = {tid: (a.pid, a.comm) for tid, a in accts.items()}
-        found = cgroup_waiters(cgroup, f.pid, waits, shares, names,
-                               lambda pid, tid: procfs.memory_cgroup(self.proc, pid, tid), now_ns)
+        found = cgroup_waiters(cgroup, f.pid, waits, shares, names, self.tasks.cgroup, now_ns)
         return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found)}
 
     def _stall_block(
         self, stalls: list[Stall], findings: list[Finding], stalled_now: int, now_ns: int, wall: float,
         stats: dict[str, int],
     ) -> StallReport | None:
-        """The stall block due now, or None: filtered by cgroup, at most one per report interval."""
+        """The stall block due now, or None: what the block policy keeps and lets out now."""
         if not stalls and not findings:
             return None
-        self._memcg_cache = {}
-        self._cmdlines = {}  # by pid, for this block only
+        self.tasks.new_block()
         # The cgroup filter needs each task's cgroup; the rest of /proc is read
         # below only for the tasks the block lists (max_tasks_per_block).
         details: dict[int, TaskDetail] = {}
-        if self.cfg.cgroups:
+        if self.policy.filtering:
             for s in stalls:
                 details[s.wait.tid] = TaskDetail(cgroup=self.facts.cgroup(s.wait))
             for f in findings:
                 if f.tid not in details:
-                    details[f.tid] = TaskDetail(cgroup=procfs.memory_cgroup(self.proc, f.pid, f.tid))
-        kept = []
-        for s in stalls:
-            if self._wanted(details.get(s.wait.tid)):
-                kept.append(s)
-            else:
-                self._filtered_out.add(s.wait.key)
-        kept_findings = []
-        for f in findings:
-            if self._wanted(details.get(f.tid)):
-                kept_findings.append(f)
-            else:
-                self._hidden_findings.add((f.kind, f.tid))
-        # what the rate limit held back comes out with the next block (newest sighting of each)
-        pending = {s.wait.key: s for s in self._pending_stalls}
-        pending.update({s.wait.key: s for s in kept})
-        kept = sorted(pending.values(), key=lambda s: -s.duration_ns)
-        pending_f = {(f.kind, f.tid): f for f in self._pending_findings}
-        pending_f.update({(f.kind, f.tid): f for f in kept_findings})
-        kept_findings = list(pending_f.values())
-        listed = {item_tid(x) for _, x in listing(kept, kept_findings)[: self.cfg.max_tasks_per_block]}
+                    details[f.tid] = TaskDetail(cgroup=self.tasks.cgroup(f.pid, f.tid))
+        kept, kept_findings = self.policy.select(stalls, findings, lambda tid: details[tid].cgroup)
+        listed = self.policy.listed(kept, kept_findings)
         full: dict[int, TaskDetail] = {}
         for s in kept:  # one /proc read per task, however many waits it has
             if s.wait.tid not in full:
-                full[s.wait.tid] = (self._detail(s.wait) if s.wait.tid in listed
-                                     else self._brief(s.wait.pid, s.wait.tid, details, s.wait))
+                full[s.wait.tid] = (self.tasks.detail(s.wait) if s.wait.tid in listed
+                                     else self.tasks.brief(s.wait.pid, s.wait.tid, details, s.wait))
         for f in kept_findings:
             if f.tid not in full:
-                full[f.tid] = (self._finding_detail(f) if f.tid in listed
-                                else self._brief(f.pid, f.tid, details))
+                full[f.tid] = (self.finding_detail(f) if f.tid in listed
+                                else self.tasks.brief(f.pid, f.tid, details))
         details = full
         kept = self._without_stale_sleeps(kept, details)
         tasks = {s.wait.tid for s in kept}
         if not kept and not kept_findings:
             return None
-        # half a scan of slack: scans that drift by milliseconds are not held back
-        if self._last_block_ns is not None and now_ns - self._last_block_ns < self._report_interval_ns - self._slack_ns:
-            fresh = len({s.wait.tid for s in kept} - {s.wait.tid for s in self._pending_stalls})
-            self._held_back += fresh + len(kept_findings) - len(self._pending_findings)
-            self._held_back_total += fresh
-            self._pending_stalls, self._pending_findings = kept, kept_findings
+        held = self.policy.release(now_ns, kept, kept_findings)
+        if held is None:
             return None
-        self._pending_stalls, self._pending_findings = [], []
-        self._last_block_ns = now_ns
-        held, self._held_back = self._held_back, 0
         self.reported["stall"] = self.reported.get("stall", 0) + len(tasks)
         for f in kept_findings:
             self.reported[f.kind] = self.reported.get(f.kind, 0) + 1
@@ -392,7 +291,7 @@ class Daemon:
         return StallReport(
             self._next_seq(), wall, kept, stalled_now, shown,
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
-            context=self.host.block_context(stalled_now, shown, now_ns, stats, self._victims_alive(now_ns)),
+            context=self.host.block_context(stalled_now, shown, now_ns, stats, self.victims_alive(now_ns)),
             findings=kept_findings,
             throttle_names=self.throttle_names,
         )
@@ -409,7 +308,8 @@ class Daemon:
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
         return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "dwaits_stale_dropped": self.stale_dropped,
-                "waits_idle_given_back": getattr(self.source, "idle_given_back", 0), "held_back": self._held_back_total}
+                "waits_idle_given_back": getattr(self.source, "idle_given_back", 0),
+                "held_back": self.policy.held_back_total}
 
     def completed(self) -> dict[str, Histogram]:
         """Completed waits per site: the kernel's histograms plus the sleeps named here."""
@@ -440,9 +340,9 @@ class Daemon:
         for k in kills:
             self.oom_kills += 1
             self.victims.chosen(k.victim_pid, k.victim_comm, now_ns)
-            invoker_cgroup = self._live_cgroup(k.invoker_pid, k.invoker_tid)
+            invoker_cgroup = self.tasks.live_cgroup(k.invoker_pid, k.invoker_tid)
             records.append(OomKillReport(
-                self._next_seq(), wall, k, self._live_cgroup(k.victim_pid, k.victim_pid),
+                self._next_seq(), wall, k, self.tasks.live_cgroup(k.victim_pid, k.victim_pid),
                 invoker_cgroup, self.host.oom_constraint(invoker_cgroup),
             ))
         # rows for the outputs, made only if one reads them (snapshot.InflightTable)
@@ -456,15 +356,11 @@ class Daemon:
         if block is not None:
             records.append(block)
         for r in result.recovered:
-            if r.wait.key in self._filtered_out:  # its stall was never shown: neither is its end
-                self._filtered_out.discard(r.wait.key)
-                continue
-            records.append(RecoveredReport(self._next_seq(), wall, r))
+            if self.policy.shows_end_of(r.wait.key):  # a stall never shown: neither is its end
+                records.append(RecoveredReport(self._next_seq(), wall, r))
         for e in episodes_ended:
-            if (e.kind, e.tid) in self._hidden_findings:
-                self._hidden_findings.discard((e.kind, e.tid))
-                continue
-            records.append(EpisodeEndReport(self._next_seq(), wall, e))
+            if self.policy.shows_episode_end(e.kind, e.tid):
+                records.append(EpisodeEndReport(self._next_seq(), wall, e))
 
         completed = self.completed()
         snap = Snapshot(
@@ -528,9 +424,13 @@ class Daemon:
         self.tracker.thresholds = cfg.thresholds()
         self.findings.rules = cfg.window_rules()
         self.namer.set_classify_after(cfg.classify_after_ns)
-        self._report_interval_ns = round(cfg.report_interval_s * NS_PER_S)
-        self._slack_ns = round(cfg.scan_interval_s * NS_PER_S) // 2
+        self.policy.rules = self._block_rules(cfg)
         self._ahead_ns = self._read_ahead_ns(cfg)
+
+    @staticmethod
+    def _block_rules(cfg: Config) -> BlockRules:
+        return BlockRules(cfg.cgroups, round(cfg.report_interval_s * NS_PER_S), round(cfg.scan_interval_s * NS_PER_S),
+                          cfg.max_tasks_per_block)
 
     @staticmethod
     def _read_ahead_ns(cfg: Config) -> int:

@@ -12,16 +12,31 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
+from allocwatch.app.hostcontext import HostContext
+from allocwatch.core.findings import Finding, Findings
 from allocwatch.core.live import LIVE_MAX_DETAILED, LIVE_MAX_TASKS, LiveView
-from allocwatch.core.records import BlockContext, TaskDetail, site_detail
+from allocwatch.core.records import BlockContext, TaskDetail, Victim, site_detail
 from allocwatch.core.snapshot import Snapshot
-from allocwatch.core.tracker import NS_PER_S, Wait
-from allocwatch.kernel import hostfs, procfs
+from allocwatch.core.tracker import NS_PER_S, Tracker, Wait
+from allocwatch.kernel import hostfs
+from allocwatch.kernel.tasks import TaskReader
 
-if TYPE_CHECKING:
-    from allocwatch.app.daemon import Daemon
+
+class Scanner(Protocol):
+    """What the live view reads of the scan loop (app/daemon.py's Daemon)."""
+
+    proc: Path
+    tasks: TaskReader
+    findings: Findings
+    tracker: Tracker
+    host: HostContext
+    throttle_names: dict[int, str]
+
+    def finding_detail(self, f: Finding) -> TaskDetail: ...
+    def victims_alive(self, now_ns: int) -> tuple[Victim, ...]: ...
 
 
 class LiveReader:
@@ -35,7 +50,7 @@ class LiveReader:
         self.on_error = on_error
         self.failed = 0
 
-    def enrich(self, daemon: Daemon, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
+    def enrich(self, daemon: Scanner, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
         if not self.wanted():
             return snap
         try:
@@ -46,9 +61,9 @@ class LiveReader:
                 self.on_error(f"internal error: no live view for top: {type(exc).__name__}: {exc}")
             return snap
 
-    def _enrich(self, daemon: Daemon, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
+    def _enrich(self, daemon: Scanner, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
         now_ns = snap.mono_ns
-        daemon._memcg_cache = {}  # figures of this scan, not of the last report block
+        daemon.tasks.new_block()  # figures of this scan, not of the last report block
         tasks: dict[int, TaskDetail] = {}
         detailed: set[int] = set()
         truncated = 0
@@ -59,18 +74,15 @@ class LiveReader:
                 truncated += 1
                 continue
             if len(detailed) < self.max_detailed:
-                tasks[w.tid] = self._both_stacks(daemon, daemon._detail(w), w.tid)
+                tasks[w.tid] = self._both_stacks(daemon, daemon.tasks.detail(w), w.tid)
                 detailed.add(w.tid)
             else:
-                tasks[w.tid] = TaskDetail(
-                    cgroup=procfs.memory_cgroup(daemon.proc, w.pid, w.tid),
-                    state=procfs.task_state(daemon.proc, w.pid, w.tid),
-                )
+                tasks[w.tid] = daemon.tasks.glance(w)
         so_far = {(w.tid, w.site.label): site_detail(w) for w in waits if w.tid in tasks}
         episodes = tuple(daemon.findings.active())
         for f in episodes:
             if f.tid not in tasks:
-                tasks[f.tid] = self._both_stacks(daemon, daemon._finding_detail(f), f.tid)
+                tasks[f.tid] = self._both_stacks(daemon, daemon.finding_detail(f), f.tid)
                 detailed.add(f.tid)
         th = daemon.tracker.thresholds
         thresholds = {"*": th.default_ns / NS_PER_S, **{s.label: ns / NS_PER_S for s, ns in th.per_site_ns.items()}}
@@ -78,7 +90,7 @@ class LiveReader:
             stalling=sum(1 for f in snap.inflight if f.level >= 1),
             dying=0,
             exiting=0,
-            victims=daemon._victims_alive(now_ns),
+            victims=daemon.victims_alive(now_ns),
             oom_kills=snap.counters.get("oom_kills", 0),
             memory=hostfs.memory_picture(daemon.proc),
             kswapd=daemon.host.kswapd(),
@@ -89,8 +101,8 @@ class LiveReader:
         return dataclasses.replace(snap, live=live)
 
     @staticmethod
-    def _both_stacks(daemon: Daemon, detail: TaskDetail, tid: int) -> TaskDetail:
+    def _both_stacks(daemon: Scanner, detail: TaskDetail, tid: int) -> TaskDetail:
         """A report gives BPF's stack only when /proc has none; the detail view shows both."""
         if detail.recent_stack is None:
-            detail = dataclasses.replace(detail, recent_stack=daemon._recent_stack(tid))
+            detail = dataclasses.replace(detail, recent_stack=daemon.tasks.recent_stack(tid))
         return detail

@@ -1,0 +1,120 @@
+"""What a report says of a task, read from /proc when the block (or top's live view) is made.
+
+A listed task gets the full detail (`detail`: state, flags, stack, decoded gfp,
+its memory cgroup's figures, uid and cmdline); a task a block only counts gets
+its cgroup and whether it is dying or exiting (`brief`). A cgroup's figures
+are read once per block (`new_block` forgets them): 200 tasks of one group
+cost one read. The facts that cannot change in a wait come from WaitFacts,
+read once a wait.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from allocwatch.core import gfp
+from allocwatch.core.findings import Finding
+from allocwatch.core.host import MemcgInfo, TaskInfo
+from allocwatch.core.records import TaskDetail
+from allocwatch.core.tracker import Wait
+from allocwatch.kernel import hostfs, procfs
+from allocwatch.kernel.waitfacts import WaitFacts
+
+StackOf = Callable[[int, int], Sequence[str] | None]  # (tid, start_ns) -> the stack a D sleep was named by
+
+
+class TaskReader:
+    def __init__(
+        self, proc: Path, facts: WaitFacts, dstate_stack: StackOf,
+        recent_stack: Callable[[int], Sequence[str] | None] | None = None,
+        gfp_table: Sequence[tuple[int, str]] = (),
+    ) -> None:
+        self.proc = proc
+        self.facts = facts
+        self._dstate_stack = dstate_stack
+        self._recent_stack = recent_stack  # only the real source has one: BPF's stack at reclaim entry
+        self.gfp_table = tuple(gfp_table)
+        self._memcg_cache: dict[str, MemcgInfo | None] = {}
+        self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid
+
+    def new_block(self) -> None:
+        """Figures of this block (or live view), not of the last one."""
+        self._memcg_cache = {}
+        self._cmdlines = {}
+
+    def detail(self, w: Wait) -> TaskDetail:
+        stack = self._dstate_stack(w.tid, w.start_ns) if w.dstate else None
+        if stack is None:
+            stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
+        cgroup = self.facts.cgroup(w)
+        uid, cmdline = self.facts.owner(w, self._cmdlines)
+        state, flags = hostfs.task_now(self.proc, w.pid, w.tid)  # the one read a listed task's report waits for
+        info = TaskInfo(pid=w.pid, tid=w.tid, uid=uid, cmdline=cmdline, state=state)
+        return TaskDetail(
+            cgroup=cgroup,
+            state=state,
+            stack=stack,
+            gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
+            memcg=self.memcg(cgroup),
+            task=info,
+            dying=flags.dying,
+            exiting=flags.exiting,
+            recent_stack=None if stack else self.recent_stack(w.tid),
+        )
+
+    def finding_detail(self, f: Finding, extra: Callable[[str | None], Mapping[str, Any]]) -> TaskDetail:
+        """A finding's task in full; `extra(cgroup)` adds what the finding's kind says of its cgroup."""
+        stack = procfs.kernel_stack(self.proc, f.pid, f.tid)
+        cgroup = procfs.memory_cgroup(self.proc, f.pid, f.tid)
+        flags = hostfs.task_flags(self.proc, f.pid, f.tid)
+        return TaskDetail(
+            cgroup=cgroup, state=procfs.task_state(self.proc, f.pid, f.tid), stack=stack,
+            memcg=self.memcg(cgroup), task=hostfs.task_info(self.proc, f.pid, f.tid),
+            dying=flags.dying, exiting=flags.exiting, recent_stack=None if stack else self.recent_stack(f.tid),
+            **extra(cgroup),
+        )
+
+    def brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail], wait: Wait | None = None) -> TaskDetail:
+        """A task the block only counts (past max_tasks_per_block): its cgroup, for
+        the count by cgroup, and whether it is dying or exiting, for MemAlloc-Info.
+        A stalled wait's cgroup is read once (WaitFacts): each escalation read it
+        again otherwise (10,000 stalled: 10,000 reads every threshold)."""
+        if tid in read:
+            cgroup = read[tid].cgroup
+        elif wait is not None:
+            cgroup = self.facts.cgroup(wait)
+        else:
+            cgroup = procfs.memory_cgroup(self.proc, pid, tid)
+        flags = hostfs.task_flags(self.proc, pid, tid)
+        return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
+
+    def glance(self, w: Wait) -> TaskDetail:
+        """Its memory cgroup and state only: a row of top's live view past the detailed few."""
+        return TaskDetail(
+            cgroup=procfs.memory_cgroup(self.proc, w.pid, w.tid), state=procfs.task_state(self.proc, w.pid, w.tid)
+        )
+
+    def recent_stack(self, tid: int) -> Sequence[str] | None:
+        return self._recent_stack(tid) if self._recent_stack is not None else None
+
+    def cgroup(self, pid: int, tid: int) -> str | None:
+        return procfs.memory_cgroup(self.proc, pid, tid)
+
+    def live_cgroup(self, pid: int, tid: int) -> str | None:
+        """A task's memory cgroup, or None once it has exited (a zombie shows the root)."""
+        if procfs.task_state(self.proc, pid, tid) in (None, "Z", "X"):
+            return None
+        return procfs.memory_cgroup(self.proc, pid, tid)
+
+    def state(self, pid: int, tid: int) -> str | None:
+        return procfs.task_state(self.proc, pid, tid)
+
+    def memcg(self, cgroup: str | None) -> MemcgInfo | None:
+        """Read once per cgroup per block: 200 tasks of one group cost one read."""
+        if cgroup is None:
+            return None
+        if cgroup not in self._memcg_cache:
+            self._memcg_cache[cgroup] = hostfs.memcg_info(cgroup, self.proc / "self" / "mountinfo")
+        return self._memcg_cache[cgroup]
