@@ -14,8 +14,7 @@ from pathlib import Path
 
 from allocwatch import __version__, config
 from allocwatch.app import preflight, service, sitereport
-from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, OutputClosed
-from allocwatch.outputs.sinks import output_error
+from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, OutputClosed, output_error
 from allocwatch.top import command as topcmd
 
 

@@ -3,6 +3,8 @@ message and an exit code (listed in the README)."""
 
 from __future__ import annotations
 
+import errno
+
 
 class AllocwatchError(Exception):
     """Base class: `str(err)` is one line naming the cause and the fix."""
@@ -82,6 +84,13 @@ class NoSnapshot(AllocwatchError):
     """`allocwatch top --once/--json`: the daemon answered but sent no snapshot in time."""
 
     exit_code = 16
+
+
+def output_error(exc: OSError, name: str = "standard output", then: str = "") -> AllocwatchError:
+    """The typed error for a write to `name` that failed with `exc`."""
+    if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
+        return OutputClosed(f"{name} was closed by its reader ({exc.strerror})" + (f": {then}" if then else ""))
+    return OutputFailed(f"cannot write to {name}: {exc.strerror or exc}")
 
 
 EXIT_OK = 0

@@ -61,14 +61,14 @@ class RenderingSink:
 
 def structures(d: Daemon) -> list[tuple[str, Any]]:
     """What the daemon keeps, by owner, in the order sizes are counted."""
-    readers = getattr(d.source, "_readers", {})
+    readers = getattr(d.source, "map_readers", {})
     return [
         *((f"map reader: {name}", r) for name, r in readers.items()),
         ("D-state namer (stacks, named sleeps)", d.namer),
         ("tracker (reported waits)", d.tracker),
         ("findings (per-task window samples)", d.findings),
         ("wait facts (cgroup, uid, cmdline)", d.facts),
-        ("the last scan (waits, shares, accounts)", d._scanned),
+        ("the last scan (waits, shares, accounts)", d.last_scan),
         ("the latest snapshot", d.latest),
         ("the rest of the daemon", d),
     ]

@@ -134,7 +134,7 @@ class Daemon:
         self._last_scan_s = 0.0
         self.policy = BlockPolicy(self._block_rules(cfg))
         self.victims = VictimBook(any(c.site == Site.OOM_REAPER.label and c.attached for c in self.coverage))
-        self._scanned: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
+        self.last_scan: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
         self.facts = WaitFacts(proc)  # cgroup, uid, cmdline: read once a wait, ahead of its first block
         self.tasks = TaskReader(proc, self.facts, self.namer.stack_of, getattr(source, "recent_stack", None),
                                 gfp_table)
@@ -243,7 +243,7 @@ class Daemon:
         last scan (the longest max_tasks_per_block of them) and how many."""
         if cgroup is None:  # gone
             return {}
-        waits, shares, accts, now_ns = self._scanned
+        waits, shares, accts, now_ns = self.last_scan
         names = {tid: (a.pid, a.comm) for tid, a in accts.items()}
         found = cgroup_waiters(cgroup, f.pid, waits, shares, names, self.tasks.cgroup, now_ns)
         return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found)}
@@ -351,7 +351,7 @@ class Daemon:
         stalled_tids = result.stalled_tids
         self.victims.reaper_seen(chain(waits, (e.wait for e in ended)), accts, now_ns)
         due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
-        self._scanned = (waits, shares, accts, now_ns)
+        self.last_scan = (waits, shares, accts, now_ns)
         block = self._stall_block(result.stalls, due, result.stalled_now, now_ns, wall, stats)
         if block is not None:
             records.append(block)

@@ -495,6 +495,11 @@ class BpfSource:
 
     # -- stop -------------------------------------------------------------
 
+    @property
+    def map_readers(self) -> dict[str, MapReader[Any]]:
+        """The readers of the maps read so far, by map name (bench/memory.py counts what they hold)."""
+        return dict(self._readers)
+
     def close(self) -> None:
         """Detach everything, then free the maps. Each tracepoint detach waits
         for the kernel (about 75 ms each here, 1.5 s for 20 in a row), so they

@@ -15,7 +15,6 @@ with poll(), in the writer thread only.
 
 from __future__ import annotations
 
-import errno
 import os
 import select
 import threading
@@ -24,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from allocwatch.core.snapshot import Snapshot
-from allocwatch.errors import AllocwatchError, OutputClosed, OutputFailed
+from allocwatch.errors import AllocwatchError, OutputClosed, output_error
 
 Block = Sequence[Mapping[str, Any]]
 
@@ -170,10 +169,3 @@ def _wait_writable(fd: int, name: str, then: str) -> None:
     for _fd, events in poller.poll(_POLL_MS):
         if events & (select.POLLERR | select.POLLHUP | select.POLLNVAL) and not events & select.POLLOUT:
             raise OutputClosed(f"{name} was closed by its reader" + (f": {then}" if then else ""))
-
-
-def output_error(exc: OSError, name: str = "standard output", then: str = "") -> AllocwatchError:
-    """The typed error for a write to `name` that failed with `exc`."""
-    if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):
-        return OutputClosed(f"{name} was closed by its reader ({exc.strerror})" + (f": {then}" if then else ""))
-    return OutputFailed(f"cannot write to {name}: {exc.strerror or exc}")

@@ -83,7 +83,7 @@ def test_memory_sizes_count_a_shared_object_once_for_the_first_owner():
 
     d = D()
     d.source, d.namer, d.tracker, d.findings, d.facts = D(), [shared], [shared], {}, {}
-    d._scanned, d.latest = (), None
+    d.last_scan, d.latest = (), None
     sizes = memory.deep_sizes(d)  # type: ignore[arg-type]
     assert sizes["D-state namer (stacks, named sleeps)"] > 1000 * 28
     assert sizes["tracker (reported waits)"] < 200  # its list only: the ints were counted above
