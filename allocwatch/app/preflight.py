@@ -13,13 +13,12 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 
 from allocwatch.errors import NotPrivileged, OutputClosed, TracefsMissing
+from allocwatch.kernel import mountinfo as mounts
 
 TRACEFS_STANDARD = Path("/sys/kernel/tracing")
-MOUNTINFO = Path("/proc/self/mountinfo")
 
 # Capability numbers from include/uapi/linux/capability.h.
 CAP_DAC_READ_SEARCH = 2
@@ -93,42 +92,13 @@ def require_capabilities(
 # -- tracefs --------------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    """mountinfo writes space, tab, newline and backslash as \\ooo."""
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and field[i + 1 : i + 4].isdigit() and len(field[i + 1 : i + 4]) == 3:
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def mounted_fstype(path: Path, mountinfo_lines: Sequence[str]) -> str | None:
-    """The file system type mounted exactly at `path` (the top of a stack of
-    mounts), or None when `path` is not a mount point."""
-    want = os.path.realpath(path)
-    found = None
-    for line in mountinfo_lines:
-        pre, sep, post = line.partition(" - ")
-        fields = pre.split()
-        if not sep or len(fields) < 5 or not post.split():
-            continue
-        if _unescape(fields[4]) == want:
-            found = post.split()[0]  # later lines are mounted on top of earlier ones
-    return found
-
-
-def ensure_tracefs(tracefs: Path, mountinfo: Path = MOUNTINFO) -> bool:
+def ensure_tracefs(tracefs: Path, mountinfo: Path = mounts.MOUNTINFO) -> bool:
     """Check that `tracefs` is a tracefs mount; True if this call mounted it.
 
     Only the standard place is ever mounted, and only when nothing is mounted
     there. A configured path that is not a tracefs mount is an error.
     """
-    lines = mountinfo.read_text().splitlines()
-    fstype = mounted_fstype(tracefs, lines)
+    fstype = mounts.fstype_at(os.path.realpath(tracefs), mounts.read(mountinfo))
     if fstype == "tracefs":
         return False
     standard = os.path.realpath(tracefs) == os.path.realpath(TRACEFS_STANDARD)
@@ -146,7 +116,7 @@ def ensure_tracefs(tracefs: Path, mountinfo: Path = MOUNTINFO) -> bool:
     proc = subprocess.run(
         ["mount", "-t", "tracefs", "nodev", str(TRACEFS_STANDARD)], capture_output=True, text=True, check=False
     )
-    if proc.returncode != 0 or mounted_fstype(TRACEFS_STANDARD, mountinfo.read_text().splitlines()) != "tracefs":
+    if proc.returncode != 0 or mounts.fstype_at(str(TRACEFS_STANDARD), mounts.read(mountinfo)) != "tracefs":
         why = (proc.stderr.strip().splitlines() or ["not mounted afterwards"])[-1]
         raise TracefsMissing(
             f"tracefs is not mounted at {TRACEFS_STANDARD} and mounting it failed ({why}): "

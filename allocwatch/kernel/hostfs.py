@@ -23,6 +23,7 @@ from allocwatch.core.host import (
     TaskInfo,
     ZoneInfo,
 )
+from allocwatch.kernel import mountinfo
 from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, task_file
 
 DEFAULT_MOUNTINFO = DEFAULT_PROCFS / "self" / "mountinfo"
@@ -49,7 +50,6 @@ _VMSTAT_LINES = {
     line: total for total, suffixes in VMSTAT_SUMS.items() for line in (total, *(f"{total}_{s}" for s in suffixes))
 }
 _INT = re.compile(r"-?[0-9]+")
-_OCTAL = re.compile(r"\\([0-7]{3})")
 _ZONE_HEAD = re.compile(r"Node\s+(\d+),\s+zone\s+(\S+)")
 _KSWAPD = re.compile(r"kswapd(\d+)(?::\d+)?")
 
@@ -97,29 +97,15 @@ def _limit(path: Path) -> int | None:
 # --- memory cgroup ------------------------------------------------------------
 
 
-def _unescape(field: str) -> str:
-    """mountinfo's octal escapes (\\040 space, \\011 tab, \\012 newline, \\134 backslash)."""
-    def byte(m: re.Match[str]) -> str:
-        n = int(m.group(1), 8)
-        return chr(n) if n < 0x80 else chr(0xDC00 + n)  # as surrogateescape would decode it
-    return _OCTAL.sub(byte, field)
-
-
-def _mount(line: str) -> tuple[int, str, Path] | None:
-    """(version, root, mount point) of a memory cgroup mountinfo line, else None."""
-    fields = line.split(" ")
-    try:
-        sep = fields.index("-", 6)
-        fstype, superopts = fields[sep + 1], fields[sep + 3]
-    except (ValueError, IndexError):
-        return None
-    if fstype == "cgroup2":
+def _memcg_mount(m: mountinfo.Mount) -> tuple[int, str, Path] | None:
+    """(version, root, mount point) of a memory cgroup mount, else None."""
+    if m.fstype == "cgroup2":
         version = 2
-    elif fstype == "cgroup" and "memory" in superopts.split(","):
+    elif m.fstype == "cgroup" and "memory" in m.superopts:
         version = 1
     else:
         return None
-    return version, _unescape(fields[3]), Path(_unescape(fields[4]))
+    return version, m.root, Path(m.point)
 
 
 def _under(root: str, point: Path, cgroup_path: str) -> Path | None:
@@ -131,8 +117,8 @@ def _under(root: str, point: Path, cgroup_path: str) -> Path | None:
     return point / cgroup_path[len(root):].lstrip("/")
 
 
-def _memcg_dir(cgroup_path: str, mountinfo: Path, version: int | None) -> tuple[int, Path] | None:
-    mounts = [m for line in (_text(mountinfo) or "").splitlines() if (m := _mount(line))]
+def _memcg_dir(cgroup_path: str, mountinfo_path: Path, version: int | None) -> tuple[int, Path] | None:
+    mounts = [v for m in mountinfo.parse((_text(mountinfo_path) or "").splitlines()) if (v := _memcg_mount(m))]
     for want in (1, 2) if version is None else (version,):
         candidates = [(root, point) for v, root, point in mounts if v == want]
         if candidates:  # memory is on v1 when v1 mounts it, even with a v2 mount beside
