@@ -1,7 +1,7 @@
 """Configuration: built-in defaults, an optional YAML file, then flags.
 
-Every key is declared once in `schema.KEYS` with its check (checks.py), and
-`schema.RESTART_KEYS` says which a reload cannot change; an unknown key or a
+Every key is declared once in `schema.KEYS`, with its check (checks.py) and
+whether a reload can change it (RESTART_KEYS: those it cannot); an unknown key or a
 value of the wrong type or out of range is a ConfigError (exit 3) whose one
 line names the key and what it accepts. The file is read by yamlfile.py: one
 that cannot be read, is not a regular file or is too large is ConfigUnreadable
@@ -42,12 +42,12 @@ __all__ = [
 def from_mapping(values: Mapping[str, Any], base: Config | None = None, source: str = "config") -> Config:
     checked = {}
     for key, value in values.items():
-        check = KEYS.get(key) if isinstance(key, str) else None
-        if check is None:
+        spec = KEYS.get(key) if isinstance(key, str) else None
+        if spec is None:
             known = ", ".join(sorted(KEYS))
             raise ConfigError(f"{source}: unknown key {shown(key)} (known keys: {known})")
         try:
-            checked[key] = check(key, value)
+            checked[key] = spec.check(key, value)
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}") from None
     return dataclasses.replace(base or Config(), **checked)

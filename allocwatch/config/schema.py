@@ -110,39 +110,41 @@ class Config:
         return min(round(self.classify_after_s * NS_PER_S), self.thresholds().min_ns)
 
 
-KEYS: dict[str, Callable[[str, Any], Any]] = {
-    "threshold_s": threshold,
-    "thresholds_s": per_site_thresholds,
-    "scan_interval_s": ranged(SCAN_INTERVAL_MIN_S, SCAN_INTERVAL_MAX_S),
-    "format": report_format,
-    "output": output_kind,
-    "metrics_addr": listen_addr,
-    "disable_sites": site_labels,
-    "report_interval_s": ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S),
-    "max_tasks_per_block": int_range(MAX_TASKS_PER_BLOCK_MIN, MAX_TASKS_PER_BLOCK_MAX),
-    "cgroups": cgroup_prefixes,
-    "metrics_cgroups": cgroup_prefixes,
-    "metrics_cgroup_pattern": cgroup_pattern,
-    "metrics_cgroup_max": int_range(1, METRICS_CGROUP_MAX),
-    "throttle_window_s": ranged(1.0, 600.0),
-    "throttle_share": plain_range(0.05, 1.0, "a share of the window"),
-    "livelock_passes_per_s": plain_range(1.0, 1e7, "passes a second"),
-    "hot_paths": boolean,
-    "bpf_stats": boolean,
-    "begin_stacks": boolean,
-    "oom_score_adj": int_range(-1000, 1000),
-    "lock_memory": boolean,
-    "classify_after_s": ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S),
-    "max_inflight": inflight_count,
-    "tracefs": path,
-    "socket_path": socket_path,
-    "socket_group": group_name,
+@dataclass(frozen=True)
+class Key:
+    check: Callable[[str, Any], Any]  # the value, or a ConfigError naming the key and what it accepts
+    restart: bool = False  # it shapes what is loaded or bound at start: a reload keeps the running value
+
+
+KEYS: dict[str, Key] = {
+    # taken at a reload (SIGHUP), from the next scan on
+    "threshold_s": Key(threshold),
+    "thresholds_s": Key(per_site_thresholds),
+    "scan_interval_s": Key(ranged(SCAN_INTERVAL_MIN_S, SCAN_INTERVAL_MAX_S)),
+    "format": Key(report_format),
+    "report_interval_s": Key(ranged(REPORT_INTERVAL_MIN_S, REPORT_INTERVAL_MAX_S)),
+    "max_tasks_per_block": Key(int_range(MAX_TASKS_PER_BLOCK_MIN, MAX_TASKS_PER_BLOCK_MAX)),
+    "cgroups": Key(cgroup_prefixes),
+    "throttle_window_s": Key(ranged(1.0, 600.0)),
+    "throttle_share": Key(plain_range(0.05, 1.0, "a share of the window")),
+    "livelock_passes_per_s": Key(plain_range(1.0, 1e7, "passes a second")),
+    "classify_after_s": Key(ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S)),
+    # need a restart: they shape what is loaded or bound at start
+    "max_inflight": Key(inflight_count, restart=True),
+    "tracefs": Key(path, restart=True),
+    "hot_paths": Key(boolean, restart=True),
+    "disable_sites": Key(site_labels, restart=True),
+    "metrics_addr": Key(listen_addr, restart=True),
+    "begin_stacks": Key(boolean, restart=True),
+    "bpf_stats": Key(boolean, restart=True),
+    "oom_score_adj": Key(int_range(-1000, 1000), restart=True),
+    "lock_memory": Key(boolean, restart=True),
+    "output": Key(output_kind, restart=True),
+    "socket_path": Key(socket_path, restart=True),
+    "socket_group": Key(group_name, restart=True),
+    "metrics_cgroups": Key(cgroup_prefixes, restart=True),  # a counter's labels stay for the run
+    "metrics_cgroup_pattern": Key(cgroup_pattern, restart=True),
+    "metrics_cgroup_max": Key(int_range(1, METRICS_CGROUP_MAX), restart=True),
 }
 
-
-# Keys a running daemon cannot change: they shape what is loaded or bound at start.
-RESTART_KEYS = (
-    "max_inflight", "tracefs", "hot_paths", "disable_sites", "metrics_addr", "begin_stacks", "bpf_stats",
-    "oom_score_adj", "lock_memory", "output", "socket_path", "socket_group",
-    "metrics_cgroups", "metrics_cgroup_pattern", "metrics_cgroup_max",  # a counter's labels stay for the run
-)
+RESTART_KEYS = tuple(k for k, key in KEYS.items() if key.restart)
