@@ -200,7 +200,7 @@ def render(m: dict[str, Any]) -> str:
     if t:
         lines.append("")
         freed = (s["anon"]["heap"] - t["heap"]) / mib
-        lines.append(f"The trims between scans (allocwatch/heap.py) ran {m.get('trims', '?')} times; one more "
+        lines.append(f"The trims between scans (app/selfcare.py) ran {m.get('trims', '?')} times; one more "
                      f"malloc_trim(0) at the end gave back {freed:.1f} MiB of the heap.")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from allocwatch.app import preflight
 GROW_KIB = 8 * 1024  # RssAnon growth that asks for a trim
 RECHECK_SCANS = 60  # and how often RssAnon that stays high asks for one
 # mlock2(2)'s flag, include/uapi/asm-generic/mman-common.h: since v4.4 (b0f205c2a308, "mm: mlock:
-# add mlock flags to enable VM_LOCKONFAULT usage", the commit of MCL_ONFAULT in preflight.py too)
+# add mlock flags to enable VM_LOCKONFAULT usage", the commit of MCL_ONFAULT below too)
 MLOCK_ONFAULT = 1
 
 

@@ -1,3 +1,4 @@
 """Everything that reads the kernel or a captured copy of one: versions,
 tracepoints, the probe catalog, the BPF programs (bpfsource, the only bcc
-importer), /proc readers. It knows facts; it makes no stall decisions."""
+importer), /proc, mountinfo and cgroupfs readers, and what a report says of a
+task (tasks.py). It knows facts; it makes no stall decisions."""

@@ -1,3 +1,4 @@
 """Everything that turns snapshots into something outside: report records and
-their renderings, sinks, the Prometheus collector. Outputs read snapshots
-only; they never call back into the scan loop and never import the kernel side."""
+their renderings, sinks, journald, the Prometheus exposition and endpoint, the
+socket top reads. Outputs read snapshots only; they never call back into the
+scan loop and never import the kernel side."""

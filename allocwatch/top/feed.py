@@ -1,5 +1,5 @@
 """Where `allocwatch top` gets its snapshots: the daemon's socket, or a session
-of its own (allocwatch/topsession.py). Both give snapshot dicts (core/snapview.py).
+of its own (top/session.py). Both give snapshot dicts (core/snapview.py).
 
 `SocketFeed` connects, reads the hello, and keeps the latest two snapshots
 from a reader thread, so the screen never waits on the socket. `connect()`

@@ -3,7 +3,7 @@ severity, and per-site rates, from snapshot dicts (core/snapview.py).
 
 Nothing here reads a clock, a terminal or a socket: every function takes the
 snapshot dicts (the latest and the one before) and returns values, so tests
-build them by hand. topview.py turns them into lines; topscreen.py paints.
+build them by hand. top/view.py turns them into lines; top/screen.py paints.
 """
 
 from __future__ import annotations

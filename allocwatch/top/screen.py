@@ -1,6 +1,6 @@
-"""The curses screen of `allocwatch top`: paints topview's lines, reads keys.
+"""The curses screen of `allocwatch top`: paints top/view.py's lines, reads keys.
 
-Thin on purpose: what to show is topmodel/topview (pure, tested without a
+Thin on purpose: what to show is top/model.py and top/view.py (pure, tested without a
 terminal); this maps styles to colours (none with NO_COLOR, or a terminal
 without colours), keeps the selection on the same task across refreshes, and
 always gives the terminal back (curses.wrapper restores it on any exit).

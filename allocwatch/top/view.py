@@ -1,6 +1,6 @@
 """The lines of a top frame (pure): header, sites, tasks, detail, help.
 
-Each line is (text, style), style one of the names topscreen.py maps to
+Each line is (text, style), style one of the names top/screen.py maps to
 colours or attributes ("title", "ok", "warn", "stalled", "selected", "dim").
 A frame fits `width` columns: columns drop by priority until the cgroup has
 room. The values use the report's own helpers (sizes, stacks, quoting, the

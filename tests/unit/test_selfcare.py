@@ -1,4 +1,4 @@
-"""allocwatch/heap.py's policy, with the C library calls faked."""
+"""app/selfcare.py's heap-trim policy, with the C library calls faked."""
 
 from __future__ import annotations
 
