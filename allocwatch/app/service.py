@@ -151,9 +151,9 @@ def _announce(cfg: config.Config, session: Session, serving: bool, seeded: int, 
     source = session.source
     why_not = [w for w in (selfcare.lower_oom_score(cfg.oom_score_adj), lock_note,
                            preflight.pid_namespace_note()) if w]
-    rss = source.rss_kb
+    rss = session.rss_kib
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
-              f"(compiler text dropped: file was {source.rss_kb_before_drop.get('RssFile', 0) // 1024} MB)"
+              f"(compiler text dropped: file was {session.rss_kib_before_drop.get('RssFile', 0) // 1024} MB)"
               if rss else "")
     served = f"; metrics at http://{cfg.metrics_listen}/metrics" if serving else "; metrics off"
     print(

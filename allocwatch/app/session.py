@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from allocwatch import config
-from allocwatch.app import preflight
+from allocwatch.app import preflight, selfcare
 from allocwatch.app.daemon import Daemon, Output
 from allocwatch.app.live import LiveReader
 from allocwatch.errors import NothingAttached
@@ -59,7 +59,7 @@ def mount_tracefs(cfg: config.Config) -> None:
 
 
 def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kernelinfo.KernelFeatures) -> BpfSource:
-    """Compile, load and attach; then give back what the compiler left (selfcare)."""
+    """Compile, load and attach."""
     from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 
     opts = LoadOptions(
@@ -96,6 +96,8 @@ class Session:
         self.cfg = cfg
         self.features = features
         self.source = source
+        # RssAnon and RssFile (KiB) before the compiler's text was dropped, and after
+        self.rss_kib_before_drop, self.rss_kib = selfcare.give_back_after_load()
 
     @classmethod
     def open(cls, cfg: config.Config) -> Session:

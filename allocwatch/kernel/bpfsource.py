@@ -199,8 +199,6 @@ class BpfSource:
         self._readers: dict[str, MapReader[Any]] = {}
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
         self.idle_given_back = 0  # map entries with no wait open deleted (_give_back_idle)
-        self.rss_kb_before_drop: dict[str, int] = {}
-        self.rss_kb: dict[str, int] = {}
 
     # -- load and attach --------------------------------------------------
 
@@ -236,10 +234,6 @@ class BpfSource:
             self.status = [self._attach_site(p) for p in self.plans]
         if not self.opts.keep_compiler:
             self._free_compiler()
-        trim_heap()
-        before = _rss_kb()
-        _drop_compiler_text()
-        self.rss_kb_before_drop, self.rss_kb = before, _rss_kb()
         self.load_seconds = time.monotonic() - t0
         return self.status
 
@@ -558,55 +552,3 @@ def _dwait_row(tid: int, v: wire.WaitValue) -> tuple[int, wire.WaitValue | None,
 def _int(v: Any) -> int:
     """bcc gives ctypes scalars from per-key reads and plain ints from batches."""
     return int(getattr(v, "value", v))
-
-
-# The compiler's code, needed only to build the programs. Its text pages are
-# dropped from this process once they are loaded (madvise MADV_DONTNEED on the
-# r-xp mappings: text is never relocated, so a page touched again is read back
-# from the file). That takes about 85 MB off the daemon's RSS, which is what
-# the OOM killer ranks it by. Data mappings are left alone: relocated pages
-# would be lost.
-_COMPILER_LIBS = ("libLLVM", "libclang")
-_MADV_DONTNEED = 4
-
-
-def _drop_compiler_text(maps: Path = Path("/proc/self/maps")) -> int:
-    """Drop the compiler libraries' text pages; returns the bytes advised."""
-    try:
-        lines = maps.read_text().splitlines()
-    except OSError:
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    advised = 0
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 6 or parts[1] != "r-xp" or not any(lib in parts[5] for lib in _COMPILER_LIBS):
-            continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        if libc.madvise(start, end - start, _MADV_DONTNEED) == 0:
-            advised += end - start
-    return advised
-
-
-def _rss_kb(status: Path = Path("/proc/self/status")) -> dict[str, int]:
-    out = {}
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith(("RssAnon:", "RssFile:")):
-                out[line.split(":")[0]] = int(line.split()[1])
-    except (OSError, ValueError):
-        pass
-    return out
-
-
-def trim_heap() -> None:
-    """Give back the compiler's heap (malloc_trim), before the daemon locks its
-    pages: about 25 MB of anonymous memory, measured on 6.18. Later trims are
-    allocwatch/heap.py's."""
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        try:
-            ctypes.CDLL(libc_name).malloc_trim(0)
-        except (OSError, AttributeError):
-            pass

@@ -63,7 +63,6 @@ class FakeBcc:
 def source(monkeypatch):
     monkeypatch.setattr(bpfsource, "import_bcc", lambda: FakeBcc)
     monkeypatch.setattr(bpfsource, "check_headers", lambda release: None)
-    monkeypatch.setattr(bpfsource, "trim_heap", lambda: None)
 
     def make(kernel, fail=()):
         FakeBPF.fail = set(fail)
