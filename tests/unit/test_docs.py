@@ -148,3 +148,22 @@ def test_the_readme_report_is_what_the_renderer_prints():
     assert block, "README.md has no report under ## A report"
     want = "".join(record_text(r, f"{r['time']} allocwatch:") for r in (RECORD, RECOVERED))
     assert block.group(1) == want
+
+
+def test_configuration_page_has_every_key():
+    import dataclasses
+
+    from allocwatch import config
+
+    page = _doc("configuration.md")
+    shown = set(re.findall(r"^(\w+):", page, re.M))  # the commented YAML of every key
+    assert {f.name for f in dataclasses.fields(config.Config)} == shown
+
+
+def test_reports_page_has_a_row_for_every_record_type():
+    made = set()
+    for path in (ROOT / "allocwatch").rglob("*.py"):
+        made |= set(re.findall(r'"type": "(\w+)"', path.read_text()))
+    made -= {"hello"}  # the socket's greeting, in docs/top.md; not a record
+    rows = set(re.findall(r"^\| `(\w+)` \|", _section(_doc("reports.md"), "## JSON output"), re.M))
+    assert made == rows
