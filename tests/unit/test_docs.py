@@ -125,7 +125,7 @@ TASK = {
     "reclaimed_so_far_pages": 0, "dirty_pause": None,
 }
 CONTEXT = {
-    "stalling": 1, "dying": 0, "exiting": 0, "victims": [], "oom_kills": 0,
+    "stalling": 2, "dying": 0, "exiting": 0, "victims": [], "oom_kills": 0,
     "meminfo_bytes": {"MemAvailable": 22_900 * MIB, "MemFree": 22_100 * MIB, "Cached": 610 * MIB, "Dirty": 63 * MIB,
                       "Writeback": 1 * MIB, "AnonPages": 60 * MIB, "Shmem": 9 * MIB, "SUnreclaim": 28 * MIB,
                       "SwapFree": 0},
