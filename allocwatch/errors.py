@@ -1,5 +1,5 @@
 """Typed errors. Library code raises these; only the CLI turns them into a
-message and an exit code (listed in the README)."""
+message and an exit code (listed in docs/exit-codes.md)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ given (a callable, read with a plain reference swap: a scrape never waits on
 the scan loop). Labels are bounded: `site` and `mechanism` come from the
 catalog, `kind` and `map` from fixed lists, `cgroup` from the configured cgroups
 (capped, the rest `other`); never a pid, tid or comm.
-README.md, "Metrics", lists every family.
+docs/metrics.md lists every family.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The real daemon on the real kernel, under real memory pressure.
 
-Recipes for real memory stalls on these machines (README, "Tests"). Root and
+Recipes for real memory stalls on these machines (docs/testing.md). Root and
 BPF are needed: these skip off-root with the reason, and fail instead in CI.
 """
 

@@ -1,5 +1,5 @@
 """The service under a real systemd (a throw-away systemd-nspawn container of
-this machine's /usr): installed with the README's command, ready only once
+this machine's /usr): installed with the command docs/service.md gives, ready only once
 attached, a real stall in the journal with its fields, reload good and bad,
 restarted after kill -9 and by the watchdog when the scan loop hangs, a clean
 stop with nothing left loaded, and an uninstall that removes what was installed.
@@ -69,7 +69,7 @@ def _active_with_new_pid(c: Container, old_pid: int, timeout_s: float = 60) -> i
 
 
 def _install(c: Container, before: set[int]) -> None:
-    """The README's install command; `systemctl restart` in it returns at READY=1."""
+    """The install command of docs/service.md; `systemctl restart` in it returns at READY=1."""
     inst = c.run([str(ROOT / "scripts" / "install")], timeout_s=300, check=False)
     assert inst.returncode == 0, inst.stderr[-3000:]
     assert "enabled and started" in inst.stderr

@@ -1,4 +1,4 @@
-"""Exit codes and messages for bad input (the README lists the codes)."""
+"""Exit codes and messages for bad input (docs/exit-codes.md lists the codes)."""
 
 import json
 import resource

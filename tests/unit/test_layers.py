@@ -214,7 +214,7 @@ def test_built_wheel_holds_and_imports_every_module(tmp_path):
 
 def test_the_environment_read_is_a_short_known_list():
     """No variable points the root daemon at code to compile (an ALLOCWATCH_BPF_DIR did once):
-    the product reads only these, and each ALLOCWATCH_* one is in the README as a test switch."""
+    the product reads only these, and each ALLOCWATCH_* one is in docs/testing.md as a test switch."""
     pattern = re.compile(r'(?:environ|env)(?:\.get\(|\[)"([A-Z_]+)"|"([A-Z_]+)" (?:not )?in env|getenv\("([A-Z_]+)"')
     read = set()
     for path in PKG.rglob("*.py"):
@@ -224,5 +224,5 @@ def test_the_environment_read_is_a_short_known_list():
                    if re.search(r"getenv\(|environ\[|environ\.get\(", ln) and not pattern.search(ln)]
         assert not unnamed, f"{path.name}: {unnamed}"
     assert read == {"ALLOCWATCH_TEST_WEDGE", "NOTIFY_SOCKET", "NO_COLOR", "TERM"}
-    readme = (ROOT / "README.md").read_text()
-    assert all(name in readme for name in read if name.startswith("ALLOCWATCH_"))
+    testing = (ROOT / "docs" / "testing.md").read_text()
+    assert all(name in testing for name in read if name.startswith("ALLOCWATCH_"))
