@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -37,6 +38,24 @@ def daemon_factory() -> Iterator[Callable[..., Daemon]]:
         d.kill()
     for c in configs:
         c.unlink(missing_ok=True)
+
+
+@pytest.fixture
+def world_readable_copy():
+    """The package and its BPF sources in a world-readable scratch directory,
+    run with the system interpreter: tests that drop privileges do not depend
+    on where the checkout is."""
+    if shutil.which("setpriv") is None:
+        pytest.fail("setpriv (util-linux) is missing")
+    root = Path(__file__).resolve().parents[2]
+    copy = Path(tempfile.mkdtemp(prefix="aw-copy-"))
+    try:
+        copy.chmod(0o755)
+        shutil.copytree(root / "allocwatch", copy / "allocwatch")
+        shutil.copytree(root / "bpf", copy / "bpf")
+        yield copy
+    finally:
+        shutil.rmtree(copy)
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -514,24 +513,6 @@ def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
             assert getattr(bpf[b"task_acct"].Leaf, name).offset == getattr(wire.TaskAcct, name).offset
     finally:
         src.close()
-
-
-@pytest.fixture
-def world_readable_copy():
-    """The package and its BPF sources in a world-readable scratch directory,
-    run with the system interpreter: tests that drop privileges do not depend
-    on where the checkout is."""
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is missing")
-    root = Path(__file__).resolve().parents[2]
-    copy = Path(tempfile.mkdtemp(prefix="aw-copy-"))
-    try:
-        copy.chmod(0o755)
-        shutil.copytree(root / "allocwatch", copy / "allocwatch")
-        shutil.copytree(root / "bpf", copy / "bpf")
-        yield copy
-    finally:
-        shutil.rmtree(copy)
 
 
 def _as(copy: Path, setpriv: list[str], *argv: str) -> subprocess.CompletedProcess:

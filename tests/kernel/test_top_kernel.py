@@ -22,7 +22,6 @@ import pytest
 
 from tests.kernel import memcg
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
-from tests.kernel.test_daemon_kernel import world_readable_copy  # noqa: F401  (a fixture)
 from tests.kernel.tmuxpane import Pane
 
 pytestmark = pytest.mark.kernel
@@ -186,7 +185,7 @@ def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
     assert allocwatch_prog_ids() == before, "SIGHUP left programs attached"
 
 
-def test_a_non_root_client_is_refused_in_one_line(world_readable_copy, socket_path):  # noqa: F811
+def test_a_non_root_client_is_refused_in_one_line(world_readable_copy, socket_path):
     d = Daemon("--socket", socket_path)
     try:
         d.wait_ready()
