@@ -16,13 +16,6 @@ import pytest
 from tests.kernel import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon
 
-pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
-
 
 @pytest.fixture
 def daemon(daemon_factory):

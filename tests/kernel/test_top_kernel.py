@@ -24,14 +24,8 @@ from tests.kernel import memcg
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
 from tests.kernel.tmuxpane import Pane
 
-pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 TOP = f"cd {ROOT} && {sys.executable} -m allocwatch top"
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 @pytest.fixture
@@ -124,6 +118,8 @@ def _exercise(pane: Pane, pid: int, source: str, timeout: float, header: str) ->
     assert _stty_line(pane) == before_stty  # echo and canonical mode as they were
 
 
+@pytest.mark.requires_cgroup_v1_memory
+@pytest.mark.requires_tool("tmux")
 def test_top_reads_the_daemons_socket_in_a_real_terminal(stall, socket_path):
     group, hog = stall
     d = Daemon("--socket", socket_path, "--threshold", "2", "--scan-interval", "0.5")
@@ -151,6 +147,8 @@ def test_top_reads_the_daemons_socket_in_a_real_terminal(stall, socket_path):
     assert not Path(socket_path).parent.exists(), "the daemon left its socket directory"
 
 
+@pytest.mark.requires_cgroup_v1_memory
+@pytest.mark.requires_tool("tmux")
 def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
     _, hog = stall
     before = allocwatch_prog_ids()
