@@ -41,7 +41,7 @@ def _unmet(item: pytest.Item) -> str | None:
             return f"needs {', '.join(missing)} on PATH (scripts/setup --dev installs it)"
     wanted = [v for v in (1, 2) if item.get_closest_marker(f"requires_cgroup_v{v}_memory") is not None]
     if wanted:
-        from tests.kernel import memcg
+        from lab import memcg
 
         have = memcg.memory_controller_version()
         if have not in wanted:

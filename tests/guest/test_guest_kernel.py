@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
 from tests.kernel.daemonproc import Daemon
 
 pytestmark = pytest.mark.kernel

@@ -19,7 +19,7 @@ import pytest
 
 from allocwatch.core import records
 from allocwatch.kernel import wire
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
 
 

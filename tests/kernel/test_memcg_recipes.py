@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
 
 
 def _cgroup_of(pid: int, group: memcg.MemCgroup) -> str:

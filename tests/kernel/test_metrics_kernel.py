@@ -17,9 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
+from lab.ports import free_port
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
-from tests.kernel.promserver import Prometheus, free_port
+from tests.kernel.promserver import Prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "allocwatch-rules.yml"

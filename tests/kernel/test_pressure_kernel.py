@@ -16,9 +16,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-from tests.kernel import memcg
+from lab import memcg
+from lab.ports import free_port
 from tests.kernel.daemonproc import Daemon
-from tests.kernel.promserver import free_port
 
 MIB = 1 << 20
 SCAN_INTERVAL_S = 0.5

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.container import Container
 from tests.kernel.daemonproc import allocwatch_prog_ids
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon
 
 

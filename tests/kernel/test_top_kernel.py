@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
 from tests.kernel.tmuxpane import Pane
 

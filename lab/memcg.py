@@ -1,4 +1,4 @@
-"""Real memory cgroups and memory hogs for kernel tests.
+"""Real memory cgroups and memory hogs for kernel tests and benchmarks.
 
 ``MemCgroup`` makes a child memory cgroup for one test and always removes it
 again; ``Hog`` is a child process that allocates and touches anonymous memory
