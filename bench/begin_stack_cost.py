@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.kernel import recipes
-from tests.kernel.promserver import free_port
+from lab import recipes
+from lab.ports import free_port
 
 PROGRAM = "aw_memcg_reclaim_begin"
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench import procinfo, tools, workloads
 from bench.tools import Allocwatch, External
-from tests.kernel import memcg, recipes
+from lab import memcg, recipes
 
 Say = Callable[[str], None]
 # bench/run.py --profile: py-spy samples the daemon over each scale window (it perturbs that CPU figure).

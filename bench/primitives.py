@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocwatch.kernel import bpfsource, bpfstats
-from tests.kernel import recipes
+from lab import recipes
 
 BEGIN = "vmscan:mm_vmscan_memcg_reclaim_begin"
 END = "vmscan:mm_vmscan_memcg_reclaim_end"

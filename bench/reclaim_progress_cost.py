@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from allocwatch.kernel import bpfsource, bpfstats
 from bench.emptyprog import EMPTY_SRC
-from tests.kernel import memcg, recipes, slowdisk
+from lab import memcg, recipes, slowdisk
 
 BPF_DIR = Path(__file__).resolve().parents[1] / "bpf"
 PAIRS = (

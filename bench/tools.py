@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.emptyprog import EMPTY_SRC
-from tests.kernel.promserver import free_port
+from lab.ports import free_port
 
 TRACEFS = Path("/sys/kernel/tracing")
 # The checkout whose daemon runs (None: this one); bench/run.py --daemon-rev sets it.

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.reclaim_progress_cost import storm
-from tests.kernel import memcg
+from lab import memcg
 
 __all__ = ["Stalled", "pagefault_loop", "stalled_threads", "storm", "threads_binary"]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
 from tests.kernel.daemonproc import Daemon
 
 pytestmark = pytest.mark.kernel
@@ -49,7 +49,6 @@ def test_live_attach_is_what_the_capture_predicted():
 
 @pytest.fixture(scope="module")
 def daemon():
-    memcg.require_root_bpf()
     d = Daemon("--threshold", "1", "--scan-interval", "0.5")
     d.wait_ready(240)
     yield d
@@ -59,6 +58,7 @@ def daemon():
     assert done["memcg_reclaim"]["count"] > 0, done
 
 
+@pytest.mark.requires_cgroup_v2_memory
 def test_memory_high_throttle_reported_in_flight_with_its_v2_path(daemon):
     """A task far over memory.high crawls in mem_cgroup_handle_over_high (a kprobe
     pair), sleeping up to 2 s each time: reported while it still crawls."""

@@ -19,15 +19,8 @@ import pytest
 
 from allocwatch.core import records
 from allocwatch.kernel import wire
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
-
-pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 def _argv(*args: str) -> list[str]:
@@ -96,6 +89,7 @@ def _started(proc: subprocess.Popen, timeout: float = 60) -> str:
     return seen
 
 
+@pytest.mark.requires_cgroup_v1_memory
 @pytest.mark.parametrize(
     ("target", "code", "words"),
     [("closed pipe", 12, "closed by its reader"), ("/dev/full", 13, "No space left on device")],
@@ -132,6 +126,7 @@ def test_output_that_cannot_be_written_is_a_distinct_exit(target, code, words):
             proc.wait()
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_non_blocking_stdout_gets_every_report():
     read_end, out = os.pipe()
     fcntl.fcntl(out, fcntl.F_SETFL, fcntl.fcntl(out, fcntl.F_GETFL) | os.O_NONBLOCK)
@@ -169,6 +164,7 @@ def test_non_blocking_stdout_gets_every_report():
 HOSTILE = b"x pid=1 tid=1\xff"
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_hostile_comm_stays_in_its_field_under_a_real_stall():
     """A task naming itself "x pid=1 tid=1<0xff>" while really stalled: the text line
     still splits into the true fields, and its comm reads back to the same 14 bytes."""
@@ -194,6 +190,7 @@ def test_hostile_comm_stays_in_its_field_under_a_real_stall():
     assert "\\xff" in fields["comm"]
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_killed_wait_says_it_was_killed():
     """SIGKILL to a task in the memcg OOM wait ends the wait: reported as killed, not recovered."""
     d = Daemon("--threshold", "1", "--scan-interval", "0.25")
@@ -235,6 +232,7 @@ for t in ts:
 """
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
     """1,100 threads asleep in D on a frozen file system (not a memory wait) with room
     for 1,024 sleeps: the daemon names them, gives their slots back, says the map was
@@ -283,6 +281,7 @@ def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
         d.kill()
 
 
+@pytest.mark.requires_cgroup_v1_memory
 @pytest.mark.parametrize("how", ["/dev/full", "closed"])
 def test_a_stderr_that_cannot_be_written_does_not_stop_the_watch(how):
     """`2>/dev/full` and `2>&-`: the daemon still loads, reports a real stall, stops

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,15 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
-
-pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 def proc_state(pid: int) -> str:
@@ -41,6 +33,7 @@ def _stalled_pids(hogs, settle_s: float = 1.0) -> set[int]:
     return pids
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
     """Three tasks held in the memcg OOM wait (no tracepoint fires there)."""
     d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
@@ -105,6 +98,7 @@ def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
     assert summary["waits_completed"]["memcg_oom_wait"]["count"] >= 3
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_200_stalled_tasks_come_out_as_one_block(daemon_factory):
     d = daemon_factory("--threshold", "1", "--scan-interval", "0.5")
     with memcg.MemCgroup("aw-many") as group:
@@ -131,6 +125,7 @@ def test_200_stalled_tasks_come_out_as_one_block(daemon_factory):
     assert d.of_type("summary")[-1]["stats"]["events_lost"] == 0
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_task_stuck_before_the_daemon_started_is_reported(daemon_factory):
     """A sleep that began before the programs were attached: found by the
     start-up sweep, timed from then, and marked as a lower bound."""
@@ -516,24 +511,6 @@ def test_kprobe_variants_pass_the_verifier_and_maps_match_the_wire():
         src.close()
 
 
-@pytest.fixture
-def world_readable_copy():
-    """The package and its BPF sources in a world-readable scratch directory,
-    run with the system interpreter: tests that drop privileges do not depend
-    on where the checkout is."""
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is missing")
-    root = Path(__file__).resolve().parents[2]
-    copy = Path(tempfile.mkdtemp(prefix="aw-copy-"))
-    try:
-        copy.chmod(0o755)
-        shutil.copytree(root / "allocwatch", copy / "allocwatch")
-        shutil.copytree(root / "bpf", copy / "bpf")
-        yield copy
-    finally:
-        shutil.rmtree(copy)
-
-
 def _as(copy: Path, setpriv: list[str], *argv: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(copy))
     return subprocess.run(
@@ -591,6 +568,7 @@ def test_bpf_that_does_not_load_is_exit_9(tmp_path):
     assert last.startswith("allocwatch: the BPF programs did not compile or load")
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_200_tasks_of_one_program_are_one_text_line(daemon_factory):
     """Text groups tasks that share site, cgroup and comm; JSON (the other test) keeps all 200."""
     d = TextDaemon("--threshold", "1", "--scan-interval", "0.5")
@@ -615,6 +593,7 @@ def test_200_tasks_of_one_program_are_one_text_line(daemon_factory):
     assert any("MemAlloc-Info: stalling=" in ln for ln in block), block
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_sighup_reloads_a_good_config_refuses_a_bad_one_and_keeps_exact_ends(tmp_path):
     """SIGHUP re-reads the file: a lower threshold takes effect at the next scan, and
     the BPF side's long-wait cut-off follows it, so the end is still exact."""

@@ -8,14 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
-
-pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
+from lab import memcg
 
 
 def _cgroup_of(pid: int, group: memcg.MemCgroup) -> str:
@@ -52,10 +45,9 @@ def test_group_removed_even_when_the_body_raises() -> None:
         outsider.wait()
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_indefinite_stall_then_release() -> None:
     with memcg.MemCgroup("aw-selftest-stall") as group:
-        if group.version != 1:
-            pytest.skip("the indefinite stall recipe needs cgroup v1 (oom_kill_disable)")
         hogs = memcg.stall_indefinitely(group, 3, 100)
         try:
             time.sleep(2.0)

@@ -17,18 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
+from lab.ports import free_port
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
-from tests.kernel.promserver import Prometheus, free_port
+from tests.kernel.promserver import Prometheus
 
-pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "allocwatch-rules.yml"
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 def _scrape(addr: str) -> str:
@@ -66,6 +61,8 @@ def _assert_histograms_whole(text: str) -> None:
         assert buckets[-1][0] == "+Inf" and buckets[-1][1] == counts[key], (key, buckets[-1], counts[key])
 
 
+@pytest.mark.requires_cgroup_v1_memory
+@pytest.mark.requires_tool("prometheus")
 def test_prometheus_scrapes_a_real_stall_and_every_shipped_expression_evaluates(tmp_path):
     from tests import deploy_exprs
 
@@ -181,6 +178,7 @@ def test_metrics_addr_empty_serves_nothing(addr):
         d.kill()
 
 
+@pytest.mark.requires_cgroup_v1_memory
 def test_a_reader_that_never_reads_cannot_stop_scans_or_sigterm():
     """stdout a pipe nobody reads, 200 tasks stalled and escalating: the pipe fills,
     scans and metrics go on, whole blocks are dropped and counted, and SIGTERM

@@ -16,23 +16,15 @@ import time
 import urllib.request
 from pathlib import Path
 
-import pytest
-
-from tests.kernel import memcg
+from lab import memcg
+from lab.ports import free_port
 from tests.kernel.daemonproc import Daemon
-from tests.kernel.promserver import free_port
 
-pytestmark = pytest.mark.kernel
 MIB = 1 << 20
 SCAN_INTERVAL_S = 0.5
 HEADROOM_MIB = 128  # the hog gets this much before the group's limit, far more than the daemon holds
 THRASH_S = 6.0
 LONGEST_GAP_S = 5 * SCAN_INTERVAL_S  # a scan loop that stalled in reclaim would show seconds here
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 class ScanWatcher:

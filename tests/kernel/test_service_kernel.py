@@ -17,21 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.container import Container
 from tests.kernel.daemonproc import allocwatch_prog_ids
 
-pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = "allocwatch.service"
 CONF = "/etc/allocwatch/allocwatch.yaml"
 INSTALLED = ("/opt/allocwatch", "/etc/allocwatch/allocwatch.yaml", "/etc/systemd/system/allocwatch.service",
              "/usr/local/bin/allocwatch")
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 def _wait(what, timeout_s: float, every_s: float = 0.5):
@@ -176,6 +170,7 @@ def _stop_and_uninstall(c: Container, before: set[int]) -> None:
     assert c.run(["systemctl", "cat", UNIT], check=False).returncode != 0
 
 
+@pytest.mark.requires_tool("systemd-nspawn")
 def test_service_installs_reports_to_the_journal_restarts_reloads_and_uninstalls():
     before = allocwatch_prog_ids()
     with Container(ROOT) as c:

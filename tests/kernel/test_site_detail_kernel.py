@@ -13,15 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon
-
-pytestmark = pytest.mark.kernel
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 @pytest.fixture

@@ -20,19 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel import memcg
+from lab import memcg
 from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
-from tests.kernel.test_daemon_kernel import world_readable_copy  # noqa: F401  (a fixture)
 from tests.kernel.tmuxpane import Pane
 
-pytestmark = pytest.mark.kernel
 ROOT = Path(__file__).resolve().parents[2]
 TOP = f"cd {ROOT} && {sys.executable} -m allocwatch top"
-
-
-@pytest.fixture(autouse=True)
-def _root() -> None:
-    memcg.require_root_bpf()
 
 
 @pytest.fixture
@@ -125,6 +118,8 @@ def _exercise(pane: Pane, pid: int, source: str, timeout: float, header: str) ->
     assert _stty_line(pane) == before_stty  # echo and canonical mode as they were
 
 
+@pytest.mark.requires_cgroup_v1_memory
+@pytest.mark.requires_tool("tmux")
 def test_top_reads_the_daemons_socket_in_a_real_terminal(stall, socket_path):
     group, hog = stall
     d = Daemon("--socket", socket_path, "--threshold", "2", "--scan-interval", "0.5")
@@ -152,6 +147,8 @@ def test_top_reads_the_daemons_socket_in_a_real_terminal(stall, socket_path):
     assert not Path(socket_path).parent.exists(), "the daemon left its socket directory"
 
 
+@pytest.mark.requires_cgroup_v1_memory
+@pytest.mark.requires_tool("tmux")
 def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
     _, hog = stall
     before = allocwatch_prog_ids()
@@ -186,7 +183,7 @@ def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
     assert allocwatch_prog_ids() == before, "SIGHUP left programs attached"
 
 
-def test_a_non_root_client_is_refused_in_one_line(world_readable_copy, socket_path):  # noqa: F811
+def test_a_non_root_client_is_refused_in_one_line(world_readable_copy, socket_path):
     d = Daemon("--socket", socket_path)
     try:
         d.wait_ready()

@@ -9,7 +9,7 @@ from allocwatch.core.sites import Site
 from allocwatch.kernel import bpfsource, probes
 from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 from allocwatch.kernel.probes import Mechanism
-from tests.unit.test_probes import captured
+from tests.unit.fakes import captured
 
 
 class FakeBPF:

@@ -12,8 +12,7 @@ from allocwatch.core.sites import Site
 from allocwatch.core.tracker import Ended, Wait
 from allocwatch.errors import ConfigError
 from allocwatch.outputs.metrics import SnapshotCollector, registry_for
-from tests.unit.test_daemon import fake_proc
-from tests.unit.test_snapshot_metrics import _daemon, hog_stalls_then_wakes
+from tests.unit.fakes import fake_proc, hog_stalls_then_wakes, snapshot_daemon
 
 S = 1_000_000_000
 
@@ -104,14 +103,14 @@ def test_waits_gone_unseen_are_forgotten():
 
 
 def test_the_collector_serves_per_cgroup_seconds_only_when_configured(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0, metrics_cgroups=("/box",))
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0, metrics_cgroups=("/box",))
     fake_proc(tmp_path, 8, ["mem_cgroup_oom_synchronize"], cgroup="4:memory:/elsewhere\n")
     hog_stalls_then_wakes(d, src, clock, InflightWait(8, 8, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0))
     get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value
     name = "allocwatch_cgroup_memory_stalled_seconds_total"
     assert get(name, {"cgroup": "/box", "site": "memcg_oom_wait"}) == 4.0
     assert get(name, {"cgroup": OTHER, "site": "memcg_reclaim"}) == 2.0
-    plain, _, _, pclock = _daemon(tmp_path / "plain", threshold_s=2.0)
+    plain, _, _, pclock = snapshot_daemon(tmp_path / "plain", threshold_s=2.0)
     plain.scan_once()
     assert registry_for(SnapshotCollector(lambda: plain.latest)).get_sample_value(
         name, {"cgroup": OTHER, "site": "memcg_reclaim"}) is None

@@ -9,54 +9,9 @@ from allocwatch.core.sites import SITE_DSTATE, Site
 from allocwatch.kernel import procfs
 from allocwatch.kernel.probes import plan
 from allocwatch.outputs import report
-from tests.unit.test_probes import captured
+from tests.unit.fakes import FakeSource, ListSink, captured, fake_proc
 
 S = 1_000_000_000
-
-
-class FakeSource:
-    def __init__(self):
-        self.waits: list[InflightWait] = []
-        self.events: list = []
-
-    def inflight(self):
-        return list(self.waits)
-
-    def drain(self):
-        out, self.events = self.events, []
-        return out
-
-    def histograms(self):
-        slots = [0] * 32
-        slots[6] = 40  # 64 to 128 us
-        slots[17] = 1  # 131 to 262 ms
-        return {Site.MEMCG_RECLAIM: (slots, 41 * 100_000), Site.MEMCG_OOM_WAIT: ([0] * 32, 0)}
-
-    def stats(self):
-        return {"events_lost": 0}
-
-
-class ListSink:
-    """An output that keeps what a stream would write: one text per scan with records."""
-
-    def __init__(self, fmt="json"):
-        self.fmt = fmt
-        self.writes: list[str] = []
-        self.snapshots = []
-
-    def publish(self, snap):
-        self.snapshots.append(snap)
-        if snap.records:
-            self.writes.append(report.render_dicts(snap.records, self.fmt))
-
-
-def fake_proc(tmp_path, pid, stack, cgroup="4:memory:/box\n0::/\n", state="D"):
-    d = tmp_path / str(pid) / "task" / str(pid)
-    d.mkdir(parents=True)
-    (d / "stack").write_text("".join(f"[<0>] {f}+0x1/0x2\n" for f in stack))
-    (d / "cgroup").write_text(cgroup)
-    (d / "stat").write_text(f"{pid} (a) b) c) {state} 1 2 3\n")
-    return tmp_path
 
 
 def make(tmp_path, **cfg):

@@ -7,55 +7,8 @@ import errno
 
 import pytest
 
-from allocwatch.kernel.mapread import ENOTSUPP, BatchUnsupported, MapReader, raw_bytes
-
-
-class FakeMap:
-    """A hash map behind a fake BPF_MAP_LOOKUP_BATCH: hands out at most `per_call`
-    entries a call, with a bucket token, and ENOENT once the map is done."""
-
-    def __init__(self, entries: dict[int, int], per_call: int = 1000, err: int = 0) -> None:
-        self.entries = entries
-        self.per_call = per_call
-        self.err = err
-        self.calls = 0
-
-    def __call__(self, fd, in_batch, out_batch, keys, values, count) -> int:
-        self.calls += 1
-        if self.err:
-            ctypes.set_errno(self.err)
-            return -1
-        start = ctypes.cast(in_batch, ctypes.POINTER(ctypes.c_uint32))[0] if in_batch else 0
-        items = sorted(self.entries.items())[start:]
-        room = ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))
-        n = min(room[0], self.per_call, len(items))
-        kp = ctypes.cast(keys, ctypes.POINTER(ctypes.c_uint32))
-        vp = ctypes.cast(values, ctypes.POINTER(ctypes.c_uint64))
-        for i, (k, v) in enumerate(items[:n]):
-            kp[i], vp[i] = k, v
-        room[0] = n
-        ctypes.cast(out_batch, ctypes.POINTER(ctypes.c_uint32))[0] = start + n
-        if n == len(items):
-            ctypes.set_errno(errno.ENOENT)
-            return -1
-        return 0
-
-
-def batch_of(fake: FakeMap):
-    # The reader reads errno with ctypes.get_errno(): give it a real function's
-    # errno handling by calling through a CFUNCTYPE with use_errno.
-    proto = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_void_p, ctypes.c_void_p, use_errno=True)
-    return proto(fake)
-
-
-def reader_over(fake: FakeMap, decoded: list[tuple[int, int]], max_entries: int = 64) -> MapReader[tuple[int, int]]:
-    def decode(k: bytes, v: bytes) -> tuple[int, int]:
-        pair = (int.from_bytes(k, "little"), int.from_bytes(v, "little"))
-        decoded.append(pair)
-        return pair
-
-    return MapReader(3, 4, 8, max_entries, batch_of(fake), decode)
+from allocwatch.kernel.mapread import ENOTSUPP, BatchUnsupported, raw_bytes
+from tests.unit.fakes import FakeMap, reader_over
 
 
 def test_every_entry_comes_out_across_calls_and_each_is_decoded_once_while_unchanged():
@@ -127,7 +80,7 @@ def test_the_buffers_given_back_after_a_storm_still_read_right():
 LOCKED_READ = """
 import ctypes, sys
 sys.path[:0] = [{root!r}]
-from tests.unit.test_mapread import FakeMap, reader_over
+from tests.unit.fakes import FakeMap, reader_over
 big = {{tid: tid for tid in range(1, 2001)}}
 fake = FakeMap(big, per_call=5000)
 r = reader_over(fake, [], max_entries=4096)

@@ -14,6 +14,7 @@ from allocwatch.core.sites import Site
 from allocwatch.kernel import kernelinfo, probes
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import Mechanism
+from tests.unit.fakes import captured
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "kernels"
 
@@ -57,14 +58,6 @@ def era_4_9_kprobes() -> KernelFeatures:
          "mem_cgroup_oom_synchronize", "wait_iff_congested", "__node_reclaim.isra.12", "out_of_memory"}
     )
     return KernelFeatures("4.9", tps, functions, kprobes=True, proc_stack=True)
-
-
-def captured(name: str) -> KernelFeatures:
-    root = FIXTURES / name
-    return kernelinfo.read_features(
-        root, probes.all_tracepoint_names(), probes.all_function_names(),
-        kallsyms=root / "kallsyms", sysfs=root, release=name, assume_proc_stack=True,
-    )
 
 
 def chosen(plans):

@@ -11,26 +11,21 @@ import time
 
 import pytest
 
-from allocwatch.app.daemon import Daemon
-from allocwatch.config import Config
-from allocwatch.core.model import InflightWait, WaitEnd
+from allocwatch.core.model import InflightWait
 from allocwatch.core.sites import HIST_SLOTS, SITE_DSTATE, Site
 from allocwatch.core.snapshot import (
     WAIT_BUCKETS_S,
     CumulativeHistogram,
     InFlight,
-    SiteCoverage,
     StallSeconds,
     histogram_from_slots,
     merge_slots,
     per_site_now,
 )
-from allocwatch.kernel.probes import plan
 from allocwatch.outputs import report
 from allocwatch.outputs.metrics import MetricsServer, SnapshotCollector, registry_for, split_addr
 from allocwatch.outputs.sinks import FdSink
-from tests.unit.test_daemon import FakeSource, ListSink, fake_proc
-from tests.unit.test_probes import captured
+from tests.unit.fakes import hog_stalls_then_wakes, snapshot_daemon
 
 S = 1_000_000_000
 
@@ -83,19 +78,8 @@ def test_cumulative_histogram_has_constant_memory():
     assert h.freeze().buckets == ((0.1, 1), (1.0, 3), (math.inf, 4))
 
 
-def _daemon(tmp_path, **cfg):
-    fake_proc(tmp_path, 7, ["mem_cgroup_oom_synchronize"])
-    clock = {"ns": 0}
-    src, out = FakeSource(), ListSink()
-    coverage = [SiteCoverage("memcg_oom_wait", "sched_switch D-state + stack", True),
-                SiteCoverage("congestion_wait", "", False)]
-    d = Daemon(Config(format="json", **cfg), src, plan(captured("6.18")), [out], proc=tmp_path,
-               clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9, coverage=coverage, kernel="6.18-test")
-    return d, src, out, clock
-
-
 def test_snapshot_holds_every_wait_in_flight_and_the_records_due(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0)
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None),
                  InflightWait(9, 9, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0)]
     clock["ns"] = int(2.5 * S)
@@ -109,20 +93,8 @@ def test_snapshot_holds_every_wait_in_flight_and_the_records_due(tmp_path):
         snap.scan = 5  # type: ignore[misc]
 
 
-def hog_stalls_then_wakes(d, src, clock, *others):
-    """A task in the memcg OOM wait since 0, seen at 3 s (past a 2 s threshold) with
-    `others` in flight beside it, and woken at 4 s."""
-    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None), *others]
-    clock["ns"] = 3 * S
-    d.scan_once()
-    src.waits = []
-    src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, 4 * S, None, None, None)]
-    clock["ns"] = 4 * S
-    d.scan_once()
-
-
 def test_collector_exposes_the_snapshot(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0)
     hog_stalls_then_wakes(d, src, clock)
     reg = registry_for(SnapshotCollector(lambda: d.latest, lambda: {"stdout": 3}))
     get = reg.get_sample_value
@@ -140,7 +112,7 @@ def test_collector_exposes_the_snapshot(tmp_path):
 
 
 def test_reports_the_rate_limit_held_back_are_counted(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0, report_interval_s=60.0)
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0, report_interval_s=60.0)
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
     clock["ns"] = 3 * S
     d.scan_once()  # the first block goes out
@@ -153,7 +125,7 @@ def test_reports_the_rate_limit_held_back_are_counted(tmp_path):
 
 
 def test_no_label_carries_a_pid_or_comm(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0)
     src.waits = [InflightWait(t, t, f"c{t}", SITE_DSTATE, 0, None, None, None) for t in range(7, 8)]
     clock["ns"] = 3 * S
     d.scan_once()
@@ -250,7 +222,7 @@ def test_prog_info_offsets_match_the_installed_uapi_header(tmp_path):
 
 
 def test_program_run_time_is_exported_only_while_counted(tmp_path):
-    d, src, out, clock = _daemon(tmp_path)
+    d, src, out, clock = snapshot_daemon(tmp_path)
     d.scan_once()
     reg = registry_for(SnapshotCollector(lambda: d.latest))
     assert reg.get_sample_value("allocwatch_bpf_program_runs_total", {"program": "aw_sched_switch"}) is None
@@ -261,7 +233,7 @@ def test_program_run_time_is_exported_only_while_counted(tmp_path):
 
 
 def test_kernel_limit_counters_are_metrics(tmp_path):
-    d, src, _out, _clock = _daemon(tmp_path)
+    d, src, _out, _clock = snapshot_daemon(tmp_path)
     src.stats = lambda: {"events_lost": 2, "waits_full": 5, "dwaits_full": 77}
     d.scan_once()
     get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value

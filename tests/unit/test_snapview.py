@@ -8,12 +8,11 @@ from allocwatch.app.live import LiveReader
 from allocwatch.core.model import InflightWait
 from allocwatch.core.sites import SITE_DSTATE, Site
 from allocwatch.core.snapview import hello_dict, snapshot_dict
-from tests.unit.test_daemon import fake_proc
-from tests.unit.test_snapshot_metrics import S, _daemon
+from tests.unit.fakes import S, fake_proc, snapshot_daemon
 
 
 def _scan(tmp_path, wanted: bool, max_detailed: int = 64):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0)
     fake_proc(tmp_path, 9, ["shrink_folio_list", "try_to_free_mem_cgroup_pages"], cgroup="4:memory:/box/b\n")
     d.live = LiveReader(lambda: wanted, max_detailed=max_detailed)
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None),
@@ -60,7 +59,7 @@ def test_hello_names_the_protocol_and_coverage():
 
 
 def test_a_live_view_that_fails_never_stops_the_scan(tmp_path):
-    d, src, out, clock = _daemon(tmp_path, threshold_s=2.0)
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0)
     said: list[str] = []
     d.live = LiveReader(lambda: True, on_error=said.append)
     d.findings.active = lambda: 1 / 0  # a bug where only the live view looks

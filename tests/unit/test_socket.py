@@ -20,7 +20,7 @@ import pytest
 from allocwatch.errors import SocketUnavailable
 from allocwatch.outputs.socket import SocketServer, may_read
 from allocwatch.top.feed import NoDaemon, SocketFeed
-from tests.unit.test_snapshot_metrics import _daemon
+from tests.unit.fakes import snapshot_daemon
 
 NOBODY = 65534
 
@@ -101,7 +101,7 @@ def test_a_stale_socket_is_replaced(sockdir):
 
 
 def test_hello_then_one_snapshot_per_scan(sockdir, tmp_path):
-    d, src, out, clock = _daemon(tmp_path)
+    d, src, out, clock = snapshot_daemon(tmp_path)
     srv = SocketServer(str(sockdir / "a.sock"))
     srv.set_hello({"type": "hello", "version": "9"})
     try:
@@ -130,7 +130,7 @@ def test_no_daemon_is_said_so(sockdir):
 
 
 def test_a_client_that_never_reads_is_dropped_and_counted_without_slowing_publish(sockdir, tmp_path):
-    d, *_ = _daemon(tmp_path)
+    d, *_ = snapshot_daemon(tmp_path)
     snap = d.scan_once()
     big = {"type": "snapshot", "pad": "x" * (256 << 10)}
     srv = SocketServer(str(sockdir / "a.sock"), max_buffer_bytes=1 << 20, render=lambda s: big)
@@ -211,7 +211,7 @@ def test_drops_are_metrics(sockdir):
 
 
 def test_a_snapshot_that_cannot_be_rendered_is_said_once_and_the_socket_goes_on(sockdir, tmp_path):
-    d, *_ = _daemon(tmp_path)
+    d, *_ = snapshot_daemon(tmp_path)
     said: list[str] = []
     calls = {"n": 0}
 

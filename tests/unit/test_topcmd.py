@@ -12,7 +12,7 @@ from allocwatch.app import preflight
 from allocwatch.errors import NotPrivileged
 from allocwatch.top import command as topcmd
 from allocwatch.top.feed import Feed
-from tests.unit.test_topmodel import _doc, _task
+from tests.unit.fakes import top_doc, top_task
 
 
 def test_no_daemon_and_no_privileges_says_both_in_one_line(tmp_path, monkeypatch):
@@ -30,7 +30,7 @@ def test_no_daemon_and_no_privileges_says_both_in_one_line(tmp_path, monkeypatch
 def test_a_dumb_terminal_gets_text_frames(capsys):
     feed = Feed()
     feed.source = "own session (no daemon on -)"
-    feed.put(_doc([_task(7, 12.0, level=1)], time_s=0.0))
+    feed.put(top_doc([top_task(7, 12.0, level=1)], time_s=0.0))
     stop = threading.Event()
     t = threading.Thread(target=topcmd._plain_loop, args=(feed, 0.05, stop))
     t.start()
@@ -43,8 +43,8 @@ def test_a_dumb_terminal_gets_text_frames(capsys):
 
 def test_json_prints_the_latest_snapshot(capsys):
     feed = Feed()
-    feed.put(_doc([], scan=1))
-    feed.put(_doc([_task(7, 12.0, level=1)], scan=2))
+    feed.put(top_doc([], scan=1))
+    feed.put(top_doc([top_task(7, 12.0, level=1)], scan=2))
     topcmd._print_once(feed, True, 80)
     import json
 

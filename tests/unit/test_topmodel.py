@@ -19,13 +19,8 @@ from allocwatch.top.model import (
     task_rows,
     visible_rows,
 )
-
-
-def _task(tid: int, wait: float, site: str = "memcg_oom_wait", comm: str = "hog", cgroup: str = "/box",
-          level: int = 0, pid: int | None = None, share: float | None = None, **kw: Any) -> dict[str, Any]:
-    return {"kind": "stall" if level else "wait", "tid": tid, "pid": pid or tid, "comm": comm, "site": site,
-            "duration_s": wait, "level": level, "start_known": True, "gfp": None, "order": None, "share": share,
-            "detail": False, "cgroup": cgroup, "state": "D", **kw}
+from tests.unit.fakes import top_doc as _doc
+from tests.unit.fakes import top_task as _task
 
 
 def _hist(count: int, per_bucket: dict[float, int]) -> dict[str, Any]:
@@ -36,18 +31,6 @@ def _hist(count: int, per_bucket: dict[float, int]) -> dict[str, Any]:
         buckets.append([le, cum])
     buckets.append(["inf", count])
     return {"count": count, "sum_s": 0.0, "buckets": buckets}
-
-
-def _doc(inflight, scan: int = 2, time_s: float = 100.0, sites=None, episodes=(), thresholds=None):
-    return {
-        "type": "snapshot", "scan": scan, "time_s": time_s, "inflight": list(inflight), "episodes": list(episodes),
-        "thresholds_s": thresholds or {"*": 10.0}, "sites": sites or {}, "counters": {"oom_kills": 2},
-        "coverage": [{"site": "memcg_oom_wait", "mechanism": "x", "attached": True},
-                     {"site": "congestion_wait", "mechanism": "", "attached": False}],
-        "context": {"psi": {"some_avg10_pct": 1.5, "full_avg10_pct": 0.5},
-                    "meminfo_bytes": {"MemAvailable": 3 << 30, "MemFree": 2 << 30},
-                    "kswapd": [{"node": 0, "pid": 45, "state": "S", "state_for_s": 12.0, "stack": []}]},
-    }
 
 
 def test_severity_against_the_threshold():

@@ -6,7 +6,7 @@ import threading
 
 from allocwatch.top.feed import Feed
 from allocwatch.top.screen import Screen, use_colour
-from tests.unit.test_topmodel import _doc, _task
+from tests.unit.fakes import top_doc, top_task
 
 
 class _NoTerminal:
@@ -36,7 +36,7 @@ class _NoTerminal:
 
 def _screen() -> Screen:
     feed = Feed()
-    feed.put(_doc([_task(1, 9.0, cgroup="/a"), _task(2, 3.0, cgroup="/b", site="compaction")], time_s=0.0))
+    feed.put(top_doc([top_task(1, 9.0, cgroup="/a"), top_task(2, 3.0, cgroup="/b", site="compaction")], time_s=0.0))
     return Screen(feed, 1.0, threading.Event(), clock_s=lambda: 1.0)
 
 

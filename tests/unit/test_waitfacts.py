@@ -6,7 +6,7 @@ from allocwatch.core.sites import Site
 from allocwatch.core.tracker import Wait
 from allocwatch.kernel import hostfs
 from allocwatch.kernel.waitfacts import WaitFacts
-from tests.unit.test_hostfs import PROC
+from tests.unit.fakes import HOST_PROC as PROC
 
 
 def wait(tid: int, start_ns: int = 5) -> Wait:

@@ -1,5 +1,5 @@
-"""Stall recipes the benchmarks share with the tests (standard library and the
-kernel-test helpers only)."""
+"""Whole stalls built from memcg and slowdisk, for the kernel tests and the
+benchmarks alike (standard library only)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from tests.kernel import memcg, slowdisk
+from lab import memcg, slowdisk
 
 
 def reclaim_livelock(n_victims: int = 4, prefix: str = "aw-livelock") -> None:

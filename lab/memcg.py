@@ -1,4 +1,4 @@
-"""Real memory cgroups and memory hogs for kernel tests.
+"""Real memory cgroups and memory hogs for kernel tests and benchmarks.
 
 ``MemCgroup`` makes a child memory cgroup for one test and always removes it
 again; ``Hog`` is a child process that allocates and touches anonymous memory
@@ -26,7 +26,7 @@ Which cgroup version is used:
   namespace root has processes), the constructor raises an error that says
   so; run the tests from a delegated sub-tree then.
 
-Only the standard library is used, except ``require_root_bpf`` (pytest).
+Only the standard library is used.
 """
 
 from __future__ import annotations
@@ -53,9 +53,9 @@ __all__ = [
     "NeedsCgroupVersion",
     "hog_command",
     "kernel_stack",
+    "memory_controller_version",
     "proc_state",
     "release",
-    "require_root_bpf",
     "stall_indefinitely",
 ]
 
@@ -67,8 +67,9 @@ class CgroupError(RuntimeError):
 
 
 class NeedsCgroupVersion(CgroupError):
-    """This machine's memory controller is the other cgroup version: a test that
-    needs this one skips by that name (tests/kernel/conftest.py), or fails in CI."""
+    """A knob of the other cgroup version was asked for. Tests say which version
+    they need with a marker (requires_cgroup_v1_memory, requires_cgroup_v2_memory),
+    decided before they run, with `memory_controller_version()`."""
 
 
 # --------------------------------------------------------------------------
@@ -172,6 +173,49 @@ def _pids_in(directory: Path) -> list[int]:
     return [int(x) for x in text.split()]
 
 
+def _controller() -> tuple[int, Path, Path, str]:
+    """(version, top of its mount, this process's own cgroup directory there, that
+    cgroup's path as /proc shows it) of the memory controller groups are made under."""
+    own = _own_cgroups()
+    mounts = _mounts()
+    if "memory" in own:
+        for fstype, root, point, opts in mounts:
+            if fstype == "cgroup" and "memory" in opts:
+                home = _join(point, root, own["memory"])
+                if home.is_dir():
+                    return 1, Path(point), home, own["memory"]
+        raise CgroupError(
+            "this process is in a cgroup v1 memory hierarchy but no mount of it was found in /proc/self/mountinfo"
+        )
+    if "" not in own:
+        raise CgroupError("no memory controller: /proc/self/cgroup has neither a memory line nor a v2 line")
+    for fstype, root, point, _ in mounts:
+        if fstype != "cgroup2":
+            continue
+        mount_top = Path(point)
+        try:
+            if "memory" not in _read(mount_top / "cgroup.controllers").split():
+                continue
+        except OSError:
+            continue
+        home = _join(point, root, own[""])
+        if not home.is_dir():
+            continue
+        return 2, mount_top, home, own[""]
+    raise CgroupError(
+        "no memory controller: no cgroup v1 memory hierarchy and no cgroup2 mount with memory in cgroup.controllers"
+    )
+
+
+def memory_controller_version() -> int | None:
+    """1 or 2: the cgroup version of the memory controller `MemCgroup` makes its
+    groups under (read from /proc/self, nothing made); None if there is none."""
+    try:
+        return _controller()[0]
+    except (CgroupError, OSError):
+        return None
+
+
 # --------------------------------------------------------------------------
 # The group
 
@@ -233,35 +277,10 @@ class MemCgroup:
     @staticmethod
     def _locate() -> tuple[int, Path, str, Path]:
         """(version, parent directory, parent path as /proc shows it, where leftover tasks go)."""
-        own = _own_cgroups()
-        mounts = _mounts()
-        if "memory" in own:
-            for fstype, root, point, opts in mounts:
-                if fstype == "cgroup" and "memory" in opts:
-                    parent = _join(point, root, own["memory"])
-                    if parent.is_dir():
-                        return 1, parent, own["memory"], parent
-            raise CgroupError(
-                "this process is in a cgroup v1 memory hierarchy but no mount of it was found in /proc/self/mountinfo"
-            )
-        if "" not in own:
-            raise CgroupError("no memory controller: /proc/self/cgroup has neither a memory line nor a v2 line")
-        for fstype, root, point, _ in mounts:
-            if fstype != "cgroup2":
-                continue
-            mount_top = Path(point)
-            try:
-                if "memory" not in _read(mount_top / "cgroup.controllers").split():
-                    continue
-            except OSError:
-                continue
-            home = _join(point, root, own[""])
-            if not home.is_dir():
-                continue
-            return (2, *MemCgroup._v2_parent(mount_top, home, own[""]), home)
-        raise CgroupError(
-            "no memory controller: no cgroup v1 memory hierarchy and no cgroup2 mount with memory in cgroup.controllers"
-        )
+        version, mount_top, home, home_rel = _controller()
+        if version == 1:
+            return 1, home, home_rel, home
+        return (2, *MemCgroup._v2_parent(mount_top, home, home_rel), home)
 
     @staticmethod
     def _v2_parent(mount_top: Path, home: Path, home_rel: str) -> tuple[Path, str]:
@@ -691,24 +710,3 @@ def proc_state(pid: int) -> str:
 def kernel_stack(pid: int) -> str:
     """/proc/<pid>/stack (root only; empty while the task runs)."""
     return Path(f"/proc/{pid}/stack").read_text()
-
-
-# --------------------------------------------------------------------------
-# Test gate
-
-
-def require_root_bpf() -> None:
-    """Skip a kernel test when not root, unless kernel tests are required (then fail).
-
-    Required means CI is set to a non-empty value or
-    ALLOCWATCH_REQUIRE_KERNEL_TESTS=1: kernel tests must run in CI, not skip.
-    """
-    import pytest
-
-    if os.geteuid() == 0:
-        return
-    reason = f"needs root: kernel tests load BPF programs and make memory cgroups (euid {os.geteuid()})"
-    required = bool(os.environ.get("CI")) or os.environ.get("ALLOCWATCH_REQUIRE_KERNEL_TESTS") == "1"
-    if required:
-        pytest.fail(reason + "; kernel tests are required here (CI or ALLOCWATCH_REQUIRE_KERNEL_TESTS=1)")
-    pytest.skip(reason)
