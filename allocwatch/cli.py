@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from allocwatch import __version__, config
 from allocwatch.app import preflight, service, sitereport
@@ -18,9 +19,21 @@ from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, OutputClosed, outp
 from allocwatch.top import command as topcmd
 
 
+class _Parser(argparse.ArgumentParser):
+    """--help through _stdout: a help that cannot be written is exit 12 or 13 in one line,
+    whatever the Python patch level (3.11.7's argparse drops the write error, and the flush
+    at exit then fails with 120)."""
+
+    def print_help(self, file: Any = None) -> None:
+        if file is None:
+            _stdout(self.format_help())
+        else:
+            super().print_help(file)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The whole command line (also read at build time to make the man page)."""
-    ap = argparse.ArgumentParser(prog="allocwatch", description="Live watchdog for memory-allocation stalls.")
+    ap = _Parser(prog="allocwatch", description="Live watchdog for memory-allocation stalls.")
     ap.add_argument("--version", action="version", version=f"allocwatch {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -100,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except OSError as exc:  # `--help > /dev/full`
-        _stdout_to_devnull()
-        err = output_error(exc)
+    except AllocwatchError as err:  # `--help > /dev/full`
         print(f"allocwatch: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as exc:  # `--version > /dev/full`
+        _stdout_to_devnull()
+        failed = output_error(exc)
+        print(f"allocwatch: {failed}", file=sys.stderr)
+        return failed.exit_code
     if args.command == "probes" and args.kallsyms and not args.tracefs:
         parser.error("--kallsyms describes a captured kernel: give its --tracefs DIR too")
     try:
