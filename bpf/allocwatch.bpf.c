@@ -1,11 +1,14 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* allocwatch: in-kernel bookkeeping of memory-allocation waits.
  *
  * Rules: handlers read only tracepoint fields, scalar probe
  * arguments and helpers; they never dereference a kernel struct, because the
  * headers bcc compiles against may not match the running kernel. Which
- * handlers are compiled is chosen by allocwatch/kernel/bpfsource.py from the probe
- * plan, through -D flags (AW_TP_*, AW_KPROBES, AW_HAVE_*): the text is never
- * edited. Entry points are thin; the work is in the static helpers.
+ * handlers are compiled is decided from the probe catalog
+ * (allocwatch/kernel/probes.py: each option carries its -D flags, AW_TP_*,
+ * AW_KPROBES, AW_HAVE_*, AW_BEGIN_STACKS) and passed by
+ * allocwatch/kernel/bpfsource.py: the text is never edited. Entry points are
+ * thin; the work is in the static helpers.
  *
  * Tunables, set with -D by the loader:
  *   LONG_WAIT_NS     completed waits at least this long are sent to user space
@@ -21,6 +24,13 @@
  */
 #include <uapi/linux/ptrace.h>
 #include "allocwatch.h"
+
+/* The licence the program declares to the kernel, which lets only a
+ * GPL-compatible program call its GPL-only helpers (bpf_get_stackid, and
+ * bpf_probe_read_str behind bcc's TP_DATA_LOC_READ_STR). "Dual BSD/GPL" is the
+ * string of the kernel's license_is_gpl_compatible() list that matches this
+ * file's licence; bcc declares BPF_LICENSE (default "GPL") after this text. */
+#define BPF_LICENSE Dual BSD/GPL
 
 #ifndef LONG_WAIT_NS
 #define LONG_WAIT_NS 1000000000ULL

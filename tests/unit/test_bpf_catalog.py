@@ -215,3 +215,16 @@ def test_a_kernel_with_everything_compiles_every_flag_but_the_fallbacks_it_never
     got = set(probes.compile_defines(probes.plan(features, hot_paths=True), features, begin_stacks=True))
     assert got == probes.every_define()
     assert probes.KPROBES_DEFINE in probes.compile_defines([], empty_kernel(), False, every_kprobe=True)
+
+
+# The strings the kernel takes as GPL-compatible (license_is_gpl_compatible() in
+# include/linux/license.h): only such a program may call GPL-only helpers.
+KERNEL_GPL_COMPATIBLE = {"GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL"}
+
+
+def test_the_program_declares_a_gpl_compatible_licence_matching_its_spdx_line():
+    text = BPF_C.read_text()
+    assert text.splitlines()[0] == "// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause"
+    declared = re.findall(r"^#define BPF_LICENSE (.+)$", strip_comments(text), re.M)
+    assert declared == ["Dual BSD/GPL"]  # bcc quotes the macro's tokens: the string "Dual BSD/GPL"
+    assert declared[0] in KERNEL_GPL_COMPATIBLE
