@@ -1,11 +1,14 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* allocwatch: in-kernel bookkeeping of memory-allocation waits.
  *
  * Rules: handlers read only tracepoint fields, scalar probe
  * arguments and helpers; they never dereference a kernel struct, because the
  * headers bcc compiles against may not match the running kernel. Which
- * handlers are compiled is chosen by allocwatch/kernel/bpfsource.py from the probe
- * plan, through -D flags (AW_TP_*, AW_KPROBES, AW_HAVE_*): the text is never
- * edited. Entry points are thin; the work is in the static helpers.
+ * handlers are compiled is decided from the probe catalog
+ * (allocwatch/kernel/probes.py: each option carries its -D flags, AW_TP_*,
+ * AW_KPROBES, AW_HAVE_*, AW_BEGIN_STACKS) and passed by
+ * allocwatch/kernel/bpfsource.py: the text is never edited. Entry points are
+ * thin; the work is in the static helpers.
  *
  * Tunables, set with -D by the loader:
  *   LONG_WAIT_NS     completed waits at least this long are sent to user space
@@ -21,6 +24,13 @@
  */
 #include <uapi/linux/ptrace.h>
 #include "allocwatch.h"
+
+/* The licence the program declares to the kernel, which lets only a
+ * GPL-compatible program call its GPL-only helpers (bpf_get_stackid, and
+ * bpf_probe_read_str behind bcc's TP_DATA_LOC_READ_STR). "Dual BSD/GPL" is the
+ * string of the kernel's license_is_gpl_compatible() list that matches this
+ * file's licence; bcc declares BPF_LICENSE (default "GPL") after this text. */
+#define BPF_LICENSE Dual BSD/GPL
 
 #ifndef LONG_WAIT_NS
 #define LONG_WAIT_NS 1000000000ULL
@@ -341,55 +351,49 @@ static __always_inline struct aw_hint *fresh_hint(u32 tid, u64 now_ns)
 
 /* ---- D-state tracking: the mechanism for waits no tracepoint brackets ---- */
 
+/* A D sleep ends: the task is switched in again. A sleep a hint named is
+ * counted here; one named from its stack can only be counted in user space,
+ * which names it. Long ones are sent up. */
+static __always_inline void dwait_end(u32 tid, struct aw_wait *w, u64 now_ns)
+{
+    u64 duration_ns = now_ns - w->start_ns;
+    if (w->site_hint < AW_NR_SITES) {
+        hist_add(w->site_hint, duration_ns);
+        acct_wait(tid, w->pid, w->comm, w->site_hint, duration_ns);
+    }
+    if (duration_ns >= tunable(0, LONG_WAIT_NS) ||
+        (w->site_hint >= AW_NR_SITES && duration_ns >= tunable(1, DSTATE_END_NS)))
+        emit_end(tid, AW_SITE_DSTATE, w, duration_ns, end_how(tid, w->pid, w->start_ns, AW_END_WOKE));
+    w->start_ns = 0;
+}
+
+/* The task switched in ends the D sleep it was in, if any. Returns the time
+ * read then, 0 when there was none (most switches read no clock here). */
+static __always_inline u64 dwait_end_switched_in(u32 tid)
+{
+    struct aw_wait *w = dwaits.lookup(&tid);
+    if (!w || !w->start_ns)
+        return 0;
+    u64 now_ns = bpf_ktime_get_ns();
+    dwait_end(tid, w, now_ns);
+    return now_ns;
+}
+
 /* Like the waits map, dwaits keeps a task's entry from its first D sleep to its
  * exit: a sleep is written in place and its end clears start_ns (a hash insert
  * and delete per D sleep otherwise, at every disk or lock wait of the host). */
-int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
+static __always_inline void dwait_begin(u32 tid, const char *comm, u64 now_ns, u32 hint, u64 gfp, s32 order)
 {
-    u32 next = args->next_pid;
-    struct aw_wait *w = dwaits.lookup(&next);
-    u64 now_ns = 0;
-    if (w && w->start_ns) {
-        now_ns = bpf_ktime_get_ns();
-        u64 duration_ns = now_ns - w->start_ns;
-        /* A sleep named by a hint is counted here; one named from its stack
-         * can only be counted in user space, which names it. */
-        if (w->site_hint < AW_NR_SITES) {
-            hist_add(w->site_hint, duration_ns);
-            acct_wait(next, w->pid, w->comm, w->site_hint, duration_ns);
-        }
-        if (duration_ns >= tunable(0, LONG_WAIT_NS) ||
-            (w->site_hint >= AW_NR_SITES && duration_ns >= tunable(1, DSTATE_END_NS)))
-            emit_end(next, AW_SITE_DSTATE, w, duration_ns, end_how(next, w->pid, w->start_ns, AW_END_WOKE));
-        w->start_ns = 0;
-    }
-    if (args->prev_state != AW_REPORT_UNINTERRUPTIBLE)
-        return 0;
-    u32 prev = args->prev_pid;
-    if (prev == 0)
-        return 0;
-    if (!now_ns)
-        now_ns = bpf_ktime_get_ns();
-    u64 gfp = AW_GFP_UNKNOWN;
-    s32 order = -1;
-    u32 hint = AW_SITE_NONE;
-    struct aw_hint *h = fresh_hint(prev, now_ns);
-    if (h) {
-        hint = h->site;
-        gfp = h->gfp;
-        order = h->order;
-        hints.delete(&prev);
-    }
-    struct aw_wait *d = dwaits.lookup(&prev);
+    struct aw_wait *d = dwaits.lookup(&tid);
     if (d) {
         d->gfp = gfp;
         d->order = order;
         d->site_hint = hint;
         d->depth = 0;
         d->pid = bpf_get_current_pid_tgid() >> 32;
-        __builtin_memcpy(d->comm, args->prev_comm, sizeof(d->comm));
+        __builtin_memcpy(d->comm, comm, sizeof(d->comm));
         d->start_ns = now_ns; /* last: a reader that sees it open sees this sleep's fields */
-        return 0;
+        return;
     }
     struct aw_wait fresh = {};
     fresh.start_ns = now_ns;
@@ -397,9 +401,40 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
     fresh.order = order;
     fresh.site_hint = hint;
     fresh.pid = bpf_get_current_pid_tgid() >> 32;
-    __builtin_memcpy(fresh.comm, args->prev_comm, sizeof(fresh.comm));
-    if (dwaits.update(&prev, &fresh))
+    __builtin_memcpy(fresh.comm, comm, sizeof(fresh.comm));
+    if (dwaits.update(&tid, &fresh))
         stat_inc(AW_STAT_DWAITS_FULL);
+}
+
+/* The task switched out in D begins a sleep, named by the hint a tracepoint
+ * left just before it if that is fresh (taken: a hint names one sleep). */
+static __always_inline void dwait_begin_switched_out(u32 tid, const char *comm, u64 now_ns)
+{
+    u64 gfp = AW_GFP_UNKNOWN;
+    s32 order = -1;
+    u32 hint = AW_SITE_NONE;
+    struct aw_hint *h = fresh_hint(tid, now_ns);
+    if (h) {
+        hint = h->site;
+        gfp = h->gfp;
+        order = h->order;
+        hints.delete(&tid);
+    }
+    dwait_begin(tid, comm, now_ns, hint, gfp, order);
+}
+
+/* Every context switch: the task coming in ends its D sleep, the task going out
+ * in TASK_UNINTERRUPTIBLE (the idle task aside) begins one. The comm is copied
+ * out of the record here: the verifier refuses a read of the record through a
+ * pointer into it, which is what a helper would be handed. */
+int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
+{
+    u64 now_ns = dwait_end_switched_in(args->next_pid);
+    if (args->prev_state != AW_REPORT_UNINTERRUPTIBLE || args->prev_pid == 0)
+        return 0;
+    char comm[AW_COMM_LEN] __attribute__((aligned(8)));
+    __builtin_memcpy(comm, args->prev_comm, sizeof(comm));
+    dwait_begin_switched_out(args->prev_pid, comm, now_ns ? now_ns : bpf_ktime_get_ns());
     return 0;
 }
 
@@ -741,7 +776,6 @@ AW_KPROBE_PAIR(direct_reclaim, AW_SITE_DIRECT_RECLAIM)
 AW_KPROBE_PAIR(memcg_reclaim, AW_SITE_MEMCG_RECLAIM)
 AW_KPROBE_PAIR(memcg_softlimit_reclaim, AW_SITE_MEMCG_SOFTLIMIT_RECLAIM)
 AW_KPROBE_PAIR(node_reclaim, AW_SITE_NODE_RECLAIM)
-AW_KPROBE_PAIR(too_many_isolated, AW_SITE_TOO_MANY_ISOLATED)
 AW_KPROBE_PAIR(reclaim_throttle, AW_SITE_RECLAIM_THROTTLE)
 AW_KPROBE_PAIR(congestion_wait, AW_SITE_CONGESTION_WAIT)
 AW_KPROBE_PAIR(wait_iff_congested, AW_SITE_WAIT_IFF_CONGESTED)

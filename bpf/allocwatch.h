@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: GPL-2.0-only OR BSD-2-Clause
 /* allocwatch: the records shared by the BPF programs and the Python daemon.
  *
  * This header is the one definition of the wire format. allocwatch/kernel/wire.py

@@ -29,18 +29,15 @@ from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
 from allocwatch.kernel.probes import (
     BALANCE_DIRTY_PAGES,
+    BEGIN_STACKS_DEFINE,
     DIRTY_PAUSE_DEFINE,
-    DIRTY_PAUSE_FIELDS,
-    MARK_VICTIM_COMM_DEFINE,
-    MARK_VICTIM_RSS_DEFINE,
-    MARK_VICTIM_RSS_FIELDS,
     RECLAIM_PROGRESS,
     SCHED_EXIT,
     SIGNAL_GENERATE,
-    SIGNAL_GENERATE_DEFINE,
     Mechanism,
     SitePlan,
     Tracepoint,
+    compile_defines,
     tracepoints_to_attach,
 )
 
@@ -144,7 +141,10 @@ def ringbuf_pages_for(events: int) -> int:
     return 1 << (need - 1).bit_length()
 
 
-def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOptions, kprobes: bool) -> list[str]:
+def cflags_for(
+    plans: list[SitePlan], features: KernelFeatures, opts: LoadOptions, every_kprobe: bool = False
+) -> list[str]:
+    """The load's tunables, then the catalog's -D flags for these plans (probes.compile_defines)."""
     flags = [
         *QUIET_CFLAGS,
         f"-I{bpf_dir()}",
@@ -154,28 +154,7 @@ def cflags_for(plans: list[SitePlan], features: KernelFeatures, opts: LoadOption
         f"-DMAX_DWAITS={opts.max_dwaits}",
         f"-DRINGBUF_PAGES={opts.ringbuf_pages or ringbuf_pages_for(opts.max_dwaits)}",
     ]
-    defines = set()
-    for p in plans:
-        for opt in (p.chosen, *p.fallbacks) if p.chosen else ():
-            if opt.define:
-                defines.add(opt.define)
-            for tp, define in opt.optional:
-                if features.has_tracepoint(tp.name, tp.fields):
-                    defines.add(define)
-    if features.has_tracepoint("oom:mark_victim", ("comm",)):
-        defines.add(MARK_VICTIM_COMM_DEFINE)
-    if features.has_tracepoint("oom:mark_victim", MARK_VICTIM_RSS_FIELDS):
-        defines.add(MARK_VICTIM_RSS_DEFINE)
-    if features.has_tracepoint(SIGNAL_GENERATE.name, SIGNAL_GENERATE.fields):
-        defines.add(SIGNAL_GENERATE_DEFINE)
-    if "AW_TP_BALANCE_DIRTY_PAGES" in defines and features.has_tracepoint(BALANCE_DIRTY_PAGES, DIRTY_PAUSE_FIELDS):
-        defines.add(DIRTY_PAUSE_DEFINE)
-    if kprobes:
-        defines.add("AW_KPROBES")
-    if opts.begin_stacks:
-        defines.add("AW_BEGIN_STACKS")
-    flags += [f"-D{d}" for d in sorted(defines)]
-    return flags
+    return flags + [f"-D{d}" for d in compile_defines(plans, features, opts.begin_stacks, every_kprobe)]
 
 
 class BpfSource:
@@ -188,6 +167,7 @@ class BpfSource:
         self._bcc = import_bcc()
         self._bpf: Any = None
         self._dirty_pauses = False  # the balance_dirty_pages handler notes each pause
+        self._begin_stacks = False  # the reclaim begin handlers take stacks (the maps exist)
         self._pending: list[bytes] = []
         self._attached_tps: set[str] = set()
         self.status: list[SiteStatus] = []
@@ -202,13 +182,15 @@ class BpfSource:
 
     # -- load and attach --------------------------------------------------
 
-    def load(self, kprobes: bool | None = None) -> list[SiteStatus]:
+    def load(self, kprobes: bool = False) -> list[SiteStatus]:
+        """Compile, load and attach. `kprobes`: compile every kprobe pair, chosen or
+        not, for load_kprobe_programs (a test); the plans' own are compiled anyway."""
         t0 = time.monotonic()
         check_headers(self.features.release)
-        want_kprobes = self.features.kprobes if kprobes is None else kprobes
-        flags = cflags_for(self.plans, self.features, self.opts, want_kprobes)
+        flags = cflags_for(self.plans, self.features, self.opts, every_kprobe=kprobes)
         src = str(bpf_dir() / BPF_SOURCE).encode()
         self._dirty_pauses = f"-D{DIRTY_PAUSE_DEFINE}" in flags
+        self._begin_stacks = f"-D{BEGIN_STACKS_DEFINE}" in flags
         failed: Exception | None = None
         with compiler_output() as said:
             try:
@@ -402,7 +384,7 @@ class BpfSource:
     def recent_stack(self, tid: int) -> list[str] | None:
         """The task's kernel stack when it last entered reclaim (at most a second
         stale when it keeps entering), symbolized; None when none was taken."""
-        if self._bpf is None or not self.opts.begin_stacks:
+        if self._bpf is None or not self._begin_stacks:
             return None
         try:
             table = self._bpf[b"task_stacks"]

@@ -3,6 +3,10 @@
 Each site lists its attach options in order of preference. `plan()` takes the
 first one this kernel supports and says, for every option it passed over, why.
 Each option cites the kernel commit or version that made it necessary.
+
+The catalog also says which -D flags compile the handlers of each option
+(`Option.defines`): the loader passes exactly those of the options a plan may
+attach, and tests/unit/test_bpf_catalog.py checks them against the C.
 """
 
 from __future__ import annotations
@@ -42,6 +46,16 @@ class Tracepoint:
 
 
 @dataclass(frozen=True)
+class FieldDefine:
+    """A -D flag passed when the kernel's tracepoint has these fields: the
+    handler reads them only where they exist."""
+
+    tracepoint: str  # "category:event"
+    fields: tuple[str, ...]
+    define: str
+
+
+@dataclass(frozen=True)
 class Option:
     mechanism: Mechanism
     tracepoints: tuple[Tracepoint, ...] = ()
@@ -50,6 +64,22 @@ class Option:
     functions: tuple[str, ...] = ()  # kprobe targets, first one found is used
     kprobe_fn: str = ""  # suffix of aw_kp_enter_/aw_kp_return_
     note: str = ""
+    field_defines: tuple[FieldDefine, ...] = ()  # fields read where the kernel has them
+    stack_define: str = ""  # -D flag by which its begin handler takes a stack (LoadOptions.begin_stacks)
+
+    def defines(self, features: KernelFeatures, begin_stacks: bool) -> set[str]:
+        """The -D flags that compile this option's handlers for this kernel."""
+        out = {self.define} if self.define else set()
+        out |= {d for tp, d in self.optional if features.has_tracepoint(tp.name, tp.fields)}
+        out |= {f.define for f in self.field_defines if features.has_tracepoint(f.tracepoint, f.fields)}
+        if begin_stacks and self.stack_define:
+            out.add(self.stack_define)
+        return out
+
+    def all_defines(self) -> set[str]:
+        """Every -D flag this option can ask for, on any kernel."""
+        out = {self.define, self.stack_define, *(d for _, d in self.optional), *(f.define for f in self.field_defines)}
+        return out - {""}
 
 
 @dataclass(frozen=True)
@@ -72,13 +102,18 @@ class SiteEntry:
         return not (self.added_in is not None and version < self.added_in)
 
 
+# One switch compiles every kprobe pair: bcc loads a program only when it is
+# attached, so the pairs a plan does not choose cost compile time only.
+KPROBES_DEFINE = "AW_KPROBES"
+
+
 def _kp(*functions: str, fn: str, note: str = "") -> Option:
-    return Option(Mechanism.KPROBE_PAIR, functions=functions, kprobe_fn=fn, note=note)
+    return Option(Mechanism.KPROBE_PAIR, define=KPROBES_DEFINE, functions=functions, kprobe_fn=fn, note=note)
 
 
 def _pair(
     category: str, prefix: str, fn: str, define: str, note: str = "", end_fields: tuple[str, ...] = (),
-    optional: tuple[tuple[Tracepoint, str], ...] = (),
+    optional: tuple[tuple[Tracepoint, str], ...] = (), stack_define: str = "",
 ) -> Option:
     return Option(
         Mechanism.TRACEPOINT_PAIR,
@@ -89,6 +124,7 @@ def _pair(
         define=define,
         optional=optional,
         note=note,
+        stack_define=stack_define,
     )
 
 
@@ -101,6 +137,19 @@ def _dstate(note: str = "") -> Option:
 RECLAIM_PROGRESS = Tracepoint("vmscan:mm_vmscan_lru_shrink_inactive", "aw_lru_shrink_inactive", ("nr_reclaimed",))
 _RECLAIM_PROGRESS = ((RECLAIM_PROGRESS, "AW_TP_LRU_SHRINK_INACTIVE"),)
 _THROTTLED = Tracepoint("vmscan:mm_vmscan_throttled", "aw_vmscan_throttled", ("usec_delayed", "reason"))
+# The kernel stack of a task entering direct or memcg reclaim, at most once a
+# second: a task looping RUNNING in reclaim has none in /proc.
+BEGIN_STACKS_DEFINE = "AW_BEGIN_STACKS"
+# What balance_dirty_pages says of the pause it chose, on every kernel from v6.1 to
+# v6.18 (the bdi_*/wb_* pair is left out: renamed by f1ab2831e2a4, v6.15).
+BALANCE_DIRTY_PAGES = "writeback:balance_dirty_pages"
+DIRTY_PAUSE_FIELDS = ("dirty", "setpoint", "limit", "pause", "period", "think", "paused", "dirtied", "dirtied_pause")
+DIRTY_PAUSE_DEFINE = "AW_HAVE_DIRTY_PAUSE"
+MARK_VICTIM = "oom:mark_victim"
+MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
+# ef8444ea01d7 ("mm: update mark_victim tracepoints fields", v6.9; backported to 6.1.y)
+MARK_VICTIM_RSS_FIELDS = ("anon_rss", "file_rss", "shmem_rss", "uid", "oom_score_adj")
+MARK_VICTIM_RSS_DEFINE = "AW_HAVE_MARK_VICTIM_RSS"
 
 CATALOG: tuple[SiteEntry, ...] = (
     SiteEntry(
@@ -132,7 +181,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         "direct reclaim (try_to_free_pages)",
         (
             _pair("vmscan", "mm_vmscan_direct_reclaim", "direct_reclaim", "AW_TP_DIRECT_RECLAIM",
-                  end_fields=("nr_reclaimed",), optional=_RECLAIM_PROGRESS),
+                  end_fields=("nr_reclaimed",), optional=_RECLAIM_PROGRESS, stack_define=BEGIN_STACKS_DEFINE),
             _kp("try_to_free_pages", fn="direct_reclaim"),
         ),
         stack_frames=("try_to_free_pages",),
@@ -142,7 +191,7 @@ CATALOG: tuple[SiteEntry, ...] = (
         "memcg limit/high reclaim (try_to_free_mem_cgroup_pages)",
         (
             _pair("vmscan", "mm_vmscan_memcg_reclaim", "memcg_reclaim", "AW_TP_MEMCG_RECLAIM",
-                  end_fields=("nr_reclaimed",), optional=_RECLAIM_PROGRESS),
+                  end_fields=("nr_reclaimed",), optional=_RECLAIM_PROGRESS, stack_define=BEGIN_STACKS_DEFINE),
             _kp("try_to_free_mem_cgroup_pages", fn="memcg_reclaim"),
         ),
         stack_frames=("try_to_free_mem_cgroup_pages",),
@@ -269,9 +318,10 @@ CATALOG: tuple[SiteEntry, ...] = (
         (
             Option(
                 Mechanism.TRACEPOINT_BEFORE,
-                (Tracepoint("writeback:balance_dirty_pages", "aw_balance_dirty_pages", ("pause",)),),
+                (Tracepoint(BALANCE_DIRTY_PAGES, "aw_balance_dirty_pages", ("pause",)),),
                 "AW_TP_BALANCE_DIRTY_PAGES",
                 note="v3.2+; fires before each pause, the sleep is timed at sched_switch",
+                field_defines=(FieldDefine(BALANCE_DIRTY_PAGES, DIRTY_PAUSE_FIELDS, DIRTY_PAUSE_DEFINE),),
             ),
             _kp("balance_dirty_pages", fn="dirty_throttle"),
             _dstate(),
@@ -326,9 +376,13 @@ CATALOG: tuple[SiteEntry, ...] = (
         (
             Option(
                 Mechanism.TRACEPOINT_EVENT,
-                (Tracepoint("oom:mark_victim", "aw_mark_victim", ("pid",)),),
+                (Tracepoint(MARK_VICTIM, "aw_mark_victim", ("pid",)),),
                 "AW_TP_MARK_VICTIM",
                 note="v4.13+; victim comm since v6.9",
+                field_defines=(
+                    FieldDefine(MARK_VICTIM, ("comm",), MARK_VICTIM_COMM_DEFINE),
+                    FieldDefine(MARK_VICTIM, MARK_VICTIM_RSS_FIELDS, MARK_VICTIM_RSS_DEFINE),
+                ),
             ),
             _kp("out_of_memory", fn="oom"),
         ),
@@ -354,18 +408,13 @@ CATALOG: tuple[SiteEntry, ...] = (
 # Always attached when anything uses D-state tracking, and for map clean-up.
 SCHED_SWITCH = Tracepoint("sched:sched_switch", "aw_sched_switch", ("prev_state", "prev_pid", "next_pid"))
 SCHED_EXIT = Tracepoint("sched:sched_process_exit", "aw_sched_process_exit", ("pid",))
-# What balance_dirty_pages says of the pause it chose, on every kernel from v6.1 to
-# v6.18 (the bdi_*/wb_* pair is left out: renamed by f1ab2831e2a4, v6.15).
-BALANCE_DIRTY_PAGES = "writeback:balance_dirty_pages"
-DIRTY_PAUSE_FIELDS = ("dirty", "setpoint", "limit", "pause", "period", "think", "paused", "dirtied", "dirtied_pause")
-DIRTY_PAUSE_DEFINE = "AW_HAVE_DIRTY_PAUSE"
-MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
-# ef8444ea01d7 ("mm: update mark_victim tracepoints fields", v6.9; backported to 6.1.y)
-MARK_VICTIM_RSS_FIELDS = ("anon_rss", "file_rss", "shmem_rss", "uid", "oom_score_adj")
-MARK_VICTIM_RSS_DEFINE = "AW_HAVE_MARK_VICTIM_RSS"
 # Lets a report say a wait ended because the task was SIGKILLed (optional).
 SIGNAL_GENERATE = Tracepoint("signal:signal_generate", "aw_signal_generate", ("sig", "pid"))
 SIGNAL_GENERATE_DEFINE = "AW_TP_SIGNAL_GENERATE"
+# Tracepoints the loader attaches whatever the plan, where the kernel has them, and
+# the -D flag that compiles each handler. (sched_switch and sched_process_exit are
+# always compiled: every kernel has them.)
+LOADER_TRACEPOINTS: tuple[tuple[Tracepoint, str], ...] = ((SIGNAL_GENERATE, SIGNAL_GENERATE_DEFINE),)
 
 
 @dataclass(frozen=True)
@@ -415,6 +464,28 @@ def all_tracepoint_names() -> set[str]:
 
 def all_function_names() -> set[str]:
     return {f for e in CATALOG for o in e.options for f in o.functions}
+
+
+def compile_defines(
+    plans: Iterable[SitePlan], features: KernelFeatures, begin_stacks: bool, every_kprobe: bool = False
+) -> list[str]:
+    """The -D flags (sorted names) that compile what these plans may attach on
+    this kernel: each chosen option's and its fall-backs' (an option that fails to
+    attach falls over to the next), and the loader's own tracepoints the kernel
+    has. `every_kprobe` compiles every kprobe pair, chosen or not, so that a
+    test can put them all through the verifier."""
+    defines = {d for tp, d in LOADER_TRACEPOINTS if features.has_tracepoint(tp.name, tp.fields)}
+    for p in plans:
+        for opt in (p.chosen, *p.fallbacks) if p.chosen else ():
+            defines |= opt.defines(features, begin_stacks)
+    if every_kprobe:
+        defines |= {o.define for e in CATALOG for o in e.options if o.mechanism is Mechanism.KPROBE_PAIR}
+    return sorted(defines)
+
+
+def every_define() -> set[str]:
+    """Every -D flag the catalog and the loader's tracepoints can ask for."""
+    return {d for _, d in LOADER_TRACEPOINTS} | {d for e in CATALOG for o in e.options for d in o.all_defines()}
 
 
 def _why_not(opt: Option, features: KernelFeatures) -> str:
