@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Command line: argv to a command, and typed errors to a message and an exit code.
 
 `allocwatch run` (app/service.py), `allocwatch probes` (app/sitereport.py) and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Typed errors. Library code raises these; only the CLI turns them into a
 message and an exit code (listed in docs/exit-codes.md)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What taking a task's stack as it enters reclaim costs, at the livelock rate.
 
     .venv/bin/python bench/begin_stack_cost.py [--rounds N]      (as root)

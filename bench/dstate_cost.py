@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """What allocwatch's D-state tracking costs, next to the /proc sweep it replaces.
 
 Run as root with the interpreter that has bcc (Debian: /usr/bin/python3):

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Each figure of the harness: measure, then return its raw numbers (a dict
 that goes into the JSON as it is). bench/report.py turns them into rows."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where the daemon's memory goes with 10,000 tasks stalled, attributed.
 
 The daemon's own source and scan loop, in this process, built as `allocwatch run`

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the pieces of a begin/end handler cost, side by side on the same hook.
 
 Each variant below is a pair of programs (one on memcg reclaim begin, one on its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What /proc says of one process: CPU time, resident memory, threads in D.
 
 The parsers are pure (text in, numbers out); the readers take a pid."""

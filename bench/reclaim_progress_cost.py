@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What counting the pages a reclaim wait has reclaimed so far costs.
 
     .venv/bin/python bench/reclaim_progress_cost.py [--rounds N] [--storm-mib M]   (as root)

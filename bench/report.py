@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The harness's numbers as table rows, each marked against its budget."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """What allocwatch costs, how fast it sees, and how far it scales: one table.
 
     .venv/bin/python bench/run.py [--quick] [--json FILE] [--only FIGURES] [--daemon-rev REV] [--profile]

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Pure helpers of the harness: medians with their spread, percentiles, budget
 verdicts and the markdown table. Standard library only; unit-tested."""
 

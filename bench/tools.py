@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The programs under test, started and stopped by the harness: allocwatch's
 daemon, bcc's drsnoop, a bpftrace one-liner, and empty BPF programs on the
 daemon's own hooks. Each is ended by the pid the harness started, and every

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The workloads: the reclaim storm, the page-fault loop, and many threads of
 one process held in the memcg OOM wait at once (cgroup v1)."""
 

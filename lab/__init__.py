@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The lab: recipes that put this machine under real memory pressure, shared by
 the kernel tests (tests/kernel, tests/guest) and the benchmarks (bench/).
 

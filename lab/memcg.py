@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Real memory cgroups and memory hogs for kernel tests and benchmarks.
 
 ``MemCgroup`` makes a child memory cgroup for one test and always removes it

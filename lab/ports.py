@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Loopback ports for the servers a run starts (metrics endpoints, Prometheus)."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Whole stalls built from memcg and slowdisk, for the kernel tests and the
 benchmarks alike (standard library only)."""
 

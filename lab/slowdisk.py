@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A slow block device for kernel tests and benchmarks (seeds 002/004).
 
 A loop device over a sparse file, ext4 without a journal, mounted in a

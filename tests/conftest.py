@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Shared pytest set-up: the repository root on sys.path (tests import `lab`
 and `tests...`); markers are registered in pyproject.toml. tests/guest runs
 only inside a guest kernel (scripts/test-guest sets ALLOCWATCH_GUEST).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The PromQL shipped in deploy/: every alert and recording rule, every
 dashboard panel target, and the metric names each one reads.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The scan loop: source -> names -> tracker -> records -> Snapshot -> outputs.
 
 Each scan reads the kernel once, decides (pure tracker), reads /proc for the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a stall block says of the machine around its tasks.
 
 Memory and PSI now, vmstat and PSI totals since the last block, each kswapd's

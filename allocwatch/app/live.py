@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fills `Snapshot.live` (core/live.py) from /proc, while a live viewer listens.
 
 The daemon calls `LiveReader.enrich()` once a scan, after the scan has

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Checks before loading BPF: capabilities, tracefs, stdout, stderr. Each
 failure is a typed error whose message names the cause and the fix.
 

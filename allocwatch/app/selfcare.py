@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Keeping the watchdog alive under the pressure it watches: its pages locked in
 memory, its oom_score_adj lowered, and the C heap's free pages given back,
 locked or not.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`allocwatch run`: the service's lifecycle around the scan loop.
 
 In this order: the configuration, the capabilities and tracefs, the record

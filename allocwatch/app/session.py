@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A configuration made into programs that watch: what `run`, `probes` and top's own session share.
 
 `Session.open(cfg)` checks the capabilities, mounts tracefs where it may, reads

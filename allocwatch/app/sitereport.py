@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`allocwatch probes`: which wait sites this kernel offers, and how each is reached.
 
 Live, it loads and attaches the programs as `run` would (then detaches them),

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Configuration: built-in defaults, an optional YAML file, then flags.
 
 Every key is declared once in `schema.KEYS`, with its check (checks.py) and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The check of each kind of configuration value: the value, or a ConfigError
 whose one line names the key and what it accepts.
 

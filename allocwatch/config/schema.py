@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Every configuration key: its default (`Config`), its check (`KEYS`), and
 whether a running daemon takes a new value at a reload (SIGHUP) or needs a
 restart (`RESTART_KEYS`).

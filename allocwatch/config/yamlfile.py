@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The configuration file: a bounded read of a regular file, and a strict YAML loader.
 
 A file that cannot be read, is not a regular file or is larger than

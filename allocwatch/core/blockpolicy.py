@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Which stalls and findings a stall block shows, and when. Pure: the caller reads, this decides.
 
 - The cgroup filter (`--cgroup`, `cgroups:`): only tasks whose memory cgroup

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Stall seconds per memory cgroup, for the metrics, with a bounded label (pure).
 
 Off unless configured. A cgroup gets a label of its own when it is listed

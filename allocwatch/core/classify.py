@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Naming a D-state sleep after the wait site it is in (pure).
 
 A sleep is named after a hint left by a tracepoint just before it (see

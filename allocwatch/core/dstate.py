@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Naming D-state sleeps: hint or stack, read once per sleep and cached.
 
 A D-state sleep becomes a `Wait` only when it can be named after a site;

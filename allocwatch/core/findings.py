@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Stalls no single wait shows (pure): the throttled task, the reclaim
 livelock and the OOM victim that cannot exit.
 

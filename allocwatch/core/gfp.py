@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """GFP masks in the running kernel's own words.
 
 A tracepoint that carries a gfp mask prints it with the kernel's show_gfp_flags

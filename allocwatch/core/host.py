@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a stall report says about the machine and a stalled task (pure).
 
 kernel/hostfs.py reads these from /proc and the cgroup filesystem; nothing

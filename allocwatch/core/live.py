@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a live viewer (`allocwatch top`) needs beyond the decisions (pure).
 
 A scan's Snapshot says which waits are in flight; a viewer also wants, for

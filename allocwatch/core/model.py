@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What one scan reads from the kernel, as plain values (pure).
 
 The kernel side (kernel/wire.py) decodes BPF records into these; the core

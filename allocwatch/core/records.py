@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Report records, and the one plain dict each is turned into (`to_dict`),
 which every output renders: text, JSON lines, journald, the socket (pure).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Wait-site identities, mirrored from bpf/allocwatch.h (AW_SITE_*).
 
 tests/unit/test_wire.py checks that every number here matches the header.

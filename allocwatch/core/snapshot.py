@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What one scan decided, as one immutable value every output reads (pure).
 
 A `Snapshot` holds every wait in flight (under its threshold too) with its

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A Snapshot as one plain dict (pure): what the socket sends each scan and
 `allocwatch top --json` prints.
 

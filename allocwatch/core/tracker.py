@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Stall decisions: in-flight waits and ended waits in, reports due out.
 
 Pure: the caller passes the time (`now_ns`, CLOCK_MONOTONIC like the BPF

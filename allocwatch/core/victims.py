@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """OOM victims from the kill until they are gone (pure): when each was chosen,
 whether the OOM reaper has run on it, and who else in its memory cgroup is
 still waiting for memory meanwhile.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The one module that imports bcc: build, attach, read, drain, detach.
 
 It compiles bpf/allocwatch.bpf.c with the -D flags the probe plan asks for,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Run time and run count of loaded BPF programs, from the kernel's own stats.
 
 The kernel counts them only while stats are on: `kernel.bpf_stats_enabled`

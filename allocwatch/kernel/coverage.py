@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What is watched and how: per-site attach status, for `allocwatch probes`
 and the daemon's start line (pure).
 

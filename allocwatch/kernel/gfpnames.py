@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The running kernel's gfp flag table, from tracefs, with enum bit names resolved from BTF.
 
 Kernels 6.10 to 6.13 (before "mm: enumerate all gfp flags" was followed by the

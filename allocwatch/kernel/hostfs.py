@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reads for a stall report: the task's memory cgroup, the machine's memory
 (meminfo, zoneinfo, PSI, vmstat), kswapd per node, and who a task is.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What this kernel offers: tracepoints (with their fields), functions, kprobes.
 
 Read-only and injectable: every reader takes the root it reads from, so tests

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reading a BPF hash map whole, every scan, at the cost of what changed.
 
 A scan reads every entry of the in-flight maps, and with 10,000 tasks stalled

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The catalog of wait sites (data) and the pure choice of how to watch each.
 
 Each site lists its attach options in order of preference. `plan()` takes the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reads of /proc for one task: kernel stack, memory cgroup, state.
 
 Every function takes the procfs root, so tests point it at a fake tree.

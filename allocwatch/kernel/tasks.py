@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a report says of a task, read from /proc when the block (or top's live view) is made.
 
 A listed task gets the full detail (`detail`: state, flags, stack, decoded gfp,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What a stall report says of a task that does not change while it waits,
 read once per wait, and ahead of the wait's first report.
 

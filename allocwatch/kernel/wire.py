@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """ctypes mirror of the records in bpf/allocwatch.h, and their decoding.
 
 Pure: no bcc here. bpfsource hands raw bytes or ctypes values to these

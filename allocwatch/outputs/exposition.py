@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Metric families and Prometheus's text exposition format (version 0.0.4).
 
 What the metrics output needs of a Prometheus client and no more: counters,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Reports to the systemd journal, as structured entries, never blocking the scan loop.
 
 Each record becomes one entry whose MESSAGE is its text (without the time: the

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Prometheus metrics: a custom collector over the latest snapshot, and the
 HTTP endpoint that serves it (outputs/exposition.py writes the text).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The service manager's view: sd_notify over $NOTIFY_SOCKET, never blocking.
 
 READY=1 once the sites are attached; after every scan a STATUS= line (sites

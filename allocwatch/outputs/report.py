@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Renderings of report records (pure): text and JSON lines, both made from
 the one dict of each record (core/records.py `to_dict`).
 

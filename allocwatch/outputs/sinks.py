@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The record streams (stdout, the journal), without ever blocking the scan loop.
 
 `QueuedOutput` is the queue and thread they share; `FdSink` writes text or

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's Unix socket for `allocwatch top`: a hello, then one snapshot per scan.
 
 Each line is one JSON object (core/snapview.py): first `hello` (version,

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`allocwatch top`: the live picture, from the daemon's socket or a session of its own.
 
 It connects to the daemon's socket (`socket_path`, or `--socket`); when no

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Where `allocwatch top` gets its snapshots: the daemon's socket, or a session
 of its own (top/session.py). Both give snapshot dicts (core/snapview.py).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The model of `allocwatch top` (pure): rows, grouping, sorting, filtering,
 severity, and per-site rates, from snapshot dicts (core/snapview.py).
 

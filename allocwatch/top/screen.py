@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The curses screen of `allocwatch top`: paints top/view.py's lines, reads keys.
 
 Thin on purpose: what to show is top/model.py and top/view.py (pure, tested without a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """top's own session, when no daemon answers: the daemon's scan loop in-process.
 
 The same code as `allocwatch run` loads and attaches the programs (app.session)

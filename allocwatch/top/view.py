@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The lines of a top frame (pure): header, sites, tasks, detail, help.
 
 Each line is (text, style), style one of the names top/screen.py maps to

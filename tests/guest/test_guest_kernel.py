@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """On Debian's 6.1 and 6.12 kernels, in a virtme-ng guest (scripts/test-guest):
 what the host's 6.18 cannot show. Kprobe pairs attach; the offline prediction
 from the captured kernel is what happens live; cgroup v2 stalls are reported

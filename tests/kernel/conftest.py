@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """What the kernel tests share: every test here is a `kernel` test (root, BPF
 and memory cgroups; tests/conftest.py decides that before it runs), and the
 fixtures below."""

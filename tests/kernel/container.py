@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real systemd to test the service under: this machine's own /usr booted by
 systemd-nspawn as a throw-away container.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The real daemon as a child process, for kernel tests.
 
 Starts `python -m allocwatch run --format json ...`, collects its JSON lines

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real Prometheus server for kernel tests: Debian's `prometheus`, on a free
 loopback port, scraping one target every second, with its own data directory
 that `close()` removes (also when the test failed)."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Bad input on the real daemon: it never changes the mount table, stops with
 a documented exit code when its output cannot be written (nothing left
 attached), keeps a hostile comm inside its field, says how a killed wait

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The real daemon on the real kernel, under real memory pressure.
 
 Recipes for real memory stalls on these machines (docs/testing.md). Root and

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The memcg recipes themselves, on the real kernel: groups go away, stalls and OOM kills happen."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The live state on the real kernel: a real Prometheus scrapes a real stall,
 every PromQL expression shipped in deploy/ is evaluated against it, and a
 reader that never reads cannot stop the scan loop or SIGTERM."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon under the pressure it watches: in a memory cgroup with a hog that
 drives it to its limit, through a reclaim storm and an OOM kill, it keeps
 scanning, reports the kill, and is not the one killed.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The heap trim under lock_memory's mlockall, in a process of its own: the
 free pages of a locked heap are given back, and the heap stays locked."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The service under a real systemd (a throw-away systemd-nspawn container of
 this machine's /usr): installed with the command docs/service.md gives, ready only once
 attached, a real stall in the journal with its fields, reload good and bad,

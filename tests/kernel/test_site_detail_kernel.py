@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Site detail of waits still in flight, on the real kernel: the pages a memcg
 reclaim wait has reclaimed so far, and the pause balance_dirty_pages chose for
 the dirty-throttle sleep a writer is in. Recipes as in test_daemon_kernel.py.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`allocwatch top` in a real terminal (tmux) during a real indefinite stall.
 
 Both data paths: the daemon's socket, and top's own session when no daemon

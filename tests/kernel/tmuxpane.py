@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """A real terminal for tests: a shell in a tmux pane on a tmux server of its own.
 
 Each `Pane` starts its own tmux server (`tmux -L NAME`, NAME with a per-run

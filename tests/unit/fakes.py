@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fakes and builders the unit tests share (a plain module: test modules import
 it, never each other).
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The benchmark harness's pure helpers (bench/stats.py, bench/procinfo.py parsers).
 No timing is asserted anywhere: benchmarks are not tests."""
 

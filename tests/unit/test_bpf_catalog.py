@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The probe catalog, the BPF C and the -D flags agree: every handler an option
 names is in bpf/allocwatch.bpf.c under the flag that option asks for, every
 entry point there is named by an option (or is always loaded), and every flag

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Attaching, with a stand-in for bcc: fail-over to the next option, and no
 half-attached pair left behind. (The real thing runs in tests/kernel.)"""
 

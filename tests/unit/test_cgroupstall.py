@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Stall seconds per memory cgroup: which cgroups get a label, the cap and the
 `other` bucket, the accumulator's arithmetic, the collector and the config keys."""
 

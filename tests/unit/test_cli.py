@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Exit codes and messages for bad input (docs/exit-codes.md lists the codes)."""
 
 import json

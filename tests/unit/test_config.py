@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Configuration: defaults, file, flags; every bad input a clear typed error."""
 
 import pytest

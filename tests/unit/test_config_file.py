@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Configuration files: hostile or broken files are refused with one line
 (ConfigError, exit 3; ConfigUnreadable, exit 4), quickly and in bounded memory."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The scan loop end to end, with a fake source, fake /proc and a fake clock."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """deploy/: the Prometheus config, rules and their unit tests (checked with
 promtool), the Grafana dashboard and the Kubernetes DaemonSet. Nothing here
 talks to a cluster, a Grafana or a running daemon; the kernel tests evaluate

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The manual's promises that code can check: the exit-code table matches the
 typed errors, every metric the collector serves is in the metrics table, the
 README's report is what the renderer prints, and the pages hold together

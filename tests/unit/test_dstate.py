@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Naming D-state sleeps: hints, stacks read once, pruning."""
 
 from allocwatch.core.classify import StackClassifier

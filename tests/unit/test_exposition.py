@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """outputs/exposition.py's text, read back by the Prometheus project's own
 parser (prometheus_client, a test-only dependency), and the metrics endpoint
 as a scraper and a misbehaving client meet it."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The window arithmetic, the no-progress rule and the victim timer, with a fake clock."""
 
 from __future__ import annotations

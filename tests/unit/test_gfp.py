@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """gfp masks decoded with the kernel's own table: the print-fmt parser and evaluator (core.gfp),
 the BTF enum reader and the tracefs reader (kernel.gfpnames)."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The host readers (kernel/hostfs.py) on fake /proc and cgroup trees, and
 the pure parts of core/host.py.
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The journal output: entries and fields per record, a sender that is slow or failing."""
 
 import json

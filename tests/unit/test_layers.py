@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The package's layers and their import rules (docs/architecture.md).
 
 Each folder is one layer and the wiring is a layer of its own:

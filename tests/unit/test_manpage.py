@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """allocwatch(8), made from the argument parser by scripts/manpage: every option of every
 subcommand is in it, no line of it is lost to roff, its exit codes are the code's; and
 `allocwatch --version` says the package's version."""

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """MapReader: one batch call per read, entries decoded only when their bytes change."""
 
 from __future__ import annotations

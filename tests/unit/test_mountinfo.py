@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """kernel/mountinfo.py: the one parser of /proc/PID/mountinfo."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """sd_notify over a real AF_UNIX datagram socket: what a service manager receives."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Catalog selection against kernels of several eras.
 
 6.18 is a capture of this machine's tracefs and kallsyms

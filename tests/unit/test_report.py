@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Rendering: one block per scan, every task in it, nothing a task can forge."""
 
 import json

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """app/selfcare.py's heap-trim policy, with the C library calls faked."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Files shipped for deployment: they must parse and agree with the code."""
 
 import re

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The snapshot and its totals, the Prometheus collector over it, and the
 stream's drop accounting: no kernel, fake sources, a fresh registry."""
 

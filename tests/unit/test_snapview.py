@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The live view a viewer gets (Snapshot.live) and the snapshot's one dict form."""
 
 from __future__ import annotations

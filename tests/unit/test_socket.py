@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemon's socket for top: modes and owner, hello then snapshots, a client
 that falls behind is dropped and counted, and who may read it."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Standard streams that cannot be written: a stderr that is full, gone or
 closed never changes the exit code nor crashes the daemon; output of `probes`
 and `--help` that cannot be written is exit 12 or 13 in one line."""

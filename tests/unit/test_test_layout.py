@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The house of the tests: test modules share code through helper modules
 (tests/unit/fakes.py, tests/kernel/*.py that are not test_*) and conftest
 fixtures, never by importing each other; bench/ and tests/ share only lab/,

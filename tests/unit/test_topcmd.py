@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """`allocwatch top` without a terminal or a kernel: no daemon and no privileges,
 a dumb terminal, and --json from a feed."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The top model and its lines, without a terminal: rows, grouping, sorting,
 filtering, severity, per-site rates, and frames that fit 80x24."""
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The screen's state and keys without a terminal: what each key does, and colour rules."""
 
 from __future__ import annotations

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Stall decisions with a fake clock: thresholds, escalation, recovery."""
 
 from allocwatch.core.sites import Site

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The OOM victim book and the tasks still waiting in a stuck victim's cgroup, with a fake clock."""
 
 from __future__ import annotations

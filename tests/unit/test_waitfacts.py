@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """kernel/waitfacts.py on the fake /proc tree of the host tests."""
 
 from __future__ import annotations

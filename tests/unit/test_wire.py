@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The wire format: the Python mirror must match bpf/allocwatch.h exactly."""
 
 import ctypes
