@@ -156,14 +156,21 @@ def test_summary_merges_kernel_histograms_and_stack_named_sleeps(tmp_path):
     assert hist.buckets[-1] == (float("inf"), 1) and hist.count == 1
 
 
-def test_rate_limit_holds_blocks_back_and_says_so(tmp_path):
+def _seven_blocks_then_eight_waits(tmp_path, first_scan_ns, eight_since_ns, **cfg):
+    """Tasks 7 and 8 in the memcg OOM wait, threshold 1 s: 7 since 0, scanned at
+    first_scan_ns (its first block); then 8 in flight too, since eight_since_ns."""
     for t in (7, 8):
         fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
-    d, src, sink, clock = make(tmp_path, threshold_s=1.0, report_interval_s=5.0)
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0, **cfg)
     src.waits = [InflightWait(7, 7, "a", SITE_DSTATE, 0, None, None, None)]
-    clock["ns"] = 1 * S
+    clock["ns"] = first_scan_ns
     d.scan_once()
-    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, S, None, None, None))
+    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, eight_since_ns, None, None, None))
+    return d, src, sink, clock
+
+
+def test_rate_limit_holds_blocks_back_and_says_so(tmp_path):
+    d, src, sink, clock = _seven_blocks_then_eight_waits(tmp_path, 1 * S, S, report_interval_s=5.0)
     for t in (2, 3, 4):  # 7 escalates, 8 becomes due: within 5 s of the first block
         clock["ns"] = t * S
         d.scan_once()
@@ -190,13 +197,7 @@ def test_cgroup_filter_reports_only_matching_tasks_and_their_ends(tmp_path):
 
 
 def test_a_block_a_few_ms_early_is_not_held_back_and_held_back_tasks_come_out_later(tmp_path):
-    for t in (7, 8):
-        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
-    d, src, sink, clock = make(tmp_path, threshold_s=1.0)  # report interval 1 s, scan 1 s
-    src.waits = [InflightWait(7, 7, "a", SITE_DSTATE, 0, None, None, None)]
-    clock["ns"] = int(1.005 * S)
-    d.scan_once()
-    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, 0, None, None, None))
+    d, src, sink, clock = _seven_blocks_then_eight_waits(tmp_path, int(1.005 * S), 0)  # report interval 1 s, scan 1 s
     clock["ns"] = int(1.999 * S)  # 0.994 s later: within the slack
     d.scan_once()
     tids = [{t["tid"] for t in json.loads(w.splitlines()[0])["tasks"]} for w in sink.writes]
@@ -204,13 +205,7 @@ def test_a_block_a_few_ms_early_is_not_held_back_and_held_back_tasks_come_out_la
 
 
 def test_held_back_stalls_are_in_the_next_block(tmp_path):
-    for t in (7, 8):
-        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
-    d, src, sink, clock = make(tmp_path, threshold_s=1.0, report_interval_s=10.0)
-    src.waits = [InflightWait(7, 7, "a", SITE_DSTATE, 0, None, None, None)]
-    clock["ns"] = 1 * S
-    d.scan_once()
-    src.waits.append(InflightWait(8, 8, "b", SITE_DSTATE, S, None, None, None))
+    d, src, sink, clock = _seven_blocks_then_eight_waits(tmp_path, 1 * S, S, report_interval_s=10.0)
     clock["ns"] = 2 * S  # 8 is due, held back
     d.scan_once()
     clock["ns"] = 11 * S
