@@ -327,10 +327,10 @@ def mount_of(path: Path) -> tuple[str, str]:
     """(fstype, source) of the mount holding `path`, from /proc/self/mountinfo."""
     real = str(path.resolve())
     best = ("", "", "")
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        mnt = left.split()[4].replace("\\040", " ")
-        fstype, source = right.split()[:2]
+    from allocwatch.kernel import mountinfo
+
+    for m in mountinfo.read():
+        mnt, fstype, source = m.point, m.fstype, m.source
         inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
         if inside and len(mnt) >= len(best[0]):
             best = (mnt, fstype, source)

@@ -46,6 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from allocwatch.kernel import mountinfo
+
 __all__ = [
     "HOG_SOURCE",
     "CgroupError",
@@ -77,35 +79,10 @@ class NeedsCgroupVersion(CgroupError):
 # Finding the memory controller
 
 
-def _unescape_mount_field(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo (octal)
-    out: list[str] = []
-    i = 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
 def _mounts() -> list[tuple[str, str, str, set[str]]]:
     """(fstype, mount root, mount point, super options) for every cgroup mount."""
-    found: list[tuple[str, str, str, set[str]]] = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        pre, sep, post = line.partition(" - ")
-        if not sep:
-            continue
-        fields = pre.split()
-        rest = post.split()
-        if len(fields) < 5 or len(rest) < 3 or rest[0] not in ("cgroup", "cgroup2"):
-            continue
-        root = _unescape_mount_field(fields[3])
-        point = _unescape_mount_field(fields[4])
-        found.append((rest[0], root, point, set(rest[2].split(","))))
-    return found
+    cgroups = (m for m in mountinfo.read() if m.fstype in ("cgroup", "cgroup2"))
+    return [(m.fstype, m.root, m.point, set(m.superopts)) for m in cgroups]
 
 
 def _own_cgroups() -> dict[str, str]:

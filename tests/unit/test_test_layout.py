@@ -55,10 +55,11 @@ def test_bench_imports_nothing_from_tests():
     assert not {k: v for k, v in bad.items() if v}
 
 
-def test_lab_imports_only_the_standard_library_and_lab():
+def test_lab_imports_only_the_standard_library_lab_and_the_product():
     bad = {p.relative_to(ROOT).as_posix(): sorted(
                n for n in _imported(p)
-               if n.split(".")[0] != "lab" and n.split(".")[0] not in sys.stdlib_module_names and n != "__future__"
+               if n.split(".")[0] not in ("lab", "allocwatch") and n.split(".")[0] not in sys.stdlib_module_names
+               and n != "__future__"
                and not n.startswith("__future__."))
            for p in _sources("lab")}
     assert not {k: v for k, v in bad.items() if v}
