@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """The manual's promises that code can check: the exit-code table matches the
 typed errors, every metric the collector serves is in the metrics table, the
-README's report is what the renderer prints, and the pages hold together
+the rendered v2 stall in docs/reports.md is what the renderer prints, and the pages hold together
 (no internal numbers for the stall classes, no relative link to nothing)."""
 
 from __future__ import annotations
@@ -107,7 +107,7 @@ def test_every_relative_link_points_to_a_file_that_exists():
     assert seen > 10  # the pattern finds the links at all
 
 
-# The README's report: a cgroup v2 task as the daemon's records carry it.
+# docs/reports.md's v2 stall: a cgroup v2 task as the daemon's records carry it.
 MIB = 1 << 20
 STACK = ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list", "shrink_lruvec", "shrink_node",
          "do_try_to_free_pages", "try_to_free_mem_cgroup_pages", "try_charge_memcg", "__mem_cgroup_charge",
@@ -142,13 +142,21 @@ RECOVERED = {"type": "recovered", "seq": 2, "time": "2026-12-01T10:12:19.806Z", 
              "start_known": True, "ended": "woke", "reports": 2, "reclaimed_pages": 31, "compaction_status": None}
 
 
-def test_the_readme_report_is_what_the_renderer_prints():
+def test_the_rendered_v2_stall_is_what_the_renderer_prints():
     from allocwatch.outputs.report import record_text
 
+    want = "".join(record_text(r, f"{r['time']} allocwatch:") for r in (RECORD, RECOVERED))
+    blocks = re.findall(r"^```\n(.*?)^```", (DOCS / "reports.md").read_text(), re.M | re.S)
+    assert want in blocks
+
+
+def test_the_readme_shows_a_real_cgroup_v2_report():
+    """Captured from a run, not made up: a v2 memcg line, and lines the renderer's shape."""
     block = re.search(r"^## A report\n.*?^```\n(.*?)^```", README, re.M | re.S)
     assert block, "README.md has no report under ## A report"
-    want = "".join(record_text(r, f"{r['time']} allocwatch:") for r in (RECORD, RECOVERED))
-    assert block.group(1) == want
+    text = block.group(1)
+    assert "memcg v2: usage=" in text and "kind=throttled" in text
+    assert all(re.match(r"^(\d{4}-\d\d-\d\dT[\d:.]+Z allocwatch: |  )", line) for line in text.splitlines())
 
 
 def test_configuration_page_has_every_key():
