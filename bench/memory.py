@@ -152,7 +152,7 @@ def measure(say: Any = lambda _t: None) -> dict[str, Any]:
     session = Session.load(cfg)
     try:
         sink = RenderingSink()
-        d, _ = session.daemon([sink])
+        d = session.daemon([sink])
         trimmer = HeapTrimmer(locked=False)  # between scans, as `allocwatch run` has it
         for _ in range(3):
             d.scan_once()

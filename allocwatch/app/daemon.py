@@ -142,7 +142,7 @@ class Daemon:
         self._ahead_ns = self._read_ahead_ns(cfg)
         self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
         self.latest: Snapshot | None = None
-        self.on_limit: Callable[[str], None] = lambda line: None  # the CLI prints it on stderr
+        self.on_limit: Callable[[str], None] = lambda line: None  # app/service.py says it on stderr
         self.live: LiveReader | None = None  # fills Snapshot.live while a viewer (top) listens
 
     def seed_preexisting(self) -> int:
@@ -420,7 +420,7 @@ class Daemon:
 
     def reload(self, cfg: Config) -> None:
         """Take a new configuration at the next scan: thresholds, intervals, windows,
-        the cgroup filter, the format (the CLI checks it and says what needs a restart)."""
+        the cgroup filter, the format (app/service.py checks it and says what needs a restart)."""
         self.cfg = cfg
         self.tracker.thresholds = cfg.thresholds()
         self.findings.rules = cfg.window_rules()

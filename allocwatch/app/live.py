@@ -64,7 +64,7 @@ class LiveReader:
 
     def _enrich(self, daemon: Scanner, snap: Snapshot, waits: Sequence[Wait]) -> Snapshot:
         now_ns = snap.mono_ns
-        daemon.tasks.new_block()  # figures of this scan, not of the last report block
+        daemon.tasks.new_scan()  # figures of this scan, not of the last report block
         tasks: dict[int, TaskDetail] = {}
         detailed: set[int] = set()
         truncated = 0

@@ -117,7 +117,8 @@ def ensure_tracefs(tracefs: Path, mountinfo: Path = mounts.MOUNTINFO) -> bool:
     proc = subprocess.run(
         ["mount", "-t", "tracefs", "nodev", str(TRACEFS_STANDARD)], capture_output=True, text=True, check=False
     )
-    if proc.returncode != 0 or mounts.fstype_at(str(TRACEFS_STANDARD), mounts.read(mountinfo)) != "tracefs":
+    now = mounts.fstype_at(os.path.realpath(TRACEFS_STANDARD), mounts.read(mountinfo))
+    if proc.returncode != 0 or now != "tracefs":
         why = (proc.stderr.strip().splitlines() or ["not mounted afterwards"])[-1]
         raise TracefsMissing(
             f"tracefs is not mounted at {TRACEFS_STANDARD} and mounting it failed ({why}): "

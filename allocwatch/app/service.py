@@ -149,7 +149,6 @@ def _between_scans(*steps: Callable[[], None]) -> Callable[[], None]:
 def _announce(cfg: config.Config, session: Session, serving: bool, seeded: int, lock_note: str | None) -> None:
     """The one line that says it is watching, and what it could not do for itself
     (`lock_note`: why lock_memory did not lock, if it did not)."""
-    source = session.source
     why_not = [w for w in (selfcare.lower_oom_score(cfg.oom_score_adj), lock_note,
                            preflight.pid_namespace_note()) if w]
     rss = session.rss_kib
@@ -159,7 +158,7 @@ def _announce(cfg: config.Config, session: Session, serving: bool, seeded: int, 
     served = f"; metrics at http://{cfg.metrics_listen}/metrics" if serving else "; metrics off"
     print(
         f"allocwatch {__version__}: watching {session.line()} "
-        f"(loaded in {source.load_seconds:.2f}s); "
+        f"(loaded in {session.load_seconds:.2f}s); "
         f"threshold {cfg.threshold_s:g}s, scan every {cfg.scan_interval_s:g}s{served}{memory}"
         + (f"; {seeded} task(s) already asleep in D, timed from now" if seeded else ""),
         file=sys.stderr,
@@ -205,10 +204,11 @@ def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
             signal.signal(sig, lambda *_: stop.set())
         notifier = SystemdNotifier()
         outputs: list[Any] = [sink, notifier] + ([sock] if sock is not None else [])
-        daemon, seeded = session.daemon(outputs, sock.wanted if sock is not None else None, on_error=preflight.say)
+        daemon = session.daemon(outputs, sock.wanted if sock is not None else None, on_error=preflight.say)
         daemon_ref.append(daemon)
         if sock is not None:  # top's socket: a hello, then each scan's snapshot
             sock.set_hello(hello_dict(daemon.info, [dataclasses.asdict(c) for c in daemon.coverage]))
+        seeded = session.seed(daemon)
         lock_note = selfcare.lock_memory() if cfg.lock_memory else None
         trimmer = selfcare.HeapTrimmer(locked=cfg.lock_memory and lock_note is None, on_error=preflight.say)
         _announce(cfg, session, server is not None, seeded, lock_note)

@@ -10,6 +10,7 @@ and throttle reasons. `close()` detaches everything.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,12 +94,18 @@ def compaction_names(cfg: config.Config) -> dict[int, str]:
 
 
 class Session:
-    def __init__(self, cfg: config.Config, features: kernelinfo.KernelFeatures, source: BpfSource) -> None:
+    def __init__(
+        self, cfg: config.Config, features: kernelinfo.KernelFeatures, source: BpfSource,
+        rss_kib_before_drop: dict[str, int] | None = None, rss_kib: dict[str, int] | None = None,
+        load_seconds: float = 0.0,
+    ) -> None:
         self.cfg = cfg
         self.features = features
         self.source = source
         # RssAnon and RssFile (KiB) before the compiler's text was dropped, and after
-        self.rss_kib_before_drop, self.rss_kib = selfcare.give_back_after_load()
+        self.rss_kib_before_drop = rss_kib_before_drop or {}
+        self.rss_kib = rss_kib or {}
+        self.load_seconds = load_seconds  # compile, load, attach, and what the compiler left given back
 
     @classmethod
     def open(cls, cfg: config.Config) -> Session:
@@ -116,7 +123,14 @@ class Session:
     def load(cls, cfg: config.Config) -> Session:
         """The kernel's features read, the sites planned, the programs loaded (after `prepare`)."""
         features = read_features(cfg)
-        return cls(cfg, features, load_source(cfg, probes.plan(features, cfg.disabled, cfg.hot_paths), features))
+        t0 = time.monotonic()
+        source = load_source(cfg, probes.plan(features, cfg.disabled, cfg.hot_paths), features)
+        try:
+            before, after = selfcare.give_back_after_load()
+        except BaseException:
+            source.close()
+            raise
+        return cls(cfg, features, source, before, after, time.monotonic() - t0)
 
     def require_attached(self) -> None:
         if not any(s.attached for s in self.source.status):
@@ -129,10 +143,9 @@ class Session:
     def daemon(
         self, outputs: Sequence[Output], live_wanted: Callable[[], bool] | None = None,
         on_error: Callable[[str], None] = lambda line: None,
-    ) -> tuple[Daemon, int]:
-        """The scan loop over this session's programs, and how many tasks already
-        asleep in D it now times from now (when D sleeps are watched). With
-        `live_wanted`, each snapshot carries the live view while it says so."""
+    ) -> Daemon:
+        """The scan loop over this session's programs. With `live_wanted`, each
+        snapshot carries the live view while it says so."""
         effective = self.source.effective_plans
         daemon = Daemon(
             self.cfg, self.source, effective, outputs, coverage=coverage.snapshot_coverage(self.source.status),
@@ -142,8 +155,11 @@ class Session:
         if live_wanted is not None:
             daemon.live = LiveReader(live_wanted, on_error=on_error)
         daemon.on_limit = on_error
-        seeded = daemon.seed_preexisting() if probes.uses_dstate(effective) else 0
-        return daemon, seeded
+        return daemon
+
+    def seed(self, daemon: Daemon) -> int:
+        """Tasks already asleep in D, timed from now (when D sleeps are watched): how many."""
+        return daemon.seed_preexisting() if probes.uses_dstate(self.source.effective_plans) else 0
 
     def close(self) -> None:
         self.source.close()

@@ -27,7 +27,7 @@ from allocwatch.core.host import (
 from allocwatch.kernel import mountinfo
 from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, task_file
 
-DEFAULT_MOUNTINFO = DEFAULT_PROCFS / "self" / "mountinfo"
+DEFAULT_MOUNTINFO = mountinfo.MOUNTINFO
 
 # v1 shows "no limit" as the page counter's maximum in bytes: 9223372036854771712
 # with 4 KiB pages, a little less with larger ones, 2**64 - 1 on old kernels.

@@ -41,9 +41,13 @@ class TaskReader:
         self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid
 
     def new_block(self) -> None:
-        """Figures of this block (or live view), not of the last one."""
+        """Figures and cmdlines of this block, not of the last one."""
         self._memcg_cache = {}
         self._cmdlines = {}
+
+    def new_scan(self) -> None:
+        """Figures of this scan (top's live view), not of the last report block."""
+        self._memcg_cache = {}
 
     def detail(self, w: Wait) -> TaskDetail:
         stack = self._dstate_stack(w.tid, w.start_ns) if w.dstate else None
@@ -108,9 +112,6 @@ class TaskReader:
         if procfs.task_state(self.proc, pid, tid) in (None, "Z", "X"):
             return None
         return procfs.memory_cgroup(self.proc, pid, tid)
-
-    def state(self, pid: int, tid: int) -> str | None:
-        return procfs.task_state(self.proc, pid, tid)
 
     def memcg(self, cgroup: str | None) -> MemcgInfo | None:
         """Read once per cgroup per block: 200 tasks of one group cost one read."""

@@ -25,7 +25,8 @@ class OwnSession(Feed):
         self.source = f"own session ({why})"
         self._session = Session.open(cfg)
         try:
-            self.daemon, _ = self._session.daemon([self], live_wanted=lambda: True)
+            self.daemon = self._session.daemon([self], live_wanted=lambda: True)
+            self._session.seed(self.daemon)
         except BaseException:
             self._session.close()
             raise
