@@ -98,7 +98,7 @@ BDP = "writeback:balance_dirty_pages"
 def dirty_pause_cost(reverse: bool, seconds: float = 10.0) -> dict[str, tuple[int, int]]:
     """(run ns, runs) of aw_balance_dirty_pages without and with the pause note, and
     of an empty program, all on the tracepoint at once, over a dirty-throttled writer
-    (seed 004: vm.dirty_bytes 8 MiB, a 1 MiB/s device). They run in the order
+    (dirty throttling: vm.dirty_bytes 8 MiB, a 1 MiB/s device). They run in the order
     attached, and the first pays for what is cold: `reverse` swaps the two."""
     bcc = bpfsource.import_bcc()
     src = str(BPF_DIR / bpfsource.BPF_SOURCE).encode()

@@ -12,7 +12,7 @@ from lab import memcg, slowdisk
 
 
 def reclaim_livelock(n_victims: int = 4, prefix: str = "aw-livelock") -> None:
-    """Seed 003: a hog looping in memcg reclaim that frees nothing while OOM victims
+    """The reclaim livelock: a hog looping in memcg reclaim that frees nothing while OOM victims
     that cannot exit (blocked on a frozen file system) are chosen one after another
     (about 2 s each); returns once the hog is killed, with everything undone."""
     with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup(prefix) as group:

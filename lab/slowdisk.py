@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A slow block device for kernel tests and benchmarks (seeds 002/004).
+"""A slow block device for kernel tests and benchmarks (memcg reclaim waiting on writeback, dirty throttling).
 
 A loop device over a sparse file, ext4 without a journal, mounted in a
 temporary directory, its writes throttled by a cgroup-v1 blkio rule on the

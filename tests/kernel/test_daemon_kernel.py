@@ -209,7 +209,7 @@ def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen) -> None:
 
 
 def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_factory):
-    """Seed 002: memcg reclaim waits on writeback of a device doing 512 KiB/s."""
+    """Memcg reclaim waiting on a slow device: it waits on writeback of a device doing 512 KiB/s."""
     d = daemon_factory("--threshold", "3", "--scan-interval", "0.5")
     with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-wb") as group:
         group.set_limit_bytes(64 << 20)
@@ -252,7 +252,7 @@ def _kind_reported(d, pid: int, kind: str):
 
 
 def test_dirty_throttling_is_reported_as_throttled(daemon_factory):
-    """Seed 004: a writer throttled in sleeps of at most 200 ms that add up: with the
+    """Dirty throttling: a writer throttled in sleeps of at most 200 ms that add up: with the
     default thresholds no single sleep comes near 10 s, yet it is reported as
     throttled within about 12 s, with the sleeps counted per site."""
     d = daemon_factory()
@@ -328,7 +328,7 @@ def test_a_crawl_of_eight_second_waits_is_reported_with_the_defaults(daemon_fact
 
 
 def test_reclaim_livelock_reported_without_loss(daemon_factory):
-    """Seed 003's recipe: a task RUNNING in memcg reclaim that frees nothing,
+    """The reclaim livelock: a task RUNNING in memcg reclaim that frees nothing,
     about 30,000 reclaim begin/end pairs a second, while OOM victims that
     cannot exit (frozen file system) are chosen one after another (2 s each).
     With nine small victims the loop lasts about 18 s, and with the default
@@ -389,7 +389,7 @@ def test_reclaim_livelock_reported_without_loss(daemon_factory):
 
 
 def test_oom_victim_that_cannot_exit_is_a_stuck_victim(daemon_factory):
-    """Seed 001: the OOM killer chooses a victim asleep in D on a frozen file
+    """An OOM victim that cannot exit: the OOM killer chooses a victim asleep in D on a frozen file
     system, deaf to SIGKILL. With the defaults it is reported as a stuck
     victim 10 s after it was chosen, with its state and stack, the OOM reaper
     seen to have run on it (2 s after the kill), and the tasks of its group

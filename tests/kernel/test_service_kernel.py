@@ -87,7 +87,7 @@ def _reload_good(c: Container, pid: int) -> None:
 
 
 def _stall_in_the_journal(c: Container) -> None:
-    """Seed 002's recipe on the host: dd in a 64 MiB memcg, writing to a 512 KiB/s disk."""
+    """Memcg reclaim waiting on a slow device, on the host: dd in a 64 MiB memcg, writing to a 512 KiB/s disk."""
     with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-svc-wb") as group:
         group.set_limit_bytes(64 << 20)
         dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],

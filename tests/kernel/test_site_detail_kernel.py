@@ -54,7 +54,7 @@ def _reader(group: memcg.MemCgroup, path: Path) -> subprocess.Popen[Any]:
 
 
 def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
-    """Seed 002 (dd's memcg reclaim waits seconds on writeback of a 512 KiB/s device)
+    """Memcg reclaim waiting on a slow device (dd's memcg reclaim waits seconds on writeback of a 512 KiB/s device)
     with clean page cache read in the same group: a reclaim wait frees some pages,
     then blocks on writeback. Its reports in flight give the LRU pages reclaimed so
     far: more than none, only growing while the wait lasts, never more than the
@@ -102,7 +102,7 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
 
 
 def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemon):
-    """Seed 004: a writer throttled in sleeps of at most 200 ms (vm.dirty_bytes 8 MiB,
+    """Dirty throttling: a writer throttled in sleeps of at most 200 ms (vm.dirty_bytes 8 MiB,
     a 1 MiB/s device). With the site's threshold at 0.1 s a sleep in flight is
     reported; its pause is the one balance_dirty_pages chose for that very sleep
     (the sleep has not outlasted it), with the dirty pages behind it."""

@@ -268,7 +268,7 @@ def test_oom_constraint_is_memcg_when_the_group_has_kills_of_its_own(tmp_path, m
 
 
 def test_a_stuck_victim_says_whether_it_was_reaped_and_who_waits_in_its_cgroup(tmp_path):
-    """Seed 001's shape: a victim asleep in D a threshold after it was chosen, the OOM
+    """An OOM victim that cannot exit: a victim asleep in D a threshold after it was chosen, the OOM
     reaper's short pass counted in its account only (no end event), and the task that
     invoked the OOM still reclaiming in the same group; a task elsewhere is left out."""
     from allocwatch.core.model import Acct
