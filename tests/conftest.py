@@ -6,10 +6,11 @@ only inside a guest kernel (scripts/test-guest sets ALLOCWATCH_GUEST).
 What a test needs of the machine is said by its markers and decided here,
 before the test (and its fixtures) run: `kernel` (root, to load BPF programs
 and make memory cgroups; tests/kernel/conftest.py gives it to every test
-there), `requires_cgroup_v1_memory`, `requires_cgroup_v2_memory` and
+there), `requires_cgroup_v1_memory`, `requires_cgroup_v2_memory`,
+`requires_cgroup_v1_blkio` (lab/slowdisk.py's throttle) and
 `requires_tool(NAME, ...)`. A test whose need is not met skips, saying which;
-where the tests are required to run (CI set, or
-ALLOCWATCH_REQUIRE_KERNEL_TESTS=1) it fails instead."""
+where the tests are required to run (CI set, or ALLOCWATCH_REQUIRE_KERNEL_TESTS=1)
+it fails instead."""
 
 from __future__ import annotations
 
@@ -40,6 +41,11 @@ def _unmet(item: pytest.Item) -> str | None:
         missing = [name for name in mark.args if shutil.which(name) is None]
         if missing:
             return f"needs {', '.join(missing)} on PATH (scripts/setup --dev installs it)"
+    if item.get_closest_marker("requires_cgroup_v1_blkio") is not None:
+        from lab import slowdisk
+
+        if not slowdisk.BLKIO_RULE.exists():
+            return f"needs the cgroup v1 blkio controller: {slowdisk.BLKIO_RULE} is not there (the slow disk's rule)"
     wanted = [v for v in (1, 2) if item.get_closest_marker(f"requires_cgroup_v{v}_memory") is not None]
     if wanted:
         from lab import memcg

@@ -208,6 +208,7 @@ def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen) -> None:
     writer.wait(60)
 
 
+@pytest.mark.requires_cgroup_v1_blkio
 def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_factory):
     """Memcg reclaim waiting on a slow device: it waits on writeback of a device doing 512 KiB/s."""
     d = daemon_factory("--threshold", "3", "--scan-interval", "0.5")
@@ -251,6 +252,7 @@ def _kind_reported(d, pid: int, kind: str):
     return pred
 
 
+@pytest.mark.requires_cgroup_v1_blkio
 def test_dirty_throttling_is_reported_as_throttled(daemon_factory):
     """Dirty throttling: a writer throttled in sleeps of at most 200 ms that add up: with the
     default thresholds no single sleep comes near 10 s, yet it is reported as
@@ -285,6 +287,7 @@ def test_dirty_throttling_is_reported_as_throttled(daemon_factory):
     assert dirty["total_s"] / dirty["count"] <= 0.25, dirty  # each one short
 
 
+@pytest.mark.requires_cgroup_v1_blkio
 def test_a_crawl_of_eight_second_waits_is_reported_with_the_defaults(daemon_factory):
     """dd in a 64 MiB memcg writing to a 512 KiB/s disk: each memcg reclaim wait is
     about 8 s, under the 10 s threshold, and the task crawls for as long as it runs.

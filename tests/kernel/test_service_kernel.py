@@ -172,6 +172,7 @@ def _stop_and_uninstall(c: Container, before: set[int]) -> None:
 
 
 @pytest.mark.requires_tool("systemd-nspawn")
+@pytest.mark.requires_cgroup_v1_blkio
 def test_service_installs_reports_to_the_journal_restarts_reloads_and_uninstalls():
     before = allocwatch_prog_ids()
     with Container(ROOT) as c:

@@ -53,6 +53,7 @@ def _reader(group: memcg.MemCgroup, path: Path) -> subprocess.Popen[Any]:
     return group.spawn([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
 
 
+@pytest.mark.requires_cgroup_v1_blkio
 def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
     """Memcg reclaim waiting on a slow device (dd's memcg reclaim waits seconds on writeback of a 512 KiB/s device)
     with clean page cache read in the same group: a reclaim wait frees some pages,
@@ -101,6 +102,7 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
     assert checked >= 1, _memcg_reclaim_records(d, pids)  # a wait with pages so far, and its end
 
 
+@pytest.mark.requires_cgroup_v1_blkio
 def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemon):
     """Dirty throttling: a writer throttled in sleeps of at most 200 ms (vm.dirty_bytes 8 MiB,
     a 1 MiB/s device). With the site's threshold at 0.1 s a sleep in flight is

@@ -229,3 +229,22 @@ def test_the_program_declares_a_gpl_compatible_licence_matching_its_spdx_line():
     declared = re.findall(r"^#define BPF_LICENSE (.+)$", strip_comments(text), re.M)
     assert declared == ["Dual BSD/GPL"]  # bcc quotes the macro's tokens: the string "Dual BSD/GPL"
     assert declared[0] in KERNEL_GPL_COMPATIBLE
+
+
+COMMON_FLAGS = {"AW_BEGIN_STACKS", "AW_HAVE_DIRTY_PAUSE", "AW_HAVE_MARK_VICTIM_COMM", "AW_HAVE_MARK_VICTIM_RSS",
+                "AW_TP_BALANCE_DIRTY_PAGES", "AW_TP_COMPACTION", "AW_TP_DIRECT_RECLAIM", "AW_TP_FOLIO_WAIT_WRITEBACK",
+                "AW_TP_LRU_SHRINK_INACTIVE", "AW_TP_MARK_VICTIM", "AW_TP_MEMCG_RECLAIM",
+                "AW_TP_MEMCG_SOFTLIMIT_RECLAIM", "AW_TP_NODE_RECLAIM", "AW_TP_OOM_REAPER", "AW_TP_TRY_TO_COMPACT_PAGES",
+                "AW_TP_VMSCAN_THROTTLED"}
+
+
+@pytest.mark.parametrize(("kernel", "extra"), [("6.18", set()), ("6.1", {"AW_KPROBES", "AW_TP_SIGNAL_GENERATE"})])
+def test_the_flags_a_captured_kernel_is_compiled_with(kernel, extra):
+    """Pinned for the captured kernels, so that a change in what a real kernel compiles is seen:
+    6.1 has kprobes (its kprobe pairs) and signal_generate's fields; the captured 6.18 neither."""
+    from tests.unit.fakes import captured
+
+    features = captured(kernel)
+    flags = bpfsource.cflags_for(probes.plan(features), features, LoadOptions(long_wait_ns=10**9))
+    assert {f[2:] for f in flags if f.startswith("-D") and "=" not in f} == COMMON_FLAGS | extra
+    assert "-DLONG_WAIT_NS=1000000000ULL" in flags

@@ -161,8 +161,9 @@ def test_the_rendered_v2_stall_is_what_the_renderer_prints():
     assert want in blocks
 
 
-def test_the_readme_shows_a_real_cgroup_v2_report():
-    """Captured from a run, not made up: a v2 memcg line, and lines the renderer's shape."""
+def test_the_readme_report_is_a_cgroup_v2_one_in_the_renderers_shape():
+    """The README's report (captured from a run on a v2 kernel) has a v2 memcg line, and every
+    line is a record's head or an indented line of its block."""
     block = re.search(r"^## A report\n.*?^```\n(.*?)^```", README, re.M | re.S)
     assert block, "README.md has no report under ## A report"
     text = block.group(1)

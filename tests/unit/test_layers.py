@@ -105,6 +105,12 @@ def test_each_module_imports_only_what_its_layer_may(path):
             assert top in sys.stdlib_module_names or top == "__future__", f"{path.name} imports {name}"
 
 
+def test_only_bpfsource_imports_bcc():
+    importers = {p.relative_to(PKG).as_posix() for p in MODULES.values() if any(
+        n.split(".")[0] == "bcc" for n in _imports(p))}
+    assert importers == {"kernel/bpfsource.py"}
+
+
 def test_nothing_imports_cli_but_main():
     importers = {m for m, p in MODULES.items() if "allocwatch.cli" in _package_imports(p)}
     assert importers == {"allocwatch.__main__"}
@@ -140,11 +146,13 @@ def _private(name: str) -> bool:
 
 
 def _private_reads(path: Path) -> list[str]:
-    """`x._name` (or getattr(x, "_name")) where x is not self, cls or a standard library
-    module (os._exit is the standard library's own API), and `from allocwatch... import _name`."""
+    """`x._name` (or getattr(x, "_name")) where x is not self, cls, a class of the module itself
+    or a standard library module (os._exit is the standard library's own API), and
+    `from allocwatch... import _name`."""
     tree = ast.parse(path.read_text())
     own = {"self", "cls"} | {(a.asname or a.name).split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import)
                              for a in n.names if a.name.split(".")[0] in sys.stdlib_module_names}
+    own |= {n.name for n in tree.body if isinstance(n, ast.ClassDef)}  # the module's own classes
     out = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and _private(node.attr):
@@ -160,8 +168,8 @@ def _private_reads(path: Path) -> list[str]:
 
 
 def test_no_module_reads_another_modules_private_names():
-    reads = {p.relative_to(ROOT).as_posix(): r for p in [*MODULES.values(), *sorted((ROOT / "bench").glob("*.py"))]
-             if (r := _private_reads(p))}
+    others = [*sorted((ROOT / "bench").glob("*.py")), *sorted((ROOT / "lab").glob("*.py"))]
+    reads = {p.relative_to(ROOT).as_posix(): r for p in [*MODULES.values(), *others] if (r := _private_reads(p))}
     assert reads == {}
 
 

@@ -42,7 +42,9 @@ def test_a_stderr_that_cannot_be_written_keeps_the_exit_code(how, argv, code):
 @pytest.mark.parametrize("buffered", [False, True])
 def test_help_to_a_full_stdout_is_exit_13_in_one_line(buffered):
     """Buffered or not (3.11.7's argparse drops the write error, and a buffered stdout then fails at exit)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED" or not buffered}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
     with open("/dev/full", "w") as full:
         proc = _allocwatch("run", "--help", stdout=full, stderr=subprocess.PIPE, text=True, env=env)
     assert proc.returncode == 13
