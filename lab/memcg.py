@@ -27,7 +27,7 @@ Which cgroup version is used:
   namespace root has processes), the constructor raises an error that says
   so; run the tests from a delegated sub-tree then.
 
-Only the standard library is used.
+The standard library, and the product's mountinfo parser.
 """
 
 from __future__ import annotations

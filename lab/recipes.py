@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
 """Whole stalls built from memcg and slowdisk, for the kernel tests and the
-benchmarks alike (standard library only)."""
+benchmarks alike."""
 
 from __future__ import annotations
 

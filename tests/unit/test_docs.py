@@ -188,3 +188,14 @@ def test_reports_page_has_a_row_for_every_record_type():
     made -= {"hello"}  # the socket's greeting, in docs/top.md; not a record
     rows = set(re.findall(r"^\| `(\w+)` \|", _section(_doc("reports.md"), "## JSON output"), re.M))
     assert made == rows
+
+
+def test_the_configuration_page_lists_exactly_the_keys_a_reload_cannot_change():
+    from allocwatch import config
+
+    page = (DOCS / "configuration.md").read_text()
+    section = page[page.index("## Reload"):]
+    section = section[: section.find("\n## ", 1) if "\n## " in section[1:] else None]
+    listed = set(re.findall(r"^- (.*?):", section, re.M))
+    named = {k for line in listed for k in re.findall(r"`(\w+)`", line)}
+    assert named == set(config.RESTART_KEYS)

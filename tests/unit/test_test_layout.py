@@ -2,7 +2,7 @@
 """The house of the tests: test modules share code through helper modules
 (tests/unit/fakes.py, tests/kernel/*.py that are not test_*) and conftest
 fixtures, never by importing each other; bench/ and tests/ share only lab/,
-and lab/ is the standard library and itself."""
+and lab/ is the standard library, itself and the product."""
 
 from __future__ import annotations
 
