@@ -115,12 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
     except AllocwatchError as err:  # `--help > /dev/full`
-        print(f"allocwatch: {err}", file=sys.stderr)
+        preflight.say(str(err))
         return err.exit_code
     except OSError as exc:  # `--version > /dev/full`
         _stdout_to_devnull()
         failed = output_error(exc)
-        print(f"allocwatch: {failed}", file=sys.stderr)
+        preflight.say(str(failed))
         return failed.exit_code
     if args.command == "probes" and args.kallsyms and not args.tracefs:
         parser.error("--kallsyms describes a captured kernel: give its --tracefs DIR too")
@@ -132,17 +132,17 @@ def main(argv: list[str] | None = None) -> int:
             return topcmd.cmd_top(args)
         return cmd_run(args)
     except AllocwatchError as err:
-        print(f"allocwatch: {err}", file=sys.stderr)
+        preflight.say(str(err))
         return err.exit_code
     except KeyboardInterrupt:
         return 0
     except BrokenPipeError:  # `allocwatch probes | head -1`
         _stdout_to_devnull()
         closed = OutputClosed("standard output was closed by its reader before everything was written")
-        print(f"allocwatch: {closed}", file=sys.stderr)
+        preflight.say(str(closed))
         return closed.exit_code
     except Exception as exc:  # a bug: say so plainly, with the exit code for it
-        print(f"allocwatch: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        preflight.say(f"internal error: {type(exc).__name__}: {exc}")
         return EXIT_INTERNAL
 
 

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 BLKIO_RULE = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
 VM = Path("/proc/sys/vm")
@@ -50,6 +51,13 @@ class SlowDisk:
 
     def set_write_bps(self, bps: int) -> None:
         BLKIO_RULE.write_text(f"{self.majmin} {bps}\n")
+
+    def stop_writer(self, writer: subprocess.Popen[Any]) -> None:
+        """SIGKILL does not end a writer blocked on throttled writeback until the
+        rule is lifted: kill, lift, then reap."""
+        writer.kill()
+        self.set_write_bps(0)
+        writer.wait(60)
 
     def set_dirty_bytes(self, dirty: int, background: int) -> None:
         for name in ("dirty_ratio", "dirty_background_ratio"):

@@ -200,14 +200,6 @@ def test_reclaim_storm_counted_without_a_stall_report(daemon_factory):
     assert summary["stats"]["events_lost"] == 0 and summary["stats"]["waits_full"] == 0
 
 
-def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen) -> None:
-    """SIGKILL does not end a writer blocked on throttled writeback until the
-    rule is lifted: kill, lift, then reap."""
-    writer.kill()
-    disk.set_write_bps(0)
-    writer.wait(60)
-
-
 @pytest.mark.requires_cgroup_v1_blkio
 def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_factory):
     """Memcg reclaim waiting on a slow device: it waits on writeback of a device doing 512 KiB/s."""
@@ -228,7 +220,7 @@ def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_facto
             assert d.wait_for(dd_reported, 90), f"dd was never reported: {d.raw_lines[-3:]}"
             assert dd.poll() is None, "reported only after dd had finished"
         finally:
-            _stop_writer(disk, dd)
+            disk.stop_writer(dd)
     tasks = [t for r in d.of_type("stall_report") for t in r["tasks"] if t["pid"] == dd.pid and t["kind"] == "stall"]
     sites = {t["site"] for t in tasks} | {o["site"] for t in tasks for o in t["other_waits"]}
     assert "memcg_reclaim" in sites, tasks
@@ -272,7 +264,7 @@ def test_dirty_throttling_is_reported_as_throttled(daemon_factory):
             assert ok, f"the throttled writer was not reported: {d.raw_lines[-3:]}"
             assert dd.poll() is None, "the writer was not throttled"
         finally:
-            _stop_writer(disk, dd)
+            disk.stop_writer(dd)
     ended = lambda rs: any(r["type"] == "recovered" and r["kind"] == "throttled" and r["pid"] == dd.pid  # noqa: E731
                            for r in rs)
     assert d.wait_for(ended, 10), "no end of the throttled episode after the writer exited"
@@ -319,7 +311,7 @@ def test_a_crawl_of_eight_second_waits_is_reported_with_the_defaults(daemon_fact
                 ends = [r for r in d.of_type("recovered") if r["pid"] == dd.pid and r["kind"] == "throttled"]
                 assert ends == [], ends  # one episode while it crawls
         finally:
-            _stop_writer(disk, dd)
+            disk.stop_writer(dd)
     assert d.stop() == 0
     assert first["kind"] in ("throttled", "stall"), first
     if first["kind"] == "stall":

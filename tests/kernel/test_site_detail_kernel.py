@@ -24,13 +24,6 @@ def daemon(daemon_factory):
     return lambda yaml, *args: daemon_factory(*args, config=yaml)
 
 
-def _stop_writer(disk: slowdisk.SlowDisk, writer: subprocess.Popen[Any]) -> None:
-    """SIGKILL does not end a writer blocked on throttled writeback until the rule is lifted."""
-    writer.kill()
-    disk.set_write_bps(0)
-    writer.wait(60)
-
-
 def _memcg_reclaim_records(d: Daemon, pids: set[int]) -> dict[int, list[tuple[str, dict[str, Any]]]]:
     """Per pid: ("stall", task) and ("end", recovered record) of its memcg reclaim waits, in order."""
     out: dict[int, list[tuple[int, str, dict[str, Any]]]] = {pid: [] for pid in pids}
@@ -78,7 +71,7 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
                 assert d.wait_for(progress_seen, 180), f"no reclaim wait with pages so far: {d.raw_lines[-3:]}"
             finally:
                 reader.kill()
-                _stop_writer(disk, dd)  # lifts the rule: the reader's wait ends too
+                disk.stop_writer(dd)  # lifts the rule: the reader's wait ends too
                 reader.wait(60)
             assert d.wait_for(lambda _: all(rows and rows[-1][0] == "end"
                                             for rows in _memcg_reclaim_records(d, pids).values() if rows), 15)
@@ -124,7 +117,7 @@ def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemo
             assert d.wait_for(lambda rs: len(sleeps(rs)) >= 5, 30), f"no dirty-throttle sleep: {d.raw_lines[-3:]}"
             assert dd.poll() is None, "the writer was not throttled"
         finally:
-            _stop_writer(disk, dd)
+            disk.stop_writer(dd)
     assert d.stop() == 0
     reported = sleeps(d.records)
     for t in reported:
