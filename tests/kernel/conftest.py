@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the kernel tests share: every test here is a `kernel` test (root, BPF
-and memory cgroups; tests/conftest.py decides that before it runs), and the
-fixtures below."""
+and memory cgroups) that needs bpftool (the harness lists the programs loaded
+with it); tests/conftest.py decides both before it runs. And the fixtures below."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if HERE in item.path.resolve().parents:
             item.add_marker(pytest.mark.kernel)
+            item.add_marker(pytest.mark.requires_tool("bpftool"))
 
 
 @pytest.fixture
@@ -54,9 +55,7 @@ def daemon_factory() -> Iterator[Callable[..., Daemon]]:
 def world_readable_copy():
     """The package and its BPF sources in a world-readable scratch directory,
     run with the system interpreter: tests that drop privileges do not depend
-    on where the checkout is."""
-    if shutil.which("setpriv") is None:
-        pytest.fail("setpriv (util-linux) is missing")
+    on where the checkout is. Its tests are marked requires_tool("setpriv")."""
     root = Path(__file__).resolve().parents[2]
     copy = Path(tempfile.mkdtemp(prefix="aw-copy-"))
     try:

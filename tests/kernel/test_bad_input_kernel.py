@@ -233,6 +233,7 @@ for t in ts:
 """
 
 
+@pytest.mark.requires_tool("fsfreeze")
 @pytest.mark.requires_cgroup_v1_memory
 def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
     """1,100 threads asleep in D on a frozen file system (not a memory wait) with room

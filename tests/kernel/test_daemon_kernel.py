@@ -322,6 +322,7 @@ def test_a_crawl_of_eight_second_waits_is_reported_with_the_defaults(daemon_fact
     assert took < 14, f"reported after {took:.1f}s"
 
 
+@pytest.mark.requires_tool("fsfreeze")
 def test_reclaim_livelock_reported_without_loss(daemon_factory):
     """The reclaim livelock: a task RUNNING in memcg reclaim that frees nothing,
     about 30,000 reclaim begin/end pairs a second, while OOM victims that
@@ -383,6 +384,7 @@ def test_reclaim_livelock_reported_without_loss(daemon_factory):
     assert live["duration_s"] >= 10
 
 
+@pytest.mark.requires_tool("fsfreeze")
 def test_oom_victim_that_cannot_exit_is_a_stuck_victim(daemon_factory):
     """An OOM victim that cannot exit: the OOM killer chooses a victim asleep in D on a frozen file
     system, deaf to SIGKILL. With the defaults it is reported as a stuck
@@ -515,6 +517,7 @@ def _as(copy: Path, setpriv: list[str], *argv: str) -> subprocess.CompletedProce
     )
 
 
+@pytest.mark.requires_tool("setpriv")
 def test_not_root_is_refused_with_its_exit_code(world_readable_copy):
     """As nobody: one line naming the missing capabilities, exit code 5, nothing loaded."""
     proc = _as(world_readable_copy, ["--reuid=65534", "--regid=65534", "--clear-groups"], "run")
@@ -522,6 +525,7 @@ def test_not_root_is_refused_with_its_exit_code(world_readable_copy):
     assert "runs as uid 65534 without CAP_BPF" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.requires_tool("setpriv")
 def test_root_without_capabilities_is_exit_5_not_a_compile_error(world_readable_copy):
     drop = ["--inh-caps=-all", "--bounding-set=-bpf,-perfmon,-sys_admin"]
     proc = _as(world_readable_copy, drop, "run")
@@ -530,6 +534,7 @@ def test_root_without_capabilities_is_exit_5_not_a_compile_error(world_readable_
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.requires_tool("setpriv")
 def test_non_root_with_the_capabilities_attaches(world_readable_copy):
     """Capabilities decide, not the uid: nobody with the five of them attaches every site."""
     caps = "+bpf,+perfmon,+sys_admin,+dac_read_search,+sys_ptrace"

@@ -184,6 +184,7 @@ def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
     assert allocwatch_prog_ids() == before, "SIGHUP left programs attached"
 
 
+@pytest.mark.requires_tool("setpriv")
 def test_a_non_root_client_is_refused_in_one_line(world_readable_copy, socket_path):
     d = Daemon("--socket", socket_path)
     try:

@@ -166,7 +166,8 @@ def test_who_may_read():
     assert not may_read(NOBODY, NOBODY, 0, 0) or "nobody" in grp.getgrgid(0).gr_mem
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to be nobody")
+@pytest.mark.kernel  # root, to be nobody (decided before the test; in CI it must run)
+@pytest.mark.requires_tool("setpriv")
 def test_a_non_root_client_is_refused_by_mode_and_by_credentials():
     top = Path(tempfile.mkdtemp(prefix="aw-sock-"))  # a path nobody may walk (pytest's tmp is 0700)
     top.chmod(0o755)
