@@ -26,6 +26,7 @@ from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
+from allocwatch.core.episodes import EpisodeBook
 from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
 from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
@@ -34,7 +35,6 @@ from allocwatch.core.records import (
     LimitsReport,
     OomKillReport,
     Record,
-    RecoveredReport,
     SiteSummary,
     StallReport,
     SummaryReport,
@@ -109,6 +109,7 @@ class Daemon:
         self.wall_s = wall_s
         self.tracker = Tracker(cfg.thresholds())
         self.findings = Findings(cfg.window_rules())
+        self.episodes = EpisodeBook(self.tracker.thresholds, cfg.window_rules().threshold_ns)
         classifier = StackClassifier(stack_classified_sites(plans))
         self.namer = DstateNamer(
             classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
@@ -341,6 +342,7 @@ class Daemon:
         for k in kills:
             self.oom_kills += 1
             self.victims.chosen(k.victim_pid, k.victim_comm, now_ns)
+            self.episodes.oom_chosen(k.victim_pid, now_ns)
             invoker_cgroup = self.tasks.live_cgroup(k.invoker_pid, k.invoker_tid)
             records.append(OomKillReport(
                 self._next_seq(), wall, k, self.tasks.live_cgroup(k.victim_pid, k.victim_pid),
@@ -351,16 +353,16 @@ class Daemon:
         accts = self._task_accounts()
         stalled_tids = result.stalled_tids
         self.victims.reaper_seen(chain(waits, (e.wait for e in ended)), accts, now_ns)
-        due, episodes_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
+        due, rules_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
         self.last_scan = (waits, shares, accts, now_ns)
-        block = self._stall_block(result.stalls, due, result.stalled_now, now_ns, wall, stats)
+        # one episode a task, whichever waits and rules hold it (core/episodes.py)
+        eps = self.episodes.scan(now_ns, waits, result.over, result.recovered, self.findings.active(), rules_ended,
+                                 [f for f in due if f.kind == STUCK_VICTIM])
+        block = self._stall_block(eps.stalls, eps.findings, result.stalled_now, now_ns, wall, stats)
         if block is not None:
             records.append(block)
-        for r in result.recovered:
-            if self.policy.shows_end_of(r.wait.key):  # a stall never shown: neither is its end
-                records.append(RecoveredReport(self._next_seq(), wall, r))
-        for e in episodes_ended:
-            if self.policy.shows_episode_end(e.kind, e.tid):
+        for e in eps.ended:
+            if self.policy.shows_end(e.tid):  # an episode never shown: neither is its end
                 records.append(EpisodeEndReport(self._next_seq(), wall, e))
 
         completed = self.completed()
@@ -422,8 +424,9 @@ class Daemon:
         """Take a new configuration at the next scan: thresholds, intervals, windows,
         the cgroup filter, the format (app/service.py checks it and says what needs a restart)."""
         self.cfg = cfg
-        self.tracker.thresholds = cfg.thresholds()
+        self.tracker.thresholds = self.episodes.thresholds = cfg.thresholds()
         self.findings.rules = cfg.window_rules()
+        self.episodes.rule_threshold_ns = cfg.window_rules().threshold_ns
         self.namer.set_classify_after(cfg.classify_after_ns)
         self.policy.rules = self._block_rules(cfg)
         self._ahead_ns = self._read_ahead_ns(cfg)

@@ -3,10 +3,10 @@
 
 - The cgroup filter (`--cgroup`, `cgroups:`): only tasks whose memory cgroup
   path starts with a configured prefix. What it leaves out is remembered, so
-  that the end of a stall or episode never shown is not shown either.
+  that the end of an episode never shown is not shown either.
 - The rate limit: at most one block per report interval (with half a scan of
   slack, so scans that drift by milliseconds are not held back). What it holds
-  back comes out with the next block, the newest sighting of each, and is
+  back comes out with the next block, the newest sighting of each task, and is
   counted (`held_back`).
 - The listing: the first `max_tasks` of a block are read in full, the rest
   only counted.
@@ -19,9 +19,7 @@ from dataclasses import dataclass
 
 from allocwatch.core.findings import Finding
 from allocwatch.core.records import item_tid, listing
-from allocwatch.core.tracker import NS_PER_S, Stall, WaitKey
-
-FindingKey = tuple[str, int]  # (kind, tid)
+from allocwatch.core.tracker import NS_PER_S, Stall
 
 
 @dataclass(frozen=True)
@@ -42,8 +40,7 @@ class BlockPolicy:
         self._last_block_ns: int | None = None
         self._held_back = 0  # task reports the rate limit held back since the last block
         self.held_back_total = 0
-        self._filtered_out: set[WaitKey] = set()  # stalls the cgroup filter left out
-        self._hidden_findings: set[FindingKey] = set()  # findings it left out
+        self._hidden: set[int] = set()  # tasks whose stall or finding the cgroup filter left out
         self._pending_stalls: list[Stall] = []  # held back by the rate limit, for the next block
         self._pending_findings: list[Finding] = []
 
@@ -67,17 +64,23 @@ class BlockPolicy:
             if self.wanted(cgroup_of(s.wait.tid) if self.filtering else None):
                 kept.append(s)
             else:
-                self._filtered_out.add(s.wait.key)
+                self._hidden.add(s.wait.tid)
         kept_findings = []
         for f in findings:
             if self.wanted(cgroup_of(f.tid) if self.filtering else None):
                 kept_findings.append(f)
             else:
-                self._hidden_findings.add((f.kind, f.tid))
-        pending = {s.wait.key: s for s in self._pending_stalls}
-        pending.update({s.wait.key: s for s in kept})
-        pending_f = {(f.kind, f.tid): f for f in self._pending_findings}
-        pending_f.update({(f.kind, f.tid): f for f in kept_findings})
+                self._hidden.add(f.tid)
+        pending = {s.wait.tid: s for s in self._pending_stalls}  # one episode a task: the newest sighting
+        pending.update({s.wait.tid: s for s in kept})
+        pending_f = {f.tid: f for f in self._pending_findings}
+        pending_f.update({f.tid: f for f in kept_findings})
+        for tid in {s.wait.tid for s in kept} & pending_f.keys():  # what holds a task now is what a block says
+            if tid not in {f.tid for f in kept_findings}:
+                del pending_f[tid]
+        for tid in {f.tid for f in kept_findings} & pending.keys():
+            if tid not in {s.wait.tid for s in kept}:
+                del pending[tid]
         return sorted(pending.values(), key=lambda s: -s.duration_ns), list(pending_f.values())
 
     def listed(self, stalls: Sequence[Stall], findings: Sequence[Finding]) -> set[int]:
@@ -99,15 +102,9 @@ class BlockPolicy:
         held, self._held_back = self._held_back, 0
         return held
 
-    def shows_end_of(self, key: WaitKey) -> bool:
-        """Whether a stall's end is said: not when the filter never showed the stall."""
-        if key in self._filtered_out:
-            self._filtered_out.discard(key)
-            return False
-        return True
-
-    def shows_episode_end(self, kind: str, tid: int) -> bool:
-        if (kind, tid) in self._hidden_findings:
-            self._hidden_findings.discard((kind, tid))
+    def shows_end(self, tid: int) -> bool:
+        """Whether the end of a task's episode is said: not when the filter never showed it."""
+        if tid in self._hidden:
+            self._hidden.discard(tid)
             return False
         return True

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocwatch.core.episodes import TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
 from allocwatch.core.model import OomKill
@@ -89,11 +90,11 @@ class RecoveredReport:
 
 @dataclass(frozen=True)
 class EpisodeEndReport:
-    """A throttled, livelock or stuck-victim episode that ended."""
+    """A task's episode that ended (core/episodes.py), or a stuck victim's."""
 
     seq: int
     time: float
-    end: EpisodeEnd
+    end: TaskEpisodeEnd | EpisodeEnd
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,14 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(items),
             "held_back": rec.held_back, "context": context_dict(rec.context),
             "tasks": shown, "more": summarize_tasks(rest),
+        }
+    if isinstance(rec, EpisodeEndReport) and isinstance(rec.end, TaskEpisodeEnd):
+        t = rec.end
+        return {
+            "type": "recovered", **base, "kind": t.kind, "tid": t.tid, "pid": t.pid, "comm": escape(t.comm),
+            "site": t.site.label, "duration_s": t.duration_s, "exact": t.exact, "start_known": t.start_known,
+            "ended": t.ended, "reports": t.reports, "reclaimed_pages": t.reclaimed_pages,
+            "compaction_status": t.compaction_status,
         }
     if isinstance(rec, EpisodeEndReport):
         e = rec.end

@@ -105,6 +105,8 @@ class ScanResult:
     stalled_tids: set[int] = field(default_factory=set)  # the tasks of those waits
     # waits under their threshold that reach it within the scan's `ahead_ns`, longest first
     nearing: list[Wait] = field(default_factory=list)
+    # per stalled task, its longest wait at or over its threshold (due or not)
+    over: dict[int, Wait] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -152,6 +154,7 @@ class Tracker:
         seen: set[WaitKey] = set()
         stalled_now = 0
         stalled_tids: set[int] = set()
+        over: dict[int, Wait] = {}
         nearing: list[tuple[int, Wait]] = []
         for_site = self.thresholds.for_site
         for w in inflight:
@@ -169,6 +172,9 @@ class Tracker:
                 continue
             stalled_now += 1
             stalled_tids.add(w.tid)
+            longest = over.get(w.tid)
+            if longest is None or w.start_ns < longest.start_ns:
+                over[w.tid] = w
             prev = self._reported.get(key)
             if prev is None:
                 self._reported[key] = _Reported(w, level, duration_ns, 1)
@@ -192,4 +198,4 @@ class Tracker:
                 recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
         stalls.sort(key=lambda s: -s.duration_ns)
         nearing.sort(key=lambda dw: -dw[0])
-        return ScanResult(stalls, recovered, stalled_now, stalled_tids, [w for _, w in nearing])
+        return ScanResult(stalls, recovered, stalled_now, stalled_tids, [w for _, w in nearing], over)

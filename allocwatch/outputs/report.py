@@ -308,11 +308,14 @@ def record_text(d: Mapping[str, Any], head: str) -> str:
         how = "" if d["exact"] else " or less (end not seen)"
         if not d["start_known"]:
             how += " or more (asleep before allocwatch started)"
-        verb = "recovered" if d["ended"] in ("woke", "unseen") else f"wait ended ({d['ended']})"
+        ep_kind = d.get("kind", "stall")
+        woke = d["ended"] in ("woke", "unseen")  # it went on by itself, not killed, not gone
+        verb = "recovered" if woke else f"wait ended ({d['ended']})"
         waited = "waited"
-        if d.get("kind", "stall") != "stall":
-            verb = f"{d['kind']} over" if d["kind"] != "stuck_victim" else "stuck victim gone"
-            waited = "lasted"
+        if ep_kind == "stuck_victim":
+            verb, waited = "stuck victim gone", "lasted"
+        elif ep_kind != "stall":
+            verb, waited = (f"{ep_kind} over" if woke else f"{ep_kind} ended ({d['ended']})"), "lasted"
         return (
             f"{head} {verb} #{d['seq']}: comm={text_value(d['comm'])} pid={d['pid']} tid={d['tid']} "
             f"site={d['site']} {waited} {d['duration_s']:.1f}s{how}, reported {d['reports']} time(s)"

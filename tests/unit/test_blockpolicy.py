@@ -29,9 +29,9 @@ def test_the_cgroup_filter_keeps_prefixes_and_hides_the_ends_of_what_it_left_out
     p = BlockPolicy(BlockRules(cgroups=("/box",)))
     kept, found = p.select([stall(1, 10), stall(2, 10), stall(3, 10)], [finding(4)], cgroups.get)
     assert [s.wait.tid for s in kept] == [1] and found == []
-    assert p.shows_end_of(stall(1, 0).wait.key)
-    assert not p.shows_end_of(stall(2, 0).wait.key) and p.shows_end_of(stall(2, 0).wait.key)  # said once
-    assert not p.shows_episode_end("throttled", 4) and p.shows_episode_end("throttled", 4)
+    assert p.shows_end(1)
+    assert not p.shows_end(2) and p.shows_end(2)  # said once
+    assert not p.shows_end(4) and p.shows_end(4)
 
 
 def test_one_block_per_report_interval_with_half_a_scan_of_slack():

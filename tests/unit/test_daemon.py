@@ -55,6 +55,10 @@ def test_dstate_stall_reported_escalated_recovered(tmp_path):
     src.events = [WaitEnd(7, 7, "hog", SITE_DSTATE, 0, int(6.5 * S), None, None, None)]
     clock["ns"] = 7 * S
     d.scan_once()
+    assert len(sink.writes) == 3  # one scan of grace: a task between two waits has not recovered
+    src.events = []
+    clock["ns"] = 8 * S
+    d.scan_once()
     last = json.loads(sink.writes[-1])
     assert last["type"] == "recovered" and last["duration_s"] == 6.5 and last["exact"] and last["reports"] == 3
     assert d.tracker.dstate_completed[Site.MEMCG_OOM_WAIT].count == 1
@@ -72,9 +76,14 @@ def test_one_write_per_scan_with_kill_block_and_recovery(tmp_path):
     ]
     clock["ns"] = 3 * S
     d.scan_once()
-    assert len(sink.writes) == 2  # one write per scan, whatever it holds
+    src.events = []
+    clock["ns"] = 4 * S
+    d.scan_once()
+    assert len(sink.writes) == 3  # one write per scan, whatever it holds
     types = [json.loads(line)["type"] for line in sink.writes[1].splitlines()]
-    assert types == ["oom_kill", "stall_report", "recovered"]  # level 3 of the 4 still waiting
+    assert types == ["oom_kill", "stall_report"]  # level 3 of the 4 still waiting
+    types = [json.loads(line)["type"] for line in sink.writes[2].splitlines()]
+    assert types == ["stall_report", "recovered"]  # tid 10's end, after one scan of grace
     first = json.loads(sink.writes[0])
     assert len(first["tasks"]) == 5 and first["tasks"][0]["gfp"] == "0xcc0"
 
@@ -128,8 +137,10 @@ def test_tasks_already_in_d_at_start_are_seeded_as_lower_bounds(tmp_path):
     d.scan_once()  # the end of a seeded sleep is a lower bound too
     src.waits = []
     src.events = [WaitEnd(7, 7, "a", SITE_DSTATE, 100 * S, 5 * S, None, None, None)]
-    clock["ns"] = 106 * S
-    d.scan_once()
+    for t in (106, 107):
+        clock["ns"] = t * S
+        d.scan_once()
+        src.events = []
     rec = json.loads(sink.writes[-1])
     assert rec["type"] == "recovered" and rec["start_known"] is False and rec["duration_s"] == 5.0
 
@@ -189,8 +200,10 @@ def test_cgroup_filter_reports_only_matching_tasks_and_their_ends(tmp_path):
     d.scan_once()
     src.waits = []
     src.events = [WaitEnd(t, t, "x", SITE_DSTATE, 0, 3 * S, None, None, None) for t in (7, 8)]
-    clock["ns"] = 3 * S
-    d.scan_once()
+    for t in (3, 4):
+        clock["ns"] = t * S
+        d.scan_once()
+        src.events = []
     docs = [json.loads(line) for w in sink.writes for line in w.splitlines()]
     assert [t["tid"] for t in docs[0]["tasks"]] == [7]
     assert [r["tid"] for r in docs if r["type"] == "recovered"] == [7]

@@ -301,3 +301,20 @@ def test_the_four_kinds_share_one_block_in_text_and_json():
     quiet = StallReport(8, 0.0, [], 0, {4: TaskDetail("/g", "D")}, findings=[replace(victim, reaped=None)])
     lines = report.render_text(quiet)
     assert "still waiting in its cgroup: none" in lines and "OOM reaper" not in lines
+
+
+def test_an_episode_that_ended_by_a_kill_never_reads_recovered():
+    from allocwatch.core.episodes import TaskEpisodeEnd
+    from allocwatch.core.records import EpisodeEndReport
+
+    def text(kind: str, ended: str) -> str:
+        end = TaskEpisodeEnd(kind, 7, 7, "dd", Site.MEMCG_RECLAIM, 31.0, 3, ended)
+        return report.render_text(EpisodeEndReport(4, 0.0, end))
+
+    assert " recovered #4" in text("stall", "woke")
+    assert " wait ended (oom-killed) #4" in text("stall", "oom-killed")
+    assert " throttled ended (killed) #4" in text("throttled", "killed")
+    assert " livelock over #4" in text("livelock", "woke")
+    for kind in ("stall", "throttled", "livelock"):
+        for ended in ("oom-killed", "killed", "exited"):
+            assert "recovered" not in text(kind, ended) and " over " not in text(kind, ended)

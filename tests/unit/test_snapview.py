@@ -63,7 +63,7 @@ def test_a_live_view_that_fails_never_stops_the_scan(tmp_path):
     d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0)
     said: list[str] = []
     d.live = LiveReader(lambda: True, on_error=said.append)
-    d.findings.active = lambda: 1 / 0  # a bug where only the live view looks
+    d.tasks.new_scan = lambda: 1 / 0  # a bug where only the live view looks
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
     for t in (1, 2):
         clock["ns"] = t * S

@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One episode per stuck task (pure): what a block says of a task, and when its end is said.
+
+The tracker decides per wait and the window rules per task; a task stuck for a
+minute goes through many waits (memcg reclaim, a writeback wait inside it,
+reclaim again) and may turn from a crawl (throttled) into a plain stall and
+back. An on-call wants one story of it: one "new", levels that keep counting,
+one ending. This book keeps, per task, the episode it is in:
+
+- it opens when a wait of the task reaches its threshold (a stall) or a window
+  rule fires for it (throttled, livelock);
+- it lasts while the task is stalled, or a window rule holds for it, or it has
+  any memory wait in flight: a task that went from one wait to the next
+  between two scans never left the episode (a crawl caught in a short wait is
+  not reported by it, only kept);
+- it is reported when it opens (level 1) and again at each further threshold
+  of its whole duration, whichever wait or rule holds it then, with the kind
+  of what holds it now (livelock before stall before throttled);
+- it ends when a scan finds nothing holding it and the next scan still finds
+  nothing (one scan of grace: a task caught between two waits is not
+  "recovered"). The end says how the task's last wait ended, and "oom-killed"
+  for a task whose process the OOM killer chose during the episode.
+
+Stuck OOM victims keep their own episodes (core/findings.py): they are keyed by
+the victim, not by what it waits in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from allocwatch.core.findings import LIVELOCK, STUCK_VICTIM, THROTTLED, EpisodeEnd, Finding
+from allocwatch.core.sites import Site
+from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Thresholds, Wait
+
+STALL = "stall"
+OOM_KILLED = "oom-killed"
+_RANK = {LIVELOCK: 0, STALL: 1, THROTTLED: 2}  # what a block names a task by, when several hold
+
+
+@dataclass(frozen=True)
+class TaskEpisodeEnd:
+    """A task's episode that ended: one line for the whole story."""
+
+    kind: str  # what held it last: stall, throttled, livelock
+    tid: int
+    pid: int
+    comm: str
+    site: Site  # of its last wait, or where its window's time went
+    duration_s: float  # from the episode's start to its end (or its last sighting)
+    reports: int
+    ended: str  # woke, killed, exited, oom-killed, unseen
+    exact: bool = True  # False when the last wait's end was not seen
+    start_known: bool = True
+    reclaimed_pages: int | None = None
+    compaction_status: str | None = None
+
+
+@dataclass
+class _Episode:
+    tid: int
+    pid: int
+    comm: str
+    kind: str
+    since_ns: int  # when the task began to be stuck
+    origin_ns: int  # levels count from here...
+    offset: int  # ...plus this: a stall's level is its duration / threshold, a rule's 1 at once
+    threshold_ns: int
+    site: Site
+    start_known: bool = True
+    level: int = 0
+    reports: int = 0
+    quiet_ns: int | None = None  # the scan that first found nothing holding it
+    last_end: Recovered | None = None  # the last wait that ended in it
+    last_seen_ns: int = 0
+
+
+@dataclass
+class EpisodeScan:
+    stalls: list[Stall]  # due now: episodes held by a wait, at their episode's level
+    findings: list[Finding]  # due now: episodes held by a window rule, and stuck victims
+    ended: list[TaskEpisodeEnd | EpisodeEnd]  # TaskEpisodeEnd per task; EpisodeEnd for stuck victims
+
+
+def _longest(waits: Sequence[Wait]) -> Wait:
+    return min(waits, key=lambda w: w.start_ns)
+
+
+class EpisodeBook:
+    def __init__(self, thresholds: Thresholds, rule_threshold_ns: int = 10 * NS_PER_S) -> None:
+        self.thresholds = thresholds
+        self.rule_threshold_ns = rule_threshold_ns
+        self._open: dict[int, _Episode] = {}
+        self._chosen: dict[int, int] = {}  # pid -> when the OOM killer chose it
+
+    def open_tids(self) -> Collection[int]:
+        return self._open.keys()
+
+    def scan(
+        self,
+        now_ns: int,
+        inflight: Iterable[Wait],
+        stalled: Mapping[int, Wait],
+        recovered: Sequence[Recovered],
+        rules_active: Sequence[Finding],
+        rules_ended: Sequence[EpisodeEnd],
+        victims_due: Sequence[Finding] = (),
+    ) -> EpisodeScan:
+        """`stalled`: per stalled task its longest wait at or over its threshold
+        (due or not: tracker.ScanResult.over); `recovered`: the tracker's ends of reported waits; `rules_active`:
+        the window rules' episodes in progress (core/findings.Findings.active());
+        `rules_ended`: what they ended (only stuck victims' ends are passed on);
+        `victims_due`: stuck victims due now (passed on)."""
+        waits: dict[int, list[Wait]] = {}
+        for w in inflight:
+            waits.setdefault(w.tid, []).append(w)
+        rules: dict[int, Finding] = {}
+        for f in rules_active:
+            if f.kind in (THROTTLED, LIVELOCK) and (f.tid not in rules or _RANK[f.kind] < _RANK[rules[f.tid].kind]):
+                rules[f.tid] = f
+        for r in recovered:
+            ep = self._open.get(r.wait.tid)
+            if ep is not None:
+                ep.last_end = r
+        self._open_new(now_ns, stalled, rules, waits)
+
+        due_stalls: list[Stall] = []
+        due_findings: list[Finding] = list(victims_due)
+        ended: list[TaskEpisodeEnd | EpisodeEnd] = [e for e in rules_ended if e.kind == STUCK_VICTIM]
+        for tid, ep in list(self._open.items()):
+            item = self._holding(ep, stalled.get(tid), rules.get(tid), waits.get(tid))
+            if item is None:
+                if ep.quiet_ns is None:
+                    ep.quiet_ns = now_ns
+                    continue
+                del self._open[tid]
+                ended.append(self._end(ep))
+                continue
+            ep.quiet_ns = None
+            ep.last_seen_ns = now_ns
+            if isinstance(item, Finding):  # what holds it now names it, reported or not
+                ep.kind, ep.site = item.kind, item.site
+            elif tid in stalled:
+                ep.kind, ep.site = STALL, item.site
+            level = ep.offset + (now_ns - ep.origin_ns) // ep.threshold_ns
+            if level <= ep.level or (isinstance(item, Wait) and ep.kind != STALL and tid not in stalled):
+                continue  # a crawl caught in a short wait goes on; it is reported by its rule
+            ep.level = level
+            ep.reports += 1
+            duration_ns = now_ns - ep.since_ns
+            if isinstance(item, Finding):
+                due_findings.append(dataclasses.replace(
+                    item, since_ns=ep.since_ns, duration_s=duration_ns / NS_PER_S, level=level))
+            else:
+                due_stalls.append(Stall(item, max(duration_ns, now_ns - item.start_ns), level))
+        due_stalls.sort(key=lambda s: -s.duration_ns)
+        return EpisodeScan(due_stalls, due_findings, ended)
+
+    def _open_new(self, now_ns: int, stalled: Mapping[int, Wait], rules: dict[int, Finding],
+                  waits: dict[int, list[Wait]]) -> None:
+        for tid, w in stalled.items():
+            if tid not in self._open:
+                since = min(x.start_ns for x in waits.get(tid, [w]))
+                threshold_ns = self.thresholds.for_site(w.site)
+                self._open[tid] = _Episode(tid, w.pid, w.comm, STALL, since, since, 0, threshold_ns, w.site,
+                                           start_known=w.start_known)
+        for tid, f in rules.items():
+            if tid not in self._open:
+                self._open[tid] = _Episode(tid, f.pid, f.comm, f.kind, f.since_ns, now_ns, 1,
+                                           self.rule_threshold_ns, f.site)
+
+    @staticmethod
+    def _holding(ep: _Episode, stall: Wait | None, rule: Finding | None,
+                 waits: Sequence[Wait] | None) -> Wait | Finding | None:
+        """What holds the task in its episode now: its stalled wait, a window
+        rule, or any wait in flight; None: nothing."""
+        if rule is not None and rule.kind == LIVELOCK:
+            return rule
+        if stall is not None:
+            return stall
+        if rule is not None:
+            return rule
+        if waits:
+            return _longest(waits)
+        return None
+
+    def oom_chosen(self, pid: int, now_ns: int) -> None:
+        """The OOM killer chose process `pid`: an episode of its tasks ends "oom-killed".
+        Kills older than any open episode are forgotten (a storm makes hundreds)."""
+        self._chosen[pid] = now_ns
+        if len(self._chosen) > 64:
+            oldest = min((ep.since_ns for ep in self._open.values()), default=now_ns)
+            self._chosen = {p: t for p, t in self._chosen.items() if t >= oldest}
+
+    def _end(self, ep: _Episode) -> TaskEpisodeEnd:
+        r = ep.last_end
+        chosen_ns = self._chosen.get(ep.pid)
+        if chosen_ns is not None and chosen_ns >= ep.since_ns:
+            how = OOM_KILLED
+        elif r is not None and r.how is not None:
+            how = r.how
+        else:
+            how = "unseen"
+        exact = r is not None and r.exact
+        end_ns = r.wait.start_ns + r.duration_ns if r is not None else ep.last_seen_ns
+        return TaskEpisodeEnd(
+            ep.kind, ep.tid, ep.pid, ep.comm, r.wait.site if r is not None else ep.site,
+            round(max(0, end_ns - ep.since_ns) / NS_PER_S, 3), ep.reports, how, exact, ep.start_known,
+            r.reclaimed_pages if r is not None else None, r.compaction_status if r is not None else None,
+        )
