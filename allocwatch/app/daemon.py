@@ -356,7 +356,7 @@ class Daemon:
         due, rules_ended, shares = self.findings.scan(now_ns, accts, waits, stalled_tids, self._live_victims())
         self.last_scan = (waits, shares, accts, now_ns)
         # one episode a task, whichever waits and rules hold it (core/episodes.py)
-        eps = self.episodes.scan(now_ns, waits, result.over, result.recovered, self.findings.active(), rules_ended,
+        eps = self.episodes.scan(now_ns, waits, result.over, ended, self.findings.active(), rules_ended,
                                  [f for f in due if f.kind == STUCK_VICTIM])
         block = self._stall_block(eps.stalls, eps.findings, result.stalled_now, now_ns, wall, stats)
         if block is not None:

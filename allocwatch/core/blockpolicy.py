@@ -71,17 +71,23 @@ class BlockPolicy:
                 kept_findings.append(f)
             else:
                 self._hidden.add(f.tid)
-        pending = {s.wait.tid: s for s in self._pending_stalls}  # one episode a task: the newest sighting
-        pending.update({s.wait.tid: s for s in kept})
+        pending: dict[int, list[Stall]] = {}  # one episode a task: its newest sighting
+        for s in self._pending_stalls:
+            pending.setdefault(s.wait.tid, []).append(s)
+        fresh: dict[int, list[Stall]] = {}
+        for s in kept:
+            fresh.setdefault(s.wait.tid, []).append(s)
+        pending.update(fresh)
         pending_f = {f.tid: f for f in self._pending_findings}
         pending_f.update({f.tid: f for f in kept_findings})
-        for tid in {s.wait.tid for s in kept} & pending_f.keys():  # what holds a task now is what a block says
+        for tid in fresh.keys() & pending_f.keys():  # what holds a task now is what a block says
             if tid not in {f.tid for f in kept_findings}:
                 del pending_f[tid]
         for tid in {f.tid for f in kept_findings} & pending.keys():
-            if tid not in {s.wait.tid for s in kept}:
+            if tid not in fresh:
                 del pending[tid]
-        return sorted(pending.values(), key=lambda s: -s.duration_ns), list(pending_f.values())
+        stalls = [s for group in pending.values() for s in group]
+        return sorted(stalls, key=lambda s: -s.duration_ns), list(pending_f.values())
 
     def listed(self, stalls: Sequence[Stall], findings: Sequence[Finding]) -> set[int]:
         """The tids a block lists in full; the rest it only counts."""

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from allocwatch.core.findings import LIVELOCK, STUCK_VICTIM, THROTTLED, EpisodeEnd, Finding
 from allocwatch.core.sites import Site
-from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Thresholds, Wait
+from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Thresholds, Wait
 
 STALL = "stall"
 OOM_KILLED = "oom-killed"
@@ -73,7 +73,7 @@ class _Episode:
     level: int = 0
     reports: int = 0
     quiet_ns: int | None = None  # the scan that first found nothing holding it
-    last_end: Recovered | None = None  # the last wait that ended in it
+    last_end: Ended | None = None  # the last wait that ended in it (long ones: the kernel sends those up)
     last_seen_ns: int = 0
 
 
@@ -103,13 +103,13 @@ class EpisodeBook:
         now_ns: int,
         inflight: Iterable[Wait],
         stalled: Mapping[int, Wait],
-        recovered: Sequence[Recovered],
+        ended_waits: Sequence[Ended],
         rules_active: Sequence[Finding],
         rules_ended: Sequence[EpisodeEnd],
         victims_due: Sequence[Finding] = (),
     ) -> EpisodeScan:
         """`stalled`: per stalled task its longest wait at or over its threshold
-        (due or not: tracker.ScanResult.over); `recovered`: the tracker's ends of reported waits; `rules_active`:
+        (due or not: tracker.ScanResult.over); `ended_waits`: the waits that ended since the last scan; `rules_active`:
         the window rules' episodes in progress (core/findings.Findings.active());
         `rules_ended`: what they ended (only stuck victims' ends are passed on);
         `victims_due`: stuck victims due now (passed on)."""
@@ -120,10 +120,11 @@ class EpisodeBook:
         for f in rules_active:
             if f.kind in (THROTTLED, LIVELOCK) and (f.tid not in rules or _RANK[f.kind] < _RANK[rules[f.tid].kind]):
                 rules[f.tid] = f
-        for r in recovered:
-            ep = self._open.get(r.wait.tid)
-            if ep is not None:
-                ep.last_end = r
+        for e in ended_waits:
+            ep = self._open.get(e.wait.tid)
+            if ep is not None and (ep.last_end is None or e.wait.start_ns + e.duration_ns
+                                   >= ep.last_end.wait.start_ns + ep.last_end.duration_ns):
+                ep.last_end = e
         self._open_new(now_ns, stalled, rules, waits)
 
         due_stalls: list[Stall] = []
@@ -140,6 +141,8 @@ class EpisodeBook:
                 continue
             ep.quiet_ns = None
             ep.last_seen_ns = now_ns
+            if isinstance(item, Wait) and ep.last_end is not None and item.start_ns > ep.last_end.wait.start_ns:
+                ep.last_end = None  # a later wait: how that one ended is not how the episode ends
             if isinstance(item, Finding):  # what holds it now names it, reported or not
                 ep.kind, ep.site = item.kind, item.site
             elif tid in stalled:
@@ -155,6 +158,8 @@ class EpisodeBook:
                     item, since_ns=ep.since_ns, duration_s=duration_ns / NS_PER_S, level=level))
             else:
                 due_stalls.append(Stall(item, max(duration_ns, now_ns - item.start_ns), level))
+                # its other waits in flight (a writeback wait inside reclaim) go with it
+                due_stalls += [Stall(w, now_ns - w.start_ns, level) for w in waits.get(tid, ()) if w is not item]
         due_stalls.sort(key=lambda s: -s.duration_ns)
         return EpisodeScan(due_stalls, due_findings, ended)
 
@@ -199,11 +204,11 @@ class EpisodeBook:
         chosen_ns = self._chosen.get(ep.pid)
         if chosen_ns is not None and chosen_ns >= ep.since_ns:
             how = OOM_KILLED
-        elif r is not None and r.how is not None:
+        elif r is not None:
             how = r.how
         else:
             how = "unseen"
-        exact = r is not None and r.exact
+        exact = r is not None
         end_ns = r.wait.start_ns + r.duration_ns if r is not None else ep.last_seen_ns
         return TaskEpisodeEnd(
             ep.kind, ep.tid, ep.pid, ep.comm, r.wait.site if r is not None else ep.site,

@@ -7,7 +7,7 @@ from allocwatch.core.episodes import OOM_KILLED, STALL, EpisodeBook, EpisodeScan
 from allocwatch.core.findings import LIVELOCK, THROTTLED, Finding
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S as S
-from allocwatch.core.tracker import Recovered, Thresholds, Wait
+from allocwatch.core.tracker import Ended, Thresholds, Wait
 
 
 def wait(site: Site, start_s: float, tid: int = 7) -> Wait:
@@ -25,13 +25,13 @@ class Run:
         self.book = EpisodeBook(Thresholds(10 * S), 10 * S)
         self.out: list[tuple[int, EpisodeScan]] = []
 
-    def at(self, now_s: int, waits=(), rules=(), recovered=()) -> EpisodeScan:
+    def at(self, now_s: int, waits=(), rules=(), ended=()) -> EpisodeScan:
         now = now_s * S
         over = {}
         for w in waits:
             if now - w.start_ns >= 10 * S and (w.tid not in over or w.start_ns < over[w.tid].start_ns):
                 over[w.tid] = w
-        r = self.book.scan(now, waits, over, list(recovered), list(rules), [])
+        r = self.book.scan(now, waits, over, list(ended), list(rules), [])
         self.out.append((now_s, r))
         return r
 
@@ -52,14 +52,14 @@ def test_a_task_going_from_wait_to_wait_is_one_episode_with_levels_that_keep_cou
         run.at(t, [reclaim])
     wb = wait(Site.WRITEBACK_WAIT, 24.5)  # then a writeback wait, then reclaim again: never out of a wait
     for t in range(25, 33):
-        run.at(t, [wb], recovered=[Recovered(reclaim, int(24.4 * S), True, 2, "woke")] if t == 25 else [])
+        run.at(t, [wb], ended=[Ended(reclaim, int(24.4 * S), how="woke")] if t == 25 else [])
     again = wait(Site.MEMCG_RECLAIM, 32.5)
     for t in range(33, 45):
         run.at(t, [again])
     assert run.news() == [(10, 1, STALL), (20, 2, STALL), (30, 3, STALL), (40, 4, STALL)]
     assert [s.first for _, r in run.out for s in r.stalls] == [True, False, False, False]
     assert run.out[-1][1].stalls == [] and run.ends() == []
-    run.at(45, recovered=[Recovered(again, int(12.6 * S), True, 0, "woke")])
+    run.at(45, ended=[Ended(again, int(12.6 * S), how="woke")])
     assert run.ends() == []  # one scan of grace: it may be between two waits
     run.at(46)
     (end,) = run.ends()
@@ -98,7 +98,7 @@ def test_an_episode_of_a_process_the_oom_killer_chose_ends_oom_killed():
     for t in range(1, 13):
         run.at(t, [w])
     run.book.oom_chosen(7, 12 * S)
-    run.at(13, recovered=[Recovered(w, int(12.5 * S), True, 1, "killed")])
+    run.at(13, ended=[Ended(w, int(12.5 * S), how="killed")])
     run.at(14)
     (end,) = run.ends()
     assert end.ended == OOM_KILLED and end.duration_s == 12.5
@@ -110,7 +110,7 @@ def test_a_kill_before_the_episode_does_not_name_its_end():
     w = wait(Site.MEMCG_OOM_WAIT, 1)
     for t in range(2, 13):
         run.at(t, [w])
-    run.at(13, recovered=[Recovered(w, int(11.5 * S), True, 1, "killed")])
+    run.at(13, ended=[Ended(w, int(11.5 * S), how="killed")])
     run.at(14)
     assert [e.ended for e in run.ends()] == ["killed"]
 
