@@ -103,6 +103,8 @@ static __always_inline struct aw_task_acct *acct_of(u32 tid, u32 pid, const char
     return a;
 }
 
+/* A sleep counted after the fact (throttle sleeps, hinted D sleeps): its time is
+ * the task's busy time unless a pair-timed wait around it already counts it. */
 static __always_inline void acct_wait(u32 tid, u32 pid, const char *comm, u32 site, u64 duration_ns)
 {
     if (site >= AW_NR_SITES)
@@ -112,6 +114,50 @@ static __always_inline void acct_wait(u32 tid, u32 pid, const char *comm, u32 si
         return;
     __sync_fetch_and_add(&a->wait_ns[site], duration_ns);
     __sync_fetch_and_add(&a->waits[site], 1);
+    if (!a->open)
+        __sync_fetch_and_add(&a->busy_ns, duration_ns);
+}
+
+/* A pair-timed wait of the task opens: the outermost one starts its busy time. */
+static __always_inline void acct_open(u32 tid, struct aw_wait *w)
+{
+    struct aw_task_acct *a = acct_of(tid, w->pid, w->comm);
+    if (!a)
+        return;
+    if (!a->open)
+        a->open_since_ns = w->start_ns;
+    a->open += 1;
+}
+
+/* ...and closes at end_ns: the outermost one adds the time since it opened. */
+static __always_inline void acct_close(struct aw_task_acct *a, u64 end_ns)
+{
+    if (!a->open)
+        return;
+    a->open -= 1;
+    if (!a->open)
+        a->busy_ns += end_ns - a->open_since_ns;
+}
+
+/* The gfp masks the task's waits asked with, counted per mask in a few slots. */
+static __always_inline void acct_gfp(struct aw_task_acct *a, u64 gfp)
+{
+    if (gfp == AW_GFP_UNKNOWN)
+        return;
+    u32 mask = (u32)gfp;
+    u32 least = 0;
+#pragma unroll
+    for (u32 i = 0; i < AW_GFP_SLOTS; i++) {
+        if (a->gfp_waits[i] && a->gfp_mask[i] == mask) {
+            a->gfp_waits[i] += 1;
+            return;
+        }
+        if (a->gfp_waits[i] < a->gfp_waits[least & (AW_GFP_SLOTS - 1)])
+            least = i;
+    }
+    least &= AW_GFP_SLOTS - 1;
+    a->gfp_mask[least] = mask;
+    a->gfp_waits[least] = 1;
 }
 
 static __always_inline void stat_inc(u32 idx)
@@ -254,6 +300,7 @@ static __always_inline int wait_begin_stack(void *ctx, u32 site, u64 gfp, s32 or
     if (w && !w->depth) {
         begin_stack(ctx, (u32)id, w);
         note_taken(w);
+        acct_open((u32)id, w);
     }
     return 0;
 }
@@ -262,8 +309,10 @@ static __always_inline int wait_begin(u32 site, u64 gfp, s32 order)
 {
     u64 id = bpf_get_current_pid_tgid();
     struct aw_wait *w = wait_begin_tid((u32)id, id >> 32, site, gfp, order);
-    if (w && !w->depth)
+    if (w && !w->depth) {
         note_taken(w);
+        acct_open((u32)id, w);
+    }
     return 0;
 }
 
@@ -280,13 +329,16 @@ static __always_inline int wait_end_tid(u32 tid, u32 site, s64 detail)
         w->depth -= 1;
         return 0;
     }
-    u64 duration_ns = bpf_ktime_get_ns() - w->start_ns;
+    u64 now_ns = bpf_ktime_get_ns();
+    u64 duration_ns = now_ns - w->start_ns;
     hist_add(site, duration_ns);
     struct aw_task_acct *a = acct_of(tid, w->pid, w->comm);
     if (a && site < AW_NR_SITES) {
         /* only this task writes its own account (and its exit, after): no atomics */
         a->wait_ns[site] += duration_ns;
         a->waits[site] += 1;
+        acct_close(a, now_ns);
+        acct_gfp(a, w->gfp);
         if (detail >= 0 && (site == AW_SITE_DIRECT_RECLAIM || site == AW_SITE_MEMCG_RECLAIM)) {
             a->reclaim_passes += 1;
             if (detail == 0)

@@ -58,6 +58,7 @@
 
 #define AW_GFP_UNKNOWN 0xffffffffffffffffULL
 #define AW_COMM_LEN 16
+#define AW_GFP_SLOTS 4
 
 struct aw_wait_key {
     __u32 tid;
@@ -145,6 +146,11 @@ struct aw_task_acct {
     __u64 reclaimed_pages;
     __u32 throttle_reasons[4]; /* mm_vmscan_throttled sleeps by reason bit (enum vmscan_throttle_state) */
     char comm[AW_COMM_LEN];
+    __u64 busy_ns;        /* wall time in memory waits, nested ones counted once (ended waits only) */
+    __u64 open_since_ns;  /* when the outermost pair-timed wait open now began */
+    __u32 open;           /* pair-timed waits open now (one per site) */
+    __u32 gfp_mask[AW_GFP_SLOTS];  /* the masks of its ended pair-timed waits... */
+    __u32 gfp_waits[AW_GFP_SLOTS]; /* ...and how many of each (the least counted slot is reused) */
 }; /* target_*_rss_kb, target_uid, target_oom_score_adj are set */
 
 #endif /* ALLOCWATCH_H */

@@ -68,6 +68,14 @@ class Finding:
     reaped: bool | None = None  # a stuck victim: the OOM reaper has run on it (None: not watched)
     throttle_reasons: Mapping[int, int] = field(default_factory=dict)  # reason bit -> sleeps in the window
     waiting: Wait | None = None  # the task's wait in flight at this scan, if any (with its site detail)
+    gfp_waits: Mapping[int, int] = field(default_factory=dict)  # gfp mask -> its waits that ended in the window
+
+    @property
+    def gfp(self) -> int | None:
+        """The mask its waits asked with most in the window, else its wait's in flight."""
+        if self.gfp_waits:
+            return max(self.gfp_waits.items(), key=lambda kv: (kv[1], -kv[0]))[0]
+        return self.waiting.gfp if self.waiting is not None else None
 
     @property
     def first(self) -> bool:
@@ -172,6 +180,18 @@ class Findings:
                 out[bit] = d
         return out
 
+    def _gfp_window(self, tid: int, now_ns: int) -> dict[int, int]:
+        """Waits per gfp mask in the window (the kernel counts a few masks a task)."""
+        latest = self._samples[tid][-1].acct
+        base, _ = self._baseline(tid, now_ns)
+        old = dict(base.gfp_waits) if base is not None else {}
+        out = {}
+        for mask, n in latest.gfp_waits:
+            d = n - old.get(mask, 0)
+            if d > 0:
+                out[mask] = d if d <= n else n  # a slot reused for another mask counts from 1
+        return out
+
     def _idle_since(self, tid: int, latest: Acct, now_ns: int) -> int | None:
         """The baseline's time when no episode is open and the counts are the
         same as at the window's start; None otherwise."""
@@ -183,10 +203,8 @@ class Findings:
     def _flying_share(self, now_ns: int, inflight: Sequence[Wait]) -> float:
         """The share `_window` gives a task with nothing completed since its baseline."""
         window_ns = self.rules.window_ns
-        flying_ns = 0
-        for w in inflight:
-            flying_ns += min(max(0, now_ns - w.start_ns), window_ns)
-        return min(1.0, flying_ns / window_ns)
+        flying_ns = max((min(max(0, now_ns - w.start_ns), window_ns) for w in inflight), default=0)
+        return flying_ns / window_ns
 
     def _window(
         self, tid: int, now_ns: int, inflight: Sequence[Wait]
@@ -207,14 +225,17 @@ class Findings:
         flying_ns = 0
         for w in inflight:
             overlap = min(max(0, now_ns - w.start_ns), self.rules.window_ns)
-            flying_ns += overlap
+            flying_ns = max(flying_ns, overlap)  # waits in flight all end now: their union is the longest
             row = per_site.setdefault(w.site.label, [0, 0.0])
             row[1] += overlap / NS_PER_S
-        # completed time over the span it was counted in; in-flight time over the
-        # window it was clipped to (a wait in flight all window long is all of it,
-        # however old the baseline)
-        share = min(1.0, sum(done) / span_ns + flying_ns / self.rules.window_ns)
-        crawl = sum(done) > 0 and sum(done) >= flying_ns
+        # Time waited counts once however the waits nest (a throttle sleep inside
+        # reclaim): the kernel's busy time for ended waits, the union for those in
+        # flight. Completed time over the span it was counted in; in-flight time
+        # over the window it was clipped to (a wait in flight all window long is
+        # all of it, however old the baseline).
+        busy_ns = latest.busy_ns - (base.busy_ns if base is not None else 0)
+        share = min(1.0, busy_ns / span_ns + flying_ns / self.rules.window_ns)
+        crawl = busy_ns > 0 and busy_ns >= flying_ns
         return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}, crawl
 
     # -- episodes ------------------------------------------------------------------
@@ -253,9 +274,11 @@ class Findings:
         horizon = now_ns - window_ns
         flying_ns: dict[int, int] = {}  # per task, without a list a task
         get_ns = flying_ns.get
-        for w in inflight:
+        for w in inflight:  # the union of a task's waits in flight: its longest
             d = now_ns - w.start_ns
-            flying_ns[w.tid] = get_ns(w.tid, 0) + (0 if d < 0 else window_ns if d > window_ns else d)
+            d = 0 if d < 0 else window_ns if d > window_ns else d
+            if d > get_ns(w.tid, 0):
+                flying_ns[w.tid] = d
         open_tids = {key[1] for key in self._episodes if key[0] in (THROTTLED, LIVELOCK)}
         no_progress = self._no_progress_since
         shares: dict[int, float] = {}
@@ -319,7 +342,8 @@ class Findings:
                 began = min(since, earlier, now_ns - int(share * r.window_ns))
                 return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
                                (now_ns - began) / NS_PER_S, level, share, per_site,
-                               throttle_reasons=self._reasons(a.tid, now_ns), waiting=waiting)
+                               throttle_reasons=self._reasons(a.tid, now_ns), waiting=waiting,
+                               gfp_waits=self._gfp_window(a.tid, now_ns))
 
             for res in self._episode((THROTTLED, tid), throttled, now_ns, throttled_finding):
                 if isinstance(res, Finding):
@@ -336,7 +360,7 @@ class Findings:
                 rate, reclaimed, since = live
                 return Finding(LIVELOCK, a.tid, a.pid, a.comm, Site.MEMCG_RECLAIM, since,
                                (now_ns - since) / NS_PER_S, level, share, per_site, rate, reclaimed,
-                               waiting=waiting)
+                               waiting=waiting, gfp_waits=self._gfp_window(a.tid, now_ns))
 
             for res in self._episode((LIVELOCK, tid), active, now_ns, livelock_finding):
                 if isinstance(res, Finding):

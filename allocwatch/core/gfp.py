@@ -250,6 +250,16 @@ def describe(mask: int | None, table: Iterable[tuple[int, str]]) -> str | None:
     return None if mask is None else decode(mask, table)
 
 
+def lacks_fs_or_io(mask: int | None, table: Iterable[tuple[int, str]]) -> bool:
+    """Whether an allocation with this mask may not start file system (__GFP_FS)
+    or block I/O (__GFP_IO) to reclaim: GFP_NOFS, GFP_NOIO. The bits come from
+    the running kernel's table; a table without them says nothing."""
+    if mask is None:
+        return False
+    bits = {name: value for value, name in table if name in ("__GFP_FS", "__GFP_IO")}
+    return any(mask & value != value for value in bits.values())
+
+
 _SYMBOL_RE = re.compile(r'\{\s*(-?\d+)\s*,\s*"([^"]*)"\s*\}')
 
 

@@ -117,3 +117,5 @@ class Acct:
     reclaim_zero: int  # passes that freed nothing
     reclaimed_pages: int
     throttle_reasons: tuple[int, ...] = ()  # mm_vmscan_throttled sleeps, by reason bit
+    busy_ns: int = 0  # wall time in memory waits that ended, nested ones once
+    gfp_waits: tuple[tuple[int, int], ...] = ()  # (gfp mask, waits that ended with it), a few masks

@@ -42,6 +42,9 @@ class TaskDetail:
     # a stuck victim: tasks of its cgroup still waiting for memory (the longest few) and how many in all
     cgroup_waiting: Sequence[CgroupWaiter] = ()
     cgroup_waiting_count: int = 0
+    # the masks of its waits (for a stall, its wait's; for a finding, the window's) that may not
+    # start file system or block I/O to reclaim (GFP_NOFS, GFP_NOIO), decoded
+    gfp_no_fs_io: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,7 @@ def detail_fields(detail: TaskDetail) -> dict[str, Any]:
         "dying": detail.dying,
         "exiting": detail.exiting,
         "memcg": _memcg_dict(detail.memcg),
+        "gfp_no_fs_io": list(detail.gfp_no_fs_io),
     }
 
 
@@ -241,9 +245,9 @@ def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, st
         "start_known": True,
         "level": f.level,
         "new": f.first,
-        "gfp": None,
-        "gfp_flags": None,
-        "order": None,
+        "gfp": gfp_text(f.gfp),
+        "gfp_flags": detail.gfp_flags,
+        "order": f.waiting.order if f.waiting is not None else None,
         "other_waits": [],
         **detail_fields(detail),
         "waiting_site": f.waiting.site.label if f.waiting is not None else None,
@@ -254,6 +258,7 @@ def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, st
             "reclaim_passes_per_s": round(f.passes_per_s, 1),
             "reclaimed_pages": f.reclaimed_pages,
             "throttle_reasons": {throttle_names.get(b, f"bit{b}"): n for b, n in sorted(f.throttle_reasons.items())},
+            "gfp_waits": {gfp_text(m): n for m, n in sorted(f.gfp_waits.items(), key=lambda kv: -kv[1])},
         },
     }
     if f.kind == STUCK_VICTIM:

@@ -62,6 +62,7 @@ class TaskReader:
             state=state,
             stack=stack,
             gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
+            gfp_no_fs_io=self.no_fs_io([w.gfp]),
             memcg=self.memcg(cgroup),
             task=info,
             dying=flags.dying,
@@ -78,8 +79,15 @@ class TaskReader:
             cgroup=cgroup, state=procfs.task_state(self.proc, f.pid, f.tid), stack=stack,
             memcg=self.memcg(cgroup), task=hostfs.task_info(self.proc, f.pid, f.tid),
             dying=flags.dying, exiting=flags.exiting, recent_stack=None if stack else self.recent_stack(f.tid),
+            gfp_flags=gfp.describe(f.gfp, self.gfp_table) if self.gfp_table else None,
+            gfp_no_fs_io=self.no_fs_io([*f.gfp_waits, *([f.waiting.gfp] if f.waiting is not None else [])]),
             **extra(cgroup),
         )
+
+    def no_fs_io(self, masks: Sequence[int | None]) -> tuple[str, ...]:
+        """The masks that may not start file system or block I/O to reclaim, decoded, each once."""
+        found = dict.fromkeys(m for m in masks if m is not None and gfp.lacks_fs_or_io(m, self.gfp_table))
+        return tuple(gfp.decode(m, self.gfp_table) for m in found)
 
     def brief(self, pid: int, tid: int, read: Mapping[int, TaskDetail], wait: Wait | None = None) -> TaskDetail:
         """A task the block only counts (past max_tasks_per_block): its cgroup, for

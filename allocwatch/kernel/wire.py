@@ -101,6 +101,9 @@ def _opt_site(site: int) -> int | None:
     return None if site == SITE_NONE else site
 
 
+GFP_SLOTS = 4  # AW_GFP_SLOTS
+
+
 class TaskAcct(ctypes.Structure):
     _fields_ = [
         ("wait_ns", ctypes.c_uint64 * NR_SITES),
@@ -111,6 +114,11 @@ class TaskAcct(ctypes.Structure):
         ("reclaimed_pages", ctypes.c_uint64),
         ("throttle_reasons", ctypes.c_uint32 * 4),
         ("comm", ctypes.c_char * COMM_LEN),
+        ("busy_ns", ctypes.c_uint64),
+        ("open_since_ns", ctypes.c_uint64),
+        ("open", ctypes.c_uint32),
+        ("gfp_mask", ctypes.c_uint32 * GFP_SLOTS),
+        ("gfp_waits", ctypes.c_uint32 * GFP_SLOTS),
     ]
 
 
@@ -142,6 +150,8 @@ def decode_acct(tid: int, v: TaskAcct) -> Acct:
         reclaim_zero=v.reclaim_zero,
         reclaimed_pages=v.reclaimed_pages,
         throttle_reasons=_shared(tuple(v.throttle_reasons)),
+        busy_ns=v.busy_ns,
+        gfp_waits=tuple((m, n) for m, n in zip(v.gfp_mask, v.gfp_waits, strict=True) if n),
     )
 
 

@@ -86,6 +86,7 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
     fields: dict[str, Any] = {k: t.get(k) for k in _TASK_FIELDS}
     fields["duration_s"] = t["duration_s"]
     fields["report_seq"] = seq
+    fields["gfp_no_fs_io"] = ",".join(t.get("gfp_no_fs_io") or []) or None  # GFP_NOFS, GFP_NOIO: named
     frames = t.get("stack") or t.get("recent_stack") or []
     fields["stack"] = "\n".join(frames) if frames else None
     fields["json"] = json.dumps(t, ensure_ascii=True, separators=(",", ":"))

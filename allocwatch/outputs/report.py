@@ -85,10 +85,24 @@ def site_detail_text(t: Mapping[str, Any]) -> str:
             f"dirtied={p['dirtied_pages']}pages")
 
 
+def gfp_part(t: Mapping[str, Any]) -> str:
+    """gfp=MASK(NAMES) order=N, as a stall and a finding both show it."""
+    return (f"gfp={t['gfp'] or '-'}{'(' + t['gfp_flags'] + ')' if t.get('gfp_flags') else ''} "
+            f"order={'-' if t['order'] is None else t['order']}")
+
+
+def no_fs_io_line(t: Mapping[str, Any]) -> list[str]:
+    """The masks that may not start file system or block I/O to reclaim: named, since they say why reclaim cannot
+    write back what it finds dirty."""
+    masks = t.get("gfp_no_fs_io") or []
+    return [f"    asked without __GFP_FS or __GFP_IO: {', '.join(masks)}"] if masks else []
+
+
 def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} kind={t['kind']} site={t['site']}",
         f"for={t['duration_s']:.1f}s {_evidence(t)}",
+        gfp_part(t),
         f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
     ]
     if detail := site_detail_text(t):
@@ -104,6 +118,10 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     reasons = (t.get("window") or {}).get("throttle_reasons") or {}
     if reasons:
         lines.append("    throttled by: " + " ".join(f"{k}={v}" for k, v in reasons.items()))
+    masks = (t.get("window") or {}).get("gfp_waits") or {}
+    if len(masks) > 1:
+        lines.append("    gfp masks in the window: " + " ".join(f"{k}={v}" for k, v in masks.items()))
+    lines += no_fs_io_line(t)
     lines += _cgroup_waiting_lines(t)
     if t.get("memcg"):
         lines.append(memcg_line(t["memcg"]))
@@ -126,8 +144,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} site={t['site']}",
         f"waited{'=' if t['start_known'] else '>='}{t['duration_s']:.1f}s",
-        f"gfp={t['gfp'] or '-'}{'(' + t['gfp_flags'] + ')' if t.get('gfp_flags') else ''} "
-        f"order={'-' if t['order'] is None else t['order']}",
+        gfp_part(t),
         f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
     ]
     if detail := site_detail_text(t):
@@ -145,6 +162,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         lines.append(f"    uid={'-' if t.get('uid') is None else t['uid']} cmdline={text_value(t['cmdline'] or '-')}")
     for other in t["other_waits"]:
         lines.append(f"    also waiting: site={other['site']} for {other['duration_s']:.1f}s")
+    lines += no_fs_io_line(t)
     lines += _stack_lines(t)
     return lines
 

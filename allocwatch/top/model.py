@@ -92,8 +92,8 @@ def task_rows(doc: Mapping[str, Any]) -> list[Row]:
             continue
         rows[e["tid"]] = Row(
             tid=e["tid"], pid=e["pid"], comm=e["comm"], cgroup=e.get("cgroup"), site=e["site"],
-            wait_s=e["duration_s"], share=share, kind=e["kind"], state=e.get("state"), gfp=None, level=e["level"],
-            start_known=True, severity=STALLED, detail=e,
+            wait_s=e["duration_s"], share=share, kind=e["kind"], state=e.get("state"), gfp=e.get("gfp"),
+            level=e["level"], start_known=True, severity=STALLED, detail=e,
         )
     return list(rows.values())
 

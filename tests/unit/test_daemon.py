@@ -331,7 +331,7 @@ def test_each_tasks_share_of_the_window_is_in_the_snapshot_and_its_rows(tmp_path
     count = [0] * NR_SITES
 
     def accounts():
-        return {7: Acct(7, 7, "dd", tuple(done), tuple(count), 0, 0, 0)}
+        return {7: Acct(7, 7, "dd", tuple(done), tuple(count), 0, 0, 0, busy_ns=sum(done))}
 
     src.task_accounts = accounts
     d.scan_once()  # t=0: its first sample

@@ -11,13 +11,15 @@ from allocwatch.core.tracker import Wait
 S = 1_000_000_000
 
 
-def acct(tid=7, waits=None, passes=0, zero=0, reclaimed=0):
+def acct(tid=7, waits=None, passes=0, zero=0, reclaimed=0, busy=None, gfp=()):
+    """`busy`: the kernel's busy time; by default the waits' sum (none nested)."""
     wait_ns = [0] * NR_SITES
     counts = [0] * NR_SITES
     for site, (n, ns) in (waits or {}).items():
         counts[site] = n
         wait_ns[site] = ns
-    return Acct(tid, tid, "dd", tuple(wait_ns), tuple(counts), passes, zero, reclaimed)
+    return Acct(tid, tid, "dd", tuple(wait_ns), tuple(counts), passes, zero, reclaimed,
+                busy_ns=sum(wait_ns) if busy is None else busy, gfp_waits=tuple(gfp))
 
 
 def run(f, seconds, make, step=1.0, inflight=lambda t: (), stalled=frozenset(), victims=lambda t: ()):
@@ -165,7 +167,7 @@ def test_a_throttled_task_says_which_throttle_reasons_held_it():
     def make(t):
         n = int(t * 9)  # 100 ms sleeps, 90 % of the time
         a = acct(waits={Site.RECLAIM_THROTTLE: (n, n * S // 10)})
-        return {7: Acct(7, 7, "dd", a.wait_ns, a.waits, 0, 0, 0, (n, 0, 0, 0))}
+        return {7: Acct(7, 7, "dd", a.wait_ns, a.waits, 0, 0, 0, (n, 0, 0, 0), busy_ns=a.busy_ns)}
 
     res = run(f, 12, make)
     x = next(x for _, d, _, _ in res for x in d)
@@ -227,3 +229,38 @@ def test_a_wait_in_flight_all_window_long_is_the_whole_window_however_old_the_ba
     out = run(Findings(WindowRules(window_ns=10 * S)), 100, lambda t: counts, inflight=lambda t: [w] if t >= 5 else [])
     assert out[-1][3][7] == 1.0  # not 10 s over a 100 s span
     assert out[10][3][7] == 0.5  # 5 s of the last 10 in flight
+
+
+def test_nested_waits_count_once_by_wall_time():
+    """Throttle sleeps inside memcg reclaim: per site they add up to 51 % of the
+    window, but the task waited 34 % of it (the kernel's busy time): no crawl."""
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5))
+
+    def make(t):
+        reclaim = int(t * 0.34 * S)
+        return {7: acct(waits={Site.MEMCG_RECLAIM: (int(t * 10), reclaim),
+                               Site.RECLAIM_THROTTLE: (int(t * 5), reclaim // 2)}, busy=reclaim)}
+
+    res = run(f, 30, make)
+    assert not any(d for _, d, _, _ in res)
+    assert 0.3 < res[-1][3][7] < 0.4  # the share, by wall time
+
+
+def test_nested_waits_in_flight_count_once():
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5))
+    flying = [Wait(7, 7, "dd", Site.MEMCG_RECLAIM, 27 * S), Wait(7, 7, "dd", Site.WRITEBACK_WAIT, 28 * S)]
+    res = run(f, 30, lambda t: {7: acct(waits={Site.MEMCG_RECLAIM: (1, S)})}, inflight=lambda t: flying)
+    assert res[-1][3][7] == 0.3  # 3 s of reclaim in flight, with a writeback wait inside it
+
+
+def test_a_throttled_task_says_the_masks_its_waits_asked_with():
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5))
+    nofs, kernel = 0xC40, 0xCC0
+
+    def make(t):
+        n = int(t / 0.2 * 0.9)
+        return {7: acct(waits={Site.MEMCG_RECLAIM: (n, int(n * 0.2 * S))}, gfp=((nofs, n), (kernel, int(t))))}
+
+    res = run(f, 20, make)
+    x = next(x for _, d, _, _ in res for x in d)
+    assert x.gfp == nofs and 0 < x.gfp_waits[kernel] <= 10 < x.gfp_waits[nofs]  # counted in the window only

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from allocwatch.core import gfp
 from allocwatch.core.gfp import (
     MASK64,
     decode,
@@ -371,3 +372,10 @@ def test_throttle_reason_bits_are_named_from_the_print_fmt_and_btf():
         assert names == {0: "VMSCAN_THROTTLE_WRITEBACK", 1: "VMSCAN_THROTTLE_ISOLATED",
                          2: "VMSCAN_THROTTLE_NOPROGRESS", 3: "VMSCAN_THROTTLE_CONGESTED"}
     assert read_throttle_reasons(fixtures / "no-such-kernel", btf) == {}
+
+
+def test_a_mask_that_may_not_start_fs_or_io_is_told_from_the_kernels_own_bits():
+    table = [(0xCC0, "GFP_KERNEL"), (0xC40, "GFP_NOFS"), (0xC00, "GFP_NOIO"), (0x40, "__GFP_IO"), (0x80, "__GFP_FS")]
+    assert gfp.lacks_fs_or_io(0xC40, table) and gfp.lacks_fs_or_io(0xC00, table)
+    assert not gfp.lacks_fs_or_io(0xCC0, table) and not gfp.lacks_fs_or_io(None, table)
+    assert not gfp.lacks_fs_or_io(0xC40, [(0xCC0, "GFP_KERNEL")])  # a table without the bits says nothing

@@ -59,6 +59,10 @@ def test_record_sizes_and_offsets_are_pinned():
         ("dirtied", 64),
         ("dirtied_pause", 68),
     ]
+    acct = {f: getattr(wire.TaskAcct, f).offset for f, _ in wire.TaskAcct._fields_}
+    tail = (acct["comm"], acct["busy_ns"], acct["open"], acct["gfp_mask"], acct["gfp_waits"])
+    assert tail == (272, 288, 304, 308, 324)
+    assert ctypes.sizeof(wire.TaskAcct) == 344 and wire.GFP_SLOTS == 4
     assert ctypes.sizeof(wire.Event) == 128
     assert {f: getattr(wire.Event, f).offset for f, _ in wire.Event._fields_} == {
         "start_ns": 0,
@@ -87,7 +91,7 @@ def test_record_sizes_and_offsets_are_pinned():
 def test_header_struct_fields_in_same_order():
     text = HEADER.read_text()
     pairs = (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey),
-             ("aw_dirty_pause", wire.DirtyPauseValue))
+             ("aw_dirty_pause", wire.DirtyPauseValue), ("aw_task_acct", wire.TaskAcct))
     for cname, pyclass in pairs:
         body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
         names = re.findall(r"(\w+)(?:\[\w+\])?;", body)
@@ -171,3 +175,11 @@ def test_a_dirty_throttle_sleep_gets_the_pause_noted_just_before_it():
     assert wire.decode_dwait(7, sleep, sites.SITE_DSTATE, _pause(10_000_000_001)).dirty_pause is None
     other = wire.WaitValue(start_ns=10_000_000_000, pid=7, order=-1, site_hint=int(Site.WRITEBACK_WAIT))
     assert wire.decode_dwait(7, other, sites.SITE_DSTATE, _pause(10_000_000_000 - 30_000)).dirty_pause is None
+
+
+def test_a_task_account_carries_its_busy_time_and_the_masks_it_asked_with():
+    v = wire.TaskAcct(pid=7, busy_ns=5, comm=b"dd")
+    v.gfp_mask[0], v.gfp_waits[0] = 0xC40, 11  # GFP_NOFS
+    v.gfp_mask[2], v.gfp_waits[2] = 0xCC0, 2
+    a = wire.decode_acct(7, v)
+    assert a.busy_ns == 5 and a.gfp_waits == ((0xC40, 11), (0xCC0, 2))
