@@ -277,7 +277,9 @@ class BpfSource:
         tps = tracepoints_to_attach(opt, self.features)
         new = []
         try:
-            for tp in tps:
+            # Ends before begins: a begin seen before its end was attached would
+            # open a wait that never ends (a false stall, seen on 6.12).
+            for tp in reversed(tps):
                 if self._attach_tp(tp):
                     new.append(tp)
         except Exception:
@@ -289,13 +291,18 @@ class BpfSource:
         return " + ".join(tp.name for tp in tps)
 
     def _attach_kprobe_pair(self, plan: SitePlan, fn: str) -> str:
+        """The return probe first: a kretprobe is armed at each entry after it is
+        registered, so every entry the entry probe sees then has its return. The
+        other way round, a task entering between the two opened a wait that never
+        ended: the daemon's own false stall at memcg_high_throttle on 6.12. A task
+        already inside when the return probe came returns unmatched (counted)."""
         sym = (plan.kprobe_target(self.features) or "").encode()
-        self._bpf.attach_kprobe(event=sym, fn_name=f"aw_kp_enter_{fn}".encode())
+        self._bpf.attach_kretprobe(event=sym, fn_name=f"aw_kp_return_{fn}".encode())
         try:
-            self._bpf.attach_kretprobe(event=sym, fn_name=f"aw_kp_return_{fn}".encode())
+            self._bpf.attach_kprobe(event=sym, fn_name=f"aw_kp_enter_{fn}".encode())
         except Exception:
-            # An entry without its return would open waits that never end.
-            self._bpf.detach_kprobe(event=sym)
+            # A return without its entry is harmless, but the site is not watched.
+            self._bpf.detach_kretprobe(event=sym)
             raise
         return sym.decode()
 

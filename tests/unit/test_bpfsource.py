@@ -52,6 +52,9 @@ class FakeBPF:
     def detach_kprobe(self, event):
         self.attached.remove(("kprobe", event.decode()))
 
+    def detach_kretprobe(self, event):
+        self.attached.remove(("kretprobe", event.decode()))
+
     def cleanup(self):
         pass
 
@@ -85,7 +88,7 @@ def test_kprobe_that_will_not_attach_falls_over_to_dstate(source):
     src = source("6.1", fail={"mem_cgroup_oom_synchronize"})
     st = by_site(src)[Site.MEMCG_OOM_WAIT]
     assert st.attached and st.plan.chosen.mechanism is Mechanism.DSTATE_STACK
-    assert "attach failed: cannot attach kprobe" in st.plan.skipped[-1][1]
+    assert "attach failed: cannot attach kretprobe" in st.plan.skipped[-1][1]  # the return probe goes first
     assert ("tp", "sched:sched_switch") in src._bpf.attached
     assert ("kprobe", "mem_cgroup_oom_synchronize") not in src._bpf.attached
     assert Site.MEMCG_OOM_WAIT in {e.site for e in probes.stack_classified_sites(src.effective_plans)}
@@ -95,6 +98,24 @@ def test_kretprobe_failure_leaves_no_lone_entry_probe(source):
     src = source("6.1", fail={"kretprobe:mem_cgroup_oom_synchronize"})
     st = by_site(src)[Site.MEMCG_OOM_WAIT]
     assert st.plan.chosen.mechanism is Mechanism.DSTATE_STACK
+    assert not any(name == "mem_cgroup_oom_synchronize" for _, name in src._bpf.attached)
+
+
+def test_ends_are_attached_before_their_begins(source):
+    """A begin seen before its end is attached opens a wait that never ends (the
+    daemon's own false stall on 6.12): the return probe, the end tracepoint first."""
+    src = source("6.1")
+    order = src._bpf.attached
+    assert order.index(("kretprobe", "mem_cgroup_oom_synchronize")) < order.index(
+        ("kprobe", "mem_cgroup_oom_synchronize"))
+    src = source("6.18")
+    order = src._bpf.attached
+    assert order.index(("tp", "vmscan:mm_vmscan_memcg_reclaim_end")) < order.index(
+        ("tp", "vmscan:mm_vmscan_memcg_reclaim_begin"))
+
+
+def test_entry_failure_leaves_no_lone_return_probe(source):
+    src = source("6.1", fail={"kprobe:mem_cgroup_oom_synchronize"})
     assert not any(name == "mem_cgroup_oom_synchronize" for _, name in src._bpf.attached)
 
 
