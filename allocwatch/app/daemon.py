@@ -109,7 +109,7 @@ class Daemon:
         self.wall_s = wall_s
         self.tracker = Tracker(cfg.thresholds())
         self.findings = Findings(cfg.window_rules())
-        self.episodes = EpisodeBook(self.tracker.thresholds, cfg.window_rules().threshold_ns)
+        self.episodes = EpisodeBook(self.tracker.thresholds, cfg.window_rules().threshold_ns, self._fate)
         classifier = StackClassifier(stack_classified_sites(plans))
         self.namer = DstateNamer(
             classifier, lambda pid, tid: procfs.kernel_stack(proc, pid, tid), cfg.classify_after_ns
@@ -174,6 +174,15 @@ class Daemon:
         """OOM victims chosen and not gone yet (still in /proc, not a zombie), read once a
         scan; the ones gone are forgotten, which ends their stuck-victim episode."""
         return self.victims.alive(lambda pid: procfs.task_state(self.proc, pid, pid))
+
+    def _fate(self, pid: int, tid: int, since_ns: int) -> str | None:
+        """What became of a task whose episode ends: "killed" when a SIGKILL was sent
+        to it or its process since `since_ns` (the kernel remembers), "exited" when it
+        is gone, else None."""
+        sigkill_ns = getattr(self.source, "sigkill_ns", None)  # only the real source has it
+        if sigkill_ns is not None and any((t := sigkill_ns(x)) is not None and t >= since_ns for x in {tid, pid}):
+            return "killed"
+        return "exited" if procfs.task_state(self.proc, pid, tid) in (None, "Z", "X") else None
 
     def victims_alive(self, now_ns: int) -> tuple[Victim, ...]:
         """For a block: the victims this scan found alive (pruned by _live_victims)."""

@@ -28,7 +28,7 @@ the victim, not by what it waits in.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from allocwatch.core.findings import LIVELOCK, STUCK_VICTIM, THROTTLED, EpisodeEnd, Finding
@@ -89,7 +89,13 @@ def _longest(waits: Sequence[Wait]) -> Wait:
 
 
 class EpisodeBook:
-    def __init__(self, thresholds: Thresholds, rule_threshold_ns: int = 10 * NS_PER_S) -> None:
+    def __init__(
+        self, thresholds: Thresholds, rule_threshold_ns: int = 10 * NS_PER_S,
+        fate: Callable[[int, int, int], str | None] = lambda pid, tid, since_ns: None,
+    ) -> None:
+        """`fate(pid, tid, since_ns)`: "killed" when a SIGKILL was sent to the task or its
+        process since then, "exited" when it is gone, else None (the daemon asks the kernel)."""
+        self.fate = fate
         self.thresholds = thresholds
         self.rule_threshold_ns = rule_threshold_ns
         self._open: dict[int, _Episode] = {}
@@ -157,7 +163,8 @@ class EpisodeBook:
                 due_findings.append(dataclasses.replace(
                     item, since_ns=ep.since_ns, duration_s=duration_ns / NS_PER_S, level=level))
             else:
-                due_stalls.append(Stall(item, max(duration_ns, now_ns - item.start_ns), level))
+                own_ns = now_ns - item.start_ns
+                due_stalls.append(Stall(item, max(duration_ns, own_ns), level, own_ns))
                 # its other waits in flight (a writeback wait inside reclaim) go with it
                 due_stalls += [Stall(w, now_ns - w.start_ns, level) for w in waits.get(tid, ()) if w is not item]
         due_stalls.sort(key=lambda s: -s.duration_ns)
@@ -202,12 +209,17 @@ class EpisodeBook:
     def _end(self, ep: _Episode) -> TaskEpisodeEnd:
         r = ep.last_end
         chosen_ns = self._chosen.get(ep.pid)
+        # The last wait's own end is sent up only when it was long: a short one ended
+        # unseen, so what became of the task is asked too.
+        fate = self.fate(ep.pid, ep.tid, ep.since_ns)
         if chosen_ns is not None and chosen_ns >= ep.since_ns:
             how = OOM_KILLED
+        elif fate == "killed":
+            how = "killed"
         elif r is not None:
             how = r.how
         else:
-            how = "unseen"
+            how = fate or "unseen"
         exact = r is not None
         end_ns = r.wait.start_ns + r.duration_ns if r is not None else ep.last_seen_ns
         return TaskEpisodeEnd(

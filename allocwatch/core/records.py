@@ -196,6 +196,7 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "comm": escape(w.comm),
         "site": w.site.label,
         "duration_s": seconds(s.duration_ns),
+        "wait_s": seconds(s.own_ns),
         "start_known": w.start_known,
         "level": s.level,
         "new": s.first,

@@ -65,8 +65,13 @@ class Ended:
 @dataclass(frozen=True, slots=True)
 class Stall:
     wait: Wait
-    duration_ns: int
+    duration_ns: int  # the task's episode so far (core/episodes.py), at least this wait's own
     level: int  # how many thresholds it has waited: 1 at first report
+    wait_ns: int | None = None  # this wait's own duration, when the episode began before it
+
+    @property
+    def own_ns(self) -> int:
+        return self.duration_ns if self.wait_ns is None else self.wait_ns
 
     @property
     def first(self) -> bool:

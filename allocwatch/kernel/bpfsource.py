@@ -47,7 +47,7 @@ RECENT_STACK_MAX_AGE_NS = 5_000_000_000
 # Every map this module reads or writes after load: opened before bcc's module
 # is destroyed (a table opened later would need it).
 TABLES_READ = ("waits", "dwaits", "dirty_pauses", "task_acct", "task_stacks", "stacks", "stats", "tunables",
-               "wait_hist", "wait_sum_ns")  # a stack taken entering reclaim, shown for this long
+               "wait_hist", "wait_sum_ns", "sigkills")  # a stack taken entering reclaim, shown for this long
 
 
 @dataclass(frozen=True)
@@ -402,6 +402,17 @@ class BpfSource:
         except (KeyError, Exception):  # bcc raises KeyError or bare Exception for a missing entry
             return None
         return [self._bpf.ksym(a).decode(errors="replace") for a in addrs]
+
+    def sigkill_ns(self, tid: int) -> int | None:
+        """When a SIGKILL was last sent to this task (a process-wide one: to its
+        leader's tid), from signal:signal_generate; None when none is remembered."""
+        if self._bpf is None:
+            return None
+        try:
+            table = self._bpf[b"sigkills"]
+            return int(table[table.Key(tid)].value)
+        except (KeyError, Exception):  # bcc raises KeyError or bare Exception for a missing entry
+            return None
 
     def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None:
         """Track a task that was already asleep in D before the programs were

@@ -143,7 +143,9 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         return _finding_lines(t)
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} site={t['site']}",
-        f"waited{'=' if t['start_known'] else '>='}{t['duration_s']:.1f}s",
+        f"waited{'=' if t['start_known'] else '>='}{t['duration_s']:.1f}s"
+        + (f" (this wait {t['wait_s']:.1f}s)" if t.get("wait_s") is not None and t["wait_s"] < t["duration_s"] - 0.05
+           else ""),
         gfp_part(t),
         f"cgroup={text_value(t['cgroup']) if t['cgroup'] else '-'} state={t['state'] or '-'} level={t['level']}",
     ]

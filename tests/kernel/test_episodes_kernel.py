@@ -52,3 +52,38 @@ def test_a_writer_stuck_behind_a_slow_disk_is_one_episode_until_it_is_killed(dae
     (end,) = [r for r in d.of_type("recovered") if r["pid"] == dd.pid]
     assert end["ended"] in ("killed", "oom-killed"), end  # stop_writer sends SIGKILL
     assert end["duration_s"] >= tasks[-1]["duration_s"] and end["reports"] == len(tasks), (end, tasks)
+
+
+@pytest.mark.requires_cgroup_v1_blkio
+def test_nested_waits_count_once_in_a_crawls_share(daemon_factory):
+    """dd in a 64 MiB memcg writing to a 768 KiB/s disk crawls through memcg reclaim
+    waits of about 5 s, each with a writeback wait (and throttle sleeps) inside it.
+    Per site those add up to far more than the time dd waited; the share counts the
+    time once: never more than its reclaim time in the window (plus a little)."""
+    d = daemon_factory()
+    with slowdisk.SlowDisk(write_bps=768 << 10) as disk, memcg.MemCgroup("aw-nested") as group:
+        group.set_limit_bytes(64 << 20)
+        dd = group.spawn(
+            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=200"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+
+        def nested(records) -> list[dict]:
+            out = []
+            for t in (t for r in records if r["type"] == "stall_report" for t in r["tasks"]):
+                sites = (t.get("window") or {}).get("sites") or {}
+                inner = sum(sites[s]["total_s"] for s in ("writeback_wait", "reclaim_throttle") if s in sites)
+                if t["pid"] == dd.pid and t["kind"] == "throttled" and "memcg_reclaim" in sites and inner >= 1:
+                    out.append(t)
+            return out
+
+        try:
+            assert d.wait_for(nested, 60), [t.get("window") for t in _dd_tasks(d, dd.pid)]
+        finally:
+            disk.stop_writer(dd)
+    assert d.stop() == 0
+    for t in nested(d.records):
+        w = t["window"]
+        reclaim_share = w["sites"]["memcg_reclaim"]["total_s"] / 10
+        summed = sum(s["total_s"] for s in w["sites"].values()) / 10
+        assert w["share"] <= reclaim_share + 0.1 < summed, w

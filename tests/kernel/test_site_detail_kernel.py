@@ -124,7 +124,7 @@ def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemo
         p = t["dirty_pause"]
         assert p is not None, t
         assert 0 < p["pause_ms"] <= 200, p  # max_pause: at most HZ/5
-        assert t["duration_s"] * 1000 <= p["pause_ms"] + 50, (t["duration_s"], p)  # this sleep's own pause
+        assert t["wait_s"] * 1000 <= p["pause_ms"] + 50, (t["wait_s"], p)  # this sleep's own pause
         assert 0 < p["setpoint_pages"] <= p["limit_pages"] and p["dirty_pages"] > 0, p  # between freerun and limit
         assert p["dirtied_pages"] > 0, p  # it is throttled for what it dirtied
         assert t["reclaimed_so_far_pages"] is None, t

@@ -122,3 +122,31 @@ def test_a_short_wait_never_stalled_opens_no_episode():
     run.at(9)
     run.at(10)
     assert run.news() == [] and run.ends() == []
+
+
+def test_a_task_killed_in_a_short_last_wait_ends_killed():
+    """The last wait's end is sent up only when long: what became of the task is asked."""
+    fates = {}
+    run = Run()
+    run.book.fate = lambda pid, tid, since_ns: fates.get(tid)
+    w = wait(Site.MEMCG_RECLAIM, 0)
+    for t in range(1, 13):
+        run.at(t, [w])
+    run.at(13, ended=[Ended(w, int(12.5 * S), how="woke")])
+    short = wait(Site.MEMCG_RECLAIM, 13.2)
+    run.at(14, [short])  # then killed in a short wait: no end is sent up
+    fates[7] = "killed"
+    run.at(15)
+    run.at(16)
+    (end,) = run.ends()
+    assert end.ended == "killed"
+
+
+def test_a_task_gone_without_an_end_seen_ends_exited():
+    run = Run()
+    run.book.fate = lambda pid, tid, since_ns: "exited"
+    for t in range(1, 13):
+        run.at(t, [wait(Site.MEMCG_RECLAIM, 0)])
+    run.at(13)
+    run.at(14)
+    assert [e.ended for e in run.ends()] == ["exited"]

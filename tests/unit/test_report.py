@@ -49,7 +49,8 @@ def test_json_stall_report_fields():
     assert doc["type"] == "stall_report" and doc["seq"] == 7 and doc["time"].endswith("Z")
     (task,) = doc["tasks"]
     assert task == {
-        "kind": "stall", "tid": 3, "pid": 3, "comm": "hog", "site": "memcg_oom_wait", "duration_s": 12.0, "level": 1,
+        "kind": "stall", "tid": 3, "pid": 3, "comm": "hog", "site": "memcg_oom_wait",
+        "duration_s": 12.0, "wait_s": 12.0, "level": 1,
         "new": True, "gfp": "0xcc0", "gfp_flags": None, "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
         "start_known": True,
         "other_waits": [], "recent_stack": [], "uid": None, "cmdline": None, "dying": False, "exiting": False,
