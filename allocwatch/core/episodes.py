@@ -208,6 +208,8 @@ class EpisodeBook:
 
     def _end(self, ep: _Episode) -> TaskEpisodeEnd:
         r = ep.last_end
+        if r is not None and r.wait.start_ns + r.duration_ns < ep.last_seen_ns:
+            r = None  # a wait inside one still seen after it ended: not how the episode ended
         chosen_ns = self._chosen.get(ep.pid)
         # The last wait's own end is sent up only when it was long: a short one ended
         # unseen, so what became of the task is asked too.
@@ -221,7 +223,7 @@ class EpisodeBook:
         else:
             how = fate or "unseen"
         exact = r is not None
-        end_ns = r.wait.start_ns + r.duration_ns if r is not None else ep.last_seen_ns
+        end_ns = max(r.wait.start_ns + r.duration_ns, ep.last_seen_ns) if r is not None else ep.last_seen_ns
         return TaskEpisodeEnd(
             ep.kind, ep.tid, ep.pid, ep.comm, r.wait.site if r is not None else ep.site,
             round(max(0, end_ns - ep.since_ns) / NS_PER_S, 3), ep.reports, how, exact, ep.start_known,
