@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from allocwatch.core.advice import advise
 from allocwatch.core.episodes import TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
@@ -362,11 +363,13 @@ def to_dict(rec: Record) -> dict[str, Any]:
         items = listing(rec.stalls, rec.findings)
         shown = [_item_dict(x, rec) for _, x in items[: rec.max_tasks]]
         rest = [_item_brief(d, x, rec) for d, x in items[rec.max_tasks :]]
-        return {
+        d = {
             "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(items),
             "held_back": rec.held_back, "context": context_dict(rec.context),
             "tasks": shown, "more": summarize_tasks(rest),
         }
+        d["advice"] = advise(d)  # from the facts above only (core/advice.py)
+        return d
     if isinstance(rec, EpisodeEndReport) and isinstance(rec.end, TaskEpisodeEnd):
         t = rec.end
         return {

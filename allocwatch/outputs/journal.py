@@ -98,8 +98,10 @@ def entries(d: Mapping[str, Any]) -> Iterator[Fields]:
     """The journal entries of one record (a dict from records.to_dict)."""
     kind = d["type"]
     if kind == "stall_report":
-        head = report.stall_head_lines(HEAD, d) + report.more_lines(d)
-        yield _entry(kind, "\n".join(head), {"seq": d["seq"], "stalled": d["stalled"], "due": d.get("due")})
+        head = report.stall_head_lines(HEAD, d) + report.more_lines(d) + report.advice_lines(d)
+        advice = "\n".join(f"{a['kind']}: {a['text']}" for a in d.get("advice") or ()) or None
+        yield _entry(kind, "\n".join(head), {"seq": d["seq"], "stalled": d["stalled"], "due": d.get("due"),
+                                            "advice": advice})
         for t in d["tasks"]:
             yield task_entry(t, d["seq"])
         return

@@ -303,6 +303,11 @@ def more_lines(d: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def advice_lines(d: Mapping[str, Any]) -> list[str]:
+    """The block's last lines: per kind of stall, what its facts point at and where to look next."""
+    return [f"  what to do ({a['kind']}): {a['text']}" for a in d.get("advice") or ()]
+
+
 def _stall_text(head: str, d: Mapping[str, Any]) -> str:
     lines = stall_head_lines(head, d)
     for g in group_tasks(d["tasks"]):
@@ -312,6 +317,7 @@ def _stall_text(head: str, d: Mapping[str, Any]) -> str:
             for t in g:
                 lines += _task_lines(t)
     lines += more_lines(d)
+    lines += advice_lines(d)
     return "\n".join(lines) + "\n"
 
 

@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 
 from allocwatch import errors
+from allocwatch.core.advice import advise
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
@@ -148,6 +149,7 @@ CONTEXT = {
 }
 RECORD = {"type": "stall_report", "seq": 1, "time": "2026-12-01T10:12:05.311Z", "stalled": 2, "due": 1,
           "held_back": 0, "tasks": [TASK], "context": CONTEXT, "more": []}
+RECORD["advice"] = advise(RECORD)  # as records.to_dict adds it
 RECOVERED = {"type": "recovered", "seq": 2, "time": "2026-12-01T10:12:19.806Z", "kind": "stall", "tid": 4211,
              "pid": 4211, "comm": "dd", "site": "memcg_reclaim", "duration_s": 24.9, "exact": True,
              "start_known": True, "ended": "woke", "reports": 2, "reclaimed_pages": 31, "compaction_status": None}

@@ -220,6 +220,10 @@ def test_block_context_and_memcg_say_why_and_what_else():
     doc = json.loads(report.render_json(rec))
     assert doc["context"]["zones"][0]["under_watermark"] == "min" and doc["context"]["victims"][0]["pid"] == 42
     assert doc["tasks"][0]["memcg"]["near_limit"] is True and doc["tasks"][0]["uid"] == 1000
+    # and what that points at, as the block's last line and in JSON (core/advice.py)
+    assert [a["kind"] for a in doc["advice"]] == ["memcg_oom_disabled"]
+    assert text.splitlines()[-1] == "  what to do (memcg_oom_disabled): " + doc["advice"][0]["text"]
+    assert "raise the group's limit" in doc["advice"][0]["text"]
 
 
 def test_a_dying_task_keeps_its_own_line_out_of_the_group():

@@ -1,0 +1,213 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What to do: from the facts of one stall block, one line per kind of stall
+present, saying what the evidence points at and what to look at next (pure).
+
+Input is the plain dict of a stall_report (records.to_dict). Each rule fires only
+on facts the block itself holds, and its line is split in three: `seen:` (the
+facts, as read), `points at:` (what those facts mean, as a reading, not a
+finding) and `look at:` (where to look next). A rule whose facts are missing
+says nothing: no line is better than a guess dressed as a fact.
+Facts of other engineers' fields (gfp_no_fs_io, window.throttle_reasons) are
+read with .get(), so an older record without them simply gives no line there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+Task = Mapping[str, Any]
+Block = Mapping[str, Any]
+
+# The rules' names, in the order their lines are written.
+MEMCG_OOM_OFF = "memcg_oom_disabled"
+STUCK_VICTIM = "stuck_victim"
+LIVELOCK = "livelock"
+WRITEBACK = "writeback"
+NO_FS_IO = "gfp_nofs"
+DIRTY_THROTTLE = "dirty_throttle"
+COMPACTION = "compaction"
+OUT_OF_MEMORY = "out_of_memory"
+
+GLOBAL_RECLAIM_SITES = frozenset({"alloc_slowpath", "alloc_pages", "direct_reclaim", "too_many_isolated",
+                                  "reclaim_throttle", "throttle_vm_writeout", "pfmemalloc_throttle", "oom"})
+
+
+def _sites(t: Task) -> set[str]:
+    """Every site a task is seen at: its own, its other waits, the one it is in now, its window's."""
+    out = {t.get("site"), t.get("waiting_site")}
+    out |= {o.get("site") for o in t.get("other_waits") or ()}
+    out |= set(((t.get("window") or {}).get("sites") or {}).keys())
+    return {s for s in out if s}
+
+
+def _cg(t: Task) -> str:
+    return t.get("cgroup") or "-"
+
+
+def _who(tasks: Sequence[Task]) -> str:
+    """'comm pid=N' of the first, and how many more."""
+    t = tasks[0]
+    more = f" and {len(tasks) - 1} more task(s)" if len(tasks) > 1 else ""
+    return f"{t.get('comm')} pid={t.get('pid')}{more}"
+
+
+def _line(seen: str, points_at: str, look_at: str) -> str:
+    return f"seen: {seen}; points at: {points_at}; look at: {look_at}"
+
+
+def _memcg_oom_off(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if (m := t.get("memcg")) and m.get("oom_kill_disable")
+           and (m.get("under_oom") or m.get("near_limit"))]
+    if not hit:
+        return None
+    m = hit[0]["memcg"]
+    groups = {_cg(t) for t in hit}
+    where = f"memory cgroup {_cg(hit[0])}" + (f" (and {len(groups) - 1} more)" if len(groups) > 1 else "")
+    state = " ".join(s for s, on in (("at its limit", m.get("near_limit")), ("under_oom=1", m.get("under_oom"))) if on)
+    return _line(f"{where} {state} with oom_kill_disable=1, {len(hit)} task(s) waiting in it",
+                 "a group out of memory whose OOM killer is off: its tasks wait until memory is freed in it",
+                 "raise the group's limit (memory.limit_in_bytes) or enable its OOM killer (memory.oom_control), "
+                 "or free memory in the group")
+
+
+def _stuck_victim(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if t.get("kind") == "stuck_victim"]
+    if not hit:
+        return None
+    t = hit[0]
+    seen = f"OOM victim {_who(hit)} not exited {t.get('duration_s', 0):.0f}s after it was chosen"
+    if t.get("state"):
+        seen += f", state={t['state']}"
+    frames = t.get("stack") or []
+    if frames:
+        seen += f", blocked in {frames[0]}"
+    if t.get("reaped"):
+        seen += ", its memory already reaped"
+    waiting = (t.get("waiting_in_cgroup") or {}).get("count") or 0
+    if waiting:
+        seen += f", {waiting} task(s) of its cgroup waiting for memory"
+    blocked = f"what it is blocked on ({frames[0]})" if frames else "what it is blocked on (/proc/PID/stack)"
+    return _line(seen, "the victim cannot exit, so the memory it holds is not given back",
+                 blocked + (" and the tasks of its cgroup waiting behind it" if waiting else ""))
+
+
+def _livelock(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if t.get("kind") == "livelock"]
+    if not hit:
+        return None
+    w = hit[0].get("window") or {}
+    seen = (f"{_who(hit)} running reclaim {w.get('reclaim_passes_per_s', 0):.0f} passes/s, "
+            f"{w.get('reclaimed_pages', 0)} pages reclaimed in the window")
+    ctx = block.get("context") or {}
+    mem = ctx.get("meminfo_bytes") or {}
+    reasons = ["reclaim frees nothing"]
+    look = "what holds the memory reclaim cannot free (unreclaimable, or anonymous"
+    if mem.get("SwapTotal") == 0 or ("SwapTotal" not in mem and mem.get("SwapFree") == 0):
+        seen += ", no swap"
+        reasons.append("no swap for anonymous memory")
+        look += " with no swap to go to)"
+    else:
+        look += ")"
+    victims = ctx.get("victims") or []
+    if victims:
+        v = victims[0]
+        seen += f", OOM victim pid={v['pid']} not gone for {v.get('for_s', 0):.0f}s"
+        reasons.append("an OOM victim that does not exit")
+        look += f" and why OOM victim pid={v['pid']} does not exit (its state and stack)"
+    return _line(seen, ", ".join(reasons), look)
+
+
+def _writeback(block: Block) -> str | None:
+    def on_writeback(t: Task) -> bool:
+        reasons = (t.get("window") or {}).get("throttle_reasons") or {}
+        return ("writeback_wait" in _sites(t) or "folio_wait_writeback" in (t.get("stack") or ())
+                or any("WRITEBACK" in str(r) for r in reasons))
+    hit = [t for t in block["tasks"] if on_writeback(t)]
+    if not hit:
+        return None
+    t = hit[0]
+    if "writeback_wait" in _sites(t):
+        how = "waiting on page writeback (writeback_wait)"
+    elif "folio_wait_writeback" in (t.get("stack") or ()):
+        how = "waiting on page writeback (folio_wait_writeback in its stack)"
+    else:
+        how = "throttled by reclaim for writeback (VMSCAN_THROTTLE_WRITEBACK)"
+    return _line(f"{_who(hit)} {how} in {t.get('site')}, cgroup={_cg(t)}",
+                 "writeback that does not keep up: the pages reclaim needs are still being written",
+                 "the device behind this file system (its speed, any I/O throttling on it)")
+
+
+def _no_fs_io(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if t.get("gfp_no_fs_io")]
+    if not hit:
+        return None
+    t = hit[0]
+    return _line(f"{_who(hit)} ({t.get('kind', 'stall')} in {t.get('site')}) asked without __GFP_FS or __GFP_IO: "
+                 + ", ".join(t["gfp_no_fs_io"]),
+                 "reclaim for a file system's own allocations, which may not write back dirty pages itself",
+                 "file system writeback under memory pressure: dirty and writeback pages in its group "
+                 "and the device behind this file system")
+
+
+def _dirty_throttle(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if "dirty_throttle" in _sites(t)]
+    if not hit:
+        return None
+    seen = f"{_who(hit)} sleeping in balance_dirty_pages (dirty_throttle)"
+    p = next((t["dirty_pause"] for t in hit if t.get("dirty_pause")), None)
+    if p and p.get("dirty_pages") is not None and p.get("limit_pages") is not None:
+        seen += f", dirty={p['dirty_pages']} pages against limit={p['limit_pages']} pages"
+    share = (hit[0].get("window") or {}).get("share")
+    if share is not None:
+        seen += f", {share * 100:.0f}% of the window"
+    return _line(seen, "writers dirty pages faster than they are written back",
+                 "the dirty limits (vm.dirty_bytes, vm.dirty_ratio) against the speed of the device "
+                 "behind this file system")
+
+
+def _compaction(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if "compaction" in _sites(t)]
+    if not hit:
+        return None
+    t = hit[0]
+    order = t.get("order")
+    seen = f"{_who(hit)} in compaction" + (f", order={order}" if order is not None else "")
+    points = "memory fragmentation" + (": no free block of that order" if order else "")
+    return _line(seen, points, "fragmentation (/proc/buddyinfo, /proc/pagetypeinfo) and who asks for "
+                 "high-order allocations (its stack)")
+
+
+def _out_of_memory(block: Block) -> str | None:
+    hit = [t for t in block["tasks"] if _sites(t) & GLOBAL_RECLAIM_SITES]
+    zones = [z for z in (block.get("context") or {}).get("zones") or () if z.get("under_watermark") == "min"]
+    if not hit or not zones:
+        return None
+    z = zones[0]
+    more = f" (and {len(zones) - 1} more zone(s))" if len(zones) > 1 else ""
+    return _line(f"{_who(hit)} in global reclaim ({hit[0].get('site')}), zone node{z.get('node')}/{z.get('zone')} "
+                 f"free={z.get('free_pages')} pages under its min watermark {z.get('min_pages')}{more}",
+                 "the machine is out of memory",
+                 "what uses the memory (largest processes, page cache, slab) and the OOM killer's choices")
+
+
+RULES: tuple[tuple[str, Callable[[Block], str | None]], ...] = (
+    (MEMCG_OOM_OFF, _memcg_oom_off),
+    (STUCK_VICTIM, _stuck_victim),
+    (LIVELOCK, _livelock),
+    (WRITEBACK, _writeback),
+    (NO_FS_IO, _no_fs_io),
+    (DIRTY_THROTTLE, _dirty_throttle),
+    (COMPACTION, _compaction),
+    (OUT_OF_MEMORY, _out_of_memory),
+)
+
+
+def advise(block: Block) -> list[dict[str, str]]:
+    """One {"kind", "text"} per rule whose facts the block holds, in RULES order."""
+    out = []
+    for kind, rule in RULES:
+        text = rule(block)
+        if text:
+            out.append({"kind": kind, "text": text})
+    return out
