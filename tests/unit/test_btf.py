@@ -1,0 +1,86 @@
+# SPDX-License-Identifier: Apache-2.0
+"""kernel/btf.py on a BTF blob made here, laid out as include/uapi/linux/btf.h says."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from allocwatch.kernel import oomcontext
+from allocwatch.kernel.btf import ARRAY, ENUM, INT, PTR, STRUCT, UNION, Btf, BtfError
+
+
+class Blob:
+    def __init__(self) -> None:
+        self.strings = b"\0"
+        self.types = b""
+        self.next_id = 1
+
+    def s(self, name: str) -> int:
+        if not name:
+            return 0
+        off = len(self.strings)
+        self.strings += name.encode() + b"\0"
+        return off
+
+    def add(self, kind: int, name: str, size_or_type: int, extra: bytes = b"", vlen: int = 0) -> int:
+        self.types += struct.pack("<III", self.s(name), kind << 24 | vlen, size_or_type) + extra
+        self.next_id += 1
+        return self.next_id - 1
+
+    def struct(self, name: str, size: int, members: list[tuple[str, int, int]], kind: int = STRUCT) -> int:
+        extra = b"".join(struct.pack("<III", self.s(n), t, off * 8) for n, t, off in members)
+        return self.add(kind, name, size, extra, len(members))
+
+    def enum(self, name: str, values: list[tuple[str, int]]) -> int:
+        extra = b"".join(struct.pack("<Ii", self.s(n), v) for n, v in values)
+        return self.add(ENUM, name, 4, extra, len(values))
+
+    def bytes(self) -> bytes:
+        hdr = struct.pack("<HBBI4I", 0xEB9F, 1, 0, 24, 0, len(self.types), len(self.types), len(self.strings))
+        return hdr + self.types + self.strings
+
+
+def kernel_like() -> bytes:
+    b = Blob()
+    u32 = b.add(INT, "unsigned int", 4, struct.pack("<I", 32))
+    u64 = b.add(INT, "u64", 8, struct.pack("<I", 64))
+    ptr = b.add(PTR, "", 0)
+    arr = b.add(ARRAY, "", 0, struct.pack("<III", ptr, u32, 14))
+    b.enum("cgroup_subsys_id", [("cpuset_cgrp_id", 0), ("memory_cgrp_id", 4)])
+    b.enum("oom_constraint", [("CONSTRAINT_NONE", 0), ("CONSTRAINT_CPUSET", 1),
+                              ("CONSTRAINT_MEMORY_POLICY", 2), ("CONSTRAINT_MEMCG", 3)])
+    anon = b.struct("", 8, [("id", u64, 0)], kind=UNION)
+    b.struct("kernfs_node", 128, [("count", u32, 0), ("", anon, 96)])
+    b.struct("task_struct", 4096, [("state", u32, 0), ("pid", u32, 1264), ("cgroups", ptr, 2376)])
+    b.struct("css_set", 256, [("refcount", u32, 0), ("subsys", arr, 8)])
+    b.struct("cgroup_subsys_state", 200, [("cgroup", ptr, 0)])
+    b.struct("cgroup", 2000, [("self", u64, 0), ("kn", ptr, 256)])
+    return b.bytes()
+
+
+def test_offsets_through_anonymous_members_and_enums():
+    btf = Btf(kernel_like())
+    assert btf.offset("task_struct", "cgroups") == 2376
+    assert btf.offset("kernfs_node", "id") == 96  # inside an anonymous union
+    assert btf.member_size("kernfs_node", "id") == 8
+    assert btf.enum_value("memory_cgrp_id") == 4
+    with pytest.raises(BtfError):
+        btf.offset("task_struct", "nope")
+    with pytest.raises(BtfError):
+        btf.struct("oom_control")
+
+
+def test_oom_context_defines_and_constraint_names():
+    btf = Btf(kernel_like())
+    assert oomcontext.defines(btf) == [
+        "AW_OOM_CONTEXT", "AW_OFF_TASK_PID=1264", "AW_OFF_TASK_CGROUPS=2376", "AW_OFF_CSS_SET_MEMCG=40",
+        "AW_OFF_CSS_CGROUP=0", "AW_OFF_CGROUP_KN=256", "AW_OFF_KN_ID=96",
+    ]
+    assert oomcontext.constraint_names(btf) == {0: "global", 1: "cpuset", 2: "mempolicy", 3: "memcg"}
+
+
+def test_not_btf_is_a_typed_error():
+    with pytest.raises(BtfError):
+        Btf(b"\0" * 32)
