@@ -42,6 +42,7 @@
 /* Event kinds on the ring buffer. */
 #define AW_EV_WAIT_END   1 /* a wait that lasted at least LONG_WAIT_NS ended */
 #define AW_EV_OOM_KILL   2 /* oom:mark_victim: target_* is the victim */
+#define AW_EV_OOM_CONTEXT 3 /* struct aw_oom_context, from the raw oom:mark_victim */
 
 /* How a wait ended (aw_event.how). */
 #define AW_END_WOKE   0 /* the end tracepoint fired, or the sleeper was woken */
@@ -133,6 +134,28 @@ struct aw_event {
 };
 
 #define AW_VICTIM_RSS 1
+
+/* The memory cgroups of an OOM kill, read as the victim is marked (raw
+ * oom:mark_victim, the victim's task_struct) at offsets user space took from
+ * the running kernel's BTF. Sent right after the AW_EV_OOM_KILL of the same
+ * kill; user space joins them on (victim_pid, invoker_tid). Cgroup ids are the
+ * kernfs node ids of the memory hierarchy's directories (their inode numbers). */
+struct aw_oom_context {
+    __u64 time_ns;
+    __u64 victim_cgroup_id;  /* 0: not read */
+    __u64 gfp;               /* oc->gfp_mask, AW_GFP_UNKNOWN without oc */
+    __u32 kind;              /* AW_EV_OOM_CONTEXT, at the offset of aw_event.kind */
+    __u32 victim_pid;        /* task->pid of the victim, the pid of oom:mark_victim */
+    __u32 invoker_tid;
+    __s32 order;             /* oc->order, -1 without oc */
+    __s32 constraint;        /* oc->constraint (enum oom_constraint), -1 without oc */
+    __u32 flags;             /* AW_OOMCTX_* */
+    __s64 stack_id;          /* the invoker's kernel stack (oom_stacks), or < 0 */
+    __u64 invoker_cgroup_id; /* the memory cgroup of current, 0: not read */
+    __u64 domain_cgroup_id;  /* the cgroup of oc->memcg (0: global OOM, or without oc) */
+};
+
+#define AW_OOMCTX_OC 1 /* gfp, order, constraint, domain_cgroup_id came from oc */
 
 /* Per task, cumulative since the programs were loaded: completed waits per
  * site, and reclaim passes with their progress. User space takes deltas over

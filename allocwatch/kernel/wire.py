@@ -31,6 +31,34 @@ HINT_MAX_AGE_NS = 50_000_000  # bpf/allocwatch.bpf.c: a sleep follows its hint w
 # Sites whose waits count the pages their reclaim passes free as they go.
 RECLAIM_PROGRESS_SITES = (Site.DIRECT_RECLAIM, Site.MEMCG_RECLAIM)
 
+class OomContextEvent(ctypes.Structure):
+    """struct aw_oom_context: an OOM kill's memory cgroups, read in the kernel at the kill."""
+
+    _fields_ = [
+        ("time_ns", ctypes.c_uint64),
+        ("victim_cgroup_id", ctypes.c_uint64),
+        ("gfp", ctypes.c_uint64),
+        ("kind", ctypes.c_uint32),
+        ("victim_pid", ctypes.c_uint32),
+        ("invoker_tid", ctypes.c_uint32),
+        ("order", ctypes.c_int32),
+        ("constraint", ctypes.c_int32),
+        ("flags", ctypes.c_uint32),
+        ("stack_id", ctypes.c_int64),
+        ("invoker_cgroup_id", ctypes.c_uint64),
+        ("domain_cgroup_id", ctypes.c_uint64),
+    ]
+
+
+EV_OOM_CONTEXT = 3  # AW_EV_OOM_CONTEXT in bpf/allocwatch.h
+OOMCTX_OC = 1  # AW_OOMCTX_OC
+
+
+def event_kind(raw: bytes) -> int:
+    """The kind of a ring-buffer record: every record has it at aw_event.kind's offset."""
+    return int.from_bytes(raw[Event.kind.offset: Event.kind.offset + 4], "little") if len(raw) >= 28 else 0
+
+
 class WaitKey(ctypes.Structure):
     _fields_ = [("tid", ctypes.c_uint32), ("site", ctypes.c_uint32)]
 
@@ -197,7 +225,10 @@ def decode_dwait(tid: int, value: WaitValue, dstate_site: int, pause: DirtyPause
 
 
 def decode_event(raw: bytes) -> WaitEnd | OomKill | None:
-    """Decode one ring-buffer record; None for a kind this version ignores."""
+    """Decode one ring-buffer record; None for a kind this version ignores
+    (an OOM context, shorter than an aw_event, is decoded by decode_oom_context)."""
+    if event_kind(raw) not in (EV_WAIT_END, EV_OOM_KILL) or len(raw) < ctypes.sizeof(Event):
+        return None
     ev = Event.from_buffer_copy(raw[: ctypes.sizeof(Event)])
     if ev.kind == EV_WAIT_END:
         return WaitEnd(

@@ -91,7 +91,8 @@ def test_record_sizes_and_offsets_are_pinned():
 def test_header_struct_fields_in_same_order():
     text = HEADER.read_text()
     pairs = (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey),
-             ("aw_dirty_pause", wire.DirtyPauseValue), ("aw_task_acct", wire.TaskAcct))
+             ("aw_dirty_pause", wire.DirtyPauseValue), ("aw_task_acct", wire.TaskAcct),
+             ("aw_oom_context", wire.OomContextEvent))
     for cname, pyclass in pairs:
         body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
         names = re.findall(r"(\w+)(?:\[\w+\])?;", body)
@@ -183,3 +184,17 @@ def test_a_task_account_carries_its_busy_time_and_the_masks_it_asked_with():
     v.gfp_mask[2], v.gfp_waits[2] = 0xCC0, 2
     a = wire.decode_acct(7, v)
     assert a.busy_ns == 5 and a.gfp_waits == ((0xC40, 11), (0xCC0, 2))
+
+
+def test_oom_context_is_pinned_and_its_kind_where_every_record_has_it():
+    assert ctypes.sizeof(wire.OomContextEvent) == 72
+    assert {f: getattr(wire.OomContextEvent, f).offset for f, _ in wire.OomContextEvent._fields_} == {
+        "time_ns": 0, "victim_cgroup_id": 8, "gfp": 16, "kind": 24, "victim_pid": 28, "invoker_tid": 32,
+        "order": 36, "constraint": 40, "flags": 44, "stack_id": 48, "invoker_cgroup_id": 56,
+        "domain_cgroup_id": 64,
+    }
+    assert wire.OomContextEvent.kind.offset == wire.Event.kind.offset
+    assert re.search(r"#define AW_EV_OOM_CONTEXT\s+3\b", HEADER.read_text())
+    raw = bytes(wire.OomContextEvent(kind=wire.EV_OOM_CONTEXT, victim_pid=7))
+    assert wire.event_kind(raw) == wire.EV_OOM_CONTEXT
+    assert wire.decode_event(raw) is None  # shorter than an aw_event: not misread as one
