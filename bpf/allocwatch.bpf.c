@@ -803,6 +803,126 @@ int aw_mark_victim(struct tracepoint__oom__mark_victim *args)
 }
 #endif
 
+#ifdef AW_OOM_OC
+/* out_of_memory(struct oom_control *oc) by invoker tid, while it runs (a kprobe
+ * pair: no tracepoint carries oc). oc is on the invoker's stack; mark_victim
+ * runs inside out_of_memory, so it is read there while it lives. */
+BPF_HASH(oom_oc, u32, u64, 1024);
+
+int aw_kp_oom_oc(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    u64 oc = PT_REGS_PARM1(ctx);
+    oom_oc.update(&tid, &oc);
+    return 0;
+}
+
+int aw_kr_oom_oc(struct pt_regs *ctx)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    oom_oc.delete(&tid);
+    return 0;
+}
+#endif
+
+#ifdef AW_OOM_CONTEXT
+/* Every offset below comes from the running kernel's BTF
+ * (allocwatch/kernel/oomcontext.py), never from headers; an id is 0 when any
+ * link cannot be read. */
+
+/* A memory cgroup's id from its css: css->cgroup->kn->id. */
+static __always_inline u64 css_memcg_id(void *css)
+{
+    void *p = 0;
+    u64 id = 0;
+    if (bpf_probe_read_kernel(&p, sizeof(p), css + AW_OFF_CSS_CGROUP) || !p)
+        return 0;
+    if (bpf_probe_read_kernel(&p, sizeof(p), p + AW_OFF_CGROUP_KN) || !p)
+        return 0;
+    bpf_probe_read_kernel(&id, sizeof(id), p + AW_OFF_KN_ID);
+    return id;
+}
+
+/* The memory cgroup of a task, as the kernel sees it now:
+ * task->cgroups->subsys[memory_cgrp_id], then as above. */
+static __always_inline u64 task_memcg_id(void *task)
+{
+    void *p = 0;
+    if (bpf_probe_read_kernel(&p, sizeof(p), task + AW_OFF_TASK_CGROUPS) || !p)
+        return 0;
+    if (bpf_probe_read_kernel(&p, sizeof(p), p + AW_OFF_CSS_SET_MEMCG) || !p)
+        return 0;
+    return css_memcg_id(p);
+}
+
+#ifdef AW_OOM_OC
+/* What the kernel's own oom-kill line says: gfp_mask, order, constraint, and
+ * the memory cgroup out of memory (oc->memcg; none for the machine's OOM). */
+static __always_inline void read_oc(struct aw_oom_context *ev)
+{
+    u64 *ocp = oom_oc.lookup(&ev->invoker_tid);
+    if (!ocp)
+        return;
+    void *oc = (void *)*ocp;
+    u32 gfp = 0;
+    s32 order = -1, constraint = -1;
+    void *memcg = 0;
+    if (bpf_probe_read_kernel(&gfp, sizeof(gfp), oc + AW_OFF_OC_GFP) ||
+        bpf_probe_read_kernel(&order, sizeof(order), oc + AW_OFF_OC_ORDER) ||
+        bpf_probe_read_kernel(&constraint, sizeof(constraint), oc + AW_OFF_OC_CONSTRAINT))
+        return;
+    ev->gfp = gfp;
+    ev->order = order;
+    ev->constraint = constraint;
+    ev->flags |= AW_OOMCTX_OC;
+    if (!bpf_probe_read_kernel(&memcg, sizeof(memcg), oc + AW_OFF_OC_MEMCG) && memcg)
+        ev->domain_cgroup_id = css_memcg_id(memcg + AW_OFF_MEMCG_CSS);
+}
+#endif
+
+/* Frames of the invoker's stack looked at: the kill is marked about five calls
+ * below mem_cgroup_out_of_memory(). */
+#define AW_OOM_STACK_FRAMES 16
+
+/* Raw oom:mark_victim: TP_PROTO(struct task_struct *task, uid_t uid), run in
+ * the invoker's context. A memcg OOM is told by mem_cgroup_out_of_memory() on
+ * the invoker's stack ([AW_MEMCG_OOM_START, AW_MEMCG_OOM_END) from kallsyms):
+ * no tracepoint carries oom_control, and kprobes may be off. */
+int aw_rtp_mark_victim(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct aw_oom_context ev = {};
+    u64 ips[AW_OOM_STACK_FRAMES] = {};
+    void *victim = (void *)ctx->args[0];
+    u32 pid = 0;
+    bpf_probe_read_kernel(&pid, sizeof(pid), victim + AW_OFF_TASK_PID);
+    ev.kind = AW_EV_OOM_CONTEXT;
+    ev.time_ns = bpf_ktime_get_ns();
+    ev.victim_pid = pid;
+    ev.invoker_tid = (u32)bpf_get_current_pid_tgid();
+    ev.gfp = AW_GFP_UNKNOWN;
+    ev.order = -1;
+    ev.constraint = -1;
+    ev.stack_id = -1;
+    ev.victim_cgroup_id = task_memcg_id(victim);
+    ev.invoker_cgroup_id = task_memcg_id((void *)bpf_get_current_task());
+#ifdef AW_OOM_OC
+    read_oc(&ev);
+#endif
+    long got = bpf_get_stack(ctx, ips, sizeof(ips), 0);
+    if (got > 0) {
+        ev.flags |= AW_OOMCTX_STACK;
+#pragma unroll
+        for (int i = 0; i < AW_OOM_STACK_FRAMES; i++) {
+            if (i * 8 < got && ips[i] >= AW_MEMCG_OOM_START && ips[i] < AW_MEMCG_OOM_END)
+                ev.flags |= AW_OOMCTX_MEMCG;
+        }
+    }
+    if (events.ringbuf_output(&ev, sizeof(ev), 0))
+        stat_inc(AW_STAT_EVENTS_LOST);
+    return 0;
+}
+#endif
+
 /* ---- kprobe pairs, for kernels with CONFIG_KPROBES ---- */
 
 #ifdef AW_KPROBES

@@ -155,7 +155,9 @@ struct aw_oom_context {
     __u64 domain_cgroup_id;  /* the cgroup of oc->memcg (0: global OOM, or without oc) */
 };
 
-#define AW_OOMCTX_OC 1 /* gfp, order, constraint, domain_cgroup_id came from oc */
+#define AW_OOMCTX_OC 1     /* gfp, order, constraint, domain_cgroup_id came from oc */
+#define AW_OOMCTX_STACK 2  /* the invoker's stack was read */
+#define AW_OOMCTX_MEMCG 4  /* mem_cgroup_out_of_memory() is on it: a memcg OOM */
 
 /* Per task, cumulative since the programs were loaded: completed waits per
  * site, and reclaim passes with their progress. User space takes deltas over

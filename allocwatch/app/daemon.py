@@ -22,6 +22,7 @@ from allocwatch import __version__
 from allocwatch.app.hostcontext import HostContext
 from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
+from allocwatch.core import gfp, oomkills
 from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
@@ -60,6 +61,7 @@ from allocwatch.core.snapshot import (
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait
 from allocwatch.core.victims import VictimBook, cgroup_waiters
 from allocwatch.kernel import procfs
+from allocwatch.kernel.memcgids import MemcgPaths
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 from allocwatch.kernel.tasks import TaskReader
 from allocwatch.kernel.waitfacts import WaitFacts
@@ -142,6 +144,8 @@ class Daemon:
                                 gfp_table)
         self._ahead_ns = self._read_ahead_ns(cfg)
         self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
+        self.memcg_paths = MemcgPaths(proc / "self" / "mountinfo")  # an OOM kill's cgroup ids named
+        self._last_scan_wall: float | None = None
         self.latest: Snapshot | None = None
         self.on_limit: Callable[[str], None] = lambda line: None  # app/service.py says it on stderr
         self.live: LiveReader | None = None  # fills Snapshot.live while a viewer (top) listens
@@ -227,6 +231,26 @@ class Daemon:
                 ended.append(Ended(w, ev.duration_ns, how=ev.how, **self._end_detail(w.site, ev.detail)))
         self.namer.prune()
         return waits, ended, kills
+
+    def _kills_seen(self, kills: list[OomKill]) -> list[oomkills.KillSeen]:
+        """Each kill with its cgroups and constraint: as the kernel said them at
+        the kill when the OOM-context program ran, else read from /proc now."""
+        names = self.memcg_paths.paths(chain.from_iterable(
+            (k.victim_memcg_id, k.invoker_memcg_id, k.oom_memcg_id) for k in kills))
+        seen = []
+        for k in kills:
+            if k.memcg_oom is not None:
+                seen.append(oomkills.KillSeen(
+                    k, names.get(k.victim_memcg_id or 0), names.get(k.invoker_memcg_id or 0),
+                    k.constraint or oomkills.constraint_of(k.memcg_oom), from_kernel=True,
+                    gfp_flags=gfp.describe(k.gfp, self.tasks.gfp_table) if self.tasks.gfp_table else None,
+                    order=k.order, oom_cgroup=names.get(k.oom_memcg_id or 0)))
+                continue
+            invoker_cgroup = self.tasks.live_cgroup(k.invoker_pid, k.invoker_tid)
+            seen.append(oomkills.KillSeen(
+                k, self.tasks.live_cgroup(k.victim_pid, k.victim_pid), invoker_cgroup,
+                self.host.oom_constraint(invoker_cgroup), from_kernel=False))
+        return seen
 
     def _without_stale_sleeps(self, kept: list[Stall], details: Mapping[int, TaskDetail]) -> list[Stall]:
         """A D-state sleep whose task /proc shows awake (S, R ...) is not a stall now.
@@ -352,11 +376,10 @@ class Daemon:
             self.oom_kills += 1
             self.victims.chosen(k.victim_pid, k.victim_comm, now_ns)
             self.episodes.oom_chosen(k.victim_pid, now_ns)
-            invoker_cgroup = self.tasks.live_cgroup(k.invoker_pid, k.invoker_tid)
-            records.append(OomKillReport(
-                self._next_seq(), wall, k, self.tasks.live_cgroup(k.victim_pid, k.victim_pid),
-                invoker_cgroup, self.host.oom_constraint(invoker_cgroup),
-            ))
+        interval_s = wall - self._last_scan_wall if self._last_scan_wall is not None else 0.0
+        self._last_scan_wall = wall
+        for group in oomkills.fold(self._kills_seen(kills)):
+            records.append(OomKillReport(self._next_seq(), wall, group, interval_s))
         # rows for the outputs, made only if one reads them (snapshot.InflightTable)
         inflight = InflightTable(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()

@@ -20,7 +20,7 @@ from allocwatch.app import preflight, selfcare
 from allocwatch.app.daemon import Daemon, Output
 from allocwatch.app.live import LiveReader
 from allocwatch.errors import NothingAttached
-from allocwatch.kernel import coverage, gfpnames, kernelinfo, probes
+from allocwatch.kernel import coverage, gfpnames, kernelinfo, oomcontext, probes
 
 if TYPE_CHECKING:
     from allocwatch.kernel.bpfsource import BpfSource
@@ -64,12 +64,17 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
     """Compile, load and attach."""
     from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 
+    # without: an OOM kill's cgroups are read from /proc afterwards, its constraint inferred
+    with_oc = features.kprobes and features.find_function(oomcontext.OC_FUNCTION) == oomcontext.OC_FUNCTION
+    oom_defines, constraints, _ = oomcontext.running_kernel_defines(with_oc)
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,
         dstate_end_ns=cfg.classify_after_ns,
         begin_stacks=cfg.begin_stacks,
         max_waits=cfg.max_inflight,
         max_dwaits=cfg.max_inflight,
+        oom_defines=tuple(oom_defines),
+        oom_constraints=tuple(constraints.items()),
     )
     source = BpfSource(plans, features, opts)
     source.load()

@@ -102,6 +102,31 @@ class OomKill:
     invoker_pid: int
     invoker_comm: str
     victim: VictimMemory | None = None
+    # Read in the kernel as the victim is marked (OomContext), None without it.
+    victim_memcg_id: int | None = None  # the victim's memory cgroup (its directory's inode)
+    invoker_memcg_id: int | None = None
+    memcg_oom: bool | None = None  # True: a memory cgroup's OOM; False: not (the machine's, a cpuset's, a policy's)
+    # What the kernel's own oom-kill line says, when its oom_control was read (kprobes)
+    constraint: str | None = None  # memcg, global, cpuset, mempolicy
+    gfp: int | None = None
+    order: int | None = None
+    oom_memcg_id: int | None = None  # the memory cgroup out of memory (oc->memcg), None for the machine's
+
+
+@dataclass(frozen=True)
+class OomContext:
+    """The memory cgroups of an OOM kill and whether it was a memcg's, read in
+    the kernel (raw oom:mark_victim); joined to its OomKill on (victim, invoker)."""
+
+    victim_pid: int
+    invoker_tid: int
+    victim_memcg_id: int | None
+    invoker_memcg_id: int | None
+    memcg_oom: bool | None  # None: the invoker's stack could not be read
+    constraint: str | None = None
+    gfp: int | None = None
+    order: int | None = None
+    oom_memcg_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from allocwatch.core.advice import advise
 from allocwatch.core.episodes import TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
-from allocwatch.core.model import OomKill
+from allocwatch.core.oomkills import KillSeen, constraints, largest
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
 from allocwatch.core.victims import CgroupWaiter
 
@@ -103,12 +104,12 @@ class EpisodeEndReport:
 
 @dataclass(frozen=True)
 class OomKillReport:
+    """The OOM kills of one scan whose victims were in one memory cgroup (core/oomkills.py)."""
+
     seq: int
     time: float
-    kill: OomKill
-    victim_cgroup: str | None = None  # from /proc when the report is made (the victim may be gone)
-    invoker_cgroup: str | None = None
-    constraint: str | None = None  # "memcg" or "global", inferred from the invoker's memory cgroup
+    kills: tuple[KillSeen, ...]  # at least one
+    interval_s: float  # the time since the scan before: "in the last N s"
 
 
 @dataclass(frozen=True)
@@ -406,24 +407,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "compaction_status": r.compaction_status,
         }
     if isinstance(rec, OomKillReport):
-        k = rec.kill
-        return {
-            "type": "oom_kill",
-            **base,
-            "victim_pid": k.victim_pid,
-            "victim_comm": escape(k.victim_comm) if k.victim_comm else None,
-            "invoker_pid": k.invoker_pid,
-            "invoker_tid": k.invoker_tid,
-            "invoker_comm": escape(k.invoker_comm),
-            "victim_cgroup": escape(rec.victim_cgroup) if rec.victim_cgroup is not None else None,
-            "invoker_cgroup": escape(rec.invoker_cgroup) if rec.invoker_cgroup is not None else None,
-            "constraint": rec.constraint,
-            "victim_anon_rss_kb": k.victim.anon_rss_kb if k.victim else None,
-            "victim_file_rss_kb": k.victim.file_rss_kb if k.victim else None,
-            "victim_shmem_rss_kb": k.victim.shmem_rss_kb if k.victim else None,
-            "victim_uid": k.victim.uid if k.victim else None,
-            "victim_oom_score_adj": k.victim.oom_score_adj if k.victim else None,
-        }
+        return oom_kill_dict(rec, base)
     if isinstance(rec, LimitsReport):
         return {"type": "limits_reached", **base, "grown": dict(rec.grown), "totals": dict(rec.totals)}
     return {
@@ -443,3 +427,68 @@ def to_dict(rec: Record) -> dict[str, Any]:
 def limit_line(counter: str, grown: int, total: int) -> str:
     what = LIMIT_TEXT.get(counter, counter + ": {n}").format(n=grown)
     return f"{what}; {total} since start"
+
+
+# A folded report lists this many of its kills one by one (count has them all).
+OOM_VICTIMS_LISTED = 20
+OOM_COMMS_LISTED = 10
+
+
+def _victim_dict(k: KillSeen) -> dict[str, Any]:
+    v = k.kill.victim
+    return {
+        "pid": k.kill.victim_pid,
+        "comm": escape(k.kill.victim_comm) if k.kill.victim_comm else None,
+        "anon_rss_kb": v.anon_rss_kb if v else None,
+        "invoker_pid": k.kill.invoker_pid,
+        "invoker_tid": k.kill.invoker_tid,
+        "invoker_comm": escape(k.kill.invoker_comm),
+        "invoker_cgroup": escape(k.invoker_cgroup) if k.invoker_cgroup is not None else None,
+        "constraint": k.constraint,
+        "gfp_flags": k.gfp_flags,
+        "order": k.order,
+    }
+
+
+def _comms(comms: Iterable[str | None]) -> dict[str, int]:
+    """Kills per comm, the most frequent OOM_COMMS_LISTED ("?" for a comm not known)."""
+    counts = Counter(escape(c) if c else "?" for c in comms)
+    return dict(counts.most_common(OOM_COMMS_LISTED))
+
+
+def oom_kill_dict(rec: OomKillReport, base: dict[str, Any]) -> dict[str, Any]:
+    """One report of `count` kills in one cgroup; the victim_* and invoker_*
+    fields are the largest victim's (by anon-rss), the one a single kill has."""
+    top = largest(rec.kills)
+    k, v = top.kill, top.kill.victim
+    per = constraints(rec.kills)
+    return {
+        "type": "oom_kill",
+        **base,
+        "count": len(rec.kills),
+        "interval_s": round(rec.interval_s, 3),
+        "cgroup": escape(top.victim_cgroup) if top.victim_cgroup is not None else None,
+        "constraint": next(iter(per)) if len(per) == 1 else "mixed",
+        "constraints": per,
+        "constraint_source": "kernel" if all(x.from_kernel for x in rec.kills) else "inferred",
+        "oom_cgroup": escape(top.oom_cgroup) if top.oom_cgroup is not None else None,
+        "gfp": top.kill.gfp,
+        "gfp_flags": top.gfp_flags,
+        "order": top.order,
+        "victim_pid": k.victim_pid,
+        "victim_comm": escape(k.victim_comm) if k.victim_comm else None,
+        "invoker_pid": k.invoker_pid,
+        "invoker_tid": k.invoker_tid,
+        "invoker_comm": escape(k.invoker_comm),
+        "victim_cgroup": escape(top.victim_cgroup) if top.victim_cgroup is not None else None,
+        "invoker_cgroup": escape(top.invoker_cgroup) if top.invoker_cgroup is not None else None,
+        "victim_anon_rss_kb": v.anon_rss_kb if v else None,
+        "victim_file_rss_kb": v.file_rss_kb if v else None,
+        "victim_shmem_rss_kb": v.shmem_rss_kb if v else None,
+        "victim_uid": v.uid if v else None,
+        "victim_oom_score_adj": v.oom_score_adj if v else None,
+        "victim_comms": _comms(k.kill.victim_comm for k in rec.kills),
+        "invoker_comms": _comms(k.kill.invoker_comm for k in rec.kills),
+        "victims": [_victim_dict(x) for x in rec.kills[:OOM_VICTIMS_LISTED]],
+        "victims_left_out": max(0, len(rec.kills) - OOM_VICTIMS_LISTED),
+    }

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import bpfstats, wire
+from allocwatch.kernel import bpfstats, oomcontext, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
@@ -61,6 +61,13 @@ class LoadOptions:
     # Keep bcc's module (its LLVM context and JIT) after attaching: only to load
     # more programs afterwards, which the daemon never does (a kernel test does).
     keep_compiler: bool = False
+    # oomcontext.defines for the running kernel: an OOM kill's memory cgroups
+    # and constraint read in the kernel (empty: read from /proc afterwards)
+    oom_defines: tuple[str, ...] = ()
+    oom_constraints: tuple[tuple[int, str], ...] = ()  # enum oom_constraint value -> word (with oc)
+
+
+MARK_VICTIM_DEFINE = "AW_TP_MARK_VICTIM"
 
 
 def bpf_dir() -> Path:
@@ -154,7 +161,9 @@ def cflags_for(
         f"-DMAX_DWAITS={opts.max_dwaits}",
         f"-DRINGBUF_PAGES={opts.ringbuf_pages or ringbuf_pages_for(opts.max_dwaits)}",
     ]
-    return flags + [f"-D{d}" for d in compile_defines(plans, features, opts.begin_stacks, every_kprobe)]
+    catalog = compile_defines(plans, features, opts.begin_stacks, every_kprobe)
+    oom = list(opts.oom_defines) if MARK_VICTIM_DEFINE in catalog else []  # it joins oom:mark_victim's kills
+    return flags + [f"-D{d}" for d in catalog + oom]
 
 
 class BpfSource:
@@ -179,6 +188,9 @@ class BpfSource:
         self._readers: dict[str, MapReader[Any]] = {}
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
         self.idle_given_back = 0  # map entries with no wait open deleted (_give_back_idle)
+        # The OOM-context program (raw oom:mark_victim): "" when attached, else why not.
+        self.oom_context_why = "not compiled"
+        self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
 
     # -- load and attach --------------------------------------------------
 
@@ -213,6 +225,8 @@ class BpfSource:
                 pass
         self.set_tunables(self.opts.long_wait_ns, self.opts.dstate_end_ns or self.opts.long_wait_ns)
         with compiler_output():  # bcc prints its own line for an attach that fails; the status says why
+            # before oom:mark_victim's own program, so that a kill's context comes first in the ring
+            self.oom_context_why = self._attach_oom_context(flags)
             self.status = [self._attach_site(p) for p in self.plans]
         if not self.opts.keep_compiler:
             self._free_compiler()
@@ -249,6 +263,23 @@ class BpfSource:
                         self._bpf.load_func((stem + opt.kprobe_fn).encode(), self._bcc.BPF.KPROBE)
                         names.append(stem + opt.kprobe_fn)
         return names
+
+    def _attach_oom_context(self, flags: list[str]) -> str:
+        """Attach the raw oom:mark_victim program if it was compiled; "" or why not."""
+        if f"-D{oomcontext.DEFINE}" not in flags:
+            return "not compiled (no oom:mark_victim, or no BTF offsets)"
+        try:
+            self._bpf.attach_raw_tracepoint(tp=oomcontext.RAW_TP.encode(), fn_name=oomcontext.FN.encode())
+        except Exception as exc:  # bcc raises bare Exception
+            return f"raw tracepoint {oomcontext.RAW_TP}: {exc}"
+        if f"-D{oomcontext.OC_DEFINE}" in flags:
+            fn = oomcontext.OC_FUNCTION.encode()
+            try:  # without it, the constraint still comes from the invoker's stack
+                self._bpf.attach_kretprobe(event=fn, fn_name=oomcontext.OC_RETURN_FN.encode())
+                self._bpf.attach_kprobe(event=fn, fn_name=oomcontext.OC_ENTRY_FN.encode())
+            except Exception:
+                _quietly(self._bpf.detach_kretprobe, fn)
+        return ""
 
     def _attach_tp(self, tp: Tracepoint) -> bool:
         """Attach once per tracepoint; True if this call attached it."""
@@ -439,9 +470,16 @@ class BpfSource:
             pass
 
     def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
+        """Ended waits and OOM kills since the last drain, each kill with its
+        memory cgroups when the OOM-context program runs."""
         self._bpf.ring_buffer_consume()
         raw, self._pending = self._pending, []
-        return [ev for ev in map(wire.decode_event, raw) if ev is not None]
+        words = dict(self.opts.oom_constraints)
+        events = [ev for r in raw if (ev := wire.decode_event(r) or wire.decode_oom_context(r, words)) is not None]
+        held, self._oom_contexts = self._oom_contexts, {}
+        out = wire.join_oom_contexts(events, held)
+        self._oom_contexts = {k: v for k, v in held.items() if v in events}  # a drain's leftovers, kept once
+        return out
 
     def set_tunables(self, long_wait_ns: int, dstate_end_ns: int) -> None:
         """The cut-offs the handlers read (a reload lowers them without a new load)."""

@@ -98,7 +98,7 @@ def _limit(path: Path) -> int | None:
 # --- memory cgroup ------------------------------------------------------------
 
 
-def _memcg_mount(m: mountinfo.Mount) -> tuple[int, str, Path] | None:
+def memcg_mount(m: mountinfo.Mount) -> tuple[int, str, Path] | None:
     """(version, root, mount point) of a memory cgroup mount, else None."""
     if m.fstype == "cgroup2":
         version = 2
@@ -119,7 +119,7 @@ def _under(root: str, point: Path, cgroup_path: str) -> Path | None:
 
 
 def _memcg_dir(cgroup_path: str, mountinfo_path: Path, version: int | None) -> tuple[int, Path] | None:
-    mounts = [v for m in mountinfo.parse((_text(mountinfo_path) or "").splitlines()) if (v := _memcg_mount(m))]
+    mounts = [v for m in mountinfo.parse((_text(mountinfo_path) or "").splitlines()) if (v := memcg_mount(m))]
     for want in (1, 2) if version is None else (version,):
         candidates = [(root, point) for v, root, point in mounts if v == want]
         if candidates:  # memory is on v1 when v1 mounts it, even with a v2 mount beside

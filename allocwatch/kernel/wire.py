@@ -15,6 +15,7 @@ from allocwatch.core.model import (
     Acct,
     DirtyPause,
     InflightWait,
+    OomContext,
     OomKill,
     VictimMemory,
     WaitEnd,
@@ -52,6 +53,8 @@ class OomContextEvent(ctypes.Structure):
 
 EV_OOM_CONTEXT = 3  # AW_EV_OOM_CONTEXT in bpf/allocwatch.h
 OOMCTX_OC = 1  # AW_OOMCTX_OC
+OOMCTX_STACK = 2  # AW_OOMCTX_STACK
+OOMCTX_MEMCG = 4  # AW_OOMCTX_MEMCG
 
 
 def event_kind(raw: bytes) -> int:
@@ -222,6 +225,56 @@ def decode_dwait(tid: int, value: WaitValue, dstate_site: int, pause: DirtyPause
     raw = decode_inflight(WaitKey(tid=tid, site=dstate_site), value)
     found = pause_of_sleep(value, pause)
     return dataclasses.replace(raw, dirty_pause=found) if found else raw
+
+
+def decode_oom_context(raw: bytes, constraints: dict[int, str] | None = None) -> OomContext | None:
+    """An AW_EV_OOM_CONTEXT record, else None. `constraints`: enum oom_constraint
+    value -> word, for the kernel's own constraint when oc was read."""
+    if event_kind(raw) != EV_OOM_CONTEXT or len(raw) < ctypes.sizeof(OomContextEvent):
+        return None
+    ev = OomContextEvent.from_buffer_copy(raw[: ctypes.sizeof(OomContextEvent)])
+    memcg_oom = bool(ev.flags & OOMCTX_MEMCG) if ev.flags & OOMCTX_STACK else None
+    oc = bool(ev.flags & OOMCTX_OC)
+    constraint = (constraints or {}).get(ev.constraint) if oc else None
+    if constraint is not None:  # the kernel's own word outranks the stack's
+        memcg_oom = constraint == "memcg"
+    return OomContext(
+        victim_pid=ev.victim_pid,
+        invoker_tid=ev.invoker_tid,
+        victim_memcg_id=ev.victim_cgroup_id or None,
+        invoker_memcg_id=ev.invoker_cgroup_id or None,
+        memcg_oom=memcg_oom,
+        constraint=constraint,
+        gfp=ev.gfp & 0xFFFFFFFF if oc else None,
+        order=ev.order if oc and ev.order >= 0 else None,
+        oom_memcg_id=(ev.domain_cgroup_id or None) if oc else None,
+    )
+
+
+def join_oom_contexts(
+    events: list[WaitEnd | OomKill | OomContext], held: dict[tuple[int, int], OomContext] | None = None
+) -> list[WaitEnd | OomKill]:
+    """The events with each OomKill given the context of the same kill (same
+    victim and invoker). The context's program is attached first, so its record
+    comes first in the ring, but a drain may end between the two: `held` keeps
+    the contexts no kill has taken yet, for the next drain (a kill's own
+    context is taken at most once). Contexts are not returned."""
+    contexts = {} if held is None else held
+    for ev in events:
+        if isinstance(ev, OomContext):
+            contexts[(ev.victim_pid, ev.invoker_tid)] = ev
+    out: list[WaitEnd | OomKill] = []
+    for ev in events:
+        if isinstance(ev, OomContext):
+            continue
+        if isinstance(ev, OomKill) and (ctx := contexts.pop((ev.victim_pid, ev.invoker_tid), None)):
+            out.append(dataclasses.replace(
+                ev, victim_memcg_id=ctx.victim_memcg_id, invoker_memcg_id=ctx.invoker_memcg_id,
+                memcg_oom=ctx.memcg_oom, constraint=ctx.constraint, gfp=ctx.gfp, order=ctx.order,
+                oom_memcg_id=ctx.oom_memcg_id))
+        else:
+            out.append(ev)
+    return out
 
 
 def decode_event(raw: bytes) -> WaitEnd | OomKill | None:

@@ -108,7 +108,7 @@ def entries(d: Mapping[str, Any]) -> Iterator[Fields]:
     text = report.record_text(d, HEAD)
     if kind in ("recovered", "oom_kill"):
         keys = ("site", "kind", "pid", "tid", "comm", "duration_s", "ended") if kind == "recovered" else (
-            "victim_pid", "victim_comm", "invoker_pid", "invoker_comm", "victim_cgroup", "constraint")
+            "victim_pid", "victim_comm", "invoker_pid", "invoker_comm", "victim_cgroup", "constraint", "count")
         yield _entry(kind, text, {"seq": d["seq"], **{k: d.get(k) for k in keys}})
         return
     yield _entry(kind if kind in MESSAGE_IDS else "summary", text, {"seq": d.get("seq")})

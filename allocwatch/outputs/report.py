@@ -350,21 +350,7 @@ def record_text(d: Mapping[str, Any], head: str) -> str:
             + "\n"
         )
     if kind == "oom_kill":
-        victim = text_value(d["victim_comm"]) if d["victim_comm"] else "?"
-        mem = ""
-        if d.get("victim_anon_rss_kb") is not None:
-            mem = (
-                f" uid={d['victim_uid']} anon-rss={d['victim_anon_rss_kb']}kB file-rss={d['victim_file_rss_kb']}kB "
-                f"shmem-rss={d['victim_shmem_rss_kb']}kB oom_score_adj={d['victim_oom_score_adj']}"
-            )
-        vcg = f" cgroup={text_value(d['victim_cgroup'])}" if d.get("victim_cgroup") else ""
-        icg = f" cgroup={text_value(d['invoker_cgroup'])}" if d.get("invoker_cgroup") else ""
-        if d.get("constraint"):
-            icg += f" constraint={d['constraint']}(inferred)"
-        return (
-            f"{head} oom kill #{d['seq']}: victim pid={d['victim_pid']} comm={victim}{mem}{vcg}, "
-            f"invoked by comm={text_value(d['invoker_comm'])} pid={d['invoker_pid']} tid={d['invoker_tid']}{icg}\n"
-        )
+        return oom_kill_text(d, head)
     if kind == "limits_reached":
         return "".join(f"{head} limit #{d['seq']}: {limit_line(k, n, d['totals'][k])}\n" for k, n in d["grown"].items())
     lines = [f"{head} summary #{d['seq']}: {d['oom_kills']} oom kill(s); completed waits per site:"]
@@ -407,3 +393,50 @@ def render_drop_notice(dropped: int, time_s: float, fmt: str) -> str:
     if fmt == "json":
         return _json(d)
     return f"{d['time']} allocwatch: {dropped} report block(s) dropped: the output is slower than the reports\n"
+
+
+def _constraint_text(d: Mapping[str, Any]) -> str:
+    if not d.get("constraint"):
+        return ""
+    said = d["constraint"] if d["constraint"] != "mixed" else ", ".join(
+        f"{c} x{n}" for c, n in d["constraints"].items())
+    return f" constraint={said}" + ("(inferred)" if d.get("constraint_source") == "inferred" else "")
+
+
+def oom_kill_text(d: Mapping[str, Any], head: str) -> str:
+    """One kill: its line. A storm's kills in one cgroup in one scan: one line."""
+    victim = text_value(d["victim_comm"]) if d["victim_comm"] else "?"
+    mem = ""
+    if d.get("victim_anon_rss_kb") is not None:
+        mem = (
+            f" uid={d['victim_uid']} anon-rss={d['victim_anon_rss_kb']}kB file-rss={d['victim_file_rss_kb']}kB "
+            f"shmem-rss={d['victim_shmem_rss_kb']}kB oom_score_adj={d['victim_oom_score_adj']}"
+        )
+    constraint = _constraint_text(d)
+    if d.get("oom_cgroup"):
+        constraint += f" oom_cgroup={text_value(d['oom_cgroup'])}"
+    if d.get("gfp_flags"):
+        constraint += f" gfp={text_value(d['gfp_flags'])} order={d['order']}"
+    if d.get("count", 1) == 1:
+        vcg = f" cgroup={text_value(d['victim_cgroup'])}" if d.get("victim_cgroup") else ""
+        icg = f" cgroup={text_value(d['invoker_cgroup'])}" if d.get("invoker_cgroup") else ""
+        return (
+            f"{head} oom kill #{d['seq']}: victim pid={d['victim_pid']} comm={victim}{mem}{vcg}, "
+            f"invoked by comm={text_value(d['invoker_comm'])} pid={d['invoker_pid']} tid={d['invoker_tid']}"
+            f"{icg}{constraint}\n"
+        )
+    pids = " ".join(str(v["pid"]) for v in (d.get("victims") or [])[:8]) + (" ..." if d["count"] > 8 else "")
+    where = f"cgroup={text_value(d['cgroup'])}" if d.get("cgroup") else "an unknown cgroup"
+    largest = f"pid={d['victim_pid']} comm={victim}{mem}"
+    constraint = "," + constraint if constraint else ""
+    return (
+        f"{head} oom kills #{d['seq']}: {d['count']} in {where} in the last {d['interval_s']:.1f}s{constraint}; "
+        f"victims: {_comm_counts(d['victim_comms'], d['count'])} (pids {pids}); "
+        f"largest {largest}; invoked by {_comm_counts(d['invoker_comms'], d['count'])}\n"
+    )
+
+
+def _comm_counts(comms: Mapping[str, int], count: int) -> str:
+    said = ", ".join(f"{text_value(c)} x{n}" for c, n in comms.items())
+    rest = count - sum(comms.values())
+    return said + (f", {rest} others" if rest > 0 else "")

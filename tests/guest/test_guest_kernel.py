@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -94,5 +95,13 @@ def test_oom_kill_under_memory_max_with_its_v2_cgroup(daemon):
         assert hog.proc.wait(120) == -9
         assert daemon.wait_for(lambda rs: any(r["type"] == "oom_kill" and r["victim_pid"] == hog.pid for r in rs), 30)
     kill = next(r for r in daemon.of_type("oom_kill") if r["victim_pid"] == hog.pid)
-    assert kill["victim_cgroup"] is None or kill["victim_cgroup"].endswith("/" + group.name), kill
-    assert kill["constraint"] in (None, "memcg"), kill
+    # read in the kernel at the kill (BTF offsets, the invoker's stack), not from /proc afterwards
+    assert kill["victim_cgroup"].endswith("/" + group.name), kill
+    assert kill["constraint"] == "memcg" and kill["constraint_source"] == "kernel", kill
+    # with kprobes, the kernel's own oom_control: the group out of memory, the gfp and order its own line says
+    assert kill["oom_cgroup"] == kill["victim_cgroup"], kill
+    said = re.findall(r"invoked oom-killer: gfp_mask=0x([0-9a-f]+)\(([^)]*)\), order=(\d+)",
+                      subprocess.run(["dmesg"], capture_output=True, text=True, check=True).stdout)
+    assert said, "the kernel said no oom-killer line"
+    mask, names, order = said[-1]
+    assert (kill["gfp"], kill["gfp_flags"], kill["order"]) == (int(mask, 16), names, int(order)), (kill, said[-1])

@@ -72,13 +72,31 @@ def test_offsets_through_anonymous_members_and_enums():
         btf.struct("oom_control")
 
 
-def test_oom_context_defines_and_constraint_names():
+KALLSYMS = (
+    "ffffffff816ad000 t try_charge_memcg\n"
+    "ffffffff816ad180 t mem_cgroup_out_of_memory\n"
+    "ffffffff816ad2c0 T mem_cgroup_oom_synchronize\n"
+    "ffffffff81212000 t mem_cgroup_out_of_memory.cold\n"
+    "ffffffffc0000000 t some_module_fn\t[xfs]\n"
+)
+
+
+def test_oom_context_defines():
     btf = Btf(kernel_like())
-    assert oomcontext.defines(btf) == [
+    assert oomcontext.defines(btf, KALLSYMS) == [
         "AW_OOM_CONTEXT", "AW_OFF_TASK_PID=1264", "AW_OFF_TASK_CGROUPS=2376", "AW_OFF_CSS_SET_MEMCG=40",
         "AW_OFF_CSS_CGROUP=0", "AW_OFF_CGROUP_KN=256", "AW_OFF_KN_ID=96",
+        "AW_MEMCG_OOM_START=0xffffffff816ad180ULL", "AW_MEMCG_OOM_END=0xffffffff816ad2c0ULL",
     ]
-    assert oomcontext.constraint_names(btf) == {0: "global", 1: "cpuset", 2: "mempolicy", 3: "memcg"}
+
+
+def test_a_function_s_text_ends_at_the_next_symbol_and_hidden_addresses_give_none():
+    assert oomcontext.text_range(KALLSYMS, "mem_cgroup_out_of_memory") == (0xFFFFFFFF816AD180, 0xFFFFFFFF816AD2C0)
+    assert oomcontext.text_range(KALLSYMS, "absent") is None
+    hidden = "0000000000000000 t mem_cgroup_out_of_memory\n0000000000000000 T next\n"  # not root
+    assert oomcontext.text_range(hidden, "mem_cgroup_out_of_memory") is None
+    with pytest.raises(BtfError):
+        oomcontext.defines(Btf(kernel_like()), "")
 
 
 def test_not_btf_is_a_typed_error():

@@ -8,6 +8,7 @@ import threading
 import pytest
 
 from allocwatch.core.model import OomKill
+from allocwatch.core.oomkills import KillSeen
 from allocwatch.core.records import OomKillReport, StallReport, TaskDetail, to_dict
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Stall, Wait
@@ -51,9 +52,10 @@ def test_a_task_cannot_forge_fields_or_lines():
 
 def test_oom_kill_is_an_error_with_its_victim():
     kill = OomKill(time_ns=0, victim_pid=9, victim_comm="big", invoker_tid=5, invoker_pid=5, invoker_comm="hog")
-    (e,) = journal.entries(to_dict(OomKillReport(3, 1_700_000_000.0, kill)))
+    (e,) = journal.entries(to_dict(OomKillReport(3, 1_700_000_000.0, (KillSeen(kill, None, None, None, False),), 1.0)))
     assert e["PRIORITY"] == "3" and e["MESSAGE_ID"] == journal.MESSAGE_IDS["oom_kill"]
     assert e["ALLOCWATCH_VICTIM_PID"] == "9" and e["MESSAGE"].startswith("allocwatch: oom kill #3: victim pid=9")
+    assert e["ALLOCWATCH_COUNT"] == "1"
 
 
 def test_every_message_id_is_a_distinct_128_bit_id():

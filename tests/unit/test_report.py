@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from allocwatch.core.findings import Finding
 from allocwatch.core.model import DirtyPause, OomKill
+from allocwatch.core.oomkills import KillSeen
 from allocwatch.core.records import OomKillReport, RecoveredReport, StallReport, TaskDetail, escape
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
@@ -90,7 +91,7 @@ def test_recovered_and_oom_kill():
     assert "or less (end not seen)" in report.render_text(inexact)
     doc = json.loads(report.render_json(rec))
     assert doc["type"] == "recovered" and doc["duration_s"] == 31.0 and doc["exact"] is True
-    kill = OomKillReport(9, 0.0, OomKill(0, 42, "victim", 43, 43, "alloc"))
+    kill = OomKillReport(9, 0.0, (KillSeen(OomKill(0, 42, "victim", 43, 43, "alloc"), None, None, None, False),), 1.0)
     doc = json.loads(report.render_json(kill))
     assert doc["type"] == "oom_kill" and doc["victim_pid"] == 42 and doc["invoker_comm"] == "alloc"
     assert "victim pid=42 comm=victim, invoked by comm=alloc pid=43" in report.render_text(kill)
