@@ -319,6 +319,35 @@ def test_a_stuck_victim_says_whether_it_was_reaped_and_who_waits_in_its_cgroup(t
     assert "still waiting in its cgroup: 1 task(s): comm=hog pid=50 tid=50 memcg_reclaim 2.0s" in text
 
 
+def test_a_stuck_victim_in_a_memory_wait_of_its_own_still_says_who_waits_in_its_cgroup(tmp_path):
+    """A victim stuck in memcg reclaim behind writeback (XFS, fio) is also a stall of
+    its own, in the same blocks: every one of its reports still lists who waits in
+    its group (issue 26, item 6 reported a count of 0 from the second report on)."""
+    from allocwatch.core.snapshot import SiteCoverage
+
+    fake_proc(tmp_path, 42, ["folio_wait_writeback", "shrink_folio_list"], cgroup="4:memory:/box/g\n0::/\n")
+    fake_proc(tmp_path, 50, [], cgroup="4:memory:/box/g\n0::/\n", state="R")
+    clock = {"ns": 0}
+    src, sink = FakeSource(), ListSink()
+    d = Daemon(
+        Config(format="json", threshold_s=10.0), src, plan(captured("6.18")), [sink], proc=tmp_path,
+        clock_ns=lambda: clock["ns"], wall_s=lambda: 1e9,
+        coverage=[SiteCoverage("oom_reaper", "tracepoint pair", True)],
+    )
+    src.events = [OomKill(0, 42, "victim", 50, 50, "hog")]
+    src.waits = [InflightWait(42, 42, "victim", int(Site.MEMCG_RECLAIM), 0, 0x100CCA, 0),
+                 InflightWait(50, 50, "hog", int(Site.MEMCG_RECLAIM), 9 * S, 0xCC0, 0)]
+    for t in range(1, 32):
+        clock["ns"] = t * S
+        d.scan_once()
+    blocks = [json.loads(ln) for w in sink.writes for ln in w.splitlines() if '"stall_report"' in ln]
+    victims = [t for b in blocks for t in b["tasks"] if t["kind"] == "stuck_victim"]
+    assert victims and any(t["pid"] == 42 and t["kind"] == "stall" for b in blocks for t in b["tasks"])
+    for v in victims:
+        assert v["waiting_in_cgroup"]["count"] == 1, v["waiting_in_cgroup"]
+        assert [x["pid"] for x in v["waiting_in_cgroup"]["tasks"]] == [50]
+
+
 def test_each_tasks_share_of_the_window_is_in_the_snapshot_and_its_rows(tmp_path):
     """The share the throttled rule reads is exported per task: the snapshot's shares,
     and the share of each row of waits in flight that the socket (and top) give."""
