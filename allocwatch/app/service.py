@@ -93,13 +93,22 @@ def _reload(path: Path | None, overrides: Mapping[str, Any], running: config.Con
     return kept
 
 
+def _handle_signals(stop: threading.Event, reload_asked: threading.Event) -> None:
+    """First thing in `run`: SIGINT and SIGTERM ask to stop, SIGHUP to reload. A
+    signal that comes while the programs load is remembered: a stop then ends the
+    run as soon as the load is done, a reload is done between the first two scans
+    (before, SIGHUP's default action ended the daemon with no line, its socket left
+    behind)."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: reload_asked.set())
+
+
 def _reloader(
     path: Path | None, overrides: Mapping[str, Any], daemon: Daemon, source: Any, fmt: list[str],
-    notifier: SystemdNotifier,
+    notifier: SystemdNotifier, asked: threading.Event,
 ) -> Callable[[], None]:
-    """SIGHUP asks for a reload; the scan loop does it between two scans."""
-    asked = threading.Event()
-    signal.signal(signal.SIGHUP, lambda *_: asked.set())
+    """A reload asked for (SIGHUP), done by the scan loop between two scans."""
 
     def between_scans() -> None:
         if asked.is_set():
@@ -183,10 +192,12 @@ def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOu
 
 def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
     """Watch until SIGINT or SIGTERM; 0, or a typed error for the CLI to turn into its exit code."""
+    stop = threading.Event()
+    reload_asked = threading.Event()
+    _handle_signals(stop, reload_asked)
     cfg = config.load(path, overrides)
     prepare(cfg)
     daemon_ref: list[Daemon] = []
-    stop = threading.Event()
     fmt = [cfg.format]  # a reload may change it
     sink = _sink(cfg, fmt, stop)
     server, sock = _listeners(cfg, daemon_ref, [sink])
@@ -200,8 +211,6 @@ def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
         if cfg.bpf_stats:
             _enable_bpf_stats(source)
         session.require_attached()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
         notifier = SystemdNotifier()
         outputs: list[Any] = [sink, notifier] + ([sock] if sock is not None else [])
         daemon = session.daemon(outputs, sock.wanted if sock is not None else None, on_error=preflight.say)
@@ -215,7 +224,7 @@ def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
         notifier.ready(f"watching {session.line()}")
         if server is not None:
             server.start()
-        reload_step = _reloader(path, overrides, daemon, source, fmt, notifier)
+        reload_step = _reloader(path, overrides, daemon, source, fmt, notifier, reload_asked)
         daemon.run(stop, _between_scans(trimmer.after_scan, reload_step, _test_wedge()))
         notifier.stopping()
         if sink.error is None:

@@ -25,6 +25,22 @@ def allocwatch_prog_ids() -> set[int]:
     return {p["id"] for p in json.loads(out.stdout) if str(p.get("name", "")).startswith(PROG_PREFIX)}
 
 
+# A raw tracepoint's link frees its program after an RCU grace period, not at the
+# close of its fd (1a80dbcb2dba, "bpf: support deferring bpf_link dealloc to after
+# RCU grace period", v6.9): its id can outlive the process that loaded it by a
+# moment, longer while tasks stall.
+PROGS_GONE_S = 10.0
+
+
+def progs_left(before: set[int], timeout_s: float = PROGS_GONE_S) -> set[int]:
+    """The aw_ programs loaded now that were not in `before`, once those left by a
+    process that has exited are freed (empty), or whatever is still there after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while (left := allocwatch_prog_ids() - before) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left
+
+
 class Daemon:
     def __init__(self, *args: str, spawn: Callable[..., subprocess.Popen[Any]] = subprocess.Popen) -> None:
         """`spawn` starts it (MemCgroup.spawn puts it in a memory cgroup)."""
@@ -100,7 +116,7 @@ class Daemon:
             raise AssertionError(f"daemon did not exit within {timeout:.0f}s of SIGTERM") from None
         for t in self._threads:
             t.join(5)
-        left = self.ours & allocwatch_prog_ids()
+        left = self.ours & progs_left(self.before)
         assert not left, f"BPF programs left loaded after SIGTERM: {sorted(left)}"
         return code
 

@@ -21,7 +21,7 @@ import pytest
 from allocwatch.core import records
 from allocwatch.kernel import wire
 from lab import memcg, slowdisk
-from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids
+from tests.kernel.daemonproc import Daemon, TextDaemon, allocwatch_prog_ids, progs_left
 
 
 def _argv(*args: str) -> list[str]:
@@ -59,7 +59,7 @@ def test_stdout_closed_at_start_is_exit_12():
     )
     assert proc.returncode == 12, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "standard output (fd 1) is closed" in proc.stderr
-    assert not allocwatch_prog_ids() - before
+    assert not progs_left(before)
 
 
 def _stall_until_exit(proc: subprocess.Popen, timeout: float) -> int | None:

@@ -20,7 +20,7 @@ import pytest
 
 from lab import memcg
 from lab.ports import free_port
-from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
+from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids, progs_left
 from tests.kernel.promserver import Prometheus
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -143,7 +143,7 @@ def test_metrics_port_in_use_is_exit_11_before_anything_is_loaded():
         )
     assert proc.returncode == 11, proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "cannot listen there" in proc.stderr
-    assert allocwatch_prog_ids() == before
+    assert not progs_left(before)
 
 
 def _listening_tcp_ports(pid: int) -> set[int]:
@@ -221,7 +221,7 @@ def test_a_reader_that_never_reads_cannot_stop_scans_or_sigterm():
                 for h in hogs:
                     h.stop()
         assert code == 0 and took < 2.0, f"exit {code} after {took:.2f}s"
-        assert not allocwatch_prog_ids() - before, "BPF programs left after SIGTERM"
+        assert not progs_left(before), "BPF programs left after SIGTERM"
         print(f"blocks dropped {dropped:g}; scans {scans1:g} -> {scans2:g} in 2 s; "
               f"SIGTERM to exit {took:.2f}s, nothing left attached")
     finally:

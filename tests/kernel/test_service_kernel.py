@@ -20,7 +20,7 @@ import pytest
 
 from lab import memcg, slowdisk
 from tests.kernel.container import Container
-from tests.kernel.daemonproc import allocwatch_prog_ids
+from tests.kernel.daemonproc import allocwatch_prog_ids, progs_left
 
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = "allocwatch.service"
@@ -161,7 +161,7 @@ def _stop_and_uninstall(c: Container, before: set[int]) -> None:
     c.run(["systemctl", "stop", UNIT], timeout_s=60)
     stop_s = time.monotonic() - t0
     assert stop_s < 5, stop_s
-    assert not (allocwatch_prog_ids() - before), "programs left loaded after systemctl stop"
+    assert not progs_left(before), "programs left loaded after systemctl stop"
     out = c.run([str(ROOT / "scripts" / "uninstall")], check=False)
     assert out.returncode == 0, out.stderr
     assert "kept /etc/allocwatch/allocwatch.yaml" in out.stderr  # edited: kept, and said
@@ -185,4 +185,4 @@ def test_service_installs_reports_to_the_journal_restarts_reloads_and_uninstalls
         _restarted_after_kill_9(c, pid)
         _watchdog_ends_a_hung_loop(c)
         _stop_and_uninstall(c, before)
-    assert not (allocwatch_prog_ids() - before)
+    assert not progs_left(before)

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from lab import memcg
-from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids
+from tests.kernel.daemonproc import Daemon, allocwatch_prog_ids, progs_left
 from tests.kernel.tmuxpane import Pane
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,17 +157,17 @@ def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
                          capture_output=True, text=True, timeout=90, check=False, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert [t["site"] for t in json.loads(out.stdout)["inflight"] if t["pid"] == hog.pid] == ["memcg_oom_wait"]
-    assert allocwatch_prog_ids() == before, "--once left programs attached"
+    assert not progs_left(before), "--once left programs attached"
     with Pane(100, 30) as pane:
         pane.type("echo")  # the shell is up
         _exercise(pane, hog.pid, socket_path, timeout=30, header="own session")
-        assert allocwatch_prog_ids() == before, "q left programs attached"
+        assert not progs_left(before), "q left programs attached"
         pane.type(f"clear; {TOP} --socket {socket_path}; echo AW-EXIT=$?")  # SIGINT (Ctrl-C) ends it like q
         assert pane.wait(lambda s: "own session" in s and _row(s, hog.pid) is not None, 30), pane.screen()
         pane.keys("C-c")
         after = pane.wait(lambda s: _EXIT.search(s) is not None, 15)
         assert after and _EXIT.search(after)[1] == "0", pane.screen()
-        assert allocwatch_prog_ids() == before, "SIGINT left programs attached"
+        assert not progs_left(before), "SIGINT left programs attached"
         # a closed terminal (SIGHUP) detaches everything too
         pid = pane.shell_pid()
         pane.type(f"exec {sys.executable} -m allocwatch top --socket {socket_path}")  # top takes the shell's pid
@@ -181,7 +181,7 @@ def test_top_starts_its_own_session_when_no_daemon_answers(stall, socket_path):
     if alive:
         os.kill(pid, signal.SIGKILL)
     assert not alive, "top did not exit on SIGHUP"
-    assert allocwatch_prog_ids() == before, "SIGHUP left programs attached"
+    assert not progs_left(before), "SIGHUP left programs attached"
 
 
 @pytest.mark.requires_tool("setpriv")
@@ -198,6 +198,6 @@ def test_a_non_root_client_is_refused_in_one_line(world_readable_copy, socket_pa
         )
         assert proc.returncode == 15, proc.stderr
         assert len(proc.stderr.strip().splitlines()) == 1 and "cannot read the daemon's socket" in proc.stderr
-        assert proc.stdout == "" and allocwatch_prog_ids() == before
+        assert proc.stdout == "" and not progs_left(before)
     finally:
         assert d.stop() == 0
