@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from allocwatch.kernel import mountinfo
+from allocwatch.kernel import mountinfo, procfs
 
 __all__ = [
     "HOG_SOURCE",
@@ -88,7 +88,7 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
 def _own_cgroups() -> dict[str, str]:
     """Controller list ("memory", "" for v2, ...) -> path, from /proc/self/cgroup."""
     paths: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in procfs.read_lines("/proc/self/cgroup"):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -113,7 +113,7 @@ def _join(mount_point: str, mount_root: str, cg_path: str) -> Path:
 
 
 def _read(path: Path) -> str:
-    return path.read_text()
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _write(path: Path, value: str) -> None:
@@ -133,7 +133,7 @@ def _write(path: Path, value: str) -> None:
 def _keyed(path: Path) -> dict[str, int]:
     """A "key value" per line file (memory.oom_control, memory.events)."""
     out: dict[str, int] = {}
-    for line in _read(path).splitlines():
+    for line in procfs.lines(_read(path)):
         parts = line.split()
         if len(parts) == 2:
             try:

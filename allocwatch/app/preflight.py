@@ -18,6 +18,7 @@ from pathlib import Path
 
 from allocwatch.errors import NotPrivileged, OutputClosed, TracefsMissing
 from allocwatch.kernel import mountinfo as mounts
+from allocwatch.kernel import procfs
 
 TRACEFS_STANDARD = Path("/sys/kernel/tracing")
 
@@ -62,7 +63,7 @@ def missing_capabilities(effective: int, euid: int, cap_last_cap: int) -> list[s
 
 
 def effective_caps(status: Path = Path("/proc/self/status")) -> int:
-    for line in status.read_text().splitlines():
+    for line in procfs.read_lines(status):
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
     return 0
@@ -200,7 +201,7 @@ def pid_namespace_note(status: Path = Path("/proc/self/status")) -> str | None:
     """None in the host's PID namespace; else why reports will lack /proc details.
     BPF gives the host's pids, and this /proc shows another namespace's."""
     try:
-        for line in status.read_text().splitlines():
+        for line in procfs.read_lines(status):
             if line.startswith("NSpid:") and len(line.split()) > 2:  # NSpid: host-pid ... own-pid
                 return ("runs in a PID namespace of its own: the kernel reports the host's pids, so the stacks, "
                         "cgroups and command lines of the tasks it reports cannot be read; run it in the host's "

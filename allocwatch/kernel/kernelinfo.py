@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from allocwatch.core.classify import base_symbol
+from allocwatch.kernel import procfs
 
 _FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(\d+);\s*size:(\d+);")
 # Split-off pieces of a function (GCC's .cold and .part): not an entry point.
@@ -71,7 +72,7 @@ class KernelFeatures:
 def parse_format_fields(text: str) -> frozenset[str]:
     """Field names from a tracefs `format` file, without the common_* fields."""
     names = set()
-    for line in text.splitlines():
+    for line in procfs.lines(text):
         m = _FIELD_RE.match(line)
         if not m:
             continue
@@ -99,7 +100,7 @@ def read_functions(kallsyms: Path, wanted: Iterable[str]) -> frozenset[str]:
     bases = set(wanted)
     found = set()
     try:
-        with kallsyms.open() as f:
+        with kallsyms.open(newline="\n", errors="surrogateescape") as f:  # "\n" only: see procfs.lines
             for line in f:
                 parts = line.split()
                 if len(parts) < 3 or parts[1] not in ("t", "T"):
@@ -115,7 +116,7 @@ def read_traceable(tracefs: Path, functions: frozenset[str]) -> frozenset[str] |
     """Which of `functions` ftrace lists in available_filter_functions
     ("name" or "name [module]" per line); None when there is no such file."""
     try:
-        with (tracefs / "available_filter_functions").open() as f:
+        with (tracefs / "available_filter_functions").open(newline="\n", errors="surrogateescape") as f:
             return frozenset(name for line in f if (name := line.split(" ", 1)[0].strip()) in functions)
     except OSError:
         return None

@@ -23,6 +23,26 @@ def _read(path: str | Path) -> str | None:
         return None
 
 
+def lines(text: str) -> list[str]:
+    """The lines of a /proc, sysfs, tracefs or cgroupfs file, split at "\\n" only.
+
+    str.splitlines() also breaks at \\r, \\x0b, \\x0c, \\x1c, \\x1d, \\x1e,
+    U+0085, U+2028 and U+2029, all of which a task may put in a name it chooses
+    (a cgroup directory, a comm): "/x\\x1cevil" would read as "/x". The kernel
+    ends each line with "\\n" and nothing else."""
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """`lines` of a file read as bytes (undecodable bytes kept as surrogates);
+    OSError as open() raises it."""
+    with open(path, "rb") as f:
+        return lines(f.read().decode("utf-8", "surrogateescape"))
+
+
 def task_dir(procfs: Path, pid: int, tid: int) -> Path:
     return procfs / str(pid) / "task" / str(tid)
 
@@ -43,7 +63,7 @@ def kernel_stack(procfs: Path, pid: int, tid: int) -> list[str] | None:
     if text is None:
         return None
     frames = []
-    for line in text.splitlines():
+    for line in lines(text):
         # "[<0>] mem_cgroup_oom_synchronize+0x1a5/0x1e0"
         sym = line.split("] ", 1)[-1].strip()
         name = sym.split("+", 1)[0].strip()
@@ -59,7 +79,7 @@ def memory_cgroup(procfs: Path, pid: int, tid: int) -> str | None:
     if text is None:
         return None
     unified = None
-    for line in text.splitlines():
+    for line in lines(text):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
