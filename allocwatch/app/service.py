@@ -150,7 +150,7 @@ def _announce(cfg: config.Config, session: Session, serving: bool, seeded: int, 
     """The one line that says it is watching, and what it could not do for itself
     (`lock_note`: why lock_memory did not lock, if it did not)."""
     why_not = [w for w in (selfcare.lower_oom_score(cfg.oom_score_adj), lock_note,
-                           preflight.pid_namespace_note()) if w]
+                           session.blind_note()) if w]
     rss = session.rss_kib
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
               f"(compiler text dropped: file was {session.rss_kib_before_drop.get('RssFile', 0) // 1024} MB)"

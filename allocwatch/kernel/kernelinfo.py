@@ -33,6 +33,9 @@ class KernelFeatures:
     kprobes: bool = False
     kprobes_why_not: str = ""
     proc_stack: bool = False
+    # Why this /proc names other tids than the kernel's (procfs.foreign_pid_view);
+    # "" when it names the same ones. Sites that find their task in /proc cannot attach.
+    foreign_pids: str = ""
     # Of `functions`, those ftrace can trace (available_filter_functions); None
     # when the kernel does not list them. A kprobe event on a function outside
     # this list is refused with EINVAL since 45408c4f9250 ("tracing: kprobes:
@@ -148,6 +151,7 @@ def read_features(
     procfs: Path = Path("/proc"),
     release: str | None = None,
     assume_proc_stack: bool | None = None,
+    foreign_pids: str = "",
 ) -> KernelFeatures:
     """Features of the kernel behind these roots; for a captured kernel pass
     `sysfs` inside the capture and `assume_proc_stack` (this host's /proc says
@@ -162,4 +166,5 @@ def read_features(
         kprobes=kprobes,
         kprobes_why_not=why_not,
         proc_stack=proc_stack_readable(procfs) if assume_proc_stack is None else assume_proc_stack,
+        foreign_pids=foreign_pids,
     )
