@@ -225,10 +225,15 @@ class MemCgroup:
     RMDIR_RETRY_S = 5.0
     KILL_WAIT_S = 10.0
 
-    def __init__(self, prefix: str = "aw-test") -> None:
+    def __init__(self, prefix: str = "aw-test", name: str | None = None) -> None:
+        """`name`, when given, is the directory's whole name (it must hold a
+        per-run suffix of its own, e.g. another group's name): a test of names
+        that look like another group's (`x` and `x\\x1cevil`) needs both exact."""
         if not prefix or "/" in prefix or prefix in (".", ".."):
             raise ValueError(f"bad cgroup name prefix {prefix!r}")
-        self.name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+        if name is not None and (not name or "/" in name or "\n" in name or name in (".", "..")):
+            raise ValueError(f"bad cgroup name {name!r}")
+        self.name = name if name is not None else f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
         self._procs: list[subprocess.Popen[Any]] = []
         self._closed = False
         version, parent_dir, parent_rel, evacuate_to = self._locate()
