@@ -87,6 +87,13 @@ class NoSnapshot(AllocwatchError):
     exit_code = 16
 
 
+class ForeignPidNamespace(AllocwatchError):
+    """The kernel's tids are not the ones this /proc names: a PID namespace of its
+    own, or a /proc from another one. Blind to what it must report."""
+
+    exit_code = 17
+
+
 def output_error(exc: OSError, name: str = "standard output", then: str = "") -> AllocwatchError:
     """The typed error for a write to `name` that failed with `exc`."""
     if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):

@@ -46,7 +46,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from allocwatch.kernel import mountinfo
+from allocwatch.kernel import mountinfo, procfs
 
 __all__ = [
     "HOG_SOURCE",
@@ -88,7 +88,7 @@ def _mounts() -> list[tuple[str, str, str, set[str]]]:
 def _own_cgroups() -> dict[str, str]:
     """Controller list ("memory", "" for v2, ...) -> path, from /proc/self/cgroup."""
     paths: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in procfs.read_lines("/proc/self/cgroup"):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -113,7 +113,7 @@ def _join(mount_point: str, mount_root: str, cg_path: str) -> Path:
 
 
 def _read(path: Path) -> str:
-    return path.read_text()
+    return path.read_bytes().decode("utf-8", "surrogateescape")
 
 
 def _write(path: Path, value: str) -> None:
@@ -133,7 +133,7 @@ def _write(path: Path, value: str) -> None:
 def _keyed(path: Path) -> dict[str, int]:
     """A "key value" per line file (memory.oom_control, memory.events)."""
     out: dict[str, int] = {}
-    for line in _read(path).splitlines():
+    for line in procfs.lines(_read(path)):
         parts = line.split()
         if len(parts) == 2:
             try:
@@ -225,10 +225,15 @@ class MemCgroup:
     RMDIR_RETRY_S = 5.0
     KILL_WAIT_S = 10.0
 
-    def __init__(self, prefix: str = "aw-test") -> None:
+    def __init__(self, prefix: str = "aw-test", name: str | None = None) -> None:
+        """`name`, when given, is the directory's whole name (it must hold a
+        per-run suffix of its own, e.g. another group's name): a test of names
+        that look like another group's (`x` and `x\\x1cevil`) needs both exact."""
         if not prefix or "/" in prefix or prefix in (".", ".."):
             raise ValueError(f"bad cgroup name prefix {prefix!r}")
-        self.name = f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
+        if name is not None and (not name or "/" in name or "\n" in name or name in (".", "..")):
+            raise ValueError(f"bad cgroup name {name!r}")
+        self.name = name if name is not None else f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
         self._procs: list[subprocess.Popen[Any]] = []
         self._closed = False
         version, parent_dir, parent_rel, evacuate_to = self._locate()

@@ -16,8 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from allocwatch.errors import NotPrivileged, OutputClosed, TracefsMissing
+from allocwatch.errors import ForeignPidNamespace, NotPrivileged, OutputClosed, TracefsMissing
 from allocwatch.kernel import mountinfo as mounts
+from allocwatch.kernel import procfs
 
 TRACEFS_STANDARD = Path("/sys/kernel/tracing")
 
@@ -62,7 +63,7 @@ def missing_capabilities(effective: int, euid: int, cap_last_cap: int) -> list[s
 
 
 def effective_caps(status: Path = Path("/proc/self/status")) -> int:
-    for line in status.read_text().splitlines():
+    for line in procfs.read_lines(status):
         if line.startswith("CapEff:"):
             return int(line.split()[1], 16)
     return 0
@@ -196,15 +197,22 @@ def guard_stderr(fd: int = 2) -> DiagnosticStream:
     return DiagnosticStream(fd)
 
 
-def pid_namespace_note(status: Path = Path("/proc/self/status")) -> str | None:
-    """None in the host's PID namespace; else why reports will lack /proc details.
-    BPF gives the host's pids, and this /proc shows another namespace's."""
-    try:
-        for line in status.read_text().splitlines():
-            if line.startswith("NSpid:") and len(line.split()) > 2:  # NSpid: host-pid ... own-pid
-                return ("runs in a PID namespace of its own: the kernel reports the host's pids, so the stacks, "
-                        "cgroups and command lines of the tasks it reports cannot be read; run it in the host's "
-                        "PID namespace (hostPID in Kubernetes)")
-    except OSError:
-        pass
-    return None
+def pid_view(run_anyway: bool, proc: Path = procfs.DEFAULT_PROCFS, pid: int | None = None) -> str:
+    """"" when the kernel's tids are the ones `proc` names; else why not, or
+    ForeignPidNamespace unless the configuration says to run anyway."""
+    why = procfs.foreign_pid_view(proc, pid)
+    if why and not run_anyway:
+        raise ForeignPidNamespace(
+            f"{why}: the kernel reports the host's tids, so this /proc cannot show the tasks it reports and the "
+            "sites found by stack see nothing; run it in the host's PID namespace (hostPID in Kubernetes), "
+            "or set foreign_pid_namespace: true to run with less")
+    return why
+
+
+def pid_namespace_note(why: str, blind_sites: list[str]) -> str | None:
+    """The start-up line of a run in a foreign PID namespace (`why`), None in the host's."""
+    if not why:
+        return None
+    lost = f"not attached: {', '.join(blind_sites)}; " if blind_sites else ""
+    return (f"foreign_pid_namespace: true: {why}: {lost}the other sites' reports lack the task's stack, "
+            "cgroup, uid and command line, and the cgroup filter and per-cgroup metrics see none of them")

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from allocwatch.app import preflight
+from allocwatch.kernel import procfs
 
 GROW_KIB = 8 * 1024  # RssAnon growth that asks for a trim
 RECHECK_SCANS = 60  # and how often RssAnon that stays high asks for one
@@ -40,7 +41,7 @@ def heap_range(maps: Path = Path("/proc/self/maps")) -> tuple[int, int] | None:
     """(start, end) of the [heap] mappings (one or several, by lock state)."""
     spans = []
     try:
-        for line in maps.read_text().splitlines():
+        for line in procfs.read_lines(maps):
             if line.endswith("[heap]"):
                 start, end = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
                 spans.append((start, end))
@@ -53,7 +54,7 @@ def rss_kib(status: Path = Path("/proc/self/status")) -> dict[str, int]:
     """RssAnon and RssFile of this process, in KiB (what is readable of them)."""
     out = {}
     try:
-        for line in status.read_text().splitlines():
+        for line in procfs.read_lines(status):
             if line.startswith(("RssAnon:", "RssFile:")):
                 out[line.split(":")[0]] = int(line.split()[1])
     except (OSError, ValueError, IndexError):
@@ -217,7 +218,7 @@ MADV_DONTNEED = 4
 def drop_compiler_text(maps: Path = Path("/proc/self/maps")) -> int:
     """Drop the compiler libraries' text pages; returns the bytes advised."""
     try:
-        lines = maps.read_text().splitlines()
+        lines = procfs.read_lines(maps)
     except OSError:
         return 0
     libc = ctypes.CDLL(None, use_errno=True)

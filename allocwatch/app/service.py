@@ -94,7 +94,7 @@ def _reload(path: Path | None, overrides: Mapping[str, Any], running: config.Con
 
 
 def _handle_signals(stop: threading.Event, reload_asked: threading.Event) -> None:
-    """First thing in `run`: SIGINT and SIGTERM ask to stop, SIGHUP to reload. A
+    """First thing in `run` once the file is read: SIGINT and SIGTERM ask to stop, SIGHUP to reload. A
     signal that comes while the programs load is remembered: a stop then ends the
     run as soon as the load is done, a reload is done between the first two scans
     (before, SIGHUP's default action ended the daemon with no line, its socket left
@@ -159,7 +159,7 @@ def _announce(cfg: config.Config, session: Session, serving: bool, seeded: int, 
     """The one line that says it is watching, and what it could not do for itself
     (`lock_note`: why lock_memory did not lock, if it did not)."""
     why_not = [w for w in (selfcare.lower_oom_score(cfg.oom_score_adj), lock_note,
-                           preflight.pid_namespace_note()) if w]
+                           session.blind_note()) if w]
     rss = session.rss_kib
     memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
               f"(compiler text dropped: file was {session.rss_kib_before_drop.get('RssFile', 0) // 1024} MB)"
@@ -192,10 +192,10 @@ def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOu
 
 def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
     """Watch until SIGINT or SIGTERM; 0, or a typed error for the CLI to turn into its exit code."""
+    cfg = config.load(path, overrides)  # milliseconds: a bad file is its exit code, with no handler yet
     stop = threading.Event()
     reload_asked = threading.Event()
     _handle_signals(stop, reload_asked)
-    cfg = config.load(path, overrides)
     prepare(cfg)
     daemon_ref: list[Daemon] = []
     fmt = [cfg.format]  # a reload may change it

@@ -39,6 +39,8 @@ def read_features(
         sysfs=Path("/sys") if tracefs is None else tracefs,
         release=None if tracefs is None else _captured_release(tracefs),
         assume_proc_stack=None if tracefs is None else True,
+        # a captured kernel is planned as the host's; this /proc says nothing of it
+        foreign_pids="" if tracefs is not None else preflight.pid_view(cfg.foreign_pid_namespace),
     )
 
 
@@ -50,8 +52,10 @@ def _captured_release(tracefs: Path) -> str:
 
 
 def prepare(cfg: config.Config) -> None:
-    """Before anything is loaded: the capabilities BPF needs, and tracefs."""
+    """Before anything is loaded: the capabilities BPF needs, a /proc that shows
+    the kernel's tids (or the configuration's word to run without), and tracefs."""
     preflight.require_capabilities()
+    preflight.pid_view(cfg.foreign_pid_namespace)
     mount_tracefs(cfg)
 
 
@@ -140,6 +144,12 @@ class Session:
     def require_attached(self) -> None:
         if not any(s.attached for s in self.source.status):
             raise NothingAttached("no wait site could be attached: see 'allocwatch probes' for why")
+
+    def blind_note(self) -> str | None:
+        """The start-up line when its /proc is not the host's PID namespace's, else None."""
+        why = self.features.foreign_pids
+        blind = [s.plan.site.label for s in self.source.status if not s.attached and why and why in coverage.why_not(s)]
+        return preflight.pid_namespace_note(why, blind)
 
     def line(self) -> str:
         """What is watched, in one line (the READY status, the announce line)."""

@@ -65,6 +65,8 @@ class Config:
     begin_stacks: bool = True  # BPF takes a task's stack as it enters reclaim, at most once a second
     oom_score_adj: int = -900  # set on itself at start when it may (CAP_SYS_RESOURCE to lower it)
     lock_memory: bool = True  # mlockall(MCL_ONFAULT) once loaded: its pages stay in RAM as it touches them
+    # run although its /proc is not the host's PID namespace (sites found by stack marked not attached)
+    foreign_pid_namespace: bool = False
     classify_after_s: float = 1.0
     max_inflight: int = 32768
     tracefs: str = "/sys/kernel/tracing"
@@ -140,6 +142,7 @@ KEYS: dict[str, Key] = {
     "bpf_stats": Key(boolean, restart=True),
     "oom_score_adj": Key(int_range(-1000, 1000), restart=True),
     "lock_memory": Key(boolean, restart=True),
+    "foreign_pid_namespace": Key(boolean, restart=True),
     "output": Key(output_kind, restart=True),
     "socket_path": Key(socket_path, restart=True),
     "socket_group": Key(group_name, restart=True),

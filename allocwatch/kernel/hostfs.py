@@ -25,7 +25,7 @@ from allocwatch.core.host import (
     ZoneInfo,
 )
 from allocwatch.kernel import mountinfo
-from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, task_file
+from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, lines, task_file
 
 DEFAULT_MOUNTINFO = mountinfo.MOUNTINFO
 
@@ -76,7 +76,7 @@ def _int(text: str) -> int | None:
 def _flat(text: str | None) -> dict[str, int]:
     """A flat-keyed file ("key value" lines): the well-formed lines."""
     out = {}
-    for line in (text or "").splitlines():
+    for line in lines(text or ""):
         parts = line.split()
         if len(parts) == 2 and (value := _int(parts[1])) is not None:
             out[parts[0]] = value
@@ -119,7 +119,7 @@ def _under(root: str, point: Path, cgroup_path: str) -> Path | None:
 
 
 def _memcg_dir(cgroup_path: str, mountinfo_path: Path, version: int | None) -> tuple[int, Path] | None:
-    mounts = [v for m in mountinfo.parse((_text(mountinfo_path) or "").splitlines()) if (v := memcg_mount(m))]
+    mounts = [v for m in mountinfo.parse(lines(_text(mountinfo_path) or "")) if (v := memcg_mount(m))]
     for want in (1, 2) if version is None else (version,):
         candidates = [(root, point) for v, root, point in mounts if v == want]
         if candidates:  # memory is on v1 when v1 mounts it, even with a v2 mount beside
@@ -186,18 +186,18 @@ def _psi_line(fields: list[str]) -> PsiLine | None:
 
 def _pressure(text: str | None) -> PressureInfo | None:
     """A PSI file: None without a well-formed "some" line."""
-    lines = {}
-    for line in (text or "").splitlines():
+    found = {}
+    for line in lines(text or ""):
         kind, _, rest = line.partition(" ")
         if kind in ("some", "full") and (psi := _psi_line(rest.split())):
-            lines[kind] = psi
-    some = lines.get("some")
-    return None if some is None else PressureInfo(some=some, full=lines.get("full"))
+            found[kind] = psi
+    some = found.get("some")
+    return None if some is None else PressureInfo(some=some, full=found.get("full"))
 
 
 def _meminfo(text: str | None) -> dict[str, int]:
     out = {}
-    for line in (text or "").splitlines():
+    for line in lines(text or ""):
         key, _, rest = line.partition(":")
         parts = rest.split()
         if key in MEMINFO_KEYS and len(parts) == 2 and parts[1] == "kB" and (kib := _int(parts[0])) is not None:
@@ -226,7 +226,7 @@ def _zones(text: str | None) -> tuple[ZoneInfo, ...]:
     """Each zone of /proc/zoneinfo with its free pages and watermarks;
     zones the kernel manages no pages of (managed 0) left out."""
     heads: list[tuple[int, str, dict[str, int]]] = []
-    for line in (text or "").splitlines():
+    for line in lines(text or ""):
         if m := _ZONE_HEAD.match(line):
             heads.append((int(m[1]), m[2], {}))
         elif heads and (kv := _zone_value(line)):
@@ -306,7 +306,7 @@ def kswapd_state(proc: Path, node: int, pid: int) -> KswapdInfo:
 def _status(text: str | None) -> dict[str, list[str]]:
     """/proc/.../status as key -> its whitespace-separated values."""
     out = {}
-    for line in (text or "").splitlines():
+    for line in lines(text or ""):
         key, sep, rest = line.partition(":")
         if sep:
             out[key] = rest.split()

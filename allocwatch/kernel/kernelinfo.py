@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from allocwatch.core.classify import base_symbol
+from allocwatch.kernel import procfs
 
 _FIELD_RE = re.compile(r"^\s*field:(?P<decl>[^;]+);\s*offset:(\d+);\s*size:(\d+);")
 # Split-off pieces of a function (GCC's .cold and .part): not an entry point.
@@ -32,6 +33,9 @@ class KernelFeatures:
     kprobes: bool = False
     kprobes_why_not: str = ""
     proc_stack: bool = False
+    # Why this /proc names other tids than the kernel's (procfs.foreign_pid_view);
+    # "" when it names the same ones. Sites that find their task in /proc cannot attach.
+    foreign_pids: str = ""
     # Of `functions`, those ftrace can trace (available_filter_functions); None
     # when the kernel does not list them. A kprobe event on a function outside
     # this list is refused with EINVAL since 45408c4f9250 ("tracing: kprobes:
@@ -71,7 +75,7 @@ class KernelFeatures:
 def parse_format_fields(text: str) -> frozenset[str]:
     """Field names from a tracefs `format` file, without the common_* fields."""
     names = set()
-    for line in text.splitlines():
+    for line in procfs.lines(text):
         m = _FIELD_RE.match(line)
         if not m:
             continue
@@ -99,7 +103,7 @@ def read_functions(kallsyms: Path, wanted: Iterable[str]) -> frozenset[str]:
     bases = set(wanted)
     found = set()
     try:
-        with kallsyms.open() as f:
+        with kallsyms.open(newline="\n", errors="surrogateescape") as f:  # "\n" only: see procfs.lines
             for line in f:
                 parts = line.split()
                 if len(parts) < 3 or parts[1] not in ("t", "T"):
@@ -115,7 +119,7 @@ def read_traceable(tracefs: Path, functions: frozenset[str]) -> frozenset[str] |
     """Which of `functions` ftrace lists in available_filter_functions
     ("name" or "name [module]" per line); None when there is no such file."""
     try:
-        with (tracefs / "available_filter_functions").open() as f:
+        with (tracefs / "available_filter_functions").open(newline="\n", errors="surrogateescape") as f:
             return frozenset(name for line in f if (name := line.split(" ", 1)[0].strip()) in functions)
     except OSError:
         return None
@@ -147,6 +151,7 @@ def read_features(
     procfs: Path = Path("/proc"),
     release: str | None = None,
     assume_proc_stack: bool | None = None,
+    foreign_pids: str = "",
 ) -> KernelFeatures:
     """Features of the kernel behind these roots; for a captured kernel pass
     `sysfs` inside the capture and `assume_proc_stack` (this host's /proc says
@@ -161,4 +166,5 @@ def read_features(
         kprobes=kprobes,
         kprobes_why_not=why_not,
         proc_stack=proc_stack_readable(procfs) if assume_proc_stack is None else assume_proc_stack,
+        foreign_pids=foreign_pids,
     )

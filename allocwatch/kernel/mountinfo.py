@@ -15,6 +15,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from allocwatch.kernel import procfs
+
 MOUNTINFO = Path("/proc/self/mountinfo")
 _OCTAL = re.compile(r"\\([0-7]{3})")
 
@@ -55,7 +57,7 @@ def parse(lines: Iterable[str]) -> list[Mount]:
 
 def read(path: Path = MOUNTINFO) -> list[Mount]:
     """The mounts `path` lists, in its order (a later mount on the same point is on top)."""
-    return parse(path.read_bytes().decode("utf-8", "surrogateescape").splitlines())
+    return parse(procfs.read_lines(path))
 
 
 def fstype_at(point: str, mounts: Iterable[Mount]) -> str | None:

@@ -504,6 +504,8 @@ def _why_not(opt: Option, features: KernelFeatures) -> str:
     if opt.mechanism is Mechanism.DSTATE_STACK:
         if not features.has_tracepoint(SCHED_SWITCH.name, SCHED_SWITCH.fields):
             return "no sched:sched_switch tracepoint"
+        if features.foreign_pids:
+            return f"{features.foreign_pids}: the task's /proc/<tid>/stack cannot be found"
         if not features.proc_stack:
             return "/proc/<tid>/stack is not readable (needs root and CONFIG_STACKTRACE)"
         return ""

@@ -11,6 +11,10 @@ import sys
 from pathlib import Path
 
 DEFAULT_PROCFS = Path("/proc")
+# The inode number of the initial PID namespace: fixed since commit 98f842e675f9
+# ("proc: Usable inode numbers for the namespace file descriptors") (v3.8),
+# include/linux/proc_ns.h.
+PROC_PID_INIT_INO = 0xEFFFFFFC
 
 
 def _read(path: str | Path) -> str | None:
@@ -21,6 +25,50 @@ def _read(path: str | Path) -> str | None:
             return f.read().decode("utf-8", "surrogateescape")
     except OSError:
         return None
+
+
+def lines(text: str) -> list[str]:
+    """The lines of a /proc, sysfs, tracefs or cgroupfs file, split at "\\n" only.
+
+    str.splitlines() also breaks at \\r, \\x0b, \\x0c, \\x1c, \\x1d, \\x1e,
+    U+0085, U+2028 and U+2029, all of which a task may put in a name it chooses
+    (a cgroup directory, a comm): "/x\\x1cevil" would read as "/x". The kernel
+    ends each line with "\\n" and nothing else."""
+    parts = text.split("\n")
+    if parts and parts[-1] == "":
+        parts.pop()
+    return parts
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """`lines` of a file read as bytes (undecodable bytes kept as surrogates);
+    OSError as open() raises it."""
+    with open(path, "rb") as f:
+        return lines(f.read().decode("utf-8", "surrogateescape"))
+
+
+def foreign_pid_view(procfs: Path = DEFAULT_PROCFS, pid: int | None = None) -> str:
+    """Why the tids the kernel gives BPF (bpf_get_current_pid_tgid: the initial
+    PID namespace's) are not the ones this `procfs` names; "" when they are.
+
+    Both must hold: this process is in the initial PID namespace (the inode of
+    /proc/self/ns/pid, shown in its link "pid:[N]"), and `procfs` is mounted
+    from that namespace (its "self" names this process's own pid). A /proc
+    NSpid line cannot tell: a container's own /proc shows only its own pids."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        ns = os.readlink(procfs / "self" / "ns" / "pid")
+    except OSError as exc:
+        return f"cannot tell which PID namespace it is in: {procfs}/self/ns/pid: {exc.strerror}"
+    if ns != f"pid:[{PROC_PID_INIT_INO}]":
+        return f"runs in a PID namespace of its own ({ns}), not the host's"
+    try:
+        self_pid = os.readlink(procfs / "self")
+    except OSError as exc:
+        return f"{procfs} is not the host's: {procfs}/self: {exc.strerror}"
+    if self_pid != str(pid):
+        return f"{procfs} is mounted from another PID namespace: its 'self' is {self_pid}, this process is {pid}"
+    return ""
 
 
 def task_dir(procfs: Path, pid: int, tid: int) -> Path:
@@ -43,7 +91,7 @@ def kernel_stack(procfs: Path, pid: int, tid: int) -> list[str] | None:
     if text is None:
         return None
     frames = []
-    for line in text.splitlines():
+    for line in lines(text):
         # "[<0>] mem_cgroup_oom_synchronize+0x1a5/0x1e0"
         sym = line.split("] ", 1)[-1].strip()
         name = sym.split("+", 1)[0].strip()
@@ -59,7 +107,7 @@ def memory_cgroup(procfs: Path, pid: int, tid: int) -> str | None:
     if text is None:
         return None
     unified = None
-    for line in text.splitlines():
+    for line in lines(text):
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue

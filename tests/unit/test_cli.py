@@ -178,10 +178,3 @@ def test_lock_memory_only_where_later_allocations_cannot_fail():
     assert selfcare.lock_memory(fake, effective=no_cap, memlock_limit=resource.RLIM_INFINITY) is None
     assert calls == [selfcare.MCL_CURRENT | selfcare.MCL_FUTURE | selfcare.MCL_ONFAULT] * 2
 
-
-def test_a_pid_namespace_of_its_own_is_said(tmp_path):
-    status = tmp_path / "status"
-    status.write_text("Name:\tallocwatch\nNSpid:\t4242\n")
-    assert preflight.pid_namespace_note(status) is None
-    status.write_text("Name:\tallocwatch\nNSpid:\t4242\t165\n")
-    assert "hostPID" in preflight.pid_namespace_note(status)
