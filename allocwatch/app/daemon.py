@@ -275,13 +275,17 @@ class Daemon:
 
     def _cgroup_waiting(self, f: Finding, cgroup: str | None) -> dict[str, Any]:
         """A stuck victim's cgroup: the tasks there still waiting for memory at the
-        last scan (the longest max_tasks_per_block of them) and how many."""
+        last scan, or asleep in D state now (the first max_tasks_per_block of
+        them) and how many."""
         if cgroup is None:  # gone
             return {}
         waits, shares, accts, now_ns = self.last_scan
         names = {tid: (a.pid, a.comm) for tid, a in accts.items()}
-        found = cgroup_waiters(cgroup, f.pid, waits, shares, names, self.tasks.cgroup, now_ns)
-        return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found)}
+        flying = {w.tid for w in waits}
+        blocked = self.tasks.blocked_in(cgroup, flying.__contains__)
+        found = cgroup_waiters(cgroup, f.pid, waits, shares, names, self.tasks.cgroup, now_ns, blocked)
+        return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found),
+                "cgroup_blocked_count": sum(1 for c in found if c.blocked_in is not None)}
 
     def _stall_block(
         self, stalls: list[Stall], findings: list[Finding], stalled_now: int, now_ns: int, wall: float,

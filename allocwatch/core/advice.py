@@ -84,9 +84,13 @@ def _stuck_victim(block: Block) -> str | None:
         seen += f", blocked in {frames[0]}"
     if t.get("reaped"):
         seen += ", its memory already reaped"
-    waiting = (t.get("waiting_in_cgroup") or {}).get("count") or 0
-    if waiting:
-        seen += f", {waiting} task(s) of its cgroup waiting for memory"
+    group = t.get("waiting_in_cgroup") or {}
+    waiting = group.get("count") or 0
+    asleep = group.get("blocked") or 0
+    if waiting - asleep:
+        seen += f", {waiting - asleep} task(s) of its cgroup waiting for memory"
+    if asleep:
+        seen += f", {asleep} blocked outside memory waits"
     blocked = f"what it is blocked on ({frames[0]})" if frames else "what it is blocked on (/proc/PID/stack)"
     return _line(seen, "the victim cannot exit, so the memory it holds is not given back",
                  blocked + (" and the tasks of its cgroup waiting behind it" if waiting else ""))

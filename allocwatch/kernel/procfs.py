@@ -128,6 +128,24 @@ def task_state(procfs: Path, pid: int, tid: int) -> str | None:
     return rest[0] if rest else None
 
 
+def blocked_thread(procfs: Path, tid: int) -> tuple[int, str, str | None] | None:
+    """(pid, comm, wchan) of thread `tid` when it sleeps in D state, else None
+    (running, sleeping interruptibly, or gone). /proc/<tid> names any thread."""
+    text = _read(f"{procfs}/{tid}/stat")
+    if text is None or ")" not in text:
+        return None
+    head, rest = text.rsplit(")", 1)
+    fields = rest.split()
+    if not fields or fields[0] != "D":
+        return None
+    tgid = next((ln.split()[1] for ln in lines(_read(f"{procfs}/{tid}/status") or "")
+                 if ln.startswith("Tgid:") and len(ln.split()) == 2), None)
+    if tgid is None or not tgid.isdigit():
+        return None
+    wchan = _read(f"{procfs}/{tid}/wchan")
+    return int(tgid), head.split("(", 1)[-1], (wchan.strip() or None) if wchan and wchan.strip() != "0" else None
+
+
 def tasks_in_state(procfs: Path, state: str) -> list[tuple[int, int, str]]:
     """(pid, tid, comm) of every task whose state letter is `state`."""
     found = []

@@ -130,6 +130,13 @@ def test_stuck_victim_names_what_it_is_blocked_on_and_its_waiting_group():
     t = text(block(quiet), advice.STUCK_VICTIM)
     assert "blocked in" not in t and "cgroup waiting" not in t and "/proc/PID/stack" in t
     assert advice.STUCK_VICTIM not in kinds(block(task(state="D", stack=["percpu_rwsem_wait"])))
+    held = task(kind="stuck_victim", state="D", stack=["percpu_rwsem_wait"],
+                waiting_in_cgroup={"count": 3, "blocked": 2, "tasks": []})
+    t = text(block(held), advice.STUCK_VICTIM)
+    assert "1 task(s) of its cgroup waiting for memory, 2 blocked outside memory waits" in t
+    only_blocked = task(kind="stuck_victim", state="D", stack=[], waiting_in_cgroup={"count": 1, "blocked": 1})
+    t = text(block(only_blocked), advice.STUCK_VICTIM)
+    assert "waiting for memory" not in t and "1 blocked outside memory waits" in t
 
 
 def test_dirty_throttle_states_dirty_against_limit():
