@@ -52,6 +52,7 @@ from allocwatch.core.snapshot import (
     Histogram,
     InflightTable,
     LazyMapping,
+    ReloadOutcome,
     SiteCoverage,
     Snapshot,
     StallSeconds,
@@ -147,6 +148,7 @@ class Daemon:
         self.memcg_paths = MemcgPaths(proc / "self" / "mountinfo")  # an OOM kill's cgroup ids named
         self._last_scan_wall: float | None = None
         self.latest: Snapshot | None = None
+        self.last_reload: ReloadOutcome | None = None  # told by app/service.py after each reload
         self.on_limit: Callable[[str], None] = lambda line: None  # app/service.py says it on stderr
         self.live: LiveReader | None = None  # fills Snapshot.live while a viewer (top) listens
 
@@ -423,6 +425,7 @@ class Daemon:
             ),
             info=self.info,
             stalled_now=result.stalled_now,
+            reload=self.last_reload,
         )
         if self.live is not None:
             snap = self.live.enrich(self, snap, waits)

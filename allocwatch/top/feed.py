@@ -94,6 +94,11 @@ class SocketFeed(Feed):
         self._thread = threading.Thread(target=self._read, name="top-feed", daemon=True)
         self._thread.start()
 
+    @property
+    def sock(self) -> socket.socket:
+        """The connected socket (for its peer's credentials)."""
+        return self._sock
+
     def _connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
