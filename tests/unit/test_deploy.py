@@ -17,6 +17,7 @@ from tests.deploy_exprs import (
     DAEMONSET,
     DASHBOARD,
     PROMETHEUS_DIR,
+    ROOT,
     RULES,
     RULES_TEST,
     SCRAPE,
@@ -56,6 +57,10 @@ EXPORTED = GAUGES | COUNTERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "
 KNOWN = EXPORTED | {"up"}
 
 ALERTS = {
+    "AllocwatchNodeMemoryStalled",
+    "AllocwatchStallsSpreading",
+    "AllocwatchBlind",
+    "AllocwatchCgroupStalled",
     "AllocwatchTaskStalled",
     "AllocwatchStallsRepeating",
     "AllocwatchOOMKills",
@@ -65,7 +70,19 @@ ALERTS = {
     "AllocwatchScanLoopStalled",
     "AllocwatchReportsDropped",
 }
-SEVERITIES = {"critical", "warning", "info"}
+# What pages: stalls that last and spread, the watchdog down or blind. The rest warn.
+PAGING = {
+    "AllocwatchNodeMemoryStalled",
+    "AllocwatchStallsSpreading",
+    "AllocwatchExporterDown",
+    "AllocwatchScanLoopStalled",
+    "AllocwatchBlind",
+}
+SEVERITIES = {"critical", "warning"}
+RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_URL = (
+    "{{ with $externalLabels.allocwatch_runbooks }}{{ . }}{{ else }}docs/runbooks{{ end }}/%s.md"
+)
 METRICS_PORT = 19464
 
 
@@ -124,6 +141,52 @@ def test_alerts_are_complete():
         assert "for" in r, f"{name} has no for:"
         assert r.get("labels", {}).get("severity") in SEVERITIES, name
         assert r.get("annotations", {}).keys() >= {"summary", "description"}, name
+
+
+def test_only_what_a_human_must_act_on_pages():
+    severity = {r["alert"]: r["labels"]["severity"] for r in rules() if "alert" in r}
+    assert {name for name, s in severity.items() if s == "critical"} == PAGING
+    assert set(severity.values()) == SEVERITIES  # critical pages, everything else warns
+
+
+def test_every_alert_has_a_runbook_in_docs():
+    for r in (r for r in rules() if "alert" in r):
+        name = r["alert"]
+        assert r["annotations"].get("runbook_url") == RUNBOOK_URL % name, name
+        page = RUNBOOKS / f"{name}.md"
+        assert page.is_file(), f"{name}: no {page.relative_to(ROOT)}"
+        text = page.read_text()
+        assert text.startswith(f"# {name}\n"), name
+        assert f"Severity: {r['labels']['severity']}." in text, name
+        for heading in ("## What it means", "## What to check", "## How to fix"):
+            assert heading in text, f"{page.name} lacks {heading}"
+    pages = {p.stem for p in RUNBOOKS.glob("*.md")} - {"README"}
+    assert pages == ALERTS, "a runbook for an alert that does not exist"
+    index = (RUNBOOKS / "README.md").read_text()
+    assert all(f"[{name}]({name}.md)" in index for name in ALERTS)
+
+
+def test_per_cgroup_alerts_carry_namespace_and_pod_through():
+    # Aggregated by (instance, cgroup, namespace, pod): the labels pass when
+    # the series have them and cost nothing when they do not.
+    for name, expr in rule_exprs():
+        if "allocwatch_cgroup_memory_stalled_seconds_total" in expr or "allocwatch_oom_kills_total" in expr:
+            groupings = re.findall(r"by \(([^)]*)\)", expr)
+            assert groupings and all(
+                {"instance", "cgroup", "namespace", "pod"} <= {g.strip() for g in grouping.split(",")}
+                for grouping in groupings
+                if "cgroup" in grouping
+            ), name
+            assert any("cgroup" in g for g in groupings), name
+
+
+def test_the_wait_buckets_the_rules_name_exist():
+    from allocwatch.core.snapshot import EMPTY_HISTOGRAM
+
+    bounds = {f"{le:.12g}" for le, _ in EMPTY_HISTOGRAM.buckets}  # as the exporter writes le
+    for name, expr in rule_exprs():
+        for le in re.findall(r'le="([^"]+)"', expr):
+            assert le in bounds | {"+Inf"}, f"{name}: le={le} is not a bucket the daemon exports"
 
 
 def test_recording_rules_follow_the_naming_convention():
