@@ -415,3 +415,59 @@ def test_helper_paths_exist():
     # The kernel tests find the files through these names.
     for path in (SCRAPE, RULES, RULES_TEST, DASHBOARD, DAEMONSET):
         assert path.is_file(), path
+
+
+# -- kubernetes schemas -----------------------------------------------------------
+
+# Kubernetes releases the manifests must be valid for: the oldest supported
+# here, and the newest release kubernetes-validate knows (added at run time).
+K8S_OLDEST = "1.30.0"
+
+
+@pytest.fixture(scope="module")
+def k8s_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:  # a failure, not a skip: the schema check is the point
+        pytest.fail("kubernetes-validate is not installed: scripts/setup --dev installs it into .venv")
+    return kubernetes_validate
+
+
+def _k8s_versions(k8s_validate) -> list[str]:
+    newest = k8s_validate.latest_version()  # "1.37.0"
+    assert tuple(int(n) for n in newest.split(".")[:2]) >= (1, 30)
+    return [K8S_OLDEST, newest]
+
+
+def test_daemonset_is_valid_against_kubernetes_schemas_offline(k8s_validate, monkeypatch):
+    # The schemas ship inside the package: no network is used (any connect fails here).
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("kubernetes-validate tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    docs = [d for d in yaml.safe_load_all(DAEMONSET.read_text()) if d is not None]
+    for version in _k8s_versions(k8s_validate):
+        for doc in docs:
+            k8s_validate.validate(doc, version, strict=True)  # raises ValidationError
+
+
+def test_schema_check_refuses_what_it_should(k8s_validate):
+    # The same check on a broken copy fails: an unknown field (strict), a
+    # wrong type, a missing required field.
+    ds = k8s_docs()["DaemonSet"]
+    broken = []
+    for mutate in (
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolicy=1),
+        lambda d: d["spec"]["template"]["spec"].update(hostPid=True),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"),
+    ):
+        doc = yaml.safe_load(yaml.safe_dump(ds))
+        mutate(doc)
+        broken.append(doc)
+    for version in _k8s_versions(k8s_validate):
+        for doc in broken:
+            with pytest.raises(k8s_validate.ValidationError):
+                k8s_validate.validate(doc, version, strict=True)
