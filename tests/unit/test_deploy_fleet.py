@@ -11,6 +11,7 @@ import json
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -292,3 +293,127 @@ def test_npd_rules_are_not_fooled_by_names_a_task_chooses():
     for m in messages:  # and line by line, as text on stdout would be
         for line in m.split("\n"):
             assert mon.push(line) == [], line
+
+
+# -- a real run: the shipped configurations in three real Prometheus servers --------
+
+EXPOSITION = """\
+# TYPE allocwatch_tasks_stalled gauge
+allocwatch_tasks_stalled{site="memcg_reclaim"} 2
+# TYPE allocwatch_site_attached gauge
+allocwatch_site_attached{site="memcg_reclaim",mechanism="tracepoint"} 1
+# TYPE allocwatch_build_info gauge
+allocwatch_build_info{version="0",kernel="6.18"} 1
+# TYPE allocwatch_oom_kills_total counter
+allocwatch_oom_kills_total 3
+"""
+
+
+def _shipped(path: Path, replace: dict[str, str]) -> str:
+    """The shipped file with each of `replace` substituted (each must be there)."""
+    text = path.read_text()
+    for old, new in replace.items():
+        assert old in text, (path.name, old)
+        text = text.replace(old, new)
+    return text
+
+
+def _serve_exposition():
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = EXPOSITION.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def _names(port: int, deadline_s: float, want: str) -> set[str]:
+    import time
+    import urllib.request
+
+    end = time.monotonic() + deadline_s
+    names: set[str] = set()
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/label/__name__/values", timeout=5) as r:
+                names = set(json.loads(r.read())["data"])
+        except OSError:
+            pass
+        if want in names:
+            break
+        time.sleep(0.5)
+    return names
+
+
+def _labels(port: int) -> set[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/labels", timeout=5) as r:
+        return set(json.loads(r.read())["data"])
+
+
+@pytest.mark.requires_tool("prometheus")
+def test_remote_write_and_federation_really_carry_the_per_node_series_only(tmp_path):
+    """A node's Prometheus on remote-write.yml (scraping allocwatch's exposition,
+    evaluating the rules) writes to a receiving Prometheus; a central one on
+    federate.yml federates from it. Both end with the recorded series, build
+    info, up and ALERTS, the cluster label, and no raw series nor runbook label."""
+    from lab.ports import free_port
+
+    target = _serve_exposition()
+    node, receiver, central = free_port(), free_port(), free_port()
+    (tmp_path / "allocwatch-rules.yml").write_text((PROMETHEUS_DIR / "allocwatch-rules.yml").read_text())
+    (tmp_path / "node.yml").write_text(_shipped(REMOTE_WRITE, {
+        "scrape_interval: 15s": "scrape_interval: 1s",
+        "evaluation_interval: 15s": "evaluation_interval: 1s",
+        "localhost:19464": f"127.0.0.1:{target.server_address[1]}",
+        "https://metrics.example/api/v1/push": f"http://127.0.0.1:{receiver}/api/v1/write",
+    }))
+    (tmp_path / "central.yml").write_text(_shipped(FEDERATE, {
+        "scrape_interval: 1m": "scrape_interval: 1s",
+        "prometheus.cluster-a.example:9090": f"127.0.0.1:{node}",
+        "          - prometheus.cluster-b.example:9090\n": "",
+    }))
+    (tmp_path / "receiver.yml").write_text("global: {}\n")
+    servers = []
+    try:
+        for name, port, extra in (("receiver", receiver, ["--web.enable-remote-write-receiver"]),
+                                  ("node", node, []), ("central", central, [])):
+            log = (tmp_path / f"{name}.log").open("w")
+            servers.append((subprocess.Popen(
+                ["prometheus", f"--config.file={tmp_path / f'{name}.yml'}", f"--storage.tsdb.path={tmp_path / name}",
+                 f"--web.listen-address=127.0.0.1:{port}", *extra],
+                stdout=log, stderr=subprocess.STDOUT), log))
+        recorded = _recorded()
+        at_node = _names(node, 60, "allocwatch:tasks_stalled:max")
+        assert {"allocwatch_tasks_stalled", "allocwatch:tasks_stalled:max"} <= at_node, at_node  # raw and recorded
+        for port in (receiver, central):
+            names = _names(port, 60, "allocwatch:tasks_stalled:max")
+            allocwatch = {n for n in names if n.startswith("allocwatch")}
+            assert "allocwatch:tasks_stalled:max" in allocwatch and "up" in names, (port, names)
+            assert allocwatch <= recorded | {"allocwatch_build_info"}, (port, allocwatch)  # no raw series
+            labels = _labels(port)
+            assert "cluster" in labels and "allocwatch_runbooks" not in labels, (port, labels)
+    finally:
+        for proc, log in servers:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            log.close()
+        target.shutdown()
+        target.server_close()
