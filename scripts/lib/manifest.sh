@@ -12,6 +12,12 @@
 # Nothing here follows a symbolic link out of the root: a path whose directory resolves
 # outside it is never read, written or removed, and find(1) never follows a link.
 
+# awk is a link that Debian's alternatives keep under /etc: a root without that /etc (a volatile
+# container of this /usr) has mawk alone.
+if ! command -v awk >/dev/null; then
+  awk() { if command -v mawk >/dev/null; then mawk "$@"; else gawk "$@"; fi; }
+fi
+
 OPT=/opt/allocwatch
 MANIFEST=$OPT/install-manifest
 ROOT=""       # the DESTDIR, without a trailing slash; empty for the machine itself
