@@ -226,6 +226,11 @@ def test_a_foreign_opt_allocwatch_is_refused_without_force_and_kept_intact(tmp_p
     (line,) = proc.stderr.splitlines()
     assert line.startswith("install: left alone: /opt/allocwatch (") and line.endswith("--force replaces it"), line
     assert _tree(root) == before
+    env = {**os.environ, "DESTDIR": str(root)}  # the same, told by the environment
+    proc = subprocess.run([str(ROOT / "scripts" / "install"), "--manpage-lib", str(manlib)], capture_output=True,
+                          text=True, env=env, timeout=300, check=False)
+    assert proc.returncode == IN_THE_WAY and proc.stderr == line + "\n", proc.stderr
+    assert _tree(root) == before
     out = _run("uninstall", root)  # no manifest: nothing of it is install's
     assert out.returncode == 0 and "left /opt/allocwatch alone" in out.stderr, out.stderr
     assert _tree(root) == before
