@@ -46,6 +46,9 @@ class Container:
                 "-b", "--", "systemd.firstboot=off",
                 # units of this machine's image that must not start in a copy of it
                 "systemd.mask=postgresql.service", "systemd.mask=prometheus.service",
+                # podman's units want network-online.target: with the host's network, which networkd
+                # does not manage, the wait for it holds the boot at "starting" for 2 minutes
+                "systemd.mask=systemd-networkd-wait-online.service",
             ],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
         )
