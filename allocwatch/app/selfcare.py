@@ -15,13 +15,13 @@ faulted back in when touched); a relock that fails is said once and tried again.
 
 That works for the main arena only, the [heap] that brk grows: glibc gives each
 new thread an arena of its own (up to 8 a core), mappings of up to 64 MiB outside
-[heap], and there, under the lock, what its threads free is never given back. malloc_trim(0) walks every arena, but its
-madvise of their free pages is refused on locked pages; and when the top of a
-thread's heap is freed, glibc shrinks the heap with the same madvise, refused as
-well, and counts those pages gone while they stay resident and locked, where no
-later trim, unlocked or not, looks again (glibc 2.36: a thread that frees 40 MB
-of 1 KiB chunks under mlockall keeps all 40 MB). 16 clients of top's socket once
-left 63 MB so in the socket thread's arena. So `one_arena` (mallopt M_ARENA_MAX
+[heap], and there, under the lock, what its threads free is never given back.
+malloc_trim(0) walks every arena, but its madvise of their free pages is refused
+on locked pages; and when the top of a thread's heap is freed, glibc shrinks the
+heap with the same madvise, refused as well, and counts those pages gone while
+they stay resident and locked, where no later trim, unlocked or not, looks again
+(glibc 2.36: a thread that frees 40,000 chunks of 1 KiB under mlockall keeps all
+42 MB). 16 clients of top's socket once left 63 MB so in the socket thread's arena. So `one_arena` (mallopt M_ARENA_MAX
 1, before any thread starts) keeps every thread's allocations in [heap]: a freed
 top is given back by brk even while locked, and the trim unlocks the rest.
 
