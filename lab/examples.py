@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from lab import memcg, slowdisk
+from lab import memcg, recipes, slowdisk
 
 MIB = 1 << 20
 
@@ -86,27 +86,9 @@ def crawl(d: _TextDaemon) -> None:
 
 def nofs(d: _TextDaemon) -> None:
     """fio writers on XFS behind a 1 MiB/s disk in a 96 MiB group: reclaim with GFP_NOFS."""
-    with slowdisk.SlowDisk(write_bps=1 * MIB, fs="xfs") as disk, memcg.MemCgroup("aw-nofs") as group:
-        disk.set_dirty_bytes(32 * MIB, 16 * MIB)
-        group.set_limit_bytes(96 * MIB)
-        group.spawn(["dd", "if=/dev/zero", f"of={disk.dir / 'fill'}", "bs=1M", "count=128", "conv=fsync"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(60)
-        fio = group.spawn(["fio", "--name=w", f"--directory={disk.mnt}", "--rw=write", "--bs=1M", "--size=512M",
-                           "--numjobs=2", "--ioengine=psync", "--group_reporting", "--runtime=300"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            d.wait_line(_level(2), 90)
-        finally:
-            fio.kill()
-            disk.set_write_bps(0)
-            fio.wait(120)
-            for pid in group.pids():  # fio's jobs are its children
-                subprocess.run(["kill", "-9", str(pid)], check=False)
-            deadline = time.monotonic() + 60
-            while group.pids() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            (disk.dir / "fill").unlink(missing_ok=True)
-        time.sleep(2)
+    with recipes.fio_on_slow_xfs():
+        d.wait_line(_level(2), 90)
+    time.sleep(2)
 
 
 def dirty(d: _TextDaemon) -> None:
@@ -125,25 +107,7 @@ def dirty(d: _TextDaemon) -> None:
 def livelock(d: _TextDaemon) -> None:
     """A hog looping in memcg reclaim, freeing nothing, while nine OOM victims that cannot
     exit (small, on a frozen file system) are chosen one after another, 2 s each."""
-    with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-live") as group:
-        group.set_limit_bytes(64 * MIB)
-        subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
-        victims = []
-        try:
-            for i in range(9):
-                code = f"open('{disk.mnt}/v{i}', 'w')"
-                victims.append(group.spawn(
-                    ["sh", "-c", f'echo 1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "{code}"']))
-            time.sleep(2)
-            with memcg.Hog(group, 128) as hog:
-                hog.wait_ready(30)
-                hog.go()
-                hog.proc.wait(90)
-        finally:
-            subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-            for v in victims:
-                v.kill()
-                v.wait(30)
+    recipes.reclaim_livelock(9, "aw-live", victim_mib=0)
     time.sleep(2)
 
 
