@@ -37,6 +37,7 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list, sock: Any
     listen = cfg.metrics_listen
     if listen is None:
         return None
+    from allocwatch.kernel import sockdiag
     from allocwatch.outputs.endpoint import MetricsServer
     from allocwatch.outputs.metrics import SnapshotCollector, registry_for
 
@@ -48,7 +49,8 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list, sock: Any
         lambda: served[0].counters() if served else {},
     )
     try:
-        served.append(MetricsServer(listen, registry_for(collector), on_error=preflight.say))
+        served.append(MetricsServer(listen, registry_for(collector), on_error=preflight.say,
+                                    owner=sockdiag.loopback_owner))
         return served[0]
     except OSError as exc:
         raise MetricsPortInUse(

@@ -9,7 +9,8 @@ What holds, whatever clients do:
   passes however often bytes come in. A whole request then has as long again to
   take its answer.
 - At most MAX_CONNECTIONS are open at once, at most MAX_PER_PEER of them from one
-  peer (an IPv4 address, an IPv6 /64). A connection past a cap sheds the oldest
+  peer: an IPv4 address, an IPv6 /64, and on loopback a local user (the uid of
+  the client's socket, `owner`: kernel/sockdiag.py). A connection past a cap sheds the oldest
   connection that has not sent a whole request yet: of its own peer past the
   peer's cap, else of the peer holding the most. Clients that say nothing or
   trickle cannot keep a scrape out, however fast they reconnect. A request once
@@ -56,18 +57,20 @@ def split_addr(addr: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def peer_of(host: str) -> str:
+def peer_of(host: str, uid: int | None = None) -> str:
     """Who a connection is from, for the per-peer cap: an IPv4 address (mapped into
-    IPv6 too), or the /64 of an IPv6 address (one host's usual share)."""
+    IPv6 too), or the /64 of an IPv6 address (one host's usual share); and the
+    user, when the client's socket is known to be local and whose."""
+    who = f" uid {uid}" if uid is not None else ""
     try:
         ip = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return host
+        return host + who
     if ip.version == 6:
         if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+            return str(ip.ipv4_mapped) + who
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False)) + who
+    return str(ip) + who
 
 
 class Open(Protocol):
@@ -167,7 +170,8 @@ class MetricsServer:
     `start()` serves in a daemon thread; `close()` stops it."""
 
     def __init__(self, addr: str, registry: Renders, timeout_s: float = 5.0,
-                 on_error: Callable[[str], None] = lambda line: None) -> None:
+                 on_error: Callable[[str], None] = lambda line: None,
+                 owner: Callable[[socket.socket], int | None] = lambda conn: None) -> None:
         host, port = split_addr(addr)
         family = socket.AF_INET
         with contextlib.suppress(ValueError):  # a host name: IPv4 resolution
@@ -187,6 +191,7 @@ class MetricsServer:
         self._registry = registry
         self._timeout_s = timeout_s
         self._on_error = on_error  # said once; a scrape that fails is answered 500
+        self._owner = owner  # the uid of a loopback client's socket, or None
         self._conns: dict[int, _Conn] = {}  # by fd, in the order accepted
         self._closing = False
         self.refused = 0  # answered 503: every open connection had sent a whole request
@@ -250,7 +255,7 @@ class MetricsServer:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     time.sleep(POLL_S)
                 return
-            peer = peer_of(addr[0])
+            peer = peer_of(addr[0], self._owner(sock))
             take, victim = admit(list(self._conns.values()), peer)
             if victim is not None:
                 self.shed += 1
