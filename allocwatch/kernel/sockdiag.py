@@ -48,6 +48,8 @@ def _plain(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 def loopback_owner(conn: socket.socket) -> int | None:
     """The uid of the client's socket of an accepted loopback connection; None
     for any other connection, or when the kernel does not say."""
+    if conn.family not in (socket.AF_INET, socket.AF_INET6):
+        return None
     try:
         peer, local = conn.getpeername(), conn.getsockname()
         client, server = _plain(peer[0]), _plain(local[0])

@@ -4,13 +4,16 @@ clients meet it: real sockets on 127.0.0.x against the real server."""
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
 
 import pytest
 
+from allocwatch.kernel.sockdiag import loopback_owner
 from allocwatch.outputs import endpoint
 from allocwatch.outputs.endpoint import MAX_CONNECTIONS, MAX_PER_PEER, MetricsServer, admit, peer_of
 from allocwatch.outputs.metrics import SnapshotCollector, registry_for
@@ -57,10 +60,10 @@ def _wait(pred, timeout_s: float = 5.0) -> bool:
 def server():
     started: list[MetricsServer] = []
 
-    def start(registry=None, timeout_s: float = 5.0) -> MetricsServer:
+    def start(registry=None, timeout_s: float = 5.0, **kw) -> MetricsServer:
         box: list[MetricsServer] = []
         reg = registry or registry_for(SnapshotCollector(lambda: None, endpoint=lambda: box[0].counters()))
-        srv = MetricsServer("127.0.0.1:0", reg, timeout_s=timeout_s)
+        srv = MetricsServer("127.0.0.1:0", reg, timeout_s=timeout_s, **kw)
         box.append(srv)
         started.append(srv)
         srv.start()
@@ -216,9 +219,51 @@ def test_admit_sheds_the_oldest_idle_of_the_peer_at_its_cap_else_of_the_one_hold
     assert admit([_Open("a", 1.0, True)] * 4, "d", 4, 3) == (False, None)
 
 
-def test_peers_are_ipv4_addresses_and_ipv6_64s():
+def test_peers_are_ipv4_addresses_and_ipv6_64s_and_on_loopback_users():
     assert peer_of("127.0.0.1") == "127.0.0.1"
+    assert peer_of("127.0.0.1", 0) != peer_of("127.0.0.1", 65534) == peer_of("::ffff:127.0.0.1", 65534)
     assert peer_of("::ffff:10.0.0.7") == "10.0.0.7"
     assert peer_of("2001:db8:1:2:aaaa::1") == peer_of("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert peer_of("fe80::1%eth0") == "fe80::/64"
     assert endpoint.MAX_PER_PEER < endpoint.MAX_CONNECTIONS
+
+
+def test_the_owner_of_a_loopback_client_is_its_sockets_uid():
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        with socket.socket(family) as listener:
+            listener.bind((host, 0))
+            listener.listen(1)
+            with socket.create_connection((host, listener.getsockname()[1])):
+                conn, _ = listener.accept()
+                with conn:
+                    assert loopback_owner(conn) == os.geteuid()
+    a, b = socket.socketpair()
+    with a, b:
+        assert loopback_owner(a) is None  # not TCP
+
+
+NOBODY = 65534
+
+
+@pytest.mark.kernel  # root, to be nobody (decided before the test; in CI it must run)
+@pytest.mark.requires_tool("setpriv")
+def test_on_loopback_one_users_flood_sheds_only_its_own_connections(server):
+    """Every local user connects from 127.0.0.1: nobody's 40 silent connections
+    hold 16 slots at most and shed their own, never root's idle ones."""
+    srv = server(timeout_s=30.0, owner=loopback_owner)
+    port = srv.address[1]
+    mine = [_connect(port) for _ in range(MAX_PER_PEER)]  # root's, at root's cap
+    code = ("import socket, sys, time; s = [socket.create_connection(('127.0.0.1', int(sys.argv[1]))) "
+            "for _ in range(40)]; print('open', flush=True); time.sleep(30)")
+    child = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+                              "/usr/bin/python3", "-c", code, str(port)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == "open\n"
+        assert _wait(lambda: srv.shed == 40 - MAX_PER_PEER), srv.counters()
+        assert not any(_closed_by_server(s) for s in mine)
+        assert srv.refused == 0
+    finally:
+        child.kill()
+        child.wait()
+        for s in mine:
+            s.close()
