@@ -10,9 +10,9 @@ What holds, whatever clients do:
   take its answer.
 - At most MAX_CONNECTIONS are open at once, at most MAX_PER_PEER of them from one
   peer: an IPv4 address, an IPv6 /64, and on loopback a local user (the uid of
-  the client's socket, `owner`: kernel/sockdiag.py). A connection past a cap sheds the oldest
-  connection that has not sent a whole request yet: of its own peer past the
-  peer's cap, else of the peer holding the most. Clients that say nothing or
+  the client's socket: `owner`, kernel/sockdiag.py). A connection past a cap
+  sheds the oldest connection that has not sent a whole request yet: of its own
+  peer at the peer's cap, else of the peer holding the most. Clients that say nothing or
   trickle cannot keep a scrape out, however fast they reconnect. A request once
   whole is never shed: only when every open connection has sent one is the new
   connection refused (503).
@@ -31,24 +31,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
-from allocwatch.outputs.exposition import CONTENT_TYPE
+from allocwatch.outputs.httpwire import BUSY, MAX_REQUEST_LINE, Renders, Request, answer, response
 
 MAX_CONNECTIONS = 32  # open at once, whole or not
 MAX_PER_PEER = 16  # open at once from one peer: one remote host cannot fill the rest
-MAX_REQUEST_LINE = 8192  # bytes, of the request line and of each header line
-MAX_HEADERS = 100
 ACCEPTS_PER_PASS = 8  # then the connections already open are read: a burst cannot starve them
 POLL_S = 0.1  # how soon close() is noticed
 _RECV_BYTES = 4096
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 500: "Internal Server Error", 503: "Service Unavailable"}
-BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n"
-        b"Connection: close\r\nRetry-After: 1\r\n\r\nbusy\n")
-
-
-class Renders(Protocol):
-    def render(self) -> bytes: ...
 
 
 def split_addr(addr: str) -> tuple[str, int]:
@@ -105,64 +94,17 @@ def admit(open_: Sequence[_C], peer: str, max_total: int = MAX_CONNECTIONS,
     return False, None
 
 
-def answer(request: Sequence[str], registry: Renders) -> bytes:
-    """The whole response to a request line already checked (method, target, version)."""
-    method, target = request[0], request[1]
-    head = method == "HEAD"
-    if method not in ("GET", "HEAD"):
-        return response(405, b"GET only\n", allow=True)
-    path = target.split("?", 1)[0]
-    if path == "/metrics":
-        return response(200, registry.render(), CONTENT_TYPE, head=head)
-    if path == "/":
-        return response(200, b"allocwatch: metrics at /metrics\n", head=head)
-    return response(404, b"not found\n", head=head)
-
-
-def response(code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", head: bool = False,
-             allow: bool = False) -> bytes:
-    lines = [f"HTTP/1.1 {code} {_REASONS[code]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
-             "Connection: close", *(["Allow: GET, HEAD"] if allow else [])]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (b"" if head else body)
-
-
 class _Conn:
-    """One connection: its request read line by line as bytes come, nothing kept of a header line."""
+    """One connection: its request as it comes, then its answer as it goes."""
 
     def __init__(self, sock: socket.socket, peer: str, now_s: float, timeout_s: float) -> None:
         self.sock = sock
         self.peer = peer
         self.accepted_s = now_s
         self.deadline_s = now_s + timeout_s  # for the whole request; then for the whole answer
-        self.buf = bytearray()
-        self.request: list[str] | None = None
-        self.headers = 0
+        self.request = Request()
         self.whole = False
         self.out = memoryview(b"")
-
-    def feed(self, data: bytes, registry: Renders) -> bytes | None:
-        """The answer, once the request is whole (or bad); None while it is not."""
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\n", 0, MAX_REQUEST_LINE)
-            if end < 0:
-                if len(self.buf) < MAX_REQUEST_LINE:
-                    return None  # the line is not in yet
-                return response(400, b"bad request line\n") if self.request is None \
-                    else response(431, b"header line too long\n")
-            line = bytes(self.buf[: end + 1])
-            del self.buf[: end + 1]
-            if self.request is None:
-                parts = line.decode("latin-1").split()
-                if len(parts) != 3 or not parts[2].startswith("HTTP/"):
-                    return response(400, b"bad request line\n")
-                self.request = parts
-            elif line in (b"\r\n", b"\n"):
-                return answer(self.request, registry)
-            else:
-                self.headers += 1
-                if self.headers >= MAX_HEADERS:
-                    return response(431, b"too many header lines\n")
 
 
 class MetricsServer:
@@ -283,10 +225,11 @@ class MetricsServer:
             return
         except OSError:
             return self._drop(c)
-        if not data and c.request is None:  # gone before a request line
+        line = c.request.line
+        if not data and line is None:  # gone before a request line
             return self._drop(c)
         try:  # at end of input (the client is done sending), a request line already in is answered
-            out = c.feed(data, self._registry) if data else answer(c.request or [], self._registry)
+            out = c.request.feed(data, self._registry) if data else answer(line or [], self._registry)
         except Exception as exc:  # a bug in a collector: this scrape fails, the endpoint goes on
             self.render_failed += 1
             if self.render_failed == 1:
