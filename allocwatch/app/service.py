@@ -38,17 +38,20 @@ def _metrics_server(cfg: config.Config, daemon_ref: list, sinks: list, sock: Any
     listen = cfg.metrics_listen
     if listen is None:
         return None
-    from allocwatch.outputs.metrics import MetricsServer, SnapshotCollector, registry_for
+    from allocwatch.kernel import sockdiag
+    from allocwatch.outputs.endpoint import MetricsServer
+    from allocwatch.outputs.metrics import SnapshotCollector, registry_for
 
     served: list[MetricsServer] = []
     collector = SnapshotCollector(
         lambda: daemon_ref[0].latest if daemon_ref else None,
         lambda: {s.name: s.dropped_blocks for s in sinks},
         lambda: sock.stats() if sock is not None else {},
-        lambda: {"refused": served[0].server.refused} if served else {},
+        lambda: served[0].counters() if served else {},
     )
     try:
-        served.append(MetricsServer(listen, registry_for(collector)))
+        served.append(MetricsServer(listen, registry_for(collector), on_error=preflight.say,
+                                    owner=sockdiag.loopback_owner))
         return served[0]
     except OSError as exc:
         raise MetricsPortInUse(

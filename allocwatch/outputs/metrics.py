@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Prometheus metrics: a custom collector over the latest snapshot, and the
-HTTP endpoint that serves it (outputs/exposition.py writes the text).
+"""Prometheus metrics: a custom collector over the latest snapshot
+(outputs/exposition.py writes the text, outputs/endpoint.py serves it).
 
 The collector builds every family at scrape time from the snapshot it is
 given (a callable, read with a plain reference swap: a scrape never waits on
@@ -12,17 +12,12 @@ docs/metrics.md lists every family.
 
 from __future__ import annotations
 
-import ipaddress
 import math
-import socket
-import socketserver
-import threading
-import time
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
 
 from allocwatch.core.snapshot import Histogram, Snapshot
-from allocwatch.outputs.exposition import CONTENT_TYPE, CounterFamily, Family, GaugeFamily, HistogramFamily, render
+from allocwatch.outputs.endpoint import MAX_CONNECTIONS
+from allocwatch.outputs.exposition import CounterFamily, Family, GaugeFamily, HistogramFamily, render
 
 # Kernel-side limit counters, by the `map` label of allocwatch_map_full_total.
 _MAP_FULL = {"waits_full": "waits", "dwaits_full": "dwaits"}
@@ -46,7 +41,7 @@ class SnapshotCollector:
         self._latest = latest
         self._drops = drops
         self._socket = socket  # top's socket: clients_dropped, clients_refused, snapshots_dropped
-        self._endpoint = endpoint  # this endpoint: refused (connections past MAX_CONNECTIONS)
+        self._endpoint = endpoint  # this endpoint (outputs/endpoint.py): refused, shed
 
     def collect(self) -> Iterator[Family]:
         snap = self._latest()
@@ -196,12 +191,21 @@ class SnapshotCollector:
         )
         snaps.add_metric([], sock.get("snapshots_dropped", 0))
         yield snaps
+        endpoint = self._endpoint()
         refused = CounterFamily(
             "allocwatch_metrics_connections_refused",
-            f"Connections to this endpoint answered 503 and closed at once: it was serving {MAX_CONNECTIONS} already",
+            f"Connections to this endpoint answered 503 and closed at once: {MAX_CONNECTIONS} were open (or as many "
+            "as one peer may hold), every one with its request in",
         )
-        refused.add_metric([], self._endpoint().get("refused", 0))
+        refused.add_metric([], endpoint.get("refused", 0))
         yield refused
+        shed = CounterFamily(
+            "allocwatch_metrics_connections_shed",
+            "Connections to this endpoint closed for a newer one before they had sent a whole request "
+            "(clients that say nothing or trickle, at the cap)",
+        )
+        shed.add_metric([], endpoint.get("shed", 0))
+        yield shed
 
 
 class Registry:
@@ -225,146 +229,3 @@ class Registry:
 
 def registry_for(collector: SnapshotCollector) -> Registry:
     return Registry(collector)
-
-
-_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-            431: "Request Header Fields Too Large", 503: "Service Unavailable"}
-MAX_REQUEST_LINE = 8192  # bytes, of the request line and of each header line
-MAX_HEADERS = 100
-
-
-class _Handler(socketserver.StreamRequestHandler):
-    """One request a connection, HTTP/1.1 as far as a scraper needs: GET (or
-    HEAD) of /metrics or /, the headers read and ignored, then the answer and
-    close. A client has `timeout` seconds in all to send its request: one that
-    sends a byte now and then is dropped as one that sends nothing."""
-
-    registry: Registry
-    timeout = 5.0
-
-    def handle(self) -> None:
-        self._deadline = time.monotonic() + self.timeout
-        try:
-            self._handle()
-        except OSError:  # went away, or stalled past the deadline (TimeoutError is an OSError)
-            pass
-
-    def _readline(self) -> bytes:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError("request not sent in time")
-        self.connection.settimeout(left)  # for the reads this line takes: the deadline is the whole request's
-        return self.rfile.readline(MAX_REQUEST_LINE + 1)
-
-    def _handle(self) -> None:
-        line = self._readline()
-        if not line:
-            return
-        parts = line.decode("latin-1").split()
-        if len(line) > MAX_REQUEST_LINE or len(parts) != 3 or not parts[2].startswith("HTTP/"):
-            return self._send(400, b"bad request line\n")
-        for _ in range(MAX_HEADERS):  # up to the empty line that ends the headers
-            header = self._readline()
-            if header in (b"\r\n", b"\n", b""):
-                break
-            if len(header) > MAX_REQUEST_LINE:
-                return self._send(431, b"header line too long\n")
-        else:
-            return self._send(431, b"too many header lines\n")
-        method, target = parts[0], parts[1]
-        if method not in ("GET", "HEAD"):
-            return self._send(405, b"GET only\n", allow=True)
-        path = target.split("?", 1)[0]
-        if path == "/metrics":
-            self._send(200, self.registry.render(), CONTENT_TYPE, head=method == "HEAD")
-        elif path == "/":
-            self._send(200, b"allocwatch: metrics at /metrics\n", head=method == "HEAD")
-        else:
-            self._send(404, b"not found\n", head=method == "HEAD")
-
-    def _send(self, code: int, body: bytes, ctype: str = "text/plain; charset=utf-8", head: bool = False,
-              allow: bool = False) -> None:
-        head_lines = [f"HTTP/1.1 {code} {_REASONS[code]}", f"Content-Type: {ctype}", f"Content-Length: {len(body)}",
-                      "Connection: close", *(["Allow: GET, HEAD"] if allow else [])]
-        self.wfile.write(("\r\n".join(head_lines) + "\r\n\r\n").encode() + (b"" if head else body))
-
-
-MAX_CONNECTIONS = 32  # served at once; more are answered 503 and closed at once, not queued behind them
-BUSY = (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 5\r\n"
-        b"Connection: close\r\nRetry-After: 1\r\n\r\nbusy\n")
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    """A thread a connection, at most MAX_CONNECTIONS of them: clients that connect
-    and say nothing hold a thread each until the handler's timeout, and a host's
-    worth of them would otherwise be a thread each (and its locked stack pages).
-    The listen backlog is 64: socketserver's 5 made a burst of connections wait
-    for SYN retransmits, a second each (200 connections took 31 s, measured)."""
-
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 64
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self.refused = 0
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.refused += 1
-            try:  # one small answer, never waited on: the socket's buffer is empty
-                request.setblocking(False)
-                request.send(BUSY)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    """"host:port" or "[v6]:port" (as config normalised it) -> (host, port)."""
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-class MetricsServer:
-    """Binds at construction (so a port in use is known before BPF is loaded);
-    `start()` serves in a daemon thread; `close()` stops it."""
-
-    def __init__(self, addr: str, registry: Registry, timeout_s: float = 5.0) -> None:
-        host, port = split_addr(addr)
-        handler = type("Handler", (_Handler,), {"registry": registry, "timeout": timeout_s})
-        server_cls: type[_Server] = _Server
-        try:
-            if ipaddress.ip_address(host).version == 6:
-                server_cls = _Server6
-        except ValueError:
-            pass  # a host name: IPv4 resolution
-        self.server = server_cls((host, port), handler)
-        self.address = self.server.server_address
-        # a short poll, so close() does not wait half a second for the loop to notice
-        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.1,), name="metrics", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self.server.shutdown()
-        self.server.server_close()

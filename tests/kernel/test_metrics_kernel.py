@@ -129,6 +129,74 @@ def _scrape_a_stall_and_evaluate_every_expression(d: Daemon, addr: str, group: m
     assert d.stop() == 0
 
 
+ATTACK_S = 25.0
+ATTACK_CONNECTIONS = 48  # past both caps (32 open, 16 a peer)
+
+
+@pytest.mark.requires_tool("prometheus")
+@pytest.mark.requires_tool("setpriv")
+def test_a_slowloris_flood_from_one_local_user_cannot_keep_prometheus_out():
+    """As `nobody`, 48 connections to the endpoint, each sending one byte of an endless
+    request line every 2.3 s and opened again as soon as the server closes it, for 25 s,
+    while a real Prometheus scrapes every second: Prometheus's own `up` is 1 for every
+    scrape of the attack, the scans go on, and the daemon shed the attacker's connections.
+    (On the endpoint before the shedding and the whole-request deadline, 32 trickling
+    connections held every slot for the whole attack, each past 5 s, and every scrape was 503.)"""
+    from tests.kernel import slowloris
+
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    d = Daemon("--metrics-addr", addr, "--scan-interval", "0.25")
+    attacker = None
+    try:
+        d.wait_ready()
+        with Prometheus(addr) as prom:
+            assert prom.wait_value('up{job="allocwatch"}', lambda v: v == 1, 20) == 1
+            attacker = subprocess.Popen(
+                ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c",
+                 Path(slowloris.__file__).read_text(), "127.0.0.1", str(port), str(ATTACK_CONNECTIONS), "2.3",
+                 str(ATTACK_S)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/",
+            )
+            start = time.time()
+            out, err = attacker.communicate(timeout=ATTACK_S + 60)
+            end = time.time()
+            assert attacker.returncode == 0, err
+            seen = json.loads(out)
+            time.sleep(2)  # the last scrape of the attack stored
+            window = f"{int(end - start) - 1}s"  # the scrapes of the attack, none before it
+
+            def at_end(expr: str) -> float | None:
+                doc = prom.api("query", query=expr, time=f"{end:.3f}")
+                assert doc["status"] == "success", doc
+                result = doc["data"]["result"]
+                return float(result[0]["value"][1]) if result else None
+
+            scrapes = at_end(f'count_over_time(up{{job="allocwatch"}}[{window}])') or 0.0
+            up = at_end(f'sum_over_time(up{{job="allocwatch"}}[{window}])') or 0.0
+            scans = at_end(f"max_over_time(allocwatch_scans_total[{window}]) - "
+                           f"min_over_time(allocwatch_scans_total[{window}])")
+            shed = at_end(f"max_over_time(allocwatch_metrics_connections_shed_total[{window}])")
+            print(f"attacker as nobody: {json.dumps(seen)}; prometheus: {up:g} of {scrapes:g} scrapes up "
+                  f"in the last {window} of the attack; {scans} scans; {shed} connections shed")
+        # The attack was on: the attacker had all its connections open at once,
+        # trickled into them, and opened them again as the server closed them.
+        assert seen["most_open"] >= ATTACK_CONNECTIONS and seen["opened"] >= 2 * ATTACK_CONNECTIONS, seen
+        assert seen["bytes_sent"] >= ATTACK_CONNECTIONS, seen
+        # Prometheus got in all along: at most one scrape of the attack missed.
+        assert scrapes >= ATTACK_S / 2, scrapes
+        assert up >= scrapes - 1, f"{up:g} of {scrapes:g} scrapes during the attack were up"
+        # ... because the daemon shed the attacker's connections, and its scans went on.
+        assert shed is not None and shed >= ATTACK_CONNECTIONS, shed
+        assert scans is not None and scans >= ATTACK_S, f"{scans} scans in {window} at 0.25 s"
+        assert d.stop() == 0
+    finally:
+        if attacker is not None and attacker.poll() is None:
+            attacker.kill()
+            attacker.wait()
+        d.kill()
+
+
 def test_metrics_port_in_use_is_exit_11_before_anything_is_loaded():
     import socket
 

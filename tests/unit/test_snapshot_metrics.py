@@ -24,7 +24,8 @@ from allocwatch.core.snapshot import (
     per_site_now,
 )
 from allocwatch.outputs import report
-from allocwatch.outputs.metrics import MetricsServer, SnapshotCollector, registry_for, split_addr
+from allocwatch.outputs.endpoint import MetricsServer, split_addr
+from allocwatch.outputs.metrics import SnapshotCollector, registry_for
 from allocwatch.outputs.sinks import FdSink
 from tests.unit.fakes import hog_stalls_then_wakes, snapshot_daemon
 
