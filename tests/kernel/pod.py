@@ -51,8 +51,8 @@ class PodSpecError(ValueError):
     pass
 
 
-def daemonset() -> dict[str, Any]:
-    docs = [d for d in yaml.safe_load_all(DAEMONSET.read_text()) if d is not None]
+def daemonset(manifest: Path = DAEMONSET) -> dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all(manifest.read_text()) if d is not None]
     (ds,) = [d for d in docs if d["kind"] == "DaemonSet"]
     return ds
 
@@ -84,8 +84,8 @@ class PodRun:
     `scratch` holds the emptyDir directories (removed by `close()`); each
     container port is published on 127.0.0.1 at the port `host_ports` gives."""
 
-    def __init__(self, image: str, name: str, host_ports: dict[int, int]) -> None:
-        ds = daemonset()
+    def __init__(self, image: str, name: str, host_ports: dict[int, int], manifest: Path = DAEMONSET) -> None:
+        ds = daemonset(manifest)
         template = ds["spec"]["template"]
         spec = template["spec"]
         _unknown("pod spec", spec, MIRRORED_POD | SCHEDULING_ONLY_POD)
