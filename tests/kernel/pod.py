@@ -84,7 +84,10 @@ class PodRun:
     `scratch` holds the emptyDir directories (removed by `close()`); each
     container port is published on 127.0.0.1 at the port `host_ports` gives."""
 
-    def __init__(self, image: str, name: str, host_ports: dict[int, int], manifest: Path = DAEMONSET) -> None:
+    def __init__(self, image: str, name: str, host_ports: dict[int, int], manifest: Path = DAEMONSET,
+                 network: str | None = None, cgroup_parent: str | None = None) -> None:
+        """`network` and `cgroup_parent` stand for what a kubelet makes around the
+        container: the pod's own network and its cgroup."""
         ds = daemonset(manifest)
         template = ds["spec"]["template"]
         spec = template["spec"]
@@ -101,6 +104,10 @@ class PodRun:
         argv.append("--pid=host" if spec.get("hostPID") else "--pid=private")
         if spec.get("hostNetwork"):
             argv.append("--network=host")
+        elif network:
+            argv.append(f"--network={network}")
+        if cgroup_parent:
+            argv += [f"--cgroup-parent={cgroup_parent}", "--cgroups=no-conmon"]
         for port in c.get("ports", []):
             argv += ["-p", f"127.0.0.1:{host_ports[port['containerPort']]}:{port['containerPort']}"]
         if sc.get("readOnlyRootFilesystem"):

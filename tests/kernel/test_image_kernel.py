@@ -22,6 +22,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -56,12 +57,18 @@ def image() -> Iterator[str]:
 
 
 class Pod:
-    """The container running, attached: its stdout's JSON lines and its stderr collected as they come."""
+    """The container running, attached: its stdout's JSON lines and its stderr collected as they come.
+
+    Around it, what a kubelet would make, named after the container and removed by
+    `close()`: a network of its own (its bridge goes with it) and a parent cgroup
+    (podman's monitor, conmon, stays in the test's own)."""
 
     def __init__(self, image: str) -> None:
         self.name = f"aw-pod-{os.getpid()}-{secrets.token_hex(3)}"
         self.port = free_port()
-        self.run = PodRun(image, self.name, {METRICS_PORT: self.port})
+        subprocess.run([*podman(), "network", "create", self.name], capture_output=True, check=True, timeout=60)
+        self.run = PodRun(image, self.name, {METRICS_PORT: self.port}, network=self.name,
+                          cgroup_parent=f"/{self.name}")
         self.proc = subprocess.Popen(self.run.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.records: list[dict[str, Any]] = []
@@ -105,7 +112,12 @@ class Pod:
         if self.proc.poll() is None:
             self.stop()
         subprocess.run([*podman(), "rm", "--force", self.name], capture_output=True, check=False)
+        subprocess.run([*podman(), "network", "rm", "--force", self.name], capture_output=True, check=False)
         self.run.close()
+        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.name}"):
+            for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+                d.rmdir()
+            parent.rmdir()
 
 
 @pytest.mark.requires_cgroup_v1_memory
