@@ -4,8 +4,8 @@ deploy/kubernetes/allocwatch-daemonset.yaml run with what the manifest gives it,
 read from the manifest itself, so a change there is a change here.
 
 What is mirrored, field by field: hostPID (--pid=host); hostNetwork false (a
-network namespace of its own, the container port published on loopback for the
-test's Prometheus); runAsUser; readOnlyRootFilesystem (--read-only, and none of
+network namespace of its own on a bridge; as in a cluster, Prometheus scrapes
+the pod's own address, no port is published on the host); runAsUser; readOnlyRootFilesystem (--read-only, and none of
 podman's own tmpfs mounts, which a kubelet does not make); capabilities (drop
 ALL, add the listed ones only); seccompProfile RuntimeDefault (podman's default
 profile) or Unconfined; the AppArmor annotation; the memory limit; every volume
@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import json
 import resource
+import shlex
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,10 +83,10 @@ def _unknown(what: str, have: dict[str, Any], known: set[str]) -> None:
 class PodRun:
     """The `podman run` command line of the DaemonSet's one container.
 
-    `scratch` holds the emptyDir directories (removed by `close()`); each
-    container port is published on 127.0.0.1 at the port `host_ports` gives."""
+    `scratch` holds the emptyDir directories (removed by `close()`); `ports`
+    the container ports, reached at the pod's address."""
 
-    def __init__(self, image: str, name: str, host_ports: dict[int, int], manifest: Path = DAEMONSET,
+    def __init__(self, image: str, name: str, manifest: Path = DAEMONSET,
                  network: str | None = None, cgroup_parent: str | None = None) -> None:
         """`network` and `cgroup_parent` stand for what a kubelet makes around the
         container: the pod's own network and its cgroup."""
@@ -108,8 +110,7 @@ class PodRun:
             argv.append(f"--network={network}")
         if cgroup_parent:
             argv += [f"--cgroup-parent={cgroup_parent}", "--cgroups=no-conmon"]
-        for port in c.get("ports", []):
-            argv += ["-p", f"127.0.0.1:{host_ports[port['containerPort']]}:{port['containerPort']}"]
+        self.ports = [int(p["containerPort"]) for p in c.get("ports", [])]
         if sc.get("readOnlyRootFilesystem"):
             argv += ["--read-only", "--read-only-tmpfs=false"]
         caps = sc.get("capabilities", {})
@@ -166,3 +167,29 @@ class PodRun:
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def cni_chains() -> set[tuple[str, str]]:
+    """The (table, chain) pairs of iptables whose chain is CNI's (CNI-*)."""
+    out: set[tuple[str, str]] = set()
+    for table in ("filter", "nat"):
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=False).stdout
+        out |= {(table, line.split()[1]) for line in rules.splitlines() if line.startswith("-N CNI-")}
+    return out
+
+
+def remove_cni_chains(chains: set[tuple[str, str]]) -> None:
+    """Remove these chains, and the rules of other chains that jump to them: what
+    podman's CNI plugins leave behind once the last network is gone."""
+    for table in {t for t, _ in chains}:
+        names = {c for t, c in chains if t == table}
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=False).stdout
+        for line in rules.splitlines():
+            parts = shlex.split(line)
+            jumps_to = parts[parts.index("-j") + 1] if "-j" in parts else ""
+            if parts[:1] == ["-A"] and parts[1] not in names and jumps_to in names:
+                subprocess.run(["iptables", "-t", table, "-D", *parts[1:]], capture_output=True, check=False)
+        for name in names:
+            subprocess.run(["iptables", "-t", table, "-F", name], capture_output=True, check=False)
+        for name in names:
+            subprocess.run(["iptables", "-t", table, "-X", name], capture_output=True, check=False)

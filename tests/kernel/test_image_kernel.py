@@ -28,9 +28,8 @@ from typing import Any
 import pytest
 
 from lab import memcg
-from lab.ports import free_port
 from tests.kernel.daemonproc import allocwatch_prog_ids, progs_left
-from tests.kernel.pod import ROOT, PodRun, podman
+from tests.kernel.pod import ROOT, PodRun, cni_chains, podman, remove_cni_chains
 from tests.kernel.promserver import Prometheus
 
 pytestmark = pytest.mark.requires_tool("podman", "mmdebstrap", "prometheus")
@@ -60,15 +59,16 @@ class Pod:
     """The container running, attached: its stdout's JSON lines and its stderr collected as they come.
 
     Around it, what a kubelet would make, named after the container and removed by
-    `close()`: a network of its own (its bridge goes with it) and a parent cgroup
-    (podman's monitor, conmon, stays in the test's own)."""
+    `close()`: a network of its own (its bridge goes with it, and the iptables
+    chains CNI made for it) and a parent cgroup (podman's monitor, conmon, stays
+    in the test's own)."""
 
     def __init__(self, image: str) -> None:
         self.name = f"aw-pod-{os.getpid()}-{secrets.token_hex(3)}"
-        self.port = free_port()
+        self.chains_before = cni_chains()
         subprocess.run([*podman(), "network", "create", self.name], capture_output=True, check=True, timeout=60)
-        self.run = PodRun(image, self.name, {METRICS_PORT: self.port}, network=self.name,
-                          cgroup_parent=f"/{self.name}")
+        self.run = PodRun(image, self.name, network=self.name, cgroup_parent=f"/{self.name}")
+        assert METRICS_PORT in self.run.ports, self.run.ports
         self.proc = subprocess.Popen(self.run.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.records: list[dict[str, Any]] = []
@@ -95,6 +95,14 @@ class Pod:
             time.sleep(0.2)
         return False
 
+    def address(self) -> str:
+        """The pod's own IP address, as a cluster's Prometheus reaches it."""
+        fmt = '{{(index .NetworkSettings.Networks "' + self.name + '").IPAddress}}'
+        out = subprocess.run([*podman(), "inspect", "--format", fmt, self.name], capture_output=True, text=True,
+                             timeout=30, check=True).stdout.strip()
+        assert out, f"no address for {self.name}"
+        return out
+
     def exec(self, *argv: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*podman(), "exec", self.name, *argv], capture_output=True, text=True, timeout=90,
                               check=False)
@@ -113,6 +121,7 @@ class Pod:
             self.stop()
         subprocess.run([*podman(), "rm", "--force", self.name], capture_output=True, check=False)
         subprocess.run([*podman(), "network", "rm", "--force", self.name], capture_output=True, check=False)
+        remove_cni_chains(cni_chains() - self.chains_before)
         self.run.close()
         for parent in Path("/sys/fs/cgroup").glob(f"*/{self.name}"):
             for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
@@ -128,7 +137,7 @@ def test_the_daemonset_pod_reports_a_host_stall_and_detaches_on_sigterm(image):
         ready = pod.wait(lambda: any("watching" in s for s in pod.stderr), 120)
         assert ready, f"the pod did not start (exit {pod.proc.poll()}): {''.join(pod.stderr)[-3000:]}"
         assert allocwatch_prog_ids() - before, "the pod says it is watching but no aw_* program is loaded"
-        with Prometheus(f"127.0.0.1:{pod.port}") as prom, memcg.MemCgroup("aw-pod") as group:
+        with Prometheus(f"{pod.address()}:{METRICS_PORT}") as prom, memcg.MemCgroup("aw-pod") as group:
             (hog,) = memcg.stall_indefinitely(group, 1, 100)
 
             def reported() -> list[dict[str, Any]]:

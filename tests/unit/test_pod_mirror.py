@@ -13,7 +13,7 @@ from tests.kernel.pod import DAEMONSET, PodRun, PodSpecError
 
 
 def test_the_command_line_is_the_manifests():
-    run = PodRun("img:x", "aw-pod-unit", {19464: 12345})
+    run = PodRun("img:x", "aw-pod-unit", network="aw-net", cgroup_parent="/aw-cg")
     try:
         argv = run.argv
         assert "--pid=host" in argv and "--read-only" in argv and "--read-only-tmpfs=false" in argv
@@ -21,7 +21,8 @@ def test_the_command_line_is_the_manifests():
         assert sorted(caps) == sorted(f"CAP_{c}" for c in ("BPF", "PERFMON", "SYS_ADMIN", "DAC_READ_SEARCH",
                                                            "SYS_PTRACE"))
         assert "--cap-drop=all" in argv and "--privileged" not in argv
-        assert argv[argv.index("-p") + 1] == "127.0.0.1:12345:19464"
+        assert "-p" not in argv and "--network=aw-net" in argv and run.ports == [19464]  # the pod's own address
+        assert "--cgroup-parent=/aw-cg" in argv
         assert argv[argv.index("--memory") + 1] == str(256 << 20)
         mounts = [argv[i + 1] for i, a in enumerate(argv) if a in ("-v", "--mount")]
         assert "/sys/kernel/tracing:/sys/kernel/tracing:rw" in mounts
@@ -46,4 +47,4 @@ def test_a_field_it_does_not_mirror_is_refused(tmp_path):
     manifest = tmp_path / "ds.yaml"
     manifest.write_text(yaml.safe_dump_all(docs))
     with pytest.raises(PodSpecError, match="procMount"):
-        PodRun("img:x", "aw-pod-unit", {19464: 1}, manifest=manifest)
+        PodRun("img:x", "aw-pod-unit", manifest=manifest)
