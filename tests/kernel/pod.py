@@ -66,6 +66,12 @@ def podman() -> list[str]:
     return ["podman", "--runtime", "runc"] if hybrid and shutil.which("runc") else ["podman"]
 
 
+def ulimits() -> list[str]:
+    """podman's --ulimit flags for limits root here may set (see the module's docstring)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return ["--ulimit", f"nofile={hard}:{hard}", "--ulimit", "nproc=32768:32768"]
+
+
 def _bytes(quantity: str) -> int:
     units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
     for suffix, factor in units.items():
@@ -130,8 +136,7 @@ class PodRun:
         argv += self._volumes(spec.get("volumes", []), c.get("volumeMounts", []))
         for env in c.get("env", []):
             argv += ["--env", f"{env['name']}={env['value']}"]
-        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        argv += ["--ulimit", f"nofile={hard}:{hard}", "--ulimit", "nproc=32768:32768"]
+        argv += ulimits()
         if "command" in c:
             argv += ["--entrypoint", json.dumps(c["command"])]
         argv.append(image)

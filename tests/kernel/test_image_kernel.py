@@ -29,7 +29,7 @@ import pytest
 
 from lab import memcg
 from tests.kernel.daemonproc import allocwatch_prog_ids, progs_left
-from tests.kernel.pod import ROOT, PodRun, cni_chains, podman, remove_cni_chains
+from tests.kernel.pod import ROOT, PodRun, cni_chains, podman, remove_cni_chains, ulimits
 from tests.kernel.promserver import Prometheus
 
 pytestmark = pytest.mark.requires_tool("podman", "mmdebstrap", "prometheus")
@@ -127,6 +127,23 @@ class Pod:
             for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
                 d.rmdir()
             parent.rmdir()
+
+
+def test_the_image_keeps_no_build_state(image):
+    """allocwatch installed as a package, its entrypoint on PATH; no pip, compiler, apt lists or
+    caches, and no bytecode of allocwatch's build in the image."""
+    script = ("command -v allocwatch; python3 -c 'import allocwatch, bcc, yaml; print(allocwatch.__file__)'; "
+              "ls -d /usr/local/lib/python3*/dist-packages/allocwatch-*.dist-info; "
+              "echo LEFT; command -v pip pip3 gcc cc clang; "
+              "find /var/lib/apt/lists /var/cache/apt -type f ! -name lock; "
+              "find / -xdev -path '*allocwatch*' -name '*.pyc'; ls -d /src /staging /root/.cache 2>/dev/null; true")
+    proc = subprocess.run([*podman(), "run", "--rm", *ulimits(), "--entrypoint", "sh", image, "-c", script],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    found, left = proc.stdout.split("LEFT\n")
+    assert found.splitlines()[0] == "/usr/local/bin/allocwatch", found
+    assert "/usr/local/lib/python3" in found and ".dist-info" in found, found
+    assert left.split() == [], f"left in the image: {left}"
 
 
 @pytest.mark.requires_cgroup_v1_memory
