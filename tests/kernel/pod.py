@@ -148,6 +148,7 @@ class PodRun:
         by_name = {v["name"]: v for v in volumes}
         out: list[str] = []
         for m in mounts:
+            _unknown(f"volumeMount {m['name']}", m, {"name", "mountPath", "readOnly"})
             v = by_name[m["name"]]
             ro = bool(m.get("readOnly"))
             if "hostPath" in v:
