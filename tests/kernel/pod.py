@@ -175,6 +175,14 @@ class PodRun:
         shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+def remove_cgroup(name: str) -> None:
+    """Remove the cgroup /`name`, made by --cgroup-parent, and what is under it, in every hierarchy."""
+    for parent in Path("/sys/fs/cgroup").glob(f"*/{name}"):
+        for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            d.rmdir()
+        parent.rmdir()
+
+
 def cni_chains() -> set[tuple[str, str]]:
     """The (table, chain) pairs of iptables whose chain is CNI's (CNI-*)."""
     out: set[tuple[str, str]] = set()

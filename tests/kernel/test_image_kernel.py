@@ -30,7 +30,7 @@ import pytest
 
 from lab import memcg
 from tests.kernel.daemonproc import allocwatch_prog_ids, progs_left
-from tests.kernel.pod import ROOT, PodRun, cni_chains, podman, remove_cni_chains, ulimits
+from tests.kernel.pod import ROOT, PodRun, cni_chains, podman, remove_cgroup, remove_cni_chains, ulimits
 from tests.kernel.promserver import Prometheus
 
 pytestmark = pytest.mark.requires_tool("podman", "mmdebstrap", "prometheus")
@@ -126,10 +126,7 @@ class Pod:
         remove_cni_chains(cni_chains() - self.chains_before)
         shutil.rmtree(CNI_IPAM / self.name, ignore_errors=True)  # host-local's addresses, left by network rm
         self.run.close()
-        for parent in Path("/sys/fs/cgroup").glob(f"*/{self.name}"):
-            for d in sorted((p for p in parent.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
-                d.rmdir()
-            parent.rmdir()
+        remove_cgroup(self.name)
 
 
 def test_the_image_keeps_no_build_state(image):
@@ -140,10 +137,14 @@ def test_the_image_keeps_no_build_state(image):
               "echo LEFT; command -v pip pip3 gcc cc clang; "
               "find /var/lib/apt/lists /var/cache/apt -type f ! -name lock; "
               "find / -xdev -path '*allocwatch*' -name '*.pyc'; ls -d /src /staging /root/.cache 2>/dev/null; true")
-    # no network and no cgroups of its own: nothing of podman's is left on the machine
-    proc = subprocess.run([*podman(), "run", "--rm", "--network=none", "--cgroups=disabled", *ulimits(),
-                           "--entrypoint", "sh", image, "-c", script],
-                          capture_output=True, text=True, timeout=120, check=False)
+    # no network, and a parent cgroup of its own removed after: nothing of podman's is left
+    cgroup = f"aw-img-{os.getpid()}-{secrets.token_hex(3)}"
+    try:
+        proc = subprocess.run([*podman(), "run", "--rm", "--network=none", f"--cgroup-parent=/{cgroup}",
+                               "--cgroups=no-conmon", *ulimits(), "--entrypoint", "sh", image, "-c", script],
+                              capture_output=True, text=True, timeout=120, check=False)
+    finally:
+        remove_cgroup(cgroup)
     assert proc.returncode == 0, proc.stderr
     found, left = proc.stdout.split("LEFT\n")
     assert found.splitlines()[0] == "/usr/local/bin/allocwatch", found
