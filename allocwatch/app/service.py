@@ -198,6 +198,7 @@ def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOu
 
 def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
     """Watch until SIGINT or SIGTERM; 0, or a typed error for the CLI to turn into its exit code."""
+    selfcare.one_arena()  # before any thread starts: every thread's memory in the heap a trim gives back
     cfg = config.load(path, overrides)  # milliseconds: a bad file is its exit code, with no handler yet
     stop = threading.Event()
     reload_asked = threading.Event()

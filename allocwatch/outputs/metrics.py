@@ -185,7 +185,7 @@ class SnapshotCollector:
         sock = self._socket()
         clients = CounterFamily(
             "allocwatch_socket_clients_dropped",
-            "Clients of top's socket closed by the daemon: fell behind (unread buffer full), or refused",
+            "Clients of top's socket closed by the daemon: fell behind (no snapshot finished for 10 s), or refused",
             labels=["reason"],
         )
         clients.add_metric(["behind"], sock.get("clients_dropped", 0))

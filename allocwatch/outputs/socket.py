@@ -5,9 +5,14 @@ Each line is one JSON object (core/snapview.py): first `hello` (version,
 kernel, coverage), then a `snapshot` after every scan. `publish()` returns at
 once: it hands the snapshot to the socket's own thread through a queue of
 QUEUE_SNAPSHOTS (a snapshot that finds it full is dropped and counted), and
-that thread renders it once and appends it to each client's buffer. A client
-that still has more than `max_buffer_bytes` unread when the next snapshot
-comes has fallen behind: it is closed and counted, never waited for.
+that thread renders it once into one frame (the line's bytes) that every client
+shares: nothing is copied per client. A client holds at most two frames: the
+one it is being sent (with how far it has got) and the latest that came since,
+which it begins once the first is done, so a client that is behind skips to the
+newest snapshot at a line boundary. What the clients make the daemon hold is at
+most one frame each and the latest, however long they stay. One that has not
+finished a frame for `max_behind_s` while newer ones came has fallen behind: it
+is closed and counted, never waited for.
 
 Who may read: the socket is mode 0600 (0660 with `socket_group`), owned by
 the daemon's user, in a directory made 0700 (0750) when it does not exist
@@ -40,7 +45,7 @@ from allocwatch.core.snapview import snapshot_dict
 from allocwatch.errors import SocketUnavailable
 
 QUEUE_SNAPSHOTS = 2  # scans the socket thread may lag behind before snapshots are dropped
-DEFAULT_CLIENT_BUFFER_BYTES = 4 << 20  # unread bytes a client may hold when the next snapshot comes
+DEFAULT_MAX_BEHIND_S = 10.0  # a client that finishes no frame this long while newer ones come is closed
 DEFAULT_MAX_CLIENTS = 16
 REFUSED_TYPE = "refused"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -121,9 +126,42 @@ def _clear_stale(path: Path) -> None:
 
 
 class _Client:
+    """What the socket thread keeps for one client: the frame it is being sent
+    and how much of it has gone, and the latest frame that came since. Frames
+    are the bytes every client shares; none is copied here."""
+
+    __slots__ = ("behind_since_ns", "frame", "next", "sent", "sock")
+
     def __init__(self, sock: socket.socket, first: bytes) -> None:
         self.sock = sock
-        self.out = bytearray(first)
+        self.frame: bytes | None = first  # being sent, from `sent` on
+        self.sent = 0
+        self.next: bytes | None = None  # the latest frame, begun when `frame` is done
+        self.behind_since_ns: int | None = None  # a newer frame has waited since then
+
+    def offer(self, frame: bytes, now_ns: int) -> None:
+        """The newest frame: begun at once when none is being sent, else it waits in place
+        of any frame waiting (skipped: the client sees the newest at a line boundary)."""
+        if self.frame is None:
+            self.frame, self.sent = frame, 0
+            return
+        self.next = frame
+        if self.behind_since_ns is None:
+            self.behind_since_ns = now_ns
+
+    def behind_for_ns(self, now_ns: int) -> int:
+        return 0 if self.behind_since_ns is None else now_ns - self.behind_since_ns
+
+    def send(self) -> None:
+        """As much as the socket takes (raises what send() raises); a frame done begins the next."""
+        while self.frame is not None:
+            self.sent += self.sock.send(memoryview(self.frame)[self.sent:])
+            if self.sent < len(self.frame):
+                return
+            self.frame, self.sent, self.next, self.behind_since_ns = self.next, 0, None, None
+
+    def frames(self) -> tuple[bytes, ...]:
+        return tuple(f for f in (self.frame, self.next) if f is not None)
 
 
 class SocketServer:
@@ -133,7 +171,7 @@ class SocketServer:
         self,
         path: str,
         group: str = "",
-        max_buffer_bytes: int = DEFAULT_CLIENT_BUFFER_BYTES,
+        max_behind_s: float = DEFAULT_MAX_BEHIND_S,
         max_clients: int = DEFAULT_MAX_CLIENTS,
         render: Callable[[Snapshot], Mapping[str, Any]] = snapshot_dict,
         on_error: Callable[[str], None] = lambda line: None,
@@ -141,7 +179,7 @@ class SocketServer:
         self.path = Path(path)
         self._gid = group_id(group)
         self._group = group
-        self._max_buffer = max_buffer_bytes
+        self._max_behind_ns = int(max_behind_s * 1e9)
         self._max_clients = max_clients
         self._render = render
         self._on_error = on_error  # said once; the socket goes on without that snapshot
@@ -186,6 +224,12 @@ class SocketServer:
     def stats(self) -> dict[str, int]:
         return {"clients_dropped": self.clients_dropped, "clients_refused": self.clients_refused,
                 "snapshots_dropped": self.snapshots_dropped + self.render_failed}
+
+    def held_bytes(self) -> int:
+        """The bytes of the frames the clients hold, each frame counted once (a read from
+        another thread: a moment's figure)."""
+        frames = {id(f): len(f) for c in list(self._clients.values()) for f in c.frames()}
+        return sum(frames.values())
 
     def wanted(self) -> bool:
         """Somebody listens: the daemon then reads the live view (a plain read, no lock)."""
@@ -288,11 +332,11 @@ class SocketServer:
                     self._on_error(f"internal error: cannot render a snapshot for top: {type(exc).__name__}: {exc}")
                 continue
             for c in list(self._clients.values()):
-                if len(c.out) > self._max_buffer:  # still this much unread: it has fallen behind
+                c.offer(data, snap.mono_ns)
+                if c.behind_for_ns(snap.mono_ns) > self._max_behind_ns:  # no frame done for that long
                     self.clients_dropped += 1
                     self._drop(sel, c)
                     continue
-                c.out += data
                 sel.modify(c.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, c)
 
     def _service(self, sel: selectors.BaseSelector, c: _Client, events: int) -> None:
@@ -304,15 +348,14 @@ class SocketServer:
                 pass
             except OSError:
                 return self._drop(sel, c)
-        if events & selectors.EVENT_WRITE and c.out:
+        if events & selectors.EVENT_WRITE:
             try:
-                n = c.sock.send(c.out)
+                c.send()
             except BlockingIOError:
                 return
             except OSError:
                 return self._drop(sel, c)
-            del c.out[:n]
-        if not c.out:
+        if c.frame is None:
             sel.modify(c.sock, selectors.EVENT_READ, c)
 
     def _drop(self, sel: selectors.BaseSelector, c: _Client) -> None:

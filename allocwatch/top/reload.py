@@ -2,8 +2,11 @@
 """`allocwatch reload`: ask the running daemon to read its configuration again,
 and say how that went in the exit code (systemd's `ExecReload=`).
 
-It connects to the daemon's socket as top does, takes the pid of the process
-listening there from the kernel (SO_PEERCRED, never a pid a message names),
+It connects to the daemon's socket as top does (with `--pid`, the socket that
+process listens on, from /proc: the configuration file is not read, so a
+broken one is the daemon's to refuse; else `--socket` or `socket_path`),
+takes the pid of the process listening there from the kernel (SO_PEERCRED,
+never a pid a message names),
 notes the reload count of the latest snapshot, sends that process SIGHUP and
 waits for a snapshot whose count is higher. It prints the daemon's own line and
 exits 0 when the daemon reloaded, 3 when it refused the configuration (the
@@ -24,6 +27,7 @@ from typing import Any
 
 from allocwatch import config
 from allocwatch.errors import ConfigError, NoSnapshot
+from allocwatch.kernel.procfs import DEFAULT_PROCFS, listening_unix_paths
 from allocwatch.top.feed import NoDaemon, SocketFeed
 
 ANSWER_TIMEOUT_S = 30.0
@@ -35,9 +39,11 @@ class ReloadRefused(ConfigError):
 
 def add_parser(sub: Any) -> None:
     rl = sub.add_parser("reload", help="make the running daemon read its configuration again; exit 3 if refused")
-    rl.add_argument("--config", type=Path, help="YAML configuration file (for socket_path)")
-    rl.add_argument("--socket", metavar="PATH", help="the daemon's socket (default: socket_path)")
-    rl.add_argument("--pid", type=int, help="the daemon's pid, to check against the socket's (systemd: $MAINPID)")
+    rl.add_argument("--config", type=Path, help="YAML configuration file (for socket_path, without --pid)")
+    rl.add_argument("--socket", metavar="PATH", help="the daemon's socket (default: the one --pid listens on, "
+                    "else socket_path)")
+    rl.add_argument("--pid", type=int, help="the daemon's pid (systemd: $MAINPID): its socket is found from /proc "
+                    "and must be its own")
     rl.add_argument("--timeout", type=float, default=ANSWER_TIMEOUT_S, metavar="SECONDS",
                     help=f"how long to wait for the daemon's answer (default {ANSWER_TIMEOUT_S:g})")
 
@@ -88,8 +94,21 @@ def reload(path: str, pid: int | None, timeout_s: float) -> str:
         feed.close()
 
 
+def socket_of(pid: int, procfs: Path = DEFAULT_PROCFS) -> str:
+    """The socket daemon `pid` serves top on: the one Unix socket it listens on."""
+    paths = [p for p in listening_unix_paths(procfs, pid) if p.startswith("/")]
+    if len(paths) != 1:
+        raise NoSnapshot(f"no reload: pid {pid} listens on {len(paths)} socket(s) with a path, not one "
+                         "(no daemon there, not allocwatch, or its socket_path is ''): give --socket")
+    return paths[0]
+
+
 def cmd_reload(args: argparse.Namespace) -> int:
-    cfg = config.load(args.config, {})
-    path = args.socket if args.socket is not None else cfg.socket_path
+    if args.socket is not None:
+        path = args.socket
+    elif args.pid is not None:
+        path = socket_of(args.pid)
+    else:
+        path = config.load(args.config, {}).socket_path
     print(reload(path, args.pid, args.timeout), flush=True)
     return 0

@@ -5,12 +5,11 @@ and every kind of report says so."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
 
-from lab import memcg, slowdisk
+from lab import recipes
 
 
 @pytest.mark.requires_cgroup_v1_blkio
@@ -18,37 +17,13 @@ from lab import memcg, slowdisk
 @pytest.mark.requires_tool("mkfs.xfs")
 def test_fio_on_xfs_behind_a_slow_disk_is_reported_with_gfp_nofs(daemon_factory):
     d = daemon_factory()
-    with slowdisk.SlowDisk(write_bps=1 << 20, fs="xfs") as disk, memcg.MemCgroup("aw-nofs") as group:
-        # XFS cannot write a dirty page back from reclaim: a group full of dirty pages is OOM-killed (24 GiB of
-        # RAM here: the global dirty limit is far above the group's). With 32 MiB dirty at most, reclaim finds
-        # pages under writeback and waits on them, asking with GFP_NOFS.
-        disk.set_dirty_bytes(32 << 20, 16 << 20)
-        group.set_limit_bytes(96 << 20)
-        fill = disk.dir / "fill"  # the group full of clean page cache first (a fast disk): fio's writes reclaim
-        group.spawn(["dd", "if=/dev/zero", f"of={fill}", "bs=1M", "count=128", "conv=fsync"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(60)
-        fio = group.spawn(
-            ["fio", "--name=w", f"--directory={disk.mnt}", "--rw=write", "--bs=1M", "--size=512M", "--numjobs=2",
-             "--ioengine=psync", "--group_reporting", "--runtime=300"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        try:
-            def fio_reported(records) -> bool:
-                return any(t["comm"].startswith("fio") for r in records if r["type"] == "stall_report"
-                           for t in r["tasks"])
+    with recipes.fio_on_slow_xfs():
+        def fio_reported(records) -> bool:
+            return any(t["comm"].startswith("fio") for r in records if r["type"] == "stall_report"
+                       for t in r["tasks"])
 
-            assert d.wait_for(fio_reported, 60), f"fio was never reported: {d.raw_lines[-3:]}"
-            time.sleep(25)  # windows of its waits
-        finally:
-            fio.kill()
-            disk.set_write_bps(0)
-            fio.wait(120)
-            for pid in group.pids():  # fio's jobs are its children
-                subprocess.run(["kill", "-9", str(pid)], check=False)
-            deadline = time.monotonic() + 60
-            while group.pids() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            fill.unlink(missing_ok=True)
+        assert d.wait_for(fio_reported, 60), f"fio was never reported: {d.raw_lines[-3:]}"
+        time.sleep(25)  # windows of its waits
     assert d.stop() == 0
     tasks = [t for r in d.of_type("stall_report") for t in r["tasks"] if t["comm"].startswith("fio")]
     assert tasks

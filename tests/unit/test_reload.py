@@ -9,6 +9,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -153,3 +155,25 @@ def test_the_daemon_counts_each_reload_and_says_how_it_went_in_its_snapshot(tmp_
                     reload=ReloadOutcome(2, False, "reload refused: x"))
     doc = snapshot_dict(snap)
     assert doc["reload"] == {"seq": 2, "ok": False, "said": "reload refused: x"}
+
+
+def test_with_pid_the_socket_is_the_one_it_listens_on_and_the_file_is_not_read(daemon, tmp_path, capsys):
+    """systemd's ExecReload= gives --pid $MAINPID only: a configuration file that is
+    broken is the daemon's to refuse, not this command's (it would exit 3 without asking)."""
+    d, path = daemon(refuse=True)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("threshold_s: .nan\n")
+    assert reloadcmd.socket_of(os.getpid()) == path
+    assert cli.main(["reload", "--config", str(broken), "--pid", str(os.getpid()), "--timeout", "10"]) == 3
+    assert "reload refused: threshold_s" in capsys.readouterr().err and d.hups == 1
+
+
+def test_a_pid_that_listens_on_no_socket_is_exit_16(tmp_path, capsys):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert cli.main(["reload", "--pid", str(child.pid)]) == 16
+    finally:
+        child.kill()
+        child.wait()
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and f"pid {child.pid} listens on 0 socket(s)" in err

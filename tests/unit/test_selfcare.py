@@ -111,3 +111,19 @@ def test_after_the_load_the_heap_is_trimmed_once_and_rss_read_before_and_after_t
     before, after = selfcare.give_back_after_load(FakeLibc())  # type: ignore[arg-type]
     assert calls == [0]
     assert before["RssAnon"] > 0 and after["RssAnon"] > 0 and "RssFile" in after
+
+
+def test_one_arena_asks_glibc_for_a_single_arena():
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    class NoMallopt:
+        mallopt = None
+
+    assert selfcare.one_arena(FakeLibc()) is True  # type: ignore[arg-type]
+    assert calls == [(-8, 1)]  # M_ARENA_MAX in glibc's malloc.h
+    assert selfcare.one_arena(NoMallopt()) is False  # type: ignore[arg-type]

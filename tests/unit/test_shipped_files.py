@@ -18,6 +18,15 @@ def test_example_config_is_the_defaults():
     assert config.load(ROOT / "deploy" / "allocwatch.yaml", {}) == config.Config()
 
 
+def test_example_config_names_every_key():
+    """Every key, set or in a comment, so that the file the service reads tells all it may say."""
+    from allocwatch.config.schema import KEYS
+
+    text = (ROOT / "deploy" / "allocwatch.yaml").read_text()
+    missing = [k for k in KEYS if not re.search(rf"^#? ?{k}:", text, re.M)]
+    assert not missing, missing
+
+
 INSTALLED_EXE = "/opt/allocwatch/bin/allocwatch"  # where scripts/install puts it
 EXPOSURE_MAX = 3.0  # docs/service.md says the figure
 

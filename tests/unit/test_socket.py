@@ -4,6 +4,7 @@ that falls behind is dropped and counted, and who may read it."""
 
 from __future__ import annotations
 
+import dataclasses
 import grp
 import json
 import os
@@ -134,7 +135,7 @@ def test_a_client_that_never_reads_is_dropped_and_counted_without_slowing_publis
     d, *_ = snapshot_daemon(tmp_path)
     snap = d.scan_once()
     big = {"type": "snapshot", "pad": "x" * (256 << 10)}
-    srv = SocketServer(str(sockdir / "a.sock"), max_buffer_bytes=1 << 20, render=lambda s: big)
+    srv = SocketServer(str(sockdir / "a.sock"), max_behind_s=2.0, render=lambda s: big)
     try:
         lazy = socket.socket(socket.AF_UNIX)
         lazy.connect(str(sockdir / "a.sock"))  # and never reads
@@ -142,19 +143,54 @@ def test_a_client_that_never_reads_is_dropped_and_counted_without_slowing_publis
         while not srv.wanted() and time.monotonic() < deadline:
             time.sleep(0.01)
         slowest = 0.0
-        for _ in range(200):
+        published = 0
+        for i in range(200):  # a scan every 0.1 s of the snapshots' own clock
             t0 = time.monotonic()
-            srv.publish(snap)
+            srv.publish(dataclasses.replace(snap, mono_ns=i * 100_000_000))
             slowest = max(slowest, time.monotonic() - t0)
+            published += 1
             time.sleep(0.005)
             if srv.clients_dropped:
                 break
         assert srv.clients_dropped == 1 and slowest < 0.25  # a queue append; blocking would take seconds
+        assert published >= 20  # not before 2 s of scans had gone by with no frame finished
         lazy.settimeout(5)
         got = b""
         while chunk := lazy.recv(1 << 20):  # what it was sent, then the end: it was closed
             got += chunk
-        assert got.startswith(b'{"type":"hello"') and len(got) < (1 << 20) + 2 * len(json.dumps(big)) + 4096
+        assert got.startswith(b'{"type":"hello"') and len(got) < 2 * len(json.dumps(big)) + 4096
+    finally:
+        srv.close()
+
+
+def test_a_client_behind_holds_at_most_one_frame_and_skips_to_the_latest(sockdir, tmp_path):
+    """Frames are shared, not copied per client; one that does not read keeps the frame
+    it was being sent and the latest, over 60 snapshots, and when it reads it gets
+    whole lines: the frame it had begun, then the newest."""
+    d, *_ = snapshot_daemon(tmp_path)
+    snap = d.scan_once()
+    pad = "x" * (256 << 10)  # more than a Unix socket's send buffer: the first frame cannot all go
+    srv = SocketServer(str(sockdir / "a.sock"), max_behind_s=3600,
+                       render=lambda s: {"type": "snapshot", "scan": s.scan, "pad": pad})
+    try:
+        lazy = socket.socket(socket.AF_UNIX)
+        lazy.connect(str(sockdir / "a.sock"))
+        lazy.settimeout(5)
+        lines = lazy.makefile("rb")
+        assert json.loads(lines.readline())["type"] == "hello"  # and then nothing until the end
+        reader = SocketFeed(str(sockdir / "a.sock"))  # reads everything, as top does
+        frame = len(json.dumps({"type": "snapshot", "scan": 60, "pad": pad}, separators=(",", ":"))) + 1
+        held = []
+        for scan in range(1, 61):
+            srv.publish(dataclasses.replace(snap, scan=scan, mono_ns=scan * 1_000_000_000))
+            assert reader.wait_for(scan, 5), reader.closed  # the socket thread has fanned it out
+            held.append(srv.held_bytes())
+        assert max(held) <= 3 * frame, held  # two clients: one frame each, and the latest
+        reader.close()
+        got = [json.loads(lines.readline()) for _ in range(2)]  # whole lines
+        assert [g["scan"] for g in got] == [1, 60]
+        assert srv.clients_dropped == 0
+        lazy.close()
     finally:
         srv.close()
 
