@@ -72,8 +72,8 @@ def _print_once(feed: Feed, as_json: bool, width: int) -> None:
     prev, doc = feed.frames()
     if doc is None:
         raise TimeoutError
-    if as_json:  # ensure_ascii escapes every control character but DEL
-        print(json.dumps(doc, ensure_ascii=True).replace("\x7f", "\\u007f"))
+    if as_json:  # ensure_ascii: every character outside printable ASCII (DEL and C1 too) as \uNNNN
+        print(json.dumps(doc, ensure_ascii=True))
         return
     rows = visible_rows(doc)
     age = max(0.0, time.time() - doc["time_s"])
