@@ -160,3 +160,19 @@ def test_a_refusal_line_is_escaped(tmp_path):
     finally:
         t.join(5)
         lsn.close()
+
+
+def test_daemon_user_is_a_user_name_and_top_trusts_its_uid(tmp_path):
+    import pwd
+
+    from allocwatch import config
+    from allocwatch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="daemon_user: expected a user name"):
+        config.from_mapping({"daemon_user": "a b"})
+    with pytest.raises(ConfigError, match="daemon_user: no user named") as exc:
+        topcmd._feed(config.from_mapping({"daemon_user": "no-such-user-aw"}), str(tmp_path / "none.sock"))
+    assert exc.value.exit_code == 3
+    nobody = pwd.getpwnam("nobody").pw_uid
+    assert topcmd._daemon_uid(config.from_mapping({"daemon_user": "nobody"})) == nobody
+    assert topcmd._daemon_uid(config.Config()) is None
