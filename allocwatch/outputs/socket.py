@@ -220,7 +220,9 @@ def _clear_stale(path: Path) -> None:
         if exc.errno != errno.ECONNREFUSED:
             raise SocketUnavailable(f"socket_path: {path}: {exc.strerror or exc}") from None
         if st.st_uid != os.geteuid():
-            raise SocketUnavailable(f"socket_path: {path} is a socket of uid {st.st_uid}'s: not removed") from None
+            raise SocketUnavailable(
+                f"socket_path: {path} is uid {st.st_uid}'s socket, not this user's: not removed"
+            ) from None
         now = os.lstat(path)
         if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
             path.unlink()

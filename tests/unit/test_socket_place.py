@@ -88,7 +88,7 @@ def test_another_users_stale_socket_is_left_alone(tmp_path):
     stale.bind(str(d / "a.sock"))
     stale.close()  # bound, never listening: connect is refused, as after a crash
     os.lchown(d / "a.sock", NOBODY, NOBODY)
-    with pytest.raises(SocketUnavailable, match=f"a socket of uid {NOBODY}'s: not removed"):
+    with pytest.raises(SocketUnavailable, match=f"is uid {NOBODY}'s socket, not this user's: not removed"):
         SocketServer(str(d / "a.sock"))
     assert os.lstat(d / "a.sock").st_uid == NOBODY
     os.lchown(d / "a.sock", os.geteuid(), -1)  # the daemon's own: replaced
