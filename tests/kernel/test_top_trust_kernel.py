@@ -7,11 +7,13 @@ in every string) where top is pointed: top must stop in one line with exit 18,
 print none of its bytes and load nothing. A daemon whose socket_path is in a
 world-writable directory (sticky as /tmp, or not; with another user's file
 already at the path) must stop at start in one line with exit 3, which the
-shipped unit does not restart, and load nothing."""
+shipped unit does not restart, and load nothing: checked under a real systemd
+too (tests/kernel/container.py), where it fails once and is not started again."""
 
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shutil
 import subprocess
@@ -22,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kernel.container import Container
 from tests.kernel.daemonproc import allocwatch_prog_ids, progs_left
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,3 +168,28 @@ def test_below_a_sticky_directory_the_daemon_makes_its_own_and_serves(scratch):
         proc.terminate()
         assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
     assert not path.parent.exists()
+
+
+@pytest.mark.requires_tool("systemd-nspawn")
+def test_the_service_with_a_socket_path_in_tmp_fails_once_in_one_line_and_is_not_restarted():
+    """scripts/install in a throw-away container, with socket_path in /tmp: before, the unit
+    served there (or, with another user's file at the path, restarted every 2 s on exit 14)."""
+    before = allocwatch_prog_ids()
+    unit = "allocwatch.service"
+    with Container(ROOT, prefix="aw-trust") as c:
+        c.sh("mkdir -p /etc/allocwatch && printf 'foreign_pid_namespace: true\\nsocket_path: /tmp/allocwatch.sock\\n'"
+             " > /etc/allocwatch/allocwatch.yaml")
+        c.run([str(ROOT / "scripts" / "install")], timeout_s=300, check=False)  # its start fails: said, not fatal
+        deadline = time.monotonic() + 60
+        while c.show(unit, "ActiveState")["ActiveState"] not in ("failed", "active") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        time.sleep(3 * 2 + 1)  # three RestartSec=2 periods: a restart loop would have started it again
+        state = c.show(unit, "ActiveState", "Result", "ExecMainStatus", "NRestarts")
+        out = c.run(["journalctl", "-o", "json", "--no-pager", "-u", unit], check=False).stdout
+        said = [e["MESSAGE"] for e in map(json.loads, filter(None, out.splitlines()))
+                if e.get("SYSLOG_IDENTIFIER") == "allocwatch" and isinstance(e.get("MESSAGE"), str)]
+        assert state == {"ActiveState": "failed", "Result": "exit-code", "ExecMainStatus": "3", "NRestarts": "0"}, \
+            (state, said)
+        assert len(said) == 1 and said[0].startswith("allocwatch: socket_path: /tmp may be written by other users"), \
+            said
+    assert not progs_left(before)
