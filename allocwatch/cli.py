@@ -2,7 +2,7 @@
 """Command line: argv to a command, and typed errors to a message and an exit code.
 
 `allocwatch run` (app/service.py), `allocwatch probes` (app/sitereport.py) and
-`allocwatch top` (top/command.py). The only place that turns errors into
+`allocwatch top` (top/command.py), `allocwatch reload` (top/reload.py). The only place that turns errors into
 messages and exit codes (docs list them); nothing imports it.
 """
 
@@ -18,6 +18,7 @@ from allocwatch import __version__, config
 from allocwatch.app import preflight, service, sitereport
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, OutputClosed, output_error
 from allocwatch.top import command as topcmd
+from allocwatch.top import reload as reloadcmd
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tracefs", type=Path, help="evaluate a captured tracefs tree instead (no attach)")
     pr.add_argument("--kallsyms", type=Path, help="with --tracefs: the captured kallsyms (default DIR/kallsyms)")
     topcmd.add_parser(sub)
+    reloadcmd.add_parser(sub)
     return ap
 
 
@@ -124,12 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         return failed.exit_code
     if args.command == "probes" and args.kallsyms and not args.tracefs:
         parser.error("--kallsyms describes a captured kernel: give its --tracefs DIR too")
+    if args.command == "reload" and not 0 < args.timeout <= 3600:  # NaN too
+        parser.error("--timeout: give seconds, more than 0 and at most 3600")
     try:
         preflight.require_stdout()
         if args.command == "probes":
             return cmd_probes(args)
         if args.command == "top":
             return topcmd.cmd_top(args)
+        if args.command == "reload":
+            return reloadcmd.cmd_reload(args)
         return cmd_run(args)
     except AllocwatchError as err:
         preflight.say(str(err))

@@ -98,7 +98,7 @@ class UntrustedSocket(AllocwatchError):
     """`allocwatch top`: the process that answers on the socket runs as a user top does not
     trust (not root, not top's own user, not `daemon_user`): not read."""
 
-    exit_code = 18
+    exit_code = 19
 
 
 def output_error(exc: OSError, name: str = "standard output", then: str = "") -> AllocwatchError:

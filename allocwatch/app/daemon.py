@@ -52,6 +52,7 @@ from allocwatch.core.snapshot import (
     Histogram,
     InflightTable,
     LazyMapping,
+    ReloadOutcome,
     SiteCoverage,
     Snapshot,
     StallSeconds,
@@ -147,6 +148,7 @@ class Daemon:
         self.memcg_paths = MemcgPaths(proc / "self" / "mountinfo")  # an OOM kill's cgroup ids named
         self._last_scan_wall: float | None = None
         self.latest: Snapshot | None = None
+        self.last_reload: ReloadOutcome | None = None  # told by app/service.py after each reload
         self.on_limit: Callable[[str], None] = lambda line: None  # app/service.py says it on stderr
         self.live: LiveReader | None = None  # fills Snapshot.live while a viewer (top) listens
 
@@ -275,13 +277,17 @@ class Daemon:
 
     def _cgroup_waiting(self, f: Finding, cgroup: str | None) -> dict[str, Any]:
         """A stuck victim's cgroup: the tasks there still waiting for memory at the
-        last scan (the longest max_tasks_per_block of them) and how many."""
+        last scan, or asleep in D state now (the first max_tasks_per_block of
+        them) and how many."""
         if cgroup is None:  # gone
             return {}
         waits, shares, accts, now_ns = self.last_scan
         names = {tid: (a.pid, a.comm) for tid, a in accts.items()}
-        found = cgroup_waiters(cgroup, f.pid, waits, shares, names, self.tasks.cgroup, now_ns)
-        return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found)}
+        flying = {w.tid for w in waits}
+        blocked = self.tasks.blocked_in(cgroup, flying.__contains__)
+        found = cgroup_waiters(cgroup, f.pid, waits, shares, names, self.tasks.cgroup, now_ns, blocked)
+        return {"cgroup_waiting": tuple(found[: self.cfg.max_tasks_per_block]), "cgroup_waiting_count": len(found),
+                "cgroup_blocked_count": sum(1 for c in found if c.blocked_in is not None)}
 
     def _stall_block(
         self, stalls: list[Stall], findings: list[Finding], stalled_now: int, now_ns: int, wall: float,
@@ -419,6 +425,7 @@ class Daemon:
             ),
             info=self.info,
             stalled_now=result.stalled_now,
+            reload=self.last_reload,
         )
         if self.live is not None:
             snap = self.live.enrich(self, snap, waits)

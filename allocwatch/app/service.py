@@ -25,6 +25,7 @@ from allocwatch import __version__, config
 from allocwatch.app import preflight, selfcare
 from allocwatch.app.daemon import Daemon
 from allocwatch.app.session import Session, prepare
+from allocwatch.core.snapshot import ReloadOutcome
 from allocwatch.core.snapview import hello_dict
 from allocwatch.errors import AllocwatchError, MetricsPortInUse
 from allocwatch.outputs import journal, report
@@ -75,22 +76,25 @@ def _listeners(cfg: config.Config, daemon_ref: list, sinks: list) -> tuple[Any, 
         raise
 
 
-def _reload(path: Path | None, overrides: Mapping[str, Any], running: config.Config) -> config.Config | None:
+def _reload(
+    path: Path | None, overrides: Mapping[str, Any], running: config.Config
+) -> tuple[config.Config | None, str]:
     """SIGHUP: the configuration file again (flags still win). A bad one is refused
-    with one line and the running one stays; what needs a restart is said."""
+    with one line and the running one stays; what needs a restart is said. The
+    new configuration (None when refused) and the line said."""
     try:
         new = config.load(path, overrides)
     except AllocwatchError as err:
-        preflight.say(f"reload refused: {err}; the running configuration stays")
-        return None
+        line = f"reload refused: {err}; the running configuration stays"
+        preflight.say(line)
+        return None, line
     stuck = [k for k in config.RESTART_KEYS if getattr(new, k) != getattr(running, k)]
     kept = dataclasses.replace(new, **{k: getattr(running, k) for k in stuck})
-    preflight.say(
-        f"reloaded {path or 'the defaults'}: threshold {kept.threshold_s:g}s, "
-        f"scan every {kept.scan_interval_s:g}s, format {kept.format}"
-        + (f"; needs a restart to change: {', '.join(stuck)}" if stuck else "")
-    )
-    return kept
+    line = (f"reloaded {path or 'the defaults'}: threshold {kept.threshold_s:g}s, "
+            f"scan every {kept.scan_interval_s:g}s, format {kept.format}"
+            + (f"; needs a restart to change: {', '.join(stuck)}" if stuck else ""))
+    preflight.say(line)
+    return kept, line
 
 
 def _handle_signals(stop: threading.Event, reload_asked: threading.Event) -> None:
@@ -114,7 +118,9 @@ def _reloader(
         if asked.is_set():
             asked.clear()
             notifier.reloading()
-            new = _reload(path, overrides, daemon.cfg)
+            new, said = _reload(path, overrides, daemon.cfg)
+            seq = daemon.last_reload.seq + 1 if daemon.last_reload is not None else 1
+            daemon.last_reload = ReloadOutcome(seq, new is not None, said)  # in the next snapshot: allocwatch reload
             if new is not None:
                 daemon.reload(new)
                 source.set_tunables(new.thresholds().min_ns, new.classify_after_ns)

@@ -28,6 +28,7 @@ NO_FS_IO = "gfp_nofs"
 DIRTY_THROTTLE = "dirty_throttle"
 COMPACTION = "compaction"
 OUT_OF_MEMORY = "out_of_memory"
+MEMCG_HIGH = "memcg_high"
 
 GLOBAL_RECLAIM_SITES = frozenset({"alloc_slowpath", "alloc_pages", "direct_reclaim", "too_many_isolated",
                                   "reclaim_throttle", "throttle_vm_writeout", "pfmemalloc_throttle", "oom"})
@@ -84,9 +85,13 @@ def _stuck_victim(block: Block) -> str | None:
         seen += f", blocked in {frames[0]}"
     if t.get("reaped"):
         seen += ", its memory already reaped"
-    waiting = (t.get("waiting_in_cgroup") or {}).get("count") or 0
-    if waiting:
-        seen += f", {waiting} task(s) of its cgroup waiting for memory"
+    group = t.get("waiting_in_cgroup") or {}
+    waiting = group.get("count") or 0
+    asleep = group.get("blocked") or 0
+    if waiting - asleep:
+        seen += f", {waiting - asleep} task(s) of its cgroup waiting for memory"
+    if asleep:
+        seen += f", {asleep} blocked outside memory waits"
     blocked = f"what it is blocked on ({frames[0]})" if frames else "what it is blocked on (/proc/PID/stack)"
     return _line(seen, "the victim cannot exit, so the memory it holds is not given back",
                  blocked + (" and the tasks of its cgroup waiting behind it" if waiting else ""))
@@ -116,6 +121,32 @@ def _livelock(block: Block) -> str | None:
         reasons.append("an OOM victim that does not exit")
         look += f" and why OOM victim pid={v['pid']} does not exit (its state and stack)"
     return _line(seen, ", ".join(reasons), look)
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):.1f}MiB"
+
+
+def _memcg_high(block: Block) -> str | None:
+    def over_high(t: Task) -> bool:
+        m = t.get("memcg") or {}
+        return ("memcg_high_throttle" in _sites(t) and m.get("high_bytes") is not None
+                and m.get("usage_bytes") is not None and m["usage_bytes"] > m["high_bytes"])
+    hit = [t for t in block["tasks"] if over_high(t)]
+    if not hit:
+        return None
+    t, m = hit[0], hit[0]["memcg"]
+    seen = (f"{_who(hit)} throttled at memory.high in mem_cgroup_handle_over_high, cgroup={_cg(t)} "
+            f"usage={_mib(m['usage_bytes'])} over high={_mib(m['high_bytes'])}")
+    if (m.get("events") or {}).get("high") is not None:
+        seen += f", memory.events high={m['events']['high']}"
+    share = (t.get("window") or {}).get("share")
+    if share is not None:
+        seen += f", {share * 100:.0f}% of the window"
+    return _line(seen, "a group over its memory.high: the kernel makes its tasks reclaim and then sleep "
+                 "(up to 2 s a time) until it is back under, by design",
+                 "the group's memory.high against what it needs (raise it, or find what fills the group: "
+                 "memory.stat)")
 
 
 def _writeback(block: Block) -> str | None:
@@ -195,6 +226,7 @@ RULES: tuple[tuple[str, Callable[[Block], str | None]], ...] = (
     (MEMCG_OOM_OFF, _memcg_oom_off),
     (STUCK_VICTIM, _stuck_victim),
     (LIVELOCK, _livelock),
+    (MEMCG_HIGH, _memcg_high),
     (WRITEBACK, _writeback),
     (NO_FS_IO, _no_fs_io),
     (DIRTY_THROTTLE, _dirty_throttle),

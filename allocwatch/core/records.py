@@ -44,6 +44,7 @@ class TaskDetail:
     # a stuck victim: tasks of its cgroup still waiting for memory (the longest few) and how many in all
     cgroup_waiting: Sequence[CgroupWaiter] = ()
     cgroup_waiting_count: int = 0
+    cgroup_blocked_count: int = 0  # of them asleep in D state outside any memory wait
     # the masks of its waits (for a stall, its wait's; for a finding, the window's) that may not
     # start file system or block I/O to reclaim (GFP_NOFS, GFP_NOIO), decoded
     gfp_no_fs_io: Sequence[str] = ()
@@ -269,8 +270,10 @@ def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, st
         d["reaped"] = f.reaped
         d["waiting_in_cgroup"] = {
             "count": detail.cgroup_waiting_count,
+            "blocked": detail.cgroup_blocked_count,
             "tasks": [{"tid": c.tid, "pid": c.pid, "comm": escape(c.comm), "site": c.site,
-                       "waited_s": None if c.waited_s is None else round(c.waited_s, 3), "share": round(c.share, 3)}
+                       "waited_s": None if c.waited_s is None else round(c.waited_s, 3), "share": round(c.share, 3),
+                       "blocked_in": None if c.blocked_in is None else escape(c.blocked_in)}
                       for c in detail.cgroup_waiting],
         }
     return d

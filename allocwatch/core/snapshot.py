@@ -118,6 +118,16 @@ class SiteCoverage:
 
 
 @dataclass(frozen=True)
+class ReloadOutcome:
+    """The last reload asked for (SIGHUP) and how it went: `allocwatch reload`
+    waits for `seq` to grow past the one it saw before it asked."""
+
+    seq: int  # reloads done since the start
+    ok: bool  # False: the configuration was refused and the running one stays
+    said: str  # the daemon's one line about it
+
+
+@dataclass(frozen=True)
 class Snapshot:
     scan: int  # 1 for the first scan of the run
     time_s: float  # wall clock
@@ -139,6 +149,7 @@ class Snapshot:
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
     live: LiveView | None = None  # what a live viewer needs; only while one listens (core/live.py)
     stalled_now: int | None = None  # waits at or over their threshold (None: count them in `now`)
+    reload: ReloadOutcome | None = None  # None: no reload asked for since the start
 
     def stalled_count(self) -> int:
         """Waits at or over their threshold now, without making the rows."""

@@ -96,6 +96,8 @@ def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
         "counters": dict(snap.counters),
         "reported": dict(snap.reported),
         "records": list(snap.records),
+        "reload": None if snap.reload is None else {"seq": snap.reload.seq, "ok": snap.reload.ok,
+                                                    "said": snap.reload.said},
     }
 
 

@@ -80,6 +80,9 @@ class CgroupWaiter:
     site: str | None  # of its wait in flight at this scan; None between waits
     waited_s: float | None  # how long that wait has lasted
     share: float  # of the last window spent in memory waits
+    # where it sleeps in D state outside any memory wait (its wchan, "D" when
+    # unknown): blocked behind the victim, e.g. on a lock the victim holds
+    blocked_in: str | None = None
 
 
 def in_cgroup(path: str | None, group: str) -> bool:
@@ -95,16 +98,20 @@ def cgroup_waiters(
     names: Mapping[int, tuple[int, str]],
     cgroup_of: Callable[[int, int], str | None],
     now_ns: int,
+    blocked: Iterable[tuple[int, int, str, str | None]] = (),
 ) -> list[CgroupWaiter]:
-    """Tasks of `group` (or below) with a memory wait in flight or a share of the
-    last window spent waiting, the victim's own threads left out; longest wait
-    first, then the largest share. `names` gives (pid, comm) by tid for the
-    tasks that have no wait in flight."""
+    """Tasks of `group` (or below) with a memory wait in flight, a share of the
+    last window spent waiting, or (`blocked`: tid, pid, comm, wchan of the
+    group's threads in D state now) asleep in D state elsewhere, the victim's
+    own threads left out; longest wait first, then the largest share, then
+    the blocked. `names` gives (pid, comm) by tid for the tasks that have no
+    wait in flight."""
     flying: dict[int, Wait] = {}
     for w in inflight:
         if w.tid not in flying or w.start_ns < flying[w.tid].start_ns:
             flying[w.tid] = w
     tids = set(flying) | {t for t, s in shares.items() if s > 0 and t in names}
+    asleep = {tid: (pid, comm, wchan or "D") for tid, pid, comm, wchan in blocked if tid not in flying}
     out = []
     for tid in tids:
         now = flying.get(tid)
@@ -112,6 +119,10 @@ def cgroup_waiters(
         if pid == victim_pid or not in_cgroup(cgroup_of(pid, tid), group):
             continue
         site, waited = (now.site.label, max(0, now_ns - now.start_ns) / NS_PER_S) if now is not None else (None, None)
-        out.append(CgroupWaiter(tid, pid, comm, site, waited, shares.get(tid, 0.0)))
+        elsewhere = asleep[tid][2] if tid in asleep else None
+        out.append(CgroupWaiter(tid, pid, comm, site, waited, shares.get(tid, 0.0), elsewhere))
+    for tid, (pid, comm, wchan) in asleep.items():  # read from the group itself: in it
+        if tid not in tids and pid != victim_pid:
+            out.append(CgroupWaiter(tid, pid, comm, None, None, 0.0, wchan))
     out.sort(key=lambda c: (-(c.waited_s or 0.0), -c.share, c.tid))
     return out

@@ -171,6 +171,26 @@ def memcg_info(cgroup_path: str, mountinfo: Path = DEFAULT_MOUNTINFO, version: i
     return (_memcg_v1 if ver == 1 else _memcg_v2)(cgroup_path, directory)
 
 
+def memcg_threads(cgroup_path: str, mountinfo: Path = DEFAULT_MOUNTINFO, version: int | None = None,
+                  most: int = 4096) -> list[int]:
+    """The thread ids in the memory cgroup at cgroup_path and the groups below
+    it (v1 `tasks`, v2 `cgroup.threads`), at most `most` of them; none when
+    the group is gone. Symbolic links are not followed."""
+    found = _memcg_dir(cgroup_path, mountinfo, version)
+    if found is None:
+        return []
+    ver, directory = found
+    name = "tasks" if ver == 1 else "cgroup.threads"
+    tids: list[int] = []
+    for d, _, _ in os.walk(directory, followlinks=False):
+        for line in lines(_text(Path(d) / name) or ""):
+            if line.isdigit():
+                tids.append(int(line))
+                if len(tids) >= most:
+                    return tids
+    return tids
+
+
 # --- the memory picture -------------------------------------------------------
 
 

@@ -128,6 +128,51 @@ def task_state(procfs: Path, pid: int, tid: int) -> str | None:
     return rest[0] if rest else None
 
 
+def blocked_thread(procfs: Path, tid: int) -> tuple[int, str, str | None] | None:
+    """(pid, comm, wchan) of thread `tid` when it sleeps in D state, else None
+    (running, sleeping interruptibly, or gone). /proc/<tid> names any thread."""
+    text = _read(f"{procfs}/{tid}/stat")
+    if text is None or ")" not in text:
+        return None
+    head, rest = text.rsplit(")", 1)
+    fields = rest.split()
+    if not fields or fields[0] != "D":
+        return None
+    tgid = next((ln.split()[1] for ln in lines(_read(f"{procfs}/{tid}/status") or "")
+                 if ln.startswith("Tgid:") and len(ln.split()) == 2), None)
+    if tgid is None or not tgid.isdigit():
+        return None
+    wchan = _read(f"{procfs}/{tid}/wchan")
+    return int(tgid), head.split("(", 1)[-1], (wchan.strip() or None) if wchan and wchan.strip() != "0" else None
+
+
+SO_ACCEPTCON = 0x10000  # /proc/net/unix Flags of a listening socket
+
+
+def listening_unix_paths(procfs: Path, pid: int) -> list[str]:
+    """The paths of the Unix sockets process `pid` listens on (its fds' socket
+    inodes, named in /proc/PID/net/unix: its own network namespace); none when
+    it is gone or not readable."""
+    try:
+        fds = os.listdir(procfs / str(pid) / "fd")
+    except OSError:
+        return []
+    inodes = set()
+    for fd in fds:
+        try:
+            link = os.readlink(procfs / str(pid) / "fd" / fd)
+        except OSError:
+            continue
+        if link.startswith("socket:[") and link.endswith("]") and link[8:-1].isdigit():
+            inodes.add(int(link[8:-1]))
+    out = []
+    for line in lines(_read(procfs / str(pid) / "net" / "unix") or "")[1:]:
+        f = line.split(None, 7)
+        if len(f) == 8 and f[6].isdigit() and int(f[6]) in inodes and f[3].isalnum() and int(f[3], 16) & SO_ACCEPTCON:
+            out.append(f[7])
+    return out
+
+
 def tasks_in_state(procfs: Path, state: str) -> list[tuple[int, int, str]]:
     """(pid, tid, comm) of every task whose state letter is `state`."""
     found = []

@@ -121,6 +121,19 @@ class TaskReader:
             return None
         return procfs.memory_cgroup(self.proc, pid, tid)
 
+    def blocked_in(self, cgroup: str, leave_out: Callable[[int], bool]) -> list[tuple[int, int, str, str | None]]:
+        """(tid, pid, comm, wchan) of the threads of `cgroup` (and below) in D
+        state now, those `leave_out(tid)` says aside: read when a stuck
+        victim's block is made, one stat read a thread of its group."""
+        out = []
+        for tid in hostfs.memcg_threads(cgroup, self.proc / "self" / "mountinfo"):
+            if leave_out(tid):
+                continue
+            found = procfs.blocked_thread(self.proc, tid)
+            if found is not None:
+                out.append((tid, *found))
+        return out
+
     def memcg(self, cgroup: str | None) -> MemcgInfo | None:
         """Read once per cgroup per block: 200 tasks of one group cost one read."""
         if cgroup is None:

@@ -57,6 +57,8 @@ def _evidence(t: Mapping[str, Any]) -> str:
 
 def _waiter_text(c: Mapping[str, Any]) -> str:
     now = f" {c['site']} {c['waited_s']:.1f}s" if c["site"] else ""
+    if c.get("blocked_in"):
+        now += f" blocked in {text_value(c['blocked_in'])} (D)"
     return f"comm={text_value(c['comm'])} pid={c['pid']} tid={c['tid']}{now} share={c['share'] * 100:.0f}%"
 
 
@@ -69,7 +71,9 @@ def _cgroup_waiting_lines(t: Mapping[str, Any]) -> list[str]:
         return ["    still waiting in its cgroup: none"]
     shown = ", ".join(_waiter_text(c) for c in w["tasks"])
     more = w["count"] - len(w["tasks"])
-    return [f"    still waiting in its cgroup: {w['count']} task(s): {shown}" + (f", {more} more" if more > 0 else "")]
+    blocked = f" ({w['blocked']} of them blocked outside memory waits)" if w.get("blocked") else ""
+    return [f"    still waiting in its cgroup: {w['count']} task(s){blocked}: {shown}"
+            + (f", {more} more" if more > 0 else "")]
 
 
 def site_detail_text(t: Mapping[str, Any]) -> str:

@@ -5,7 +5,7 @@ It connects to the daemon's socket (`socket_path`, or `--socket`); when no
 daemon answers there, it loads and attaches the programs itself, with the
 daemon's own code, and its header says so. A socket it may not read is exit
 15, not a reason to load a second copy; one served by a user it does not
-trust is exit 18 (top/feed.py). What it prints goes through top/safetext.py.
+trust is exit 19 (top/feed.py). What it prints goes through top/safetext.py.
 SIGINT, SIGTERM and SIGHUP (the terminal closed) end it like q: the screen is given back and everything
 attached is detached.
 """

@@ -6,7 +6,7 @@ of its own (top/session.py). Both give snapshot dicts (core/snapview.py).
 latest two snapshots from a reader thread, so the screen never waits on the
 socket. It says why when it cannot: no daemon answers (`NoDaemon`: top then
 starts its own session), the process that answers runs as a user top does not
-trust (`UntrustedSocket`, exit 18: nothing it sent is read), or the daemon is
+trust (`UntrustedSocket`, exit 19: nothing it sent is read), or the daemon is
 there and this user may not read it (`SocketRefused`, exit 15).
 
 Trusted: root, the user running top, and `daemon_user` when one is configured
@@ -110,6 +110,11 @@ class SocketFeed(Feed):
         self._thread = threading.Thread(target=self._read, name="top-feed", daemon=True)
         self._thread.start()
 
+    @property
+    def sock(self) -> socket.socket:
+        """The connected socket (for its peer's credentials)."""
+        return self._sock
+
     def _connect(self) -> socket.socket:
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
@@ -130,7 +135,7 @@ class SocketFeed(Feed):
         if uid not in trusted:
             self._sock.close()
             raise UntrustedSocket(
-                f"top: {terminal_text(self.path)} is served by pid {pid} of uid {uid}, not by root, this user or "
+                f"{terminal_text(self.path)} is served by pid {pid} of uid {uid}, not by root, this user or "
                 "daemon_user: not reading it (another user's socket in the daemon's place?)"
             )
 

@@ -44,8 +44,12 @@ class Container:
                 "--capability=all", "--system-call-filter=bpf perf_event_open",
                 "--bind=/sys/kernel/tracing", f"--bind-ro={checkout}",
                 "-b", "--", "systemd.firstboot=off",
-                # units of this machine's image that must not start in a copy of it
-                "systemd.mask=postgresql.service", "systemd.mask=prometheus.service",
+                # units of this machine's image that must not start in a copy of it; wait-online
+                # (pulled in with podman's networking) would hold the boot at "starting" for 2 min
+                *(f"systemd.mask={u}" for u in (
+                    "postgresql.service", "prometheus.service", "systemd-networkd-wait-online.service",
+                    "podman.service", "podman.socket", "podman-restart.service", "podman-auto-update.timer",
+                    "cni-dhcp.service", "cni-dhcp.socket", "fio.service")),
             ],
             stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
         )

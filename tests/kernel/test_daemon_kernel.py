@@ -394,19 +394,25 @@ def test_oom_victim_that_cannot_exit_is_a_stuck_victim(daemon_factory):
     still waiting for memory; escalated while it stays, and said gone once the
     file system is thawed and it exits. The allocator that invoked the OOM killer
     is killed next (2 to 14 s later), so a second task (cgroup v1: the group's
-    OOM killer then switched off) waits in the group's OOM wait meanwhile."""
+    OOM killer then switched off) waits in the group's OOM wait meanwhile. A
+    third task of the group, never a victim, is blocked on the same frozen file
+    system, in no memory wait: it is counted among those the victim holds up,
+    with where it sleeps (issue 26, item 6)."""
     d = daemon_factory()
     with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-victim") as group:
         frozen = False
-        victim = hog = waiter = None
+        victim = hog = waiter = blocked = None
         try:
             subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
             frozen = True
             code = f"b = bytearray(40 << 20); open('{disk.mnt}/v', 'w')"
             victim = group.spawn(
                 ["sh", "-c", f'echo 1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "{code}"'])
+            blocked = group.spawn(
+                ["sh", "-c", f"echo -1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "
+                             f"\"open('{disk.mnt}/b', 'w')\""])
             deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and memcg.proc_state(victim.pid) != "D":
+            while time.monotonic() < deadline and {memcg.proc_state(p.pid) for p in (victim, blocked)} != {"D"}:
                 time.sleep(0.05)
             hog = memcg.Hog(group, 100)
             hog.wait_ready(30)
@@ -430,9 +436,10 @@ def test_oom_victim_that_cannot_exit_is_a_stuck_victim(daemon_factory):
         finally:
             if frozen:
                 subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-            if victim is not None:
-                victim.kill()
-                victim.wait(30)
+            for p in (victim, blocked):
+                if p is not None:
+                    p.kill()
+                    p.wait(30)
             for h in (hog, waiter):
                 if h is not None:
                     h.stop()
@@ -440,6 +447,13 @@ def test_oom_victim_that_cannot_exit_is_a_stuck_victim(daemon_factory):
                               and r["pid"] == victim.pid for r in rs)
         assert d.wait_for(gone, 10), "the victim's exit was not said"
     _check_stuck_victim(d, victim.pid, waiter.pid if waiter is not None else None, group.rel_path)
+    for t in [t for r in d.of_type("stall_report") for t in r["tasks"]
+              if t["kind"] == "stuck_victim" and t["pid"] == victim.pid]:
+        w = t["waiting_in_cgroup"]
+        (b,) = [x for x in w["tasks"] if x["pid"] == blocked.pid]
+        assert b["site"] is None and b["waited_s"] is None and b["share"] == 0, t
+        assert "percpu_rwsem" in b["blocked_in"] or "sb_start_write" in b["blocked_in"], t
+        assert w["blocked"] == sum(1 for x in w["tasks"] if x["blocked_in"] is not None) >= 1, t
     assert d.stop() == 0
 
 

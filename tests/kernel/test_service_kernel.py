@@ -89,8 +89,10 @@ def _install(c: Container, before: set[int]) -> None:
 
 def _reload_good(c: Container, pid: int) -> None:
     c.sh(f"printf '{RUN_ANYWAY}threshold_s: 2\\nscan_interval_s: 0.5\\n' > {CONF}")
-    c.run(["systemctl", "reload", UNIT])
+    done = c.run(["systemctl", "reload", UNIT], check=False)
+    assert done.returncode == 0, done.stderr  # `allocwatch reload` saw the daemon say it reloaded
     assert _wait(lambda: any("reloaded" in m and "threshold 2s" in m for m in _log_lines(c)), 10), _log_lines(c)
+    assert "status=0" in c.run(["systemctl", "show", "-p", "ExecReload", UNIT]).stdout
     assert _main_pid(c) == pid
 
 
@@ -131,7 +133,10 @@ def _top_reads_the_services_socket(c: Container) -> None:
 
 def _reload_bad(c: Container, pid: int) -> None:
     c.sh(f"printf '{RUN_ANYWAY}threshold_s: .nan\\n' > {CONF}")
-    c.run(["systemctl", "reload", UNIT])
+    refused = c.run(["systemctl", "reload", UNIT], check=False)
+    # the refusal reaches systemd and whoever asked (issue 27, item 5): before, this said success
+    assert refused.returncode != 0, refused
+    assert "status=3" in c.run(["systemctl", "show", "-p", "ExecReload", UNIT]).stdout
     assert _wait(lambda: any("reload refused" in m and "threshold_s" in m for m in _log_lines(c)), 10)
     assert c.run(["systemctl", "is-active", UNIT], check=False).stdout.strip() == "active"
     assert _main_pid(c) == pid

@@ -3,7 +3,7 @@
 directory others may write (issue 27, item 2).
 
 An impostor run as `nobody` serves forged snapshots (ESC, BEL and C1 sequences
-in every string) where top is pointed: top must stop in one line with exit 18,
+in every string) where top is pointed: top must stop in one line with exit 19,
 print none of its bytes and load nothing. A daemon whose socket_path is in a
 world-writable directory (sticky as /tmp, or not; with another user's file
 already at the path) must stop at start in one line with exit 3, which the
@@ -91,7 +91,7 @@ def test_top_refuses_a_socket_served_by_another_user_and_prints_none_of_it(scrat
             proc = subprocess.run([sys.executable, "-m", "allocwatch", "top", *mode, "--socket", str(path)],
                                   capture_output=True, timeout=60, check=False, cwd=ROOT)
             err = proc.stderr.decode("ascii", "replace")
-            assert proc.returncode == 18, (mode, proc.returncode, proc.stdout[:300], err)
+            assert proc.returncode == 19, (mode, proc.returncode, proc.stdout[:300], err)
             assert proc.stdout == b"" and len(err.strip().splitlines()) == 1, (mode, err)
             assert f"uid {NOBODY}" in err and str(path) in err, err
             out = proc.stdout + proc.stderr

@@ -130,6 +130,26 @@ def test_stuck_victim_names_what_it_is_blocked_on_and_its_waiting_group():
     t = text(block(quiet), advice.STUCK_VICTIM)
     assert "blocked in" not in t and "cgroup waiting" not in t and "/proc/PID/stack" in t
     assert advice.STUCK_VICTIM not in kinds(block(task(state="D", stack=["percpu_rwsem_wait"])))
+    held = task(kind="stuck_victim", state="D", stack=["percpu_rwsem_wait"],
+                waiting_in_cgroup={"count": 3, "blocked": 2, "tasks": []})
+    t = text(block(held), advice.STUCK_VICTIM)
+    assert "1 task(s) of its cgroup waiting for memory, 2 blocked outside memory waits" in t
+    only_blocked = task(kind="stuck_victim", state="D", stack=[], waiting_in_cgroup={"count": 1, "blocked": 1})
+    t = text(block(only_blocked), advice.STUCK_VICTIM)
+    assert "waiting for memory" not in t and "1 blocked outside memory waits" in t
+
+
+def test_memory_high_throttling_names_usage_against_high_and_the_group():
+    high = {"version": 2, "usage_bytes": 23 * MIB, "limit_bytes": None, "high_bytes": 16 * MIB,
+            "events": {"high": 426}, "near_limit": False}
+    t = task(kind="throttled", site="memcg_high_throttle", memcg=high, window={"share": 1.0, "sites": {}},
+             cgroup="/backup")
+    got = text(block(t), advice.MEMCG_HIGH)
+    assert "throttled at memory.high" in got and "cgroup=/backup usage=23.0MiB over high=16.0MiB" in got
+    assert "memory.events high=426, 100% of the window" in got and "raise it" in got
+    under = task(kind="throttled", site="memcg_high_throttle", memcg={**high, "usage_bytes": 15 * MIB})
+    assert advice.MEMCG_HIGH not in kinds(block(under))  # back under high: not what holds it
+    assert advice.MEMCG_HIGH not in kinds(block(task(memcg=high)))  # not throttled at memory.high
 
 
 def test_dirty_throttle_states_dirty_against_limit():

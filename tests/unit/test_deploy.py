@@ -17,6 +17,7 @@ from tests.deploy_exprs import (
     DAEMONSET,
     DASHBOARD,
     PROMETHEUS_DIR,
+    ROOT,
     RULES,
     RULES_TEST,
     SCRAPE,
@@ -56,6 +57,10 @@ EXPORTED = GAUGES | COUNTERS | {h + s for h in HISTOGRAMS for s in ("_bucket", "
 KNOWN = EXPORTED | {"up"}
 
 ALERTS = {
+    "AllocwatchNodeMemoryStalled",
+    "AllocwatchStallsSpreading",
+    "AllocwatchBlind",
+    "AllocwatchCgroupStalled",
     "AllocwatchTaskStalled",
     "AllocwatchStallsRepeating",
     "AllocwatchOOMKills",
@@ -65,7 +70,19 @@ ALERTS = {
     "AllocwatchScanLoopStalled",
     "AllocwatchReportsDropped",
 }
-SEVERITIES = {"critical", "warning", "info"}
+# What pages: stalls that last and spread, the watchdog down or blind. The rest warn.
+PAGING = {
+    "AllocwatchNodeMemoryStalled",
+    "AllocwatchStallsSpreading",
+    "AllocwatchExporterDown",
+    "AllocwatchScanLoopStalled",
+    "AllocwatchBlind",
+}
+SEVERITIES = {"critical", "warning"}
+RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_URL = (
+    "{{ with $externalLabels.allocwatch_runbooks }}{{ . }}{{ else }}docs/runbooks{{ end }}/%s.md"
+)
 METRICS_PORT = 19464
 
 
@@ -124,6 +141,52 @@ def test_alerts_are_complete():
         assert "for" in r, f"{name} has no for:"
         assert r.get("labels", {}).get("severity") in SEVERITIES, name
         assert r.get("annotations", {}).keys() >= {"summary", "description"}, name
+
+
+def test_only_what_a_human_must_act_on_pages():
+    severity = {r["alert"]: r["labels"]["severity"] for r in rules() if "alert" in r}
+    assert {name for name, s in severity.items() if s == "critical"} == PAGING
+    assert set(severity.values()) == SEVERITIES  # critical pages, everything else warns
+
+
+def test_every_alert_has_a_runbook_in_docs():
+    for r in (r for r in rules() if "alert" in r):
+        name = r["alert"]
+        assert r["annotations"].get("runbook_url") == RUNBOOK_URL % name, name
+        page = RUNBOOKS / f"{name}.md"
+        assert page.is_file(), f"{name}: no {page.relative_to(ROOT)}"
+        text = page.read_text()
+        assert text.startswith(f"# {name}\n"), name
+        assert f"Severity: {r['labels']['severity']}." in text, name
+        for heading in ("## What it means", "## What to check", "## How to fix"):
+            assert heading in text, f"{page.name} lacks {heading}"
+    pages = {p.stem for p in RUNBOOKS.glob("*.md")} - {"README"}
+    assert pages == ALERTS, "a runbook for an alert that does not exist"
+    index = (RUNBOOKS / "README.md").read_text()
+    assert all(f"[{name}]({name}.md)" in index for name in ALERTS)
+
+
+def test_per_cgroup_alerts_carry_namespace_and_pod_through():
+    # Aggregated by (instance, cgroup, namespace, pod): the labels pass when
+    # the series have them and cost nothing when they do not.
+    for name, expr in rule_exprs():
+        if "allocwatch_cgroup_memory_stalled_seconds_total" in expr or "allocwatch_oom_kills_total" in expr:
+            groupings = re.findall(r"by \(([^)]*)\)", expr)
+            assert groupings and all(
+                {"instance", "cgroup", "namespace", "pod"} <= {g.strip() for g in grouping.split(",")}
+                for grouping in groupings
+                if "cgroup" in grouping
+            ), name
+            assert any("cgroup" in g for g in groupings), name
+
+
+def test_the_wait_buckets_the_rules_name_exist():
+    from allocwatch.core.snapshot import EMPTY_HISTOGRAM
+
+    bounds = {f"{le:.12g}" for le, _ in EMPTY_HISTOGRAM.buckets}  # as the exporter writes le
+    for name, expr in rule_exprs():
+        for le in re.findall(r'le="([^"]+)"', expr):
+            assert le in bounds | {"+Inf"}, f"{name}: le={le} is not a bucket the daemon exports"
 
 
 def test_recording_rules_follow_the_naming_convention():
@@ -352,3 +415,59 @@ def test_helper_paths_exist():
     # The kernel tests find the files through these names.
     for path in (SCRAPE, RULES, RULES_TEST, DASHBOARD, DAEMONSET):
         assert path.is_file(), path
+
+
+# -- kubernetes schemas -----------------------------------------------------------
+
+# Kubernetes releases the manifests must be valid for: the oldest supported
+# here, and the newest release kubernetes-validate knows (added at run time).
+K8S_OLDEST = "1.30.0"
+
+
+@pytest.fixture(scope="module")
+def k8s_validate():
+    try:
+        import kubernetes_validate
+    except ImportError:  # a failure, not a skip: the schema check is the point
+        pytest.fail("kubernetes-validate is not installed: scripts/setup --dev installs it into .venv")
+    return kubernetes_validate
+
+
+def _k8s_versions(k8s_validate) -> list[str]:
+    newest = k8s_validate.latest_version()  # "1.37.0"
+    assert tuple(int(n) for n in newest.split(".")[:2]) >= (1, 30)
+    return [K8S_OLDEST, newest]
+
+
+def test_daemonset_is_valid_against_kubernetes_schemas_offline(k8s_validate, monkeypatch):
+    # The schemas ship inside the package: no network is used (any connect fails here).
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("kubernetes-validate tried to reach the network")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    docs = [d for d in yaml.safe_load_all(DAEMONSET.read_text()) if d is not None]
+    for version in _k8s_versions(k8s_validate):
+        for doc in docs:
+            k8s_validate.validate(doc, version, strict=True)  # raises ValidationError
+
+
+def test_schema_check_refuses_what_it_should(k8s_validate):
+    # The same check on a broken copy fails: an unknown field (strict), a
+    # wrong type, a missing required field.
+    ds = k8s_docs()["DaemonSet"]
+    broken = []
+    for mutate in (
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolicy=1),
+        lambda d: d["spec"]["template"]["spec"].update(hostPid=True),
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"),
+    ):
+        doc = yaml.safe_load(yaml.safe_dump(ds))
+        mutate(doc)
+        broken.append(doc)
+    for version in _k8s_versions(k8s_validate):
+        for doc in broken:
+            with pytest.raises(k8s_validate.ValidationError):
+                k8s_validate.validate(doc, version, strict=True)

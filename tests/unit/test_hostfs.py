@@ -117,6 +117,52 @@ def test_memcg_missing_files_give_none_fields(tmp_path):
     assert info == MemcgInfo(2, "/empty", None, None, None, None, None, {}, None, None)
 
 
+def test_memcg_threads_are_the_groups_and_those_below_it_never_through_a_link(tmp_path):
+    """v1 `tasks`, v2 `cgroup.threads`; a link inside the group is not followed;
+    a group that is gone has none; `most` caps the reading."""
+    v1 = tmp_path / "v1"
+    (v1 / "g" / "sub").mkdir(parents=True)
+    (v1 / "g" / "tasks").write_text("10\n11\n")
+    (v1 / "g" / "sub" / "tasks").write_text("12\n")
+    (v1 / "other").mkdir()
+    (v1 / "other" / "tasks").write_text("99\n")
+    (v1 / "g" / "link").symlink_to(v1 / "other")
+    mountinfo = _mountinfo(tmp_path, _v1_line(v1))
+    assert sorted(hostfs.memcg_threads("/g", mountinfo)) == [10, 11, 12]
+    assert len(hostfs.memcg_threads("/g", mountinfo, most=2)) == 2
+    assert hostfs.memcg_threads("/gone", mountinfo) == []
+    v2 = tmp_path / "v2"
+    (v2 / "app").mkdir(parents=True)
+    (v2 / "app" / "cgroup.threads").write_text("20\n21\n")
+    (v2 / "app" / "cgroup.procs").write_text("20\n")
+    assert sorted(hostfs.memcg_threads("/app", _mountinfo(tmp_path, _v2_line(v2)))) == [20, 21]
+
+
+
+def _thread(proc: Path, tid: int, tgid: int, comm: str, state: str, wchan: str | None) -> None:
+    d = proc / str(tid)
+    d.mkdir(parents=True)
+    (d / "stat").write_text(f"{tid} ({comm}) {state} 1 {tgid} {tgid} 0 -1 4194560 0\n")
+    (d / "status").write_text(f"Name:\t{comm}\nState:\t{state}\nTgid:\t{tgid}\nPid:\t{tid}\n")
+    if wchan is not None:
+        (d / "wchan").write_text(wchan)
+
+
+def test_blocked_thread_is_a_d_sleeper_with_its_process_comm_and_wchan(tmp_path):
+    from allocwatch.kernel import procfs
+
+    _thread(tmp_path, 31, 30, "fio (job) 2", "D", "xfs_ilock")
+    _thread(tmp_path, 32, 30, "fio", "S", "do_epoll_wait")
+    _thread(tmp_path, 33, 33, "fio", "D", "0")  # wchan hidden (not root)
+    _thread(tmp_path, 34, 34, "fio", "D", None)
+    assert procfs.blocked_thread(tmp_path, 31) == (30, "fio (job) 2", "xfs_ilock")
+    assert procfs.blocked_thread(tmp_path, 32) is None  # sleeps interruptibly
+    assert procfs.blocked_thread(tmp_path, 33) == (33, "fio", None)
+    assert procfs.blocked_thread(tmp_path, 34) == (34, "fio", None)
+    assert procfs.blocked_thread(tmp_path, 35) is None  # gone
+
+
+
 @pytest.mark.parametrize(
     ("usage", "limit", "near"),
     [

@@ -61,7 +61,7 @@ def test_the_page_is_section_8_of_this_version(page):
 
 def test_every_option_of_every_subcommand_is_in_the_page(page):
     subs = _subcommands()
-    assert set(subs) == {"run", "probes", "top"}
+    assert set(subs) == {"run", "probes", "top", "reload"}
     for name, parser in subs.items():
         options = _options(parser)
         assert options, name

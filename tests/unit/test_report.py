@@ -307,6 +307,17 @@ def test_the_four_kinds_share_one_block_in_text_and_json():
     quiet = StallReport(8, 0.0, [], 0, {4: TaskDetail("/g", "D")}, findings=[replace(victim, reaped=None)])
     lines = report.render_text(quiet)
     assert "still waiting in its cgroup: none" in lines and "OOM reaper" not in lines
+    # tasks of its group asleep in D state elsewhere (issue 26, item 6): counted and said
+    stuck_fio = CgroupWaiter(8, 8, "fio", None, None, 0.0, "xfs_ilock")
+    blocked = StallReport(9, 0.0, [], 0, {4: TaskDetail("/g", "D", cgroup_waiting=(waiter, stuck_fio),
+                                                         cgroup_waiting_count=2, cgroup_blocked_count=1)},
+                          findings=[victim])
+    w = json.loads(report.render_json(blocked))["tasks"][0]["waiting_in_cgroup"]
+    assert (w["count"], w["blocked"]) == (2, 1)
+    assert [t["blocked_in"] for t in w["tasks"]] == [None, "xfs_ilock"]
+    assert ("still waiting in its cgroup: 2 task(s) (1 of them blocked outside memory waits): comm=python pid=3 "
+            "tid=3 memcg_reclaim 0.0s share=80%, comm=fio pid=8 tid=8 blocked in xfs_ilock (D) share=0%"
+            in report.render_text(blocked))
 
 
 def test_an_episode_that_ended_by_a_kill_never_reads_recovered():

@@ -130,7 +130,7 @@ def test_a_socket_served_by_a_user_top_does_not_trust_is_refused_before_it_is_re
         with pytest.raises(UntrustedSocket) as exc:
             SocketFeed(path, trusted=frozenset({4242}))  # this process (the server) is not uid 4242
         msg = str(exc.value)
-        assert exc.value.exit_code == 18 and "\n" not in msg and "uid " in msg and _terminal_safe(msg)
+        assert exc.value.exit_code == 19 and "\n" not in msg and "uid " in msg and _terminal_safe(msg)
         feed = SocketFeed(path, trusted=trusted_uids())  # root and this user: read
         assert feed.hello["version"] == "x" + EVIL
         feed.close()

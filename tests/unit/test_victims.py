@@ -71,3 +71,25 @@ def test_cgroup_waiters_are_the_groups_tasks_waiting_now_or_in_the_window():
         (13, None, None, 0.6),  # between two waits at this scan, waited 60 % of the window
     ]
     assert got[2].comm == "between"
+
+
+def test_cgroup_waiters_add_the_groups_threads_blocked_outside_memory_waits():
+    """Issue 26, item 6: fio jobs of a stuck victim's group asleep in D state on
+    XFS (not in a memory wait, no share of the window) are counted, with where
+    they sleep; the victim's own threads and tasks already waiting are not
+    counted twice."""
+    cgroups = {10: "/g", 13: "/g"}
+    inflight = [Wait(10, 10, "hog", Site.MEMCG_RECLAIM, 7 * S)]
+    shares = {13: 0.5}
+    names = {13: (13, "between")}
+    blocked = [(10, 10, "hog", "xfs_ilock"),  # in a memory wait already: counted once, by that wait
+               (13, 13, "between", "folio_wait_bit_common"),  # had a share, now asleep elsewhere
+               (20, 20, "fio", "xfs_ilock"), (21, 20, "fio", None),
+               (43, 42, "victim", "xfs_ilock")]  # the victim's own thread
+    got = cgroup_waiters("/g", 42, inflight, shares, names, lambda pid, tid: cgroups.get(tid), 10 * S, blocked)
+    assert [(c.tid, c.site, c.share, c.blocked_in) for c in got] == [
+        (10, "memcg_reclaim", 0.0, None),
+        (13, None, 0.5, "folio_wait_bit_common"),
+        (20, None, 0.0, "xfs_ilock"),
+        (21, None, 0.0, "D"),
+    ]

@@ -1,0 +1,201 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The docs' example reports, made again from real runs.
+
+`python -m lab.examples NAME` (as root) starts the real daemon with text reports
+and its defaults, makes one kind of stall with the lab's recipes, and prints
+every line the daemon wrote. The README's example is `high` (cgroup v2: run it
+in a guest, `scripts/test-guest 6.12 --example high`); the others run here.
+Everything made is undone, as in the tests.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+from lab import memcg, slowdisk
+
+MIB = 1 << 20
+
+
+class _TextDaemon:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "allocwatch", "run", "--format", "text", "--metrics-addr", "", "--socket", ""],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        first = self.proc.stderr.readline()
+        if "watching" not in first:
+            raise SystemExit(f"examples: the daemon did not start: {first.strip()}")
+        self.lines: list[str] = []
+        out = self.proc.stdout
+        self._reader = threading.Thread(target=lambda: self.lines.extend(iter(out.readline, "")), daemon=True)
+        self._reader.start()
+
+    def wait_line(self, pred: Callable[[str], bool], timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if any(pred(ln) for ln in list(self.lines)):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(30)
+        self._reader.join(5)
+
+
+def _level(n: int, kind: str = "") -> Callable[[str], bool]:
+    return lambda ln: f"level={n}" in ln and (not kind or f"kind={kind}" in ln)
+
+
+def high(d: _TextDaemon) -> None:
+    """cgroup v2: a program touching 200 MiB in a group whose memory.high is 16 MiB."""
+    with memcg.MemCgroup("backup") as group:
+        if group.version != 2:
+            raise SystemExit("examples: high needs the memory controller on cgroup v2 (a guest)")
+        with memcg.Hog(group, 200) as hog:
+            hog.wait_ready(60)
+            group.set_high_bytes(16 * MIB)
+            hog.go()
+            try:
+                d.wait_line(_level(4, "throttled"), 120)
+            finally:
+                group.set_high_bytes(None)
+            hog.wait_done(60)  # lifted: it runs to the end of its memory
+            d.wait_line(lambda ln: "throttled over" in ln, 30)
+
+
+def crawl(d: _TextDaemon) -> None:
+    """dd in a 64 MiB group writing to a disk throttled to 256 KiB/s."""
+    with slowdisk.SlowDisk(write_bps=256 << 10) as disk, memcg.MemCgroup("aw-crawl") as group:
+        group.set_limit_bytes(64 * MIB)
+        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=200"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            d.wait_line(_level(2), 60)
+        finally:
+            disk.stop_writer(dd)
+        d.wait_line(lambda ln: " over #" in ln or "recovered" in ln, 30)
+
+
+def nofs(d: _TextDaemon) -> None:
+    """fio writers on XFS behind a 1 MiB/s disk in a 96 MiB group: reclaim with GFP_NOFS."""
+    with slowdisk.SlowDisk(write_bps=1 * MIB, fs="xfs") as disk, memcg.MemCgroup("aw-nofs") as group:
+        disk.set_dirty_bytes(32 * MIB, 16 * MIB)
+        group.set_limit_bytes(96 * MIB)
+        group.spawn(["dd", "if=/dev/zero", f"of={disk.dir / 'fill'}", "bs=1M", "count=128", "conv=fsync"],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(60)
+        fio = group.spawn(["fio", "--name=w", f"--directory={disk.mnt}", "--rw=write", "--bs=1M", "--size=512M",
+                           "--numjobs=2", "--ioengine=psync", "--group_reporting", "--runtime=300"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            d.wait_line(_level(2), 90)
+        finally:
+            fio.kill()
+            disk.set_write_bps(0)
+            fio.wait(120)
+            for pid in group.pids():  # fio's jobs are its children
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+            deadline = time.monotonic() + 60
+            while group.pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
+            (disk.dir / "fill").unlink(missing_ok=True)
+        time.sleep(2)
+
+
+def dirty(d: _TextDaemon) -> None:
+    """Dirty throttling: dd behind a 1 MiB/s disk with 8 MiB of dirty memory allowed."""
+    with slowdisk.SlowDisk(write_bps=1 * MIB) as disk, memcg.MemCgroup("aw-dirty") as group:
+        disk.set_dirty_bytes(8 * MIB, 4 * MIB)
+        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            d.wait_line(_level(2, "throttled"), 40)
+        finally:
+            disk.stop_writer(dd)
+        d.wait_line(lambda ln: "throttled over" in ln, 20)
+
+
+def livelock(d: _TextDaemon) -> None:
+    """A hog looping in memcg reclaim, freeing nothing, while nine OOM victims that cannot
+    exit (small, on a frozen file system) are chosen one after another, 2 s each."""
+    with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-live") as group:
+        group.set_limit_bytes(64 * MIB)
+        subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
+        victims = []
+        try:
+            for i in range(9):
+                code = f"open('{disk.mnt}/v{i}', 'w')"
+                victims.append(group.spawn(
+                    ["sh", "-c", f'echo 1000 > /proc/self/oom_score_adj; exec {sys.executable} -I -S -c "{code}"']))
+            time.sleep(2)
+            with memcg.Hog(group, 128) as hog:
+                hog.wait_ready(30)
+                hog.go()
+                hog.proc.wait(90)
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+            for v in victims:
+                v.kill()
+                v.wait(30)
+    time.sleep(2)
+
+
+def victim(d: _TextDaemon) -> None:
+    """An OOM victim asleep on a frozen file system, a second task in the group's OOM wait
+    (its OOM killer then off), a third blocked on the same file system."""
+    with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk, memcg.MemCgroup("aw-victim") as group:
+        subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
+        procs: list[subprocess.Popen[str]] = []
+        hogs: list[memcg.Hog] = []
+        try:
+            for adj, code in ((1000, f"b = bytearray(40 << 20); open('{disk.mnt}/v', 'w')"),
+                              (-1000, f"open('{disk.mnt}/b', 'w')")):
+                procs.append(group.spawn(["sh", "-c", f"echo {adj} > /proc/self/oom_score_adj; "
+                                                      f'exec {sys.executable} -I -S -c "{code}"']))
+            time.sleep(1)
+            hogs = [memcg.Hog(group, 100), memcg.Hog(group, 100)]
+            for h in hogs:
+                h.wait_ready(30)
+            group.set_limit_bytes(group.usage_bytes() + 16 * MIB)
+            hogs[0].go()
+            time.sleep(3)
+            if group.version == 1:
+                group.set_oom_kill_disable(True)
+            hogs[1].go()
+            d.wait_line(_level(2, "stuck_victim"), 40)
+        finally:
+            subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+            for p in procs:
+                p.kill()
+                p.wait(30)
+            for h in hogs:
+                h.stop()
+        d.wait_line(lambda ln: "stuck victim gone" in ln, 20)
+
+
+EXAMPLES: dict[str, Callable[[_TextDaemon], None]] = {
+    f.__name__: f for f in (high, crawl, nofs, dirty, livelock, victim)}
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in EXAMPLES:
+        print(f"usage: python -m lab.examples {'|'.join(EXAMPLES)}", file=sys.stderr)
+        return 2
+    d = _TextDaemon()
+    try:
+        EXAMPLES[argv[0]](d)
+    finally:
+        d.stop()
+    sys.stdout.write("".join(d.lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
