@@ -94,6 +94,13 @@ class ForeignPidNamespace(AllocwatchError):
     exit_code = 17
 
 
+class UntrustedSocket(AllocwatchError):
+    """`allocwatch top`: the process that answers on the socket runs as a user top does not
+    trust (not root, not top's own user, not `daemon_user`): not read."""
+
+    exit_code = 19
+
+
 def output_error(exc: OSError, name: str = "standard output", then: str = "") -> AllocwatchError:
     """The typed error for a write to `name` that failed with `exc`."""
     if exc.errno in (errno.EPIPE, errno.EBADF, errno.ECONNRESET):

@@ -203,6 +203,10 @@ def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
     """Watch until SIGINT or SIGTERM; 0, or a typed error for the CLI to turn into its exit code."""
     selfcare.one_arena()  # before any thread starts: every thread's memory in the heap a trim gives back
     cfg = config.load(path, overrides)  # milliseconds: a bad file is its exit code, with no handler yet
+    if cfg.socket_path:  # a place others may write is a bad configuration too (exit 3), said before anything
+        from allocwatch.outputs.socket import check_socket_path
+
+        check_socket_path(cfg.socket_path)
     stop = threading.Event()
     reload_asked = threading.Event()
     _handle_signals(stop, reload_asked)

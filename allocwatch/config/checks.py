@@ -275,3 +275,15 @@ def group_name(key: str, v: Any) -> str:
             f"characters) or '' for root only, got {shown(v)}"
         )
     return v
+
+
+def user_name(key: str, v: Any) -> str:
+    """A user name (top resolves it when it connects), or '' for none."""
+    if v == "":
+        return ""
+    if not isinstance(v, str) or len(v) > GROUP_NAME_MAX_CHARS or not _GROUP_NAME.fullmatch(v):
+        raise ConfigError(
+            f"{key}: expected a user name (letters, digits, '_', '-', '.'; at most {GROUP_NAME_MAX_CHARS} "
+            f"characters) or '' for none, got {shown(v)}"
+        )
+    return v

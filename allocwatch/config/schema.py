@@ -35,6 +35,7 @@ from allocwatch.config.checks import (
     site_labels,
     socket_path,
     threshold,
+    user_name,
 )
 from allocwatch.core.findings import WindowRules
 from allocwatch.core.sites import Site
@@ -81,6 +82,8 @@ class Config:
     livelock_passes_per_s: float = 100.0  # livelock: at least this many reclaim passes a second, none freeing
     socket_path: str = DEFAULT_SOCKET_PATH  # the live snapshots for `allocwatch top`; "" for none
     socket_group: str = ""  # a group whose members may read the socket too; "" for root only
+    # the user a daemon not run as root runs as: top trusts a socket served by it (besides root and its own user)
+    daemon_user: str = ""
 
     def window_rules(self) -> WindowRules:
         return WindowRules(
@@ -132,6 +135,7 @@ KEYS: dict[str, Key] = {
     "throttle_share": Key(plain_range(0.05, 1.0, "a share of the window")),
     "livelock_passes_per_s": Key(plain_range(1.0, 1e7, "passes a second")),
     "classify_after_s": Key(ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S)),
+    "daemon_user": Key(user_name),  # read by top only, when it connects
     # need a restart: they shape what is loaded or bound at start
     "max_inflight": Key(inflight_count, restart=True),
     "tracefs": Key(path, restart=True),

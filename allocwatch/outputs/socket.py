@@ -20,6 +20,17 @@ the daemon's user, in a directory made 0700 (0750) when it does not exist
 and each client's credentials (SO_PEERCRED) are checked again on accept: root,
 the daemon's own user, or a member of the group. Anyone else gets one line
 saying so and is closed.
+
+Where: every directory from / down to the socket's, symlinks followed as the
+kernel does, must be root's or the daemon's, and the socket's own may be
+written by nobody else. A sticky directory others may write (/tmp) is only
+passed through, towards a directory of the daemon's: in it, another user could
+take the socket's name first (`check_location`, a ConfigError: exit 3, which
+systemd does not restart). The directory's owner and mode are changed through a
+descriptor opened without following a symlink, the socket is bound with its
+final mode (umask) and its group set with lchown; a socket left by a daemon
+that died is removed only when it is the daemon's own, and at exit the path is
+removed only while it still names the socket bound (device and inode).
 """
 
 from __future__ import annotations
@@ -42,13 +53,14 @@ from typing import Any
 
 from allocwatch.core.snapshot import Snapshot
 from allocwatch.core.snapview import snapshot_dict
-from allocwatch.errors import SocketUnavailable
+from allocwatch.errors import ConfigError, SocketUnavailable
 
 QUEUE_SNAPSHOTS = 2  # scans the socket thread may lag behind before snapshots are dropped
 DEFAULT_MAX_BEHIND_S = 10.0  # a client that finishes no frame this long while newer ones come is closed
 DEFAULT_MAX_CLIENTS = 16
 REFUSED_TYPE = "refused"
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+SYMLINKS_MAX = 40  # as the kernel's path walk (MAXSYMLINKS)
 
 
 def _line(doc: Mapping[str, Any]) -> bytes:
@@ -78,6 +90,85 @@ def may_read(uid: int, gid: int, group: int | None, own_uid: int) -> bool:
         return False
 
 
+def _others_write(st: os.stat_result) -> bool:
+    return bool(st.st_mode & 0o022)
+
+
+def _unsafe(path: str, why: str) -> ConfigError:
+    return ConfigError(
+        f"socket_path: {path} {why}: another user could put a socket of their own in the daemon's place; "
+        "choose a directory only root or the daemon's user may write, such as /run/allocwatch"
+    )
+
+
+def _absolute(d: Path) -> str:
+    """Not normalised: `..` after a symlink is the symlink's target's parent, as the kernel sees it."""
+    return str(d) if str(d).startswith("/") else f"{os.getcwd()}/{d}"
+
+
+def check_location(d: Path, uid: int | None = None, made_below: bool = False) -> os.stat_result:
+    """The socket's directory `d`, walked from / as the kernel walks it (symlinks
+    followed): each directory must belong to root or `uid` (the daemon's), and
+    one others may write is passed only when it is sticky and the entry taken
+    from it is root's or the daemon's. `d` itself may be written by nobody else:
+    in a sticky directory another user could still take the socket's name first
+    (`made_below`: `d` is where the daemon is to make its own directory, so it may
+    be sticky). Returns the lstat of the directory `d` names; a ConfigError (exit 3)
+    when another user could put a socket in the daemon's place."""
+    own = {0, os.geteuid() if uid is None else uid}
+    todo = [p for p in _absolute(d).split("/") if p]
+    cur, cur_st, hops = "/", os.lstat("/"), 0
+    if cur_st.st_uid not in own:
+        raise _unsafe("/", f"belongs to uid {cur_st.st_uid}")
+    while todo:
+        name = todo.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            cur = os.path.dirname(cur)  # cur holds no symlink, and every directory above it was checked
+            cur_st = os.lstat(cur)
+            continue
+        nxt = os.path.join(cur, name)
+        try:
+            st = os.lstat(nxt)
+        except OSError as exc:
+            raise SocketUnavailable(f"socket_path: {nxt}: {exc.strerror}") from None
+        sticky = bool(cur_st.st_mode & stat.S_ISVTX)
+        if _others_write(cur_st) and not (sticky and st.st_uid in own):
+            raise _unsafe(cur, "may be written by other users"
+                          + (f", and {nxt} is uid {st.st_uid}'s" if sticky else ""))
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > SYMLINKS_MAX:
+                raise SocketUnavailable(f"socket_path: {d}: too many levels of symbolic links")
+            target = os.readlink(nxt)
+            todo[:0] = [p for p in target.split("/") if p]
+            if target.startswith("/"):
+                cur, cur_st = "/", os.lstat("/")
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise SocketUnavailable(f"socket_path: {nxt} is not a directory")
+        if st.st_uid not in own:
+            raise _unsafe(nxt, f"belongs to uid {st.st_uid}")
+        cur, cur_st = nxt, st
+    sticky = bool(cur_st.st_mode & stat.S_ISVTX)
+    if _others_write(cur_st) and not (made_below and sticky):
+        where = cur if cur == _absolute(d) else f"{d} ({cur})"
+        raise _unsafe(where, "may be written by other users"
+                      + (" (sticky is not enough: the socket's name could be taken first)" if sticky else ""))
+    return cur_st
+
+
+def check_socket_path(path: str) -> None:
+    """At start, before anything is made: the place of the socket (check_location).
+    A directory still to be made is checked again once made (it could be taken first)."""
+    d = Path(path).parent
+    if os.path.lexists(d):
+        check_location(d)
+    elif os.path.lexists(d.parent):
+        check_location(d.parent, made_below=True)
+
+
 def _prepare_dir(d: Path, gid: int | None) -> bool:
     """True when it made the directory (and so removes it again at exit)."""
     mode = 0o750 if gid is not None else 0o700
@@ -88,23 +179,38 @@ def _prepare_dir(d: Path, gid: int | None) -> bool:
         made = False
     except OSError as exc:
         raise SocketUnavailable(f"socket_path: cannot make the directory {d}: {exc.strerror}") from None
-    st = os.lstat(d)
-    if not stat.S_ISDIR(st.st_mode):
-        raise SocketUnavailable(f"socket_path: {d} is not a directory")
-    if st.st_uid not in (0, os.geteuid()) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
-        raise SocketUnavailable(f"socket_path: {d} may be written by other users: the socket could be replaced")
-    # A directory of the daemon's own (mode 0700 or 0750, as systemd's RuntimeDirectory=
-    # makes it) is given to the group too; a shared one such as /run is never changed.
-    private = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) in (0o700, 0o750)
-    if made or (private and gid is not None):
-        if gid is not None:
-            os.chown(d, -1, gid)
-        os.chmod(d, mode)  # whatever the umask
+    try:
+        st = check_location(d)
+        # A directory of the daemon's own (mode 0700 or 0750, as systemd's RuntimeDirectory=
+        # makes it) is given to the group too; a shared one such as /run is never changed.
+        private = st.st_uid == os.geteuid() and stat.S_IMODE(st.st_mode) in (0o700, 0o750)
+        if made or (private and gid is not None):
+            _set_dir_mode(d, st, mode, gid)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                d.rmdir()
+        raise
     return made
 
 
+def _set_dir_mode(d: Path, checked: os.stat_result, mode: int, gid: int | None) -> None:
+    """Owner and mode through a descriptor of the very directory checked: no symlink followed."""
+    fd = os.open(os.path.realpath(d), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (checked.st_dev, checked.st_ino):
+            raise SocketUnavailable(f"socket_path: {d} changed while it was made ready")
+        if gid is not None:
+            os.fchown(fd, -1, gid)
+        os.fchmod(fd, mode)  # whatever the umask
+    finally:
+        os.close(fd)
+
+
 def _clear_stale(path: Path) -> None:
-    """A socket left by a daemon that died is removed; a live one or another file is refused."""
+    """A socket left by a daemon that died is removed when it is this user's; a live
+    one, another user's or another file is refused."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -118,7 +224,13 @@ def _clear_stale(path: Path) -> None:
     except OSError as exc:
         if exc.errno != errno.ECONNREFUSED:
             raise SocketUnavailable(f"socket_path: {path}: {exc.strerror or exc}") from None
-        path.unlink()
+        if st.st_uid != os.geteuid():
+            raise SocketUnavailable(
+                f"socket_path: {path} is uid {st.st_uid}'s socket, not this user's: not removed"
+            ) from None
+        now = os.lstat(path)
+        if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+            path.unlink()
         return
     finally:
         probe.close()
@@ -192,7 +304,8 @@ class SocketServer:
         self.clients_refused = 0  # not allowed, or too many
         self.snapshots_dropped = 0  # the socket thread itself fell behind
         self._listener = self._listen()
-        self._inode = os.lstat(self.path).st_ino
+        bound = os.lstat(self.path)
+        self._bound = (bound.st_dev, bound.st_ino)  # what close() may remove
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._closing = False
         self._thread = threading.Thread(target=self._run, name="socket", daemon=True)
@@ -202,7 +315,7 @@ class SocketServer:
         self._made_dir = _prepare_dir(self.path.parent, self._gid)
         _clear_stale(self.path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
-        old = os.umask(0o177)  # nobody but the owner between bind() and chmod()
+        old = os.umask(0o117 if self._gid is not None else 0o177)  # bound with its final mode: no chmod after
         try:
             s.bind(str(self.path))
         except OSError as exc:
@@ -211,8 +324,7 @@ class SocketServer:
         finally:
             os.umask(old)
         if self._gid is not None:
-            os.chown(self.path, -1, self._gid)
-        os.chmod(self.path, 0o660 if self._gid is not None else 0o600)
+            os.chown(self.path, -1, self._gid, follow_symlinks=False)
         s.listen(8)
         return s
 
@@ -265,7 +377,8 @@ class SocketServer:
             os.close(self._wake_r)
             os.close(self._wake_w)
         with contextlib.suppress(OSError):
-            if os.lstat(self.path).st_ino == self._inode:  # ours, not a successor's
+            now = os.lstat(self.path)
+            if (now.st_dev, now.st_ino) == self._bound:  # ours, not a successor's or another file
                 self.path.unlink()
         if self._made_dir:
             with contextlib.suppress(OSError):  # not empty: somebody else's files, left alone

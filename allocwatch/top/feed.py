@@ -2,28 +2,43 @@
 """Where `allocwatch top` gets its snapshots: the daemon's socket, or a session
 of its own (top/session.py). Both give snapshot dicts (core/snapview.py).
 
-`SocketFeed` connects, reads the hello, and keeps the latest two snapshots
-from a reader thread, so the screen never waits on the socket. `connect()`
-says why when it cannot: no daemon answers (`NoDaemon`: top then starts its
-own session), or the daemon is there and this user may not read it
-(`SocketRefused`, exit 15).
+`SocketFeed` connects, checks who answers, reads the hello, and keeps the
+latest two snapshots from a reader thread, so the screen never waits on the
+socket. It says why when it cannot: no daemon answers (`NoDaemon`: top then
+starts its own session), the process that answers runs as a user top does not
+trust (`UntrustedSocket`, exit 19: nothing it sent is read), or the daemon is
+there and this user may not read it (`SocketRefused`, exit 15).
+
+Trusted: root, the user running top, and `daemon_user` when one is configured
+(SO_PEERCRED gives the uid the listening process had when it called listen()).
+Another user's socket at the path (a name taken in a directory others may
+write, before the daemon came) is refused before a byte of it is read.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import os
 import socket
+import struct
 import threading
 import time
 from collections.abc import Mapping
 from typing import Any
 
 from allocwatch.core.snapview import HELLO_TYPE, SNAPSHOT_TYPE
-from allocwatch.errors import AllocwatchError, SocketRefused
+from allocwatch.errors import AllocwatchError, SocketRefused, UntrustedSocket
+from allocwatch.top.safetext import terminal_text
 
 HELLO_TIMEOUT_S = 5.0
 LINE_MAX_BYTES = 256 << 20  # a snapshot line longer than this is not allocwatch's
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+def trusted_uids(daemon_uid: int | None = None) -> frozenset[int]:
+    """Whose socket top reads: root, the user running top, and the configured daemon user."""
+    return frozenset({0, os.geteuid()} | ({daemon_uid} if daemon_uid is not None else set()))
 
 
 class NoDaemon(AllocwatchError):
@@ -83,12 +98,13 @@ class Feed:
 
 
 class SocketFeed(Feed):
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, trusted: frozenset[int] | None = None) -> None:
         super().__init__()
         self.path = path
-        self.source = f"daemon {path}"
+        self.source = terminal_text(f"daemon {path}")
         self.hello: Mapping[str, Any] = {}
         self._sock = self._connect()
+        self._check_peer(trusted if trusted is not None else trusted_uids())
         self._file = self._sock.makefile("rb")
         self.hello = self._first()
         self._thread = threading.Thread(target=self._read, name="top-feed", daemon=True)
@@ -107,11 +123,21 @@ class SocketFeed(Feed):
             s.close()
             if exc.errno in (errno.EACCES, errno.EPERM):
                 raise SocketRefused(
-                    f"cannot read the daemon's socket {self.path}: {exc.strerror} (only root, or members of "
-                    "the group named by socket_group, may)"
+                    f"cannot read the daemon's socket {terminal_text(self.path)}: {exc.strerror} (only root, "
+                    "or members of the group named by socket_group, may)"
                 ) from None
-            raise NoDaemon(f"no daemon answers on {self.path}: {exc.strerror or exc}") from None
+            raise NoDaemon(f"no daemon answers on {terminal_text(self.path)}: {exc.strerror or exc}") from None
         return s
+
+    def _check_peer(self, trusted: frozenset[int]) -> None:
+        """Before anything is read: the process that answers must run as a trusted user."""
+        pid, uid, _ = _UCRED.unpack(self._sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+        if uid not in trusted:
+            self._sock.close()
+            raise UntrustedSocket(
+                f"{terminal_text(self.path)} is served by pid {pid} of uid {uid}, not by root, this user or "
+                "daemon_user: not reading it (another user's socket in the daemon's place?)"
+            )
 
     def _first(self) -> Mapping[str, Any]:
         self._sock.settimeout(HELLO_TIMEOUT_S)
@@ -121,10 +147,10 @@ class SocketFeed(Feed):
             doc = None
         if isinstance(doc, dict) and doc.get("type") == "refused":
             self.close()
-            raise SocketRefused(f"the daemon refused: {doc.get('error', '')}")
+            raise SocketRefused(f"the daemon refused: {terminal_text(doc.get('error', ''))}")
         if not isinstance(doc, dict) or doc.get("type") != HELLO_TYPE:
             self.close()
-            raise NoDaemon(f"no allocwatch hello on {self.path}")
+            raise NoDaemon(f"no allocwatch hello on {terminal_text(self.path)}")
         self._sock.settimeout(None)
         return doc
 

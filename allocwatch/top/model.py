@@ -5,6 +5,8 @@ severity, and per-site rates, from snapshot dicts (core/snapview.py).
 Nothing here reads a clock, a terminal or a socket: every function takes the
 snapshot dicts (the latest and the one before) and returns values, so tests
 build them by hand. top/view.py turns them into lines; top/screen.py paints.
+A row's text (comm, cgroup, site, kind, state, gfp) is terminal text
+(top/safetext.py) whatever the snapshot held, so columns keep their widths.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from allocwatch.top.safetext import optional_text, terminal_text
 
 SORTS = ("wait", "share", "pid", "site", "cgroup")  # `s` cycles through them
 GROUP_MIN = 3  # tasks of one program at one site in one cgroup before they share a row
@@ -79,8 +83,9 @@ def task_rows(doc: Mapping[str, Any]) -> list[Row]:
             rows[t["tid"]] = replace(rows[t["tid"]], other_waits=rows[t["tid"]].other_waits + 1)
             continue
         rows[t["tid"]] = Row(
-            tid=t["tid"], pid=t["pid"], comm=t["comm"], cgroup=t.get("cgroup"), site=t["site"],
-            wait_s=t["duration_s"], share=t.get("share"), kind=t["kind"], state=t.get("state"), gfp=t.get("gfp"),
+            tid=t["tid"], pid=t["pid"], comm=terminal_text(t["comm"]), cgroup=optional_text(t.get("cgroup")),
+            site=terminal_text(t["site"]), wait_s=t["duration_s"], share=t.get("share"),
+            kind=terminal_text(t["kind"]), state=optional_text(t.get("state")), gfp=optional_text(t.get("gfp")),
             level=t["level"], start_known=t["start_known"],
             severity=severity(t["kind"], t["level"], t["duration_s"], threshold_for(doc, t["site"])), detail=t,
         )
@@ -88,11 +93,13 @@ def task_rows(doc: Mapping[str, Any]) -> list[Row]:
         known = rows.get(e["tid"])
         share = (e.get("window") or {}).get("share")
         if known is not None:  # waiting now and throttled too: the row says the episode
-            rows[e["tid"]] = replace(known, kind=e["kind"], severity=STALLED, share=share, detail={**e, **known.detail})
+            rows[e["tid"]] = replace(known, kind=terminal_text(e["kind"]), severity=STALLED, share=share,
+                                     detail={**e, **known.detail})
             continue
         rows[e["tid"]] = Row(
-            tid=e["tid"], pid=e["pid"], comm=e["comm"], cgroup=e.get("cgroup"), site=e["site"],
-            wait_s=e["duration_s"], share=share, kind=e["kind"], state=e.get("state"), gfp=e.get("gfp"),
+            tid=e["tid"], pid=e["pid"], comm=terminal_text(e["comm"]), cgroup=optional_text(e.get("cgroup")),
+            site=terminal_text(e["site"]), wait_s=e["duration_s"], share=share, kind=terminal_text(e["kind"]),
+            state=optional_text(e.get("state")), gfp=optional_text(e.get("gfp")),
             level=e["level"], start_known=True, severity=STALLED, detail=e,
         )
     return list(rows.values())

@@ -29,6 +29,7 @@ from allocwatch import config
 from allocwatch.errors import ConfigError, NoSnapshot
 from allocwatch.kernel.procfs import DEFAULT_PROCFS, listening_unix_paths
 from allocwatch.top.feed import NoDaemon, SocketFeed
+from allocwatch.top.safetext import terminal_text
 
 ANSWER_TIMEOUT_S = 30.0
 
@@ -81,7 +82,7 @@ def reload(path: str, pid: int | None, timeout_s: float) -> str:
             count = feed.count
             _, doc = feed.frames()
             if reload_count(doc) > before:
-                said = str((doc or {})["reload"].get("said", ""))
+                said = terminal_text((doc or {})["reload"].get("said", ""))  # printed: no control character
                 if not (doc or {})["reload"].get("ok"):
                     raise ReloadRefused(said)
                 return said

@@ -4,7 +4,8 @@
 Thin on purpose: what to show is top/model.py and top/view.py (pure, tested without a
 terminal); this maps styles to colours (none with NO_COLOR, or a terminal
 without colours), keeps the selection on the same task across refreshes, and
-always gives the terminal back (curses.wrapper restores it on any exit).
+always gives the terminal back (curses.wrapper restores it on any exit). Each
+line goes through top/safetext.py on its way to the terminal.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from allocwatch.top import view
 from allocwatch.top.feed import Feed
 from allocwatch.top.model import SORTS, Row, visible_rows
+from allocwatch.top.safetext import terminal_text
 
 _ENTER = (curses.KEY_ENTER, 10, 13)
 _ESC = 27
@@ -109,8 +111,8 @@ class Screen:
         height, width = scr.getmaxyx()
         scr.erase()
         for y, (text, style) in enumerate(self._lines(width, height)[:height]):
-            try:
-                scr.addnstr(y, 0, text, max(0, width - 1), self._styles.get(style, curses.A_NORMAL))
+            try:  # whatever the daemon sent, no control character reaches the terminal
+                scr.addnstr(y, 0, terminal_text(text), max(0, width - 1), self._styles.get(style, curses.A_NORMAL))
             except curses.error:  # a terminal shrunk under us: the next paint fits again
                 pass
         scr.refresh()
