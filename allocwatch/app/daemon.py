@@ -473,7 +473,7 @@ class Daemon:
         self.namer.set_classify_after(cfg.classify_after_ns)
         self.policy.rules = self._block_rules(cfg)
         self._ahead_ns = self._read_ahead_ns(cfg)
-        self.pods.directory = cfg.pod_logs_dir
+        self.pods.set_directory(cfg.pod_logs_dir)
 
     @staticmethod
     def _block_rules(cfg: Config) -> BlockRules:

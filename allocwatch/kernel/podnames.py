@@ -43,6 +43,11 @@ class PodNames:
         self._read_at: float | None = None
         self.listings = 0  # directory reads since start, for tests
 
+    def set_directory(self, directory: str) -> None:
+        """A reload's: names from another directory are read afresh."""
+        if directory != self.directory:
+            self.directory, self._names, self._read_at = directory, {}, None
+
     def _refresh(self) -> None:
         self._read_at = self._clock_s()
         self.listings += 1
