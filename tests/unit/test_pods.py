@@ -25,7 +25,9 @@ from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Stall, Wait
 from allocwatch.kernel.podnames import MAX_PODS, PodNames, split_name
 from allocwatch.outputs import journal, report
-from tests.unit.fakes import hog_stalls_then_wakes, snapshot_daemon
+from allocwatch.top import view as topview
+from allocwatch.top.model import task_rows
+from tests.unit.fakes import hog_stalls_then_wakes, snapshot_daemon, top_doc, top_task
 
 UID = "8f1d2a6c-3b4e-4f5a-9c7d-1e2f3a4b5c6d"
 UID_ = UID.replace("-", "_")  # as a systemd slice name writes it
@@ -249,3 +251,15 @@ def test_another_directory_forgets_the_names_of_the_last(tmp_path):
     assert names.lookup(UID) == ("ns", "old")
     names.set_directory(str(b))
     assert names.lookup(UID) == ("ns", "new")
+
+
+def test_tops_detail_names_the_pod():
+    pod = {"namespace": "shop", "name": "cart", "uid": UID, "qos": "burstable", "container_id": CID,
+           "runtime": "containerd"}
+    (row,) = task_rows(top_doc([top_task(7, 12.0, level=1, detail=True, pod=pod)]))
+    lines = topview.detail_lines(row, 80)
+    assert all(len(line) <= 80 for line, _ in lines)
+    text = "\n".join(line for line, _ in lines).replace("\n    ", " ")  # wrapped, not cut
+    assert f"pod: namespace=shop name=cart uid={UID} qos=burstable container={CID} runtime=containerd" in text
+    (plain,) = task_rows(top_doc([top_task(8, 12.0, level=1, detail=True, pod=None)]))
+    assert "pod:" not in "\n".join(line for line, _ in topview.detail_lines(plain, 80))
