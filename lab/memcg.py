@@ -203,7 +203,7 @@ _LIVE: set[MemCgroup] = set()
 @atexit.register
 def _close_leftovers() -> None:
     """Last resort for a group not closed (no `with`, or an interpreter exit)."""
-    for group in list(_LIVE):
+    for group in sorted(_LIVE, key=lambda g: -len(g.path.parts)):  # a nested group before its parent
         try:
             group.close()
         except Exception as e:
@@ -227,7 +227,8 @@ class MemCgroup:
 
     def __init__(self, prefix: str = "aw-test", name: str | None = None, parent: MemCgroup | None = None) -> None:
         """`name`, when given, is the directory's whole name (it must hold a
-        per-run suffix of its own, e.g. another group's name): a test of names
+        per-run suffix of its own, e.g. another group's name, or be inside a
+        `parent` that has one): a test of names
         that look like another group's (`x` and `x\\x1cevil`) needs both exact.
         With `parent` (a group of this kind, open), the group is made inside it
         (e.g. a kubelet's nested layout under a group of the test's own);
