@@ -203,7 +203,7 @@ _LIVE: set[MemCgroup] = set()
 @atexit.register
 def _close_leftovers() -> None:
     """Last resort for a group not closed (no `with`, or an interpreter exit)."""
-    for group in list(_LIVE):
+    for group in sorted(_LIVE, key=lambda g: -len(g.path.parts)):  # a nested group before its parent
         try:
             group.close()
         except Exception as e:
@@ -225,10 +225,14 @@ class MemCgroup:
     RMDIR_RETRY_S = 5.0
     KILL_WAIT_S = 10.0
 
-    def __init__(self, prefix: str = "aw-test", name: str | None = None) -> None:
+    def __init__(self, prefix: str = "aw-test", name: str | None = None, parent: MemCgroup | None = None) -> None:
         """`name`, when given, is the directory's whole name (it must hold a
-        per-run suffix of its own, e.g. another group's name): a test of names
-        that look like another group's (`x` and `x\\x1cevil`) needs both exact."""
+        per-run suffix of its own, e.g. another group's name, or be inside a
+        `parent` that has one): a test of names
+        that look like another group's (`x` and `x\\x1cevil`) needs both exact.
+        With `parent` (a group of this kind, open), the group is made inside it
+        (e.g. a kubelet's nested layout under a group of the test's own);
+        close it before the parent."""
         if not prefix or "/" in prefix or prefix in (".", ".."):
             raise ValueError(f"bad cgroup name prefix {prefix!r}")
         if name is not None and (not name or "/" in name or "\n" in name or name in (".", "..")):
@@ -236,7 +240,7 @@ class MemCgroup:
         self.name = name if name is not None else f"{prefix}-{os.getpid()}-{secrets.token_hex(3)}"
         self._procs: list[subprocess.Popen[Any]] = []
         self._closed = False
-        version, parent_dir, parent_rel, evacuate_to = self._locate()
+        version, parent_dir, parent_rel, evacuate_to = self._locate() if parent is None else self._inside(parent)
         self._version = version
         self._parent_dir = parent_dir
         self.evacuate_to = evacuate_to
@@ -264,6 +268,17 @@ class MemCgroup:
         if version == 1:
             return 1, home, home_rel, home
         return (2, *MemCgroup._v2_parent(mount_top, home, home_rel), home)
+
+    @staticmethod
+    def _inside(parent: MemCgroup) -> tuple[int, Path, str, Path]:
+        if not parent.path.is_dir():
+            raise CgroupError(f"{parent.path} is already removed")
+        if parent.version == 2 and "memory" not in _read(parent.path / "cgroup.subtree_control").split():
+            try:
+                _write(parent.path / "cgroup.subtree_control", "+memory")
+            except OSError as e:
+                raise CgroupError(f"cannot give {parent.path}'s children the memory controller: {e}") from e
+        return parent.version, parent.path, parent.rel_path, parent.evacuate_to
 
     @staticmethod
     def _v2_parent(mount_top: Path, home: Path, home_rel: str) -> tuple[Path, str]:

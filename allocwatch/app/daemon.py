@@ -22,7 +22,7 @@ from allocwatch import __version__
 from allocwatch.app.hostcontext import HostContext
 from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
-from allocwatch.core import gfp, oomkills
+from allocwatch.core import gfp, oomkills, pods
 from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
@@ -63,6 +63,7 @@ from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait
 from allocwatch.core.victims import VictimBook, cgroup_waiters
 from allocwatch.kernel import procfs
 from allocwatch.kernel.memcgids import MemcgPaths
+from allocwatch.kernel.podnames import PodNames
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
 from allocwatch.kernel.tasks import TaskReader
 from allocwatch.kernel.waitfacts import WaitFacts
@@ -129,7 +130,9 @@ class Daemon:
         self.reported: dict[str, int] = {}  # stall reports by kind
         self._limits_seen: dict[str, int] = {}
         self._stall_seconds = StallSeconds()
-        labeler = CgroupLabeler(cfg.metrics_cgroups, cfg.metrics_cgroup_pattern, cfg.metrics_cgroup_max)
+        self.pods = PodNames(cfg.pod_logs_dir)  # a pod's namespace and name, from the kubelet's log dirs
+        labeler = CgroupLabeler(cfg.metrics_cgroups, cfg.metrics_cgroup_pattern, cfg.metrics_cgroup_max,
+                                (lambda cg: pods.metric_labels(self.pods.pod(cg))) if cfg.metrics_pod_labels else None)
         # one read of a task's cgroup per wait, and only when cgroups are to be labelled
         self._cgroup_seconds = (
             CgroupStallSeconds(labeler, lambda pid, tid: procfs.memory_cgroup(proc, pid, tid))
@@ -142,7 +145,7 @@ class Daemon:
         self.last_scan: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
         self.facts = WaitFacts(proc)  # cgroup, uid, cmdline: read once a wait, ahead of its first block
         self.tasks = TaskReader(proc, self.facts, self.namer.stack_of, getattr(source, "recent_stack", None),
-                                gfp_table)
+                                gfp_table, self.pods.pod)
         self._ahead_ns = self._read_ahead_ns(cfg)
         self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
         self.memcg_paths = MemcgPaths(proc / "self" / "mountinfo")  # an OOM kill's cgroup ids named
@@ -423,6 +426,7 @@ class Daemon:
             cgroup_stalled_seconds=(
                 self._cgroup_seconds.update(now_ns, waits, ended) if self._cgroup_seconds is not None else {}
             ),
+            cgroup_label_names=self._cgroup_seconds.names if self._cgroup_seconds is not None else ("cgroup",),
             info=self.info,
             stalled_now=result.stalled_now,
             reload=self.last_reload,
@@ -469,6 +473,7 @@ class Daemon:
         self.namer.set_classify_after(cfg.classify_after_ns)
         self.policy.rules = self._block_rules(cfg)
         self._ahead_ns = self._read_ahead_ns(cfg)
+        self.pods.set_directory(cfg.pod_logs_dir)
 
     @staticmethod
     def _block_rules(cfg: Config) -> BlockRules:

@@ -247,6 +247,15 @@ def socket_path(key: str, v: Any) -> str:
     return v
 
 
+def dir_or_off(key: str, v: Any) -> str:
+    """An absolute directory path, or '' for none."""
+    if v == "":
+        return ""
+    if not isinstance(v, str) or not v.startswith("/") or "\0" in v or not v.isprintable() or len(v) > PATH_MAX_CHARS:
+        raise ConfigError(f"{key}: expected an absolute directory path, or '' for none, got {shown(v)}")
+    return v
+
+
 def cgroup_pattern(key: str, v: Any) -> str:
     """A regular expression (Python's re) a cgroup path must match whole; '' for none."""
     if v == "":

@@ -22,6 +22,7 @@ from allocwatch.config.checks import (
     boolean,
     cgroup_pattern,
     cgroup_prefixes,
+    dir_or_off,
     group_name,
     inflight_count,
     int_range,
@@ -77,6 +78,8 @@ class Config:
     metrics_cgroups: tuple[str, ...] = ()  # stall seconds per cgroup for these paths (and what is under each)
     metrics_cgroup_pattern: str = ""  # and for cgroup paths this regex matches whole (label: its first group)
     metrics_cgroup_max: int = 20  # at most this many cgroup labels in a run; the rest count as "other"
+    metrics_pod_labels: bool = False  # namespace, pod and container labels beside cgroup (same cap)
+    pod_logs_dir: str = "/var/log/pods"  # the kubelet's <namespace>_<name>_<uid> directories; "" for none
     throttle_window_s: float = 10.0  # the sliding window of the throttled and livelock rules
     throttle_share: float = 0.5  # throttled: at least this share of the window spent in memory waits
     livelock_passes_per_s: float = 100.0  # livelock: at least this many reclaim passes a second, none freeing
@@ -136,6 +139,7 @@ KEYS: dict[str, Key] = {
     "livelock_passes_per_s": Key(plain_range(1.0, 1e7, "passes a second")),
     "classify_after_s": Key(ranged(CLASSIFY_AFTER_MIN_S, CLASSIFY_AFTER_MAX_S)),
     "daemon_user": Key(user_name),  # read by top only, when it connects
+    "pod_logs_dir": Key(dir_or_off),
     # need a restart: they shape what is loaded or bound at start
     "max_inflight": Key(inflight_count, restart=True),
     "tracefs": Key(path, restart=True),
@@ -153,6 +157,7 @@ KEYS: dict[str, Key] = {
     "metrics_cgroups": Key(cgroup_prefixes, restart=True),  # a counter's labels stay for the run
     "metrics_cgroup_pattern": Key(cgroup_pattern, restart=True),
     "metrics_cgroup_max": Key(int_range(1, METRICS_CGROUP_MAX), restart=True),
+    "metrics_pod_labels": Key(boolean, restart=True),
 }
 
 RESTART_KEYS = tuple(k for k, key in KEYS.items() if key.restart)

@@ -11,6 +11,12 @@ matches nothing, of a task whose cgroup cannot be read, or whose label would
 not be printable text counts under `other`. A label is a cgroup path or part
 of one, never a pid or a command.
 
+With pod labels on (`metrics_pod_labels`), each label is also given the
+namespace, pod and container of the task's cgroup (core/pods.py; empty for a
+cgroup that is no pod's): the cap then counts distinct (cgroup, namespace,
+pod, container) sets, and every wait past it counts under cgroup `other`
+with the three empty.
+
 The accumulator sees what the scan loop sees wait by wait: waits in flight at
 a scan and the waits the kernel sends up when they end (those that reached
 the lowest threshold). A wait that starts and ends between two scans, shorter
@@ -25,6 +31,8 @@ from collections.abc import Callable, Iterable, Sequence
 from allocwatch.core.tracker import NS_PER_S, Ended, Wait, WaitKey
 
 OTHER = "other"
+POD_LABELS = ("namespace", "pod", "container")
+NO_POD = ("", "", "")
 DEFAULT_MAX_LABELS = 20
 _FORGET_AFTER_SCANS = 2  # a wait gone from the map: its end may still come a scan late
 
@@ -32,11 +40,20 @@ _FORGET_AFTER_SCANS = 2  # a wait gone from the map: its end may still come a sc
 class CgroupLabeler:
     """cgroup path -> label; at most `max_labels` distinct labels, the rest `other`."""
 
-    def __init__(self, paths: Sequence[str] = (), pattern: str = "", max_labels: int = DEFAULT_MAX_LABELS) -> None:
+    def __init__(
+        self, paths: Sequence[str] = (), pattern: str = "", max_labels: int = DEFAULT_MAX_LABELS,
+        pod_labels: Callable[[str], tuple[str, str, str]] | None = None,
+    ) -> None:
         self._paths = tuple(p.rstrip("/") or "/" for p in paths)
         self._pattern = re.compile(pattern) if pattern else None
         self._max = max_labels
-        self._given: set[str] = set()
+        self._pod_labels = pod_labels  # cgroup path -> (namespace, pod, container), NO_POD for none
+        self._given: set[tuple[str, ...]] = set()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The label names, in the order of `labels()`'s values."""
+        return ("cgroup", *POD_LABELS) if self._pod_labels is not None else ("cgroup",)
 
     @property
     def enabled(self) -> bool:
@@ -53,19 +70,28 @@ class CgroupLabeler:
         return None
 
     def label(self, cgroup: str | None) -> str:
+        return self.labels(cgroup)[0]
+
+    def labels(self, cgroup: str | None) -> tuple[str, ...]:
+        """The label values of a task's cgroup (`names` says which)."""
+        other = (OTHER, *NO_POD) if self._pod_labels is not None else (OTHER,)
         wanted = self._wanted(cgroup) if cgroup is not None else None
-        if wanted is None or wanted == OTHER:
-            return OTHER
-        if wanted in self._given:
-            return wanted
+        if cgroup is None or wanted is None or wanted == OTHER:
+            return other
+        values: tuple[str, ...] = (wanted,)
+        if self._pod_labels is not None:
+            pod = self._pod_labels(cgroup)
+            values = (wanted, *(v if v.isprintable() else "" for v in pod))
+        if values in self._given:
+            return values
         if len(self._given) >= self._max:
-            return OTHER
-        self._given.add(wanted)
-        return wanted
+            return other
+        self._given.add(values)
+        return values
 
 
 class CgroupStallSeconds:
-    """Seconds waited per (cgroup label, site label), only ever growing.
+    """Seconds waited per (label values..., site label), only ever growing.
 
     Each wait is labelled once, when first seen (one read of its task's
     cgroup); each scan adds what it waited since the last scan, and its end
@@ -75,17 +101,23 @@ class CgroupStallSeconds:
     def __init__(self, labeler: CgroupLabeler, cgroup_of: Callable[[int, int], str | None]) -> None:
         self._labeler = labeler
         self._cgroup_of = cgroup_of  # (pid, tid) -> memory cgroup path, None when gone
-        self._seen: dict[WaitKey, tuple[str, float, int]] = {}  # key -> (label, counted s, scans unseen)
-        self._totals: dict[tuple[str, str], float] = {}
+        self._seen: dict[WaitKey, tuple[tuple[str, ...], float, int]] = {}  # key -> (labels, counted s, scans unseen)
+        self._totals: dict[tuple[str, ...], float] = {}
 
-    def _add(self, label: str, site: str, seconds: float) -> None:
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The label names of a total's key, before the site."""
+        return self._labeler.names
+
+    def _add(self, labels: tuple[str, ...], site: str, seconds: float) -> None:
         if seconds > 0:
-            self._totals[(label, site)] = self._totals.get((label, site), 0.0) + seconds
+            key = (*labels, site)
+            self._totals[key] = self._totals.get(key, 0.0) + seconds
 
-    def _label_of(self, w: Wait) -> str:
-        return self._labeler.label(self._cgroup_of(w.pid, w.tid))
+    def _label_of(self, w: Wait) -> tuple[str, ...]:
+        return self._labeler.labels(self._cgroup_of(w.pid, w.tid))
 
-    def update(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended]) -> dict[tuple[str, str], float]:
+    def update(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended]) -> dict[tuple[str, ...], float]:
         ended_keys = set()
         for e in ended:
             key = e.wait.key

@@ -24,6 +24,7 @@ from allocwatch.core.episodes import TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
 from allocwatch.core.oomkills import KillSeen, constraints, largest
+from allocwatch.core.pods import PodRef
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
 from allocwatch.core.victims import CgroupWaiter
 
@@ -48,6 +49,7 @@ class TaskDetail:
     # the masks of its waits (for a stall, its wait's; for a finding, the window's) that may not
     # start file system or block I/O to reclaim (GFP_NOFS, GFP_NOIO), decoded
     gfp_no_fs_io: Sequence[str] = ()
+    pod: PodRef | None = None  # the Kubernetes pod its cgroup is in (core/pods.py)
 
 
 @dataclass(frozen=True)
@@ -234,6 +236,21 @@ def detail_fields(detail: TaskDetail) -> dict[str, Any]:
         "exiting": detail.exiting,
         "memcg": _memcg_dict(detail.memcg),
         "gfp_no_fs_io": list(detail.gfp_no_fs_io),
+        "pod": pod_dict(detail.pod),
+    }
+
+
+def pod_dict(p: PodRef | None) -> dict[str, Any] | None:
+    """A task's pod: namespace and name only when the pods log dir names its UID."""
+    if p is None:
+        return None
+    return {
+        "namespace": escape(p.namespace) if p.namespace is not None else None,
+        "name": escape(p.name) if p.name is not None else None,
+        "uid": p.uid,
+        "qos": p.qos,
+        "container_id": p.container_id,
+        "runtime": p.runtime,
     }
 
 

@@ -144,8 +144,10 @@ class Snapshot:
     coverage: tuple[SiteCoverage, ...] = ()
     programs: Mapping[str, tuple[int, int]] = field(default_factory=dict)  # BPF program: (run ns, runs)
     shares: Mapping[int, float] = field(default_factory=dict)  # by tid: share of the last window spent waiting
-    # by (cgroup label, site label): only when cgroups to label are configured (core/cgroupstall.py)
-    cgroup_stalled_seconds: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    # by (cgroup label, [namespace, pod, container,] site label): only when cgroups to label are
+    # configured (core/cgroupstall.py); the names of the labels before the site in cgroup_label_names
+    cgroup_stalled_seconds: Mapping[tuple[str, ...], float] = field(default_factory=dict)
+    cgroup_label_names: tuple[str, ...] = ("cgroup",)
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
     live: LiveView | None = None  # what a live viewer needs; only while one listens (core/live.py)
     stalled_now: int | None = None  # waits at or over their threshold (None: count them in `now`)

@@ -18,6 +18,7 @@ from typing import Any
 from allocwatch.core import gfp
 from allocwatch.core.findings import Finding
 from allocwatch.core.host import MemcgInfo, TaskInfo
+from allocwatch.core.pods import PodRef
 from allocwatch.core.records import TaskDetail
 from allocwatch.core.tracker import Wait
 from allocwatch.kernel import hostfs, procfs
@@ -31,8 +32,10 @@ class TaskReader:
         self, proc: Path, facts: WaitFacts, dstate_stack: StackOf,
         recent_stack: Callable[[int], Sequence[str] | None] | None = None,
         gfp_table: Sequence[tuple[int, str]] = (),
+        pod_of: Callable[[str | None], PodRef | None] = lambda cgroup: None,
     ) -> None:
         self.proc = proc
+        self.pod_of = pod_of  # a cgroup's Kubernetes pod (kernel/podnames.py)
         self.facts = facts
         self._dstate_stack = dstate_stack
         self._recent_stack = recent_stack  # only the real source has one: BPF's stack at reclaim entry
@@ -68,6 +71,7 @@ class TaskReader:
             dying=flags.dying,
             exiting=flags.exiting,
             recent_stack=None if stack else self.recent_stack(w.tid),
+            pod=self.pod_of(cgroup),
         )
 
     def finding_detail(self, f: Finding, extra: Callable[[str | None], Mapping[str, Any]]) -> TaskDetail:
@@ -81,6 +85,7 @@ class TaskReader:
             dying=flags.dying, exiting=flags.exiting, recent_stack=None if stack else self.recent_stack(f.tid),
             gfp_flags=gfp.describe(f.gfp, self.gfp_table) if self.gfp_table else None,
             gfp_no_fs_io=self.no_fs_io([*f.gfp_waits, *([f.waiting.gfp] if f.waiting is not None else [])]),
+            pod=self.pod_of(cgroup),
             **extra(cgroup),
         )
 
@@ -104,10 +109,9 @@ class TaskReader:
         return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
 
     def glance(self, w: Wait) -> TaskDetail:
-        """Its memory cgroup and state only: a row of top's live view past the detailed few."""
-        return TaskDetail(
-            cgroup=procfs.memory_cgroup(self.proc, w.pid, w.tid), state=procfs.task_state(self.proc, w.pid, w.tid)
-        )
+        """Its memory cgroup (and pod) and state only: a row of top's live view past the detailed few."""
+        cgroup = procfs.memory_cgroup(self.proc, w.pid, w.tid)
+        return TaskDetail(cgroup=cgroup, state=procfs.task_state(self.proc, w.pid, w.tid), pod=self.pod_of(cgroup))
 
     def recent_stack(self, tid: int) -> Sequence[str] | None:
         return self._recent_stack(tid) if self._recent_stack is not None else None

@@ -61,6 +61,7 @@ IDENTIFIER = "allocwatch"
 
 # Task fields sent as ALLOCWATCH_<NAME>, when present.
 _TASK_FIELDS = ("site", "kind", "pid", "tid", "comm", "level", "cgroup", "state", "gfp", "gfp_flags", "order", "uid")
+_POD_FIELDS = ("namespace", "name", "uid", "qos", "container_id", "runtime")
 
 
 def _value(v: Any) -> str:
@@ -87,6 +88,9 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
     fields["duration_s"] = t["duration_s"]
     fields["report_seq"] = seq
     fields["gfp_no_fs_io"] = ",".join(t.get("gfp_no_fs_io") or []) or None  # GFP_NOFS, GFP_NOIO: named
+    pod = t.get("pod") or {}
+    for k in _POD_FIELDS:  # ALLOCWATCH_POD_NAMESPACE ... : a task's Kubernetes pod, when it is in one
+        fields[f"pod_{k}"] = pod.get(k)
     frames = t.get("stack") or t.get("recent_stack") or []
     fields["stack"] = "\n".join(frames) if frames else None
     fields["json"] = json.dumps(t, ensure_ascii=True, separators=(",", ":"))

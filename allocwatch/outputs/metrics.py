@@ -107,10 +107,10 @@ class SnapshotCollector:
                 "allocwatch_cgroup_memory_stalled_seconds",
                 "Seconds tasks of the memory cgroup have spent waiting at the site, as far as the scans saw them "
                 "(cgroups not configured, or beyond the cap, count as cgroup=\"other\")",
-                labels=["cgroup", "site"],
+                labels=[*snap.cgroup_label_names, "site"],  # with metrics_pod_labels: namespace, pod, container too
             )
-            for (cgroup, site), v in sorted(snap.cgroup_stalled_seconds.items()):
-                by_cgroup.add_metric([cgroup, site], v)
+            for labels, v in sorted(snap.cgroup_stalled_seconds.items()):
+                by_cgroup.add_metric(list(labels), v)
             yield by_cgroup
         reports = CounterFamily(
             "allocwatch_stall_reports", "Tasks reported as stalled (new or escalated), by kind", labels=["kind"]

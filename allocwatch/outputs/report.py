@@ -129,6 +129,7 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     lines += _cgroup_waiting_lines(t)
     if t.get("memcg"):
         lines.append(memcg_line(t["memcg"]))
+    lines += pod_line(t.get("pod"))
     lines += _stack_lines(t)
     return lines
 
@@ -164,6 +165,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
     lines = [" ".join(parts)]
     if t.get("memcg"):
         lines.append(memcg_line(t["memcg"]))
+    lines += pod_line(t.get("pod"))
     if t.get("cmdline") or t.get("uid") is not None:
         lines.append(f"    uid={'-' if t.get('uid') is None else t['uid']} cmdline={text_value(t['cmdline'] or '-')}")
     for other in t["other_waits"]:
@@ -204,6 +206,7 @@ def _group_lines(g: Sequence[Mapping[str, Any]]) -> list[str]:
     lines = [line]
     if first.get("memcg"):
         lines.append(memcg_line(first["memcg"]))
+    lines += pod_line(first.get("pod"))
     if first.get("cmdline") or first.get("uid") is not None:
         uid = "-" if first.get("uid") is None else first["uid"]
         lines.append(f"    uid={uid} cmdline={text_value(first['cmdline'] or '-')} (longest)")
@@ -260,6 +263,19 @@ def _context_lines(c: Mapping[str, Any]) -> list[str]:
         if k["stack"]:
             lines.append("    stack: " + stack_text(k["stack"]))
     return lines
+
+
+def pod_line(p: Mapping[str, Any] | None) -> list[str]:
+    """The Kubernetes pod a task's cgroup is in: namespace and name when the pods log dir names it."""
+    if not p:
+        return []
+    parts = [f"{k}={text_value(p[k])}" for k in ("namespace", "name") if p.get(k)]
+    parts += [f"uid={p['uid']}", f"qos={p['qos']}"]
+    if p.get("container_id"):
+        parts.append(f"container={p['container_id']}")
+    if p.get("runtime"):
+        parts.append(f"runtime={p['runtime']}")
+    return ["    pod: " + " ".join(parts)]
 
 
 def memcg_line(m: Mapping[str, Any]) -> str:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from allocwatch.outputs.report import memcg_line, site_detail_text, size_text, text_value
+from allocwatch.outputs.report import memcg_line, pod_line, site_detail_text, size_text, text_value
 from allocwatch.top.model import Row, SiteRow, site_rows
 
 Line = tuple[str, str]
@@ -161,6 +161,7 @@ def detail_lines(r: Row, width: int) -> list[Line]:
          + (f" now: {so_far}" if (so_far := site_detail_text(d)) else ""), ""),
         (f"cgroup={text_value(r.cgroup) if r.cgroup else '-'}", ""),
     ]
+    lines += [(p.strip(), "") for p in pod_line(d.get("pod"))]
     if d.get("memcg"):
         lines.append((memcg_line(d["memcg"]).strip(), ""))
     if d.get("uid") is not None or d.get("cmdline"):

@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from allocwatch import config
+from allocwatch.core import pods
 from allocwatch.core.cgroupstall import OTHER, CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.model import InflightWait
 from allocwatch.core.sites import Site
@@ -144,4 +147,79 @@ def test_config_keys_accepted(values):
 )
 def test_config_keys_refused(values, needle):
     with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+        config.from_mapping(values)
+
+
+# -- pod labels (metrics_pod_labels) -------------------------------------------------
+
+UID = "8f1d2a6c-3b4e-4f5a-9c7d-1e2f3a4b5c6d"
+
+
+def _pod_path(n: int) -> str:
+    return f"/kubepods/burstable/pod{UID}/{n:064x}"
+
+
+def test_pod_labels_share_the_cap_with_the_cgroup_and_then_go_to_other():
+    names = {UID: ("shop", "cart")}
+
+    def pod_labels(cgroup: str) -> tuple[str, str, str]:
+        ref = pods.parse(cgroup)
+        if ref is not None and ref.uid in names:
+            ref = dataclasses.replace(ref, namespace=names[ref.uid][0], name=names[ref.uid][1])
+        return pods.metric_labels(ref)
+
+    lab = CgroupLabeler(["/kubepods", "/system.slice"], max_labels=3, pod_labels=pod_labels)
+    assert lab.names == ("cgroup", "namespace", "pod", "container")
+    assert lab.labels(_pod_path(1)) == ("/kubepods", "shop", "cart", f"{1:064x}")
+    assert lab.labels(_pod_path(1)) == ("/kubepods", "shop", "cart", f"{1:064x}")  # the same set: no new one
+    assert lab.labels("/system.slice/a.service") == ("/system.slice", "", "", "")  # no pod: empty
+    assert lab.labels(_pod_path(2)) == ("/kubepods", "shop", "cart", f"{2:064x}")  # the third set
+    assert lab.labels(_pod_path(3)) == (OTHER, "", "", "")  # past the cap: one bucket
+    assert lab.labels("/elsewhere") == (OTHER, "", "", "")
+    assert lab.labels(None) == (OTHER, "", "", "")
+    assert lab.labels(_pod_path(1)) == ("/kubepods", "shop", "cart", f"{1:064x}")  # given out: kept
+    assert lab.label(_pod_path(2)) == "/kubepods"
+
+
+def test_a_pod_label_that_is_not_printable_is_left_empty():
+    lab = CgroupLabeler(["/"], pod_labels=lambda cg: ("ns\x1b[2J", "p\n", "c"))
+    assert lab.labels("/x") == ("/", "", "", "c")
+
+
+def test_without_pod_labels_the_family_keeps_cgroup_alone():
+    lab = CgroupLabeler(["/kubepods"])
+    assert lab.names == ("cgroup",) and lab.labels(_pod_path(1)) == ("/kubepods",)
+
+
+def test_the_collector_serves_namespace_pod_and_container_when_asked(tmp_path):
+    logs = tmp_path / "logs"
+    (logs / f"shop_cart_{UID}").mkdir(parents=True)
+    d, src, out, clock = snapshot_daemon(tmp_path / "p", threshold_s=2.0, metrics_cgroups=("/kubepods",),
+                                         metrics_pod_labels=True, pod_logs_dir=str(logs))
+    (tmp_path / "p" / "7" / "task" / "7" / "cgroup").write_text(f"4:memory:{_pod_path(9)}\n0::/\n")
+    fake_proc(tmp_path / "p", 8, ["mem_cgroup_oom_synchronize"], cgroup="4:memory:/elsewhere\n")
+    hog_stalls_then_wakes(d, src, clock, InflightWait(8, 8, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0))
+    get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value
+    name = "allocwatch_cgroup_memory_stalled_seconds_total"
+    pod = {"cgroup": "/kubepods", "namespace": "shop", "pod": "cart", "container": f"{9:064x}"}
+    assert get(name, {**pod, "site": "memcg_oom_wait"}) == 4.0
+    assert get(name, {"cgroup": OTHER, "namespace": "", "pod": "", "container": "", "site": "memcg_reclaim"}) == 2.0
+    assert get(name, {"cgroup": "/kubepods", "site": "memcg_oom_wait"}) is None  # no series without the pod labels
+
+
+@pytest.mark.parametrize("values", [{"metrics_pod_labels": True}, {"pod_logs_dir": ""}, {"pod_logs_dir": "/host/pods"}])
+def test_pod_keys_accepted(values):
+    cfg = config.from_mapping(values)
+    for k, v in values.items():
+        assert getattr(cfg, k) == v
+
+
+@pytest.mark.parametrize("values,needle", [
+    ({"metrics_pod_labels": "yes"}, "metrics_pod_labels"),
+    ({"pod_logs_dir": "var/log/pods"}, "absolute directory path"),
+    ({"pod_logs_dir": "/a\nb"}, "absolute directory path"),
+    ({"pod_logs_dir": 5}, "absolute directory path"),
+])
+def test_pod_keys_refused(values, needle):
+    with pytest.raises(ConfigError, match=needle):
         config.from_mapping(values)

@@ -386,12 +386,12 @@ def test_daemonset_volumes_all_mounted():
     assert volumes.keys() == mounts.keys(), "a volume not mounted, or a mount without a volume"
     host = {name: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v}
     by_path = {path: mounts[name] for name, path in host.items()}
-    assert by_path.keys() == {"/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules", "/usr/src"}
+    assert by_path.keys() == {"/sys/kernel/tracing", "/sys/fs/cgroup", "/lib/modules", "/usr/src", "/var/log/pods"}
     for path, mount in by_path.items():
         assert mount["mountPath"] == path, path  # the daemon and bcc look at the standard places
     # kprobes may be created by writing tracefs's kprobe_events.
     assert by_path["/sys/kernel/tracing"].get("readOnly") is not True
-    for path in ("/sys/fs/cgroup", "/lib/modules", "/usr/src"):
+    for path in ("/sys/fs/cgroup", "/lib/modules", "/usr/src", "/var/log/pods"):
         assert by_path[path]["readOnly"] is True, path
 
 

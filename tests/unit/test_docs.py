@@ -48,7 +48,7 @@ def _served_families(tmp_path) -> dict[str, tuple[str, frozenset[str]]]:
     from allocwatch.outputs.metrics import SnapshotCollector, registry_for
     from tests.unit.fakes import snapshot_daemon
 
-    d, src, _, clock = snapshot_daemon(tmp_path, metrics_cgroups=("/box",))  # per-cgroup seconds on
+    d, src, _, clock = snapshot_daemon(tmp_path, metrics_cgroups=("/box",), metrics_pod_labels=True)  # per cgroup, pod
     clock["ns"] = 3_000_000_000
     src.program_stats = lambda: {"aw_sched_switch": (1500, 10)}  # as while the kernel counts
     src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None)]
