@@ -153,8 +153,14 @@ class PodRun:
             ro = bool(m.get("readOnly"))
             if "hostPath" in v:
                 host = Path(v["hostPath"]["path"])
-                if v["hostPath"].get("type") == "Directory" and not host.is_dir():
+                kind = v["hostPath"].get("type")
+                if kind == "Directory" and not host.is_dir():
                     raise PodSpecError(f"hostPath {host} (type Directory) is not a directory here")
+                if kind == "DirectoryOrCreate" and not host.exists():
+                    # the kubelet would make it, empty; an empty scratch directory is the same
+                    # to the pod, and this machine is left as it was
+                    host = self.scratch / f"hostpath-{v['name']}"
+                    host.mkdir()
                 out += ["-v", f"{host}:{m['mountPath']}:{'ro' if ro else 'rw'}"]
             elif "emptyDir" in v:
                 if v["emptyDir"].get("medium") == "Memory":

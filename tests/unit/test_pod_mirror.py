@@ -5,6 +5,7 @@ manifest's, field by field, and a field it does not mirror is refused, not ignor
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -32,6 +33,9 @@ def test_the_command_line_is_the_manifests():
         tmp = next(m for m in mounts if m.endswith(":/tmp:rw"))
         assert (run.scratch / "tmp").stat().st_mode & 0o777 == 0o777  # as a kubelet makes an emptyDir
         assert tmp.startswith(str(run.scratch))
+        logs = next(m for m in mounts if m.endswith(":/var/log/pods:ro"))  # DirectoryOrCreate
+        assert logs == "/var/log/pods:/var/log/pods:ro" if Path("/var/log/pods").exists() else logs.startswith(
+            str(run.scratch)), logs
         entry = json.loads(argv[argv.index("--entrypoint") + 1])
         assert entry[:2] == ["allocwatch", "run"] and argv[-1] == "img:x"
         assert run.grace_s == 30
