@@ -24,7 +24,7 @@ from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
 from allocwatch.core import gfp, oomkills, pods
 from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
-from allocwatch.core.cgroupstall import CgroupLabeler, CgroupStallSeconds
+from allocwatch.core.cgroupstall import CgroupCounts, CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.episodes import EpisodeBook
@@ -134,6 +134,7 @@ class Daemon:
         labeler = CgroupLabeler(cfg.metrics_cgroups, cfg.metrics_cgroup_pattern, cfg.metrics_cgroup_max,
                                 (lambda cg: pods.metric_labels(self.pods.pod(cg))) if cfg.metrics_pod_labels else None)
         # one read of a task's cgroup per wait, and only when cgroups are to be labelled
+        self._cgroup_kills = CgroupCounts(labeler) if labeler.enabled else None  # by the victim's cgroup
         self._cgroup_seconds = (
             CgroupStallSeconds(labeler, lambda pid, tid: procfs.memory_cgroup(proc, pid, tid))
             if labeler.enabled else None
@@ -387,7 +388,11 @@ class Daemon:
             self.episodes.oom_chosen(k.victim_pid, now_ns)
         interval_s = wall - self._last_scan_wall if self._last_scan_wall is not None else 0.0
         self._last_scan_wall = wall
-        for group in oomkills.fold(self._kills_seen(kills)):
+        seen = self._kills_seen(kills)
+        if self._cgroup_kills is not None:
+            for ks in seen:
+                self._cgroup_kills.add(ks.victim_cgroup)
+        for group in oomkills.fold(seen):
             records.append(OomKillReport(self._next_seq(), wall, group, interval_s))
         # rows for the outputs, made only if one reads them (snapshot.InflightTable)
         inflight = InflightTable(waits, now_ns, self.tracker.thresholds)
@@ -427,6 +432,7 @@ class Daemon:
                 self._cgroup_seconds.update(now_ns, waits, ended) if self._cgroup_seconds is not None else {}
             ),
             cgroup_label_names=self._cgroup_seconds.names if self._cgroup_seconds is not None else ("cgroup",),
+            cgroup_oom_kills=self._cgroup_kills.totals() if self._cgroup_kills is not None else None,
             info=self.info,
             stalled_now=result.stalled_now,
             reload=self.last_reload,

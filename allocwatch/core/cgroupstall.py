@@ -142,3 +142,19 @@ class CgroupStallSeconds:
             else:
                 self._seen[key] = (label, counted, unseen + 1)
         return dict(self._totals)
+
+
+class CgroupCounts:
+    """Events (OOM kills, by the victim's memory cgroup) per label values, only ever growing."""
+
+    def __init__(self, labeler: CgroupLabeler) -> None:
+        self._labeler = labeler
+        self._totals: dict[tuple[str, ...], int] = {}
+
+    def add(self, cgroup: str | None, n: int = 1) -> None:
+        key = self._labeler.labels(cgroup)
+        self._totals[key] = self._totals.get(key, 0) + n
+
+    def totals(self) -> dict[tuple[str, ...], int]:
+        """A copy; before the first event, one zero under "other" (the series is there from the start)."""
+        return dict(self._totals) if self._totals else {self._labeler.labels(None): 0}

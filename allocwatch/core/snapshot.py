@@ -148,6 +148,8 @@ class Snapshot:
     # configured (core/cgroupstall.py); the names of the labels before the site in cgroup_label_names
     cgroup_stalled_seconds: Mapping[tuple[str, ...], float] = field(default_factory=dict)
     cgroup_label_names: tuple[str, ...] = ("cgroup",)
+    # OOM kills by the victims' cgroup label values, with cgroups to label only (else None)
+    cgroup_oom_kills: Mapping[tuple[str, ...], int] | None = None
     info: Mapping[str, str] = field(default_factory=dict)  # version, kernel
     live: LiveView | None = None  # what a live viewer needs; only while one listens (core/live.py)
     stalled_now: int | None = None  # waits at or over their threshold (None: count them in `now`)

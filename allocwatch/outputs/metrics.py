@@ -124,8 +124,15 @@ class SnapshotCollector:
         )
         held.add_metric([], snap.counters.get("held_back", 0))
         yield held
-        kills = CounterFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim)")
-        kills.add_metric([], snap.counters.get("oom_kills", 0))
+        if snap.cgroup_oom_kills is None:
+            kills = CounterFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim)")
+            kills.add_metric([], snap.counters.get("oom_kills", 0))
+        else:  # with cgroups to label: by the victim's, as the stalled seconds are (the same cap and "other")
+            kills = CounterFamily("allocwatch_oom_kills", "OOM kills seen (oom:mark_victim), by the victim's memory "
+                                  "cgroup (cgroups not configured, unknown, or beyond the cap, count as "
+                                  "cgroup=\"other\")", labels=list(snap.cgroup_label_names))
+            for labels, n in sorted(snap.cgroup_oom_kills.items()):
+                kills.add_metric(list(labels), n)
         yield kills
 
     def _health(self, snap: Snapshot) -> Iterator[Family]:

@@ -223,3 +223,27 @@ def test_pod_keys_accepted(values):
 def test_pod_keys_refused(values, needle):
     with pytest.raises(ConfigError, match=needle):
         config.from_mapping(values)
+
+
+def test_oom_kills_are_counted_by_the_victims_cgroup_when_cgroups_are_labelled(tmp_path):
+    """The alert rules rate OOM kills per cgroup (deploy/prometheus): with cgroups to label, the
+    kills carry the victim's label, under the same cap and "other"; without, one series."""
+    from allocwatch.core.model import OomKill
+
+    d, src, out, clock = snapshot_daemon(tmp_path, threshold_s=2.0, metrics_cgroups=("/box",))
+    fake_proc(tmp_path, 42, ["do_exit"], cgroup="4:memory:/box/job\n")
+    fake_proc(tmp_path, 43, ["do_exit"], cgroup="4:memory:/elsewhere\n")
+    get = registry_for(SnapshotCollector(lambda: d.latest)).get_sample_value
+    d.scan_once()
+    assert get("allocwatch_oom_kills_total", {"cgroup": OTHER}) == 0  # there from the start
+    src.events = [OomKill(0, 42, "victim", 50, 50, "hog"), OomKill(0, 43, "far", 50, 50, "hog")]
+    clock["ns"] += 10**9
+    d.scan_once()
+    assert get("allocwatch_oom_kills_total", {"cgroup": "/box"}) == 1
+    assert get("allocwatch_oom_kills_total", {"cgroup": OTHER}) == 1
+    plain, psrc, _, pclock = snapshot_daemon(tmp_path / "plain", threshold_s=2.0)
+    psrc.events = [OomKill(0, 42, "victim", 50, 50, "hog")]
+    plain.scan_once()
+    pget = registry_for(SnapshotCollector(lambda: plain.latest)).get_sample_value
+    # the kernel's count (the fake source's stats say 0): one series with no label
+    assert pget("allocwatch_oom_kills_total", {}) == 0 and pget("allocwatch_oom_kills_total", {"cgroup": OTHER}) is None
