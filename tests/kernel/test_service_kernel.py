@@ -70,7 +70,8 @@ def _active_with_new_pid(c: Container, old_pid: int, timeout_s: float = 60) -> i
 def _install(c: Container, before: set[int]) -> None:
     """The install command of docs/service.md; `systemctl restart` in it returns at READY=1.
     The default configuration with `foreign_pid_namespace: true` is there first: kept."""
-    c.sh(f"mkdir -p /etc/allocwatch && {{ cat {ROOT}/deploy/allocwatch.yaml; printf '{RUN_ANYWAY}'; }} > {CONF}")
+    c.sh(f"mkdir -p /etc/allocwatch && sed 's/^foreign_pid_namespace: false$/{RUN_ANYWAY[:-2]}/' "
+         f"{ROOT}/deploy/allocwatch.yaml > {CONF} && grep -qx '{RUN_ANYWAY[:-2]}' {CONF}")
     inst = c.run([str(ROOT / "scripts" / "install")], timeout_s=300, check=False)
     assert inst.returncode == 0, inst.stderr[-3000:]
     assert "enabled and started" in inst.stderr and f"kept {CONF}" in inst.stderr
