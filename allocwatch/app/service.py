@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from allocwatch import __version__, config
-from allocwatch.app import preflight, selfcare
+from allocwatch.app import preflight, selfcare, signals
 from allocwatch.app.daemon import Daemon
 from allocwatch.app.session import Session, prepare
 from allocwatch.core.snapshot import ReloadOutcome
@@ -105,10 +105,8 @@ def _handle_signals(stop: threading.Event, reload_asked: threading.Event) -> Non
     signal that comes while the programs load is remembered: a stop then ends the
     run as soon as the load is done, a reload is done between the first two scans
     (before, SIGHUP's default action ended the daemon with no line, its socket left
-    behind)."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: reload_asked.set())
+    behind). The handlers take no lock (app/signals.py)."""
+    signals.relay({signal.SIGINT: stop, signal.SIGTERM: stop, signal.SIGHUP: reload_asked})
 
 
 def _reloader(

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from allocwatch import config
+from allocwatch.app.signals import relay
 from allocwatch.errors import ConfigError, NoSnapshot, NotPrivileged
 from allocwatch.top import view
 from allocwatch.top.feed import Feed, NoDaemon, SocketFeed, trusted_uids
@@ -86,7 +87,7 @@ def cmd_top(args: argparse.Namespace) -> int:
     interval_s = cfg.scan_interval_s
     stop = threading.Event()
     # from the start: a signal while its own session loads ends it as cleanly as q
-    old = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    old = relay({sig: stop for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)})  # no lock taken
     feed: Feed | None = None
     try:
         feed = _feed(cfg, args.socket if args.socket is not None else cfg.socket_path)

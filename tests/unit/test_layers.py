@@ -6,7 +6,8 @@ Each folder is one layer and the wiring is a layer of its own:
 - kernel/ and outputs/ import core and errors, never each other;
 - config/ imports core and errors;
 - app/ (the wiring) imports anything but cli and top;
-- top/ imports core, errors, config, outputs' formatting (outputs/report.py), app.session and kernel/procfs.py;
+- top/ imports core, errors, config, outputs' formatting (outputs/report.py), app.session,
+  app.signals and kernel/procfs.py;
 - cli.py imports app, top, config and errors, and nothing imports it but __main__.
 There is no import circle, no module reads another module's `_name`, and only
 kernel/bpfsource.py imports bcc. The built wheel holds every module and each of them imports.
@@ -38,7 +39,7 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "app": ("allocwatch.core", "allocwatch.errors", "allocwatch.config", "allocwatch.kernel", "allocwatch.outputs",
             "allocwatch.app"),
     "top": ("allocwatch.core", "allocwatch.errors", "allocwatch.config", "allocwatch.outputs.report",
-            "allocwatch.app.session", "allocwatch.kernel.procfs", "allocwatch.top"),
+            "allocwatch.app.session", "allocwatch.app.signals", "allocwatch.kernel.procfs", "allocwatch.top"),
     "cli": ("allocwatch.app", "allocwatch.top", "allocwatch.config", "allocwatch.errors"),
     "__main__": ("allocwatch.cli",),
     "__init__": (),

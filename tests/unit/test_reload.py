@@ -177,3 +177,22 @@ def test_a_pid_that_listens_on_no_socket_is_exit_16(tmp_path, capsys):
         child.wait()
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and f"pid {child.pid} listens on 0 socket(s)" in err
+
+
+def test_a_signal_while_the_main_thread_holds_the_stop_events_lock_still_stops_it():
+    """The scan loop waits on `stop` between scans; a SIGTERM landing while the main thread
+    held that event's lock (inside Event.wait) once made a handler that set the event wait
+    for the lock forever: no exit within 15 s of SIGTERM. The handler now takes no lock."""
+    code = (
+        "import os, signal, threading, sys\n"
+        "from allocwatch.app import service\n"
+        "stop, hup = threading.Event(), threading.Event()\n"
+        "service._handle_signals(stop, hup)  # signals.relay\n"
+        "with stop._cond:\n"  # as inside stop.wait(): the handler runs here, in this thread
+        "    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    os.kill(os.getpid(), signal.SIGHUP)\n"
+        "    sum(range(1000))\n"
+        "sys.exit(0 if stop.wait(5) and hup.wait(5) else 1)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], timeout=30, capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
