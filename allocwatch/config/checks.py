@@ -275,24 +275,21 @@ def cgroup_pattern(key: str, v: Any) -> str:
 _GROUP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
 
 
-def group_name(key: str, v: Any) -> str:
+def _account_name(key: str, v: Any, what: str, empty: str) -> str:
     if v == "":
         return ""
     if not isinstance(v, str) or len(v) > GROUP_NAME_MAX_CHARS or not _GROUP_NAME.fullmatch(v):
         raise ConfigError(
-            f"{key}: expected a group name (letters, digits, '_', '-', '.'; at most {GROUP_NAME_MAX_CHARS} "
-            f"characters) or '' for root only, got {shown(v)}"
+            f"{key}: expected a {what} name (letters, digits, '_', '-', '.'; at most {GROUP_NAME_MAX_CHARS} "
+            f"characters) or '' for {empty}, got {shown(v)}"
         )
     return v
+
+
+def group_name(key: str, v: Any) -> str:
+    return _account_name(key, v, "group", "root only")
 
 
 def user_name(key: str, v: Any) -> str:
     """A user name (top resolves it when it connects), or '' for none."""
-    if v == "":
-        return ""
-    if not isinstance(v, str) or len(v) > GROUP_NAME_MAX_CHARS or not _GROUP_NAME.fullmatch(v):
-        raise ConfigError(
-            f"{key}: expected a user name (letters, digits, '_', '-', '.'; at most {GROUP_NAME_MAX_CHARS} "
-            f"characters) or '' for none, got {shown(v)}"
-        )
-    return v
+    return _account_name(key, v, "user", "none")

@@ -7,7 +7,6 @@ the same expressions (tests/deploy_exprs.py) against a live Prometheus."""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -85,13 +84,6 @@ RUNBOOK_URL = (
 )
 METRICS_PORT = 19464
 
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:  # a failure, not a skip: these checks are the point of the files
-        pytest.fail("promtool is not installed: scripts/setup --dev installs Debian's prometheus (it has promtool)")
-    return path
 
 
 def run(*argv: str, cwd=None) -> subprocess.CompletedProcess[str]:

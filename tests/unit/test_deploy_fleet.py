@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -24,13 +23,6 @@ REMOTE_WRITE = PROMETHEUS_DIR / "remote-write.yml"
 NPD_MONITOR = ROOT / "deploy" / "node-problem-detector" / "allocwatch-monitor.json"
 DOCS = ROOT / "docs"
 
-
-@pytest.fixture(scope="module")
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:  # a failure, not a skip: these checks are the point of the files
-        pytest.fail("promtool is not installed: scripts/setup --dev installs Debian's prometheus (it has promtool)")
-    return path
 
 
 def promtool_ok(*argv: str) -> str:
