@@ -144,8 +144,32 @@ def victim(d: _TextDaemon) -> None:
         d.wait_line(lambda ln: "stuck victim gone" in ln, 20)
 
 
+def kill(d: _TextDaemon) -> None:
+    """One OOM kill: a program touching 200 MiB in a 64 MiB group."""
+    with memcg.MemCgroup("aw-kill") as group, memcg.Hog(group, 200) as hog:
+        hog.wait_ready(30)
+        group.set_limit_bytes(64 * MIB)
+        hog.go()
+        hog.proc.wait(60)
+        d.wait_line(lambda ln: "oom kill #" in ln, 10)
+
+
+def storm(d: _TextDaemon) -> None:
+    """An OOM storm: stress-ng (--vm 2 --vm-bytes 600M --vm-keep) in a 256 MiB group for 5 s."""
+    with memcg.MemCgroup("demo") as group:
+        group.set_limit_bytes(256 * MIB)
+        proc = group.spawn(["stress-ng", "--vm", "2", "--vm-bytes", "600M", "--vm-keep", "--timeout", "5s"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            proc.wait(60)
+        finally:
+            proc.kill()
+            proc.wait(30)
+        time.sleep(2)
+
+
 EXAMPLES: dict[str, Callable[[_TextDaemon], None]] = {
-    f.__name__: f for f in (high, crawl, nofs, dirty, livelock, victim)}
+    f.__name__: f for f in (high, crawl, nofs, dirty, livelock, victim, kill, storm)}
 
 
 def main(argv: list[str]) -> int:

@@ -29,6 +29,7 @@ from allocwatch.core.classify import StackClassifier
 from allocwatch.core.dstate import DstateNamer
 from allocwatch.core.episodes import EpisodeBook
 from allocwatch.core.findings import STUCK_VICTIM, Finding, Findings, VictimSeen
+from allocwatch.core.host import memory_at_oom
 from allocwatch.core.model import Acct, InflightWait, OomKill, WaitEnd
 from allocwatch.core.records import (
     LIMIT_TEXT,
@@ -61,7 +62,7 @@ from allocwatch.core.snapshot import (
 )
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait
 from allocwatch.core.victims import VictimBook, cgroup_waiters
-from allocwatch.kernel import procfs
+from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.memcgids import MemcgPaths
 from allocwatch.kernel.podnames import PodNames
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
@@ -392,8 +393,9 @@ class Daemon:
         if self._cgroup_kills is not None:
             for ks in seen:
                 self._cgroup_kills.add(ks.victim_cgroup)
+        memory = memory_at_oom(hostfs.memory_picture(self.proc)) if seen else None  # one read a scan with kills
         for group in oomkills.fold(seen):
-            records.append(OomKillReport(self._next_seq(), wall, group, interval_s))
+            records.append(OomKillReport(self._next_seq(), wall, group, interval_s, memory))
         # rows for the outputs, made only if one reads them (snapshot.InflightTable)
         inflight = InflightTable(waits, now_ns, self.tracker.thresholds)
         accts = self._task_accounts()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 MIB = 1 << 20
 
@@ -157,3 +157,20 @@ def alloc_info_line(stalling: int, dying: int, exiting: int, victims: int, oom_k
         f"MemAlloc-Info: stalling={stalling} dying={dying} exiting={exiting} "
         f"victim={victims} oom_count={oom_kills}"
     )
+
+
+def memory_at_oom(picture: MemoryPicture) -> dict[str, Any]:
+    """What the machine had when an OOM kill was seen (read at the scan that saw it): was
+    free memory above every zone's min watermark (an OOM kill with free memory above min
+    in every zone and much reclaimable was not the machine out of memory: a memory
+    cgroup's limit, or reclaim that gave up early), and how much was reclaimable (the
+    file LRU and reclaimable slab)."""
+    m = picture.meminfo_bytes
+    parts = [m.get(k) for k in ("Active(file)", "Inactive(file)", "SReclaimable")]
+    return {
+        "free_above_min": all(z.free_pages > z.min_pages for z in picture.zones) if picture.zones else None,
+        "zones_at_or_under_min": [f"node{z.node}/{z.zone}" for z in picture.zones if z.free_pages <= z.min_pages],
+        "free_bytes": m.get("MemFree"),
+        "available_bytes": m.get("MemAvailable"),
+        "reclaimable_bytes": sum(p for p in parts if p is not None) if None not in parts else None,
+    }

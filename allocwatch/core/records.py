@@ -113,6 +113,7 @@ class OomKillReport:
     time: float
     kills: tuple[KillSeen, ...]  # at least one
     interval_s: float  # the time since the scan before: "in the last N s"
+    memory: Mapping[str, Any] | None = None  # core.host.memory_at_oom, read at the scan that saw them
 
 
 @dataclass(frozen=True)
@@ -511,4 +512,5 @@ def oom_kill_dict(rec: OomKillReport, base: dict[str, Any]) -> dict[str, Any]:
         "invoker_comms": _comms(k.kill.invoker_comm for k in rec.kills),
         "victims": [_victim_dict(x) for x in rec.kills[:OOM_VICTIMS_LISTED]],
         "victims_left_out": max(0, len(rec.kills) - OOM_VICTIMS_LISTED),
+        "memory_at_kill": dict(rec.memory) if rec.memory is not None else None,
     }

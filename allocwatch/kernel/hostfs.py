@@ -39,7 +39,7 @@ CMDLINE_MAX_BYTES = 256
 
 MEMINFO_KEYS = frozenset({
     "MemTotal", "MemFree", "MemAvailable", "Buffers", "Cached", "SwapTotal", "SwapFree", "Dirty",
-    "Writeback", "Shmem", "Slab", "SReclaimable", "SUnreclaim", "AnonPages",
+    "Writeback", "Shmem", "Slab", "SReclaimable", "SUnreclaim", "AnonPages", "Active(file)", "Inactive(file)",
 })
 _ZONES = ("dma", "dma32", "normal", "high", "movable", "device")  # vmstat's zone suffixes
 # counter -> suffixes of the lines summed into it (per zone on older kernels)

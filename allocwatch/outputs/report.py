@@ -437,6 +437,7 @@ def oom_kill_text(d: Mapping[str, Any], head: str) -> str:
         constraint += f" oom_cgroup={text_value(d['oom_cgroup'])}"
     if d.get("gfp_flags"):
         constraint += f" gfp={text_value(d['gfp_flags'])} order={d['order']}"
+    constraint += _memory_at_kill_text(d.get("memory_at_kill"))
     if d.get("count", 1) == 1:
         vcg = f" cgroup={text_value(d['victim_cgroup'])}" if d.get("victim_cgroup") else ""
         icg = f" cgroup={text_value(d['invoker_cgroup'])}" if d.get("invoker_cgroup") else ""
@@ -454,6 +455,20 @@ def oom_kill_text(d: Mapping[str, Any], head: str) -> str:
         f"victims: {_comm_counts(d['victim_comms'], d['count'])} (pids {pids}); "
         f"largest {largest}; invoked by {_comm_counts(d['invoker_comms'], d['count'])}\n"
     )
+
+
+def _memory_at_kill_text(m: Mapping[str, Any] | None) -> str:
+    """The machine at the kill: free above min in every zone or not, and what was reclaimable."""
+    if not m:
+        return ""
+    out = ""
+    if m.get("free_above_min") is True:
+        out += " free>min in every zone"
+    elif m.get("free_above_min") is False:
+        out += f" free<=min in {','.join(m.get('zones_at_or_under_min') or ['a zone'])}"
+    if m.get("reclaimable_bytes") is not None:
+        out += f" reclaimable={size_text(m['reclaimable_bytes'])}"
+    return out
 
 
 def _comm_counts(comms: Mapping[str, int], count: int) -> str:

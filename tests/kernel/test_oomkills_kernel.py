@@ -72,9 +72,14 @@ def test_an_oom_storm_in_a_memcg_is_counted_whole_said_memcg_with_its_cgroup_and
         assert r["constraint"] == "memcg" and r["constraint_source"] == "kernel", r
         assert r["constraints"] == {"memcg": r["count"]}, r
         assert all(v["invoker_cgroup"] == r["cgroup"] and v["constraint"] == "memcg" for v in r["victims"]), r
+        # the machine at the kill (issue 29, item 5): a group's limit, not the machine out of memory
+        m = r["memory_at_kill"]
+        assert m["free_above_min"] is True and m["zones_at_or_under_min"] == [], m
+        assert m["reclaimable_bytes"] > 0 and m["available_bytes"] > 1 << 30, m
     # folded: one record and one line per cgroup per scan, and far fewer than the kills
     times = [r["time"] for r in mine]
     assert len(times) == len(set(times)), "two records of one cgroup in one scan"
     assert len(mine) <= STORM_S + 5 and len(lines) <= STORM_S + 5, (len(mine), len(lines))
     assert all(ln.count("\n") == 1 for ln in lines)
+    assert all("free>min in every zone reclaimable=" in ln for ln in lines), lines[:2]
     assert text_code == 0

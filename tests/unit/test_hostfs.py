@@ -18,6 +18,7 @@ from allocwatch.core.host import (
     MIB,
     KswapdInfo,
     MemcgInfo,
+    MemoryPicture,
     PsiLine,
     TaskFlags,
     ZoneInfo,
@@ -187,6 +188,21 @@ def test_memory_picture_meminfo_in_bytes_malformed_skipped():
     assert "Writeback" not in meminfo  # malformed
     assert "Mapped" not in meminfo and "HugePages_Total" not in meminfo  # not asked for
     assert set(meminfo) == hostfs.MEMINFO_KEYS - {"Writeback"}
+    assert meminfo["Active(file)"] == 98310 * 1024 and meminfo["Inactive(file)"] == 101420 * 1024
+
+
+def test_memory_at_an_oom_kill_says_free_against_min_and_what_was_reclaimable():
+    from allocwatch.core.host import memory_at_oom
+
+    m = memory_at_oom(hostfs.memory_picture(PROC))
+    assert m["reclaimable_bytes"] == (98310 + 101420 + 165764) * 1024
+    assert m["free_bytes"] == 302460 * 1024 and m["available_bytes"] == 480008 * 1024
+    zones = hostfs.memory_picture(PROC).zones
+    assert m["free_above_min"] == all(z.free_pages > z.min_pages for z in zones)
+    low = MemoryPicture({"MemFree": 1}, (ZoneInfo(0, "Normal", 10, 20, 25, 30), ZoneInfo(0, "DMA32", 900, 20, 25, 30)),
+                        None, {})
+    assert memory_at_oom(low) == {"free_above_min": False, "zones_at_or_under_min": ["node0/Normal"], "free_bytes": 1,
+                                  "available_bytes": None, "reclaimable_bytes": None}
 
 
 def test_memory_picture_zones_skip_unmanaged_and_malformed():

@@ -144,3 +144,17 @@ def test_one_kill_reads_as_before_and_an_inferred_constraint_says_so():
     assert text.rstrip().endswith("cgroup=/i constraint=global(inferred)"), text
     mixed = to_dict(OomKillReport(3, 0.0, (seen(1), seen(2, constraint="global")), 1.0))
     assert mixed["constraint"] == "mixed" and "constraint=memcg x1, global x1;" in report.record_text(mixed, "a:")
+
+
+def test_a_kill_says_whether_free_memory_was_above_min_and_what_was_reclaimable():
+    """Issue 29, item 5: was the machine out of memory at the kill, or was it a limit (or reclaim
+    giving up) with free memory above every zone's min watermark and much reclaimable?"""
+    at = {"free_above_min": True, "zones_at_or_under_min": [], "free_bytes": 20 << 30,
+          "available_bytes": 21 << 30, "reclaimable_bytes": 3 << 29}
+    d = to_dict(OomKillReport(2, 0.0, (seen(1),), 1.0, at))
+    assert d["memory_at_kill"] == at
+    assert report.record_text(d, "a:").rstrip().endswith("free>min in every zone reclaimable=1.5GiB")
+    short = {**at, "free_above_min": False, "zones_at_or_under_min": ["node0/Normal"]}
+    storm = to_dict(OomKillReport(3, 0.0, (seen(1), seen(2)), 1.0, short))
+    assert "free<=min in node0/Normal reclaimable=1.5GiB;" in report.record_text(storm, "a:")
+    assert to_dict(OomKillReport(4, 0.0, (seen(1),), 1.0))["memory_at_kill"] is None
