@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from allocwatch.core import advice
 from allocwatch.outputs.report import memcg_line, pod_line, site_detail_text, size_text, text_value
 from allocwatch.top.model import Row, SiteRow, site_rows
 
@@ -173,12 +174,21 @@ def detail_lines(r: Row, width: int) -> list[Line]:
                       f"reclaimed={w.get('reclaimed_pages', 0)} pages", ""))
     if not d.get("detail"):
         lines.append(("(no stacks or memcg figures: only the longest waits carry them)", "dim"))
+    lines += [(f"what to do ({a['kind']}): {a['text']}", "") for a in _advice(r)]
     for title, frames in (("kernel stack (/proc)", d.get("stack")), ("stack entering reclaim (BPF)",
                                                                      d.get("recent_stack"))):
         lines.append((f"{title}:" + ("" if frames else " none"), "title"))
         lines += [(f"  {f}"[:width], "") for f in frames or ()]
     lines.append(("Enter, Esc or q: back", "dim"))
     return [(part, s) for t, s in lines for part in _wrap(t, width)]
+
+
+def _advice(r: Row) -> list[dict[str, str]]:
+    """The report's "what to do" lines for this task alone (core/advice.py), from what the
+    snapshot says of it; a rule that needs the machine's context (zones) stays silent here."""
+    task = {**r.detail, "kind": "stall" if r.kind == "wait" else r.kind, "site": r.site, "comm": r.comm,
+            "pid": r.pid, "tid": r.tid, "cgroup": r.cgroup, "state": r.state}
+    return advice.advise({"tasks": [task], "context": {}})
 
 
 def _wrap(text: str, width: int) -> list[str]:

@@ -147,6 +147,10 @@ def test_detail_has_both_stacks_gfp_and_the_cgroup_limit():
     assert "  mem_cgroup_oom_synchronize\n  pagefault_out_of_memory" in text and "  try_charge_memcg" in text
     (bare,) = task_rows(_doc([_task(8, 1.0)]))
     assert "only the longest waits carry them" in "\n".join(t for t, _ in topview.detail_lines(bare, 80))
+    # what a report's block would say to do, for this task alone
+    wide = "\n".join(line for line, _ in topview.detail_lines(row, 400))
+    assert "what to do (memcg_oom_disabled): seen: memory cgroup /box at its limit under_oom=1" in wide
+    assert "what to do" not in "\n".join(t for t, _ in topview.detail_lines(bare, 80))  # no facts, no line
 
 
 def test_durations_read_at_a_glance():
