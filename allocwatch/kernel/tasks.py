@@ -42,15 +42,18 @@ class TaskReader:
         self.gfp_table = tuple(gfp_table)
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
         self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid
+        self._blocked: dict[str, list[tuple[int, int, str, str | None]]] = {}  # a block's D threads by cgroup
 
     def new_block(self) -> None:
         """Figures and cmdlines of this block, not of the last one."""
         self._memcg_cache = {}
         self._cmdlines = {}
+        self._blocked = {}
 
     def new_scan(self) -> None:
         """Figures of this scan (top's live view), not of the last report block."""
         self._memcg_cache = {}
+        self._blocked = {}
 
     def detail(self, w: Wait) -> TaskDetail:
         stack = self._dstate_stack(w.tid, w.start_ns) if w.dstate else None
@@ -128,15 +131,16 @@ class TaskReader:
     def blocked_in(self, cgroup: str, leave_out: Callable[[int], bool]) -> list[tuple[int, int, str, str | None]]:
         """(tid, pid, comm, wchan) of the threads of `cgroup` (and below) in D
         state now, those `leave_out(tid)` says aside: read when a stuck
-        victim's block is made, one stat read a thread of its group."""
-        out = []
-        for tid in hostfs.memcg_threads(cgroup, self.proc / "self" / "mountinfo"):
-            if leave_out(tid):
-                continue
-            found = procfs.blocked_thread(self.proc, tid)
-            if found is not None:
-                out.append((tid, *found))
-        return out
+        victim's block is made, one stat read a thread of its group, once a
+        block however many victims of the group it lists."""
+        found = self._blocked.get(cgroup)
+        if found is None:
+            found = self._blocked[cgroup] = []
+            for tid in hostfs.memcg_threads(cgroup, self.proc / "self" / "mountinfo"):
+                blocked = procfs.blocked_thread(self.proc, tid)
+                if blocked is not None:
+                    found.append((tid, *blocked))
+        return [row for row in found if not leave_out(row[0])]
 
     def memcg(self, cgroup: str | None) -> MemcgInfo | None:
         """Read once per cgroup per block: 200 tasks of one group cost one read."""
