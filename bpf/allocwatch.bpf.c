@@ -599,6 +599,83 @@ int aw_lru_shrink_inactive(struct tracepoint__vmscan__mm_vmscan_lru_shrink_inact
 }
 #endif
 
+#ifdef AW_TP_SHRINK_SLAB
+/* The shrinkers a task calls while one of its direct or memcg reclaim waits is
+ * open, per shrink function (vmscan:mm_shrink_slab_start/_end, fields as used
+ * here in every kernel from v4.4 to v6.18). These fire for every shrinker with
+ * objects in every reclaim pass, kswapd's included, so the entry leaves at the
+ * first lookup for a task with no pair-timed wait open (kswapd, drop_caches):
+ * only the waits a report may show are counted. */
+BPF_TABLE("lru_hash", u32, struct aw_shrink_acct, shrink_acct, 4096); /* 1.4 MiB */
+BPF_PERCPU_ARRAY(shrink_zero, struct aw_shrink_acct, 1);
+
+static __always_inline int in_reclaim_wait(u32 tid)
+{
+    struct aw_task_acct *a = task_acct.lookup(&tid);
+    return a && a->open;
+}
+
+/* The slot of `fn`, or (take) a free or the least called one given to it. */
+static __always_inline int shrink_slot(struct aw_shrink_acct *s, u64 fn, int take)
+{
+    u32 least = 0;
+#pragma unroll
+    for (u32 i = 0; i < AW_SHRINK_SLOTS; i++) {
+        if (s->fn[i] == fn)
+            return i;
+        if (s->calls[i] < s->calls[least & (AW_SHRINK_SLOTS - 1)])
+            least = i;
+    }
+    if (!take)
+        return -1;
+    least &= AW_SHRINK_SLOTS - 1;
+    s->fn[least] = fn;
+    s->asked[least] = 0;
+    s->freed[least] = 0;
+    s->calls[least] = 0;
+    return least;
+}
+
+int aw_shrink_slab_start(struct tracepoint__vmscan__mm_shrink_slab_start *args)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    if (!in_reclaim_wait(tid))
+        return 0;
+    struct aw_shrink_acct *s = shrink_acct.lookup(&tid);
+    if (!s) {
+        u32 zero = 0;
+        struct aw_shrink_acct *z = shrink_zero.lookup(&zero);
+        if (!z)
+            return 0;
+        shrink_acct.update(&tid, z);
+        s = shrink_acct.lookup(&tid);
+        if (!s)
+            return 0;
+    }
+    int i = shrink_slot(s, (u64)args->shrink, 1) & (AW_SHRINK_SLOTS - 1);
+    s->calls[i] += 1; /* only this task writes its own entry */
+    s->asked[i] += args->total_scan;
+    s->objects[i] = args->cache_items;
+    s->gfp[i] = (u32)args->gfp_flags;
+    return 0;
+}
+
+int aw_shrink_slab_end(struct tracepoint__vmscan__mm_shrink_slab_end *args)
+{
+    if (args->retval <= 0)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct aw_shrink_acct *s = shrink_acct.lookup(&tid);
+    if (!s)
+        return 0;
+    int i = shrink_slot(s, (u64)args->shrink, 0);
+    if (i < 0)
+        return 0;
+    s->freed[i & (AW_SHRINK_SLOTS - 1)] += args->retval;
+    return 0;
+}
+#endif
+
 #ifdef AW_TP_MEMCG_SOFTLIMIT_RECLAIM
 int aw_memcg_softlimit_reclaim_begin(
     struct tracepoint__vmscan__mm_vmscan_memcg_softlimit_reclaim_begin *args)

@@ -178,4 +178,18 @@ struct aw_task_acct {
     __u32 gfp_waits[AW_GFP_SLOTS]; /* ...and how many of each (the least counted slot is reused) */
 }; /* target_*_rss_kb, target_uid, target_oom_score_adj are set */
 
+/* Per task, cumulative since the programs were loaded: the shrinkers its
+ * direct and memcg reclaim waits called (vmscan:mm_shrink_slab_start/_end), a
+ * few slots by shrink function (the least called one reused for a new one).
+ * User space takes deltas over the window of a throttled or livelock task. */
+#define AW_SHRINK_SLOTS 8
+struct aw_shrink_acct {
+    __u64 fn[AW_SHRINK_SLOTS];      /* the shrinker's scan function (a kernel address), 0: free slot */
+    __u64 asked[AW_SHRINK_SLOTS];   /* objects it was asked to scan (total_scan at start), summed */
+    __u64 freed[AW_SHRINK_SLOTS];   /* objects it freed (the end's return value when > 0), summed */
+    __u64 objects[AW_SHRINK_SLOTS]; /* freeable objects it counted at its last call (cache_items) */
+    __u32 calls[AW_SHRINK_SLOTS];
+    __u32 gfp[AW_SHRINK_SLOTS];     /* the gfp mask of its last call */
+};
+
 #endif /* ALLOCWATCH_H */

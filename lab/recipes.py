@@ -41,11 +41,16 @@ def reclaim_livelock(n_victims: int = 4, prefix: str = "aw-livelock", victim_mib
 
 
 @contextmanager
-def fio_on_slow_xfs(prefix: str = "aw-nofs", numjobs: int = 2) -> Iterator[tuple[memcg.MemCgroup, Any]]:
+def fio_on_slow_xfs(
+    prefix: str = "aw-nofs", numjobs: int = 2, negative_dentries: int = 0,
+) -> Iterator[tuple[memcg.MemCgroup, Any]]:
     """fio writers on XFS behind a 1 MiB/s disk in a 96 MiB group full of clean page cache,
     32 MiB dirty at most: XFS cannot write a dirty page back from reclaim (a group full of
     dirty pages would be OOM-killed), so reclaim finds pages under writeback and waits on them,
-    asking with GFP_NOFS. Yields (group, fio); everything is undone on the way out."""
+    asking with GFP_NOFS. `negative_dentries`: that many names looked up and not found in the
+    file system first, from the group (dentries charged to it, which only the file system's
+    shrinker frees, and not under GFP_NOFS). Yields (group, fio); everything is undone on the
+    way out."""
     with slowdisk.SlowDisk(write_bps=1 << 20, fs="xfs") as disk, memcg.MemCgroup(prefix) as group:
         disk.set_dirty_bytes(32 << 20, 16 << 20)
         group.set_limit_bytes(96 << 20)
@@ -53,6 +58,9 @@ def fio_on_slow_xfs(prefix: str = "aw-nofs", numjobs: int = 2) -> Iterator[tuple
         try:
             group.spawn(["dd", "if=/dev/zero", f"of={fill}", "bs=1M", "count=128", "conv=fsync"],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait(60)
+            if negative_dentries:
+                code = f"import os\nfor i in range({negative_dentries}):\n    os.path.exists('{disk.mnt}/nx%d' % i)"
+                group.spawn([sys.executable, "-I", "-S", "-c", code]).wait(120)
             fio = group.spawn(
                 ["fio", "--name=w", f"--directory={disk.mnt}", "--rw=write", "--bs=1M", "--size=512M",
                  f"--numjobs={numjobs}", "--ioengine=psync", "--group_reporting", "--runtime=300"],

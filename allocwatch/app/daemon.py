@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -121,6 +121,7 @@ class Daemon:
         )
         self.coverage = tuple(coverage)
         self.compaction_names = dict(compaction_names or {})  # enum compact_result, from the print fmt
+        self._symbols: dict[int, str] = {}  # kernel address -> function, as the source named it
         self.throttle_names = dict(throttle_names or {})  # reason bit -> VMSCAN_THROTTLE_*, from fmt and BTF
         self.info = {"version": __version__, "kernel": kernel}
         self.seq = 0
@@ -337,9 +338,11 @@ class Daemon:
         return StallReport(
             self._next_seq(), wall, kept, stalled_now, shown,
             held_back=held, max_tasks=self.cfg.max_tasks_per_block,
-            context=self.host.block_context(stalled_now, shown, now_ns, stats, self.victims_alive(now_ns)),
+            context=self.host.block_context(stalled_now, shown, now_ns, stats, self.victims_alive(now_ns),
+                                            slab=any(f.shrinkers for f in kept_findings)),
             findings=kept_findings,
             throttle_names=self.throttle_names,
+            symbols=self.symbols(kept_findings),
         )
 
     def _end_detail(self, site: Site, detail: int | None) -> dict[str, Any]:
@@ -447,6 +450,19 @@ class Daemon:
         self._last_scan_s = time.monotonic() - t0
         self._scan_durations.observe(self._last_scan_s)
         return snap
+
+    def symbols(self, findings: Iterable[Finding]) -> dict[int, str]:
+        """The names of the findings' shrinkers, each address looked up once a run."""
+        ksym = getattr(self.source, "ksym", None)  # only the real source names kernel addresses
+        out = {}
+        for f in findings:
+            for c in f.shrinkers:
+                name = self._symbols.get(c.fn)
+                if name is None and ksym is not None:
+                    name = self._symbols[c.fn] = ksym(c.fn)
+                if name is not None:
+                    out[c.fn] = name
+        return out
 
     def _task_accounts(self) -> dict[int, Acct]:
         read = getattr(self.source, "task_accounts", None)  # fakes in tests may have none

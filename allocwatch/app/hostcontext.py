@@ -49,9 +49,10 @@ class HostContext:
 
     def block_context(
         self, stalled_now: int, details: Mapping[int, TaskDetail], now_ns: int, stats: Mapping[str, int],
-        victims: tuple[Victim, ...],
+        victims: tuple[Victim, ...], slab: bool = False,
     ) -> BlockContext:
-        """The rest of the machine, read once per block."""
+        """The rest of the machine, read once per block; `slab`: the largest slab
+        caches too (a finding's reclaim called shrinkers)."""
         picture = hostfs.memory_picture(self.proc)
         delta = vmstat_delta(self._last_vmstat, picture.vmstat) if self._last_vmstat else {}
         self._last_vmstat = dict(picture.vmstat)
@@ -75,6 +76,7 @@ class HostContext:
             psi_delta_s=psi_delta,
             kswapd=self.kswapd(),
             kswapd_state_for_s=self.kswapd_for_s(now_ns),
+            slab_caches=hostfs.slab_caches(self.proc) if slab else (),
         )
 
     def oom_constraint(self, cgroup: str | None) -> str | None:

@@ -12,7 +12,7 @@ through the daemon's own readers, so a row says what a report would.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -38,6 +38,7 @@ class Scanner(Protocol):
 
     def finding_detail(self, f: Finding) -> TaskDetail: ...
     def victims_alive(self, now_ns: int) -> tuple[Victim, ...]: ...
+    def symbols(self, findings: Iterable[Finding]) -> dict[int, str]: ...
 
 
 class LiveReader:
@@ -97,8 +98,8 @@ class LiveReader:
             kswapd=daemon.host.kswapd(),
             kswapd_state_for_s=daemon.host.kswapd_for_s(now_ns),
         )
-        live = LiveView(context, tasks, frozenset(detailed), episodes, thresholds, daemon.throttle_names, truncated,
-                        so_far)
+        live = LiveView(context, tasks, frozenset(detailed), episodes, thresholds, daemon.throttle_names,
+                        daemon.symbols(episodes), truncated, so_far)
         return dataclasses.replace(snap, live=live)
 
     @staticmethod

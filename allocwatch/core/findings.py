@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from allocwatch.core.model import Acct
+from allocwatch.core.model import Acct, ShrinkCount
 from allocwatch.core.sites import NR_SITES, Site
 from allocwatch.core.tracker import NS_PER_S, Wait
 
@@ -69,6 +69,7 @@ class Finding:
     throttle_reasons: Mapping[int, int] = field(default_factory=dict)  # reason bit -> sleeps in the window
     waiting: Wait | None = None  # the task's wait in flight at this scan, if any (with its site detail)
     gfp_waits: Mapping[int, int] = field(default_factory=dict)  # gfp mask -> its waits that ended in the window
+    shrinkers: tuple[ShrinkCount, ...] = ()  # called in its reclaim waits in the window, most asked first
 
     @property
     def gfp(self) -> int | None:
@@ -191,6 +192,26 @@ class Findings:
             if d > 0:
                 out[mask] = d if d <= n else n  # a slot reused for another mask counts from 1
         return out
+
+    def _shrink_window(self, tid: int, now_ns: int) -> tuple[ShrinkCount, ...]:
+        """The shrinkers its reclaim waits called in the window, with what they
+        were asked to scan and freed there; most asked first. A slot the kernel
+        gave to another shrinker meanwhile counts from its new start."""
+        latest = self._samples[tid][-1].acct
+        if not latest.shrinkers:
+            return ()
+        base, _ = self._baseline(tid, now_ns)
+        old = {c.fn: c for c in base.shrinkers} if base is not None else {}
+        out = []
+        for now in latest.shrinkers:
+            o = old.get(now.fn)
+            d = now
+            if o is not None and o.calls <= now.calls and o.asked <= now.asked and o.freed <= now.freed:
+                d = ShrinkCount(now.fn, now.calls - o.calls, now.asked - o.asked, now.freed - o.freed, now.objects,
+                                now.gfp)
+            if d.calls:
+                out.append(d)
+        return tuple(sorted(out, key=lambda c: (-c.asked, -c.calls, c.fn)))
 
     def _idle_since(self, tid: int, latest: Acct, now_ns: int) -> int | None:
         """The baseline's time when no episode is open and the counts are the
@@ -343,7 +364,8 @@ class Findings:
                 return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
                                (now_ns - began) / NS_PER_S, level, share, per_site,
                                throttle_reasons=self._reasons(a.tid, now_ns), waiting=waiting,
-                               gfp_waits=self._gfp_window(a.tid, now_ns))
+                               gfp_waits=self._gfp_window(a.tid, now_ns),
+                               shrinkers=self._shrink_window(a.tid, now_ns))
 
             for res in self._episode((THROTTLED, tid), throttled, now_ns, throttled_finding):
                 if isinstance(res, Finding):
@@ -360,7 +382,8 @@ class Findings:
                 rate, reclaimed, since = live
                 return Finding(LIVELOCK, a.tid, a.pid, a.comm, Site.MEMCG_RECLAIM, since,
                                (now_ns - since) / NS_PER_S, level, share, per_site, rate, reclaimed,
-                               waiting=waiting, gfp_waits=self._gfp_window(a.tid, now_ns))
+                               waiting=waiting, gfp_waits=self._gfp_window(a.tid, now_ns),
+                               shrinkers=self._shrink_window(a.tid, now_ns))
 
             for res in self._episode((LIVELOCK, tid), active, now_ns, livelock_finding):
                 if isinstance(res, Finding):

@@ -72,6 +72,16 @@ class MemcgInfo:
 
 
 @dataclass(frozen=True)
+class SlabCache:
+    """One slab cache of /proc/slabinfo: the memory its slabs hold and its objects."""
+
+    name: str
+    bytes: int  # num_slabs * pagesperslab * page size
+    objects: int  # num_objs
+    active_objects: int
+
+
+@dataclass(frozen=True)
 class ZoneInfo:
     """One zone of /proc/zoneinfo: free pages and its watermarks."""
 

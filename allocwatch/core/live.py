@@ -34,5 +34,6 @@ class LiveView:
     episodes: tuple[Finding, ...]  # throttled, livelock, stuck_victim episodes in progress
     thresholds_s: Mapping[str, float] = field(default_factory=dict)  # by site label; "*" the default
     throttle_names: Mapping[int, str] = field(default_factory=dict)
+    symbols: Mapping[int, str] = field(default_factory=dict)  # kernel address -> function (episodes' shrinkers)
     truncated: int = 0  # tasks in flight beyond LIVE_MAX_TASKS, shown without cgroup and state
     site_detail: Mapping[tuple[int, str], Mapping[str, Any]] = field(default_factory=dict)  # (tid, site): so far

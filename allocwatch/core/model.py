@@ -130,6 +130,19 @@ class OomContext:
 
 
 @dataclass(frozen=True, slots=True)
+class ShrinkCount:
+    """One shrinker as a task's reclaim waits called it, cumulative since load:
+    `fn` is its scan function's kernel address (user space names it)."""
+
+    fn: int
+    calls: int
+    asked: int  # objects it was asked to scan, summed over its calls
+    freed: int  # objects it freed, summed
+    objects: int  # freeable objects it counted at its last call
+    gfp: int  # the mask of its last call
+
+
+@dataclass(frozen=True, slots=True)
 class Acct:
     """One task's cumulative waits (per site number) and reclaim passes, since load."""
 
@@ -144,3 +157,4 @@ class Acct:
     throttle_reasons: tuple[int, ...] = ()  # mm_vmscan_throttled sleeps, by reason bit
     busy_ns: int = 0  # wall time in memory waits that ended, nested ones once
     gfp_waits: tuple[tuple[int, int], ...] = ()  # (gfp mask, waits that ended with it), a few masks
+    shrinkers: tuple[ShrinkCount, ...] = ()  # called in its reclaim waits, a few by function

@@ -22,7 +22,8 @@ from typing import Any
 from allocwatch.core.advice import advise
 from allocwatch.core.episodes import TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
-from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, TaskInfo
+from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, SlabCache, TaskInfo
+from allocwatch.core.model import ShrinkCount
 from allocwatch.core.oomkills import KillSeen, constraints, largest
 from allocwatch.core.pods import PodRef
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
@@ -50,6 +51,9 @@ class TaskDetail:
     # start file system or block I/O to reclaim (GFP_NOFS, GFP_NOIO), decoded
     gfp_no_fs_io: Sequence[str] = ()
     pod: PodRef | None = None  # the Kubernetes pod its cgroup is in (core/pods.py)
+    # a finding: the masks its window's shrinkers were called with, decoded, and
+    # whether each may not enter the file system (a shrinker of FS caches does nothing then)
+    shrink_gfp: Mapping[int, tuple[str, bool]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class BlockContext:
     psi_delta_s: Mapping[str, float] = field(default_factory=dict)  # "some"/"full" stall time since the last block
     kswapd: tuple[KswapdInfo, ...] = ()
     kswapd_state_for_s: Mapping[int, float] = field(default_factory=dict)  # pid -> in its state for, at least
+    slab_caches: tuple[SlabCache, ...] = ()  # the largest, read when a finding's reclaim called shrinkers
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class StallReport:
     context: BlockContext | None = None
     findings: Sequence[Finding] = ()  # throttled, livelock, stuck_victim: due now
     throttle_names: Mapping[int, str] = field(default_factory=dict)  # reason bit -> the kernel's name
+    symbols: Mapping[int, str] = field(default_factory=dict)  # kernel address -> function (the findings' shrinkers)
 
 
 @dataclass(frozen=True)
@@ -255,7 +261,23 @@ def pod_dict(p: PodRef | None) -> dict[str, Any] | None:
     }
 
 
-def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, str]) -> dict[str, Any]:
+def shrinkers_list(
+    counts: Sequence[ShrinkCount], symbols: Mapping[int, str], gfp_names: Mapping[int, tuple[str, bool]],
+) -> list[dict[str, Any]]:
+    """The shrinkers of a window, by the name of their scan function, with the
+    mask of their last call decoded and whether it forbids the file system."""
+    out = []
+    for c in counts:
+        flags, no_fs = gfp_names.get(c.gfp, (None, None))
+        out.append({"shrinker": escape(symbols.get(c.fn) or f"{c.fn:#x}"), "calls": c.calls, "asked": c.asked,
+                    "freed": c.freed, "objects": c.objects, "gfp": gfp_text(c.gfp), "gfp_flags": flags,
+                    "no_fs_io": no_fs})
+    return out
+
+
+def finding_dict(
+    f: Finding, detail: TaskDetail, throttle_names: Mapping[int, str], symbols: Mapping[int, str] | None = None,
+) -> dict[str, Any]:
     """A throttled, livelock or stuck-victim task, in the same shape as a stalled one plus its evidence."""
     d: dict[str, Any] = {
         "kind": f.kind,
@@ -281,6 +303,7 @@ def finding_dict(f: Finding, detail: TaskDetail, throttle_names: Mapping[int, st
             "reclaimed_pages": f.reclaimed_pages,
             "throttle_reasons": {throttle_names.get(b, f"bit{b}"): n for b, n in sorted(f.throttle_reasons.items())},
             "gfp_waits": {gfp_text(m): n for m, n in sorted(f.gfp_waits.items(), key=lambda kv: -kv[1])},
+            "shrinkers": shrinkers_list(f.shrinkers, symbols or {}, detail.shrink_gfp),
         },
     }
     if f.kind == STUCK_VICTIM:
@@ -341,6 +364,8 @@ def context_dict(c: BlockContext | None) -> dict[str, Any] | None:
         "kswapd": [{"node": k.node, "pid": k.pid, "state": k.state,
                     "state_for_s": round(c.kswapd_state_for_s[k.pid], 1) if k.pid in c.kswapd_state_for_s else None,
                     "stack": [escape(f) for f in k.stack] if k.stack else []} for k in c.kswapd],
+        "slab_caches": [{"name": escape(s.name), "bytes": s.bytes, "objects": s.objects,
+                         "active_objects": s.active_objects} for s in c.slab_caches],
     }
 
 
@@ -359,7 +384,7 @@ def item_tid(x: list[Stall] | Finding) -> int:
 
 def _item_dict(x: list[Stall] | Finding, rec: StallReport) -> dict[str, Any]:
     detail = rec.details.get(item_tid(x), TaskDetail())
-    return _task_dict(x, detail) if isinstance(x, list) else finding_dict(x, detail, rec.throttle_names)
+    return _task_dict(x, detail) if isinstance(x, list) else finding_dict(x, detail, rec.throttle_names, rec.symbols)
 
 
 def _item_brief(duration_s: float, x: list[Stall] | Finding, rec: StallReport) -> dict[str, Any]:

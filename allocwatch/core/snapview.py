@@ -79,7 +79,8 @@ def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
         ],
         "inflight_without_detail": live.truncated if live else 0,
         "episodes": [
-            {**finding_dict(e, details.get(e.tid, TaskDetail()), names), "detail": e.tid in detailed}
+            {**finding_dict(e, details.get(e.tid, TaskDetail()), names, live.symbols if live else None),
+             "detail": e.tid in detailed}
             for e in (live.episodes if live else ())
         ],
         "sites": {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import sys
 import tempfile
@@ -21,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
+from allocwatch.core.model import ShrinkCount
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
 from allocwatch.kernel import bpfstats, oomcontext, wire
@@ -33,6 +35,7 @@ from allocwatch.kernel.probes import (
     DIRTY_PAUSE_DEFINE,
     RECLAIM_PROGRESS,
     SCHED_EXIT,
+    SHRINK_SLAB_START,
     SIGNAL_GENERATE,
     Mechanism,
     SitePlan,
@@ -43,11 +46,11 @@ from allocwatch.kernel.probes import (
 
 BPF_SOURCE = "allocwatch.bpf.c"
 T = TypeVar("T")
-RECENT_STACK_MAX_AGE_NS = 5_000_000_000
+RECENT_STACK_MAX_AGE_NS = 5_000_000_000  # a stack taken entering reclaim, shown for this long
 # Every map this module reads or writes after load: opened before bcc's module
 # is destroyed (a table opened later would need it).
-TABLES_READ = ("waits", "dwaits", "dirty_pauses", "task_acct", "task_stacks", "stacks", "stats", "tunables",
-               "wait_hist", "wait_sum_ns", "sigkills")  # a stack taken entering reclaim, shown for this long
+TABLES_READ = ("waits", "dwaits", "dirty_pauses", "task_acct", "shrink_acct", "task_stacks", "stacks", "stats",
+               "tunables", "wait_hist", "wait_sum_ns", "sigkills")
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ class BpfSource:
         # The OOM-context program (raw oom:mark_victim): "" when attached, else why not.
         self.oom_context_why = "not compiled"
         self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
+        # per tid: (account, shrinker counts, the two joined), reused while both are unchanged
+        self._with_shrinks: dict[int, tuple[wire.Acct, tuple[ShrinkCount, ...], wire.Acct]] = {}
 
     # -- load and attach --------------------------------------------------
 
@@ -416,8 +421,32 @@ class BpfSource:
         return dict(self._read_map("dirty_pauses", lambda k, v: (_int(k), v)))
 
     def task_accounts(self) -> dict[int, wire.Acct]:
-        """Per task: cumulative completed waits per site and reclaim passes."""
-        return {a.tid: a for a in self._read_map("task_acct", lambda k, v: wire.decode_acct(_int(k), v))}
+        """Per task: cumulative completed waits per site and reclaim passes, and
+        the shrinkers its reclaim waits called."""
+        accts = {a.tid: a for a in self._read_map("task_acct", lambda k, v: wire.decode_acct(_int(k), v))}
+        if SHRINK_SLAB_START.name not in self._attached_tps:
+            return accts
+        shrinks = dict(self._read_map("shrink_acct", lambda k, v: (_int(k), wire.decode_shrinks(v))))
+        joined = {}
+        for tid, counts in shrinks.items():
+            a = accts.get(tid)
+            if a is None:
+                continue
+            last = self._with_shrinks.get(tid)
+            # both reads unchanged give the very object joined last time (kernel/mapread.py)
+            if last is None or last[0] is not a or last[1] is not counts:
+                last = (a, counts, dataclasses.replace(a, shrinkers=counts))
+            joined[tid] = last
+            accts[tid] = last[2]
+        self._with_shrinks = joined
+        return accts
+
+    def ksym(self, addr: int) -> str:
+        """The kernel function at `addr`, without its offset ("super_cache_scan")."""
+        if self._bpf is None:
+            return f"{addr:#x}"
+        name = self._bpf.ksym(addr).decode(errors="replace")
+        return name.split("+", 1)[0]
 
     def recent_stack(self, tid: int) -> list[str] | None:
         """The task's kernel stack when it last entered reclaim (at most a second

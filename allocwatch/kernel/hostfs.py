@@ -20,6 +20,7 @@ from allocwatch.core.host import (
     MemoryPicture,
     PressureInfo,
     PsiLine,
+    SlabCache,
     TaskFlags,
     TaskInfo,
     ZoneInfo,
@@ -260,6 +261,36 @@ def _vmstat(text: str | None) -> dict[str, int]:
         if (total := _VMSTAT_LINES.get(line)) is not None:
             out[total] = out.get(total, 0) + value
     return out
+
+
+SLAB_CACHES_SHOWN = 5
+
+
+def parse_slabinfo(text: str | None, page_bytes: int, n: int = SLAB_CACHES_SHOWN) -> tuple[SlabCache, ...]:
+    """The `n` caches holding the most memory, largest first (slabinfo 2.x:
+    name active_objs num_objs objsize objperslab pagesperslab : tunables ... :
+    slabdata active_slabs num_slabs sharedavail). Malformed lines are passed over."""
+    found = []
+    for line in lines(text or ""):
+        if line.startswith(("slabinfo", "#")):
+            continue
+        head, _, rest = line.partition(":")
+        fields = head.split()
+        slabdata = rest.rpartition("slabdata")[2].split()
+        if len(fields) < 6 or len(slabdata) < 2:
+            continue
+        nums = [_int(f) for f in (fields[1], fields[2], fields[5], slabdata[1])]
+        if any(v is None for v in nums):
+            continue
+        active, total, pages_per_slab, slabs = (v or 0 for v in nums)
+        found.append(SlabCache(fields[0], slabs * pages_per_slab * page_bytes, total, active))
+    found.sort(key=lambda c: (-c.bytes, c.name))
+    return tuple(found[:n])
+
+
+def slab_caches(proc: Path = DEFAULT_PROCFS) -> tuple[SlabCache, ...]:
+    """The largest slab caches now; () when /proc/slabinfo is unreadable (it is root's)."""
+    return parse_slabinfo(_text(proc / "slabinfo"), os.sysconf("SC_PAGE_SIZE"))
 
 
 def memory_picture(proc: Path = DEFAULT_PROCFS) -> MemoryPicture:

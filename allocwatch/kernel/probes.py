@@ -136,7 +136,16 @@ def _dstate(note: str = "") -> Option:
 # The end summary of each shrink_inactive_list() pass, in the reclaiming task:
 # what a direct or memcg reclaim wait still in flight has reclaimed so far.
 RECLAIM_PROGRESS = Tracepoint("vmscan:mm_vmscan_lru_shrink_inactive", "aw_lru_shrink_inactive", ("nr_reclaimed",))
-_RECLAIM_PROGRESS = ((RECLAIM_PROGRESS, "AW_TP_LRU_SHRINK_INACTIVE"),)
+# The shrinkers a reclaim wait calls: what each was asked to scan and freed.
+SHRINK_SLAB_DEFINE = "AW_TP_SHRINK_SLAB"
+SHRINK_SLAB_START = Tracepoint("vmscan:mm_shrink_slab_start", "aw_shrink_slab_start",
+                               ("shrink", "total_scan", "cache_items", "gfp_flags"))
+SHRINK_SLAB_END = Tracepoint("vmscan:mm_shrink_slab_end", "aw_shrink_slab_end", ("shrink", "retval"))
+_RECLAIM_PROGRESS = (
+    (RECLAIM_PROGRESS, "AW_TP_LRU_SHRINK_INACTIVE"),
+    (SHRINK_SLAB_START, SHRINK_SLAB_DEFINE),  # attached in reverse: the end before the start
+    (SHRINK_SLAB_END, SHRINK_SLAB_DEFINE),
+)
 _THROTTLED = Tracepoint("vmscan:mm_vmscan_throttled", "aw_vmscan_throttled", ("usec_delayed", "reason"))
 # The kernel stack of a task entering direct or memcg reclaim, at most once a
 # second: a task looping RUNNING in reclaim has none in /proc.

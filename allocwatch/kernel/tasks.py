@@ -89,6 +89,8 @@ class TaskReader:
             gfp_flags=gfp.describe(f.gfp, self.gfp_table) if self.gfp_table else None,
             gfp_no_fs_io=self.no_fs_io([*f.gfp_waits, *([f.waiting.gfp] if f.waiting is not None else [])]),
             pod=self.pod_of(cgroup),
+            shrink_gfp={c.gfp: (gfp.decode(c.gfp, self.gfp_table), gfp.lacks_fs_or_io(c.gfp, self.gfp_table))
+                        for c in f.shrinkers} if self.gfp_table else {},
             **extra(cgroup),
         )
 

@@ -17,6 +17,7 @@ from allocwatch.core.model import (
     InflightWait,
     OomContext,
     OomKill,
+    ShrinkCount,
     VictimMemory,
     WaitEnd,
     decode_comm,
@@ -151,6 +152,29 @@ class TaskAcct(ctypes.Structure):
         ("gfp_mask", ctypes.c_uint32 * GFP_SLOTS),
         ("gfp_waits", ctypes.c_uint32 * GFP_SLOTS),
     ]
+
+
+SHRINK_SLOTS = 8  # AW_SHRINK_SLOTS
+
+
+class ShrinkAcct(ctypes.Structure):
+    _fields_ = [
+        ("fn", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("asked", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("freed", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("objects", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("calls", ctypes.c_uint32 * SHRINK_SLOTS),
+        ("gfp", ctypes.c_uint32 * SHRINK_SLOTS),
+    ]
+
+
+def decode_shrinks(v: ShrinkAcct) -> tuple[ShrinkCount, ...]:
+    """The slots in use, by function address (a slot's place means nothing)."""
+    return tuple(sorted(
+        (ShrinkCount(fn=v.fn[i], calls=v.calls[i], asked=v.asked[i], freed=v.freed[i], objects=v.objects[i],
+                     gfp=v.gfp[i])
+         for i in range(SHRINK_SLOTS) if v.fn[i] and v.calls[i]),
+        key=lambda c: c.fn))
 
 
 _COUNTS_KEPT = 4096

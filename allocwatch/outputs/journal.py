@@ -88,6 +88,8 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
     fields["duration_s"] = t["duration_s"]
     fields["report_seq"] = seq
     fields["gfp_no_fs_io"] = ",".join(t.get("gfp_no_fs_io") or []) or None  # GFP_NOFS, GFP_NOIO: named
+    # the shrinkers a finding's reclaim called in its window, most asked first, space-separated
+    fields["shrinkers"] = " ".join(s["shrinker"] for s in (t.get("window") or {}).get("shrinkers") or []) or None
     pod = t.get("pod") or {}
     for k in _POD_FIELDS:  # ALLOCWATCH_POD_NAMESPACE ... : a task's Kubernetes pod, when it is in one
         fields[f"pod_{k}"] = pod.get(k)

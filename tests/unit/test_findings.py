@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 from allocwatch.core.findings import LIVELOCK, STUCK_VICTIM, THROTTLED, Findings, VictimSeen, WindowRules
-from allocwatch.core.model import Acct, DirtyPause
+from allocwatch.core.model import Acct, DirtyPause, ShrinkCount
 from allocwatch.core.sites import NR_SITES, Site
 from allocwatch.core.tracker import Wait
 
 S = 1_000_000_000
 
 
-def acct(tid=7, waits=None, passes=0, zero=0, reclaimed=0, busy=None, gfp=()):
+def acct(tid=7, waits=None, passes=0, zero=0, reclaimed=0, busy=None, gfp=(), shrinkers=()):
     """`busy`: the kernel's busy time; by default the waits' sum (none nested)."""
     wait_ns = [0] * NR_SITES
     counts = [0] * NR_SITES
@@ -19,7 +19,7 @@ def acct(tid=7, waits=None, passes=0, zero=0, reclaimed=0, busy=None, gfp=()):
         counts[site] = n
         wait_ns[site] = ns
     return Acct(tid, tid, "dd", tuple(wait_ns), tuple(counts), passes, zero, reclaimed,
-                busy_ns=sum(wait_ns) if busy is None else busy, gfp_waits=tuple(gfp))
+                busy_ns=sum(wait_ns) if busy is None else busy, gfp_waits=tuple(gfp), shrinkers=tuple(shrinkers))
 
 
 def run(f, seconds, make, step=1.0, inflight=lambda t: (), stalled=frozenset(), victims=lambda t: ()):
@@ -264,3 +264,38 @@ def test_a_throttled_task_says_the_masks_its_waits_asked_with():
     res = run(f, 20, make)
     x = next(x for _, d, _, _ in res for x in d)
     assert x.gfp == nofs and 0 < x.gfp_waits[kernel] <= 10 < x.gfp_waits[nofs]  # counted in the window only
+
+
+def test_a_throttled_task_says_the_shrinkers_its_reclaim_called_in_the_window_most_asked_first():
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5))
+    sb, deferred, idle = 0xFFFF1000, 0xFFFF2000, 0xFFFF3000
+
+    def make(t):
+        n = int(t / 0.2 * 0.9)
+        return {7: acct(waits={Site.MEMCG_RECLAIM: (n, int(n * 0.2 * S))}, shrinkers=(
+            ShrinkCount(sb, n, 100 * n, 0, 9000, 0xC40),  # asked to scan more and more, frees nothing
+            ShrinkCount(deferred, int(t), 5 * int(t), int(t), 40, 0xC40),
+            ShrinkCount(idle, 3, 30, 3, 10, 0xCC0),  # called before the window only
+        ))}
+
+    res = run(f, 30, make)
+    x = [x for _, d, _, _ in res for x in d][-1]
+    assert [c.fn for c in x.shrinkers] == [sb, deferred]
+    top = x.shrinkers[0]
+    assert 40 <= top.calls <= 50 and top.asked == 100 * top.calls and top.freed == 0 and top.objects == 9000
+    assert 9 <= x.shrinkers[1].calls <= 11 and x.shrinkers[1].freed == x.shrinkers[1].calls
+
+
+def test_a_shrinker_slot_given_to_another_meanwhile_counts_from_its_new_start():
+    f = Findings(WindowRules(window_ns=10 * S, share=0.5))
+
+    def make(t):
+        n = int(t / 0.2 * 0.9)
+        fn = 0xA if t < 15 else 0xB  # the kernel reused the slot: counts restart, the old function is gone
+        calls = n if t < 15 else int(t - 15) + 1
+        return {7: acct(waits={Site.MEMCG_RECLAIM: (n, int(n * 0.2 * S))},
+                        shrinkers=(ShrinkCount(fn, calls, calls, 0, 5, 0xC40),))}
+
+    run(f, 20, make)
+    (x,) = f.active()  # as seen at t=20
+    assert [(c.fn, c.calls) for c in x.shrinkers] == [(0xB, 6)]

@@ -360,3 +360,19 @@ def test_task_facts_read_a_process_cmdline_once_for_its_threads(monkeypatch):
     assert a.cmdline == b.cmdline and len(reads) == 1 and 1000 in seen
     hostfs.task_facts(PROC, 1000, 1001)  # no dict given: read afresh
     assert len(reads) == 2
+
+
+def test_slabinfo_gives_the_caches_holding_the_most_memory_largest_first():
+    text = (
+        "slabinfo - version: 2.1\n"
+        "# name            <active_objs> <num_objs> <objsize> <objperslab> <pagesperslab> : tunables <limit> "
+        "<batchcount> <sharedfactor> : slabdata <active_slabs> <num_slabs> <sharedavail>\n"
+        "dentry            999000 1000000    192   21    1 : tunables    0    0    0 : slabdata  47619  47620      0\n"
+        "ext4_inode_cache   1000   1500   1184   27    8 : tunables    0    0    0 : slabdata     56     56      0\n"
+        "broken line\n"
+        "kmalloc-8             0      0      8  512    1 : tunables    0    0    0 : slabdata      0      0      0\n"
+    )
+    caches = hostfs.parse_slabinfo(text, 4096, n=2)
+    assert [(c.name, c.bytes, c.objects, c.active_objects) for c in caches] == [
+        ("dentry", 47620 * 4096, 1000000, 999000), ("ext4_inode_cache", 56 * 8 * 4096, 1500, 1000)]
+    assert hostfs.parse_slabinfo(None, 4096) == () and hostfs.slab_caches(Path("/nonexistent-proc")) == ()

@@ -116,3 +116,17 @@ def test_open_sink_needs_a_listening_journald(tmp_path):
         assert sink.close(1)
     finally:
         s.close()
+
+
+def test_a_finding_s_shrinkers_are_a_field_of_its_entry():
+    from allocwatch.core.findings import Finding
+    from allocwatch.core.model import ShrinkCount
+
+    f = Finding("livelock", 3, 3, "python", Site.MEMCG_RECLAIM, 0, 10.0, 1, 0.8, shrinkers=(
+        ShrinkCount(0xA, 9, 900, 0, 50, 0xC40), ShrinkCount(0xB, 1, 1, 1, 1, 0xC40)))
+    d = to_dict(StallReport(7, 0.0, [], 1, {}, findings=[f], symbols={0xA: "super_cache_scan", 0xB: "x\ny"}))
+    (_, task) = journal.entries(d)
+    assert task["ALLOCWATCH_SHRINKERS"] == "super_cache_scan x\\x0ay"  # escaped like every name
+    assert "shrinkers in the window: super_cache_scan calls=9" in task["MESSAGE"]
+    (_, bare) = journal.entries(stall_dict(stall(1)))
+    assert "ALLOCWATCH_SHRINKERS" not in bare

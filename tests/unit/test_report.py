@@ -335,3 +335,37 @@ def test_an_episode_that_ended_by_a_kill_never_reads_recovered():
     for kind in ("stall", "throttled", "livelock"):
         for ended in ("oom-killed", "killed", "exited"):
             assert "recovered" not in text(kind, ended) and " over " not in text(kind, ended)
+
+
+def test_a_livelock_names_the_shrinkers_its_reclaim_called_and_the_block_the_largest_slab_caches():
+    """Issue 29, item 1: the shrinkers by function name, what they were asked to
+    scan and freed, whether their mask forbade the file system; the machine's
+    largest slab caches beside SReclaimable and SUnreclaim."""
+    from allocwatch.core.host import MemoryPicture, SlabCache
+    from allocwatch.core.model import ShrinkCount
+    from allocwatch.core.records import BlockContext
+
+    sb, deferred = ShrinkCount(0xFFFF1000, 412, 52000, 0, 250000, 0xC40), ShrinkCount(0xFFFF2000, 3, 9, 2, 40, 0xCC0)
+    f = Finding("livelock", 3, 3, "python", Site.MEMCG_RECLAIM, 0, 10.0, 1, 0.8, passes_per_s=41644.4,
+                shrinkers=(sb, deferred))
+    detail = TaskDetail("/g", "R", shrink_gfp={0xC40: ("GFP_NOFS", True), 0xCC0: ("GFP_KERNEL", False)})
+    mem = MemoryPicture({"SReclaimable": 300 << 20, "SUnreclaim": 40 << 20}, (), None, {})
+    context = BlockContext(1, 0, 0, (), 0, mem, slab_caches=(SlabCache("dentry", 200 << 20, 1_000_000, 999_000),))
+    rec = StallReport(7, 0.0, [], 1, {3: detail}, context=context, findings=[f],
+                      symbols={0xFFFF1000: "super_cache_scan"})
+    d = json.loads(report.render_json(rec))
+    assert d["tasks"][0]["window"]["shrinkers"] == [
+        {"shrinker": "super_cache_scan", "calls": 412, "asked": 52000, "freed": 0, "objects": 250000,
+         "gfp": "0xc40", "gfp_flags": "GFP_NOFS", "no_fs_io": True},
+        {"shrinker": "0xffff2000", "calls": 3, "asked": 9, "freed": 2, "objects": 40,  # no name: its address
+         "gfp": "0xcc0", "gfp_flags": "GFP_KERNEL", "no_fs_io": False},
+    ]
+    assert d["context"]["slab_caches"] == [
+        {"name": "dentry", "bytes": 200 << 20, "objects": 1_000_000, "active_objects": 999_000}]
+    text = report.render_text(rec)
+    assert ("    shrinkers in the window: super_cache_scan calls=412 asked=52000 freed=0 objects=250000 (no fs/io), "
+            "0xffff2000 calls=3 asked=9 freed=2 objects=40\n") in text
+    assert "  slab: reclaimable=300.0MiB unreclaimable=40.0MiB; largest: dentry 200.0MiB (1000000 objects)\n" in text
+    quiet = StallReport(8, 0.0, [], 1, {}, context=BlockContext(1, 0, 0, (), 0, mem),
+                        findings=[replace(f, shrinkers=())])
+    assert "shrinkers" not in report.render_text(quiet) and "  slab:" not in report.render_text(quiet)
