@@ -29,6 +29,7 @@ DIRTY_THROTTLE = "dirty_throttle"
 COMPACTION = "compaction"
 OUT_OF_MEMORY = "out_of_memory"
 MEMCG_HIGH = "memcg_high"
+SHRINKERS = "shrinkers"
 
 GLOBAL_RECLAIM_SITES = frozenset({"alloc_slowpath", "alloc_pages", "direct_reclaim", "too_many_isolated",
                                   "reclaim_throttle", "throttle_vm_writeout", "pfmemalloc_throttle", "oom"})
@@ -181,6 +182,32 @@ def _no_fs_io(block: Block) -> str | None:
                  "and the device behind this file system")
 
 
+def _shrinkers(block: Block) -> str | None:
+    """A task's reclaim called shrinkers that were asked to scan and freed nothing."""
+    for t in block["tasks"]:
+        idle = [s for s in (t.get("window") or {}).get("shrinkers") or () if s.get("asked") and not s.get("freed")]
+        if not idle:
+            continue
+        s = idle[0]
+        seen = (f"{t.get('comm')} pid={t.get('pid')} ({t.get('kind')}) called {s['shrinker']} {s['calls']} time(s) "
+                f"in the window, asked to scan {s['asked']} of {s['objects']} objects, freed 0")
+        if len(idle) > 1:
+            seen += f" (and {len(idle) - 1} more shrinker(s) that freed nothing)"
+        no_fs = [x for x in idle if x.get("no_fs_io")]
+        if no_fs:
+            seen += f", called with {no_fs[0].get('gfp_flags') or no_fs[0].get('gfp')}"
+        ctx = block.get("context") or {}
+        largest = ctx.get("slab_caches") or []
+        if largest:
+            seen += f"; largest slab cache {largest[0]['name']} {_mib(largest[0]['bytes'])}"
+        points = ("slab caches reclaim cannot shrink: a file system's shrinkers do nothing for an allocation "
+                  "that may not enter the file system" if no_fs
+                  else "slab objects still in use, which their shrinkers cannot free")
+        return _line(seen, points, "what fills those caches in this group (files, inodes, lookups of missing "
+                     "names), and the allocations asking without __GFP_FS")
+    return None
+
+
 def _dirty_throttle(block: Block) -> str | None:
     hit = [t for t in block["tasks"] if "dirty_throttle" in _sites(t)]
     if not hit:
@@ -226,6 +253,7 @@ RULES: tuple[tuple[str, Callable[[Block], str | None]], ...] = (
     (MEMCG_OOM_OFF, _memcg_oom_off),
     (STUCK_VICTIM, _stuck_victim),
     (LIVELOCK, _livelock),
+    (SHRINKERS, _shrinkers),
     (MEMCG_HIGH, _memcg_high),
     (WRITEBACK, _writeback),
     (NO_FS_IO, _no_fs_io),

@@ -208,3 +208,19 @@ def test_the_record_and_its_renderings_carry_it():
     head = next(journal.entries(d))
     assert head["ALLOCWATCH_ADVICE"].startswith("memcg_oom_disabled: seen: ")
     assert head["MESSAGE"].splitlines()[-1].startswith("  what to do (memcg_oom_disabled)")
+
+
+def test_shrinkers_that_freed_nothing_point_at_the_caches_and_the_mask():
+    sb = {"shrinker": "super_cache_scan", "calls": 412, "asked": 52000, "freed": 0, "objects": 250000,
+          "gfp": "0xc40", "gfp_flags": "GFP_NOFS", "no_fs_io": True}
+    t = task(kind="throttled", window={"shrinkers": [sb, {**sb, "shrinker": "other", "freed": 3}]})
+    b = block(t, slab_caches=[{"name": "dentry", "bytes": 200 * MIB, "objects": 1, "active_objects": 1}])
+    said = text(b, advice.SHRINKERS)
+    assert said.startswith("seen: app pid=10 (throttled) called super_cache_scan 412 time(s) in the window, asked to "
+                           "scan 52000 of 250000 objects, freed 0, called with GFP_NOFS; largest slab cache dentry "
+                           "200.0MiB; points at: slab caches reclaim cannot shrink: a file system's shrinkers do "
+                           "nothing for an allocation that may not enter the file system"), said
+    in_use = text(block(task(kind="livelock", window={"shrinkers": [{**sb, "no_fs_io": False}]})), advice.SHRINKERS)
+    assert "points at: slab objects still in use" in in_use and "called with" not in in_use
+    freeing = block(task(kind="livelock", window={"shrinkers": [{**sb, "freed": 10}]}))
+    assert advice.SHRINKERS not in kinds(freeing)  # a shrinker that frees is no finding
