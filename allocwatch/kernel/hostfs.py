@@ -441,6 +441,14 @@ def _sigkill_pending(status: dict[str, list[str]]) -> bool:
     return False
 
 
+def kernel_thread_name(proc: Path, pid: int, tid: int) -> str | None:
+    """The name /proc gives a kernel thread (a workqueue worker's says the
+    workqueue of its work: "kworker/u8:3+flush-7:3"); None for a user task, or
+    when gone. One read of its stat."""
+    comm, fields = _stat(task_file(proc, pid, tid, "stat"))
+    return comm if fields and _stat_flags(fields) & PF_KTHREAD else None
+
+
 def task_flags(proc: Path, pid: int, tid: int) -> TaskFlags:
     """dying and exiting as TaskFlags defines them, from the thread's stat alone
     (pending signals, state, flags): a stall block reads this for every task it

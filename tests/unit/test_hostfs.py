@@ -376,3 +376,16 @@ def test_slabinfo_gives_the_caches_holding_the_most_memory_largest_first():
     assert [(c.name, c.bytes, c.objects, c.active_objects) for c in caches] == [
         ("dentry", 47620 * 4096, 1000000, 999000), ("ext4_inode_cache", 56 * 8 * 4096, 1500, 1000)]
     assert hostfs.parse_slabinfo(None, 4096) == () and hostfs.slab_caches(Path("/nonexistent-proc")) == ()
+
+
+def test_a_kernel_thread_s_name_is_its_workers_and_a_user_task_has_none(tmp_path):
+    def stat(pid: int, comm: str, flags: int) -> None:
+        d = tmp_path / str(pid) / "task" / str(pid)
+        d.mkdir(parents=True)
+        (d / "stat").write_text(f"{pid} ({comm}) D 2 0 0 0 -1 {flags} 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0\n")
+
+    stat(90, "kworker/u8:3+flush-7:3", 0x04208060)  # PF_KTHREAD | PF_WQ_WORKER ...
+    stat(91, "loop3) x (y", 0x00400100)  # a user task whose comm holds ') '
+    assert hostfs.kernel_thread_name(tmp_path, 90, 90) == "kworker/u8:3+flush-7:3"
+    assert hostfs.kernel_thread_name(tmp_path, 91, 91) is None
+    assert hostfs.kernel_thread_name(tmp_path, 92, 92) is None  # gone
