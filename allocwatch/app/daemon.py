@@ -10,9 +10,10 @@ reference swap) for readers that pull, such as a Prometheus scrape.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from functools import partial
 from itertools import chain
 from pathlib import Path
@@ -23,6 +24,7 @@ from allocwatch.app.hostcontext import HostContext
 from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
 from allocwatch.core import gfp, oomkills, pods
+from allocwatch.core.behind import behind, on_writeback, writeback_devices
 from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.cgroupstall import CgroupCounts, CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
@@ -281,6 +283,33 @@ class Daemon:
         return self.tasks.finding_detail(f, lambda cgroup: self._cgroup_waiting(f, cgroup) if f.kind == STUCK_VICTIM
                                          else {})
 
+    def _with_behind(
+        self, stalls: Sequence[Stall], findings: Sequence[Finding], details: dict[int, TaskDetail],
+        listed: Collection[int], now_ns: int,
+    ) -> dict[int, TaskDetail]:
+        """Each listed task waiting on writeback, with the kernel threads in memory
+        waits that complete that writeback (core/behind.py), named from /proc."""
+        sites: dict[int, set[Site]] = {}
+        devices: dict[int, set[str]] = {}
+        for s in stalls:
+            sites.setdefault(s.wait.tid, set()).add(s.wait.site)
+            devices.setdefault(s.wait.tid, set()).update(writeback_devices(s.wait))
+        for f in findings:
+            mine = sites.setdefault(f.tid, set())
+            mine.update(Site.from_label(label) for label in f.per_site)
+            if f.waiting is not None:
+                mine.add(f.waiting.site)
+                devices.setdefault(f.tid, set()).update(writeback_devices(f.waiting))
+        waits = self.last_scan[0]
+        for tid, seen in sites.items():
+            d = details.get(tid)
+            if tid not in listed or d is None or not on_writeback(seen, d.stack):
+                continue
+            rows = behind(self.tasks.kernel_waits(waits), devices.get(tid, set()), tid, now_ns)
+            if rows:
+                details[tid] = dataclasses.replace(d, behind=rows)
+        return details
+
     def _cgroup_waiting(self, f: Finding, cgroup: str | None) -> dict[str, Any]:
         """A stuck victim's cgroup: the tasks there still waiting for memory at the
         last scan, or asleep in D state now (the first max_tasks_per_block of
@@ -323,7 +352,7 @@ class Daemon:
             if f.tid not in full:
                 full[f.tid] = (self.finding_detail(f) if f.tid in listed
                                 else self.tasks.brief(f.pid, f.tid, details))
-        details = full
+        details = self._with_behind(kept, kept_findings, full, listed, now_ns)
         kept = self._without_stale_sleeps(kept, details)
         tasks = {s.wait.tid for s in kept}
         if not kept and not kept_findings:

@@ -19,6 +19,7 @@ import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Wait
 
 # Names (or name parts) of the kernel threads and workqueues that complete writeback.
@@ -35,6 +36,20 @@ class Behind:
     name: str  # its /proc name: "kworker/u8:3+flush-7:3"
     site: str
     waited_s: float
+
+
+WRITEBACK_FRAMES = frozenset({"folio_wait_writeback", "wait_on_page_writeback"})
+KERNEL_NAMES_READ = 64  # at most this many kernel threads' names read a block
+
+
+def on_writeback(sites: Iterable[Site], stack: Iterable[str] | None) -> bool:
+    """Whether a task waits on writeback: at the site, or with its wait in its stack."""
+    return Site.WRITEBACK_WAIT in sites or any(f in WRITEBACK_FRAMES for f in stack or ())
+
+
+def writeback_devices(w: Wait) -> set[str]:
+    """The devices a wait is known to wait on the writeback of (none known yet)."""
+    return set()
 
 
 def _names_device(name: str, device: str) -> bool:

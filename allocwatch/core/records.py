@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from allocwatch.core.advice import advise
+from allocwatch.core.behind import Behind
 from allocwatch.core.episodes import TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, SlabCache, TaskInfo
@@ -54,6 +55,8 @@ class TaskDetail:
     # a finding: the masks its window's shrinkers were called with, decoded, and
     # whether each may not enter the file system (a shrinker of FS caches does nothing then)
     shrink_gfp: Mapping[int, tuple[str, bool]] = field(default_factory=dict)
+    # a task waiting on writeback: the kernel threads in memory waits that complete it (core/behind.py)
+    behind: Sequence[Behind] = ()
 
 
 @dataclass(frozen=True)
@@ -244,6 +247,8 @@ def detail_fields(detail: TaskDetail) -> dict[str, Any]:
         "memcg": _memcg_dict(detail.memcg),
         "gfp_no_fs_io": list(detail.gfp_no_fs_io),
         "pod": pod_dict(detail.pod),
+        "behind": [{"tid": b.tid, "pid": b.pid, "name": escape(b.name), "site": b.site,
+                    "waited_s": round(b.waited_s, 3)} for b in detail.behind],
     }
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from allocwatch.core import gfp
+from allocwatch.core.behind import KERNEL_NAMES_READ
 from allocwatch.core.findings import Finding
 from allocwatch.core.host import MemcgInfo, TaskInfo
 from allocwatch.core.pods import PodRef
@@ -43,12 +44,14 @@ class TaskReader:
         self._memcg_cache: dict[str, MemcgInfo | None] = {}
         self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid
         self._blocked: dict[str, list[tuple[int, int, str, str | None]]] = {}  # a block's D threads by cgroup
+        self._kernel_waits: list[tuple[Wait, str]] | None = None  # a block's waits of kernel threads, named
 
     def new_block(self) -> None:
         """Figures and cmdlines of this block, not of the last one."""
         self._memcg_cache = {}
         self._cmdlines = {}
         self._blocked = {}
+        self._kernel_waits = None
 
     def new_scan(self) -> None:
         """Figures of this scan (top's live view), not of the last report block."""
@@ -143,6 +146,25 @@ class TaskReader:
                 if blocked is not None:
                     found.append((tid, *blocked))
         return [row for row in found if not leave_out(row[0])]
+
+    def kernel_waits(self, waits: Sequence[Wait]) -> list[tuple[Wait, str]]:
+        """The waits of kernel threads among `waits`, each with the thread's /proc
+        name, once a block (a kernel thread is its own process: pid == tid; at
+        most KERNEL_NAMES_READ names read)."""
+        if self._kernel_waits is None:
+            self._kernel_waits = []
+            names: dict[int, str | None] = {}
+            for w in waits:
+                if w.pid != w.tid:
+                    continue
+                if w.tid not in names:
+                    if len(names) >= KERNEL_NAMES_READ:
+                        break
+                    names[w.tid] = hostfs.kernel_thread_name(self.proc, w.pid, w.tid)
+                name = names[w.tid]
+                if name is not None:
+                    self._kernel_waits.append((w, name))
+        return self._kernel_waits
 
     def memcg(self, cgroup: str | None) -> MemcgInfo | None:
         """Read once per cgroup per block: 200 tasks of one group cost one read."""

@@ -118,6 +118,15 @@ def shrinkers_lines(shrinkers: Sequence[Mapping[str, Any]]) -> list[str]:
     return ["    shrinkers in the window: " + ", ".join(shown) + (f", {more} more" if more > 0 else "")]
 
 
+def behind_lines(t: Mapping[str, Any]) -> list[str]:
+    """The kernel threads in memory waits that a writeback wait is behind."""
+    rows = t.get("behind") or []
+    if not rows:
+        return []
+    return ["    behind it, in memory waits: " + ", ".join(
+        f"{text_value(b['name'])} pid={b['pid']} {b['site']} {b['waited_s']:.1f}s" for b in rows)]
+
+
 def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     parts = [
         f"  comm={text_value(t['comm'])} pid={t['pid']} tid={t['tid']} kind={t['kind']} site={t['site']}",
@@ -142,6 +151,7 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     if len(masks) > 1:
         lines.append("    gfp masks in the window: " + " ".join(f"{k}={v}" for k, v in masks.items()))
     lines += shrinkers_lines((t.get("window") or {}).get("shrinkers") or [])
+    lines += behind_lines(t)
     lines += no_fs_io_line(t)
     lines += _cgroup_waiting_lines(t)
     if t.get("memcg"):
@@ -187,6 +197,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
         lines.append(f"    uid={'-' if t.get('uid') is None else t['uid']} cmdline={text_value(t['cmdline'] or '-')}")
     for other in t["other_waits"]:
         lines.append(f"    also waiting: site={other['site']} for {other['duration_s']:.1f}s")
+    lines += behind_lines(t)
     lines += no_fs_io_line(t)
     lines += _stack_lines(t)
     return lines

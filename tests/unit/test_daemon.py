@@ -469,3 +469,30 @@ def test_read_ahead_reads_owners_only_for_the_tasks_a_block_lists(tmp_path):
     assert {k[0] for k in d.facts._cgroups} == {10, 11, 12, 13}  # every task's, for the count by cgroup
     assert {k[0] for k in d.facts._owners} == {10, 11}  # the two longest: those a block lists
     assert not sink.writes
+
+
+def test_a_task_waiting_on_writeback_lists_the_kernel_threads_in_memory_waits_behind_it(tmp_path):
+    """Issue 29, item 4: dd waits on writeback (its memcg reclaim sits in
+    folio_wait_writeback); the flusher kworker of the device is itself in memcg
+    reclaim, another kworker is not a writeback helper, a user thread named like
+    one is no kernel thread: only the flusher is listed under dd."""
+    fake_proc(tmp_path, 7, ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list"])
+    for tid, name, flags in ((5, "kworker/u8:3+flush-7:3", 0x04208060), (6, "kworker/1:1+events", 0x04208060),
+                             (9, "flush-7:3", 0x00400100)):
+        t = tmp_path / str(tid) / "task" / str(tid)
+        t.mkdir(parents=True)
+        (t / "stat").write_text(f"{tid} ({name}) D 2 0 0 0 -1 {flags} 0 0 0\n")
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    src.waits = [
+        InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0),
+        InflightWait(5, 5, "kworker/u8:3", int(Site.MEMCG_RECLAIM), int(2.5 * S), 0xC00, 0),
+        InflightWait(6, 6, "kworker/1:1", int(Site.DIRECT_RECLAIM), int(2.5 * S), 0xCC0, 0),
+        InflightWait(9, 9, "flush-7:3", int(Site.DIRECT_RECLAIM), int(2.5 * S), 0xCC0, 0),
+    ]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    (dd,) = [t for t in json.loads(sink.writes[-1])["tasks"] if t["tid"] == 7]
+    assert dd["behind"] == [{"tid": 5, "pid": 5, "name": "kworker/u8:3+flush-7:3", "site": "memcg_reclaim",
+                             "waited_s": 0.5}]
+    assert "    behind it, in memory waits: kworker/u8:3+flush-7:3 pid=5 memcg_reclaim 0.5s" in report.render_dicts(
+        [json.loads(sink.writes[-1])], "text")
