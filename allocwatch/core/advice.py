@@ -165,8 +165,18 @@ def _writeback(block: Block) -> str | None:
         how = "waiting on page writeback (folio_wait_writeback in its stack)"
     else:
         how = "throttled by reclaim for writeback (VMSCAN_THROTTLE_WRITEBACK)"
-    return _line(f"{_who(hit)} {how} in {t.get('site')}, cgroup={_cg(t)}",
-                 "writeback that does not keep up: the pages reclaim needs are still being written",
+    seen = f"{_who(hit)} {how} in {t.get('site')}, cgroup={_cg(t)}"
+    stuck = next((x for x in hit if x.get("behind")), None)
+    if stuck is not None:  # the writeback itself waits for memory: the memcg writeback deadlock
+        b = stuck["behind"][0]
+        more = f" and {len(stuck['behind']) - 1} more" if len(stuck["behind"]) > 1 else ""
+        return _line(f"{seen}; behind {stuck.get('comm')} pid={stuck.get('pid')}: {b['name']} pid={b['pid']} "
+                     f"in {b['site']} for {b['waited_s']:.1f}s{more}",
+                     "writeback that needs memory to complete: the threads that finish it wait for memory "
+                     "themselves (a reclaim that waits on writeback, behind writeback that waits on reclaim)",
+                     "what those threads allocate and in which memory cgroup (their stacks), and whether the "
+                     "waiting reclaim could do without waiting on writeback (GFP_NOFS/GFP_NOIO in the I/O path)")
+    return _line(seen, "writeback that does not keep up: the pages reclaim needs are still being written",
                  "the device behind this file system (its speed, any I/O throttling on it)")
 
 

@@ -224,3 +224,12 @@ def test_shrinkers_that_freed_nothing_point_at_the_caches_and_the_mask():
     assert "points at: slab objects still in use" in in_use and "called with" not in in_use
     freeing = block(task(kind="livelock", window={"shrinkers": [{**sb, "freed": 10}]}))
     assert advice.SHRINKERS not in kinds(freeing)  # a shrinker that frees is no finding
+
+
+def test_writeback_behind_threads_that_wait_for_memory_says_the_writeback_needs_memory():
+    flusher = {"tid": 5, "pid": 5, "name": "kworker/u8:3+flush-7:3", "site": "memcg_reclaim", "waited_s": 12.0}
+    t = task(stack=WB_STACK, behind=[flusher, {**flusher, "tid": 6}])
+    said = text(block(t), advice.WRITEBACK)
+    assert ("; behind app pid=10: kworker/u8:3+flush-7:3 pid=5 in memcg_reclaim for 12.0s and 1 more; points at: "
+            "writeback that needs memory to complete") in said
+    assert "writeback that does not keep up" in text(block(task(stack=WB_STACK)), advice.WRITEBACK)
