@@ -55,7 +55,8 @@ def test_json_stall_report_fields():
         "new": True, "gfp": "0xcc0", "gfp_flags": None, "order": 0, "cgroup": "/cg", "state": "D", "stack": ["x", "y"],
         "start_known": True,
         "other_waits": [], "recent_stack": [], "uid": None, "cmdline": None, "dying": False, "exiting": False,
-        "memcg": None, "gfp_no_fs_io": [], "reclaimed_so_far_pages": None, "dirty_pause": None, "pod": None, "behind": [],
+        "memcg": None, "gfp_no_fs_io": [], "reclaimed_so_far_pages": None, "dirty_pause": None, "pod": None,
+        "behind": [],
     }
 
 
