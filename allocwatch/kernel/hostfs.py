@@ -360,9 +360,12 @@ def kswapd_state(proc: Path, node: int, pid: int, quiet: bool = False) -> Kswapd
 def run_time_ns(proc: Path, pid: int, clock_ticks_per_s: int = CLOCK_TICKS_PER_S) -> int | None:
     """How long the task has been on a CPU in all, in ns: schedstat's first field
     (sum_exec_runtime). Where schedstat is missing (no CONFIG_SCHED_INFO) or its
-    first field is 0 (a kernel that keeps no sched_info prints "0 0 0"; no thread
-    that ever ran has 0), stat's utime + stime in clock ticks: a resolution of
-    1 / clock_ticks_per_s, 10 ms at USER_HZ 100. None when neither is readable."""
+    first field is 0, stat's utime + stime in clock ticks: a resolution of
+    1 / clock_ticks_per_s, 10 ms at USER_HZ 100. None when neither is readable.
+
+    Before commit c5895d3f06cb ("sched: Simplify sched_info_on()") (v5.14) a kernel
+    without CONFIG_SCHEDSTATS whose delay accounting was off printed "0 0 0" there;
+    no thread that ever ran has a run time of 0."""
     text = _text(proc / str(pid) / "schedstat")
     first = _int(text.split()[0]) if text and text.split() else None
     if first:
