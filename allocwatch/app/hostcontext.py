@@ -2,9 +2,10 @@
 """What a stall block says of the machine around its tasks.
 
 Memory and PSI now, vmstat and PSI totals since the last block, each kswapd's
-state and for how long it has been in it, and whether an OOM kill was its
-memory cgroup's or global. Read from /proc and /sys once a block; kswapd's
-state once a scan (`watch`), so that a block can say since when.
+state and for how long it has been in it, for how long it has not run (and
+then where it sleeps), and whether an OOM kill was its memory cgroup's or
+global. Read from /proc and /sys once a block; kswapd's state and run time
+once a scan (`watch`), so that a block can say since when.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from allocwatch.core.host import KswapdInfo, vmstat_delta
+from allocwatch.core.host import KswapdInfo, RunSeen, kswapd_quiet, run_seen, vmstat_delta
 from allocwatch.core.records import BlockContext, TaskDetail, Victim
 from allocwatch.core.tracker import NS_PER_S
 from allocwatch.kernel import hostfs, procfs
@@ -23,23 +24,38 @@ class HostContext:
         self.proc = proc
         self._kswapd_pids: list[tuple[int, int]] | None = None
         self._kswapd_since: dict[int, tuple[str | None, int]] = {}  # pid -> (state, seen in it since)
+        self._kswapd_ran: dict[int, RunSeen] = {}  # pid -> its run time and the scan that saw it grow
         self._last_vmstat: dict[str, int] = {}
         self._last_psi_us: dict[str, int] = {}
 
     def watch(self, now_ns: int) -> None:
-        """kswapd's state at every scan, so a block can say for how long it has been in it."""
+        """kswapd's state and run time at every scan, so a block can say for how
+        long it has been in that state and for how long it has not run."""
         if self._kswapd_pids is None:
             self._kswapd_pids = hostfs.find_kswapd(self.proc)
-        for _node, pid in self._kswapd_pids:
+        pids = {pid for _, pid in self._kswapd_pids}
+        for gone in (self._kswapd_since.keys() | self._kswapd_ran.keys()) - pids:
+            self._kswapd_since.pop(gone, None)
+            self._kswapd_ran.pop(gone, None)
+        for pid in pids:
             state = procfs.task_state(self.proc, pid, pid)
             seen = self._kswapd_since.get(pid)
             if seen is None or seen[0] != state:
                 self._kswapd_since[pid] = (state, now_ns)
+            ran = run_seen(self._kswapd_ran.get(pid), hostfs.run_time_ns(self.proc, pid), now_ns)
+            if ran is None:
+                self._kswapd_ran.pop(pid, None)
+            else:
+                self._kswapd_ran[pid] = ran
 
-    def kswapd(self) -> tuple[KswapdInfo, ...]:
+    def kswapd(self, quiet_ns: int | None = None) -> tuple[KswapdInfo, ...]:
+        """Each kswapd's state; its stack too when in D, or when it has not run
+        for quiet_ns or longer (None: only in D)."""
         if self._kswapd_pids is None:
             self._kswapd_pids = hostfs.find_kswapd(self.proc)
-        infos = [hostfs.kswapd_state(self.proc, node, pid) for node, pid in self._kswapd_pids]
+        not_run = self.kswapd_not_run_for_ns()
+        infos = [hostfs.kswapd_state(self.proc, node, pid, quiet=kswapd_quiet(not_run.get(pid), quiet_ns))
+                 for node, pid in self._kswapd_pids]
         if any(k.state is None for k in infos):  # a pid went away or was reused: look again next time
             self._kswapd_pids = None
         return tuple(k for k in infos if k.state is not None)
@@ -47,12 +63,21 @@ class HostContext:
     def kswapd_for_s(self, now_ns: int) -> dict[int, float]:
         return {pid: (now_ns - since) / NS_PER_S for pid, (_, since) in self._kswapd_since.items()}
 
+    def kswapd_not_run_for_ns(self) -> dict[int, int]:
+        """pid -> how long it has not run, at least, as of the last scan; a kswapd
+        read by fewer than two scans is left out."""
+        return {pid: ns for pid, ran in self._kswapd_ran.items() if (ns := ran.not_run_for_ns) is not None}
+
+    def kswapd_not_run_for_s(self) -> dict[int, float]:
+        return {pid: ns / NS_PER_S for pid, ns in self.kswapd_not_run_for_ns().items()}
+
     def block_context(
         self, stalled_now: int, details: Mapping[int, TaskDetail], now_ns: int, stats: Mapping[str, int],
-        victims: tuple[Victim, ...], slab: bool = False,
+        victims: tuple[Victim, ...], slab: bool = False, kswapd_quiet_ns: int | None = None,
     ) -> BlockContext:
         """The rest of the machine, read once per block; `slab`: the largest slab
-        caches too (a finding's reclaim called shrinkers)."""
+        caches too (a finding's reclaim called shrinkers); kswapd_quiet_ns: how long
+        kswapd must not have run for the block to show where it sleeps."""
         picture = hostfs.memory_picture(self.proc)
         delta = vmstat_delta(self._last_vmstat, picture.vmstat) if self._last_vmstat else {}
         self._last_vmstat = dict(picture.vmstat)
@@ -74,9 +99,10 @@ class HostContext:
             memory=picture,
             vmstat_delta=delta,
             psi_delta_s=psi_delta,
-            kswapd=self.kswapd(),
+            kswapd=self.kswapd(kswapd_quiet_ns),
             kswapd_state_for_s=self.kswapd_for_s(now_ns),
             slab_caches=hostfs.slab_caches(self.proc) if slab else (),
+            kswapd_not_run_for_s=self.kswapd_not_run_for_s(),
         )
 
     def oom_constraint(self, cgroup: str | None) -> str | None:

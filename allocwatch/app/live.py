@@ -95,8 +95,9 @@ class LiveReader:
             victims=daemon.victims_alive(now_ns),
             oom_kills=snap.counters.get("oom_kills", 0),
             memory=hostfs.memory_picture(daemon.proc),
-            kswapd=daemon.host.kswapd(),
+            kswapd=daemon.host.kswapd(th.min_ns),
             kswapd_state_for_s=daemon.host.kswapd_for_s(now_ns),
+            kswapd_not_run_for_s=daemon.host.kswapd_not_run_for_s(),
         )
         live = LiveView(context, tasks, frozenset(detailed), episodes, thresholds, daemon.throttle_names,
                         daemon.symbols(episodes), truncated, so_far)

@@ -122,13 +122,52 @@ class MemoryPicture:
 
 @dataclass(frozen=True)
 class KswapdInfo:
-    """A node's kswapd: state letter (None: gone) and, only when it is in D,
-    its kernel stack, innermost first (None when not read or unreadable)."""
+    """A node's kswapd: state letter (None: gone) and, only when it is in D or
+    has not run for long (`kswapd_quiet`), its kernel stack, innermost first
+    (None when not read or unreadable)."""
 
     node: int
     pid: int
     state: str | None
     stack: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
+class RunSeen:
+    """A thread's run time (ns on a CPU, cumulative) as the scans read it: the
+    last value, the scan that saw it grow (or first saw it), the last scan that
+    read it, and whether more than one scan has."""
+
+    run_ns: int
+    grew_at_ns: int
+    seen_at_ns: int
+    seen_twice: bool
+
+    @property
+    def not_run_for_ns(self) -> int | None:
+        """How long it has not run for, at least: from the scan that saw its run
+        time grow to the last scan that read it unchanged (a scan interval's
+        resolution: it may have run just before the scan that saw it grow).
+        None until two scans have read it."""
+        return self.seen_at_ns - self.grew_at_ns if self.seen_twice else None
+
+
+def run_seen(prev: RunSeen | None, run_ns: int | None, now_ns: int) -> RunSeen | None:
+    """The bookkeeping after a scan read `run_ns` at now_ns (None: unreadable,
+    forget it). A value that went back (a new thread under the pid) counts as
+    grown."""
+    if run_ns is None:
+        return None
+    if prev is None:
+        return RunSeen(run_ns, now_ns, now_ns, seen_twice=False)
+    grew_at_ns = now_ns if run_ns != prev.run_ns else prev.grew_at_ns
+    return RunSeen(run_ns, grew_at_ns, now_ns, seen_twice=True)
+
+
+def kswapd_quiet(not_run_for_ns: int | None, quiet_ns: int | None) -> bool:
+    """Has kswapd not run for at least quiet_ns (a stall threshold)? A block
+    then shows where it sleeps, as it does when kswapd is in D."""
+    return not_run_for_ns is not None and quiet_ns is not None and not_run_for_ns >= quiet_ns
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,7 @@ class BlockContext:
     psi_delta_s: Mapping[str, float] = field(default_factory=dict)  # "some"/"full" stall time since the last block
     kswapd: tuple[KswapdInfo, ...] = ()
     kswapd_state_for_s: Mapping[int, float] = field(default_factory=dict)  # pid -> in its state for, at least
+    kswapd_not_run_for_s: Mapping[int, float] = field(default_factory=dict)  # pid -> not on a CPU for, at least
     slab_caches: tuple[SlabCache, ...] = ()  # the largest, read when a finding's reclaim called shrinkers
 
 
@@ -368,6 +369,8 @@ def context_dict(c: BlockContext | None) -> dict[str, Any] | None:
         "vmstat_delta": dict(c.vmstat_delta),
         "kswapd": [{"node": k.node, "pid": k.pid, "state": k.state,
                     "state_for_s": round(c.kswapd_state_for_s[k.pid], 1) if k.pid in c.kswapd_state_for_s else None,
+                    "not_run_for_s": (round(c.kswapd_not_run_for_s[k.pid], 1) if k.pid in c.kswapd_not_run_for_s
+                                      else None),
                     "stack": [escape(f) for f in k.stack] if k.stack else []} for k in c.kswapd],
         "slab_caches": [{"name": escape(s.name), "bytes": s.bytes, "objects": s.objects,
                          "active_objects": s.active_objects} for s in c.slab_caches],

@@ -293,6 +293,8 @@ def _context_lines(c: Mapping[str, Any]) -> list[str]:
                      f"unreclaimable={size_text(meminfo.get('SUnreclaim'))}; largest: {largest}")
     for k in c["kswapd"]:
         held = f" for>={k['state_for_s']:.0f}s" if k.get("state_for_s") is not None else ""
+        if k.get("not_run_for_s") is not None:
+            held += f" not run for>={k['not_run_for_s']:.0f}s"
         lines.append(f"  kswapd{k['node']} pid={k['pid']} state={k['state']}{held}")
         if k["stack"]:
             lines.append("    stack: " + stack_text(k["stack"]))

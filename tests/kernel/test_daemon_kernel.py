@@ -100,6 +100,40 @@ def test_indefinite_stall_reported_while_stuck_then_recovered(daemon_factory):
 
 
 @pytest.mark.requires_cgroup_v1_memory
+def test_a_kswapd_that_has_not_run_through_a_memcg_stall_is_shown_with_its_stack(daemon_factory):
+    """A memory cgroup's limit is reclaimed by its own tasks, never by kswapd: with free
+    memory in every zone kswapd is not woken while tasks stall at the limit. A block
+    says it has not run for longer than its tasks have waited (the daemon watched it
+    from before the stall), and, that being past the stall threshold, where it sleeps."""
+    d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
+    with memcg.MemCgroup("aw-kswapd") as group:
+        hogs = memcg.stall_indefinitely(group, 2, 100)
+        pids = {h.proc.pid for h in hogs}
+
+        def blocks(records) -> list[dict]:
+            return [r for r in records if r["type"] == "stall_report" and pids & {t["tid"] for t in r["tasks"]}]
+
+        def quiet_through_the_stall(r) -> bool:
+            waited_s = max(t["duration_s"] for t in r["tasks"] if t["tid"] in pids)
+            return bool(r["context"]["kswapd"]) and waited_s >= 1.0 and all(
+                (k["not_run_for_s"] or 0) >= waited_s and "kswapd" in k["stack"] for k in r["context"]["kswapd"])
+
+        shown = d.wait_for(lambda rs: any(quiet_through_the_stall(r) for r in blocks(rs)), 20)
+        mine = blocks(d.records)
+        memcg.release(group)
+        for h in hogs:
+            assert h.wait_done(20), "a hog did not finish after the limit was raised"
+            h.stop()
+    seen = [(r["seq"], max(t["duration_s"] for t in r["tasks"]), k) for r in mine for k in r["context"]["kswapd"]]
+    # nothing for kswapd to do: every zone above its watermarks in every block
+    assert mine and all(z["under_watermark"] is None for r in mine for z in r["context"]["zones"]), mine
+    assert shown, f"no block shows kswapd not run through the stall, with its stack: {seen}"
+    # read every scan from the daemon's start: known (a number) in every block
+    assert all(isinstance(k["not_run_for_s"], float) for _, _, k in seen), seen
+    assert d.stop() == 0
+
+
+@pytest.mark.requires_cgroup_v1_memory
 def test_200_stalled_tasks_come_out_as_one_block(daemon_factory):
     d = daemon_factory("--threshold", "1", "--scan-interval", "0.5")
     with memcg.MemCgroup("aw-many") as group:

@@ -140,7 +140,8 @@ def top_doc(inflight, scan: int = 2, time_s: float = 100.0, sites=None, episodes
                      {"site": "congestion_wait", "mechanism": "", "attached": False}],
         "context": {"psi": {"some_avg10_pct": 1.5, "full_avg10_pct": 0.5},
                     "meminfo_bytes": {"MemAvailable": 3 << 30, "MemFree": 2 << 30},
-                    "kswapd": [{"node": 0, "pid": 45, "state": "S", "state_for_s": 12.0, "stack": []}]},
+                    "kswapd": [{"node": 0, "pid": 45, "state": "S", "state_for_s": 12.0, "not_run_for_s": 12.0,
+                                "stack": []}]},
     }
 
 

@@ -145,7 +145,8 @@ CONTEXT = {
     "psi": {"some_avg10_pct": 4.31, "full_avg10_pct": 4.31}, "vmstat_delta": {},
     "zones": [{"node": 0, "zone": z, "free_pages": 1, "min_pages": 0, "low_pages": 0, "high_pages": 0,
                "under_watermark": None} for z in ("DMA", "DMA32", "Normal")],
-    "kswapd": [{"node": 0, "pid": 45, "state": "S", "state_for_s": None, "stack": []}],
+    "kswapd": [{"node": 0, "pid": 45, "state": "S", "state_for_s": None, "not_run_for_s": None,
+                "stack": []}],
 }
 RECORD = {"type": "stall_report", "seq": 1, "time": "2026-12-01T10:12:05.311Z", "stalled": 2, "due": 1,
           "held_back": 0, "tasks": [TASK], "context": CONTEXT, "more": []}

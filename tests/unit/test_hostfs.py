@@ -20,16 +20,20 @@ from allocwatch.core.host import (
     MemcgInfo,
     MemoryPicture,
     PsiLine,
+    RunSeen,
     TaskFlags,
     ZoneInfo,
     alloc_info_line,
+    kswapd_quiet,
     near_limit,
+    run_seen,
     vmstat_delta,
 )
 from allocwatch.kernel import hostfs
 
 HOST = Path(__file__).resolve().parents[1] / "fixtures" / "host"
 PROC = HOST / "proc"
+NS = 1_000_000_000
 
 
 def _mountinfo(tmp_path: Path, *lines: str) -> Path:
@@ -273,6 +277,41 @@ def test_kswapd_gone_or_pid_reused_gives_no_state():
     assert hostfs.kswapd_state(PROC, 0, 99) == KswapdInfo(0, 99, None, None)
     assert hostfs.kswapd_state(PROC, 0, 82).state is None  # not a kernel thread
     assert hostfs.kswapd_state(PROC, 1, 80).state is None  # another node's kswapd
+    assert hostfs.kswapd_state(PROC, 0, 99, quiet=True).stack is None
+
+
+def test_kswapd_quiet_in_s_gives_where_it_sleeps():
+    assert hostfs.kswapd_state(PROC, 1, 81, quiet=True) == KswapdInfo(
+        1, 81, "S", ("kswapd", "kthread", "ret_from_fork", "ret_from_fork_asm"))
+
+
+def test_run_time_from_schedstat_else_stat_ticks():
+    assert hostfs.run_time_ns(PROC, 80) == 5_000_000  # schedstat's sum_exec_runtime
+    assert hostfs.run_time_ns(PROC, 81, clock_ticks_per_s=100) == 70_000_000  # no schedstat: utime 3 + stime 4
+    assert hostfs.run_time_ns(PROC, 83, clock_ticks_per_s=100) == 20_000_000  # schedstat "0 0 0": keeps none
+    assert hostfs.run_time_ns(PROC, 84) is None  # malformed stat
+    assert hostfs.run_time_ns(PROC, 99) is None  # gone
+
+
+def test_run_seen_says_how_long_it_has_not_run_from_the_second_reading():
+    first = run_seen(None, 500, now_ns=10 * NS)
+    assert first is not None and first.not_run_for_ns is None  # seen once: nothing to compare
+    same = run_seen(first, 500, now_ns=12 * NS)
+    assert same is not None and same.not_run_for_ns == 2 * NS
+    same = run_seen(same, 500, now_ns=50 * NS)
+    assert same is not None and same.not_run_for_ns == 40 * NS
+    grew = run_seen(same, 501, now_ns=51 * NS)
+    assert grew is not None and grew.not_run_for_ns == 0
+    later = run_seen(grew, 501, now_ns=53 * NS)
+    assert later is not None and later.not_run_for_ns == 2 * NS
+    assert run_seen(later, 3, now_ns=54 * NS) == RunSeen(3, 54 * NS, 54 * NS, seen_twice=True)  # went back: a change
+    assert run_seen(later, None, now_ns=54 * NS) is None  # unreadable: forgotten
+
+
+def test_kswapd_quiet_is_not_run_for_at_least_the_threshold():
+    assert kswapd_quiet(10 * NS, 10 * NS) and kswapd_quiet(11 * NS, 10 * NS)
+    assert not kswapd_quiet(10 * NS - 1, 10 * NS)
+    assert not kswapd_quiet(None, 10 * NS) and not kswapd_quiet(10 * NS, None)
 
 
 # --- tasks --------------------------------------------------------------------------
