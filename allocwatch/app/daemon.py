@@ -291,6 +291,8 @@ class Daemon:
         waits that complete that writeback (core/behind.py), named from /proc."""
         sites: dict[int, set[Site]] = {}
         devices: dict[int, set[str]] = {}
+        throttled = {f.tid for f in findings
+                     if any("WRITEBACK" in self.throttle_names.get(bit, "") for bit in f.throttle_reasons)}
         for s in stalls:
             sites.setdefault(s.wait.tid, set()).add(s.wait.site)
             devices.setdefault(s.wait.tid, set()).update(writeback_devices(s.wait))
@@ -303,7 +305,7 @@ class Daemon:
         waits = self.last_scan[0]
         for tid, seen in sites.items():
             d = details.get(tid)
-            if tid not in listed or d is None or not on_writeback(seen, d.stack):
+            if tid not in listed or d is None or not on_writeback(seen, d.stack, tid in throttled):
                 continue
             rows = behind(self.tasks.kernel_waits(waits), devices.get(tid, set()), tid, now_ns)
             if rows:

@@ -42,9 +42,12 @@ WRITEBACK_FRAMES = frozenset({"folio_wait_writeback", "wait_on_page_writeback"})
 KERNEL_NAMES_READ = 64  # at most this many kernel threads' names read a block
 
 
-def on_writeback(sites: Iterable[Site], stack: Iterable[str] | None) -> bool:
-    """Whether a task waits on writeback: at the site, or with its wait in its stack."""
-    return Site.WRITEBACK_WAIT in sites or any(f in WRITEBACK_FRAMES for f in stack or ())
+def on_writeback(sites: Iterable[Site], stack: Iterable[str] | None, throttled_for_writeback: bool = False) -> bool:
+    """Whether a task waits on writeback: at the site, with its wait in its stack,
+    or throttled by reclaim until writeback progresses (VMSCAN_THROTTLE_WRITEBACK:
+    what memcg reclaim does instead of waiting on a folio on cgroup v2)."""
+    return (throttled_for_writeback or Site.WRITEBACK_WAIT in sites
+            or any(f in WRITEBACK_FRAMES for f in stack or ()))
 
 
 def writeback_devices(w: Wait) -> set[str]:

@@ -45,3 +45,10 @@ def test_a_device_is_a_whole_word_of_the_name():
     assert not behind.works_for("kworker/u8:2+loop30", {"loop3"})
     assert not behind.works_for("kworker/u8:2+flush-7:30", {"7:3"})
     assert not behind.works_for("kworker/u8:2+flush-17:3", {"7:3"})
+
+
+def test_a_task_waits_on_writeback_at_the_site_in_its_stack_or_throttled_for_it():
+    assert behind.on_writeback({Site.WRITEBACK_WAIT}, None)
+    assert behind.on_writeback({Site.MEMCG_RECLAIM}, ["folio_wait_bit", "folio_wait_writeback"])
+    assert behind.on_writeback({Site.MEMCG_RECLAIM}, [], throttled_for_writeback=True)  # cgroup v2's memcg reclaim
+    assert not behind.on_writeback({Site.MEMCG_RECLAIM, Site.DIRTY_THROTTLE}, ["balance_dirty_pages"])
