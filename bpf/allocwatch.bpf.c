@@ -490,6 +490,44 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
     return 0;
 }
 
+#ifdef AW_RTP_SCHED_SWITCH
+/* The same on the raw tracepoint, which fills in no record: the loader attaches
+ * it instead where BTF gives the offsets (allocwatch/kernel/schedswitch.py).
+ * Raw args: (bool preempt, struct task_struct *prev, struct task_struct *next,
+ * unsigned int prev_state) since fa2c3254d7cf (v5.18); before it, no prev_state,
+ * and prev->__state (2f064a59a11f, v5.14; `long state` before, whose low half is
+ * read) at AW_SWITCH_OFF_STATE. prev is current here: its pid and comm come
+ * from helpers. The raw state is what the classic tracepoint folds into 2
+ * (__trace_sched_switch_state): not preempted, TASK_UNINTERRUPTIBLE the highest
+ * TASK_REPORT bit, not TASK_IDLE. The bits: TASK_REPORT 0x7f since
+ * 8ef9925b02c2 (v4.14), TASK_NOLOAD 0x400 since 80ed87c8a9ca (v4.2), with
+ * TASK_WAKEKILL and the freezer bits left out as the tracepoint leaves them. */
+#define AW_TASK_UNINTERRUPTIBLE 0x2
+#define AW_TASK_REPORT 0x7f
+#define AW_TASK_NOLOAD 0x400
+int aw_rtp_sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+    u32 next_pid = 0;
+    bpf_probe_read_kernel(&next_pid, sizeof(next_pid), (void *)ctx->args[2] + AW_SWITCH_OFF_PID);
+    u64 now_ns = dwait_end_switched_in(next_pid);
+#ifdef AW_RTP_SCHED_SWITCH_PREV_STATE
+    u32 state = (u32)ctx->args[3];
+#else
+    u32 state = 0;
+    bpf_probe_read_kernel(&state, sizeof(state), (void *)ctx->args[1] + AW_SWITCH_OFF_STATE);
+#endif
+    if ((state & (AW_TASK_REPORT | AW_TASK_NOLOAD)) != AW_TASK_UNINTERRUPTIBLE || ctx->args[0])
+        return 0;
+    u32 prev_tid = (u32)bpf_get_current_pid_tgid();
+    if (prev_tid == 0)
+        return 0;
+    char comm[AW_COMM_LEN] __attribute__((aligned(8)));
+    bpf_get_current_comm(&comm, sizeof(comm));
+    dwait_begin_switched_out(prev_tid, comm, now_ns ? now_ns : bpf_ktime_get_ns());
+    return 0;
+}
+#endif
+
 /* A wait still open when its task exits ended with the task: count it, and
  * send it up if it was long, so user space says "exited" (or "killed"). */
 static __always_inline void end_at_exit(u32 tid, u32 tgid, u32 site, struct aw_wait *w, u64 now_ns)

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import bpfstats, oomcontext, wire
+from allocwatch.kernel import bpfstats, oomcontext, schedswitch, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
@@ -33,12 +33,14 @@ from allocwatch.kernel.probes import (
     DIRTY_PAUSE_DEFINE,
     RECLAIM_PROGRESS,
     SCHED_EXIT,
+    SCHED_SWITCH,
     SIGNAL_GENERATE,
     Mechanism,
     SitePlan,
     Tracepoint,
     compile_defines,
     tracepoints_to_attach,
+    uses_dstate,
 )
 
 BPF_SOURCE = "allocwatch.bpf.c"
@@ -65,6 +67,9 @@ class LoadOptions:
     # and constraint read in the kernel (empty: read from /proc afterwards)
     oom_defines: tuple[str, ...] = ()
     oom_constraints: tuple[tuple[int, str], ...] = ()  # enum oom_constraint value -> word (with oc)
+    # schedswitch.defines for the running kernel: the D-state tracking on the raw
+    # sched_switch tracepoint (empty: on the classic one)
+    switch_defines: tuple[str, ...] = ()
 
 
 MARK_VICTIM_DEFINE = "AW_TP_MARK_VICTIM"
@@ -163,7 +168,8 @@ def cflags_for(
     ]
     catalog = compile_defines(plans, features, opts.begin_stacks, every_kprobe)
     oom = list(opts.oom_defines) if MARK_VICTIM_DEFINE in catalog else []  # it joins oom:mark_victim's kills
-    return flags + [f"-D{d}" for d in catalog + oom]
+    switch = list(opts.switch_defines) if uses_dstate(plans) else []  # only where sched_switch is attached
+    return flags + [f"-D{d}" for d in catalog + oom + switch]
 
 
 class BpfSource:
@@ -191,6 +197,9 @@ class BpfSource:
         # The OOM-context program (raw oom:mark_victim): "" when attached, else why not.
         self.oom_context_why = "not compiled"
         self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
+        self._raw_switch = False  # aw_rtp_sched_switch was compiled: sched_switch is tried raw first
+        # How sched_switch is attached: "raw tracepoint", "classic tracepoint (why not raw)", or "" (not)
+        self.sched_switch_how = ""
 
     # -- load and attach --------------------------------------------------
 
@@ -203,6 +212,8 @@ class BpfSource:
         src = str(bpf_dir() / BPF_SOURCE).encode()
         self._dirty_pauses = f"-D{DIRTY_PAUSE_DEFINE}" in flags
         self._begin_stacks = f"-D{BEGIN_STACKS_DEFINE}" in flags
+        self._raw_switch = f"-D{schedswitch.DEFINE}" in flags
+        self.sched_switch_how = ""
         failed: Exception | None = None
         with compiler_output() as said:
             try:
@@ -285,9 +296,36 @@ class BpfSource:
         """Attach once per tracepoint; True if this call attached it."""
         if tp.name in self._attached_tps:
             return False
-        self._bpf.attach_tracepoint(tp=tp.name.encode(), fn_name=tp.fn.encode())
+        if tp == SCHED_SWITCH:
+            self._attach_sched_switch()
+        else:
+            self._bpf.attach_tracepoint(tp=tp.name.encode(), fn_name=tp.fn.encode())
         self._attached_tps.add(tp.name)
         return True
+
+    def _attach_sched_switch(self) -> None:
+        """The raw tracepoint where its program was compiled (BTF gave the
+        offsets), the classic one where not or where the raw one fails to attach."""
+        why = "no BTF offsets for the raw tracepoint"
+        if self._raw_switch:
+            try:
+                self._bpf.attach_raw_tracepoint(tp=schedswitch.RAW_TP.encode(), fn_name=schedswitch.FN.encode())
+                self.sched_switch_how = "raw tracepoint"
+                return
+            except Exception as exc:  # bcc raises bare Exception
+                said = str(exc).splitlines()
+                why = f"raw tracepoint {schedswitch.RAW_TP}: {said[0] if said else type(exc).__name__}"
+        self._bpf.attach_tracepoint(tp=SCHED_SWITCH.name.encode(), fn_name=SCHED_SWITCH.fn.encode())
+        self.sched_switch_how = f"classic tracepoint ({why})"
+
+    def _detach_tp(self, tp: Tracepoint) -> None:
+        if tp == SCHED_SWITCH and self.sched_switch_how == "raw tracepoint":
+            self._bpf.detach_raw_tracepoint(tp=schedswitch.RAW_TP.encode())
+        else:
+            self._bpf.detach_tracepoint(tp=tp.name.encode())
+        if tp == SCHED_SWITCH:
+            self.sched_switch_how = ""
+        self._attached_tps.discard(tp.name)
 
     def _attach_site(self, plan: SitePlan) -> SiteStatus:
         """Attach the chosen option; if that fails, the next one that this
@@ -316,8 +354,7 @@ class BpfSource:
         except Exception:
             # A begin without its end would open waits that never end.
             for tp in new:
-                self._bpf.detach_tracepoint(tp=tp.name.encode())
-                self._attached_tps.discard(tp.name)
+                self._detach_tp(tp)
             raise
         return " + ".join(tp.name for tp in tps)
 
