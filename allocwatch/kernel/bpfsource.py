@@ -73,6 +73,7 @@ class LoadOptions:
 
 
 MARK_VICTIM_DEFINE = "AW_TP_MARK_VICTIM"
+SEEDED_TUNABLE = 2  # tunables[2]: a seeded D sleep is open (AW_TUNABLE_SEEDED)
 
 
 def bpf_dir() -> Path:
@@ -200,6 +201,9 @@ class BpfSource:
         self._raw_switch = False  # aw_rtp_sched_switch was compiled: sched_switch is tried raw first
         # How sched_switch is attached: "raw tracepoint", "classic tracepoint (why not raw)", or "" (not)
         self.sched_switch_how = ""
+        # Sleeps seed_dwait wrote and the kernel has not ended yet (tid -> start_ns): while
+        # there are any, the raw sched_switch looks up every task switched in.
+        self._seeded: dict[int, int] = {}
 
     # -- load and attach --------------------------------------------------
 
@@ -413,7 +417,7 @@ class BpfSource:
         # start_ns 0: the task's entry, no wait open (kept as its key alone)
         entries = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress) if v.start_ns
                                  else _IdleWait(k.tid, k.site))
-        out = [w for w in entries if not isinstance(w, _IdleWait)]
+        out: list[wire.InflightWait] = [w for w in entries if not isinstance(w, _IdleWait)]
         if len(entries) - len(out) > self.opts.max_waits // 2:
             key = self._bpf[b"waits"].Key
             self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if isinstance(w, _IdleWait)])
@@ -422,6 +426,8 @@ class BpfSource:
         # the same rows, not new ones: 10,000 sleeps made 10,000 tuples a scan for the type's sake
         open_rows = [e for e in every if e[2] is not None]
         dwaits = cast(list[tuple[int, "wire.WaitValue | None", wire.InflightWait]], open_rows)
+        if self._seeded:
+            self._forget_seeded_ended({tid: w.start_ns for tid, _, w in dwaits})
         if len(every) - len(dwaits) > self.opts.max_dwaits // 2:
             key = self._bpf[b"dwaits"].Key
             self._give_back_idle("dwaits", [key(tid) for tid, _, w in every if w is None])
@@ -494,6 +500,8 @@ class BpfSource:
             site_hint=SITE_NONE,
             comm=wire.encode_comm(comm),
         )
+        self._set_seeded(True)  # first: the sleep must not end unseen
+        self._seeded[tid] = start_ns
         table = self._bpf[b"dwaits"]
         table[table.Key(tid)] = value
 
@@ -505,6 +513,23 @@ class BpfSource:
                 del table[table.Key(tid)]
         except KeyError:
             pass
+        if self._seeded.get(tid) == start_ns:
+            del self._seeded[tid]
+            if not self._seeded:
+                self._set_seeded(False)
+
+    def _forget_seeded_ended(self, open_now: dict[int, int]) -> None:
+        """Seeded sleeps no longer open as seeded (`open_now`: tid -> start_ns of the
+        sleeps open) are forgotten; with none left, the raw sched_switch goes back to
+        looking up only the tasks its own slots count."""
+        self._seeded = {tid: ns for tid, ns in self._seeded.items() if open_now.get(tid) == ns}
+        if not self._seeded:
+            self._set_seeded(False)
+
+    def _set_seeded(self, on: bool) -> None:
+        if self._raw_switch:
+            table = self._bpf[b"tunables"]
+            table[table.Key(SEEDED_TUNABLE)] = table.Leaf(1 if on else 0)
 
     def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
         """Ended waits and OOM kills since the last drain, each kill with its

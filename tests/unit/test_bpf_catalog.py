@@ -31,7 +31,7 @@ ALWAYS_LOADED = {
 }
 # Macros the C gives a default with #ifndef and the loader never passes: sizes
 # and ages fixed at build time.
-COMPILED_DEFAULTS = {"MAX_ACCT", "HINT_MAX_AGE_NS", "NOTE_EVERY_NS", "MAX_DIRTY_PAUSES"}
+COMPILED_DEFAULTS = {"MAX_ACCT", "HINT_MAX_AGE_NS", "NOTE_EVERY_NS", "MAX_DIRTY_PAUSES", "AW_SLEEPER_SLOTS"}
 
 
 def strip_comments(text: str) -> str:
