@@ -251,4 +251,12 @@ def switch_rows(sw: dict[str, Any]) -> list[Row]:
         rows[-1] = Row(rows[-1].figure, rows[-1].condition,
                        f"{rows[-1].measured} (attached: {sw['daemon_sched_switch']})", rows[-1].budget,
                        rows[-1].verdict)
+    if sw.get("ns_per_run"):
+        ns = {c: statistics.median(v) for c, v in sw["ns_per_run"].items()}
+        rows.append(Row("sched_switch: ns a run", "the same pipe, bpf_stats on, median of "
+                        f"{len(next(iter(sw['ns_per_run'].values())))} bursts each",
+                        f"allocwatch raw {ns['allocwatch raw']:.0f} ns, empty raw {ns['empty raw']:.0f} ns "
+                        f"({ns['allocwatch raw'] - ns['empty raw']:+.0f}); allocwatch classic "
+                        f"{ns['allocwatch classic']:.0f} ns, empty classic {ns['empty classic']:.0f} ns "
+                        f"({ns['allocwatch classic'] - ns['empty classic']:+.0f})", "reported", verdict(None)))
     return rows
