@@ -48,8 +48,13 @@ def _delta(after: dict[Any, tuple[int, int]], before: dict[Any, tuple[int, int]]
 
 def _hooks(d: Allocwatch) -> dict[int, str]:
     """prog id -> category:tracepoint, for what the daemon attached."""
-    return {e["prog_id"]: tools.tracepoint_category(e["tracepoint"]) for e in tools.perf_links(d.pid)
-            if e.get("fd_type") == "tracepoint"}
+    hooks = {}
+    for e in tools.perf_links(d.pid):
+        if e.get("fd_type") == "tracepoint":
+            hooks[e["prog_id"]] = tools.tracepoint_category(e["tracepoint"])
+        elif e.get("fd_type") == "raw_tracepoint":  # beside an empty program on the raw one too
+            hooks[e["prog_id"]] = tools.RAW_PREFIX + e["tracepoint"]
+    return hooks
 
 
 # ----------------------------------------------------- per-event costs --
@@ -345,3 +350,13 @@ def dstate(quick: bool, say: Say) -> dict[str, Any]:
         "sweeps": [{"label": s.label, "reader": s.reader, "ms": s.median_wall * 1e3, "tasks": s.median_tasks,
                     "us_per_task": s.us_per_task} for s in m["sweeps"]],
     }
+
+
+# ------------------------------------------------------- sched_switch --
+
+def switch(mode: Mode, say: Say) -> dict[str, Any]:
+    """bench/switchcost.py: sched pipe with nothing, empty programs, allocwatch's handlers, the daemon."""
+    from bench import switchcost
+
+    say("sched_switch cost: perf bench sched pipe (bench/switchcost.py)")
+    return switchcost.measure(5 if mode.name == "quick" else 9, 40_000, say)

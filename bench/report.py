@@ -225,3 +225,38 @@ def primitive_rows(prim: dict[str, Any]) -> list[Row]:
                         f"begin {b:.0f} ns, end {e:.0f} ns ({runs:,} runs; {max(b, e) / empty:.1f}x the empty begin)",
                         "reported", verdict(None)))
     return rows
+
+
+def switch_rows(sw: dict[str, Any]) -> list[Row]:
+    """sched pipe under each condition, as ratios to nothing attached (bench/switchcost.py)."""
+    runs = sw["runs_us_per_op"]
+    off = runs["off"]
+    where = (f"perf bench sched pipe, both ends on CPU {sw['cpu']}, the fastest of {sw.get('bursts', 1)} bursts "
+             f"of {sw['loops']:,} ops a run, alternating")
+    rows = [Row("sched_switch: nothing attached", where,
+                f"{spread(off).fmt(2, ' us')} an op", "reported", verdict(None))]
+    for cond, base in (("empty raw", ""), ("empty classic", ""), ("allocwatch raw", "empty raw"),
+                       ("allocwatch classic", "empty classic"), ("daemon", "empty raw")):
+        s = spread(ratios(runs[cond], off))
+        text = f"ratio {s.fmt(3)}; {statistics.median(runs[cond]):.2f} us an op"
+        if not base:
+            rows.append(Row(f"sched_switch: {cond}", where, text, "reported", verdict(None)))
+            continue
+        # per round, against the same round's base: the rounds drift together
+        g = spread([(c - b) / o for c, b, o in zip(runs[cond], runs[base], off, strict=True)])
+        rows.append(Row(f"sched_switch: {cond}", where, f"{text}; {g.median:+.3f} over {base} (per round "
+                        f"{g.low:+.3f} to {g.high:+.3f})", f"within 0.01 of {base}",
+                        verdict(g.median <= 0.01, f"{g.median:+.3f}")))
+    if sw.get("daemon_sched_switch"):
+        rows[-1] = Row(rows[-1].figure, rows[-1].condition,
+                       f"{rows[-1].measured} (attached: {sw['daemon_sched_switch']})", rows[-1].budget,
+                       rows[-1].verdict)
+    if sw.get("ns_per_run"):
+        ns = {c: statistics.median(v) for c, v in sw["ns_per_run"].items()}
+        rows.append(Row("sched_switch: ns a run", "the same pipe, bpf_stats on, median of "
+                        f"{len(next(iter(sw['ns_per_run'].values())))} bursts each",
+                        f"allocwatch raw {ns['allocwatch raw']:.0f} ns, empty raw {ns['empty raw']:.0f} ns "
+                        f"({ns['allocwatch raw'] - ns['empty raw']:+.0f}); allocwatch classic "
+                        f"{ns['allocwatch classic']:.0f} ns, empty classic {ns['empty classic']:.0f} ns "
+                        f"({ns['allocwatch classic'] - ns['empty classic']:+.0f})", "reported", verdict(None)))
+    return rows

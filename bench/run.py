@@ -10,7 +10,7 @@ the full run about 10. Progress goes to stderr. Nothing else may load the
 machine meanwhile: run it under the same lock the kernel tests take.
 
 FIGURES (comma-separated, default all): per-event, primitives, slowdown, idle, latency,
-scale, default-stalled, memory, dstate. --daemon-rev REV runs the daemon of that commit (`git archive`
+scale, default-stalled, memory, dstate, switch. --daemon-rev REV runs the daemon of that commit (`git archive`
 into a temporary directory): HEAD to leave out uncommitted changes, an older
 commit for a before/after (its allocwatch/ and bpf/); `memory` always measures this tree's.
 """
@@ -37,7 +37,8 @@ if str(ROOT) not in sys.path:
 from bench import figures, procinfo, report, tools  # noqa: E402
 from bench.stats import render_markdown  # noqa: E402
 
-ALL = ("per-event", "primitives", "slowdown", "idle", "latency", "scale", "default-stalled", "memory", "dstate")
+ALL = ("per-event", "primitives", "slowdown", "idle", "latency", "scale", "default-stalled", "memory", "dstate",
+       "switch")
 
 
 def say(text: str) -> None:
@@ -81,6 +82,8 @@ def measure(args: argparse.Namespace, only: set[str]) -> dict[str, Any]:
         data["memory"] = json.loads(out)
     if "dstate" in only:
         data["dstate"] = figures.dstate(args.quick, say)
+    if "switch" in only:
+        data["switch"] = figures.switch(mode, say)
     return data
 
 
@@ -106,6 +109,8 @@ def rows_of(data: dict[str, Any], label: str) -> list[Any]:
         rows += report.primitive_rows(data["primitives"])
     if data.get("dstate"):
         rows += report.dstate_rows(data["dstate"])
+    if data.get("switch"):
+        rows += report.switch_rows(data["switch"])
     return rows
 
 

@@ -272,8 +272,12 @@ class External:
             self.kallsyms.unlink(missing_ok=True)
 
 
+RAW_PREFIX = "raw:"  # a hook that is a raw tracepoint: "raw:sched_switch"
+
+
 class EmptyOnHooks:
-    """An empty program on each of `tracepoints`, each in a BPF object of its own."""
+    """An empty program on each of `tracepoints` ("category:event", or RAW_PREFIX and
+    the event for a raw tracepoint), each in a BPF object of its own."""
 
     def __init__(self, tracepoints: list[str]) -> None:
         from allocwatch.kernel import bpfsource, bpfstats
@@ -284,8 +288,11 @@ class EmptyOnHooks:
         try:
             for tp in tracepoints:
                 obj = bcc.BPF(text=EMPTY_SRC.encode())
-                obj.attach_tracepoint(tp=tp.encode(), fn_name=b"empty")
                 self.objs[tp] = obj
+                if tp.startswith(RAW_PREFIX):
+                    obj.attach_raw_tracepoint(tp=tp.removeprefix(RAW_PREFIX).encode(), fn_name=b"empty")
+                else:
+                    obj.attach_tracepoint(tp=tp.encode(), fn_name=b"empty")
         except BaseException:
             self.close()
             raise

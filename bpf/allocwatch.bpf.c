@@ -68,8 +68,11 @@ BPF_ARRAY(wait_hist, u64, AW_NR_SITES * AW_HIST_SLOTS);
 BPF_ARRAY(wait_sum_ns, u64, AW_NR_SITES);
 BPF_ARRAY(stats, u64, AW_NR_STATS);
 /* [0] the long-wait cut-off, [1] the D-state one: written by user space at
- * load and on every reload (0 means "use the compiled default"). */
-BPF_ARRAY(tunables, u64, 2);
+ * load and on every reload (0 means "use the compiled default"). [2]: non-zero
+ * while a sleep user space seeded is open (the raw sched_switch looks every
+ * task switched in up, see aw_rtp_sched_switch). */
+BPF_ARRAY(tunables, u64, 3);
+#define AW_TUNABLE_SEEDED 2
 
 static __always_inline u64 tunable(u32 idx, u64 fallback)
 {
@@ -434,14 +437,17 @@ static __always_inline u64 dwait_end_switched_in(u32 tid)
 /* Like the waits map, dwaits keeps a task's entry from its first D sleep to its
  * exit: a sleep is written in place and its end clears start_ns (a hash insert
  * and delete per D sleep otherwise, at every disk or lock wait of the host). */
-static __always_inline void dwait_begin(u32 tid, const char *comm, u64 now_ns, u32 hint, u64 gfp, s32 order)
+static __always_inline void dwait_begin(u32 tid, const char *comm, u64 now_ns, u32 hint, u64 gfp, s32 order,
+                                        u32 *counted)
 {
     struct aw_wait *d = dwaits.lookup(&tid);
     if (d) {
         d->gfp = gfp;
         d->order = order;
         d->site_hint = hint;
-        d->depth = 0;
+        d->depth = counted != 0; /* D sleeps: 1 when counted in `counted` (the raw sched_switch) */
+        if (counted)
+            __sync_fetch_and_add(counted, 1);
         d->pid = bpf_get_current_pid_tgid() >> 32;
         __builtin_memcpy(d->comm, comm, sizeof(d->comm));
         d->start_ns = now_ns; /* last: a reader that sees it open sees this sleep's fields */
@@ -452,15 +458,18 @@ static __always_inline void dwait_begin(u32 tid, const char *comm, u64 now_ns, u
     fresh.gfp = gfp;
     fresh.order = order;
     fresh.site_hint = hint;
+    fresh.depth = counted != 0;
     fresh.pid = bpf_get_current_pid_tgid() >> 32;
     __builtin_memcpy(fresh.comm, comm, sizeof(fresh.comm));
     if (dwaits.update(&tid, &fresh))
         stat_inc(AW_STAT_DWAITS_FULL);
+    else if (counted)
+        __sync_fetch_and_add(counted, 1);
 }
 
 /* The task switched out in D begins a sleep, named by the hint a tracepoint
  * left just before it if that is fresh (taken: a hint names one sleep). */
-static __always_inline void dwait_begin_switched_out(u32 tid, const char *comm, u64 now_ns)
+static __always_inline void dwait_begin_switched_out(u32 tid, const char *comm, u64 now_ns, u32 *counted)
 {
     u64 gfp = AW_GFP_UNKNOWN;
     s32 order = -1;
@@ -472,7 +481,7 @@ static __always_inline void dwait_begin_switched_out(u32 tid, const char *comm, 
         order = h->order;
         hints.delete(&tid);
     }
-    dwait_begin(tid, comm, now_ns, hint, gfp, order);
+    dwait_begin(tid, comm, now_ns, hint, gfp, order, counted);
 }
 
 /* Every context switch: the task coming in ends its D sleep, the task going out
@@ -486,9 +495,83 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
         return 0;
     char comm[AW_COMM_LEN] __attribute__((aligned(8)));
     __builtin_memcpy(comm, args->prev_comm, sizeof(comm));
-    dwait_begin_switched_out(args->prev_pid, comm, now_ns ? now_ns : bpf_ktime_get_ns());
+    dwait_begin_switched_out(args->prev_pid, comm, now_ns ? now_ns : bpf_ktime_get_ns(), 0);
     return 0;
 }
+
+#ifdef AW_RTP_SCHED_SWITCH
+/* The same on the raw tracepoint, which fills in no record: the loader attaches
+ * it instead where BTF gives the offsets (allocwatch/kernel/schedswitch.py).
+ * Raw args: (bool preempt, struct task_struct *prev, struct task_struct *next,
+ * unsigned int prev_state) since fa2c3254d7cf (v5.18); before it, no prev_state,
+ * and prev->__state (2f064a59a11f, v5.14; `long state` before, whose low half is
+ * read) at AW_SWITCH_OFF_STATE. prev is current here: its pid and comm come
+ * from helpers. The raw state is what the classic tracepoint folds into 2
+ * (__trace_sched_switch_state): not preempted, TASK_UNINTERRUPTIBLE the highest
+ * TASK_REPORT bit, not TASK_IDLE. The bits: TASK_REPORT 0x7f since
+ * 8ef9925b02c2 (v4.14), TASK_NOLOAD 0x400 since 80ed87c8a9ca (v4.2), with
+ * TASK_WAKEKILL and the freezer bits left out as the tracepoint leaves them. */
+#define AW_TASK_UNINTERRUPTIBLE 0x2
+#define AW_TASK_REPORT 0x7f
+#define AW_TASK_NOLOAD 0x400
+
+/* Reading next->pid is a helper call (bpf_probe_read_kernel), which cost as
+ * much as the rest of the handler on a switch that ends no sleep. So the tasks
+ * asleep in D are counted by their task_struct's address, in a few slots: a
+ * switch-in whose slot counts none (nearly all) leaves after one array read.
+ * A sleep is counted at its switch-out (prev's address) and uncounted at its
+ * end (next's: the same task); aw_wait.depth says it was counted. Sleeps user
+ * space seeded are in no slot: while one is open (tunables[AW_TUNABLE_SEEDED])
+ * every switch-in is looked up. A count left behind (a counted sleep deleted
+ * while open) only sends its slot's switch-ins the long way. */
+#ifndef AW_SLEEPER_SLOTS
+#define AW_SLEEPER_SLOTS 16384
+#endif
+BPF_ARRAY(sleepers, u32, AW_SLEEPER_SLOTS);
+
+static __always_inline u32 *sleeper_slot(u64 task)
+{
+    u32 slot = (task >> 6) & (AW_SLEEPER_SLOTS - 1); /* task_structs are cache-line aligned */
+    return sleepers.lookup(&slot);
+}
+
+static __always_inline u64 dwait_end_switched_in_raw(void *next)
+{
+    u32 *n = sleeper_slot((u64)next);
+    if (!n || (!*n && !tunable(AW_TUNABLE_SEEDED, 0)))
+        return 0;
+    u32 tid = 0;
+    bpf_probe_read_kernel(&tid, sizeof(tid), next + AW_SWITCH_OFF_PID);
+    struct aw_wait *w = dwaits.lookup(&tid);
+    if (!w || !w->start_ns)
+        return 0;
+    if (w->depth && *n)
+        __sync_fetch_and_add(n, -1);
+    u64 now_ns = bpf_ktime_get_ns();
+    dwait_end(tid, w, now_ns);
+    return now_ns;
+}
+
+int aw_rtp_sched_switch(struct bpf_raw_tracepoint_args *ctx)
+{
+    u64 now_ns = dwait_end_switched_in_raw((void *)ctx->args[2]);
+#ifdef AW_RTP_SCHED_SWITCH_PREV_STATE
+    u32 state = (u32)ctx->args[3];
+#else
+    u32 state = 0;
+    bpf_probe_read_kernel(&state, sizeof(state), (void *)ctx->args[1] + AW_SWITCH_OFF_STATE);
+#endif
+    if ((state & (AW_TASK_REPORT | AW_TASK_NOLOAD)) != AW_TASK_UNINTERRUPTIBLE || ctx->args[0])
+        return 0;
+    u32 prev_tid = (u32)bpf_get_current_pid_tgid();
+    if (prev_tid == 0)
+        return 0;
+    char comm[AW_COMM_LEN] __attribute__((aligned(8)));
+    bpf_get_current_comm(&comm, sizeof(comm));
+    dwait_begin_switched_out(prev_tid, comm, now_ns ? now_ns : bpf_ktime_get_ns(), sleeper_slot(ctx->args[1]));
+    return 0;
+}
+#endif
 
 /* A wait still open when its task exits ended with the task: count it, and
  * send it up if it was long, so user space says "exited" (or "killed"). */

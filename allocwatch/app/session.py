@@ -20,7 +20,7 @@ from allocwatch.app import preflight, selfcare
 from allocwatch.app.daemon import Daemon, Output
 from allocwatch.app.live import LiveReader
 from allocwatch.errors import NothingAttached
-from allocwatch.kernel import coverage, gfpnames, kernelinfo, oomcontext, probes
+from allocwatch.kernel import coverage, gfpnames, kernelinfo, oomcontext, probes, schedswitch
 
 if TYPE_CHECKING:
     from allocwatch.kernel.bpfsource import BpfSource
@@ -71,6 +71,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
     # without: an OOM kill's cgroups are read from /proc afterwards, its constraint inferred
     with_oc = features.kprobes and features.find_function(oomcontext.OC_FUNCTION) == oomcontext.OC_FUNCTION
     oom_defines, constraints, _ = oomcontext.running_kernel_defines(with_oc)
+    switch_defines, _ = schedswitch.running_kernel_defines()  # without: the classic sched_switch
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,
         dstate_end_ns=cfg.classify_after_ns,
@@ -79,6 +80,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
         max_dwaits=cfg.max_inflight,
         oom_defines=tuple(oom_defines),
         oom_constraints=tuple(constraints.items()),
+        switch_defines=tuple(switch_defines),
     )
     source = BpfSource(plans, features, opts)
     source.load()

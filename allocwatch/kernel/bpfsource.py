@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 from allocwatch.core.model import ShrinkCount
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import bpfstats, oomcontext, wire
+from allocwatch.kernel import bpfstats, oomcontext, schedswitch, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
@@ -35,6 +35,7 @@ from allocwatch.kernel.probes import (
     DIRTY_PAUSE_DEFINE,
     RECLAIM_PROGRESS,
     SCHED_EXIT,
+    SCHED_SWITCH,
     SHRINK_SLAB_START,
     SIGNAL_GENERATE,
     Mechanism,
@@ -42,6 +43,7 @@ from allocwatch.kernel.probes import (
     Tracepoint,
     compile_defines,
     tracepoints_to_attach,
+    uses_dstate,
 )
 
 BPF_SOURCE = "allocwatch.bpf.c"
@@ -68,9 +70,13 @@ class LoadOptions:
     # and constraint read in the kernel (empty: read from /proc afterwards)
     oom_defines: tuple[str, ...] = ()
     oom_constraints: tuple[tuple[int, str], ...] = ()  # enum oom_constraint value -> word (with oc)
+    # schedswitch.defines for the running kernel: the D-state tracking on the raw
+    # sched_switch tracepoint (empty: on the classic one)
+    switch_defines: tuple[str, ...] = ()
 
 
 MARK_VICTIM_DEFINE = "AW_TP_MARK_VICTIM"
+SEEDED_TUNABLE = 2  # tunables[2]: a seeded D sleep is open (AW_TUNABLE_SEEDED)
 
 
 def bpf_dir() -> Path:
@@ -166,7 +172,8 @@ def cflags_for(
     ]
     catalog = compile_defines(plans, features, opts.begin_stacks, every_kprobe)
     oom = list(opts.oom_defines) if MARK_VICTIM_DEFINE in catalog else []  # it joins oom:mark_victim's kills
-    return flags + [f"-D{d}" for d in catalog + oom]
+    switch = list(opts.switch_defines) if uses_dstate(plans) else []  # only where sched_switch is attached
+    return flags + [f"-D{d}" for d in catalog + oom + switch]
 
 
 class BpfSource:
@@ -196,6 +203,12 @@ class BpfSource:
         self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
         # per tid: (account, shrinker counts, the two joined), reused while both are unchanged
         self._with_shrinks: dict[int, tuple[wire.Acct, tuple[ShrinkCount, ...], wire.Acct]] = {}
+        self._raw_switch = False  # aw_rtp_sched_switch was compiled: sched_switch is tried raw first
+        # How sched_switch is attached: "raw tracepoint", "classic tracepoint (why not raw)", or "" (not)
+        self.sched_switch_how = ""
+        # Sleeps seed_dwait wrote and the kernel has not ended yet (tid -> start_ns): while
+        # there are any, the raw sched_switch looks up every task switched in.
+        self._seeded: dict[int, int] = {}
 
     # -- load and attach --------------------------------------------------
 
@@ -208,6 +221,8 @@ class BpfSource:
         src = str(bpf_dir() / BPF_SOURCE).encode()
         self._dirty_pauses = f"-D{DIRTY_PAUSE_DEFINE}" in flags
         self._begin_stacks = f"-D{BEGIN_STACKS_DEFINE}" in flags
+        self._raw_switch = f"-D{schedswitch.DEFINE}" in flags
+        self.sched_switch_how = ""
         failed: Exception | None = None
         with compiler_output() as said:
             try:
@@ -290,9 +305,36 @@ class BpfSource:
         """Attach once per tracepoint; True if this call attached it."""
         if tp.name in self._attached_tps:
             return False
-        self._bpf.attach_tracepoint(tp=tp.name.encode(), fn_name=tp.fn.encode())
+        if tp == SCHED_SWITCH:
+            self._attach_sched_switch()
+        else:
+            self._bpf.attach_tracepoint(tp=tp.name.encode(), fn_name=tp.fn.encode())
         self._attached_tps.add(tp.name)
         return True
+
+    def _attach_sched_switch(self) -> None:
+        """The raw tracepoint where its program was compiled (BTF gave the
+        offsets), the classic one where not or where the raw one fails to attach."""
+        why = "no BTF offsets for the raw tracepoint"
+        if self._raw_switch:
+            try:
+                self._bpf.attach_raw_tracepoint(tp=schedswitch.RAW_TP.encode(), fn_name=schedswitch.FN.encode())
+                self.sched_switch_how = "raw tracepoint"
+                return
+            except Exception as exc:  # bcc raises bare Exception
+                said = str(exc).splitlines()
+                why = f"raw tracepoint {schedswitch.RAW_TP}: {said[0] if said else type(exc).__name__}"
+        self._bpf.attach_tracepoint(tp=SCHED_SWITCH.name.encode(), fn_name=SCHED_SWITCH.fn.encode())
+        self.sched_switch_how = f"classic tracepoint ({why})"
+
+    def _detach_tp(self, tp: Tracepoint) -> None:
+        if tp == SCHED_SWITCH and self.sched_switch_how == "raw tracepoint":
+            self._bpf.detach_raw_tracepoint(tp=schedswitch.RAW_TP.encode())
+        else:
+            self._bpf.detach_tracepoint(tp=tp.name.encode())
+        if tp == SCHED_SWITCH:
+            self.sched_switch_how = ""
+        self._attached_tps.discard(tp.name)
 
     def _attach_site(self, plan: SitePlan) -> SiteStatus:
         """Attach the chosen option; if that fails, the next one that this
@@ -321,8 +363,7 @@ class BpfSource:
         except Exception:
             # A begin without its end would open waits that never end.
             for tp in new:
-                self._bpf.detach_tracepoint(tp=tp.name.encode())
-                self._attached_tps.discard(tp.name)
+                self._detach_tp(tp)
             raise
         return " + ".join(tp.name for tp in tps)
 
@@ -381,7 +422,7 @@ class BpfSource:
         # start_ns 0: the task's entry, no wait open (kept as its key alone)
         entries = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress) if v.start_ns
                                  else _IdleWait(k.tid, k.site))
-        out = [w for w in entries if not isinstance(w, _IdleWait)]
+        out: list[wire.InflightWait] = [w for w in entries if not isinstance(w, _IdleWait)]
         if len(entries) - len(out) > self.opts.max_waits // 2:
             key = self._bpf[b"waits"].Key
             self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if isinstance(w, _IdleWait)])
@@ -390,6 +431,8 @@ class BpfSource:
         # the same rows, not new ones: 10,000 sleeps made 10,000 tuples a scan for the type's sake
         open_rows = [e for e in every if e[2] is not None]
         dwaits = cast(list[tuple[int, "wire.WaitValue | None", wire.InflightWait]], open_rows)
+        if self._seeded:
+            self._forget_seeded_ended({tid: w.start_ns for tid, _, w in dwaits})
         if len(every) - len(dwaits) > self.opts.max_dwaits // 2:
             key = self._bpf[b"dwaits"].Key
             self._give_back_idle("dwaits", [key(tid) for tid, _, w in every if w is None])
@@ -486,6 +529,8 @@ class BpfSource:
             site_hint=SITE_NONE,
             comm=wire.encode_comm(comm),
         )
+        self._set_seeded(True)  # first: the sleep must not end unseen
+        self._seeded[tid] = start_ns
         table = self._bpf[b"dwaits"]
         table[table.Key(tid)] = value
 
@@ -497,6 +542,23 @@ class BpfSource:
                 del table[table.Key(tid)]
         except KeyError:
             pass
+        if self._seeded.get(tid) == start_ns:
+            del self._seeded[tid]
+            if not self._seeded:
+                self._set_seeded(False)
+
+    def _forget_seeded_ended(self, open_now: dict[int, int]) -> None:
+        """Seeded sleeps no longer open as seeded (`open_now`: tid -> start_ns of the
+        sleeps open) are forgotten; with none left, the raw sched_switch goes back to
+        looking up only the tasks its own slots count."""
+        self._seeded = {tid: ns for tid, ns in self._seeded.items() if open_now.get(tid) == ns}
+        if not self._seeded:
+            self._set_seeded(False)
+
+    def _set_seeded(self, on: bool) -> None:
+        if self._raw_switch:
+            table = self._bpf[b"tunables"]
+            table[table.Key(SEEDED_TUNABLE)] = table.Leaf(1 if on else 0)
 
     def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
         """Ended waits and OOM kills since the last drain, each kill with its

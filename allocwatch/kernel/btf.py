@@ -46,6 +46,7 @@ class Type:
     members: tuple[Member, ...] = ()
     enum: tuple[tuple[str, int], ...] = ()
     array: tuple[int, int] = (0, 0)  # (element type id, nelems)
+    params: tuple[int, ...] = ()  # a FUNC_PROTO's parameter type ids, in order
 
 
 class Btf:
@@ -87,6 +88,7 @@ class Btf:
             members: tuple[Member, ...] = ()
             enum: tuple[tuple[str, int], ...] = ()
             array = (0, 0)
+            params: tuple[int, ...] = ()
             if kind in (STRUCT, UNION):
                 ms = []
                 for k in range(vlen):
@@ -103,8 +105,10 @@ class Btf:
             elif kind == ARRAY:
                 elem, _index, nelems = struct.unpack_from("<III", data, pos)
                 array = (elem, nelems)
+            elif kind == FUNC_PROTO:  # struct btf_param {name_off, type}
+                params = tuple(struct.unpack_from("<I", data, pos + 8 * k + 4)[0] for k in range(vlen))
             pos += _FIXED.get(kind, 0) + _PER_MEMBER.get(kind, 0) * vlen
-            self.types.append(Type(kind, name, size_or_type, members, enum, array))
+            self.types.append(Type(kind, name, size_or_type, members, enum, array, params))
 
     def _type(self, type_id: int) -> Type:
         t = self.types[type_id] if 0 < type_id < len(self.types) else None
@@ -157,6 +161,19 @@ class Btf:
         if t.kind in (INT, ENUM, ENUM64, STRUCT, UNION):
             return t.size_or_type
         raise BtfError(f"{struct_name}.{member}: no size for BTF kind {t.kind}")
+
+    def typedef_params(self, name: str) -> tuple[Type, ...]:
+        """The parameters of the function type a typedef of a function pointer
+        names (the kernel's btf_trace_<event>: a raw tracepoint's arguments, after
+        the void *__data every one of them takes first)."""
+        if (TYPEDEF, name) not in self._by_name:
+            raise BtfError(f"no typedef {name} in BTF")
+        t = self.resolve(self._by_name[(TYPEDEF, name)])
+        if t.kind == PTR:
+            t = self.resolve(t.size_or_type)
+        if t.kind != FUNC_PROTO:
+            raise BtfError(f"typedef {name} is not a function pointer")
+        return tuple(self.resolve(p) if p else Type(0, "void", 0) for p in t.params)
 
     def enum_value(self, name: str) -> int:
         """The value of an enumerator, whichever enum declares it."""

@@ -105,3 +105,44 @@ def test_oom_kill_under_memory_max_with_its_v2_cgroup(daemon):
     assert said, "the kernel said no oom-killer line"
     mask, names, order = said[-1]
     assert (kill["gfp"], kill["gfp_flags"], kill["order"]) == (int(mask, 16), names, int(order)), (kill, said[-1])
+
+
+@pytest.mark.requires_cgroup_v2_memory
+def test_d_sleeps_are_timed_on_the_raw_sched_switch():
+    """Both kernels hand prev_state to the raw sched_switch (fa2c3254d7cf, v5.18):
+    the program compiled from their BTF sees a task over memory.high fall asleep
+    in D and wake (tests/kernel/test_sched_switch_kernel.py does the rest on the host)."""
+    import time
+
+    from allocwatch.core.sites import SITE_DSTATE
+    from allocwatch.kernel import kernelinfo, probes, schedswitch, wire
+    from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
+
+    flags, why = schedswitch.running_kernel_defines()
+    assert schedswitch.PREV_STATE_DEFINE in flags, why
+    features = kernelinfo.read_features(Path("/sys/kernel/tracing"), probes.all_tracepoint_names(),
+                                        probes.all_function_names())
+    src = BpfSource(probes.plan(features), features,
+                    LoadOptions(long_wait_ns=10_000_000, dstate_end_ns=10_000_000, switch_defines=tuple(flags)))
+    try:
+        src.load()
+        assert src.sched_switch_how == "raw tracepoint", src.sched_switch_how
+        with memcg.MemCgroup("aw-guest-raw") as group:
+            hog = memcg.Hog(group, 200)
+            hog.wait_ready(60)
+            group.set_high_bytes(16 * MIB)
+            hog.go()
+            opened, ended = set(), set()
+            try:
+                deadline = time.monotonic() + 60
+                while not (opened and ended & opened) and time.monotonic() < deadline:
+                    opened |= {w.start_ns for w in src.inflight() if w.tid == hog.pid and w.site == SITE_DSTATE}
+                    ended |= {e.start_ns for e in src.drain()
+                              if isinstance(e, wire.WaitEnd) and e.tid == hog.pid and e.site == SITE_DSTATE}
+                    time.sleep(0.2)
+            finally:
+                group.set_high_bytes(None)
+                hog.stop()
+            assert ended & opened, (len(opened), len(ended))
+    finally:
+        src.close()

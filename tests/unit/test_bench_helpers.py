@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import pytest
+
 from bench import procinfo
 from bench.stats import Row, percentile, ratios, render_markdown, spread, verdict
 
@@ -88,3 +90,23 @@ def test_memory_sizes_count_a_shared_object_once_for_the_first_owner():
     sizes = memory.deep_sizes(d)  # type: ignore[arg-type]
     assert sizes["D-state namer (stacks, named sleeps)"] > 1000 * 28
     assert sizes["tracker (reported waits)"] < 200  # its list only: the ints were counted above
+
+
+def test_sched_pipe_output_is_read_and_a_missing_figure_is_an_error():
+    from bench import switchcost
+
+    out = "# Running 'sched/pipe' benchmark:\n\n     Total time: 0.061 [sec]\n\n       3.086050 usecs/op\n"
+    assert switchcost.parse_usecs_per_op(out) == 3.086050
+    with pytest.raises(RuntimeError):
+        switchcost.parse_usecs_per_op("perf: command not found")
+
+
+def test_switch_rows_set_each_handler_beside_the_empty_program_of_its_attach_type():
+    from bench import report
+
+    runs = {"off": [2.0, 2.2], "empty raw": [2.1, 2.31], "empty classic": [2.12, 2.33],
+            "allocwatch raw": [2.11, 2.32], "allocwatch classic": [2.2, 2.42], "daemon": [2.12, 2.33]}
+    rows = {r.figure: r for r in report.switch_rows({"runs_us_per_op": runs, "cpu": 0, "loops": 1000, "bursts": 5})}
+    assert rows["sched_switch: allocwatch raw"].verdict.startswith("met: +0.005")
+    assert rows["sched_switch: allocwatch classic"].verdict.startswith("**missed**: +0.040")
+    assert "over empty raw" in rows["sched_switch: daemon"].measured

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch.kernel import bpfsource, oomcontext, probes
+from allocwatch.kernel import bpfsource, oomcontext, probes, schedswitch
 from allocwatch.kernel.bpfsource import LoadOptions
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import Mechanism
@@ -27,10 +27,11 @@ ALWAYS_LOADED = {
     oomcontext.FN: oomcontext.DEFINE,  # the loader's own, joined to oom:mark_victim's kills
     oomcontext.OC_ENTRY_FN: oomcontext.OC_DEFINE,  # and out_of_memory's oom_control, with kprobes
     oomcontext.OC_RETURN_FN: oomcontext.OC_DEFINE,
+    schedswitch.FN: schedswitch.DEFINE,  # sched_switch raw, where BTF gives the offsets
 }
 # Macros the C gives a default with #ifndef and the loader never passes: sizes
 # and ages fixed at build time.
-COMPILED_DEFAULTS = {"MAX_ACCT", "HINT_MAX_AGE_NS", "NOTE_EVERY_NS", "MAX_DIRTY_PAUSES"}
+COMPILED_DEFAULTS = {"MAX_ACCT", "HINT_MAX_AGE_NS", "NOTE_EVERY_NS", "MAX_DIRTY_PAUSES", "AW_SLEEPER_SLOTS"}
 
 
 def strip_comments(text: str) -> str:
@@ -167,7 +168,8 @@ def test_every_entry_point_in_the_c_is_named_by_an_option(c_source):
 
 
 def test_every_flag_the_c_tests_is_one_the_loader_can_pass(c_source):
-    can_pass = probes.every_define() | {oomcontext.DEFINE, oomcontext.OC_DEFINE}
+    can_pass = probes.every_define() | {oomcontext.DEFINE, oomcontext.OC_DEFINE,
+                                        schedswitch.DEFINE, schedswitch.PREV_STATE_DEFINE}
     assert not c_source.tested - can_pass, f"tested in the C, never passed: {sorted(c_source.tested - can_pass)}"
     tunables = set(re.findall(r"^-D(\w+)=", "\n".join(bpfsource.cflags_for([], empty_kernel(), LOAD)), re.M))
     defaults = c_source.defaulted - {"ALLOCWATCH_H"}  # allocwatch.h's include guard, if ever inlined

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from allocwatch.core.sites import Site
-from allocwatch.kernel import bpfsource, probes
+from allocwatch.kernel import bpfsource, probes, schedswitch
 from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 from allocwatch.kernel.probes import Mechanism
 from tests.unit.fakes import captured
@@ -43,6 +43,12 @@ class FakeBPF:
     def detach_tracepoint(self, tp):
         self.attached.remove(("tp", tp.decode()))
 
+    def attach_raw_tracepoint(self, tp, fn_name):
+        self._attach("raw", tp.decode())
+
+    def detach_raw_tracepoint(self, tp):
+        self.attached.remove(("raw", tp.decode()))
+
     def attach_kprobe(self, event, fn_name):
         self._attach("kprobe", event.decode())
 
@@ -68,10 +74,10 @@ def source(monkeypatch):
     monkeypatch.setattr(bpfsource, "import_bcc", lambda: FakeBcc)
     monkeypatch.setattr(bpfsource, "check_headers", lambda release: None)
 
-    def make(kernel, fail=()):
+    def make(kernel, fail=(), switch_defines=()):
         FakeBPF.fail = set(fail)
         f = captured(kernel)
-        src = BpfSource(probes.plan(f), f, LoadOptions(long_wait_ns=10**9))
+        src = BpfSource(probes.plan(f), f, LoadOptions(long_wait_ns=10**9, switch_defines=tuple(switch_defines)))
         src.load()
         return src
 
@@ -169,3 +175,37 @@ def test_the_ring_holds_a_map_worth_of_ends():
         pages = ringbuf_pages_for(n)
         assert pages & (pages - 1) == 0 and pages * PAGE_BYTES >= n * ctypes.sizeof(Event)
         assert pages == 1 or (pages // 2) * PAGE_BYTES < n * ctypes.sizeof(Event)  # no bigger than needed
+
+
+RAW_SWITCH = (schedswitch.DEFINE, "AW_SWITCH_OFF_PID=1264", schedswitch.PREV_STATE_DEFINE)
+
+
+def test_sched_switch_is_raw_where_btf_gave_the_offsets(source):
+    src = source("6.18", switch_defines=RAW_SWITCH)
+    assert ("raw", "sched_switch") in src._bpf.attached
+    assert ("tp", "sched:sched_switch") not in src._bpf.attached
+    assert src.sched_switch_how == "raw tracepoint"
+    assert {f"-D{d}" for d in RAW_SWITCH} <= set(src._bpf.cflags)
+
+
+def test_sched_switch_is_classic_without_btf_offsets(source):
+    src = source("6.18")
+    assert ("tp", "sched:sched_switch") in src._bpf.attached
+    assert not any(kind == "raw" for kind, _ in src._bpf.attached)
+    assert src.sched_switch_how == "classic tracepoint (no BTF offsets for the raw tracepoint)"
+    assert not any(f.startswith(f"-D{schedswitch.DEFINE}") for f in src._bpf.cflags)
+
+
+def test_sched_switch_falls_back_to_classic_when_the_raw_one_will_not_attach(source):
+    src = source("6.1", fail={"raw:sched_switch"}, switch_defines=RAW_SWITCH)
+    assert ("tp", "sched:sched_switch") in src._bpf.attached
+    assert src.sched_switch_how.startswith("classic tracepoint (raw tracepoint sched_switch: cannot attach raw")
+    st = by_site(src)[Site.MEMCG_OOM_WAIT]
+    assert st.attached  # the D-state sites are watched all the same
+
+
+def test_no_raw_sched_switch_is_compiled_where_nothing_uses_it(source, monkeypatch):
+    f = captured("6.18")
+    plans = [p for p in probes.plan(f) if not (p.chosen and p.chosen.mechanism.needs_sched_switch)]
+    flags = bpfsource.cflags_for(plans, f, LoadOptions(long_wait_ns=10**9, switch_defines=RAW_SWITCH))
+    assert not any(schedswitch.DEFINE in flag for flag in flags)

@@ -7,8 +7,8 @@ import struct
 
 import pytest
 
-from allocwatch.kernel import oomcontext
-from allocwatch.kernel.btf import ARRAY, ENUM, INT, PTR, STRUCT, UNION, Btf, BtfError
+from allocwatch.kernel import oomcontext, schedswitch
+from allocwatch.kernel.btf import ARRAY, ENUM, FUNC_PROTO, INT, PTR, STRUCT, TYPEDEF, UNION, Btf, BtfError
 
 
 class Blob:
@@ -102,3 +102,37 @@ def test_a_function_s_text_ends_at_the_next_symbol_and_hidden_addresses_give_non
 def test_not_btf_is_a_typed_error():
     with pytest.raises(BtfError):
         Btf(b"\0" * 32)
+
+
+def switch_kernel(with_prev_state: bool, state_member: str = "__state", state_bytes: int = 4) -> bytes:
+    """task_struct and btf_trace_sched_switch as a kernel of each era lays them out:
+    prev_state an argument since fa2c3254d7cf (v5.18); before, prev's `__state`
+    (2f064a59a11f, v5.14) or `long state`."""
+    b = Blob()
+    u32 = b.add(INT, "unsigned int", 4, struct.pack("<I", 32))
+    state_t = u32 if state_bytes == 4 else b.add(INT, "long int", 8, struct.pack("<I", 64))
+    boolean = b.add(INT, "_Bool", 1, struct.pack("<I", 8))
+    task = b.struct("task_struct", 4096, [(state_member, state_t, 24), ("pid", u32, 1264)])
+    void_ptr = b.add(PTR, "", 0)
+    task_ptr = b.add(PTR, "", task)
+    params = [void_ptr, boolean, task_ptr, task_ptr] + ([u32] if with_prev_state else [])
+    proto = b.add(FUNC_PROTO, "", 0, b"".join(struct.pack("<II", 0, t) for t in params), len(params))
+    b.add(TYPEDEF, "btf_trace_sched_switch", b.add(PTR, "", proto))
+    return b.bytes()
+
+
+def test_raw_sched_switch_takes_prev_state_as_an_argument_since_v5_18():
+    assert schedswitch.defines(Btf(switch_kernel(True))) == [
+        "AW_RTP_SCHED_SWITCH", "AW_SWITCH_OFF_PID=1264", "AW_RTP_SCHED_SWITCH_PREV_STATE"]
+
+
+def test_raw_sched_switch_reads_prev_s_state_before_v5_18():
+    assert schedswitch.defines(Btf(switch_kernel(False))) == [
+        "AW_RTP_SCHED_SWITCH", "AW_SWITCH_OFF_PID=1264", "AW_SWITCH_OFF_STATE=24"]
+    assert schedswitch.defines(Btf(switch_kernel(False, "state", 8)))[-1] == "AW_SWITCH_OFF_STATE=24"
+
+
+def test_no_raw_sched_switch_without_its_prototype():
+    """The loader then attaches the classic tracepoint (tests/unit/test_bpfsource.py)."""
+    with pytest.raises(BtfError, match="btf_trace_sched_switch"):
+        schedswitch.defines(Btf(kernel_like()))
