@@ -85,9 +85,11 @@ def crawl(d: _TextDaemon) -> None:
 
 
 def nofs(d: _TextDaemon) -> None:
-    """fio writers on XFS behind a 1 MiB/s disk in a 96 MiB group: reclaim with GFP_NOFS."""
-    with recipes.fio_on_slow_xfs():
-        d.wait_line(_level(2), 90)
+    """fio writers on XFS behind a 1 MiB/s disk in a 96 MiB group holding 200,000 negative
+    dentries of that file system: reclaim with GFP_NOFS, whose shrinkers free nothing."""
+    with recipes.fio_on_slow_xfs(negative_dentries=200_000):
+        d.wait_line(lambda ln: "shrinkers in the window:" in ln and "(no fs/io)" in ln, 90)
+        d.wait_line(_level(2), 60)
     time.sleep(2)
 
 

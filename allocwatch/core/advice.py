@@ -193,11 +193,14 @@ def _no_fs_io(block: Block) -> str | None:
 
 
 def _shrinkers(block: Block) -> str | None:
-    """A task's reclaim called shrinkers that were asked to scan and freed nothing."""
+    """A task's reclaim called shrinkers that were asked to scan and freed nothing:
+    the one asked the most, of the block's tasks."""
+    found = []  # (task, its shrinkers that freed nothing, most asked first)
     for t in block["tasks"]:
         idle = [s for s in (t.get("window") or {}).get("shrinkers") or () if s.get("asked") and not s.get("freed")]
-        if not idle:
-            continue
+        if idle:
+            found.append((t, idle))
+    for t, idle in sorted(found, key=lambda f: -f[1][0]["asked"])[:1]:
         s = idle[0]
         seen = (f"{t.get('comm')} pid={t.get('pid')} ({t.get('kind')}) called {s['shrinker']} {s['calls']} time(s) "
                 f"in the window, asked to scan {s['asked']} of {s['objects']} objects, freed 0")

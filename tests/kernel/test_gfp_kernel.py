@@ -15,12 +15,12 @@ from lab import recipes
 @pytest.mark.requires_tool("fio")
 @pytest.mark.requires_tool("mkfs.xfs")
 def test_fio_on_xfs_behind_a_slow_disk_is_reported_with_gfp_nofs(daemon_factory):
-    """...and, with 400,000 negative dentries of the XFS file system charged to
+    """...and, with 200,000 negative dentries of the XFS file system charged to
     the group, a throttled writer's window names the shrinkers its reclaim called:
     the file system's (super_cache_scan) asked to scan objects, asked without
     __GFP_FS, and freeing none, as the block's largest slab caches say why."""
     d = daemon_factory()
-    with recipes.fio_on_slow_xfs(negative_dentries=400_000):
+    with recipes.fio_on_slow_xfs(negative_dentries=200_000):
         def fio_reported(records) -> bool:
             return any(t["comm"].startswith("fio") for r in records if r["type"] == "stall_report"
                        for t in r["tasks"])

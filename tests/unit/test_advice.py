@@ -233,3 +233,11 @@ def test_writeback_behind_threads_that_wait_for_memory_says_the_writeback_needs_
     assert ("; behind app pid=10: kworker/u8:3+flush-7:3 pid=5 in memcg_reclaim for 12.0s and 1 more; points at: "
             "writeback that needs memory to complete") in said
     assert "writeback that does not keep up" in text(block(task(stack=WB_STACK)), advice.WRITEBACK)
+
+
+def test_shrinkers_line_is_of_the_task_whose_idle_shrinker_was_asked_most():
+    sb = {"shrinker": "super_cache_scan", "calls": 24, "asked": 36676, "freed": 0, "objects": 200002,
+          "gfp": "0xc40", "gfp_flags": "GFP_NOFS", "no_fs_io": True}
+    b = block(task(kind="throttled", window={"shrinkers": [sb]}),
+              task(kind="throttled", tid=11, pid=11, window={"shrinkers": [{**sb, "calls": 183, "asked": 231533}]}))
+    assert text(b, advice.SHRINKERS).startswith("seen: app pid=11 (throttled) called super_cache_scan 183 time(s)")
