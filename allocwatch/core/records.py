@@ -249,6 +249,7 @@ def writeback_dict(w: Wait | None, device: DeviceState | None) -> dict[str, Any]
         "written_bytes_per_s": round(rate) if rate is not None else None,
         "writes_in_flight": d.writes_in_flight if d is not None else None,
         "reads_in_flight": d.reads_in_flight if d is not None else None,
+        "written_over_s": round(d.written_over_s, 1) if d is not None and d.written_over_s is not None else None,
         "write_limit_bytes_per_s": d.write_limit_bytes_per_s if d is not None else None,
     }
 

@@ -10,8 +10,8 @@ keeps the last such note per task. A note belongs to:
 - a direct or memcg reclaim wait of the task in flight that was open when the
   note was taken: reclaim that waits on writeback (the memcg writeback stall)
   names that device too.
-The device's write rate is measured between two reads of its counters, each
-given with the time it was read.
+The device's write rate is measured between reads of its counters seconds
+apart, each given with the time it was read.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from allocwatch.core.sites import SITE_DSTATE, Site
 SECTOR_BYTES = 512  # /sys/block/*/stat counts 512-byte sectors whatever the device's block size
 # Reclaim waits that sit in folio_wait_writeback (shrink_folio_list) while they last.
 RECLAIM_SITES = (int(Site.DIRECT_RECLAIM), int(Site.MEMCG_RECLAIM))
-RATE_MIN_INTERVAL_NS = 1_000_000_000  # a rate over less than this is mostly the reads' own jitter
-RATE_FORGET_NS = 60_000_000_000  # a device not read for this long starts again
+RATE_MIN_SPAN_NS = 5_000_000_000  # a write rate is taken over at least this
+RATE_WINDOW_NS = 10_000_000_000  # and at most about this, ending at the last read
+RATE_READ_EVERY_NS = 1_000_000_000  # reads kept: about one a second
 
 
 def note_belongs(w: InflightWait, note: WritebackNote, hint_max_age_ns: int) -> bool:
@@ -81,47 +82,54 @@ class DeviceState:
 
     bdi: str  # as the kernel's tracepoint named it: "7:3"
     device: str | None  # the block device: "loop3"; None when the bdi is not a block device
-    written_bytes_per_s: float | None  # between two reads, at least RATE_MIN_INTERVAL_NS apart
+    written_bytes_per_s: float | None  # over the last written_over_s seconds of reads
     writes_in_flight: int | None
     reads_in_flight: int | None
     write_limit_bytes_per_s: int | None = None  # a blkio/io throttle rule on the device, where one is read
+    written_over_s: float | None = None
 
 
 class WriteRates:
-    """Bytes written per second per device, from counters read at given times."""
+    """Bytes written per second per device, from counters read at given times.
 
-    def __init__(self, min_interval_ns: int = RATE_MIN_INTERVAL_NS, forget_ns: int = RATE_FORGET_NS) -> None:
-        self.min_interval_ns = min_interval_ns
-        self.forget_ns = forget_ns
-        self._base: dict[str, tuple[int, int]] = {}  # device -> (read at ns, written sectors)
-        self._rate: dict[str, tuple[int, float]] = {}  # device -> (measured at ns, bytes/s)
+    The rate is taken over the reads of the last RATE_WINDOW_NS, and only once
+    they span RATE_MIN_SPAN_NS: a throttled device writes in bursts (blk-throttle
+    holds a large bio until its budget covers it all: 4 MiB at once, every 8 s,
+    at 512 KiB/s), so a rate over one second swings between nothing and eight
+    times the limit."""
 
-    def observe(self, device: str, written_sectors: int, now_ns: int) -> float | None:
-        """The device's rate as of this read: over the last interval of at least
-        min_interval_ns that ended at or before now; None until there is one."""
-        for d in [d for d, (t, _) in self._base.items() if now_ns - t > self.forget_ns]:
-            del self._base[d]
+    def __init__(self, min_span_ns: int = RATE_MIN_SPAN_NS, window_ns: int = RATE_WINDOW_NS) -> None:
+        self.min_span_ns = min_span_ns
+        self.window_ns = window_ns
+        self._reads: dict[str, list[tuple[int, int]]] = {}  # device -> (read at ns, written sectors), oldest first
+        self._rate: dict[str, tuple[float, float]] = {}  # device -> (bytes/s, over seconds)
+
+    def observe(self, device: str, written_sectors: int, now_ns: int) -> tuple[float, float] | None:
+        """(bytes/s, over seconds) as of this read, or None until the reads span enough."""
+        for d in [d for d, r in self._reads.items() if now_ns - r[-1][0] > self.window_ns]:
+            del self._reads[d]  # not read for a window: starts again
             self._rate.pop(d, None)
-        base = self._base.get(device)
-        if base is None or written_sectors < base[1]:  # first read, or the counters went back (a new device)
-            self._base[device] = (now_ns, written_sectors)
+        reads = self._reads.setdefault(device, [])
+        if reads and written_sectors < reads[-1][1]:  # the counters went back: a new device under that name
+            reads.clear()
             self._rate.pop(device, None)
-            return None
-        elapsed_ns = now_ns - base[0]
-        if elapsed_ns >= self.min_interval_ns:
-            rate = (written_sectors - base[1]) * SECTOR_BYTES * 1e9 / elapsed_ns
-            self._rate[device] = (now_ns, rate)
-            self._base[device] = (now_ns, written_sectors)
-        kept = self._rate.get(device)
-        return kept[1] if kept is not None else None
+        if len(reads) >= 2 and now_ns - reads[-2][0] < RATE_READ_EVERY_NS:
+            reads[-1] = (now_ns, written_sectors)  # the last read stands in: about one kept a second
+        else:
+            reads.append((now_ns, written_sectors))
+        while len(reads) > 2 and now_ns - reads[1][0] >= self.window_ns:
+            del reads[0]  # the oldest that still leaves a full window
+        span_ns = now_ns - reads[0][0]
+        if span_ns >= self.min_span_ns:
+            self._rate[device] = ((written_sectors - reads[0][1]) * SECTOR_BYTES * 1e9 / span_ns, span_ns / 1e9)
+        return self._rate.get(device)
 
-    def rate(self, device: str) -> float | None:
-        kept = self._rate.get(device)
-        return kept[1] if kept is not None else None
+    def rate(self, device: str) -> tuple[float, float] | None:
+        return self._rate.get(device)
 
 
-def state_of(bdi: str, device: str | None, counters: DeviceCounters | None, rate: float | None,
+def state_of(bdi: str, device: str | None, counters: DeviceCounters | None, rate: tuple[float, float] | None,
              limit: int | None) -> DeviceState:
-    return DeviceState(bdi, device, rate, counters.writes_in_flight if counters else None,
-                       counters.reads_in_flight if counters else None, limit)
+    return DeviceState(bdi, device, rate[0] if rate else None, counters.writes_in_flight if counters else None,
+                       counters.reads_in_flight if counters else None, limit, rate[1] if rate else None)
 

@@ -91,15 +91,16 @@ def site_detail_text(t: Mapping[str, Any]) -> str:
 
 def writeback_line(t: Mapping[str, Any]) -> list[str]:
     """The device a writeback wait (or reclaim in one) waits on and how its writes go:
-    'waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s, 3 write(s) in flight,
-    write limit 1.0MiB/s'; what was not read is left out."""
+    'waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s over 10s, 3 write(s) in
+    flight, write limit 1.0MiB/s'; what was not read is left out."""
     wb = t.get("writeback")
     if not wb:
         return []
     name = f"{text_value(wb['device'])} ({text_value(wb['bdi'])})" if wb.get("device") else text_value(wb["bdi"])
     said = []
     if wb.get("written_bytes_per_s") is not None:
-        said.append(f"written {size_text(wb['written_bytes_per_s'])}/s")
+        over = f" over {wb['written_over_s']:.0f}s" if wb.get("written_over_s") is not None else ""
+        said.append(f"written {size_text(wb['written_bytes_per_s'])}/s{over}")
     if wb.get("writes_in_flight") is not None:
         said.append(f"{wb['writes_in_flight']} write(s) in flight")
     if wb.get("write_limit_bytes_per_s") is not None:

@@ -280,7 +280,7 @@ def test_a_throttled_task_says_the_pause_of_the_sleep_it_is_in():
 
 
 NOTE = WritebackNote(0, "7:3", 12)
-LOOP3 = DeviceState("7:3", "loop3", 1048576.4, 3, 0, 1 << 20)
+LOOP3 = DeviceState("7:3", "loop3", 1048576.4, 3, 0, 1 << 20, 9.96)
 
 
 def test_a_writeback_wait_names_its_device_and_how_its_writes_go_in_one_line():
@@ -288,10 +288,11 @@ def test_a_writeback_wait_names_its_device_and_how_its_writes_go_in_one_line():
     rec = block([Stall(w, 12 * NS_PER_S, 1)], {8: TaskDetail("/cg", "D", writeback_device=LOOP3)})
     (task,) = json.loads(report.render_json(rec))["tasks"]
     assert task["writeback"] == {"bdi": "7:3", "ino": 12, "device": "loop3", "written_bytes_per_s": 1048576,
-                                 "writes_in_flight": 3, "reads_in_flight": 0, "write_limit_bytes_per_s": 1048576}
+                                 "writes_in_flight": 3, "reads_in_flight": 0, "written_over_s": 10.0,
+                                 "write_limit_bytes_per_s": 1048576}
     lines = report.render_text(rec).splitlines()
-    assert lines[2] == ("    waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s, 3 write(s) in flight, "
-                        "write limit 1.0MiB/s")
+    assert lines[2] == ("    waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s over 10s, "
+                        "3 write(s) in flight, write limit 1.0MiB/s")
     unread = block([Stall(w, 12 * NS_PER_S, 1)])  # the kernel's name alone: the device was not read
     assert report.render_text(unread).splitlines()[2] == "    waiting on writeback of 7:3 ino=12"
     assert json.loads(report.render_json(unread))["tasks"][0]["writeback"]["device"] is None

@@ -13,6 +13,7 @@ from allocwatch.core.wbdevice import DeviceCounters, NoteJoin, WriteRates, note_
 from allocwatch.kernel import blockdev
 
 S = 1_000_000_000
+MIB = 1 << 20
 HINT_NS = 50_000_000
 
 
@@ -56,18 +57,22 @@ def test_the_join_gives_each_wait_its_note_and_the_same_object_while_nothing_cha
     assert third[0].writeback == newer and third[1] is wb
 
 
-def test_the_write_rate_is_measured_over_a_second_or_more():
+def test_the_write_rate_is_taken_over_seconds_of_reads_so_a_burst_is_averaged():
     rates = WriteRates()
     assert rates.observe("7:3", 1000, 10 * S) is None  # one read: no rate
-    assert rates.observe("7:3", 1500, 10 * S + S // 2) is None  # half a second: not yet
-    mib_s = rates.observe("7:3", 1000 + 2048, 11 * S)  # 2048 sectors in 1 s
-    assert mib_s == 1 << 20
-    assert rates.observe("7:3", 3100, 11 * S + S // 10) == 1 << 20  # kept until the next full interval
-    assert rates.observe("7:3", 3048 + 1024, 12 * S) == 512 << 10
-    assert rates.rate("7:3") == 512 << 10
-    assert rates.observe("7:3", 10, 13 * S) is None  # counters went back: a new device under that name
+    for tenth in range(1, 40):  # a scan every 0.1 s, nothing written: under 5 s, no rate yet
+        assert rates.observe("7:3", 1000, 10 * S + tenth * S // 10) is None
+    # a throttled loop device: 4 MiB (8192 sectors) at once after 8 s of nothing
+    assert rates.observe("7:3", 1000 + 8192, 15 * S) == (4 * MIB / 5, 5.0)  # not 4 MiB/s: over 5 s
+    for tenth in range(1, 51):
+        got = rates.observe("7:3", 1000 + 8192, 15 * S + tenth * S // 10)
+    assert got == (4 * MIB / 10, 10.0)  # 10 s on: the window holds 10 s, the burst in it
+    assert rates.observe("7:3", 1000 + 8192, 26 * S)[0] == 0  # the burst left the window
+    rate = rates.rate("7:3")
+    assert rate is not None and rate[0] == 0 and 10 <= rate[1] < 11  # the reads kept are about a second apart
+    assert rates.observe("7:3", 10, 27 * S) is None  # the counters went back: a new device under that name
     assert rates.observe("8:0", 0, 100 * S) is None
-    assert rates.rate("7:3") is None  # not read for a minute: forgotten
+    assert rates.rate("7:3") is None  # not read for a window: forgotten
 
 
 def fake_sys(tmp_path: Path, stat: str = "", inflight: str | None = "       0        3\n") -> Path:
@@ -115,9 +120,10 @@ def test_the_devices_of_waits_in_flight_are_sampled_each_scan_for_a_rate(tmp_pat
     devices.sample(["7:3", "7:3"], 10 * S)
     first = devices.state("7:3")
     assert (first.device, first.written_bytes_per_s, first.writes_in_flight) == ("loop3", None, 3)
-    (sys / "dev" / "block" / "7:3" / "stat").write_text("10 0 80 5 40 0 4096 900 0 100 905\n")
-    devices.sample(["7:3"], 12 * S)
+    (sys / "dev" / "block" / "7:3" / "stat").write_text("10 0 80 5 40 0 7168 900 0 100 905\n")
+    devices.sample(["7:3"], 15 * S)
     later = devices.state("7:3")
-    assert later.written_bytes_per_s == 512 << 10 and later.write_limit_bytes_per_s is None
+    assert later.written_bytes_per_s == 512 << 10 and later.written_over_s == 5.0
+    assert later.write_limit_bytes_per_s is None
     nfs = devices.state("0:53")
     assert (nfs.bdi, nfs.device, nfs.written_bytes_per_s) == ("0:53", None, None)
