@@ -911,9 +911,31 @@ int aw_balance_dirty_pages(struct tracepoint__writeback__balance_dirty_pages *ar
 }
 #endif
 
+#ifdef AW_HAVE_WB_NOTE
+/* Which device a writeback wait waits on: one note per folio_wait_bit() sleep
+ * to come. name is a fixed char[32] in the record (not __data_loc). */
+#ifndef MAX_WB_NOTES
+#define MAX_WB_NOTES 4096
+#endif
+BPF_TABLE("lru_hash", u32, struct aw_wb_note, wb_notes, MAX_WB_NOTES);
+
+static __always_inline void note_wb_wait(struct aw_wb_note *n)
+{
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    n->time_ns = bpf_ktime_get_ns();
+    wb_notes.update(&tid, n);
+}
+#endif
+
 #ifdef AW_TP_FOLIO_WAIT_WRITEBACK
 int aw_folio_wait_writeback(struct tracepoint__writeback__folio_wait_writeback *args)
 {
+#ifdef AW_HAVE_WB_NOTE
+    /* read here: bcc defines the args struct only for the entry point */
+    struct aw_wb_note n = {.ino = args->ino};
+    __builtin_memcpy(n.bdi, args->name, sizeof(n.bdi));
+    note_wb_wait(&n);
+#endif
     return hint_sleep(AW_SITE_WRITEBACK_WAIT, AW_GFP_UNKNOWN, -1);
 }
 #endif
@@ -921,6 +943,12 @@ int aw_folio_wait_writeback(struct tracepoint__writeback__folio_wait_writeback *
 #ifdef AW_TP_WAIT_ON_PAGE_WRITEBACK
 int aw_wait_on_page_writeback(struct tracepoint__writeback__wait_on_page_writeback *args)
 {
+#ifdef AW_HAVE_WB_NOTE
+    /* read here: bcc defines the args struct only for the entry point */
+    struct aw_wb_note n = {.ino = args->ino};
+    __builtin_memcpy(n.bdi, args->name, sizeof(n.bdi));
+    note_wb_wait(&n);
+#endif
     return hint_sleep(AW_SITE_WRITEBACK_WAIT, AW_GFP_UNKNOWN, -1);
 }
 #endif

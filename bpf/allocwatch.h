@@ -107,6 +107,18 @@ struct aw_dirty_pause {
     __u32 dirtied_pause; /* pages it may dirty between two pauses */
 };
 
+/* What writeback:folio_wait_writeback said as the task began to wait on a
+ * folio's writeback, by tid: the backing device (its bdi's name, "7:3" for a
+ * block device) and the inode. User space joins it to the D-state sleep it
+ * hinted (same tid, the sleep began at most HINT_MAX_AGE_NS after time_ns) and
+ * to a direct or memcg reclaim wait of the task open since before time_ns. */
+#define AW_BDI_NAME_LEN 32
+struct aw_wb_note {
+    __u64 time_ns;
+    __u64 ino;
+    char bdi[AW_BDI_NAME_LEN];
+};
+
 struct aw_event {
     __u64 start_ns;
     __u64 duration_ns;

@@ -65,6 +65,7 @@ from allocwatch.core.snapshot import (
 from allocwatch.core.tracker import NS_PER_S, Ended, Stall, Tracker, Wait
 from allocwatch.core.victims import VictimBook, cgroup_waiters
 from allocwatch.kernel import hostfs, procfs
+from allocwatch.kernel.blockdev import WritebackDevices
 from allocwatch.kernel.memcgids import MemcgPaths
 from allocwatch.kernel.podnames import PodNames
 from allocwatch.kernel.probes import SitePlan, stack_classified_sites
@@ -88,8 +89,10 @@ class Output(Protocol):
 def _pair_wait(raw: InflightWait | WaitEnd) -> Wait | None:
     if not 0 <= raw.site < NR_SITES:
         return None
-    so_far = raw.reclaimed_pages if isinstance(raw, InflightWait) else None
-    return Wait(raw.tid, raw.pid, raw.comm, Site(raw.site), raw.start_ns, raw.gfp, raw.order, reclaimed_pages=so_far)
+    if not isinstance(raw, InflightWait):
+        return Wait(raw.tid, raw.pid, raw.comm, Site(raw.site), raw.start_ns, raw.gfp, raw.order)
+    return Wait(raw.tid, raw.pid, raw.comm, Site(raw.site), raw.start_ns, raw.gfp, raw.order,
+                reclaimed_pages=raw.reclaimed_pages, writeback=raw.writeback)
 
 
 class Daemon:
@@ -154,6 +157,7 @@ class Daemon:
         self._ahead_ns = self._read_ahead_ns(cfg)
         self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
         self.memcg_paths = MemcgPaths(proc / "self" / "mountinfo")  # an OOM kill's cgroup ids named
+        self.wb_devices = WritebackDevices(mountinfo_path=proc / "self" / "mountinfo")  # writeback waits' devices
         self._last_scan_wall: float | None = None
         self.latest: Snapshot | None = None
         self.last_reload: ReloadOutcome | None = None  # told by app/service.py after each reload
@@ -307,7 +311,10 @@ class Daemon:
             d = details.get(tid)
             if tid not in listed or d is None or not on_writeback(seen, d.stack, tid in throttled):
                 continue
-            rows = behind(self.tasks.kernel_waits(waits), devices.get(tid, set()), tid, now_ns)
+            names = devices.get(tid, set())
+            if d.writeback_device is not None and d.writeback_device.device:
+                names.add(d.writeback_device.device)  # "loop3" beside its bdi "7:3"
+            rows = behind(self.tasks.kernel_waits(waits), names, tid, now_ns)
             if rows:
                 details[tid] = dataclasses.replace(d, behind=rows)
         return details
@@ -354,7 +361,8 @@ class Daemon:
             if f.tid not in full:
                 full[f.tid] = (self.finding_detail(f) if f.tid in listed
                                 else self.tasks.brief(f.pid, f.tid, details))
-        details = self._with_behind(kept, kept_findings, full, listed, now_ns)
+        details = self._with_devices(full, kept, kept_findings)
+        details = self._with_behind(kept, kept_findings, details, listed, now_ns)
         kept = self._without_stale_sleeps(kept, details)
         tasks = {s.wait.tid for s in kept}
         if not kept and not kept_findings:
@@ -376,6 +384,16 @@ class Daemon:
             throttle_names=self.throttle_names,
             symbols=self.symbols(kept_findings),
         )
+
+    def _with_devices(self, details: dict[int, TaskDetail], stalls: Iterable[Stall],
+                      findings: Iterable[Finding]) -> dict[int, TaskDetail]:
+        """A task waiting on writeback (or in reclaim that did) with the device it waits on."""
+        for w in chain((s.wait for s in stalls), (f.waiting for f in findings)):
+            if w is not None and w.writeback is not None and w.tid in details \
+                    and details[w.tid].writeback_device is None:
+                details[w.tid] = dataclasses.replace(details[w.tid],
+                                                     writeback_device=self.wb_devices.state(w.writeback.bdi))
+        return details
 
     def _end_detail(self, site: Site, detail: int | None) -> dict[str, Any]:
         """What the end tracepoint said, in the record's words."""
@@ -406,6 +424,8 @@ class Daemon:
         now_ns = self.clock_ns()
         waits, ended, kills = self._read(now_ns)
         self.host.watch(now_ns)
+        if any(w.writeback is not None for w in waits):  # their devices' counters, for a write rate
+            self.wb_devices.sample((w.writeback.bdi for w in waits if w.writeback is not None), now_ns)
         result = self.tracker.scan(now_ns, waits, ended, self._ahead_ns)
         if len(self.facts) > len(waits):  # some waits ended: forget them
             self.facts.keep({w.key for w in waits})

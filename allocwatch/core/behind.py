@@ -51,8 +51,9 @@ def on_writeback(sites: Iterable[Site], stack: Iterable[str] | None, throttled_f
 
 
 def writeback_devices(w: Wait) -> set[str]:
-    """The devices a wait is known to wait on the writeback of (none known yet)."""
-    return set()
+    """The bdi a wait is known to wait on the writeback of ("7:3", from the
+    kernel's writeback tracepoint), or none."""
+    return {w.writeback.bdi} if w.writeback is not None and w.writeback.bdi else set()
 
 
 def _names_device(name: str, device: str) -> bool:

@@ -136,6 +136,7 @@ class DstateNamer:
 
 
 def _wait(raw: InflightWait | WaitEnd, site: Site, start_known: bool = True) -> Wait:
-    pause = raw.dirty_pause if isinstance(raw, InflightWait) else None
+    if not isinstance(raw, InflightWait):
+        return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, True, start_known)
     return Wait(raw.tid, raw.pid, raw.comm, site, raw.start_ns, raw.gfp, raw.order, True, start_known,
-                dirty_pause=pause)
+                dirty_pause=raw.dirty_pause, writeback=raw.writeback)

@@ -121,7 +121,8 @@ def _waiting_now(waits: Sequence[Wait]) -> Wait | None:
     """The wait a task is in now: one the kernel gave detail for, else the oldest."""
     if not waits:
         return None
-    return min(waits, key=lambda w: (w.reclaimed_pages is None and w.dirty_pause is None, w.start_ns))
+    return min(waits, key=lambda w: (w.reclaimed_pages is None and w.dirty_pause is None and w.writeback is None,
+                                     w.start_ns))
 
 
 def _site_ns_delta(new: Acct, old: Acct | None) -> list[int]:

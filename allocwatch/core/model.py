@@ -50,6 +50,16 @@ class DirtyPause:
 
 
 @dataclass(frozen=True, slots=True)
+class WritebackNote:
+    """What writeback:folio_wait_writeback said as a task began to wait on a
+    folio's writeback: the backing device and the file."""
+
+    time_ns: int  # CLOCK_MONOTONIC, as the BPF timestamps
+    bdi: str  # the bdi's name: "MAJ:MIN" of a block device ("7:3"), else its own ("0:53" for NFS)
+    ino: int  # the inode whose page is under writeback
+
+
+@dataclass(frozen=True, slots=True)
 class InflightWait:
     """A wait still in progress, read from a BPF map."""
 
@@ -63,6 +73,7 @@ class InflightWait:
     site_hint: int | None = None
     reclaimed_pages: int | None = None  # direct/memcg reclaim: LRU pages reclaimed so far
     dirty_pause: DirtyPause | None = None  # a dirty-throttle sleep: the pause chosen for it
+    writeback: WritebackNote | None = None  # a writeback wait (or reclaim in one): the device it waits on
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from allocwatch.core.oomkills import KillSeen, constraints, largest
 from allocwatch.core.pods import PodRef
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
 from allocwatch.core.victims import CgroupWaiter
+from allocwatch.core.wbdevice import DeviceState
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class TaskDetail:
     # a finding: the masks its window's shrinkers were called with, decoded, and
     # whether each may not enter the file system (a shrinker of FS caches does nothing then)
     shrink_gfp: Mapping[int, tuple[str, bool]] = field(default_factory=dict)
+    # waiting on writeback, or in reclaim that did: the device, as read when the block was made
+    writeback_device: DeviceState | None = None
     # a task waiting on writeback: the kernel threads in memory waits that complete it (core/behind.py)
     behind: Sequence[Behind] = ()
 
@@ -221,16 +224,37 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "order": w.order,
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
         **detail_fields(detail),
-        **site_detail(w),
+        **site_detail(w, detail.writeback_device),
     }
 
 
-def site_detail(w: Wait | None) -> dict[str, Any]:
+def site_detail(w: Wait | None, device: DeviceState | None = None) -> dict[str, Any]:
     """What the kernel says of a wait still in flight, where it says anything (else null)."""
     pause = w.dirty_pause if w is not None else None
     return {
         "reclaimed_so_far_pages": w.reclaimed_pages if w is not None else None,
         "dirty_pause": dataclasses.asdict(pause) if pause is not None else None,
+        "writeback": writeback_dict(w, device),
+    }
+
+
+def writeback_dict(w: Wait | None, device: DeviceState | None) -> dict[str, Any] | None:
+    """The device a writeback wait (or reclaim in one) waits on, as the kernel named
+    it, and how its writes go (null where not read: a view without a block's reads)."""
+    note = w.writeback if w is not None else None
+    if note is None:
+        return None
+    d = device if device is not None and device.bdi == note.bdi else None
+    rate = d.written_bytes_per_s if d is not None else None
+    return {
+        "bdi": escape(note.bdi),
+        "ino": note.ino,
+        "device": escape(d.device) if d is not None and d.device is not None else None,
+        "written_bytes_per_s": round(rate) if rate is not None else None,
+        "writes_in_flight": d.writes_in_flight if d is not None else None,
+        "reads_in_flight": d.reads_in_flight if d is not None else None,
+        "written_over_s": round(d.written_over_s, 1) if d is not None and d.written_over_s is not None else None,
+        "write_limit_bytes_per_s": d.write_limit_bytes_per_s if d is not None else None,
     }
 
 
@@ -301,7 +325,7 @@ def finding_dict(
         "other_waits": [],
         **detail_fields(detail),
         "waiting_site": f.waiting.site.label if f.waiting is not None else None,
-        **site_detail(f.waiting),
+        **site_detail(f.waiting, detail.writeback_device),
         "window": {
             "share": round(f.share, 3),
             "sites": {s: {"count": w.count, "total_s": w.total_s} for s, w in f.per_site.items()},

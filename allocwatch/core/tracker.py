@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from allocwatch.core.model import DirtyPause
+from allocwatch.core.model import DirtyPause, WritebackNote
 from allocwatch.core.sites import HIST_SLOTS, Site
 
 NS_PER_S = 1_000_000_000
@@ -40,6 +40,7 @@ class Wait:
     # Site detail as of this scan, where the kernel gives it for a wait in flight.
     reclaimed_pages: int | None = None  # direct/memcg reclaim: LRU pages reclaimed so far
     dirty_pause: DirtyPause | None = None  # dirty throttling: the pause chosen for this sleep
+    writeback: WritebackNote | None = None  # waiting on writeback: the device, as the kernel named it
 
     # made once: a wait in flight is the same object scan after scan
     key: WaitKey = field(init=False, repr=False, compare=False)

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple, TypeVar, cast
 
 from allocwatch.core.model import ShrinkCount
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
+from allocwatch.core.wbdevice import RECLAIM_SITES, NoteJoin
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
 from allocwatch.kernel import bpfstats, oomcontext, schedswitch, wire
 from allocwatch.kernel.coverage import SiteStatus
@@ -38,6 +39,7 @@ from allocwatch.kernel.probes import (
     SCHED_SWITCH,
     SHRINK_SLAB_START,
     SIGNAL_GENERATE,
+    WB_NOTE_DEFINE,
     Mechanism,
     SitePlan,
     Tracepoint,
@@ -51,8 +53,8 @@ T = TypeVar("T")
 RECENT_STACK_MAX_AGE_NS = 5_000_000_000  # a stack taken entering reclaim, shown for this long
 # Every map this module reads or writes after load: opened before bcc's module
 # is destroyed (a table opened later would need it).
-TABLES_READ = ("waits", "dwaits", "dirty_pauses", "task_acct", "shrink_acct", "task_stacks", "stacks", "stats",
-               "tunables", "wait_hist", "wait_sum_ns", "sigkills")
+TABLES_READ = ("waits", "dwaits", "dirty_pauses", "wb_notes", "task_acct", "shrink_acct", "task_stacks", "stacks",
+               "stats", "tunables", "wait_hist", "wait_sum_ns", "sigkills")
 
 
 @dataclass(frozen=True)
@@ -186,6 +188,8 @@ class BpfSource:
         self._bcc = import_bcc()
         self._bpf: Any = None
         self._dirty_pauses = False  # the balance_dirty_pages handler notes each pause
+        self._wb_notes = False  # the writeback wait handlers note the device
+        self._wb_join = NoteJoin(wire.HINT_MAX_AGE_NS)
         self._begin_stacks = False  # the reclaim begin handlers take stacks (the maps exist)
         self._pending: list[bytes] = []
         self._attached_tps: set[str] = set()
@@ -220,6 +224,7 @@ class BpfSource:
         flags = cflags_for(self.plans, self.features, self.opts, every_kprobe=kprobes)
         src = str(bpf_dir() / BPF_SOURCE).encode()
         self._dirty_pauses = f"-D{DIRTY_PAUSE_DEFINE}" in flags
+        self._wb_notes = f"-D{WB_NOTE_DEFINE}" in flags
         self._begin_stacks = f"-D{BEGIN_STACKS_DEFINE}" in flags
         self._raw_switch = f"-D{schedswitch.DEFINE}" in flags
         self.sched_switch_how = ""
@@ -442,7 +447,17 @@ class BpfSource:
                     for tid, v, w in dwaits]
         else:
             out += [w for _, _, w in dwaits]
-        return out
+        return self._with_writeback(out)
+
+    def _with_writeback(self, waits: list[wire.InflightWait]) -> list[wire.InflightWait]:
+        """Writeback sleeps and reclaim waits with the device the task last waited on
+        (core/wbdevice.py joins them); the notes are read only when one may use them."""
+        if not self._wb_notes or not any(
+                w.site_hint == Site.WRITEBACK_WAIT if w.site == SITE_DSTATE else w.site in RECLAIM_SITES
+                for w in waits):
+            return waits
+        notes = dict(self._read_map("wb_notes", lambda k, v: (_int(k), wire.decode_wb_note(v))))
+        return self._wb_join.join(waits, notes)
 
     def _give_back_idle(self, name: str, keys: list[Any]) -> None:
         """Delete entries with no wait open once they fill half the map: each task

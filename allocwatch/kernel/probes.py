@@ -155,6 +155,12 @@ BEGIN_STACKS_DEFINE = "AW_BEGIN_STACKS"
 BALANCE_DIRTY_PAGES = "writeback:balance_dirty_pages"
 DIRTY_PAUSE_FIELDS = ("dirty", "setpoint", "limit", "pause", "period", "think", "paused", "dirtied", "dirtied_pause")
 DIRTY_PAUSE_DEFINE = "AW_HAVE_DIRTY_PAUSE"
+# Which device a writeback wait waits on: the bdi's name and the inode, as
+# folio_wait_writeback (and wait_on_page_writeback before v5.16) give them.
+FOLIO_WAIT_WRITEBACK = "writeback:folio_wait_writeback"
+WAIT_ON_PAGE_WRITEBACK = "writeback:wait_on_page_writeback"
+WB_NOTE_FIELDS = ("name", "ino")
+WB_NOTE_DEFINE = "AW_HAVE_WB_NOTE"
 MARK_VICTIM = "oom:mark_victim"
 MARK_VICTIM_COMM_DEFINE = "AW_HAVE_MARK_VICTIM_COMM"
 # ef8444ea01d7 ("mm: update mark_victim tracepoints fields", v6.9; backported to 6.1.y)
@@ -344,15 +350,17 @@ CATALOG: tuple[SiteEntry, ...] = (
         (
             Option(
                 Mechanism.TRACEPOINT_BEFORE,
-                (Tracepoint("writeback:folio_wait_writeback", "aw_folio_wait_writeback"),),
+                (Tracepoint(FOLIO_WAIT_WRITEBACK, "aw_folio_wait_writeback"),),
                 "AW_TP_FOLIO_WAIT_WRITEBACK",
                 note="v5.16+ (renamed from wait_on_page_writeback)",
+                field_defines=(FieldDefine(FOLIO_WAIT_WRITEBACK, WB_NOTE_FIELDS, WB_NOTE_DEFINE),),
             ),
             Option(
                 Mechanism.TRACEPOINT_BEFORE,
-                (Tracepoint("writeback:wait_on_page_writeback", "aw_wait_on_page_writeback"),),
+                (Tracepoint(WAIT_ON_PAGE_WRITEBACK, "aw_wait_on_page_writeback"),),
                 "AW_TP_WAIT_ON_PAGE_WRITEBACK",
                 note="19343b5bdd16 (v5.2) to v5.15",
+                field_defines=(FieldDefine(WAIT_ON_PAGE_WRITEBACK, WB_NOTE_FIELDS, WB_NOTE_DEFINE),),
             ),
             _kp("folio_wait_writeback", "wait_on_page_writeback", fn="writeback_wait"),
             _dstate(),

@@ -20,6 +20,7 @@ from allocwatch.core.model import (
     ShrinkCount,
     VictimMemory,
     WaitEnd,
+    WritebackNote,
     decode_comm,
     encode_comm,
 )
@@ -94,6 +95,25 @@ class DirtyPauseValue(ctypes.Structure):
         ("dirtied", ctypes.c_uint32),
         ("dirtied_pause", ctypes.c_uint32),
     ]
+
+
+BDI_NAME_LEN = 32  # AW_BDI_NAME_LEN: the tracepoint's char name[32]
+
+
+class WbNoteValue(ctypes.Structure):
+    """struct aw_wb_note: the device a writeback wait waits on, by tid."""
+
+    _fields_ = [
+        ("time_ns", ctypes.c_uint64),
+        ("ino", ctypes.c_uint64),
+        ("bdi", ctypes.c_char * BDI_NAME_LEN),
+    ]
+
+
+def decode_wb_note(v: WbNoteValue) -> WritebackNote:
+    """The bdi's name as the kernel wrote it (dev_name(bdi->dev), NUL-terminated;
+    any bytes kept, as a comm's are)."""
+    return WritebackNote(v.time_ns, decode_comm(bytes(v.bdi)), v.ino)
 
 
 class Event(ctypes.Structure):

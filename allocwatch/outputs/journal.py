@@ -90,6 +90,9 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
     fields["gfp_no_fs_io"] = ",".join(t.get("gfp_no_fs_io") or []) or None  # GFP_NOFS, GFP_NOIO: named
     # the shrinkers a finding's reclaim called in its window, most asked first, space-separated
     fields["shrinkers"] = " ".join(s["shrinker"] for s in (t.get("window") or {}).get("shrinkers") or []) or None
+    wb = t.get("writeback") or {}
+    fields["writeback_bdi"] = wb.get("bdi")  # the device a writeback wait waits on: "7:3"
+    fields["writeback_device"] = wb.get("device")  # and its block device: "loop3"
     pod = t.get("pod") or {}
     for k in _POD_FIELDS:  # ALLOCWATCH_POD_NAMESPACE ... : a task's Kubernetes pod, when it is in one
         fields[f"pod_{k}"] = pod.get(k)

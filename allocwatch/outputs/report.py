@@ -89,6 +89,25 @@ def site_detail_text(t: Mapping[str, Any]) -> str:
             f"dirtied={p['dirtied_pages']}pages")
 
 
+def writeback_line(t: Mapping[str, Any]) -> list[str]:
+    """The device a writeback wait (or reclaim in one) waits on and how its writes go:
+    'waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s over 10s, 3 write(s) in
+    flight, write limit 1.0MiB/s'; what was not read is left out."""
+    wb = t.get("writeback")
+    if not wb:
+        return []
+    name = f"{text_value(wb['device'])} ({text_value(wb['bdi'])})" if wb.get("device") else text_value(wb["bdi"])
+    said = []
+    if wb.get("written_bytes_per_s") is not None:
+        over = f" over {wb['written_over_s']:.0f}s" if wb.get("written_over_s") is not None else ""
+        said.append(f"written {size_text(wb['written_bytes_per_s'])}/s{over}")
+    if wb.get("writes_in_flight") is not None:
+        said.append(f"{wb['writes_in_flight']} write(s) in flight")
+    if wb.get("write_limit_bytes_per_s") is not None:
+        said.append(f"write limit {size_text(wb['write_limit_bytes_per_s'])}/s")
+    return [f"    waiting on writeback of {name} ino={wb['ino']}" + (": " + ", ".join(said) if said else "")]
+
+
 def gfp_part(t: Mapping[str, Any]) -> str:
     """gfp=MASK(NAMES) order=N, as a stall and a finding both show it."""
     return (f"gfp={t['gfp'] or '-'}{'(' + t['gfp_flags'] + ')' if t.get('gfp_flags') else ''} "
@@ -139,6 +158,7 @@ def _finding_lines(t: Mapping[str, Any]) -> list[str]:
     if t["new"]:
         parts.append("(new)")
     lines = [" ".join(parts)]
+    lines += writeback_line(t)
     sites = (t.get("window") or {}).get("sites") or {}
     if sites:
         ranked = sorted(sites.items(), key=lambda kv: -kv[1]["total_s"])
@@ -190,6 +210,7 @@ def _task_lines(t: Mapping[str, Any]) -> list[str]:
     if t.get("dying"):
         parts.append("(SIGKILL pending)")
     lines = [" ".join(parts)]
+    lines += writeback_line(t)
     if t.get("memcg"):
         lines.append(memcg_line(t["memcg"]))
     lines += pod_line(t.get("pod"))

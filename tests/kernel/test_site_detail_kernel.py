@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Site detail of waits still in flight, on the real kernel: the pages a memcg
-reclaim wait has reclaimed so far, and the pause balance_dirty_pages chose for
-the dirty-throttle sleep a writer is in. Recipes as in test_daemon_kernel.py.
+reclaim wait has reclaimed so far, the pause balance_dirty_pages chose for
+the dirty-throttle sleep a writer is in, and the device a writeback wait (and
+the memcg reclaim around it) waits on. Recipes as in test_daemon_kernel.py.
 """
 
 from __future__ import annotations
@@ -130,6 +131,47 @@ def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemo
         assert t["reclaimed_so_far_pages"] is None, t
 
 
+@pytest.mark.requires_cgroup_v1_blkio
+@pytest.mark.parametrize("site", ["memcg_reclaim", "writeback_wait"])
+def test_a_writeback_wait_and_the_memcg_reclaim_around_it_name_the_slow_device(daemon, site):
+    """Memcg reclaim waiting on writeback of a loop device throttled to 512 KiB/s: the
+    reports of dd's memcg reclaim wait, and (with that site's threshold out of reach)
+    of the writeback sleep inside it, name that loop device (its bdi is its MAJ:MIN),
+    the root blkio group's throttle on it, and a write rate measured over seconds of
+    reads that the throttle bounds (a few times it at most: the device writes in bursts)."""
+    other = "writeback_wait" if site == "memcg_reclaim" else "memcg_reclaim"
+    d = daemon(f"threshold_s: 0.5\nthresholds_s:\n  {other}: 600\nscan_interval_s: 0.1\nreport_interval_s: 0.1\n")
+    bps = 512 << 10
+    with slowdisk.SlowDisk(write_bps=bps) as disk, memcg.MemCgroup("aw-wbdev") as group:
+        group.set_limit_bytes(64 << 20)
+        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        loop = Path(disk.loop).name
+
+        def named(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [t for r in records if r["type"] == "stall_report" for t in r["tasks"]
+                    if t["pid"] == dd.pid and t["kind"] == "stall" and t.get("writeback")]
+
+        def rated(records: list[dict[str, Any]]) -> bool:
+            return any(t["writeback"]["written_bytes_per_s"] for t in named(records))
+
+        try:
+            assert d.wait_for(rated, 120), f"no writeback wait named with a rate: {d.raw_lines[-3:]}"
+        finally:
+            disk.stop_writer(dd)
+    assert d.stop() == 0
+    reported = named(d.records)
+    for t in reported:
+        wb = t["writeback"]
+        assert wb["bdi"] == disk.majmin and wb["device"] == loop, wb
+        assert wb["write_limit_bytes_per_s"] == bps, wb
+        assert wb["written_bytes_per_s"] is None or wb["written_bytes_per_s"] <= 4 * bps, [
+            (x["duration_s"], x["site"], x["writeback"]["written_bytes_per_s"], x["writeback"]["writes_in_flight"])
+            for x in reported]
+        assert wb["ino"] > 0 and wb["writes_in_flight"] is not None, wb
+    assert {t["site"] for t in reported} == {site}, {t["site"] for t in reported}
+
+
 def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
     import ctypes
 
@@ -149,5 +191,10 @@ def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
         for name, _ in wire.DirtyPauseValue._fields_:
             assert getattr(leaf, name).offset == getattr(wire.DirtyPauseValue, name).offset
         assert src._bpf[b"waits"].Leaf.reclaimed_pages.offset == wire.WaitValue.reclaimed_pages.offset
+        assert src._wb_notes and probes.FOLIO_WAIT_WRITEBACK in src._attached_tps
+        note = src._bpf[b"wb_notes"].Leaf
+        assert ctypes.sizeof(note) == ctypes.sizeof(wire.WbNoteValue)
+        for name, _ in wire.WbNoteValue._fields_:
+            assert getattr(note, name).offset == getattr(wire.WbNoteValue, name).offset
     finally:
         src.close()

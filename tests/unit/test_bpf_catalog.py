@@ -31,7 +31,8 @@ ALWAYS_LOADED = {
 }
 # Macros the C gives a default with #ifndef and the loader never passes: sizes
 # and ages fixed at build time.
-COMPILED_DEFAULTS = {"MAX_ACCT", "HINT_MAX_AGE_NS", "NOTE_EVERY_NS", "MAX_DIRTY_PAUSES", "AW_SLEEPER_SLOTS"}
+COMPILED_DEFAULTS = {"MAX_ACCT", "HINT_MAX_AGE_NS", "NOTE_EVERY_NS", "MAX_DIRTY_PAUSES", "AW_SLEEPER_SLOTS",
+                     "MAX_WB_NOTES"}
 
 
 def strip_comments(text: str) -> str:
@@ -237,6 +238,7 @@ def test_the_program_declares_a_gpl_compatible_licence_matching_its_spdx_line():
 
 
 COMMON_FLAGS = {"AW_BEGIN_STACKS", "AW_HAVE_DIRTY_PAUSE", "AW_HAVE_MARK_VICTIM_COMM", "AW_HAVE_MARK_VICTIM_RSS",
+                "AW_HAVE_WB_NOTE",
                 "AW_TP_BALANCE_DIRTY_PAGES", "AW_TP_COMPACTION", "AW_TP_DIRECT_RECLAIM", "AW_TP_FOLIO_WAIT_WRITEBACK",
                 "AW_TP_LRU_SHRINK_INACTIVE", "AW_TP_MARK_VICTIM", "AW_TP_MEMCG_RECLAIM",
                 "AW_TP_MEMCG_SOFTLIMIT_RECLAIM", "AW_TP_NODE_RECLAIM", "AW_TP_OOM_REAPER", "AW_TP_TRY_TO_COMPACT_PAGES",

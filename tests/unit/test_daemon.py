@@ -227,6 +227,35 @@ def test_held_back_stalls_are_in_the_next_block(tmp_path):
     assert len(blocks) == 2 and 8 in {t["tid"] for t in blocks[1]["tasks"]} and blocks[1]["held_back"] >= 1
 
 
+def test_a_wait_on_writeback_and_the_reclaim_around_it_name_the_device_with_its_write_rate(tmp_path):
+    """The device's counters are read every scan while a wait names it: the first
+    block already has a rate measured over the seconds before it."""
+    from allocwatch.core.model import WritebackNote
+    from allocwatch.kernel.blockdev import WritebackDevices
+
+    d, src, sink, clock = make(tmp_path, threshold_s=5.5)
+    sysfs = tmp_path / "sys"
+    disk = sysfs / "block" / "loop3"
+    disk.mkdir(parents=True)
+    (sysfs / "dev" / "block").mkdir(parents=True)
+    (sysfs / "dev" / "block" / "7:3").symlink_to(disk)
+    d.wb_devices = WritebackDevices(sysfs, tmp_path / "no-mountinfo")
+    note = WritebackNote(S // 2, "7:3", 12)
+    src.waits = [
+        InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, reclaimed_pages=1, writeback=note),
+        InflightWait(7, 7, "dd", SITE_DSTATE, S // 2 + 1000, None, None, int(Site.WRITEBACK_WAIT), writeback=note),
+    ]
+    for second, sectors in ((1, 0), (3, 4096), (6, 5120)):  # 2 MiB in 2 s, then 512 KiB in 3 s
+        (disk / "stat").write_text(f"0 0 0 0 9 0 {sectors} 0 2 0 0\n")
+        clock["ns"] = second * S
+        d.scan_once()
+    (rec,) = [json.loads(line) for w in sink.writes for line in w.splitlines()]
+    assert {t["site"] for t in rec["tasks"]} == {"memcg_reclaim"}  # the sleep is in the same task line
+    wb = rec["tasks"][0]["writeback"]
+    assert wb == {"bdi": "7:3", "ino": 12, "device": "loop3", "written_bytes_per_s": 512 << 10,
+                  "writes_in_flight": 2, "reads_in_flight": None, "written_over_s": 5.0,
+                  "write_limit_bytes_per_s": None}
+
 def test_site_detail_of_waits_in_flight_reaches_the_block(tmp_path):
     """Pages reclaimed so far grow scan by scan; a hinted dirty-throttle sleep keeps its pause."""
     d, src, sink, clock = make(tmp_path, threshold_s=0.1, thresholds_s={"memcg_reclaim": 1.0})

@@ -5,11 +5,12 @@ import json
 from dataclasses import replace
 
 from allocwatch.core.findings import Finding
-from allocwatch.core.model import DirtyPause, OomKill
+from allocwatch.core.model import DirtyPause, OomKill, WritebackNote
 from allocwatch.core.oomkills import KillSeen
 from allocwatch.core.records import OomKillReport, RecoveredReport, StallReport, TaskDetail, escape
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
+from allocwatch.core.wbdevice import DeviceState
 from allocwatch.outputs import report
 
 HOSTILE = "\n[  707.8] a.out: page allocation stalls for 99999ms\x1b[2J"
@@ -56,7 +57,7 @@ def test_json_stall_report_fields():
         "start_known": True,
         "other_waits": [], "recent_stack": [], "uid": None, "cmdline": None, "dying": False, "exiting": False,
         "memcg": None, "gfp_no_fs_io": [], "reclaimed_so_far_pages": None, "dirty_pause": None, "pod": None,
-        "behind": [],
+        "writeback": None, "behind": [],
     }
 
 
@@ -276,6 +277,48 @@ def test_a_throttled_task_says_the_pause_of_the_sleep_it_is_in():
     between = Finding("throttled", 9, 9, "dd", Site.DIRTY_THROTTLE, 0, 5.1, 1, 0.52)  # awake at this scan
     (task,) = json.loads(report.render_json(StallReport(7, 0.0, [], 0, {}, findings=[between])))["tasks"]
     assert task["waiting_site"] is None and task["dirty_pause"] is None
+
+
+NOTE = WritebackNote(0, "7:3", 12)
+LOOP3 = DeviceState("7:3", "loop3", 1048576.4, 3, 0, 1 << 20, 9.96)
+
+
+def test_a_writeback_wait_names_its_device_and_how_its_writes_go_in_one_line():
+    w = Wait(8, 8, "dd", Site.WRITEBACK_WAIT, 0, None, None, dstate=True, writeback=NOTE)
+    rec = block([Stall(w, 12 * NS_PER_S, 1)], {8: TaskDetail("/cg", "D", writeback_device=LOOP3)})
+    (task,) = json.loads(report.render_json(rec))["tasks"]
+    assert task["writeback"] == {"bdi": "7:3", "ino": 12, "device": "loop3", "written_bytes_per_s": 1048576,
+                                 "writes_in_flight": 3, "reads_in_flight": 0, "written_over_s": 10.0,
+                                 "write_limit_bytes_per_s": 1048576}
+    lines = report.render_text(rec).splitlines()
+    assert lines[2] == ("    waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s over 10s, "
+                        "3 write(s) in flight, write limit 1.0MiB/s")
+    unread = block([Stall(w, 12 * NS_PER_S, 1)])  # the kernel's name alone: the device was not read
+    assert report.render_text(unread).splitlines()[2] == "    waiting on writeback of 7:3 ino=12"
+    assert json.loads(report.render_json(unread))["tasks"][0]["writeback"]["device"] is None
+
+
+def test_memcg_reclaim_in_a_writeback_wait_and_a_throttled_task_in_one_name_the_device():
+    w = Wait(6, 6, "dd", Site.MEMCG_RECLAIM, 0, 0x100CCA, 0, reclaimed_pages=1, writeback=NOTE)
+    (task,) = json.loads(report.render_json(block([Stall(w, 12 * NS_PER_S, 1)],
+                                                  {6: TaskDetail(writeback_device=LOOP3)})))["tasks"]
+    assert task["site"] == "memcg_reclaim" and task["writeback"]["device"] == "loop3"
+    f = Finding("throttled", 6, 6, "dd", Site.MEMCG_RECLAIM, 0, 5.1, 1, 0.9, waiting=w)
+    rec = StallReport(7, 1_700_000_000.25, [], 0, {6: TaskDetail(writeback_device=LOOP3)}, findings=[f])
+    assert report.render_text(rec).splitlines()[2].startswith("    waiting on writeback of loop3 (7:3) ino=12:")
+    hostile = Wait(6, 6, "dd", Site.MEMCG_RECLAIM, 0, writeback=WritebackNote(0, "a b\n", 1))
+    text = report.render_text(block([Stall(hostile, 12 * NS_PER_S, 1)]))
+    assert '"a b\\x0a" ino=1' in text and len(text.splitlines()) == 3
+
+
+def test_the_journal_entry_of_a_task_waiting_on_writeback_names_the_device():
+    from allocwatch.outputs import journal
+
+    w = Wait(8, 8, "dd", Site.WRITEBACK_WAIT, 0, None, None, dstate=True, writeback=NOTE)
+    d = json.loads(report.render_json(block([Stall(w, 12 * NS_PER_S, 1)], {8: TaskDetail(writeback_device=LOOP3)})))
+    entry = journal.task_entry(d["tasks"][0], d["seq"])
+    assert entry["ALLOCWATCH_WRITEBACK_BDI"] == "7:3" and entry["ALLOCWATCH_WRITEBACK_DEVICE"] == "loop3"
+    assert "waiting on writeback of loop3 (7:3)" in entry["MESSAGE"]
 
 
 def test_the_four_kinds_share_one_block_in_text_and_json():

@@ -92,7 +92,8 @@ def test_header_struct_fields_in_same_order():
     text = HEADER.read_text()
     pairs = (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey),
              ("aw_dirty_pause", wire.DirtyPauseValue), ("aw_task_acct", wire.TaskAcct),
-             ("aw_oom_context", wire.OomContextEvent), ("aw_shrink_acct", wire.ShrinkAcct))
+             ("aw_oom_context", wire.OomContextEvent), ("aw_shrink_acct", wire.ShrinkAcct),
+             ("aw_wb_note", wire.WbNoteValue))
     for cname, pyclass in pairs:
         body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
         names = re.findall(r"(\w+)(?:\[\w+\])?;", body)
@@ -211,3 +212,14 @@ def test_a_task_s_shrinkers_are_pinned_and_decoded_by_function_skipping_free_slo
     v.fn[2] = 0xFFFF3000  # given to a shrinker, never called since (calls 0): not shown
     assert wire.decode_shrinks(v) == (
         wire.ShrinkCount(0xFFFF1000, 1, 10, 7, 20, 0xCC0), wire.ShrinkCount(0xFFFF2000, 3, 300, 0, 9000, 0xC40))
+
+
+def test_the_writeback_note_is_pinned_and_names_the_bdi_as_the_kernel_wrote_it():
+    assert header_defines()["AW_BDI_NAME_LEN"] == wire.BDI_NAME_LEN == 32  # the tracepoint's char name[32]
+    assert ctypes.sizeof(wire.WbNoteValue) == 48
+    assert [(f, getattr(wire.WbNoteValue, f).offset) for f, _ in wire.WbNoteValue._fields_] == [
+        ("time_ns", 0), ("ino", 8), ("bdi", 16)]
+    v = wire.WbNoteValue(time_ns=5, ino=12, bdi=b"7:3")
+    assert wire.decode_wb_note(v) == wire.WritebackNote(5, "7:3", 12)
+    full = wire.WbNoteValue(time_ns=5, ino=1, bdi=b"x" * 31 + b"\xff")  # no NUL: all 32 bytes, raw kept
+    assert wire.decode_wb_note(full).bdi == "x" * 31 + "\udcff"
