@@ -256,6 +256,34 @@ def test_a_wait_on_writeback_and_the_reclaim_around_it_name_the_device_with_its_
                   "writes_in_flight": 2, "reads_in_flight": None, "written_over_s": 5.0,
                   "write_limit_bytes_per_s": None}
 
+
+def test_the_threads_behind_a_writeback_wait_are_those_of_its_device(tmp_path):
+    """With the device known (bdi 7:3, block device loop3), only the kernel threads
+    that name it are behind the wait: loop3's worker and journal, not loop30's."""
+    from allocwatch.core.model import WritebackNote
+    from allocwatch.kernel.blockdev import WritebackDevices
+
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    sysfs = tmp_path / "sys"
+    disk = sysfs / "block" / "loop3"
+    disk.mkdir(parents=True)
+    (sysfs / "dev" / "block").mkdir(parents=True)
+    (sysfs / "dev" / "block" / "7:3").symlink_to(disk)
+    d.wb_devices = WritebackDevices(sysfs, tmp_path / "no-mountinfo")
+    fake_proc(tmp_path, 7, ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list"])
+    for tid, name in ((5, "kworker/u8:1+loop3"), (6, "kworker/u8:2+loop30"), (8, "jbd2/loop3-8")):
+        t = tmp_path / str(tid) / "task" / str(tid)
+        t.mkdir(parents=True)
+        (t / "stat").write_text(f"{tid} ({name}) D 2 0 0 0 -1 {0x04208060} 0 0 0\n")
+    src.waits = [InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, writeback=WritebackNote(1, "7:3", 12))]
+    src.waits += [InflightWait(tid, tid, "kworker", int(Site.MEMCG_RECLAIM), S, 0xC00, 0) for tid in (5, 6, 8)]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    (dd,) = [t for t in json.loads(sink.writes[-1])["tasks"] if t["tid"] == 7]
+    assert dd["writeback"]["device"] == "loop3"
+    assert [b["name"] for b in dd["behind"]] == ["kworker/u8:1+loop3", "jbd2/loop3-8"]
+
+
 def test_site_detail_of_waits_in_flight_reaches_the_block(tmp_path):
     """Pages reclaimed so far grow scan by scan; a hinted dirty-throttle sleep keeps its pause."""
     d, src, sink, clock = make(tmp_path, threshold_s=0.1, thresholds_s={"memcg_reclaim": 1.0})
