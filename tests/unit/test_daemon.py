@@ -227,19 +227,27 @@ def test_held_back_stalls_are_in_the_next_block(tmp_path):
     assert len(blocks) == 2 and 8 in {t["tid"] for t in blocks[1]["tasks"]} and blocks[1]["held_back"] >= 1
 
 
-def test_a_wait_on_writeback_and_the_reclaim_around_it_name_the_device_with_its_write_rate(tmp_path):
-    """The device's counters are read every scan while a wait names it: the first
-    block already has a rate measured over the seconds before it."""
-    from allocwatch.core.model import WritebackNote
+def _loop3(d, tmp_path):
+    """A fake sysfs where bdi 7:3 is the block device loop3, read by the daemon's
+    device reader: the disk's directory, for its stat."""
     from allocwatch.kernel.blockdev import WritebackDevices
 
-    d, src, sink, clock = make(tmp_path, threshold_s=5.5)
     sysfs = tmp_path / "sys"
     disk = sysfs / "block" / "loop3"
     disk.mkdir(parents=True)
     (sysfs / "dev" / "block").mkdir(parents=True)
     (sysfs / "dev" / "block" / "7:3").symlink_to(disk)
     d.wb_devices = WritebackDevices(sysfs, tmp_path / "no-mountinfo")
+    return disk
+
+
+def test_a_wait_on_writeback_and_the_reclaim_around_it_name_the_device_with_its_write_rate(tmp_path):
+    """The device's counters are read every scan while a wait names it: the first
+    block already has a rate measured over the seconds before it."""
+    from allocwatch.core.model import WritebackNote
+
+    d, src, sink, clock = make(tmp_path, threshold_s=5.5)
+    disk = _loop3(d, tmp_path)
     note = WritebackNote(S // 2, "7:3", 12)
     src.waits = [
         InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, reclaimed_pages=1, writeback=note),
@@ -261,15 +269,9 @@ def test_the_threads_behind_a_writeback_wait_are_those_of_its_device(tmp_path):
     """With the device known (bdi 7:3, block device loop3), only the kernel threads
     that name it are behind the wait: loop3's worker and journal, not loop30's."""
     from allocwatch.core.model import WritebackNote
-    from allocwatch.kernel.blockdev import WritebackDevices
 
     d, src, sink, clock = make(tmp_path, threshold_s=2.0)
-    sysfs = tmp_path / "sys"
-    disk = sysfs / "block" / "loop3"
-    disk.mkdir(parents=True)
-    (sysfs / "dev" / "block").mkdir(parents=True)
-    (sysfs / "dev" / "block" / "7:3").symlink_to(disk)
-    d.wb_devices = WritebackDevices(sysfs, tmp_path / "no-mountinfo")
+    disk = _loop3(d, tmp_path)
     fake_proc(tmp_path, 7, ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list"])
     for tid, name in ((5, "kworker/u8:1+loop3"), (6, "kworker/u8:2+loop30"), (8, "jbd2/loop3-8")):
         t = tmp_path / str(tid) / "task" / str(tid)
