@@ -271,7 +271,7 @@ def test_the_threads_behind_a_writeback_wait_are_those_of_its_device(tmp_path):
     from allocwatch.core.model import WritebackNote
 
     d, src, sink, clock = make(tmp_path, threshold_s=2.0)
-    disk = _loop3(d, tmp_path)
+    _loop3(d, tmp_path)
     fake_proc(tmp_path, 7, ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list"])
     for tid, name in ((5, "kworker/u8:1+loop3"), (6, "kworker/u8:2+loop30"), (8, "jbd2/loop3-8")):
         t = tmp_path / str(tid) / "task" / str(tid)
