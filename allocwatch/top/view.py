@@ -16,7 +16,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from allocwatch.core import advice
-from allocwatch.outputs.report import memcg_line, pod_line, site_detail_text, size_text, text_value
+from allocwatch.outputs.report import (
+    behind_lines,
+    memcg_line,
+    pod_line,
+    shrinkers_lines,
+    site_detail_text,
+    size_text,
+    text_value,
+    writeback_line,
+)
 from allocwatch.top.model import Row, SiteRow, site_rows
 
 Line = tuple[str, str]
@@ -172,6 +181,9 @@ def detail_lines(r: Row, width: int) -> list[Line]:
     if w:
         lines.append((f"window: share={_pct(w.get('share'))} reclaim={w.get('reclaim_passes_per_s', 0):.0f} passes/s "
                       f"reclaimed={w.get('reclaimed_pages', 0)} pages", ""))
+    # the device of a writeback wait, the shrinkers of the window, the threads behind it: as a report says them
+    lines += [(x.strip(), "") for x in (*writeback_line(d), *shrinkers_lines(w.get("shrinkers") or []),
+                                        *behind_lines(d))]
     if not d.get("detail"):
         lines.append(("(no stacks or memcg figures: only the longest waits carry them)", "dim"))
     lines += [(f"what to do ({a['kind']}): {a['text']}", "") for a in _advice(r)]

@@ -155,3 +155,16 @@ def test_detail_has_both_stacks_gfp_and_the_cgroup_limit():
 
 def test_durations_read_at_a_glance():
     assert [topview.duration_text(s) for s in (0.25, 59.9, 61, 3725)] == ["0.2s", "59.9s", "1m01s", "1h02m"]
+
+
+def test_detail_says_the_device_of_a_writeback_wait_and_the_window_s_shrinkers():
+    wb = {"bdi": "7:3", "ino": 12, "device": "loop3", "written_bytes_per_s": 1 << 20, "written_over_s": 10.0,
+          "writes_in_flight": 3, "reads_in_flight": 0, "write_limit_bytes_per_s": None}
+    t = _task(9, 12.0, site="memcg_reclaim", detail=True, writeback=wb,
+              window={"share": 1.0, "shrinkers": [{"shrinker": "super_cache_scan", "calls": 9, "asked": 900,
+                                                   "freed": 0, "objects": 50, "no_fs_io": True}]})
+    (row,) = task_rows(_doc([t]))
+    text = "\n".join(line for line, _ in topview.detail_lines(row, 400))
+    assert "waiting on writeback of loop3 (7:3) ino=12: written 1.0MiB/s over 10s, 3 write(s) in flight" in text
+    assert ("shrinkers in the window: super_cache_scan calls=9 asked=900 freed=0 objects=50 (no fs/io)"
+            in text)
