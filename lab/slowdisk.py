@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """A slow block device for kernel tests and benchmarks (memcg reclaim waiting on writeback, dirty throttling).
 
-A loop device over a sparse file, ext4 without a journal (or XFS), mounted in a
+A loop device over a sparse file, ext4 without a journal (with one on request, or XFS), mounted in a
 temporary directory, its writes throttled by a cgroup-v1 blkio rule on the
 root blkio group (the flusher kworkers live there). `close()` undoes it all
 in this order: the caller kills its writers first, then
@@ -27,8 +27,9 @@ def _run(*argv: str) -> str:
 
 
 class SlowDisk:
-    def __init__(self, size_mib: int = 1024, write_bps: int = 512 << 10, fs: str = "ext4") -> None:
-        """`fs`: ext4 (without a journal) or xfs."""
+    def __init__(self, size_mib: int = 1024, write_bps: int = 512 << 10, fs: str = "ext4",
+                 journal: bool = False) -> None:
+        """`fs`: ext4 (without a journal unless `journal`) or xfs."""
         self.dir = Path(tempfile.mkdtemp(prefix="aw-slowdisk-", dir="/var/tmp"))
         self.image = self.dir / "disk.img"
         self.mnt = self.dir / "mnt"
@@ -44,7 +45,7 @@ class SlowDisk:
             if fs == "xfs":
                 _run("mkfs.xfs", "-q", "-f", self.loop)
             else:
-                _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", self.loop)
+                _run("mkfs.ext4", "-q", "-F", *(() if journal else ("-O", "^has_journal")), self.loop)
             _run("mount", self.loop, str(self.mnt))
             self._mounted = True
             self.majmin = _run("lsblk", "-dno", "MAJ:MIN", self.loop).strip()

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from allocwatch.outputs import report
 from lab import memcg, slowdisk
 from tests.kernel.daemonproc import Daemon
 
@@ -198,3 +199,37 @@ def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
             assert getattr(note, name).offset == getattr(wire.WbNoteValue, name).offset
     finally:
         src.close()
+
+
+@pytest.mark.requires_cgroup_v1_blkio
+def test_a_writeback_wait_lists_the_kernel_threads_of_its_device_in_memory_waits_behind_it(daemon):
+    """ext4 with its journal on a loop device throttled to 512 KiB/s, dd in a 64 MiB group:
+    dd's memcg reclaim waits on writeback of that device, and the file system's journal
+    thread (jbd2/loopN-8), a kernel thread that works for the same device, sits in a
+    writeback wait of its own (a commit waits for the ordered data it wrote). The block
+    lists that thread under dd, `behind` it, by name, site and how long it has waited,
+    and the text says it on its own line."""
+    d = daemon("threshold_s: 0.5\nscan_interval_s: 0.1\nreport_interval_s: 0.1\nmax_tasks_per_block: 20\n")
+    with slowdisk.SlowDisk(write_bps=512 << 10, journal=True) as disk, memcg.MemCgroup("aw-behind") as group:
+        group.set_limit_bytes(64 << 20)
+        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        loop = Path(disk.loop).name
+
+        def held(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [t for r in records if r["type"] == "stall_report" for t in r["tasks"]
+                    if t["pid"] == dd.pid and t.get("behind")]
+
+        try:
+            assert d.wait_for(lambda rs: bool(held(rs)), 120), (
+                f"dd never listed with threads behind it: {[r.get('type') for r in d.records][-10:]}")
+        finally:
+            disk.stop_writer(dd)
+    assert d.stop() == 0
+    rows = [b for t in held(d.records) for b in t["behind"]]
+    assert all(loop in b["name"] or disk.majmin in b["name"] for b in rows), rows  # only its device's threads
+    jbd2 = [b for b in rows if b["name"] == f"jbd2/{loop}-8"]
+    assert jbd2, rows
+    assert all(b["pid"] > 0 and b["waited_s"] >= 0 and b["site"] for b in jbd2), jbd2
+    text = report.render_dicts([r for r in d.records if r["type"] == "stall_report"], "text")
+    assert f"behind it, in memory waits: jbd2/{loop}-8 pid=" in text, text[-3000:]

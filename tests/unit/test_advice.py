@@ -241,3 +241,14 @@ def test_shrinkers_line_is_of_the_task_whose_idle_shrinker_was_asked_most():
     b = block(task(kind="throttled", window={"shrinkers": [sb]}),
               task(kind="throttled", tid=11, pid=11, window={"shrinkers": [{**sb, "calls": 183, "asked": 231533}]}))
     assert text(b, advice.SHRINKERS).startswith("seen: app pid=11 (throttled) called super_cache_scan 183 time(s)")
+
+
+def test_writeback_names_the_device_and_how_its_writes_go_when_the_task_says_them():
+    wb = {"bdi": "7:3", "device": "loop3", "ino": 12, "written_bytes_per_s": 524288, "written_over_s": 10.0,
+          "writes_in_flight": 2, "write_limit_bytes_per_s": 524288}
+    said = text(block(task(stack=WB_STACK, writeback=wb)), advice.WRITEBACK)
+    assert ", on writeback of loop3 (7:3); points at: writeback that does not keep up" in said
+    assert said.endswith("look at: loop3 (7:3), the device behind this file system: its speed and I/O throttling "
+                         "(written 0.5MiB/s, write limit 0.5MiB/s)"), said
+    bare = text(block(task(stack=WB_STACK, writeback={"bdi": "0:42", "device": None, "ino": 3})), advice.WRITEBACK)
+    assert ", on writeback of 0:42;" in bare and bare.endswith("its speed and I/O throttling"), bare
