@@ -203,11 +203,13 @@ def _no_fs_io(block: Block) -> str | None:
     if not hit:
         return None
     t = hit[0]
+    wb = next((x["writeback"] for x in hit if x.get("writeback")), None)
     return _line(f"{_who(hit)} ({t.get('kind', 'stall')} in {t.get('site')}) asked without __GFP_FS or __GFP_IO: "
                  + ", ".join(t["gfp_no_fs_io"]),
                  "reclaim for a file system's own allocations, which may not write back dirty pages itself",
                  "file system writeback under memory pressure: dirty and writeback pages in its group "
-                 "and the device behind this file system")
+                 + (f"and {_device(wb)}, the device behind this file system" if wb
+                    else "and the device behind this file system"))
 
 
 def _shrinkers(block: Block) -> str | None:

@@ -92,6 +92,10 @@ def test_gfp_nofs_points_at_file_system_writeback():
     b = block(task(kind="throttled", gfp_no_fs_io=["GFP_NOFS|__GFP_WRITE"]))
     t = text(b, advice.NO_FS_IO)
     assert "without __GFP_FS or __GFP_IO: GFP_NOFS|__GFP_WRITE" in t and "file system writeback" in t
+    assert t.endswith("and the device behind this file system"), t
+    wb = {"bdi": "7:3", "device": "loop3", "ino": 12}
+    named = text(block(task(kind="throttled", gfp_no_fs_io=["GFP_NOFS"], writeback=wb)), advice.NO_FS_IO)
+    assert named.endswith("and loop3 (7:3), the device behind this file system"), named
 
 
 def test_gfp_nofs_silent_without_the_key_or_with_it_empty():
