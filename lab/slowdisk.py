@@ -28,8 +28,8 @@ def _run(*argv: str) -> str:
 
 class SlowDisk:
     def __init__(self, size_mib: int = 1024, write_bps: int = 512 << 10, fs: str = "ext4",
-                 journal: bool = False) -> None:
-        """`fs`: ext4 (without a journal unless `journal`) or xfs."""
+                 journal: bool = False, mount_options: str = "") -> None:
+        """`fs`: ext4 (without a journal unless `journal`) or xfs; `mount_options` for mount -o."""
         self.dir = Path(tempfile.mkdtemp(prefix="aw-slowdisk-", dir="/var/tmp"))
         self.image = self.dir / "disk.img"
         self.mnt = self.dir / "mnt"
@@ -46,7 +46,7 @@ class SlowDisk:
                 _run("mkfs.xfs", "-q", "-f", self.loop)
             else:
                 _run("mkfs.ext4", "-q", "-F", *(() if journal else ("-O", "^has_journal")), self.loop)
-            _run("mount", self.loop, str(self.mnt))
+            _run("mount", *(("-o", mount_options) if mount_options else ()), self.loop, str(self.mnt))
             self._mounted = True
             self.majmin = _run("lsblk", "-dno", "MAJ:MIN", self.loop).strip()
             self.set_write_bps(write_bps)

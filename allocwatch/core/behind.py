@@ -38,6 +38,9 @@ class Behind:
     waited_s: float
 
 
+# A helper waiting on writeback itself (jbd2's commit waiting for the data it ordered, in
+# folio_wait_writeback) waits beside the task, on the same device: it holds nothing up.
+BESIDE = frozenset({Site.WRITEBACK_WAIT, Site.DIRTY_THROTTLE})
 WRITEBACK_FRAMES = frozenset({"folio_wait_writeback", "wait_on_page_writeback"})
 KERNEL_NAMES_READ = 64  # at most this many kernel threads' names read a block
 
@@ -77,7 +80,7 @@ def behind(
     one row a thread (its longest wait), at most BEHIND_SHOWN."""
     best: dict[int, Behind] = {}
     for w, name in kernel_waits:
-        if w.tid == waiter_tid or not works_for(name, devices):
+        if w.tid == waiter_tid or w.site in BESIDE or not works_for(name, devices):
             continue
         row = Behind(w.tid, w.pid, name, w.site.label, max(0, now_ns - w.start_ns) / NS_PER_S)
         if w.tid not in best or row.waited_s > best[w.tid].waited_s:

@@ -52,3 +52,12 @@ def test_a_task_waits_on_writeback_at_the_site_in_its_stack_or_throttled_for_it(
     assert behind.on_writeback({Site.MEMCG_RECLAIM}, ["folio_wait_bit", "folio_wait_writeback"])
     assert behind.on_writeback({Site.MEMCG_RECLAIM}, [], throttled_for_writeback=True)  # cgroup v2's memcg reclaim
     assert not behind.on_writeback({Site.MEMCG_RECLAIM, Site.DIRTY_THROTTLE}, ["balance_dirty_pages"])
+
+
+def test_a_helper_waiting_on_writeback_itself_waits_beside_the_task_not_ahead_of_it():
+    """jbd2's commit in folio_wait_writeback on the same device (seen on 6.18 with
+    dioread_lock) holds nothing up: only its memory waits count."""
+    waits = [(kwait(8, Site.WRITEBACK_WAIT, 90), "jbd2/loop3-8"),
+             (kwait(9, Site.DIRTY_THROTTLE, 90), "kworker/u8:2+flush-7:3"),
+             (kwait(10, Site.MEMCG_RECLAIM, 95), "kworker/u8:1+loop3")]
+    assert [b.tid for b in behind.behind(waits, {"7:3", "loop3"}, waiter_tid=100, now_ns=100 * S)] == [10]
