@@ -7,7 +7,8 @@ hands over struct pointers: the incoming task's pid is read from
 `next->pid`, at the offset BTF gives, never at one of whatever headers bcc
 compiles against. The outgoing task is `current` still, so its pid and comm
 come from helpers. Without BTF, or without the fields, the classic
-sched:sched_switch tracepoint is attached instead (DESIGN.md).
+sched:sched_switch tracepoint is attached instead (its fields come with
+its format file, so no struct is read there).
 
 The raw arguments are the tracepoint's TP_PROTO, after the void *__data every
 raw tracepoint takes first, as BTF says in the typedef btf_trace_sched_switch:
