@@ -167,9 +167,17 @@ def _writeback(block: Block) -> str | None:
         how = "throttled by reclaim for writeback (VMSCAN_THROTTLE_WRITEBACK)"
     seen = f"{_who(hit)} {how} in {t.get('site')}, cgroup={_cg(t)}"
     wb = next((x["writeback"] for x in hit if x.get("writeback")), None)
-    device = _device(wb) if wb else None
+    look = "the device behind this file system (its speed, any I/O throttling on it)"
     if wb:
+        device = _device(wb)
         seen += f", on writeback of {device}"
+        said = []
+        if wb.get("written_bytes_per_s") is not None:
+            said.append(f"written {_mib(wb['written_bytes_per_s'])}/s")
+        if wb.get("write_limit_bytes_per_s") is not None:
+            said.append(f"write limit {_mib(wb['write_limit_bytes_per_s'])}/s")
+        look = (f"{device}, the device behind this file system: its speed and I/O throttling"
+                + (f" ({', '.join(said)})" if said else ""))
     stuck = next((x for x in hit if x.get("behind")), None)
     if stuck is not None:  # the writeback itself waits for memory: the memcg writeback deadlock
         b = stuck["behind"][0]
@@ -180,16 +188,6 @@ def _writeback(block: Block) -> str | None:
                      "themselves (a reclaim that waits on writeback, behind writeback that waits on reclaim)",
                      "what those threads allocate and in which memory cgroup (their stacks), and whether the "
                      "waiting reclaim could do without waiting on writeback (GFP_NOFS/GFP_NOIO in the I/O path)")
-    if wb:
-        said = []
-        if wb.get("written_bytes_per_s") is not None:
-            said.append(f"written {_mib(wb['written_bytes_per_s'])}/s")
-        if wb.get("write_limit_bytes_per_s") is not None:
-            said.append(f"write limit {_mib(wb['write_limit_bytes_per_s'])}/s")
-        look = (f"{device}, the device behind this file system: its speed and I/O throttling"
-                + (f" ({', '.join(said)})" if said else ""))
-    else:
-        look = "the device behind this file system (its speed, any I/O throttling on it)"
     return _line(seen, "writeback that does not keep up: the pages reclaim needs are still being written", look)
 
 

@@ -9,6 +9,7 @@ stalls on a shared machine cannot add lines of their own.
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -77,22 +78,27 @@ def test_memcg_reclaim_waiting_on_a_slow_device_points_at_that_device(daemon_fac
     waits on that device's writeback, and the block says to look at the device."""
     with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-advice-wb") as group:
         d = daemon_factory("--threshold", "3", "--scan-interval", "0.5", "--cgroup", group.rel_path)
+        device = f"{Path(disk.loop).name} ({disk.majmin})"
         group.set_limit_bytes(64 << 20)
         dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            def advised(records) -> bool:
-                return any(a["kind"] == "writeback"
-                           for r in records if r["type"] == "stall_report" for a in r.get("advice", ()))
+            def named(rec) -> bool:  # a writeback advice naming the throttled device
+                return any(a["kind"] == "writeback" and f"look at: {device}, the device behind" in a["text"]
+                           for a in rec.get("advice", ()))
 
-            assert d.wait_for(advised, 90), f"no writeback advice: {d.raw_lines[-3:]}"
+            def advised(records) -> bool:
+                return any(named(r) for r in records if r["type"] == "stall_report")
+
+            assert d.wait_for(advised, 90), f"no writeback advice naming {device}: {d.raw_lines[-3:]}"
             assert dd.poll() is None, "advised only after dd had finished"
         finally:
             disk.stop_writer(dd)
-    rec = next(r for r in d.of_type("stall_report") if any(a["kind"] == "writeback" for a in r["advice"]))
+    rec = next(r for r in d.of_type("stall_report") if named(r))
     a = next(a for a in rec["advice"] if a["kind"] == "writeback")
     assert a["text"].startswith(f"seen: dd pid={dd.pid} waiting on page writeback"), a
-    assert "look at: the device behind this file system" in a["text"], a
+    assert f", on writeback of {device}; " in a["text"], a
+    assert "its speed and I/O throttling (" in a["text"] and "write limit 0.5MiB/s)" in a["text"], a
     # every clause rests on a fact of the block: a task of dd waiting on writeback
     dd_tasks = [t for t in rec["tasks"] if t["pid"] == dd.pid]
     assert any("writeback_wait" in {t["site"], t.get("waiting_site")} | {o["site"] for o in t["other_waits"]}
