@@ -113,8 +113,7 @@ def dirty_pause_cost(reverse: bool, seconds: float = 10.0) -> dict[str, tuple[in
     before = {n: bpfstats.prog_stats(fd) for n, fd in fds.items()}
     with slowdisk.SlowDisk(write_bps=1 << 20) as disk, memcg.MemCgroup("aw-bench-dirty") as group:
         disk.set_dirty_bytes(8 << 20, 4 << 20)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 300)
         time.sleep(seconds)
         after = {n: bpfstats.prog_stats(fd) for n, fd in fds.items()}
         dd.kill()

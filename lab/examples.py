@@ -75,8 +75,7 @@ def crawl(d: _TextDaemon) -> None:
     """dd in a 64 MiB group writing to a disk throttled to 256 KiB/s."""
     with slowdisk.SlowDisk(write_bps=256 << 10) as disk, memcg.MemCgroup("aw-crawl") as group:
         group.set_limit_bytes(64 * MIB)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=200"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 200)
         try:
             d.wait_line(_level(2), 60)
         finally:
@@ -97,8 +96,7 @@ def dirty(d: _TextDaemon) -> None:
     """Dirty throttling: dd behind a 1 MiB/s disk with 8 MiB of dirty memory allowed."""
     with slowdisk.SlowDisk(write_bps=1 * MIB) as disk, memcg.MemCgroup("aw-dirty") as group:
         disk.set_dirty_bytes(8 * MIB, 4 * MIB)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 300)
         try:
             d.wait_line(_level(2, "throttled"), 40)
         finally:

@@ -1,25 +1,43 @@
 # SPDX-License-Identifier: Apache-2.0
 """A slow block device for kernel tests and benchmarks (memcg reclaim waiting on writeback, dirty throttling).
 
-A loop device over a sparse file, ext4 without a journal (with one on request, or XFS), mounted in a
-temporary directory, its writes throttled by a cgroup-v1 blkio rule on the
-root blkio group (the flusher kworkers live there). `close()` undoes it all
-in this order: the caller kills its writers first, then
-the rule is lifted (blocked writers then drain and exit), then unmount,
-detach and delete. Dirty-page sysctls changed through `set_dirty_bytes` are
+A loop device of its own over a sparse file, ext4 without a journal (with one on
+request, or XFS), mounted in a temporary directory, its writes throttled by a
+cgroup-v1 blkio rule on the root blkio group (the flusher kworkers live there).
+The loop device is added for this disk and removed after it: a block device keeps
+its writeback state (bandwidth estimate, writeback counts) across attaches, so a
+reused loop0 would carry into a test what earlier tests did to it.
+`close()` undoes it all in this order: the caller kills its writers first, then
+the rule is lifted (blocked writers then drain and exit), then unmount, detach,
+remove and delete. Dirty-page sysctls changed through `set_dirty_bytes` are
 restored too.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lab.memcg import MemCgroup
 
 BLKIO_RULE = Path("/sys/fs/cgroup/blkio/blkio.throttle.write_bps_device")
 VM = Path("/proc/sys/vm")
+LOOP_CONTROL = Path("/dev/loop-control")
+LOOP_CTL_ADD, LOOP_CTL_REMOVE = 0x4C80, 0x4C81  # <linux/loop.h>
+
+
+def _loop_ctl(request: int, index: int) -> int:
+    fd = os.open(LOOP_CONTROL, os.O_RDWR)
+    try:
+        return fcntl.ioctl(fd, request, index)
+    finally:
+        os.close(fd)
 
 
 def _run(*argv: str) -> str:
@@ -35,13 +53,21 @@ class SlowDisk:
         self.mnt = self.dir / "mnt"
         self.loop = ""
         self.majmin = ""
+        self._index: int | None = None  # of the loop device added for this disk
         self._sysctls: dict[str, str] = {}
         self._mounted = False
         try:
             self.mnt.mkdir()
             with self.image.open("wb") as f:
                 f.truncate(size_mib << 20)
-            self.loop = _run("losetup", "-f", "--show", str(self.image))
+            self._index = _loop_ctl(LOOP_CTL_ADD, -1)  # -1: the lowest index no loop device has
+            device = f"/dev/loop{self._index}"
+            for _ in range(50):  # devtmpfs makes the node
+                if Path(device).exists():
+                    break
+                time.sleep(0.1)
+            _run("losetup", device, str(self.image))
+            self.loop = device
             if fs == "xfs":
                 _run("mkfs.xfs", "-q", "-f", self.loop)
             else:
@@ -56,6 +82,12 @@ class SlowDisk:
 
     def set_write_bps(self, bps: int) -> None:
         BLKIO_RULE.write_text(f"{self.majmin} {bps}\n")
+
+    def spawn_writer(self, group: MemCgroup, mib: int) -> subprocess.Popen[Any]:
+        """dd writing `mib` MiB of zeros to a file here from `group`, its output discarded;
+        end it with `stop_writer`."""
+        return group.spawn(["dd", "if=/dev/zero", f"of={self.mnt / 'f'}", "bs=1M", f"count={mib}"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_writer(self, writer: subprocess.Popen[Any]) -> None:
         """SIGKILL does not end a writer blocked on throttled writeback until the
@@ -86,6 +118,15 @@ class SlowDisk:
         if self.loop and not self._mounted:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
             self.loop = ""
+        index = self._index
+        if index is not None and not self.loop:
+            for _ in range(50):  # busy while the detach settles
+                try:
+                    _loop_ctl(LOOP_CTL_REMOVE, index)
+                    self._index = None
+                    break
+                except OSError:
+                    time.sleep(0.1)
         if not self._mounted:
             self.image.unlink(missing_ok=True)
             if self.mnt.exists():

@@ -8,7 +8,6 @@ stalls on a shared machine cannot add lines of their own.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -80,8 +79,7 @@ def test_memcg_reclaim_waiting_on_a_slow_device_points_at_that_device(daemon_fac
         d = daemon_factory("--threshold", "3", "--scan-interval", "0.5", "--cgroup", group.rel_path)
         device = f"{Path(disk.loop).name} ({disk.majmin})"
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 100)
         try:
             def named(rec) -> bool:  # a writeback advice naming the throttled device
                 return any(a["kind"] == "writeback" and f"look at: {device}, the device behind" in a["text"]

@@ -241,10 +241,7 @@ def test_memcg_reclaim_waiting_on_slow_writeback_reported_in_flight(daemon_facto
     d = daemon_factory("--threshold", "3", "--scan-interval", "0.5")
     with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-wb") as group:
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(
-            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        dd = disk.spawn_writer(group, 100)
         try:
             def dd_reported(records) -> bool:  # as a stall (it may be reported as throttled first)
                 return any(
@@ -288,10 +285,7 @@ def test_dirty_throttling_is_reported_as_throttled(daemon_factory):
     with slowdisk.SlowDisk(write_bps=1 << 20) as disk, memcg.MemCgroup("aw-dirty") as group:
         disk.set_dirty_bytes(8 << 20, 4 << 20)
         group.set_limit_bytes(1 << 30)
-        dd = group.spawn(
-            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        dd = disk.spawn_writer(group, 300)
         try:
             t0 = time.monotonic()
             ok = d.wait_for(_kind_reported(d, dd.pid, "throttled"), 20)
@@ -325,10 +319,7 @@ def test_a_crawl_of_eight_second_waits_is_reported_with_the_defaults(daemon_fact
     d = daemon_factory()
     with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-crawl") as group:
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(
-            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        dd = disk.spawn_writer(group, 100)
         t0 = time.monotonic()
         try:
             seen = lambda rs: any(  # noqa: E731

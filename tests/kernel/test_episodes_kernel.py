@@ -4,7 +4,6 @@ on-call pages on must not flap."""
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 import pytest
@@ -26,10 +25,7 @@ def test_a_writer_stuck_behind_a_slow_disk_is_one_episode_until_it_is_killed(dae
     d = daemon_factory()
     with slowdisk.SlowDisk(write_bps=256 << 10) as disk, memcg.MemCgroup("aw-episode") as group:
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(
-            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        dd = disk.spawn_writer(group, 200)
         try:
             assert d.wait_for(lambda rs: _dd_tasks(d, dd.pid), 60), f"dd was never reported: {d.raw_lines[-3:]}"
             t0 = time.monotonic()
@@ -63,10 +59,7 @@ def test_nested_waits_count_once_in_a_crawls_share(daemon_factory):
     d = daemon_factory()
     with slowdisk.SlowDisk(write_bps=768 << 10) as disk, memcg.MemCgroup("aw-nested") as group:
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(
-            ["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        dd = disk.spawn_writer(group, 200)
 
         def nested(records) -> list[dict]:
             out = []

@@ -15,7 +15,6 @@ it is reported without /proc."""
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from pathlib import Path
 
@@ -101,8 +100,7 @@ def _stall_in_the_journal(c: Container) -> None:
     """Memcg reclaim waiting on a slow device, on the host: dd in a 64 MiB memcg, writing to a 512 KiB/s disk."""
     with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-svc-wb") as group:
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 100)
         try:
             def dd_entries():
                 return [e for e in _journal(c, "ALLOCWATCH_SITE=memcg_reclaim", f"ALLOCWATCH_PID={dd.pid}")

@@ -40,6 +40,11 @@ def _memcg_reclaim_records(d: Daemon, pids: set[int]) -> dict[int, list[tuple[st
     return {pid: [(kind, rec) for _, kind, rec in sorted(rows, key=lambda x: x[0])] for pid, rows in out.items()}
 
 
+def _sites(t: dict[str, Any]) -> set[str]:
+    """The sites a reported task waits at: its own, the one it waits in, and its other waits."""
+    return {t["site"], t.get("waiting_site")} | {o["site"] for o in t.get("other_waits") or ()}
+
+
 def _reader(group: memcg.MemCgroup, path: Path) -> subprocess.Popen[Any]:
     """Clean page cache, read over and over in the group: it lies on the LRU among
     the writer's dirty pages, so a reclaim pass frees some before one blocks."""
@@ -61,8 +66,7 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
     try:
         with slowdisk.SlowDisk(write_bps=512 << 10) as disk, memcg.MemCgroup("aw-sofar") as group:
             group.set_limit_bytes(64 << 20)
-            dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            dd = disk.spawn_writer(group, 100)
             reader = _reader(group, sparse)
             pids = {dd.pid, reader.pid}
             try:
@@ -103,21 +107,30 @@ def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemo
     """Dirty throttling: a writer throttled in sleeps of at most 200 ms (vm.dirty_bytes 8 MiB,
     a 1 MiB/s device). With the site's threshold at 0.1 s a sleep in flight is
     reported; its pause is the one balance_dirty_pages chose for that very sleep
-    (the sleep has not outlasted it), with the dirty pages behind it."""
-    d = daemon("threshold_s: 10\nthresholds_s:\n  dirty_throttle: 0.1\nscan_interval_s: 0.05\n"
-               "report_interval_s: 0.05\n")
+    (the sleep has not outlasted it), with the dirty pages behind it. A first writer
+    warms the new device for 10 s: the kernel's estimate of its write bandwidth starts
+    at 100 MB/s and the pauses it sets are short until it has come down, by when the
+    writer, sleeping most of the time, is reported throttled rather than sleep by sleep."""
     with slowdisk.SlowDisk(write_bps=1 << 20) as disk, memcg.MemCgroup("aw-pause") as group:
         disk.set_dirty_bytes(8 << 20, 4 << 20)
         group.set_limit_bytes(1 << 30)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=300"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        warm = disk.spawn_writer(group, 300)
+        time.sleep(10)
+        warm.kill()  # killable in its dirty-throttle sleep; the rule stays: its pages drain at 1 MiB/s
+        warm.wait(30)
+        d = daemon("threshold_s: 10\nthresholds_s:\n  dirty_throttle: 0.1\nscan_interval_s: 0.05\n"
+                   "report_interval_s: 0.05\n")
+        dd = disk.spawn_writer(group, 300)
 
         def sleeps(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
             return [t for r in records if r["type"] == "stall_report" for t in r["tasks"]
                     if t["pid"] == dd.pid and t["kind"] == "stall" and t["site"] == "dirty_throttle"]
 
         try:
-            assert d.wait_for(lambda rs: len(sleeps(rs)) >= 5, 30), f"no dirty-throttle sleep: {d.raw_lines[-3:]}"
+            seen = d.wait_for(lambda rs: len(sleeps(rs)) >= 5, 30)
+            assert seen, ("no dirty-throttle sleep", [
+                (t["kind"], t["site"], t.get("wait_s"), (t.get("dirty_pause") or {}).get("pause_ms"))
+                for r in d.records if r["type"] == "stall_report" for t in r["tasks"] if t["pid"] == dd.pid][-20:])
             assert dd.poll() is None, "the writer was not throttled"
         finally:
             disk.stop_writer(dd)
@@ -146,8 +159,7 @@ def test_a_writeback_wait_and_the_memcg_reclaim_around_it_name_the_slow_device(d
     bps = 512 << 10
     with slowdisk.SlowDisk(write_bps=bps) as disk, memcg.MemCgroup("aw-wbdev") as group:
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 100)
         loop = Path(disk.loop).name
 
         def named(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -211,12 +223,12 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_not_listed_behind_the
     jbd2_journal_commit_transaction (seen here in 8 of 8 samples 3 s apart). jbd2 works for
     that device but waits beside dd, on the same writes, not ahead of it: the blocks name the
     device and never list it `behind` dd (they did before core/behind.py left such waits out)."""
-    d = daemon("threshold_s: 0.5\nscan_interval_s: 0.1\nreport_interval_s: 0.1\nmax_tasks_per_block: 20\n")
+    d = daemon("threshold_s: 0.5\nthresholds_s:\n  writeback_wait: 0.1\nscan_interval_s: 0.05\nreport_interval_s: 0.1\n"
+               "max_tasks_per_block: 20\n")
     with (slowdisk.SlowDisk(write_bps=512 << 10, journal=True, mount_options="dioread_lock") as disk,
           memcg.MemCgroup("aw-beside") as group):
         group.set_limit_bytes(64 << 20)
-        dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=1M", "count=100"],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        dd = disk.spawn_writer(group, 100)
         loop = Path(disk.loop).name
 
         def named(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -243,6 +255,12 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_not_listed_behind_the
     assert any("folio_wait_writeback" in s and "jbd2_journal_commit_transaction" in s for s in stacks), stacks
     rows = [b for t in named(d.records) for b in t.get("behind") or ()]
     assert not [b for b in rows if b["site"] in ("writeback_wait", "dirty_throttle")], rows
+    # the filter was put to work: blocks that show jbd2 in its writeback wait beside dd
+    beside = [r for r in d.records if r["type"] == "stall_report"
+              and any(t["pid"] == dd.pid for t in named([r]))
+              and any(t["comm"] == jbd2 and "writeback_wait" in _sites(t) for t in r["tasks"])]
+    assert beside, "no block showed jbd2 waiting on writeback beside dd"
+    assert not [b for r in beside for t in named([r]) for b in t.get("behind") or () if b["name"] == jbd2]
     text = report.render_dicts([r for r in d.records if r["type"] == "stall_report"], "text")
     assert f"waiting on writeback of {loop} ({disk.majmin})" in text, text[-3000:]
     assert f"on writeback of {loop} ({disk.majmin}); points at: writeback that does not keep up" in text, text[-3000:]
