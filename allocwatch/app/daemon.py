@@ -24,7 +24,7 @@ from allocwatch.app.hostcontext import HostContext
 from allocwatch.app.live import LiveReader
 from allocwatch.config import Config
 from allocwatch.core import gfp, oomkills, pods
-from allocwatch.core.behind import behind, on_writeback, writeback_devices
+from allocwatch.core.behind import behind, beside, on_writeback, writeback_devices
 from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.cgroupstall import CgroupCounts, CgroupLabeler, CgroupStallSeconds
 from allocwatch.core.classify import StackClassifier
@@ -314,9 +314,10 @@ class Daemon:
             names = devices.get(tid, set())
             if d.writeback_device is not None and d.writeback_device.device:
                 names.add(d.writeback_device.device)  # "loop3" beside its bdi "7:3"
-            rows = behind(self.tasks.kernel_waits(waits), names, tid, now_ns)
-            if rows:
-                details[tid] = dataclasses.replace(d, behind=rows)
+            kernel = self.tasks.kernel_waits(waits)
+            rows, side = behind(kernel, names, tid, now_ns), beside(kernel, names, tid, now_ns)
+            if rows or side:
+                details[tid] = dataclasses.replace(d, behind=rows, beside=side)
         return details
 
     def _cgroup_waiting(self, f: Finding, cgroup: str | None) -> dict[str, Any]:

@@ -16,7 +16,7 @@ every kernel thread whose name is that of a writeback helper.
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from allocwatch.core.sites import Site
@@ -39,7 +39,8 @@ class Behind:
 
 
 # A helper waiting on writeback itself (jbd2's commit waiting for the data it ordered, in
-# folio_wait_writeback) waits beside the task, on the same device: it holds nothing up.
+# folio_wait_writeback) waits beside the task, on the same device: it holds nothing up
+# (`beside()` lists those of the task's device apart).
 BESIDE = frozenset({Site.WRITEBACK_WAIT, Site.DIRTY_THROTTLE})
 WRITEBACK_FRAMES = frozenset({"folio_wait_writeback", "wait_on_page_writeback"})
 KERNEL_NAMES_READ = 64  # at most this many kernel threads' names read a block
@@ -78,9 +79,29 @@ def behind(
     """Of the kernel threads in memory waits (each wait with the thread's /proc
     name), those the writeback wait of `waiter_tid` may be behind: longest first,
     one row a thread (its longest wait), at most BEHIND_SHOWN."""
+    return _rows(kernel_waits, devices, waiter_tid, now_ns, lambda w: w.site not in BESIDE)
+
+
+def beside(
+    kernel_waits: Iterable[tuple[Wait, str]], devices: Collection[str], waiter_tid: int, now_ns: int,
+) -> tuple[Behind, ...]:
+    """The kernel threads of the devices the task waits on that wait on their
+    writeback themselves (jbd2's commit waiting for the data it ordered): not
+    ahead of the task, but a sign that every writer to that file system will soon
+    wait too (on the journal). Only with a device known: any helper waiting on
+    any writeback says nothing of this one."""
+    if not devices:
+        return ()
+    return _rows(kernel_waits, devices, waiter_tid, now_ns, lambda w: w.site in BESIDE)
+
+
+def _rows(
+    kernel_waits: Iterable[tuple[Wait, str]], devices: Collection[str], waiter_tid: int, now_ns: int,
+    keep: Callable[[Wait], bool],
+) -> tuple[Behind, ...]:
     best: dict[int, Behind] = {}
     for w, name in kernel_waits:
-        if w.tid == waiter_tid or w.site in BESIDE or not works_for(name, devices):
+        if w.tid == waiter_tid or not keep(w) or not works_for(name, devices):
             continue
         row = Behind(w.tid, w.pid, name, w.site.label, max(0, now_ns - w.start_ns) / NS_PER_S)
         if w.tid not in best or row.waited_s > best[w.tid].waited_s:

@@ -60,6 +60,8 @@ class TaskDetail:
     writeback_device: DeviceState | None = None
     # a task waiting on writeback: the kernel threads in memory waits that complete it (core/behind.py)
     behind: Sequence[Behind] = ()
+    # and the kernel threads of its device that wait on that device's writeback themselves (jbd2)
+    beside: Sequence[Behind] = ()
 
 
 @dataclass(frozen=True)
@@ -272,9 +274,13 @@ def detail_fields(detail: TaskDetail) -> dict[str, Any]:
         "memcg": _memcg_dict(detail.memcg),
         "gfp_no_fs_io": list(detail.gfp_no_fs_io),
         "pod": pod_dict(detail.pod),
-        "behind": [{"tid": b.tid, "pid": b.pid, "name": escape(b.name), "site": b.site,
-                    "waited_s": round(b.waited_s, 3)} for b in detail.behind],
+        "behind": [_thread_dict(b) for b in detail.behind],
+        "beside": [_thread_dict(b) for b in detail.beside],
     }
+
+
+def _thread_dict(b: Behind) -> dict[str, Any]:
+    return {"tid": b.tid, "pid": b.pid, "name": escape(b.name), "site": b.site, "waited_s": round(b.waited_s, 3)}
 
 
 def pod_dict(p: PodRef | None) -> dict[str, Any] | None:

@@ -138,12 +138,18 @@ def shrinkers_lines(shrinkers: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def behind_lines(t: Mapping[str, Any]) -> list[str]:
-    """The kernel threads in memory waits that a writeback wait is behind."""
+    """The kernel threads in memory waits that a writeback wait is behind, and
+    those of its device waiting on that device's writeback beside it."""
     rows = t.get("behind") or []
-    if not rows:
-        return []
-    return ["    behind it, in memory waits: " + ", ".join(
-        f"{text_value(b['name'])} pid={b['pid']} {b['site']} {b['waited_s']:.1f}s" for b in rows)]
+    lines = ["    behind it, in memory waits: " + _threads(rows)] if rows else []
+    side = t.get("beside") or []
+    if side:
+        lines.append("    beside it, waiting on the same device's writeback: " + _threads(side))
+    return lines
+
+
+def _threads(rows: Any) -> str:
+    return ", ".join(f"{text_value(b['name'])} pid={b['pid']} {b['site']} {b['waited_s']:.1f}s" for b in rows)
 
 
 def _finding_lines(t: Mapping[str, Any]) -> list[str]:

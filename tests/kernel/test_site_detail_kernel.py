@@ -215,14 +215,15 @@ def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
 
 
 @pytest.mark.requires_cgroup_v1_blkio
-def test_a_journal_thread_waiting_on_the_same_writeback_is_not_listed_behind_the_task(daemon):
+def test_a_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_task_not_behind(daemon):
     """ext4 with its journal, ordered data and dioread_lock (so a commit waits for the data
     blocks it allocated to be written: with the default dioread_nolock it need not) on a loop
     device throttled to 512 KiB/s, dd in a 64 MiB group: dd's memcg reclaim waits on writeback
     of that device, and the journal thread (jbd2/loopN-8) waits in folio_wait_writeback under
     jbd2_journal_commit_transaction (seen here in 8 of 8 samples 3 s apart). jbd2 works for
     that device but waits beside dd, on the same writes, not ahead of it: the blocks name the
-    device and never list it `behind` dd (they did before core/behind.py left such waits out)."""
+    device and never list it `behind` dd (they did before core/behind.py left such waits out), but
+    `beside` it."""
     d = daemon("threshold_s: 0.5\nthresholds_s:\n  writeback_wait: 0.1\nscan_interval_s: 0.05\nreport_interval_s: 0.1\n"
                "max_tasks_per_block: 20\n")
     with (slowdisk.SlowDisk(write_bps=512 << 10, journal=True, mount_options="dioread_lock") as disk,
@@ -255,12 +256,16 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_not_listed_behind_the
     assert any("folio_wait_writeback" in s and "jbd2_journal_commit_transaction" in s for s in stacks), stacks
     rows = [b for t in named(d.records) for b in t.get("behind") or ()]
     assert not [b for b in rows if b["site"] in ("writeback_wait", "dirty_throttle")], rows
-    # the filter was put to work: blocks that show jbd2 in its writeback wait beside dd
-    beside = [r for r in d.records if r["type"] == "stall_report"
-              and any(t["pid"] == dd.pid for t in named([r]))
-              and any(t["comm"] == jbd2 and "writeback_wait" in _sites(t) for t in r["tasks"])]
-    assert beside, "no block showed jbd2 waiting on writeback beside dd"
-    assert not [b for r in beside for t in named([r]) for b in t.get("behind") or () if b["name"] == jbd2]
+    # the filter was put to work: blocks that show jbd2 in its writeback wait with dd
+    together = [r for r in d.records if r["type"] == "stall_report"
+                and any(t["pid"] == dd.pid for t in named([r]))
+                and any(t["comm"] == jbd2 and "writeback_wait" in _sites(t) for t in r["tasks"])]
+    assert together, "no block showed jbd2 waiting on writeback with dd"
+    assert not [b for r in together for t in named([r]) for b in t.get("behind") or () if b["name"] == jbd2]
+    # and jbd2 is said to wait beside dd, on its device's writeback
+    side = [b for t in named(d.records) for b in t.get("beside") or ()]
+    assert side and {(b["name"], b["site"]) for b in side} == {(jbd2, "writeback_wait")}, side
     text = report.render_dicts([r for r in d.records if r["type"] == "stall_report"], "text")
     assert f"waiting on writeback of {loop} ({disk.majmin})" in text, text[-3000:]
     assert f"on writeback of {loop} ({disk.majmin}); points at: writeback that does not keep up" in text, text[-3000:]
+    assert f"    beside it, waiting on the same device's writeback: {jbd2} pid=" in text, text[-3000:]

@@ -61,3 +61,14 @@ def test_a_helper_waiting_on_writeback_itself_waits_beside_the_task_not_ahead_of
              (kwait(9, Site.DIRTY_THROTTLE, 90), "kworker/u8:2+flush-7:3"),
              (kwait(10, Site.MEMCG_RECLAIM, 95), "kworker/u8:1+loop3")]
     assert [b.tid for b in behind.behind(waits, {"7:3", "loop3"}, waiter_tid=100, now_ns=100 * S)] == [10]
+    # listed apart, beside it: jbd2 and the flusher of that device wait on its writes too
+    side = behind.beside(waits, {"7:3", "loop3"}, waiter_tid=100, now_ns=100 * S)
+    assert [(b.tid, b.name, b.site) for b in side] == [(8, "jbd2/loop3-8", "writeback_wait"),
+                                                        (9, "kworker/u8:2+flush-7:3", "dirty_throttle")]
+
+
+def test_nothing_is_beside_a_task_whose_device_is_not_known():
+    """A helper waiting on some writeback says nothing of a wait whose device is unknown."""
+    waits = [(kwait(8, Site.WRITEBACK_WAIT, 90), "jbd2/loop3-8")]
+    assert behind.beside(waits, set(), waiter_tid=100, now_ns=100 * S) == ()
+    assert behind.beside(waits, {"loop4"}, waiter_tid=100, now_ns=100 * S) == ()

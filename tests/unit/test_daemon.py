@@ -286,6 +286,31 @@ def test_the_threads_behind_a_writeback_wait_are_those_of_its_device(tmp_path):
     assert [b["name"] for b in dd["behind"]] == ["kworker/u8:1+loop3", "jbd2/loop3-8"]
 
 
+def test_the_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_wait(tmp_path):
+    """jbd2 of loop3 in its own writeback wait is not ahead of dd but beside it, in
+    JSON and in the text line under dd; loop3's worker in reclaim stays behind."""
+    from allocwatch.core.model import WritebackNote
+
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    _loop3(d, tmp_path)
+    fake_proc(tmp_path, 7, ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list"])
+    for tid, name in ((5, "kworker/u8:1+loop3"), (8, "jbd2/loop3-8")):
+        t = tmp_path / str(tid) / "task" / str(tid)
+        t.mkdir(parents=True)
+        (t / "stat").write_text(f"{tid} ({name}) D 2 0 0 0 -1 {0x04208060} 0 0 0\n")
+    src.waits = [InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, writeback=WritebackNote(1, "7:3", 12)),
+                 InflightWait(5, 5, "kworker", int(Site.MEMCG_RECLAIM), S, 0xC00, 0),
+                 InflightWait(8, 8, "jbd2/loop3-8", int(Site.WRITEBACK_WAIT), 2 * S, None, None)]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    rec = json.loads(sink.writes[-1])
+    (dd,) = [t for t in rec["tasks"] if t["tid"] == 7]
+    assert [b["name"] for b in dd["behind"]] == ["kworker/u8:1+loop3"]
+    assert dd["beside"] == [{"tid": 8, "pid": 8, "name": "jbd2/loop3-8", "site": "writeback_wait", "waited_s": 1.0}]
+    text = report.render_dicts([rec], "text")
+    assert "    beside it, waiting on the same device's writeback: jbd2/loop3-8 pid=8 writeback_wait 1.0s" in text
+
+
 def test_site_detail_of_waits_in_flight_reaches_the_block(tmp_path):
     """Pages reclaimed so far grow scan by scan; a hinted dirty-throttle sleep keeps its pause."""
     d, src, sink, clock = make(tmp_path, threshold_s=0.1, thresholds_s={"memcg_reclaim": 1.0})

@@ -57,7 +57,7 @@ def test_json_stall_report_fields():
         "start_known": True,
         "other_waits": [], "recent_stack": [], "uid": None, "cmdline": None, "dying": False, "exiting": False,
         "memcg": None, "gfp_no_fs_io": [], "reclaimed_so_far_pages": None, "dirty_pause": None, "pod": None,
-        "writeback": None, "behind": [],
+        "writeback": None, "behind": [], "beside": [],
     }
 
 
