@@ -178,6 +178,9 @@ def _writeback(block: Block) -> str | None:
             said.append(f"write limit {_mib(wb['write_limit_bytes_per_s'])}/s")
         look = (f"{device}, the device behind this file system: its speed and I/O throttling"
                 + (f" ({', '.join(said)})" if said else ""))
+    journal = next((b for x in hit for b in x.get("beside") or () if str(b["name"]).startswith("jbd2/")), None)
+    if journal is not None:  # its commit waits on the same writes: every writer will wait on the journal
+        seen += f", with the journal thread {journal['name']} pid={journal['pid']} waiting on the same writeback"
     stuck = next((x for x in hit if x.get("behind")), None)
     if stuck is not None:  # the writeback itself waits for memory: the memcg writeback deadlock
         b = stuck["behind"][0]

@@ -269,3 +269,4 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_tas
     assert f"waiting on writeback of {loop} ({disk.majmin})" in text, text[-3000:]
     assert f"on writeback of {loop} ({disk.majmin}); points at: writeback that does not keep up" in text, text[-3000:]
     assert f"    beside it, waiting on the same device's writeback: {jbd2} pid=" in text, text[-3000:]
+    assert f", with the journal thread {jbd2} pid=" in text, text[-3000:]  # and the advice says so

@@ -256,3 +256,15 @@ def test_writeback_names_the_device_and_how_its_writes_go_when_the_task_says_the
                          "(written 0.5MiB/s, write limit 0.5MiB/s)"), said
     bare = text(block(task(stack=WB_STACK, writeback={"bdi": "0:42", "device": None, "ino": 3})), advice.WRITEBACK)
     assert ", on writeback of 0:42;" in bare and bare.endswith("its speed and I/O throttling"), bare
+
+
+def test_writeback_says_the_journal_thread_waits_on_the_same_writes():
+    """jbd2 beside the task: its commit waits on the same device, so writers to the file
+    system will wait on the journal; the line says so in what it has seen."""
+    wb = {"bdi": "7:3", "device": "loop3", "ino": 12}
+    jbd2 = {"tid": 88, "pid": 88, "name": "jbd2/loop3-8", "site": "writeback_wait", "waited_s": 1.2}
+    said = text(block(task(stack=WB_STACK, writeback=wb, beside=[jbd2])), advice.WRITEBACK)
+    assert (", on writeback of loop3 (7:3), with the journal thread jbd2/loop3-8 pid=88 waiting on the same "
+            "writeback; points at: writeback that does not keep up") in said, said
+    flusher = {**jbd2, "name": "kworker/u8:2+flush-7:3"}  # only a journal says writers will queue behind it
+    assert "journal" not in text(block(task(stack=WB_STACK, writeback=wb, beside=[flusher])), advice.WRITEBACK)
