@@ -134,12 +134,16 @@ def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:
     return out
 
 
-def render_text(statuses: Sequence[SiteStatus], release: str) -> str:
+def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | None = None) -> str:
+    """`switch_how`: how sched:sched_switch was attached, live ("raw tracepoint", or
+    "classic tracepoint (why not raw)"); None offline or when nothing needed it."""
     offline = any(not st.live for st in statuses)
     lines = [f"kernel {release}: {'evaluated offline, nothing attached' if offline else 'attached live'}"]
     for st, row in zip(statuses, rows(statuses), strict=True):
         how = f"{row['mechanism']}: {row['target']}" if st.attached else row["why_not"]
         lines.append(f"  {row['site']:<24} {st.state.value:<19} {how}")
+    if switch_how:
+        lines.append(f"sched:sched_switch (D-state timing) on the {switch_how}")
     verb = "would watch" if offline else "watching"
     lines.append(f"{verb} {summarize(statuses).line()}")
     return "\n".join(lines) + "\n"

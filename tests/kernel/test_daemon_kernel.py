@@ -508,6 +508,11 @@ def test_probes_live_json():
     doc = json.loads(proc.stdout)
     rows = {r["site"]: r for r in doc["sites"]}
     assert doc["live"] is True
+    # with the kernel's BTF the D-state timing is on the raw tracepoint; where it is not, it says why
+    if Path("/sys/kernel/btf/vmlinux").exists():
+        assert doc["sched_switch"] == "raw tracepoint", doc["sched_switch"]
+    else:
+        assert doc["sched_switch"].startswith("classic tracepoint ("), doc["sched_switch"]
     assert rows["memcg_reclaim"]["attached"] and rows["memcg_reclaim"]["mechanism"] == "tracepoint pair"
     assert rows["memcg_oom_wait"]["attached"]
     assert rows["memcg_oom_wait"]["mechanism"] == "sched_switch D-state + stack"

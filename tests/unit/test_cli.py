@@ -125,6 +125,7 @@ def test_probes_offline_json(capsys):
     assert code == 0
     doc = json.loads(out)
     assert doc["live"] is False and doc["kprobes"] is False
+    assert doc["sched_switch"] is None  # how it attaches is known live only
     rows = {r["site"]: r for r in doc["sites"]}
     assert rows["memcg_reclaim"]["would_attach"] and rows["memcg_reclaim"]["mechanism"] == "tracepoint pair"
     assert rows["memcg_oom_wait"]["mechanism"] == "sched_switch D-state + stack"
@@ -138,6 +139,7 @@ def test_probes_offline_text_reads_the_captured_kallsyms(capsys):
     assert code == 0 and "evaluated offline" in out and "not in this kernel" in out
     assert "MISSING" not in out and "off (config)" in out
     assert out.splitlines()[-1] == "would watch 15 of 15 wait sites (3 not in this kernel, 1 off by configuration)"
+    assert "sched:sched_switch" not in out.splitlines()[-2]
     assert "kprobe pair: mem_cgroup_oom_synchronize" in out  # from 6.1/kallsyms, not this host's
 
 
@@ -178,3 +180,11 @@ def test_lock_memory_only_where_later_allocations_cannot_fail():
     assert selfcare.lock_memory(fake, effective=no_cap, memlock_limit=resource.RLIM_INFINITY) is None
     assert calls == [selfcare.MCL_CURRENT | selfcare.MCL_FUTURE | selfcare.MCL_ONFAULT] * 2
 
+
+
+def test_probes_text_says_how_sched_switch_is_attached_when_live():
+    from allocwatch.kernel import coverage
+
+    text = coverage.render_text([], "6.18", "classic tracepoint (no BTF offsets for the raw tracepoint)")
+    assert "sched:sched_switch (D-state timing) on the classic tracepoint (no BTF offsets" in text
+    assert "sched_switch" not in coverage.render_text([], "6.18")
