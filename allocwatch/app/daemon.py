@@ -526,7 +526,8 @@ class Daemon:
         return read() if read is not None else {}
 
     def summary(self) -> dict[str, Any]:
-        """The end-of-run record: completed waits per site and the counters."""
+        """The end-of-run record: completed waits per site, the counters, and the
+        episodes the stop leaves open (their ends are never said)."""
         completed = {}
         for label, h in self.completed().items():
             slots = {}
@@ -537,7 +538,9 @@ class Daemon:
                 prev = n
             completed[label] = SiteSummary(h.count, h.sum_s, slots)
         counters = self.counters(self.source.stats())
-        rec = SummaryReport(self._next_seq(), self.wall_s(), completed, counters, self.oom_kills)
+        still = self.episodes.still_open()
+        rec = SummaryReport(self._next_seq(), self.wall_s(), completed, counters, self.oom_kills,
+                            still[: self.cfg.max_tasks_per_block], len(still))
         return to_dict(rec)
 
     def reload(self, cfg: Config) -> None:

@@ -58,6 +58,20 @@ class TaskEpisodeEnd:
     compaction_status: str | None = None
 
 
+@dataclass(frozen=True)
+class OpenEpisode:
+    """An episode still open when the daemon stops: nobody saw it end."""
+
+    kind: str
+    tid: int
+    pid: int
+    comm: str
+    site: Site
+    duration_s: float  # from its start to the last scan that found it held
+    reports: int
+    quiet: bool  # nothing held it at the last scan: its end waited for one more scan
+
+
 @dataclass
 class _Episode:
     tid: int
@@ -197,6 +211,13 @@ class EpisodeBook:
         if waits:
             return _longest(waits)
         return None
+
+    def still_open(self) -> list[OpenEpisode]:
+        """The episodes open now, longest first: what a stop leaves unended."""
+        out = [OpenEpisode(ep.kind, ep.tid, ep.pid, ep.comm, ep.site,
+                           round(max(0, ep.last_seen_ns - ep.since_ns) / NS_PER_S, 3), ep.reports,
+                           ep.quiet_ns is not None) for ep in self._open.values()]
+        return sorted(out, key=lambda e: (-e.duration_s, e.tid))
 
     def oom_chosen(self, pid: int, now_ns: int) -> None:
         """The OOM killer chose process `pid`: an episode of its tasks ends "oom-killed".

@@ -21,7 +21,7 @@ from typing import Any
 
 from allocwatch.core.advice import advise
 from allocwatch.core.behind import Behind
-from allocwatch.core.episodes import TaskEpisodeEnd
+from allocwatch.core.episodes import OpenEpisode, TaskEpisodeEnd
 from allocwatch.core.findings import STUCK_VICTIM, EpisodeEnd, Finding
 from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, SlabCache, TaskInfo
 from allocwatch.core.model import ShrinkCount
@@ -155,6 +155,9 @@ class SummaryReport:
     completed: Mapping[str, SiteSummary]
     stats: Mapping[str, int]
     oom_kills: int
+    # the episodes still open at the stop (the first max_tasks_per_block, longest first), and how many
+    open_episodes: Sequence[OpenEpisode] = ()
+    open_episodes_count: int = 0
 
 
 Record = StallReport | RecoveredReport | EpisodeEndReport | OomKillReport | LimitsReport | SummaryReport
@@ -503,6 +506,10 @@ def to_dict(rec: Record) -> dict[str, Any]:
         },
         "oom_kills": rec.oom_kills,
         "stats": dict(rec.stats),
+        "open_episodes": [{"kind": e.kind, "tid": e.tid, "pid": e.pid, "comm": escape(e.comm), "site": e.site.label,
+                           "duration_s": e.duration_s, "reports": e.reports, "quiet": e.quiet}
+                          for e in rec.open_episodes],
+        "open_episodes_count": rec.open_episodes_count,
     }
 
 

@@ -442,6 +442,15 @@ def record_text(d: Mapping[str, Any], head: str) -> str:
             continue
         lines.append(f"  {site}: {s['count']} wait(s), {s['total_s']:.3f}s in all")
     lines.append("  counters: " + " ".join(f"{k}={v}" for k, v in d["stats"].items()))
+    still = d.get("open_episodes") or []
+    if still:
+        more = d.get("open_episodes_count", len(still)) - len(still)
+        lines.append(f"  still open at exit: {len(still) + more} episode(s)"
+                     + (f", {more} not listed" if more > 0 else ""))
+        lines += [f"    {text_value(e['comm'])} pid={e['pid']} tid={e['tid']} {e['kind']} at {e['site']} "
+                  f"for {e['duration_s']:.1f}s, reported {e['reports']} time(s)"
+                  + (" (nothing held it at the last scan: its end was not yet confirmed)" if e["quiet"] else "")
+                  for e in still]
     return "\n".join(lines) + "\n"
 
 

@@ -167,6 +167,36 @@ def test_summary_merges_kernel_histograms_and_stack_named_sleeps(tmp_path):
     assert hist.buckets[-1] == (float("inf"), 1) and hist.count == 1
 
 
+def test_the_summary_lists_the_episodes_a_stop_leaves_open(tmp_path):
+    """Task 7 still in its wait at the stop, task 8's wait just ended (its end waits
+    for one more scan): the summary lists both, 7 held, 8 quiet; a stop with every
+    episode ended lists none."""
+    for t in (7, 8):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0)
+    src.waits = [InflightWait(7, 7, "hog", SITE_DSTATE, 0, None, None, None),
+                 InflightWait(8, 8, "cat", SITE_DSTATE, S, None, None, None)]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    src.waits = src.waits[:1]
+    clock["ns"] = 4 * S
+    d.scan_once()
+    doc = d.summary()
+    assert [(e["pid"], e["comm"], e["kind"], e["site"], e["duration_s"], e["quiet"]) for e in doc["open_episodes"]] == [
+        (7, "hog", "stall", "memcg_oom_wait", 4.0, False), (8, "cat", "stall", "memcg_oom_wait", 2.0, True)]
+    assert doc["open_episodes_count"] == 2
+    text = report.render_dicts([doc], "text")
+    assert "  still open at exit: 2 episode(s)\n    hog pid=7 tid=7 stall at memcg_oom_wait for 4.0s" in text
+    assert "cat pid=8 tid=8 stall at memcg_oom_wait for 2.0s, reported 1 time(s) (nothing held it" in text
+    src.waits = []
+    for ns in (5 * S, 6 * S):
+        clock["ns"] = ns
+        d.scan_once()
+    after = d.summary()
+    assert after["open_episodes"] == [] and after["open_episodes_count"] == 0
+    assert "still open" not in report.render_dicts([after], "text")
+
+
 def _seven_blocks_then_eight_waits(tmp_path, first_scan_ns, eight_since_ns, **cfg):
     """Tasks 7 and 8 in the memcg OOM wait, threshold 1 s: 7 since 0, scanned at
     first_scan_ns (its first block); then 8 in flight too, since eight_since_ns."""
