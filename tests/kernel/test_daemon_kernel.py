@@ -187,6 +187,31 @@ def test_task_stuck_before_the_daemon_started_is_reported(daemon_factory):
     assert d.stop() == 0
 
 
+def test_a_stop_mid_stall_lists_the_open_episode_in_the_summary(daemon_factory):
+    """The daemon stopped while a task is still held in the memcg OOM wait: its
+    episode never ends in the output, so the summary at exit lists it as open."""
+    with memcg.MemCgroup("aw-open") as group:
+        (hog,) = memcg.stall_indefinitely(group, 1, 100)
+        try:
+            d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
+
+            def reported(records) -> bool:
+                return any(t["tid"] == hog.pid for r in records if r["type"] == "stall_report" for t in r["tasks"])
+
+            assert d.wait_for(reported, 15), d.raw_lines[-3:]
+            assert d.stop() == 0
+            assert memcg.proc_state(hog.pid) == "D"  # still held when the daemon stopped
+        finally:
+            memcg.release(group)
+            hog.stop()
+    (summary,) = d.of_type("summary")
+    assert not [r for r in d.of_type("recovered") if r["tid"] == hog.pid]
+    (ep,) = [e for e in summary["open_episodes"] if e["tid"] == hog.pid]
+    assert ep["site"] == "memcg_oom_wait" and ep["kind"] == "stall" and ep["reports"] >= 1, ep
+    assert ep["duration_s"] >= 1 and ep["quiet"] is False, ep
+    assert summary["open_episodes_count"] >= 1
+
+
 def test_oom_kill_reported(daemon_factory):
     d = daemon_factory("--threshold", "1")
     with memcg.MemCgroup("aw-oom") as group:
