@@ -517,7 +517,7 @@ class BpfSource:
             if seen.stack_id < 0 or time.monotonic_ns() - seen.time_ns > RECENT_STACK_MAX_AGE_NS:
                 return None  # none taken, or too old to say anything about this wait
             addrs = list(self._bpf[b"stacks"].walk(seen.stack_id))
-        except (KeyError, Exception):  # bcc raises KeyError or bare Exception for a missing entry
+        except Exception:  # a missing entry: bcc raises KeyError, or a bare Exception
             return None
         return [self._bpf.ksym(a).decode(errors="replace") for a in addrs]
 
@@ -529,7 +529,7 @@ class BpfSource:
         try:
             table = self._bpf[b"sigkills"]
             return int(table[table.Key(tid)].value)
-        except (KeyError, Exception):  # bcc raises KeyError or bare Exception for a missing entry
+        except Exception:  # a missing entry: bcc raises KeyError, or a bare Exception
             return None
 
     def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None:
