@@ -699,31 +699,24 @@ static __always_inline int in_reclaim_wait(u32 tid)
     return a && a->open;
 }
 
-/* The slot of `fn`: a walk of one cache line of addresses; -1 when it has none. */
-static __always_inline int shrink_find(struct aw_shrink_acct *s, u64 fn)
+/* The slot of `fn`, or (take) a free or the least called one given to it. */
+static __always_inline int shrink_slot(struct aw_shrink_acct *s, u64 fn, int take)
 {
+    u32 least = 0;
 #pragma unroll
     for (u32 i = 0; i < AW_SHRINK_SLOTS; i++) {
         if (s->fn[i] == fn)
             return i;
-    }
-    return -1;
-}
-
-/* A free slot, or the least called one, given to `fn` (its counts from zero). */
-static __always_inline int shrink_take(struct aw_shrink_acct *s, u64 fn)
-{
-    u32 least = 0;
-#pragma unroll
-    for (u32 i = 1; i < AW_SHRINK_SLOTS; i++) {
-        if (s->slot[i].calls < s->slot[least & (AW_SHRINK_SLOTS - 1)].calls)
+        if (s->calls[i] < s->calls[least & (AW_SHRINK_SLOTS - 1)])
             least = i;
     }
+    if (!take)
+        return -1;
     least &= AW_SHRINK_SLOTS - 1;
     s->fn[least] = fn;
-    s->slot[least].asked = 0;
-    s->slot[least].freed = 0;
-    s->slot[least].calls = 0;
+    s->asked[least] = 0;
+    s->freed[least] = 0;
+    s->calls[least] = 0;
     return least;
 }
 
@@ -743,14 +736,11 @@ int aw_shrink_slab_start(struct tracepoint__vmscan__mm_shrink_slab_start *args)
         if (!s)
             return 0;
     }
-    int i = shrink_find(s, (u64)args->shrink);
-    if (i < 0)
-        i = shrink_take(s, (u64)args->shrink);
-    struct aw_shrink_slot *c = &s->slot[i & (AW_SHRINK_SLOTS - 1)];
-    c->calls += 1; /* only this task writes its own entry */
-    c->asked += args->total_scan;
-    c->objects = args->cache_items;
-    c->gfp = (u32)args->gfp_flags;
+    int i = shrink_slot(s, (u64)args->shrink, 1) & (AW_SHRINK_SLOTS - 1);
+    s->calls[i] += 1; /* only this task writes its own entry */
+    s->asked[i] += args->total_scan;
+    s->objects[i] = args->cache_items;
+    s->gfp[i] = (u32)args->gfp_flags;
     return 0;
 }
 
@@ -762,10 +752,10 @@ int aw_shrink_slab_end(struct tracepoint__vmscan__mm_shrink_slab_end *args)
     struct aw_shrink_acct *s = shrink_acct.lookup(&tid);
     if (!s)
         return 0;
-    int i = shrink_find(s, (u64)args->shrink);
+    int i = shrink_slot(s, (u64)args->shrink, 0);
     if (i < 0)
         return 0;
-    s->slot[i & (AW_SHRINK_SLOTS - 1)].freed += args->retval;
+    s->freed[i & (AW_SHRINK_SLOTS - 1)] += args->retval;
     return 0;
 }
 #endif

@@ -195,19 +195,13 @@ struct aw_task_acct {
  * few slots by shrink function (the least called one reused for a new one).
  * User space takes deltas over the window of a throttled or livelock task. */
 #define AW_SHRINK_SLOTS 8
-/* One shrinker's counts: 32 bytes, so a call writes one cache line, not five
- * (as a struct of arrays it cost 3.9x the empty program in a reclaim storm). */
-struct aw_shrink_slot {
-    __u64 asked;   /* objects it was asked to scan (total_scan at start), summed */
-    __u64 freed;   /* objects it freed (the end's return value when > 0), summed */
-    __u64 objects; /* freeable objects it counted at its last call (cache_items) */
-    __u32 calls;
-    __u32 gfp;     /* the gfp mask of its last call */
-};
-
 struct aw_shrink_acct {
-    __u64 fn[AW_SHRINK_SLOTS]; /* the shrinker's scan function (a kernel address), 0: free slot (one line to walk) */
-    struct aw_shrink_slot slot[AW_SHRINK_SLOTS];
+    __u64 fn[AW_SHRINK_SLOTS];      /* the shrinker's scan function (a kernel address), 0: free slot */
+    __u64 asked[AW_SHRINK_SLOTS];   /* objects it was asked to scan (total_scan at start), summed */
+    __u64 freed[AW_SHRINK_SLOTS];   /* objects it freed (the end's return value when > 0), summed */
+    __u64 objects[AW_SHRINK_SLOTS]; /* freeable objects it counted at its last call (cache_items) */
+    __u32 calls[AW_SHRINK_SLOTS];
+    __u32 gfp[AW_SHRINK_SLOTS];     /* the gfp mask of its last call */
 };
 
 #endif /* ALLOCWATCH_H */

@@ -177,28 +177,23 @@ class TaskAcct(ctypes.Structure):
 SHRINK_SLOTS = 8  # AW_SHRINK_SLOTS
 
 
-class ShrinkSlot(ctypes.Structure):
-    _fields_ = [
-        ("asked", ctypes.c_uint64),
-        ("freed", ctypes.c_uint64),
-        ("objects", ctypes.c_uint64),
-        ("calls", ctypes.c_uint32),
-        ("gfp", ctypes.c_uint32),
-    ]
-
-
 class ShrinkAcct(ctypes.Structure):
     _fields_ = [
         ("fn", ctypes.c_uint64 * SHRINK_SLOTS),
-        ("slot", ShrinkSlot * SHRINK_SLOTS),
+        ("asked", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("freed", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("objects", ctypes.c_uint64 * SHRINK_SLOTS),
+        ("calls", ctypes.c_uint32 * SHRINK_SLOTS),
+        ("gfp", ctypes.c_uint32 * SHRINK_SLOTS),
     ]
 
 
 def decode_shrinks(v: ShrinkAcct) -> tuple[ShrinkCount, ...]:
     """The slots in use, by function address (a slot's place means nothing)."""
     return tuple(sorted(
-        (ShrinkCount(fn=v.fn[i], calls=c.calls, asked=c.asked, freed=c.freed, objects=c.objects, gfp=c.gfp)
-         for i, c in enumerate(v.slot) if v.fn[i] and c.calls),
+        (ShrinkCount(fn=v.fn[i], calls=v.calls[i], asked=v.asked[i], freed=v.freed[i], objects=v.objects[i],
+                     gfp=v.gfp[i])
+         for i in range(SHRINK_SLOTS) if v.fn[i] and v.calls[i]),
         key=lambda c: c.fn))
 
 

@@ -92,8 +92,7 @@ def test_header_struct_fields_in_same_order():
     text = HEADER.read_text()
     pairs = (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey),
              ("aw_dirty_pause", wire.DirtyPauseValue), ("aw_task_acct", wire.TaskAcct),
-             ("aw_oom_context", wire.OomContextEvent), ("aw_shrink_slot", wire.ShrinkSlot),
-             ("aw_shrink_acct", wire.ShrinkAcct),
+             ("aw_oom_context", wire.OomContextEvent), ("aw_shrink_acct", wire.ShrinkAcct),
              ("aw_wb_note", wire.WbNoteValue))
     for cname, pyclass in pairs:
         body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
@@ -203,16 +202,13 @@ def test_oom_context_is_pinned_and_its_kind_where_every_record_has_it():
 
 
 def test_a_task_s_shrinkers_are_pinned_and_decoded_by_function_skipping_free_slots():
-    assert ctypes.sizeof(wire.ShrinkSlot) == 32  # a call writes one cache line
-    assert {f: getattr(wire.ShrinkSlot, f).offset for f, _ in wire.ShrinkSlot._fields_} == {
-        "asked": 0, "freed": 8, "objects": 16, "calls": 24, "gfp": 28}
-    assert ctypes.sizeof(wire.ShrinkAcct) == 8 * 8 + 8 * 32
-    assert {f: getattr(wire.ShrinkAcct, f).offset for f, _ in wire.ShrinkAcct._fields_} == {"fn": 0, "slot": 64}
+    assert ctypes.sizeof(wire.ShrinkAcct) == 4 * 8 * 8 + 2 * 4 * 8
+    assert {f: getattr(wire.ShrinkAcct, f).offset for f, _ in wire.ShrinkAcct._fields_} == {
+        "fn": 0, "asked": 64, "freed": 128, "objects": 192, "calls": 256, "gfp": 288}
     assert re.search(r"#define AW_SHRINK_SLOTS\s+8\b", HEADER.read_text()) and wire.SHRINK_SLOTS == 8
     v = wire.ShrinkAcct()
-    v.fn[5], v.fn[1] = 0xFFFF2000, 0xFFFF1000
-    v.slot[5] = wire.ShrinkSlot(asked=300, freed=0, objects=9000, calls=3, gfp=0xC40)
-    v.slot[1] = wire.ShrinkSlot(asked=10, freed=7, objects=20, calls=1, gfp=0xCC0)
+    v.fn[5], v.calls[5], v.asked[5], v.freed[5], v.objects[5], v.gfp[5] = 0xFFFF2000, 3, 300, 0, 9000, 0xC40
+    v.fn[1], v.calls[1], v.asked[1], v.freed[1], v.objects[1], v.gfp[1] = 0xFFFF1000, 1, 10, 7, 20, 0xCC0
     v.fn[2] = 0xFFFF3000  # given to a shrinker, never called since (calls 0): not shown
     assert wire.decode_shrinks(v) == (
         wire.ShrinkCount(0xFFFF1000, 1, 10, 7, 20, 0xCC0), wire.ShrinkCount(0xFFFF2000, 3, 300, 0, 9000, 0xC40))
