@@ -210,6 +210,10 @@ def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
         assert ctypes.sizeof(note) == ctypes.sizeof(wire.WbNoteValue)
         for name, _ in wire.WbNoteValue._fields_:
             assert getattr(note, name).offset == getattr(wire.WbNoteValue, name).offset
+        shrink = src._bpf[b"shrink_acct"].Leaf  # the shrinkers' counts as bcc built them
+        assert ctypes.sizeof(shrink) == ctypes.sizeof(wire.ShrinkAcct)
+        for name, _ in wire.ShrinkAcct._fields_:
+            assert getattr(shrink, name).offset == getattr(wire.ShrinkAcct, name).offset
     finally:
         src.close()
 
