@@ -689,7 +689,7 @@ int aw_lru_shrink_inactive(struct tracepoint__vmscan__mm_vmscan_lru_shrink_inact
  * every reclaim pass, kswapd's included. A task gets its entry only from a call
  * made while one of its pair-timed waits is open, so kswapd and drop_caches
  * leave after two lookups and never fill the map; once it has one, a call costs
- * one lookup (two made it 3.9x the empty program in a reclaim storm). */
+ * one lookup (3.9x the empty program in a reclaim storm, as with two: BENCHMARKS.md). */
 BPF_TABLE("lru_hash", u32, struct aw_shrink_acct, shrink_acct, 4096); /* 1.4 MiB */
 BPF_PERCPU_ARRAY(shrink_zero, struct aw_shrink_acct, 1);
 
