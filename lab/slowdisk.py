@@ -16,10 +16,12 @@ restored too.
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +42,21 @@ def _loop_ctl(request: int, index: int) -> int:
         os.close(fd)
 
 
+def _write(path: Path, value: str) -> None:
+    path.write_text(f"{value}\n")
+
+
+def _new_loop_index() -> int:
+    """A loop device added for this disk: LOOP_CTL_ADD with -1 adds one at the
+    lowest free index (since v5.14; before, it returned EEXIST while any device
+    was unbound): else the first unbound one losetup finds, reused."""
+    try:
+        return _loop_ctl(LOOP_CTL_ADD, -1)
+    except OSError:
+        found = _run("losetup", "-f")  # "/dev/loopN"
+        return int(found.removeprefix("/dev/loop"))
+
+
 def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -53,15 +70,15 @@ class SlowDisk:
         self.mnt = self.dir / "mnt"
         self.loop = ""
         self.majmin = ""
-        self._index: int | None = None  # of the loop device added for this disk
+        self._loop_index: int | None = None  # of the loop device added for this disk
         self._sysctls: dict[str, str] = {}
         self._mounted = False
         try:
             self.mnt.mkdir()
             with self.image.open("wb") as f:
                 f.truncate(size_mib << 20)
-            self._index = _loop_ctl(LOOP_CTL_ADD, -1)  # -1: the lowest index no loop device has
-            device = f"/dev/loop{self._index}"
+            self._loop_index = _new_loop_index()
+            device = f"/dev/loop{self._loop_index}"
             for _ in range(50):  # devtmpfs makes the node
                 if Path(device).exists():
                     break
@@ -76,8 +93,11 @@ class SlowDisk:
             self._mounted = True
             self.majmin = _run("lsblk", "-dno", "MAJ:MIN", self.loop).strip()
             self.set_write_bps(write_bps)
-        except BaseException:
-            self.close()
+        except BaseException as exc:
+            try:
+                self.close()
+            except Exception as cleanup:  # the first failure is the one to see
+                exc.add_note(f"and then cleaning up: {cleanup}")
             raise
 
     def set_write_bps(self, bps: int) -> None:
@@ -103,11 +123,21 @@ class SlowDisk:
         (VM / "dirty_background_bytes").write_text(f"{background}\n")
 
     def close(self) -> None:
+        """Every step is tried even when one before it failed (a leftover mount
+        or loop device would outlive the test); the first failure is raised after."""
+        failed: list[BaseException] = []
+
+        def step(fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except Exception as exc:  # raised after the other steps
+                failed.append(exc)
+
         if self.majmin:
-            BLKIO_RULE.write_text(f"{self.majmin} 0\n")  # lift the rule: blocked writeback drains
+            step(lambda: self.set_write_bps(0))  # lift the rule: blocked writeback drains
         # Writing the ratios zeroes the *_bytes values (writing 0 to those is refused).
         for name, value in self._sysctls.items():
-            (VM / name).write_text(f"{value}\n")
+            step(functools.partial(_write, VM / name, value))
         self._sysctls = {}
         if self._mounted:
             for _ in range(50):
@@ -118,20 +148,30 @@ class SlowDisk:
         if self.loop and not self._mounted:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
             self.loop = ""
-        index = self._index
-        if index is not None and not self.loop:
-            for _ in range(50):  # busy while the detach settles
-                try:
-                    _loop_ctl(LOOP_CTL_REMOVE, index)
-                    self._index = None
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        step(self._remove_loop)
         if not self._mounted:
             self.image.unlink(missing_ok=True)
             if self.mnt.exists():
                 self.mnt.rmdir()
             self.dir.rmdir()
+        else:
+            failed.append(OSError(f"{self.mnt} still mounted: left in place"))
+        if failed:
+            raise failed[0]
+
+    def _remove_loop(self) -> None:
+        index = self._loop_index
+        if index is None or self.loop:
+            return
+        for _ in range(50):  # busy while the detach settles
+            try:
+                _loop_ctl(LOOP_CTL_REMOVE, index)
+                self._loop_index = None
+                return
+            except OSError as exc:
+                last = exc
+                time.sleep(0.1)
+        raise OSError(f"loop device {index} not removed: {last}")
 
     def __enter__(self) -> SlowDisk:
         return self

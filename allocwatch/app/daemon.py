@@ -292,7 +292,8 @@ class Daemon:
         listed: Collection[int], now_ns: int,
     ) -> dict[int, TaskDetail]:
         """Each listed task waiting on writeback, with the kernel threads in memory
-        waits that complete that writeback (core/behind.py), named from /proc."""
+        waits that complete that writeback, and those of its device waiting on
+        that writeback beside it (core/behind.py), named from /proc."""
         sites: dict[int, set[Site]] = {}
         devices: dict[int, set[str]] = {}
         throttled = {f.tid for f in findings
@@ -314,6 +315,7 @@ class Daemon:
             names = devices.get(tid, set())
             if d.writeback_device is not None and d.writeback_device.device:
                 names.add(d.writeback_device.device)  # "loop3" beside its bdi "7:3"
+                names.update(d.writeback_device.partitions)  # "jbd2/sda1-8" works for sda's writeback
             kernel = self.tasks.kernel_waits(waits)
             rows, side = behind(kernel, names, tid, now_ns), beside(kernel, names, tid, now_ns)
             if rows or side:

@@ -166,7 +166,8 @@ def _writeback(block: Block) -> str | None:
     else:
         how = "throttled by reclaim for writeback (VMSCAN_THROTTLE_WRITEBACK)"
     seen = f"{_who(hit)} {how} in {t.get('site')}, cgroup={_cg(t)}"
-    wb = next((x["writeback"] for x in hit if x.get("writeback")), None)
+    on_device = next((x for x in hit if x.get("writeback")), None)  # its device and its journal: one task's
+    wb = on_device["writeback"] if on_device is not None else None
     look = "the device behind this file system (its speed, any I/O throttling on it)"
     if wb:
         device = _device(wb)
@@ -178,7 +179,7 @@ def _writeback(block: Block) -> str | None:
             said.append(f"write limit {_mib(wb['write_limit_bytes_per_s'])}/s")
         look = (f"{device}, the device behind this file system: its speed and I/O throttling"
                 + (f" ({', '.join(said)})" if said else ""))
-    journal = next((b for x in hit for b in x.get("beside") or () if str(b["name"]).startswith("jbd2/")), None)
+    journal = next((b for b in (on_device or {}).get("beside") or () if str(b["name"]).startswith("jbd2/")), None)
     if journal is not None:  # its commit waits on the same writes: every writer will wait on the journal
         seen += f", with the journal thread {journal['name']} pid={journal['pid']} waiting on the same writeback"
     stuck = next((x for x in hit if x.get("behind")), None)

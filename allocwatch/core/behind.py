@@ -10,7 +10,8 @@ When those are themselves waiting for memory, the task is stuck behind them
 `behind()` picks, from the kernel threads in memory waits now, the ones that
 work for the devices the task waits on, by name (a kworker's /proc name carries
 the workqueue of its work since v4.18, 6b59808bfe48); with no device known,
-every kernel thread whose name is that of a writeback helper.
+every kernel thread whose name is that of a writeback helper. `beside()` picks
+those of the task's device that wait on its writeback themselves (jbd2's commit).
 """
 
 from __future__ import annotations

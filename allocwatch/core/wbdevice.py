@@ -87,6 +87,8 @@ class DeviceState:
     reads_in_flight: int | None
     write_limit_bytes_per_s: int | None = None  # a blkio/io throttle rule on the device, where one is read
     written_over_s: float | None = None
+    # its partitions ("sda1"): a file system's threads are named after the partition it is on
+    partitions: tuple[str, ...] = ()
 
 
 class WriteRates:
@@ -129,7 +131,8 @@ class WriteRates:
 
 
 def state_of(bdi: str, device: str | None, counters: DeviceCounters | None, rate: tuple[float, float] | None,
-             limit: int | None) -> DeviceState:
+             limit: int | None, partitions: tuple[str, ...] = ()) -> DeviceState:
     return DeviceState(bdi, device, rate[0] if rate else None, counters.writes_in_flight if counters else None,
-                       counters.reads_in_flight if counters else None, limit, rate[1] if rate else None)
+                       counters.reads_in_flight if counters else None, limit, rate[1] if rate else None,
+                       partitions)
 

@@ -48,6 +48,18 @@ def block_device(sys_root: Path, bdi: str) -> str | None:
     return target.rstrip("/").rsplit("/", 1)[-1] or None
 
 
+def partitions(sys_root: Path, device: str) -> tuple[str, ...]:
+    """The partitions of a disk ("sda" -> ("sda1", "sda2")): the directories of
+    /sys/block/DEVICE that have a `partition` file; none when it has none or is gone."""
+    if not device or "/" in device or device.startswith("."):
+        return ()
+    try:
+        children = sorted(os.listdir(sys_root / "block" / device))
+    except OSError:
+        return ()
+    return tuple(c for c in children if (sys_root / "block" / device / c / "partition").is_file())
+
+
 def counters(sys_root: Path, bdi: str) -> DeviceCounters | None:
     """The disk's counters: sectors written since boot, and requests in flight
     (reads, writes: `inflight`; else the in-flight total of `stat` as writes)."""
@@ -92,6 +104,7 @@ class WritebackDevices:
         self.mountinfo_path = mountinfo_path
         self.rates = WriteRates()
         self._names: dict[str, str | None] = {}
+        self._partitions: dict[str, tuple[str, ...]] = {}  # bdi -> its disk's partitions
         self._counters: dict[str, DeviceCounters | None] = {}
         self._limits: dict[str, int] | None = None  # read at the first state() after a sample
 
@@ -107,11 +120,15 @@ class WritebackDevices:
         if bdi not in self._names:
             if len(self._names) >= NAMES_KEPT:
                 self._names.clear()
-            self._names[bdi] = block_device(self.sys_root, bdi)
+                self._partitions.clear()
+            name = self._names[bdi] = block_device(self.sys_root, bdi)
+            self._partitions[bdi] = partitions(self.sys_root, name) if name else ()
         return self._names[bdi]
 
     def state(self, bdi: str) -> DeviceState:
         """The device as of the last sample (the throttles read once a scan, when asked)."""
         if self._limits is None:
             self._limits = write_limits(self.mountinfo_path)
-        return state_of(bdi, self._name(bdi), self._counters.get(bdi), self.rates.rate(bdi), self._limits.get(bdi))
+        name = self._name(bdi)
+        return state_of(bdi, name, self._counters.get(bdi), self.rates.rate(bdi), self._limits.get(bdi),
+                        self._partitions.get(bdi, ()))

@@ -148,7 +148,7 @@ def behind_lines(t: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def _threads(rows: Any) -> str:
+def _threads(rows: Sequence[Mapping[str, Any]]) -> str:
     return ", ".join(f"{text_value(b['name'])} pid={b['pid']} {b['site']} {b['waited_s']:.1f}s" for b in rows)
 
 

@@ -268,3 +268,14 @@ def test_writeback_says_the_journal_thread_waits_on_the_same_writes():
             "writeback; points at: writeback that does not keep up") in said, said
     flusher = {**jbd2, "name": "kworker/u8:2+flush-7:3"}  # only a journal says writers will queue behind it
     assert "journal" not in text(block(task(stack=WB_STACK, writeback=wb, beside=[flusher])), advice.WRITEBACK)
+
+
+def test_the_journal_said_is_that_of_the_device_said():
+    """Two tasks on two devices: the line names the first task's device, and only
+    that device's journal, never the other's."""
+    jbd2 = {"tid": 88, "pid": 88, "name": "jbd2/loop4-8", "site": "writeback_wait", "waited_s": 1.2}
+    b = block(task(stack=WB_STACK, writeback={"bdi": "7:3", "device": "loop3", "ino": 12}),
+              task(tid=11, pid=11, stack=WB_STACK, writeback={"bdi": "7:4", "device": "loop4", "ino": 3},
+                   beside=[jbd2]))
+    said = text(b, advice.WRITEBACK)
+    assert "on writeback of loop3 (7:3)" in said and "jbd2/loop4-8" not in said, said

@@ -139,7 +139,6 @@ def test_probes_offline_text_reads_the_captured_kallsyms(capsys):
     assert code == 0 and "evaluated offline" in out and "not in this kernel" in out
     assert "MISSING" not in out and "off (config)" in out
     assert out.splitlines()[-1] == "would watch 15 of 15 wait sites (3 not in this kernel, 1 off by configuration)"
-    assert "sched:sched_switch" not in out.splitlines()[-2]
     assert "kprobe pair: mem_cgroup_oom_synchronize" in out  # from 6.1/kallsyms, not this host's
 
 

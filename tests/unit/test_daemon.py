@@ -197,6 +197,18 @@ def test_the_summary_lists_the_episodes_a_stop_leaves_open(tmp_path):
     assert "still open" not in report.render_dicts([after], "text")
 
 
+def test_the_summary_lists_at_most_max_tasks_per_block_open_episodes_and_counts_the_rest(tmp_path):
+    for t in (7, 8, 9):
+        fake_proc(tmp_path, t, ["mem_cgroup_oom_synchronize"])
+    d, src, sink, clock = make(tmp_path, threshold_s=1.0, max_tasks_per_block=2)
+    src.waits = [InflightWait(t, t, "hog", SITE_DSTATE, (t - 7) * S, None, None, None) for t in (7, 8, 9)]
+    clock["ns"] = 4 * S
+    d.scan_once()
+    doc = d.summary()
+    assert [e["tid"] for e in doc["open_episodes"]] == [7, 8] and doc["open_episodes_count"] == 3  # longest first
+    assert "  still open at exit: 3 episode(s), 1 not listed" in report.render_dicts([doc], "text")
+
+
 def _seven_blocks_then_eight_waits(tmp_path, first_scan_ns, eight_since_ns, **cfg):
     """Tasks 7 and 8 in the memcg OOM wait, threshold 1 s: 7 since 0, scanned at
     first_scan_ns (its first block); then 8 in flight too, since eight_since_ns."""
@@ -339,6 +351,31 @@ def test_the_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_w
     assert dd["beside"] == [{"tid": 8, "pid": 8, "name": "jbd2/loop3-8", "site": "writeback_wait", "waited_s": 1.0}]
     text = report.render_dicts([rec], "text")
     assert "    beside it, waiting on the same device's writeback: jbd2/loop3-8 pid=8 writeback_wait 1.0s" in text
+
+
+def test_the_journal_of_a_partition_is_beside_a_wait_on_its_disks_writeback(tmp_path):
+    """Writeback of bdi 8:0 (sda) while the journal of the file system on sda1
+    waits on it too: jbd2/sda1-8 is named after the partition, and is beside."""
+    from allocwatch.core.model import WritebackNote
+    from allocwatch.kernel.blockdev import WritebackDevices
+
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    sysfs = tmp_path / "sys"
+    (sysfs / "block" / "sda" / "sda1").mkdir(parents=True)
+    (sysfs / "block" / "sda" / "sda1" / "partition").write_text("1\n")
+    (sysfs / "dev" / "block").mkdir(parents=True)
+    (sysfs / "dev" / "block" / "8:0").symlink_to(sysfs / "block" / "sda")
+    d.wb_devices = WritebackDevices(sysfs, tmp_path / "no-mountinfo")
+    fake_proc(tmp_path, 7, ["folio_wait_bit", "folio_wait_writeback", "shrink_folio_list"])
+    t = tmp_path / "8" / "task" / "8"
+    t.mkdir(parents=True)
+    (t / "stat").write_text(f"8 (jbd2/sda1-8) D 2 0 0 0 -1 {0x04208060} 0 0 0\n")
+    src.waits = [InflightWait(7, 7, "dd", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, writeback=WritebackNote(1, "8:0", 12)),
+                 InflightWait(8, 8, "jbd2/sda1-8", int(Site.WRITEBACK_WAIT), 2 * S, None, None)]
+    clock["ns"] = 3 * S
+    d.scan_once()
+    (dd,) = [t for t in json.loads(sink.writes[-1])["tasks"] if t["tid"] == 7]
+    assert dd["writeback"]["device"] == "sda" and [b["name"] for b in dd["beside"]] == ["jbd2/sda1-8"]
 
 
 def test_site_detail_of_waits_in_flight_reaches_the_block(tmp_path):

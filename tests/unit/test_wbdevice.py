@@ -96,6 +96,17 @@ def test_a_bdi_is_named_by_its_block_device_and_read_from_sysfs(tmp_path):
     assert blockdev.counters(sys, "0:53") is None
 
 
+def test_a_disks_partitions_are_the_children_with_a_partition_file(tmp_path):
+    sys = tmp_path / "sys"
+    for child, part in (("sda1", True), ("sda2", True), ("queue", False), ("holders", False)):
+        (sys / "block" / "sda" / child).mkdir(parents=True)
+        if part:
+            (sys / "block" / "sda" / child / "partition").write_text("1\n")
+    assert blockdev.partitions(sys, "sda") == ("sda1", "sda2")
+    assert blockdev.partitions(sys, "loop3") == ()  # gone, or none
+    assert blockdev.partitions(sys, "../sda") == () and blockdev.partitions(sys, "") == ()
+
+
 def test_counters_without_an_inflight_file_take_the_stat_total_and_a_bad_stat_gives_none(tmp_path):
     sys = fake_sys(tmp_path, inflight=None)
     assert blockdev.counters(sys, "7:3") == DeviceCounters(2048, 3, None)
