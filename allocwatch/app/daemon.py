@@ -394,8 +394,8 @@ class Daemon:
         for w in chain((s.wait for s in stalls), (f.waiting for f in findings)):
             if w is not None and w.writeback is not None and w.tid in details \
                     and details[w.tid].writeback_device is None:
-                details[w.tid] = dataclasses.replace(details[w.tid],
-                                                     writeback_device=self.wb_devices.state(w.writeback.bdi))
+                device = self.wb_devices.state(w.writeback.bdi, details[w.tid].cgroup)
+                details[w.tid] = dataclasses.replace(details[w.tid], writeback_device=device)
         return details
 
     def _end_detail(self, site: Site, detail: int | None) -> dict[str, Any]:

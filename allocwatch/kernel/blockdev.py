@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The backing device of a writeback wait: its block device and I/O counters
-from sysfs, and a blkio write throttle on it (cgroup v1's root group).
+from sysfs, and the write throttles on it: cgroup v1's root blkio group (where
+the flusher threads write), cgroup v2's io.max of the task's group and its
+ancestors (v2 writes a group's dirty pages back in that group).
 
 A bdi is named "MAJ:MIN" for a block device (dev_name of bdi->dev, the disk's
 device number); /sys/dev/block/MAJ:MIN links to the disk, whose `stat` counts
@@ -85,6 +87,42 @@ def write_limits(mountinfo_path: Path = mountinfo.MOUNTINFO) -> dict[str, int]:
     return {}
 
 
+def cgroup2_root(mountinfo_path: Path = mountinfo.MOUNTINFO) -> Path | None:
+    """Where the cgroup v2 hierarchy is mounted (its root), else None."""
+    for m in mountinfo.parse(lines(_text(mountinfo_path) or "")):
+        if m.fstype == "cgroup2" and m.root == "/":
+            return Path(m.point)
+    return None
+
+
+def parse_io_max(text: str | None) -> dict[str, int]:
+    """cgroup v2 io.max lines ("8:0 rbps=max wbps=1048576 riops=max wiops=max"):
+    "MAJ:MIN" -> its write limit in bytes/s, for the devices that have one."""
+    out = {}
+    for line in lines(text or ""):
+        parts = line.split()
+        if not parts or not _MAJMIN.fullmatch(parts[0]):
+            continue
+        for kv in parts[1:]:
+            key, _, value = kv.partition("=")
+            if key == "wbps" and value.isdigit() and int(value) > 0:
+                out[parts[0]] = int(value)
+    return out
+
+
+def io_max_chain(root: Path, cgroup: str) -> dict[str, int]:
+    """The write limits that hold for the writeback of a cgroup v2 group's pages:
+    its io.max and every ancestor's, the lowest per device (the root has none)."""
+    out: dict[str, int] = {}
+    parts = [p for p in cgroup.strip("/").split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        return out
+    for depth in range(len(parts), 0, -1):
+        for dev, bps in parse_io_max(_text(root.joinpath(*parts[:depth]) / "io.max")).items():
+            out[dev] = min(bps, out.get(dev, bps))
+    return out
+
+
 def parse_limits(text: str | None) -> dict[str, int]:
     out = {}
     for line in lines(text or ""):
@@ -107,10 +145,13 @@ class WritebackDevices:
         self._partitions: dict[str, tuple[str, ...]] = {}  # bdi -> its disk's partitions
         self._counters: dict[str, DeviceCounters | None] = {}
         self._limits: dict[str, int] | None = None  # read at the first state() after a sample
+        self._v2_root: Path | None | bool = False  # cgroup v2's mount: False until looked up
+        self._v2_limits: dict[str, dict[str, int]] = {}  # cgroup -> its io.max chain, per sample
 
     def sample(self, bdis: Iterable[str], now_ns: int) -> None:
         self._counters = {}
         self._limits = None
+        self._v2_limits = {}
         for bdi in set(bdis):
             c = self._counters[bdi] = counters(self.sys_root, bdi)
             if c is not None:
@@ -125,10 +166,24 @@ class WritebackDevices:
             self._partitions[bdi] = partitions(self.sys_root, name) if name else ()
         return self._names[bdi]
 
-    def state(self, bdi: str) -> DeviceState:
-        """The device as of the last sample (the throttles read once a scan, when asked)."""
+    def state(self, bdi: str, cgroup: str | None = None) -> DeviceState:
+        """The device as of the last sample (the throttles read once a scan, when
+        asked): the lowest write limit of v1's root blkio group and, for a task
+        in `cgroup` (its cgroup v2 path), the io.max of its group and ancestors."""
         if self._limits is None:
             self._limits = write_limits(self.mountinfo_path)
+        limits = [x for x in (self._limits.get(bdi), self._v2_chain(cgroup).get(bdi)) if x is not None]
         name = self._name(bdi)
-        return state_of(bdi, name, self._counters.get(bdi), self.rates.rate(bdi), self._limits.get(bdi),
+        return state_of(bdi, name, self._counters.get(bdi), self.rates.rate(bdi), min(limits, default=None),
                         self._partitions.get(bdi, ()))
+
+    def _v2_chain(self, cgroup: str | None) -> dict[str, int]:
+        if cgroup is None:
+            return {}
+        if self._v2_root is False:
+            self._v2_root = cgroup2_root(self.mountinfo_path)
+        if not isinstance(self._v2_root, Path):
+            return {}
+        if cgroup not in self._v2_limits:
+            self._v2_limits[cgroup] = io_max_chain(self._v2_root, cgroup)
+        return self._v2_limits[cgroup]

@@ -125,6 +125,33 @@ def test_the_root_blkio_groups_write_throttles_are_read_from_where_v1_mounts_it(
     assert blockdev.write_limits(mi) == {}
 
 
+def test_a_v2_groups_write_limit_is_the_lowest_io_max_wbps_of_it_and_its_ancestors(tmp_path):
+    root = tmp_path / "cg2"
+    (root / "system.slice" / "backup.service").mkdir(parents=True)
+    (root / "system.slice" / "io.max").write_text("8:0 rbps=max wbps=4194304 riops=max wiops=max\n")
+    (root / "system.slice" / "backup.service" / "io.max").write_text(
+        "8:0 rbps=1048576 wbps=max riops=max wiops=max\n7:3 rbps=max wbps=524288 riops=max wiops=100\n")
+    assert blockdev.io_max_chain(root, "/system.slice/backup.service") == {"8:0": 4 << 20, "7:3": 512 << 10}
+    assert blockdev.io_max_chain(root, "/system.slice") == {"8:0": 4 << 20}
+    assert blockdev.io_max_chain(root, "/") == {} and blockdev.io_max_chain(root, "/gone/x") == {}
+    assert blockdev.io_max_chain(root, "/system.slice/../..") == {}  # never a path out of the tree
+    assert blockdev.parse_io_max("8:0 wbps=max\nbad\n8:1 wbps=0\n") == {}
+
+
+def test_a_tasks_v2_write_limit_joins_the_v1_root_limit_the_lower_one_shown(tmp_path):
+    sys = fake_sys(tmp_path)
+    root = tmp_path / "cg2"
+    (root / "app").mkdir(parents=True)
+    (root / "app" / "io.max").write_text("7:3 rbps=max wbps=262144 riops=max wiops=max\n")
+    mi = tmp_path / "mountinfo"
+    mi.write_text(f"30 25 0:26 / {root} rw,nosuid - cgroup2 cgroup2 rw\n")
+    devices = blockdev.WritebackDevices(sys, mi)
+    devices.sample(["7:3"], 10 * S)
+    assert devices.state("7:3", "/app").write_limit_bytes_per_s == 256 << 10
+    assert devices.state("7:3", "/other").write_limit_bytes_per_s is None
+    assert devices.state("7:3").write_limit_bytes_per_s is None  # no group known: v1's root rule only
+
+
 def test_the_devices_of_waits_in_flight_are_sampled_each_scan_for_a_rate(tmp_path):
     sys = fake_sys(tmp_path)
     devices = blockdev.WritebackDevices(sys, tmp_path / "no-mountinfo")
