@@ -22,14 +22,14 @@ def test_a_writer_stuck_behind_a_slow_disk_is_one_episode_until_it_is_killed(dae
     Per wait, that was a new stall and a recovery every 16 s. It is one episode:
     one "new", levels that keep counting, nothing ended while dd is stuck, and
     one ending when it is killed, which says so (never "recovered")."""
-    d = daemon_factory()
+    d = daemon_factory("--threshold", "5")
     with slowdisk.SlowDisk(write_bps=256 << 10) as disk, memcg.MemCgroup("aw-episode") as group:
         group.set_limit_bytes(64 << 20)
         dd = disk.spawn_writer(group, 200)
         try:
             assert d.wait_for(lambda rs: _dd_tasks(d, dd.pid), 60), f"dd was never reported: {d.raw_lines[-3:]}"
             t0 = time.monotonic()
-            while time.monotonic() - t0 < 45 and dd.poll() is None:  # three or four of its waits
+            while time.monotonic() - t0 < 30 and dd.poll() is None:  # two or three of its waits
                 time.sleep(1)
             assert dd.poll() is None, "dd finished: the disk was not slow enough"
             during = [r for r in d.of_type("recovered") if r["pid"] == dd.pid]
@@ -42,7 +42,7 @@ def test_a_writer_stuck_behind_a_slow_disk_is_one_episode_until_it_is_killed(dae
     assert during == [], during  # nothing ended while it was stuck
     assert [t["new"] for t in tasks].count(True) == 1 and tasks[0]["new"], [(t["new"], t["level"]) for t in tasks]
     levels = [t["level"] for t in tasks]
-    assert levels == sorted(set(levels)) and len(levels) >= 4, levels  # one a threshold: 10, 20, 30, 40 s ...
+    assert levels == sorted(set(levels)) and len(levels) >= 4, levels  # one a threshold: 5, 10, 15, 20 s ...
     sites = {t["site"] for t in tasks} | {o["site"] for t in tasks for o in t["other_waits"]}
     assert "memcg_reclaim" in sites, sites
     (end,) = [r for r in d.of_type("recovered") if r["pid"] == dd.pid]
