@@ -103,10 +103,11 @@ class SlowDisk:
     def set_write_bps(self, bps: int) -> None:
         BLKIO_RULE.write_text(f"{self.majmin} {bps}\n")
 
-    def spawn_writer(self, group: MemCgroup, mib: int) -> subprocess.Popen[Any]:
-        """dd writing `mib` MiB of zeros to a file here from `group`, its output discarded;
-        end it with `stop_writer`."""
-        return group.spawn(["dd", "if=/dev/zero", f"of={self.mnt / 'f'}", "bs=1M", f"count={mib}"],
+    def spawn_writer(self, group: MemCgroup, mib: int, name: str = "f") -> subprocess.Popen[Any]:
+        """dd writing `mib` MiB of zeros to the file `name` here from `group`, its output
+        discarded; end it with `stop_writer`. A second writer wants a name of its own:
+        dd truncates its file, and waits there on the writeback of the pages it drops."""
+        return group.spawn(["dd", "if=/dev/zero", f"of={self.mnt / name}", "bs=1M", f"count={mib}"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop_writer(self, writer: subprocess.Popen[Any]) -> None:

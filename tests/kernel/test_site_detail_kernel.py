@@ -114,7 +114,7 @@ def test_a_dirty_throttle_sleep_in_flight_says_its_pause_and_what_chose_it(daemo
     with slowdisk.SlowDisk(write_bps=1 << 20) as disk, memcg.MemCgroup("aw-pause") as group:
         disk.set_dirty_bytes(8 << 20, 4 << 20)
         group.set_limit_bytes(1 << 30)
-        warm = disk.spawn_writer(group, 300)
+        warm = disk.spawn_writer(group, 300, name="warm")
         time.sleep(10)
         warm.kill()  # killable in its dirty-throttle sleep; the rule stays: its pages drain at 1 MiB/s
         warm.wait(30)
