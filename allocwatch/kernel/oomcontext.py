@@ -10,6 +10,8 @@ kernfs node's id is the inode number of its cgroupfs directory.
 
 from __future__ import annotations
 
+import array
+from collections.abc import Iterable
 from pathlib import Path
 
 from allocwatch.kernel.btf import Btf, BtfError
@@ -22,13 +24,16 @@ MEMCG_OOM_FN = "mem_cgroup_out_of_memory"
 KALLSYMS = Path("/proc/kallsyms")
 
 
-def text_range(kallsyms: str, name: str) -> tuple[int, int] | None:
+def text_range(kallsyms: str | Iterable[str], name: str) -> tuple[int, int] | None:
     """[start, end) of function `name` (or a compiler clone of it, `name.cold` aside)
-    in a /proc/kallsyms text: end is the next symbol's address. None when absent
-    or when the addresses are hidden (all zero: not root, or kptr_restrict)."""
+    in a /proc/kallsyms text, or its lines as an open file gives them: end is the
+    next symbol's address. None when absent or when the addresses are hidden (all
+    zero: not root, or kptr_restrict). The addresses are kept as an array (5 MB
+    of symbols, 200,000 lines: a list of ints and the text whole cost the daemon
+    RssAnon it never gave back)."""
     start = None
-    addrs = []
-    for line in kallsyms.split("\n"):
+    addrs = array.array("Q")
+    for line in kallsyms.split("\n") if isinstance(kallsyms, str) else kallsyms:
         parts = line.split(None, 3)
         if len(parts) < 3:
             continue
@@ -46,7 +51,7 @@ def text_range(kallsyms: str, name: str) -> tuple[int, int] | None:
     return None if end is None else (start, end)
 
 
-def defines(btf: Btf, kallsyms: str) -> list[str]:
+def defines(btf: Btf, kallsyms: str | Iterable[str]) -> list[str]:
     """The -D flags (without -D) for AW_OOM_CONTEXT; BtfError when a link or the
     function is missing."""
     memcg_id = btf.enum_value("memory_cgrp_id")
@@ -105,7 +110,8 @@ def running_kernel_defines(
     not). `with_oc`: the kernel takes kprobes on out_of_memory, so oc is read too."""
     try:
         btf = Btf.read()
-        flags = defines(btf, kallsyms.read_text(errors="replace"))
+        with kallsyms.open(newline="\n", errors="replace") as lines:  # "\n" only: see procfs.lines
+            flags = defines(btf, lines)
     except (BtfError, OSError) as exc:
         return [], {}, str(exc)
     if with_oc:
