@@ -18,6 +18,7 @@ from typing import Any
 
 Task = Mapping[str, Any]
 Block = Mapping[str, Any]
+SitesOf = Callable[[Task], set[str]]  # every site a task is seen at (sites_of, made once a task)
 
 # The rules' names, in the order their lines are written.
 MEMCG_OOM_OFF = "memcg_oom_disabled"
@@ -35,7 +36,7 @@ GLOBAL_RECLAIM_SITES = frozenset({"alloc_slowpath", "alloc_pages", "direct_recla
                                   "reclaim_throttle", "throttle_vm_writeout", "pfmemalloc_throttle", "oom"})
 
 
-def _sites(t: Task) -> set[str]:
+def sites_of(t: Task) -> set[str]:
     """Every site a task is seen at: its own, its other waits, the one it is in now, its window's."""
     out = {t.get("site"), t.get("waiting_site")}
     out |= {o.get("site") for o in t.get("other_waits") or ()}
@@ -58,7 +59,7 @@ def _line(seen: str, points_at: str, look_at: str) -> str:
     return f"seen: {seen}; points at: {points_at}; look at: {look_at}"
 
 
-def _memcg_oom_off(block: Block) -> str | None:
+def _memcg_oom_off(block: Block, sites: SitesOf) -> str | None:
     hit = [t for t in block["tasks"] if (m := t.get("memcg")) and m.get("oom_kill_disable")
            and (m.get("under_oom") or m.get("near_limit"))]
     if not hit:
@@ -73,7 +74,7 @@ def _memcg_oom_off(block: Block) -> str | None:
                  "or free memory in the group")
 
 
-def _stuck_victim(block: Block) -> str | None:
+def _stuck_victim(block: Block, sites: SitesOf) -> str | None:
     hit = [t for t in block["tasks"] if t.get("kind") == "stuck_victim"]
     if not hit:
         return None
@@ -98,7 +99,7 @@ def _stuck_victim(block: Block) -> str | None:
                  blocked + (" and the tasks of its cgroup waiting behind it" if waiting else ""))
 
 
-def _livelock(block: Block) -> str | None:
+def _livelock(block: Block, sites: SitesOf) -> str | None:
     hit = [t for t in block["tasks"] if t.get("kind") == "livelock"]
     if not hit:
         return None
@@ -128,10 +129,10 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f}MiB"
 
 
-def _memcg_high(block: Block) -> str | None:
+def _memcg_high(block: Block, sites: SitesOf) -> str | None:
     def over_high(t: Task) -> bool:
         m = t.get("memcg") or {}
-        return ("memcg_high_throttle" in _sites(t) and m.get("high_bytes") is not None
+        return ("memcg_high_throttle" in sites(t) and m.get("high_bytes") is not None
                 and m.get("usage_bytes") is not None and m["usage_bytes"] > m["high_bytes"])
     hit = [t for t in block["tasks"] if over_high(t)]
     if not hit:
@@ -150,16 +151,16 @@ def _memcg_high(block: Block) -> str | None:
                  "memory.stat)")
 
 
-def _writeback(block: Block) -> str | None:
+def _writeback(block: Block, sites: SitesOf) -> str | None:
     def on_writeback(t: Task) -> bool:
         reasons = (t.get("window") or {}).get("throttle_reasons") or {}
-        return ("writeback_wait" in _sites(t) or "folio_wait_writeback" in (t.get("stack") or ())
+        return ("writeback_wait" in sites(t) or "folio_wait_writeback" in (t.get("stack") or ())
                 or any("WRITEBACK" in str(r) for r in reasons))
     hit = [t for t in block["tasks"] if on_writeback(t)]
     if not hit:
         return None
     t = hit[0]
-    if "writeback_wait" in _sites(t):
+    if "writeback_wait" in sites(t):
         how = "waiting on page writeback (writeback_wait)"
     elif "folio_wait_writeback" in (t.get("stack") or ()):
         how = "waiting on page writeback (folio_wait_writeback in its stack)"
@@ -200,7 +201,7 @@ def _device(wb: Mapping[str, Any]) -> str:
     return f"{wb['device']} ({wb['bdi']})" if wb.get("device") else str(wb.get("bdi"))
 
 
-def _no_fs_io(block: Block) -> str | None:
+def _no_fs_io(block: Block, sites: SitesOf) -> str | None:
     hit = [t for t in block["tasks"] if t.get("gfp_no_fs_io")]
     if not hit:
         return None
@@ -214,7 +215,7 @@ def _no_fs_io(block: Block) -> str | None:
                     else "and the device behind this file system"))
 
 
-def _shrinkers(block: Block) -> str | None:
+def _shrinkers(block: Block, sites: SitesOf) -> str | None:
     """A task's reclaim called shrinkers that were asked to scan and freed nothing:
     the one asked the most, of the block's tasks."""
     found = []  # (task, its shrinkers that freed nothing, most asked first)
@@ -243,8 +244,8 @@ def _shrinkers(block: Block) -> str | None:
     return None
 
 
-def _dirty_throttle(block: Block) -> str | None:
-    hit = [t for t in block["tasks"] if "dirty_throttle" in _sites(t)]
+def _dirty_throttle(block: Block, sites: SitesOf) -> str | None:
+    hit = [t for t in block["tasks"] if "dirty_throttle" in sites(t)]
     if not hit:
         return None
     seen = f"{_who(hit)} sleeping in balance_dirty_pages (dirty_throttle)"
@@ -259,8 +260,8 @@ def _dirty_throttle(block: Block) -> str | None:
                  "behind this file system")
 
 
-def _compaction(block: Block) -> str | None:
-    hit = [t for t in block["tasks"] if "compaction" in _sites(t)]
+def _compaction(block: Block, sites: SitesOf) -> str | None:
+    hit = [t for t in block["tasks"] if "compaction" in sites(t)]
     if not hit:
         return None
     t = hit[0]
@@ -271,8 +272,8 @@ def _compaction(block: Block) -> str | None:
                  "high-order allocations (its stack)")
 
 
-def _out_of_memory(block: Block) -> str | None:
-    hit = [t for t in block["tasks"] if _sites(t) & GLOBAL_RECLAIM_SITES]
+def _out_of_memory(block: Block, sites: SitesOf) -> str | None:
+    hit = [t for t in block["tasks"] if sites(t) & GLOBAL_RECLAIM_SITES]
     zones = [z for z in (block.get("context") or {}).get("zones") or () if z.get("under_watermark") == "min"]
     if not hit or not zones:
         return None
@@ -284,7 +285,7 @@ def _out_of_memory(block: Block) -> str | None:
                  "what uses the memory (largest processes, page cache, slab) and the OOM killer's choices")
 
 
-RULES: tuple[tuple[str, Callable[[Block], str | None]], ...] = (
+RULES: tuple[tuple[str, Callable[[Block, SitesOf], str | None]], ...] = (
     (MEMCG_OOM_OFF, _memcg_oom_off),
     (STUCK_VICTIM, _stuck_victim),
     (LIVELOCK, _livelock),
@@ -300,9 +301,17 @@ RULES: tuple[tuple[str, Callable[[Block], str | None]], ...] = (
 
 def advise(block: Block) -> list[dict[str, str]]:
     """One {"kind", "text"} per rule whose facts the block holds, in RULES order."""
+    made: dict[int, set[str]] = {}  # by the task dict's id: the block holds every one while we run
+
+    def sites(t: Task) -> set[str]:
+        got = made.get(id(t))
+        if got is None:
+            got = made[id(t)] = sites_of(t)
+        return got
+
     out = []
     for kind, rule in RULES:
-        text = rule(block)
+        text = rule(block, sites)
         if text:
             out.append({"kind": kind, "text": text})
     return out

@@ -15,9 +15,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from allocwatch.core.advice import advise
 from allocwatch.core.behind import Behind
@@ -30,6 +30,9 @@ from allocwatch.core.pods import PodRef
 from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
 from allocwatch.core.victims import CgroupWaiter
 from allocwatch.core.wbdevice import DeviceState
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,9 @@ class TaskDetail:
     behind: Sequence[Behind] = ()
     # and the kernel threads of its device that wait on that device's writeback themselves (jbd2)
     beside: Sequence[Behind] = ()
+
+
+NO_DETAIL = TaskDetail()  # a task read nothing of (frozen: one for all)
 
 
 @dataclass(frozen=True)
@@ -210,14 +216,32 @@ def by_task(stalls: Sequence[Stall]) -> list[list[Stall]]:
 # -- records -> dicts (once) -----------------------------------------------------
 
 
-def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
+class Shared:
+    """The plain form of what many tasks of one block share, made once: 10,000
+    threads of one process in one group have one memcg, one stack, one cmdline
+    (the readers hand out the same objects), and a block made each again took a
+    third of its time. By identity, with the object kept so its id stays its own."""
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[int, Callable[[Any], Any]], tuple[object, Any]] = {}
+
+    def get(self, obj: T, make: Callable[[T], R]) -> R:
+        """make(obj), made once for this very object (None, the same for every field, by each make apart)."""
+        key = (id(obj), make)
+        hit = self._made.get(key)
+        if hit is None or hit[0] is not obj:
+            hit = self._made[key] = (obj, make(obj))
+        return cast(R, hit[1])
+
+
+def _task_dict(group: list[Stall], detail: TaskDetail, shared: Shared | None = None) -> dict[str, Any]:
     s = group[0]
     w = s.wait
     return {
         "kind": "stall",
         "tid": w.tid,
         "pid": w.pid,
-        "comm": escape(w.comm),
+        "comm": shared.get(w.comm, escape) if shared is not None else escape(w.comm),
         "site": w.site.label,
         "duration_s": seconds(s.duration_ns),
         "wait_s": seconds(s.own_ns),
@@ -228,7 +252,7 @@ def _task_dict(group: list[Stall], detail: TaskDetail) -> dict[str, Any]:
         "gfp_flags": detail.gfp_flags,
         "order": w.order,
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
-        **detail_fields(detail),
+        **detail_fields(detail, shared),
         **site_detail(w, detail.writeback_device),
     }
 
@@ -263,20 +287,28 @@ def writeback_dict(w: Wait | None, device: DeviceState | None) -> dict[str, Any]
     }
 
 
-def detail_fields(detail: TaskDetail) -> dict[str, Any]:
-    """What was read about a task when it was reported, as every task entry carries it."""
+def _frames(stack: Sequence[str] | None) -> list[str]:
+    return [escape(f) for f in stack] if stack else []
+
+
+def detail_fields(detail: TaskDetail, shared: Shared | None = None) -> dict[str, Any]:
+    """What was read about a task when it was reported, as every task entry
+    carries it; `shared`: the block's plain forms of what tasks share (the dicts
+    and lists made are then shared between tasks: read them, do not change them)."""
+    made = shared if shared is not None else Shared()
+    cmdline = detail.task.cmdline if detail.task else None
     return {
-        "cgroup": escape(detail.cgroup) if detail.cgroup is not None else None,
+        "cgroup": made.get(detail.cgroup, escape) if detail.cgroup is not None else None,
         "state": detail.state,
-        "stack": [escape(f) for f in detail.stack] if detail.stack else [],
-        "recent_stack": [escape(f) for f in detail.recent_stack] if detail.recent_stack else [],
+        "stack": made.get(detail.stack, _frames),
+        "recent_stack": made.get(detail.recent_stack, _frames),
         "uid": detail.task.uid if detail.task else None,
-        "cmdline": escape(detail.task.cmdline) if detail.task and detail.task.cmdline else None,
+        "cmdline": made.get(cmdline, escape) if cmdline else None,
         "dying": detail.dying,
         "exiting": detail.exiting,
-        "memcg": _memcg_dict(detail.memcg),
+        "memcg": made.get(detail.memcg, _memcg_dict),
         "gfp_no_fs_io": list(detail.gfp_no_fs_io),
-        "pod": pod_dict(detail.pod),
+        "pod": made.get(detail.pod, pod_dict),
         "behind": [_thread_dict(b) for b in detail.behind],
         "beside": [_thread_dict(b) for b in detail.beside],
     }
@@ -316,6 +348,7 @@ def shrinkers_list(
 
 def finding_dict(
     f: Finding, detail: TaskDetail, throttle_names: Mapping[int, str], symbols: Mapping[int, str] | None = None,
+    shared: Shared | None = None,
 ) -> dict[str, Any]:
     """A throttled, livelock or stuck-victim task, in the same shape as a stalled one plus its evidence."""
     d: dict[str, Any] = {
@@ -332,7 +365,7 @@ def finding_dict(
         "gfp_flags": detail.gfp_flags,
         "order": f.waiting.order if f.waiting is not None else None,
         "other_waits": [],
-        **detail_fields(detail),
+        **detail_fields(detail, shared),
         "waiting_site": f.waiting.site.label if f.waiting is not None else None,
         **site_detail(f.waiting, detail.writeback_device),
         "window": {
@@ -423,14 +456,16 @@ def item_tid(x: list[Stall] | Finding) -> int:
     return x[0].wait.tid if isinstance(x, list) else x.tid
 
 
-def _item_dict(x: list[Stall] | Finding, rec: StallReport) -> dict[str, Any]:
-    detail = rec.details.get(item_tid(x), TaskDetail())
-    return _task_dict(x, detail) if isinstance(x, list) else finding_dict(x, detail, rec.throttle_names, rec.symbols)
+def _item_dict(x: list[Stall] | Finding, rec: StallReport, shared: Shared) -> dict[str, Any]:
+    detail = rec.details.get(item_tid(x)) or NO_DETAIL
+    if isinstance(x, list):
+        return _task_dict(x, detail, shared)
+    return finding_dict(x, detail, rec.throttle_names, rec.symbols, shared)
 
 
 def _item_brief(duration_s: float, x: list[Stall] | Finding, rec: StallReport) -> dict[str, Any]:
     """What the summary of tasks past the block's limit needs of one."""
-    cgroup = rec.details.get(item_tid(x), TaskDetail()).cgroup
+    cgroup = (rec.details.get(item_tid(x)) or NO_DETAIL).cgroup
     site = x[0].wait.site if isinstance(x, list) else x.site
     return {"site": site.label, "cgroup": escape(cgroup) if cgroup is not None else None, "duration_s": duration_s}
 
@@ -449,7 +484,8 @@ def to_dict(rec: Record) -> dict[str, Any]:
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
         items = listing(rec.stalls, rec.findings)
-        shown = [_item_dict(x, rec) for _, x in items[: rec.max_tasks]]
+        shared = Shared()
+        shown = [_item_dict(x, rec, shared) for _, x in items[: rec.max_tasks]]
         rest = [_item_brief(d, x, rec) for d, x in items[rec.max_tasks :]]
         d = {
             "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(items),

@@ -413,3 +413,28 @@ def test_a_livelock_names_the_shrinkers_its_reclaim_called_and_the_block_the_lar
     quiet = StallReport(8, 0.0, [], 1, {}, context=BlockContext(1, 0, 0, (), 0, mem),
                         findings=[replace(f, shrinkers=())])
     assert "shrinkers" not in report.render_text(quiet) and "  slab:" not in report.render_text(quiet)
+
+
+def test_tasks_sharing_their_group_stack_and_cmdline_read_as_tasks_that_do_not():
+    """A block makes the plain form of what tasks share once (records.Shared):
+    the JSON is the same whether the objects are shared or only equal, and
+    the empty fields (no pod, no stack) each keep their own empty form."""
+    from allocwatch.core.host import MemcgInfo, TaskInfo
+
+    def memcg():
+        return MemcgInfo(1, "/box", 64 << 20, 64 << 20, None, True, True, {"oom_kill": 0}, 12, None)
+
+    def cmd():
+        return "".join(["./hold", "er 9"])  # equal, not the same object
+
+    one, frames = memcg(), ("mem_cgroup_oom_synchronize", "exc_page_fault")
+    shared = {t: TaskDetail("/box", "D", frames, memcg=one, task=TaskInfo(9, t, 0, "./holder 9", "D")) for t in (1, 2)}
+    apart = {t: TaskDetail("/box", "D", list(frames), memcg=memcg(), task=TaskInfo(9, t, 0, cmd(), "D"))
+             for t in (1, 2)}
+    bare = {1: TaskDetail("/box", "D", None), 2: TaskDetail(None, "D", [])}
+    stalls = [stall(1, dur_s=13.0), stall(2)]
+    a, b = (json.loads(report.render_json(block(stalls, d)))["tasks"] for d in (shared, apart))
+    assert a == b and a[0]["memcg"]["path"] == "/box" and a[1]["cmdline"] == "./holder 9"
+    bare_tasks = json.loads(report.render_json(block(stalls, bare)))["tasks"]
+    assert [(t["pod"], t["stack"], t["recent_stack"], t["memcg"], t["cgroup"]) for t in bare_tasks] == [
+        (None, [], [], None, "/box"), (None, [], [], None, None)]
