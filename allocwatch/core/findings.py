@@ -223,42 +223,52 @@ class Findings:
         return base_ns if base is not None and (base is latest or base == latest) else None
 
     def _flying_share(self, now_ns: int, inflight: Sequence[Wait]) -> float:
-        """The share `_window` gives a task with nothing completed since its baseline."""
+        """The share `_share` gives a task with nothing completed since its baseline."""
         window_ns = self.rules.window_ns
         flying_ns = max((min(max(0, now_ns - w.start_ns), window_ns) for w in inflight), default=0)
         return flying_ns / window_ns
 
-    def _window(
-        self, tid: int, now_ns: int, inflight: Sequence[Wait]
-    ) -> tuple[float, dict[str, SiteWindow], bool]:
-        """The share of the window waited, per site, and whether it is a crawl
-        (waits that ended weigh at least as much as those in flight)."""
+    def _span(self, tid: int, now_ns: int) -> tuple[Acct, Acct | None, int]:
+        """The latest account, the baseline and the span completed waits were counted over."""
         latest = self._samples[tid][-1].acct
         base, base_ns = self._baseline(tid, now_ns)
         # completed waits are counted from the baseline, which may be a scan older
         # than the window: divide by the span they were counted over
         span_ns = max(self.rules.window_ns, now_ns - base_ns) if base is not None else self.rules.window_ns
-        done = _site_ns_delta(latest, base)
-        counts = [a - (base.waits[i] if base else 0) for i, a in enumerate(latest.waits)]
-        per_site: dict[str, list[float]] = {}
-        for i in range(min(NR_SITES, len(done))):
-            if done[i] or counts[i]:
-                per_site[Site(i).label] = [counts[i], done[i] / NS_PER_S]
+        return latest, base, span_ns
+
+    def _share(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> tuple[float, bool]:
+        """The share of the window waited, and whether it is a crawl (waits that
+        ended weigh at least as much as those in flight): what the rules decide
+        on, every scan, for every task that waited in the window."""
+        latest, base, span_ns = self._span(tid, now_ns)
+        window_ns = self.rules.window_ns
         flying_ns = 0
-        for w in inflight:
-            overlap = min(max(0, now_ns - w.start_ns), self.rules.window_ns)
-            flying_ns = max(flying_ns, overlap)  # waits in flight all end now: their union is the longest
-            row = per_site.setdefault(w.site.label, [0, 0.0])
-            row[1] += overlap / NS_PER_S
+        for w in inflight:  # waits in flight all end now: their union is the longest
+            overlap = min(max(0, now_ns - w.start_ns), window_ns)
+            flying_ns = max(overlap, flying_ns)
         # Time waited counts once however the waits nest (a throttle sleep inside
         # reclaim): the kernel's busy time for ended waits, the union for those in
         # flight. Completed time over the span it was counted in; in-flight time
         # over the window it was clipped to (a wait in flight all window long is
         # all of it, however old the baseline).
         busy_ns = latest.busy_ns - (base.busy_ns if base is not None else 0)
-        share = min(1.0, busy_ns / span_ns + flying_ns / self.rules.window_ns)
-        crawl = busy_ns > 0 and busy_ns >= flying_ns
-        return share, {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}, crawl
+        return min(1.0, busy_ns / span_ns + flying_ns / window_ns), busy_ns > 0 and busy_ns >= flying_ns
+
+    def _per_site(self, tid: int, now_ns: int, inflight: Sequence[Wait]) -> dict[str, SiteWindow]:
+        """The window's waits per site (count, seconds), ended and in flight: made
+        only for a finding's report (10,000 tasks in the window made it every scan)."""
+        latest, base, _ = self._span(tid, now_ns)
+        done = _site_ns_delta(latest, base)
+        counts = [a - (base.waits[i] if base else 0) for i, a in enumerate(latest.waits)]
+        per_site: dict[str, list[float]] = {}
+        for i in range(min(NR_SITES, len(done))):
+            if done[i] or counts[i]:
+                per_site[Site(i).label] = [counts[i], done[i] / NS_PER_S]
+        for w in inflight:
+            row = per_site.setdefault(w.site.label, [0, 0.0])
+            row[1] += min(max(0, now_ns - w.start_ns), self.rules.window_ns) / NS_PER_S
+        return {s: SiteWindow(int(c), round(t, 3)) for s, (c, t) in per_site.items()}
 
     # -- episodes ------------------------------------------------------------------
 
@@ -344,10 +354,9 @@ class Findings:
                 shares[tid] = self._flying_share(now_ns, flying.get(tid, no_waits))
                 no_progress.pop(tid, None)
                 continue
-            share, per_site, crawl = self._window(tid, now_ns, flying.get(tid, []))
-            waiting = _waiting_now(flying.get(tid, []))
+            mine = flying.get(tid, no_waits)
+            share, crawl = self._share(tid, now_ns, mine)
             shares[tid] = share
-            top = max(per_site.items(), key=lambda kv: kv[1].total_s)[0] if per_site else Site.MEMCG_RECLAIM.label
             # The crawl test starts an episode, it does not end one: in a crawl of
             # waits of about one length, the wait in flight outlasts the last one
             # ended now and then (a 9 s wait after 8 s ones), and that is no recovery.
@@ -355,8 +364,10 @@ class Findings:
             throttled = share >= r.share and (crawl or going) and tid not in stalled_tids
 
             def throttled_finding(
-                since: int, level: int, a=a, share=share, per_site=per_site, top=top, waiting=waiting
+                since: int, level: int, a=a, share=share, mine=mine
             ) -> Finding:
+                per_site = self._per_site(a.tid, now_ns, mine)
+                top = max(per_site.items(), key=lambda kv: kv[1].total_s)[0] if per_site else Site.MEMCG_RECLAIM.label
                 # it has been throttled at least as long as it waited in the window,
                 # and since the start an earlier report of the episode gave it
                 ep = self._episodes.get((THROTTLED, a.tid))
@@ -364,7 +375,7 @@ class Findings:
                 began = min(since, earlier, now_ns - int(share * r.window_ns))
                 return Finding(THROTTLED, a.tid, a.pid, a.comm, Site.from_label(top), began,
                                (now_ns - began) / NS_PER_S, level, share, per_site,
-                               throttle_reasons=self._reasons(a.tid, now_ns), waiting=waiting,
+                               throttle_reasons=self._reasons(a.tid, now_ns), waiting=_waiting_now(mine),
                                gfp_waits=self._gfp_window(a.tid, now_ns),
                                shrinkers=self._shrink_window(a.tid, now_ns))
 
@@ -377,13 +388,13 @@ class Findings:
             active = live is not None and now_ns - live[2] >= r.threshold_ns
 
             def livelock_finding(
-                _since: int, level: int, a=a, share=share, per_site=per_site, live=live, waiting=waiting
+                _since: int, level: int, a=a, share=share, live=live, mine=mine
             ) -> Finding:
                 assert live is not None  # made only while active
                 rate, reclaimed, since = live
                 return Finding(LIVELOCK, a.tid, a.pid, a.comm, Site.MEMCG_RECLAIM, since,
-                               (now_ns - since) / NS_PER_S, level, share, per_site, rate, reclaimed,
-                               waiting=waiting, gfp_waits=self._gfp_window(a.tid, now_ns),
+                               (now_ns - since) / NS_PER_S, level, share, self._per_site(a.tid, now_ns, mine), rate,
+                               reclaimed, waiting=_waiting_now(mine), gfp_waits=self._gfp_window(a.tid, now_ns),
                                shrinkers=self._shrink_window(a.tid, now_ns))
 
             for res in self._episode((LIVELOCK, tid), active, now_ns, livelock_finding):
