@@ -27,7 +27,7 @@ from allocwatch.core.host import (
 )
 from allocwatch.core.tracker import NS_PER_S
 from allocwatch.kernel import mountinfo
-from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, lines, task_file
+from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, lines, read_bytes, task_file
 
 DEFAULT_MOUNTINFO = mountinfo.MOUNTINFO
 
@@ -59,11 +59,7 @@ _KSWAPD = re.compile(r"kswapd(\d+)(?::\d+)?")
 
 
 def _bytes(path: str | Path) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError:
-        return None
+    return read_bytes(path)
 
 
 def _text(path: str | Path) -> str | None:

@@ -2,6 +2,7 @@
 """The scan loop end to end, with a fake source, fake /proc and a fake clock."""
 
 import json
+import os
 
 from allocwatch.app.daemon import Daemon
 from allocwatch.config import Config
@@ -588,14 +589,16 @@ def test_what_a_block_says_of_a_task_that_cannot_change_is_read_before_it_is_due
     (tmp_path / "10" / "cmdline").write_bytes(b"w\0--fast\0")
     d, src, sink, clock = make(tmp_path, threshold_s=5.0)
     opened: list[tuple[int, str]] = []
-    real_open = open
 
-    def watching(path, *a, **kw):
-        if str(path).startswith(str(tmp_path)):
-            opened.append((clock["ns"] // S, str(path).rsplit("/", 1)[-1]))
-        return real_open(path, *a, **kw)
+    def watch(real):
+        def watching(path, *a, **kw):
+            if str(path).startswith(str(tmp_path)):
+                opened.append((clock["ns"] // S, str(path).rsplit("/", 1)[-1]))
+            return real(path, *a, **kw)
+        return watching
 
-    monkeypatch.setattr("builtins.open", watching)
+    monkeypatch.setattr("builtins.open", watch(open))  # file objects
+    monkeypatch.setattr("os.open", watch(os.open))  # and descriptors (procfs.read_bytes)
     src.waits = [InflightWait(10, 10, "w", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0)]
     for t in range(1, 7):
         clock["ns"] = t * S

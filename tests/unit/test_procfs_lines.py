@@ -109,3 +109,13 @@ def test_flat_keyed_and_status_files_keep_their_lines(tmp_path, sep):
     status = tmp_path / "status"
     status.write_bytes(f"Name:\tx{sep}CapEff:\t0000000000000000\nCapEff:\t000001fffeffffff\n".encode())
     assert preflight.effective_caps(status) == 0x1FFFEFFFFFF
+def test_read_bytes_reads_whole_files_of_any_size_and_none_when_it_cannot(tmp_path):
+    from allocwatch.kernel.procfs import read_bytes
+
+    for size in (0, 1, 8191, 8192, 8193, 100_000):
+        f = tmp_path / f"f{size}"
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        f.write_bytes(data)
+        assert read_bytes(f) == data and read_bytes(str(f)) == data
+    assert read_bytes(tmp_path / "missing") is None
+    assert read_bytes(tmp_path) is None  # a directory
