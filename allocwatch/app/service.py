@@ -237,7 +237,8 @@ def run(path: Path | None, overrides: Mapping[str, Any]) -> int:
         if server is not None:
             server.start()
         reload_step = _reloader(path, overrides, daemon, source, fmt, notifier, reload_asked)
-        daemon.run(stop, _between_scans(trimmer.after_scan, reload_step, _test_wedge()))
+        with selfcare.Collector() as collector:
+            daemon.run(stop, _between_scans(collector.after_scan, trimmer.after_scan, reload_step, _test_wedge()))
         notifier.stopping()
         if sink.error is None:
             sink.write([daemon.summary()])

@@ -127,3 +127,32 @@ def test_one_arena_asks_glibc_for_a_single_arena():
     assert selfcare.one_arena(FakeLibc()) is True  # type: ignore[arg-type]
     assert calls == [(-8, 1)]  # M_ARENA_MAX in glibc's malloc.h
     assert selfcare.one_arena(NoMallopt()) is False  # type: ignore[arg-type]
+
+
+def test_the_collector_runs_between_scans_only_every_so_many():
+    from allocwatch.app.selfcare import Collector
+
+    class FakeGc:
+        def __init__(self):
+            self.calls = []
+
+        def freeze(self):
+            self.calls.append("freeze")
+
+        def disable(self):
+            self.calls.append("disable")
+
+        def enable(self):
+            self.calls.append("enable")
+
+        def collect(self):
+            self.calls.append("collect")
+            return 3
+
+    fake = FakeGc()
+    with Collector(every_scans=4, collector=fake) as c:
+        assert fake.calls == ["freeze", "disable"]
+        for _ in range(9):
+            c.after_scan()
+        assert fake.calls.count("collect") == 2 and c.passes == 2 and c.freed == 6
+    assert fake.calls[-1] == "enable"
