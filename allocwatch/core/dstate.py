@@ -19,6 +19,7 @@ from allocwatch.core.sites import NR_SITES, Site
 from allocwatch.core.tracker import Ended, Wait
 
 StackReader = Callable[[int, int], "list[str] | None"]  # (pid, tid) -> frames
+STACKS_KEPT = 4096  # distinct stacks kept as one copy each
 
 
 @dataclass(slots=True)
@@ -44,6 +45,22 @@ class DstateNamer:
         self._last: tuple[list[InflightWait], list[Wait]] | None = None  # the last name_all: in, out
         self._unripe = 0  # sleeps of the last name_all too young to name yet
         self._pruned = False  # prune() has run since the last full name_all
+        self._stacks: dict[tuple[str, ...], list[str]] = {}  # one copy of each stack read (_one_copy)
+
+    def _one_copy(self, frames: list[str] | None) -> list[str] | None:
+        """One list for equal stacks: 10,000 threads asleep at one place held
+        10,000 equal lists (the names in them were already one copy each), and
+        a block that shares the list makes its plain form once. Read, never
+        changed; bounded: emptied when full."""
+        if not frames:
+            return frames
+        key = tuple(frames)
+        kept = self._stacks.get(key)
+        if kept is None:
+            if len(self._stacks) >= STACKS_KEPT:
+                self._stacks.clear()
+            kept = self._stacks[key] = frames
+        return kept
 
     def set_classify_after(self, ns: int) -> None:
         self._classify_after_ns = ns
@@ -67,7 +84,7 @@ class DstateNamer:
             hinted = self._hint_site(raw.site_hint)
             if hinted is None and now_ns - raw.start_ns < self._classify_after_ns:
                 return None
-            frames = self._read_stack(raw.pid, raw.tid)
+            frames = self._one_copy(self._read_stack(raw.pid, raw.tid))
             self.stack_reads += 1
             site = hinted if hinted is not None else self._classifier.classify(frames or [])
             named = self._named[key] = _Named(site, frames)

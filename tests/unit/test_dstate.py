@@ -96,3 +96,13 @@ def test_the_same_entries_name_the_same_without_a_look_and_a_young_one_still_rip
     third = n.name_all([old, young], 9 * S)  # the same objects, all named: the last answer
     assert [w.tid for w in third] == [5, 6] and all(a is b for a, b in zip(third, second, strict=True))
     assert n.name_all([old, raw(tid=6, start=S)], 9 * S)[1].tid == 6  # an equal but new entry: looked at
+
+
+def test_equal_stacks_are_kept_as_one_list():
+    def read(pid, tid):
+        return list(OOM_STACK) if tid != 9 else ["io_schedule", "blk_mq_get_tag"]
+
+    n = DstateNamer(classifier(Site.MEMCG_OOM_WAIT), read, classify_after_ns=0)
+    n.name_all([raw(tid) for tid in (5, 6, 9)], S)
+    five, six, nine = (n.stack_of(tid, 0) for tid in (5, 6, 9))
+    assert five == OOM_STACK and five is six and nine == ["io_schedule", "blk_mq_get_tag"]
