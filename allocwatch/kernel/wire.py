@@ -61,7 +61,8 @@ OOMCTX_MEMCG = 4  # AW_OOMCTX_MEMCG
 
 def event_kind(raw: bytes) -> int:
     """The kind of a ring-buffer record: every record has it at aw_event.kind's offset."""
-    return int.from_bytes(raw[Event.kind.offset: Event.kind.offset + 4], "little") if len(raw) >= 28 else 0
+    end = Event.kind.offset + Event.kind.size
+    return int.from_bytes(raw[Event.kind.offset: end], "little") if len(raw) >= end else 0
 
 
 class WaitKey(ctypes.Structure):
