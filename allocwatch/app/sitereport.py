@@ -23,12 +23,14 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
     features = read_features(cfg, tracefs, kallsyms)
     plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
     switch_how = None  # how sched_switch was attached (raw or classic, and why): live only
+    oom_how = None  # how an OOM kill's cgroups are read in the kernel, or "off: why": live only
     if offline:
         statuses = [coverage.planned(p, features) for p in plans]
     else:
         source = load_source(cfg, plans, features)
         statuses = list(source.status)
         switch_how = source.sched_switch_how or None
+        oom_how = source.oom_context_how or None
         source.close()
     if as_json:
         doc = {
@@ -36,7 +38,8 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
             "live": not offline,
             "kprobes": features.kprobes,
             "sched_switch": switch_how,
+            "oom_context": oom_how,
             "sites": coverage.rows(statuses),
         }
         return json.dumps(doc, indent=2) + "\n"
-    return coverage.render_text(statuses, features.release, switch_how)
+    return coverage.render_text(statuses, features.release, switch_how, oom_how)

@@ -202,8 +202,8 @@ class BpfSource:
         self._readers: dict[str, MapReader[Any]] = {}
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
         self.idle_given_back = 0  # map entries with no wait open deleted (_give_back_idle)
-        # The OOM-context program (raw oom:mark_victim): "" when attached, else why not.
-        self.oom_context_why = "not compiled"
+        # How an OOM kill's cgroups are read in the kernel (raw oom:mark_victim), or "off: why not"
+        self.oom_context_how = ""
         self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
         # per tid: (account, shrinker counts, the two joined), reused while both are unchanged
         self._with_shrinks: dict[int, tuple[wire.Acct, tuple[ShrinkCount, ...], wire.Acct]] = {}
@@ -251,7 +251,7 @@ class BpfSource:
         self.set_tunables(self.opts.long_wait_ns, self.opts.dstate_end_ns or self.opts.long_wait_ns)
         with compiler_output():  # bcc prints its own line for an attach that fails; the status says why
             # before oom:mark_victim's own program, so that a kill's context comes first in the ring
-            self.oom_context_why = self._attach_oom_context(flags)
+            self.oom_context_how = self._attach_oom_context(flags)
             self.status = [self._attach_site(p) for p in self.plans]
         if not self.opts.keep_compiler:
             self._free_compiler()
@@ -290,21 +290,24 @@ class BpfSource:
         return names
 
     def _attach_oom_context(self, flags: list[str]) -> str:
-        """Attach the raw oom:mark_victim program if it was compiled; "" or why not."""
+        """Attach the raw oom:mark_victim program if it was compiled; how it reads a
+        kill (`allocwatch probes` says it), or "off: " and why not."""
         if f"-D{oomcontext.DEFINE}" not in flags:
-            return "not compiled (no oom:mark_victim, or no BTF offsets)"
+            return "off: not compiled (no oom:mark_victim, or no BTF offsets)"
         try:
             self._bpf.attach_raw_tracepoint(tp=oomcontext.RAW_TP.encode(), fn_name=oomcontext.FN.encode())
         except Exception as exc:  # bcc raises bare Exception
-            return f"raw tracepoint {oomcontext.RAW_TP}: {exc}"
+            return f"off: raw tracepoint {oomcontext.RAW_TP}: {exc}"
+        how = "raw tracepoint"
         if f"-D{oomcontext.OC_DEFINE}" in flags:
             fn = oomcontext.OC_FUNCTION.encode()
             try:  # without it, the constraint still comes from the invoker's stack
                 self._bpf.attach_kretprobe(event=fn, fn_name=oomcontext.OC_RETURN_FN.encode())
                 self._bpf.attach_kprobe(event=fn, fn_name=oomcontext.OC_ENTRY_FN.encode())
+                return f"{how}, with {oomcontext.OC_FUNCTION}'s oom_control (kprobe pair)"
             except Exception:
                 _quietly(self._bpf.detach_kretprobe, fn)
-        return ""
+        return f"{how}; the constraint from the invoker's stack ({oomcontext.OC_FUNCTION} takes no kprobe pair here)"
 
     def _attach_tp(self, tp: Tracepoint) -> bool:
         """Attach once per tracepoint; True if this call attached it."""

@@ -134,9 +134,11 @@ def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:
     return out
 
 
-def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | None = None) -> str:
+def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | None = None,
+                oom_how: str | None = None) -> str:
     """`switch_how`: how sched:sched_switch was attached, live ("raw tracepoint", or
-    "classic tracepoint (why not raw)"); None offline or when nothing needed it."""
+    "classic tracepoint (why not raw)"); None offline or when nothing needed it.
+    `oom_how`: how an OOM kill's cgroups are read in the kernel, live, or "off: why"."""
     offline = any(not st.live for st in statuses)
     lines = [f"kernel {release}: {'evaluated offline, nothing attached' if offline else 'attached live'}"]
     for st, row in zip(statuses, rows(statuses), strict=True):
@@ -144,6 +146,10 @@ def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | 
         lines.append(f"  {row['site']:<24} {st.state.value:<19} {how}")
     if switch_how:
         lines.append(f"sched:sched_switch (D-state timing) on the {switch_how}")
+    if oom_how:
+        read = ("read after the kill, from /proc (" + oom_how.removeprefix("off: ") + ")"
+                if oom_how.startswith("off: ") else "read in the kernel at the kill, on the " + oom_how)
+        lines.append(f"oom:mark_victim (an OOM kill's cgroups and constraint) {read}")
     verb = "would watch" if offline else "watching"
     lines.append(f"{verb} {summarize(statuses).line()}")
     return "\n".join(lines) + "\n"

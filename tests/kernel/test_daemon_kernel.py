@@ -536,6 +536,8 @@ def test_probes_live_json():
     # with the kernel's BTF the D-state timing is on the raw tracepoint; where it is not, it says why
     if Path("/sys/kernel/btf/vmlinux").exists():
         assert doc["sched_switch"] == "raw tracepoint", doc["sched_switch"]
+        # and an OOM kill's cgroups are read in the kernel (no kprobes here: the constraint from the stack)
+        assert doc["oom_context"].startswith("raw tracepoint; the constraint from the invoker's stack"), doc
     else:
         assert doc["sched_switch"].startswith("classic tracepoint ("), doc["sched_switch"]
     assert rows["memcg_reclaim"]["attached"] and rows["memcg_reclaim"]["mechanism"] == "tracepoint pair"

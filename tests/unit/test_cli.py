@@ -187,3 +187,14 @@ def test_probes_text_says_how_sched_switch_is_attached_when_live():
     text = coverage.render_text([], "6.18", "classic tracepoint (no BTF offsets for the raw tracepoint)")
     assert "sched:sched_switch (D-state timing) on the classic tracepoint (no BTF offsets" in text
     assert "sched_switch" not in coverage.render_text([], "6.18")
+
+
+def test_probes_text_says_how_an_oom_kill_is_read_when_live():
+    from allocwatch.kernel import coverage
+
+    text = coverage.render_text([], "6.1", None, "raw tracepoint, with out_of_memory's oom_control (kprobe pair)")
+    assert ("oom:mark_victim (an OOM kill's cgroups and constraint) read in the kernel at the kill, on the raw "
+            "tracepoint, with out_of_memory's oom_control (kprobe pair)") in text
+    off = coverage.render_text([], "5.4", None, "off: not compiled (no oom:mark_victim, or no BTF offsets)")
+    assert "read after the kill, from /proc (not compiled (no oom:mark_victim, or no BTF offsets))" in off
+    assert "mark_victim" not in coverage.render_text([], "6.18")
