@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from allocwatch.core.classify import StackClassifier
-from allocwatch.core.model import InflightWait, WaitEnd
+from allocwatch.core.model import InflightWait, OneCopy, WaitEnd
 from allocwatch.core.sites import NR_SITES, Site
 from allocwatch.core.tracker import Ended, Wait
 
@@ -45,22 +45,13 @@ class DstateNamer:
         self._last: tuple[list[InflightWait], list[Wait]] | None = None  # the last name_all: in, out
         self._unripe = 0  # sleeps of the last name_all too young to name yet
         self._pruned = False  # prune() has run since the last full name_all
-        self._stacks: dict[tuple[str, ...], list[str]] = {}  # one copy of each stack read (_one_copy)
+        self._stacks: OneCopy[tuple[str, ...], list[str]] = OneCopy(STACKS_KEPT)  # (_one_copy)
 
     def _one_copy(self, frames: list[str] | None) -> list[str] | None:
         """One list for equal stacks: 10,000 threads asleep at one place held
         10,000 equal lists (the names in them were already one copy each), and
-        a block that shares the list makes its plain form once. Read, never
-        changed; bounded: emptied when full."""
-        if not frames:
-            return frames
-        key = tuple(frames)
-        kept = self._stacks.get(key)
-        if kept is None:
-            if len(self._stacks) >= STACKS_KEPT:
-                self._stacks.clear()
-            kept = self._stacks[key] = frames
-        return kept
+        a block that shares the list makes its plain form once. Read, never changed."""
+        return self._stacks.get(tuple(frames), frames) if frames else frames
 
     def set_classify_after(self, ns: int) -> None:
         self._classify_after_ns = ns

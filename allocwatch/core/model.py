@@ -10,8 +10,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Generic, TypeVar
 
 COMM_LEN = 16  # TASK_COMM_LEN
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class OneCopy(Generic[K, V]):
+    """One kept value for equal keys (10,000 threads of one workload make equal
+    tuples and stacks: one copy each, not 10,000). Bounded: emptied when full."""
+
+    def __init__(self, most: int = 4096) -> None:
+        self._most = most
+        self._kept: dict[K, V] = {}
+
+    def get(self, key: K, value: V) -> V:
+        """The value kept for `key`, or `value`, kept for it from now on."""
+        kept = self._kept.get(key)
+        if kept is None:
+            if len(self._kept) >= self._most:
+                self._kept.clear()
+            kept = self._kept[key] = value
+        return kept
 
 
 @lru_cache(maxsize=4096)  # one str for the 10,000 threads of a process, not one a record

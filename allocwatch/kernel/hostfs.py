@@ -27,7 +27,7 @@ from allocwatch.core.host import (
 )
 from allocwatch.core.tracker import NS_PER_S
 from allocwatch.kernel import mountinfo
-from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, lines, read_bytes, task_file
+from allocwatch.kernel.procfs import DEFAULT_PROCFS, kernel_stack, lines, read_bytes, read_text, task_file
 
 DEFAULT_MOUNTINFO = mountinfo.MOUNTINFO
 
@@ -58,13 +58,8 @@ _ZONE_HEAD = re.compile(r"Node\s+(\d+),\s+zone\s+(\S+)")
 _KSWAPD = re.compile(r"kswapd(\d+)(?::\d+)?")
 
 
-def _bytes(path: str | Path) -> bytes | None:
-    return read_bytes(path)
-
-
-def _text(path: str | Path) -> str | None:
-    raw = _bytes(path)
-    return None if raw is None else raw.decode("utf-8", "surrogateescape")
+_bytes = read_bytes
+_text = read_text
 
 
 def _int(text: str) -> int | None:

@@ -41,11 +41,14 @@ def read_bytes(path: str | Path) -> bytes | None:
         os.close(fd)
 
 
-def _read(path: str | Path) -> str | None:
+def read_text(path: str | Path) -> str | None:
     """The file as text; bytes that are not UTF-8 kept as surrogates (the
     same decoding as comms from the BPF side), so nothing is lost."""
     raw = read_bytes(path)
     return None if raw is None else raw.decode("utf-8", "surrogateescape")
+
+
+_read = read_text
 
 
 def lines(text: str) -> list[str]:

@@ -15,6 +15,7 @@ from allocwatch.core.model import (
     Acct,
     DirtyPause,
     InflightWait,
+    OneCopy,
     OomContext,
     OomKill,
     ShrinkCount,
@@ -198,21 +199,13 @@ def decode_shrinks(v: ShrinkAcct) -> tuple[ShrinkCount, ...]:
         key=lambda c: c.fn))
 
 
-_COUNTS_KEPT = 4096
-_counts: dict[tuple[int, ...], tuple[int, ...]] = {}
+# One tuple for equal counts: the threads of one workload wait the same number of
+# times at the same sites, and 10,000 of them held 10,000 copies (192 bytes each).
+_COUNTS: OneCopy[tuple[int, ...], tuple[int, ...]] = OneCopy()
 
 
 def _shared(counts: tuple[int, ...]) -> tuple[int, ...]:
-    """One tuple for equal counts: the threads of one workload wait the same
-    number of times at the same sites, and 10,000 of them held 10,000 copies
-    (192 bytes each) of a few tuples. Bounded: emptied when full."""
-    kept = _counts.get(counts)
-    if kept is not None:
-        return kept
-    if len(_counts) >= _COUNTS_KEPT:
-        _counts.clear()
-    _counts[counts] = counts
-    return counts
+    return _COUNTS.get(counts, counts)
 
 
 def decode_acct(tid: int, v: TaskAcct) -> Acct:
