@@ -222,11 +222,15 @@ class Findings:
         base, base_ns = self._baseline(tid, now_ns)
         return base_ns if base is not None and (base is latest or base == latest) else None
 
+    def _flying_ns(self, now_ns: int, inflight: Sequence[Wait]) -> int:
+        """The union of a task's waits in flight, clipped to the window: they all
+        end now, so it is the longest."""
+        window_ns = self.rules.window_ns
+        return max((min(max(0, now_ns - w.start_ns), window_ns) for w in inflight), default=0)
+
     def _flying_share(self, now_ns: int, inflight: Sequence[Wait]) -> float:
         """The share `_share` gives a task with nothing completed since its baseline."""
-        window_ns = self.rules.window_ns
-        flying_ns = max((min(max(0, now_ns - w.start_ns), window_ns) for w in inflight), default=0)
-        return flying_ns / window_ns
+        return self._flying_ns(now_ns, inflight) / self.rules.window_ns
 
     def _span(self, tid: int, now_ns: int) -> tuple[Acct, Acct | None, int]:
         """The latest account, the baseline and the span completed waits were counted over."""
@@ -243,10 +247,7 @@ class Findings:
         on, every scan, for every task that waited in the window."""
         latest, base, span_ns = self._span(tid, now_ns)
         window_ns = self.rules.window_ns
-        flying_ns = 0
-        for w in inflight:  # waits in flight all end now: their union is the longest
-            overlap = min(max(0, now_ns - w.start_ns), window_ns)
-            flying_ns = max(overlap, flying_ns)
+        flying_ns = self._flying_ns(now_ns, inflight)
         # Time waited counts once however the waits nest (a throttle sleep inside
         # reclaim): the kernel's busy time for ended waits, the union for those in
         # flight. Completed time over the span it was counted in; in-flight time
