@@ -166,9 +166,20 @@ def test_task_stuck_before_the_daemon_started_is_reported(daemon_factory):
     start-up sweep, timed from then, and marked as a lower bound."""
     with memcg.MemCgroup("aw-early") as group:
         (hog,) = memcg.stall_indefinitely(group, 1, 100)
-        deadline = time.monotonic() + 10
-        while memcg.proc_state(hog.pid) != "D" and time.monotonic() < deadline:
+
+        def in_the_oom_wait() -> bool:
+            """In the memcg OOM wait itself, where it stays: on its way there it may
+            sleep in D elsewhere (reclaim waiting on writeback) and wake again, and a
+            sleep the sweep seeded would then end before it is reported."""
+            return memcg.proc_state(hog.pid) == "D" and "mem_cgroup_oom_synchronize" in (
+                memcg.kernel_stack(hog.pid) or ())
+
+        deadline = time.monotonic() + 20
+        while not in_the_oom_wait() and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert in_the_oom_wait(), (memcg.proc_state(hog.pid), memcg.kernel_stack(hog.pid))
+        time.sleep(0.5)  # settled there: still in it after half a second
+        assert in_the_oom_wait(), (memcg.proc_state(hog.pid), memcg.kernel_stack(hog.pid))
         d = daemon_factory("--threshold", "1", "--scan-interval", "0.25")
         assert any("already asleep in D" in line for line in d.stderr)
 
