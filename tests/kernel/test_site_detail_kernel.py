@@ -45,6 +45,20 @@ def _sites(t: dict[str, Any]) -> set[str]:
     return {t["site"], t.get("waiting_site")} | {o["site"] for o in t.get("other_waits") or ()}
 
 
+def _comm(proc: Path) -> str:
+    try:
+        return (proc / "comm").read_text().strip()
+    except OSError:  # gone
+        return ""
+
+
+def _kernel_stack(pid: str) -> list[str]:
+    try:
+        return [line.split()[-1] for line in Path(f"/proc/{pid}/stack").read_text().splitlines()[:6]]
+    except OSError:
+        return []
+
+
 def _reader(group: memcg.MemCgroup, path: Path) -> subprocess.Popen[Any]:
     """Clean page cache, read over and over in the group: it lies on the LRU among
     the writer's dirty pages, so a reclaim pass frees some before one blocks."""
@@ -221,8 +235,9 @@ def test_the_site_detail_maps_match_the_wire_and_their_handlers_attach():
 @pytest.mark.requires_cgroup_v1_blkio
 def test_a_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_task_not_behind(daemon):
     """ext4 with its journal, ordered data and dioread_lock (so a commit waits for the data
-    blocks it allocated to be written: with the default dioread_nolock it need not) on a loop
-    device throttled to 512 KiB/s, dd in a 64 MiB group: dd's memcg reclaim waits on writeback
+    blocks it allocated to be written: with the default dioread_nolock it need not), committing
+    every second rather than every 5 (more commits to see), on a loop device throttled to
+    512 KiB/s, dd in a 64 MiB group: dd's memcg reclaim waits on writeback
     of that device, and the journal thread (jbd2/loopN-8) waits in folio_wait_writeback under
     jbd2_journal_commit_transaction (reported with that stack in the same blocks). jbd2 works for
     that device but waits beside dd, on the same writes, not ahead of it: the blocks name the
@@ -230,7 +245,7 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_tas
     `beside` it."""
     d = daemon("threshold_s: 0.5\nthresholds_s:\n  writeback_wait: 0.1\nscan_interval_s: 0.05\nreport_interval_s: 0.1\n"
                "max_tasks_per_block: 20\n")
-    with (slowdisk.SlowDisk(write_bps=512 << 10, journal=True, mount_options="dioread_lock") as disk,
+    with (slowdisk.SlowDisk(write_bps=512 << 10, journal=True, mount_options="dioread_lock,commit=1") as disk,
           memcg.MemCgroup("aw-beside") as group):
         group.set_limit_bytes(64 << 20)
         dd = disk.spawn_writer(group, 100)
@@ -247,10 +262,20 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_tas
             return [r for r in records if r["type"] == "stall_report" and named([r])
                     and any(t["comm"] == jbd2 and "writeback_wait" in _sites(t) for t in r["tasks"])]
 
+        def what_jbd2_did() -> dict[str, Any]:
+            """On failure: where the journal thread was seen, and where it is now."""
+            blocks = [r for r in d.records if r["type"] == "stall_report"]
+            seen = [(r["seq"], sorted(_sites(t) - {None}), t["duration_s"]) for r in blocks for t in r["tasks"]
+                    if t["comm"] == jbd2]
+            pids = [p.name for p in Path("/proc").iterdir() if p.name.isdigit() and _comm(p) == jbd2]
+            return {"blocks": len(blocks), "naming dd": len(named(d.records)), "jbd2 in blocks": seen[-10:],
+                    "most tasks in a block": max((len(r["tasks"]) for r in blocks), default=0),
+                    "jbd2 now": [(pid, _kernel_stack(pid)) for pid in pids]}
+
         try:
             # dd may also wait on the journal (not a memory wait) between its reclaim waits
             assert d.wait_for(lambda rs: len(together(rs)) >= 3, 120), (
-                f"no block with dd on {loop} and {jbd2} in its writeback wait", len(named(d.records)))
+                f"no block with dd on {loop} and {jbd2} in its writeback wait", what_jbd2_did())
         finally:
             disk.stop_writer(dd)
     assert d.stop() == 0
