@@ -115,6 +115,7 @@ class SiteCoverage:
     site: str
     mechanism: str  # "" when nothing is attached
     attached: bool
+    target: str = ""  # what it is attached to: the tracepoints, or the function of a kprobe pair
 
 
 @dataclass(frozen=True)

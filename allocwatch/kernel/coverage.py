@@ -110,7 +110,9 @@ def snapshot_coverage(statuses: Sequence[SiteStatus]) -> list[SiteCoverage]:
     out = []
     for st in statuses:
         opt = st.plan.chosen
-        out.append(SiteCoverage(st.plan.site.label, opt.mechanism.value if opt and st.attached else "", st.attached))
+        on = opt is not None and st.attached
+        out.append(SiteCoverage(st.plan.site.label, opt.mechanism.value if on and opt else "", st.attached,
+                                st.target if on else ""))
     return out
 
 

@@ -198,3 +198,24 @@ def test_probes_text_says_how_an_oom_kill_is_read_when_live():
     off = coverage.render_text([], "5.4", None, "off: not compiled (no oom:mark_victim, or no BTF offsets)")
     assert "read after the kill, from /proc (not compiled (no oom:mark_victim, or no BTF offsets))" in off
     assert "mark_victim" not in coverage.render_text([], "6.18")
+
+
+def test_the_hello_says_what_each_site_is_attached_to_as_probes_does():
+    """top's hello (and so a guest test) reads the daemon's own attach: the same
+    target `allocwatch probes` prints, and none for a site not attached."""
+    from allocwatch import config
+    from allocwatch.app.session import read_features
+    from allocwatch.kernel import coverage, probes
+
+    cfg = config.Config()
+    features = read_features(cfg, FIXTURE.parent / "6.1")
+    statuses = [coverage.planned(p, features) for p in probes.plan(features, cfg.disabled, cfg.hot_paths)]
+    rows = {r["site"]: r for r in coverage.rows(statuses)}
+    said = {c.site: c for c in coverage.snapshot_coverage(statuses)}
+    assert said.keys() == rows.keys()
+    for site, c in said.items():
+        row = rows[site]
+        assert c.attached == row["would_attach"], (c, row)
+        assert (c.mechanism, c.target) == ((row["mechanism"], row["target"]) if c.attached else ("", "")), (c, row)
+    assert said["reclaim_throttle"].target and said["reclaim_throttle"].mechanism == "kprobe pair"
+    assert any(not c.attached for c in said.values())
