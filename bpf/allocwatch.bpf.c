@@ -523,7 +523,9 @@ int aw_sched_switch(struct tracepoint__sched__sched_switch *args)
  * end (next's: the same task); aw_wait.depth says it was counted. Sleeps user
  * space seeded are in no slot: while one is open (tunables[AW_TUNABLE_SEEDED])
  * every switch-in is looked up. A count left behind (a counted sleep deleted
- * while open) only sends its slot's switch-ins the long way. */
+ * while open) sends its slot's switch-ins the long way for good: user space
+ * leaves open sleeps to end here (BpfSource.let_go_dwait) but when the map is
+ * crowded or an entry is stale. */
 #ifndef AW_SLEEPER_SLOTS
 #define AW_SLEEPER_SLOTS 16384
 #endif

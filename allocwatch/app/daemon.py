@@ -78,6 +78,7 @@ class Source(Protocol):
     def drain(self) -> list[WaitEnd | OomKill]: ...
     def seed_dwait(self, tid: int, pid: int, comm: str, start_ns: int) -> None: ...
     def drop_dwait(self, tid: int, start_ns: int) -> None: ...
+    def let_go_dwait(self, tid: int, start_ns: int) -> bool: ...
     def histograms(self) -> dict[Site, tuple[list[int], int]]: ...
     def stats(self) -> dict[str, int]: ...
 
@@ -132,7 +133,8 @@ class Daemon:
         self.seq = 0
         self.scans = 0
         self.oom_kills = 0
-        self.unrelated_dropped = 0  # D-state sleeps named "not a memory wait" and untracked
+        self.unrelated_dropped = 0  # D-state sleeps named "not a memory wait", their entry given back
+        self.unrelated_left = 0  # the same, left in the map for the kernel to close at their wake
         self.stale_dropped = 0  # D-state entries whose task was seen awake when due
         self.reported: dict[str, int] = {}  # stall reports by kind
         self._limits_seen: dict[str, int] = {}
@@ -227,11 +229,14 @@ class Daemon:
         events = self.source.drain()
         waits = [w for w in map(_pair_wait, (r for r in raws if r.site != SITE_DSTATE)) if w]
         waits += self.namer.name_all([r for r in raws if r.site == SITE_DSTATE], now_ns)
-        # A sleep named "not a memory wait" gives its slot back, so tasks parked
-        # in D elsewhere (vfork, frozen file systems) cannot fill the map.
+        # A sleep named "not a memory wait" gives its entry back once the map is
+        # crowded, so tasks parked in D elsewhere (vfork, frozen file systems)
+        # cannot fill it; before that, the kernel closes it when the task wakes.
         for tid, start_ns in self.namer.take_unrelated():
-            self.source.drop_dwait(tid, start_ns)
-            self.unrelated_dropped += 1
+            if self.source.let_go_dwait(tid, start_ns):
+                self.unrelated_dropped += 1
+            else:
+                self.unrelated_left += 1
         ended: list[Ended] = []
         kills: list[OomKill] = []
         for ev in events:
@@ -409,7 +414,9 @@ class Daemon:
         return {}
 
     def counters(self, stats: dict[str, int]) -> dict[str, int]:
-        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped, "dwaits_stale_dropped": self.stale_dropped,
+        return {**stats, "dwaits_unrelated_dropped": self.unrelated_dropped,
+                "dwaits_unrelated_left": self.unrelated_left, "dwaits_stale_dropped": self.stale_dropped,
+                "dwaits_counts_left": getattr(self.source, "counts_left", 0),
                 "waits_idle_given_back": getattr(self.source, "idle_given_back", 0),
                 "held_back": self.policy.held_back_total}
 

@@ -57,6 +57,9 @@ TABLES_READ = ("waits", "dwaits", "dirty_pauses", "wb_notes", "task_acct", "shri
                "stats", "tunables", "wait_hist", "wait_sum_ns", "sigkills")
 
 
+RAW_SWITCH = "raw tracepoint"  # sched_switch_how when the raw program is attached
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     long_wait_ns: int
@@ -202,6 +205,10 @@ class BpfSource:
         self._readers: dict[str, MapReader[Any]] = {}
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
         self.idle_given_back = 0  # map entries with no wait open deleted (_give_back_idle)
+        self._dwait_entries = 0  # in the D-state map at the last read, open or not
+        # open sleeps the raw sched_switch had counted in their slot, deleted from user space:
+        # each leaves its slot's count one too high for good (see let_go_dwait)
+        self.counts_left = 0
         # How an OOM kill's cgroups are read in the kernel (raw oom:mark_victim), or "off: why not"
         self.oom_context_how = ""
         self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
@@ -327,7 +334,7 @@ class BpfSource:
         if self._raw_switch:
             try:
                 self._bpf.attach_raw_tracepoint(tp=schedswitch.RAW_TP.encode(), fn_name=schedswitch.FN.encode())
-                self.sched_switch_how = "raw tracepoint"
+                self.sched_switch_how = RAW_SWITCH
                 return
             except Exception as exc:  # bcc raises bare Exception
                 said = str(exc).splitlines()
@@ -336,7 +343,7 @@ class BpfSource:
         self.sched_switch_how = f"classic tracepoint ({why})"
 
     def _detach_tp(self, tp: Tracepoint) -> None:
-        if tp == SCHED_SWITCH and self.sched_switch_how == "raw tracepoint":
+        if tp == SCHED_SWITCH and self.sched_switch_how == RAW_SWITCH:
             self._bpf.detach_raw_tracepoint(tp=schedswitch.RAW_TP.encode())
         else:
             self._bpf.detach_tracepoint(tp=tp.name.encode())
@@ -436,6 +443,7 @@ class BpfSource:
             self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if isinstance(w, _IdleWait)])
         # The value is kept only for a dirty-throttle sleep, whose pause note may change its decoding.
         every = self._read_map("dwaits", lambda k, v: _dwait_row(_int(k), v))
+        self._dwait_entries = len(every)
         # the same rows, not new ones: 10,000 sleeps made 10,000 tuples a scan for the type's sake
         open_rows = [e for e in every if e[2] is not None]
         dwaits = cast(list[tuple[int, "wire.WaitValue | None", wire.InflightWait]], open_rows)
@@ -553,17 +561,37 @@ class BpfSource:
         table[table.Key(tid)] = value
 
     def drop_dwait(self, tid: int, start_ns: int) -> None:
-        """Undo `seed_dwait`, unless the kernel has since recorded a new sleep."""
+        """Undo `seed_dwait`, or give back a sleep's entry, unless the kernel has
+        since recorded a new sleep."""
         table = self._bpf[b"dwaits"]
         try:
-            if table[table.Key(tid)].start_ns == start_ns:
+            value = table[table.Key(tid)]
+            if value.start_ns == start_ns:
                 del table[table.Key(tid)]
+                if value.depth and self.sched_switch_how == RAW_SWITCH:
+                    self.counts_left += 1
         except KeyError:
             pass
         if self._seeded.get(tid) == start_ns:
             del self._seeded[tid]
             if not self._seeded:
                 self._set_seeded(False)
+
+    def let_go_dwait(self, tid: int, start_ns: int) -> bool:
+        """A sleep named "not a memory wait": given back (True) while the D-state map
+        is at least half full, or where nothing counts sleepers (the classic
+        sched_switch); else left for the kernel to close when the task wakes (False).
+        The raw sched_switch counts a sleep in its task's slot until it ends, and
+        only the kernel can uncount it: deleting it open leaves that slot's count
+        one too high for good, and every switch-in of the slot then takes the long
+        way (reading the pid, a hash lookup). A parked task keeps its entry while
+        it sleeps, as it keeps a closed one between sleeps; crowding brings back
+        the deletion, so parked tasks cannot fill the map (counts_left says what
+        that cost)."""
+        if self.sched_switch_how == RAW_SWITCH and self._dwait_entries < self.opts.max_dwaits // 2:
+            return False
+        self.drop_dwait(tid, start_ns)
+        return True
 
     def _forget_seeded_ended(self, open_now: dict[int, int]) -> None:
         """Seeded sleeps no longer open as seeded (`open_now`: tid -> start_ns of the

@@ -148,7 +148,7 @@ class SnapshotCollector:
         yield full
         dropped = CounterFamily(
             "allocwatch_dstate_unrelated_dropped",
-            "D-state sleeps named as not a memory wait and no longer tracked (their slot given back)",
+            "D-state sleeps named as not a memory wait, their entry given back (the map was half full)",
         )
         dropped.add_metric([], c.get("dwaits_unrelated_dropped", 0))
         yield dropped

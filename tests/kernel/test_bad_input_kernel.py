@@ -7,6 +7,7 @@ ended, and cannot be blinded by tasks parked in D elsewhere."""
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import shlex
 import signal
@@ -279,6 +280,67 @@ def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
         assert d.stop() == 0
         stats = d.of_type("summary")[-1]["stats"]
         assert stats["dwaits_unrelated_dropped"] >= 1000, stats
+    finally:
+        d.kill()
+
+
+def _sleepers_counted() -> int:
+    """What the raw sched_switch's per-slot counts of tasks asleep in D add up to
+    (bpftool; the map exists only where the raw program was compiled)."""
+    out = subprocess.run(["bpftool", "map", "dump", "name", "sleepers", "--json"],
+                         capture_output=True, text=True, check=True)
+    rows = json.loads(out.stdout)
+    assert rows, "no sleepers map: is sched_switch attached raw?"
+    total = 0
+    for row in rows:
+        value = row["formatted"]["value"] if "formatted" in row else row["value"]
+        total += value if isinstance(value, int) else int.from_bytes(bytes(int(b, 16) for b in value), "little")
+    return total
+
+
+@pytest.mark.requires_tool("fsfreeze")
+@pytest.mark.requires_cgroup_v1_memory
+def test_tasks_parked_in_d_elsewhere_leave_no_count_behind_when_they_wake(tmp_path):
+    """64 threads asleep in D on a frozen file system, named "not a memory wait"
+    with room in the map. The raw sched_switch counted each in its slot, and only
+    the kernel can uncount a sleep, when it ends: the daemon leaves their entries
+    to it. Deleted open from user space (as it did before), each left its slot's
+    count one too high for good, and that slot's switch-ins took the long way."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("classify_after_s: 0.5\n")
+    d = Daemon("--config", str(cfg), "--threshold", "2", "--scan-interval", "0.25")
+    frozen = False
+    parker = None
+    try:
+        d.wait_ready()
+        with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk:
+            try:
+                subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
+                frozen = True
+                parker = subprocess.Popen(
+                    [sys.executable, "-I", "-S", "-c", PARK, "64", str(disk.mnt)], stdout=subprocess.PIPE, text=True
+                )
+                assert parker.stdout is not None and parker.stdout.readline() == "parked\n"
+                time.sleep(3)  # asleep past classify_after_s, named and let go
+                asleep = _sleepers_counted()
+                subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+                frozen = False
+                assert parker.wait(30) == 0
+                parker = None
+                time.sleep(1)
+                after = _sleepers_counted()
+            finally:
+                if frozen:
+                    subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+                if parker is not None:
+                    parker.kill()
+                    parker.wait(30)
+        assert asleep >= 64, asleep  # counted while they slept
+        assert after <= 8, (asleep, after)  # the host's own D sleeps at that moment, at most a few
+        assert d.stop() == 0
+        stats = d.of_type("summary")[-1]["stats"]
+        assert stats["dwaits_unrelated_left"] >= 64 and stats["dwaits_unrelated_dropped"] == 0, stats
+        assert stats["dwaits_counts_left"] == 0, stats
     finally:
         d.kill()
 

@@ -73,6 +73,13 @@ class FakeSource:
     def stats(self):
         return {"events_lost": 0}
 
+    def drop_dwait(self, tid, start_ns):
+        self.dropped = [*getattr(self, "dropped", []), (tid, start_ns)]
+
+    def let_go_dwait(self, tid, start_ns):
+        """As the raw sched_switch with room in the map: left for the kernel."""
+        return False
+
 
 class ListSink:
     """An output that keeps what a stream would write: one text per scan with records."""

@@ -650,3 +650,33 @@ def test_a_task_waiting_on_writeback_lists_the_kernel_threads_in_memory_waits_be
                              "waited_s": 0.5}]
     assert "    behind it, in memory waits: kworker/u8:3+flush-7:3 pid=5 memcg_reclaim 0.5s" in report.render_dicts(
         [json.loads(sink.writes[-1])], "text")
+
+
+def test_a_sleep_named_unrelated_is_left_to_the_kernel_until_the_map_is_crowded(tmp_path):
+    """Deleting a sleep the raw sched_switch counted, while it is open, leaves its
+    slot's count behind for good: the source is asked to let it go (it keeps it
+    while there is room), once per sleep, and the two outcomes are counted apart."""
+    fake_proc(tmp_path, 9, ["wait_for_vfork_done", "kernel_clone"])
+    fake_proc(tmp_path, 10, ["wait_for_vfork_done", "kernel_clone"])
+    d, src, sink, clock = make(tmp_path, threshold_s=2.0)
+    crowded = {"now": False}
+    asked = []
+
+    def let_go(tid, start_ns):
+        asked.append((tid, start_ns))
+        return crowded["now"]
+
+    src.let_go_dwait = let_go
+    src.waits = [InflightWait(9, 9, "sh", SITE_DSTATE, 0, None, None, None)]
+    for t in range(1, 5):
+        clock["ns"] = t * S
+        d.scan_once()
+    assert asked == [(9, 0)] and sink.writes == []  # named once, never reported, while it stays in the map
+    assert (d.counters({})["dwaits_unrelated_left"], d.counters({})["dwaits_unrelated_dropped"]) == (1, 0)
+    crowded["now"] = True
+    src.waits.append(InflightWait(10, 10, "sh", SITE_DSTATE, 5 * S, None, None, None))
+    for t in range(5, 9):
+        clock["ns"] = t * S
+        d.scan_once()
+    assert asked == [(9, 0), (10, 5 * S)] and sink.writes == []
+    assert (d.counters({})["dwaits_unrelated_left"], d.counters({})["dwaits_unrelated_dropped"]) == (1, 1)
