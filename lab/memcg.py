@@ -354,6 +354,21 @@ class MemCgroup:
             )
         _write(self._file("memory.high"), "max" if n is None else str(int(n)))
 
+    def give_io_controller(self) -> None:
+        """v2: the io controller for this group too (`+io` in its parent's
+        cgroup.subtree_control, left in place on exit as `+memory` is), so the
+        I/O its tasks submit carries its own blkcg: a loop device's worker then
+        charges the page cache it writes to this group's memory (c74d40e8b5e2,
+        v5.14), where without it the root's. Must come before a task joins."""
+        if self._version == 1:
+            raise NeedsCgroupVersion("needs cgroup v2: on v1 blkio is a hierarchy of its own")
+        parent = self._path.parent
+        if "io" not in _read(parent / "cgroup.subtree_control").split():
+            try:
+                _write(parent / "cgroup.subtree_control", "+io")
+            except OSError as e:
+                raise CgroupError(f"cannot give {parent}'s children the io controller: {e}") from e
+
     def usage_bytes(self) -> int:
         """Memory charged to the group: v1 memory.usage_in_bytes, v2 memory.current."""
         name = "memory.usage_in_bytes" if self._version == 1 else "memory.current"

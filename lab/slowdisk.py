@@ -34,7 +34,7 @@ LOOP_CONTROL = Path("/dev/loop-control")
 LOOP_CTL_ADD, LOOP_CTL_REMOVE = 0x4C80, 0x4C81  # <linux/loop.h>
 
 
-def _loop_ctl(request: int, index: int) -> int:
+def loop_ctl(request: int, index: int) -> int:
     fd = os.open(LOOP_CONTROL, os.O_RDWR)
     try:
         return fcntl.ioctl(fd, request, index)
@@ -46,12 +46,12 @@ def _write(path: Path, value: str) -> None:
     path.write_text(f"{value}\n")
 
 
-def _new_loop_index() -> int:
+def new_loop_index() -> int:
     """A loop device added for this disk: LOOP_CTL_ADD with -1 adds one at the
     lowest free index (since v5.14; before, it returned EEXIST while any device
     was unbound): else the first unbound one losetup finds, reused."""
     try:
-        return _loop_ctl(LOOP_CTL_ADD, -1)
+        return loop_ctl(LOOP_CTL_ADD, -1)
     except OSError:
         found = _run("losetup", "-f")  # "/dev/loopN"
         return int(found.removeprefix("/dev/loop"))
@@ -77,7 +77,7 @@ class SlowDisk:
             self.mnt.mkdir()
             with self.image.open("wb") as f:
                 f.truncate(size_mib << 20)
-            self._loop_index = _new_loop_index()
+            self._loop_index = new_loop_index()
             device = f"/dev/loop{self._loop_index}"
             for _ in range(50):  # devtmpfs makes the node
                 if Path(device).exists():
@@ -164,18 +164,25 @@ class SlowDisk:
         index = self._loop_index
         if index is None or self.loop:
             return
-        for _ in range(50):  # busy while the detach settles
-            try:
-                _loop_ctl(LOOP_CTL_REMOVE, index)
-                self._loop_index = None
-                return
-            except OSError as exc:
-                last = exc
-                time.sleep(0.1)
-        raise OSError(f"loop device {index} not removed: {last}")
+        remove_loop(index)
+        self._loop_index = None
 
     def __enter__(self) -> SlowDisk:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def remove_loop(index: int) -> None:
+    """Remove the loop device `index` (detached): LOOP_CTL_REMOVE, retried while
+    the detach settles."""
+    last: OSError | None = None
+    for _ in range(50):  # busy while the detach settles
+        try:
+            loop_ctl(LOOP_CTL_REMOVE, index)
+            return
+        except OSError as exc:
+            last = exc
+            time.sleep(0.1)
+    raise OSError(f"loop device {index} not removed: {last}")

@@ -2,7 +2,9 @@
 """On Debian's 6.1 and 6.12 kernels, in a virtme-ng guest (scripts/test-guest):
 what the host's 6.18 cannot show. Kprobe pairs attach; the offline prediction
 from the captured kernel is what happens live; cgroup v2 stalls are reported
-while they last, with the v2 path; an OOM kill under memory.max; every program,
+while they last, with the v2 path; an OOM kill under memory.max; a loop device's
+worker throttled behind the writeback wait of the writer it serves (v2 alone
+charges the worker to the writer's group); every program,
 kprobes included, is gone after SIGTERM.
 
 The guest runs under TCG, so a daemon costs about 25 s to load: one daemon
@@ -19,10 +21,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lab import memcg
+from allocwatch.outputs import report
+from lab import memcg, ramloop
 from tests.kernel.daemonproc import Daemon
 
 pytestmark = pytest.mark.kernel
@@ -134,6 +138,64 @@ def test_oom_kill_under_memory_max_with_its_v2_cgroup(daemon):
     assert said, "the kernel said no oom-killer line"
     mask, names, order = said[-1]
     assert (kill["gfp"], kill["gfp_flags"], kill["order"]) == (int(mask, 16), names, int(order)), (kill, said[-1])
+
+
+@pytest.mark.requires_cgroup_v2_memory
+def test_a_writeback_wait_lists_the_loop_worker_throttled_behind_it(daemon):
+    """The waits behind the wait (the memcg writeback deadlock, throttled rather
+    than stuck). dd writes with O_DSYNC to ext4 on a loop device over a RAM disk,
+    from a group (with the io controller: its I/O carries the group's blkcg) that
+    a holder's 80 MiB keeps over a memory.high of 64 MiB (no swap: it stays over).
+    Written 64 KiB at a time, dd's own throttling at each return to user space is
+    a quarter of the worker's, which comes every 64 pages it charges. Each write
+    waits on its writeback, which the loop device's worker completes by writing
+    the backing file's page cache, charged to dd's group (c74d40e8b5e2, v5.14):
+    the worker is throttled over memory.high while dd waits for it. A block lists
+    dd with the worker behind it: its /proc name (kworker/...+loopN), its site and
+    how long it has waited."""
+    with ramloop.LoopOnRam() as disk, memcg.MemCgroup("aw-guest-behind") as group:
+        assert group.version == 2
+        group.give_io_controller()  # dd's writeback then carries its group's blkcg, and the worker charges it
+        holder = memcg.Hog(group, 80)
+        dd = None
+        try:
+            holder.wait_ready(60)
+            holder.go()
+            assert holder.wait_done(60), "the holder did not touch its 80 MiB"
+            group.set_high_bytes(64 * MIB)
+            dd = group.spawn(["dd", "if=/dev/zero", f"of={disk.mnt / 'f'}", "bs=64k", "count=6400", "oflag=dsync"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            worker = f"+{disk.name}"
+
+            def behind(records):
+                return [(t, b) for r in records if r["type"] == "stall_report" for t in r["tasks"]
+                        if t["pid"] == dd.pid for b in t.get("behind") or () if b["name"].endswith(worker)]
+
+            def seen() -> dict[str, Any]:
+                """On failure: what the blocks said of dd and of the loop device's workers."""
+                tasks = [t for r in daemon.records if r["type"] == "stall_report" for t in r["tasks"]]
+                return {"dd": sorted({(t["kind"], t["site"], *sorted(t.get("per_site") or ())) for t in tasks
+                                      if t["pid"] == dd.pid}),
+                        "workers": sorted({(t["comm"], t["site"]) for t in tasks if t["comm"].startswith("kworker")})}
+
+            assert daemon.wait_for(behind, 120), (f"no block with {disk.name}'s worker behind dd", seen())
+            assert dd.poll() is None, "reported only after dd had finished"
+        finally:
+            group.set_high_bytes(None)
+            if dd is not None:
+                dd.kill()
+                dd.wait(60)
+            holder.stop()
+    rows = behind(daemon.records)
+    for _, b in rows:
+        assert b["name"].startswith("kworker/") and b["pid"] != dd.pid, b
+        assert b["site"] in ("memcg_high_throttle", "memcg_reclaim") and b["waited_s"] >= 0, b
+    # dd was listed for waiting on that device's writeback
+    assert any(t["site"] == "writeback_wait" or (t.get("writeback") or {}).get("device") == disk.name
+               or "writeback_wait" in (t.get("per_site") or {}) for t, _ in rows), [t for t, _ in rows][:2]
+    text = report.render_dicts([r for r in daemon.records if r["type"] == "stall_report"], "text")
+    assert re.search(rf"behind it, in memory waits: kworker/\S+\{worker} pid=\d+ memcg_(high_throttle|reclaim)",
+                     text), text[-3000:]
 
 
 @pytest.mark.requires_cgroup_v2_memory
