@@ -93,6 +93,8 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
     wb = t.get("writeback") or {}
     fields["writeback_bdi"] = wb.get("bdi")  # the device a writeback wait waits on: "7:3"
     fields["writeback_device"] = wb.get("device")  # and its block device: "loop3"
+    # the kernel threads in memory waits that writeback waits for, longest first, space-separated
+    fields["behind"] = " ".join(b["name"] for b in t.get("behind") or ()) or None
     pod = t.get("pod") or {}
     for k in _POD_FIELDS:  # ALLOCWATCH_POD_NAMESPACE ... : a task's Kubernetes pod, when it is in one
         fields[f"pod_{k}"] = pod.get(k)

@@ -319,6 +319,21 @@ def test_the_journal_entry_of_a_task_waiting_on_writeback_names_the_device():
     entry = journal.task_entry(d["tasks"][0], d["seq"])
     assert entry["ALLOCWATCH_WRITEBACK_BDI"] == "7:3" and entry["ALLOCWATCH_WRITEBACK_DEVICE"] == "loop3"
     assert "waiting on writeback of loop3 (7:3)" in entry["MESSAGE"]
+    assert "ALLOCWATCH_BEHIND" not in entry  # no thread behind it: no field
+
+
+def test_the_journal_entry_names_the_threads_a_writeback_wait_is_behind():
+    from allocwatch.core.behind import Behind
+    from allocwatch.outputs import journal
+
+    w = Wait(8, 8, "dd", Site.WRITEBACK_WAIT, 0, None, None, dstate=True, writeback=NOTE)
+    rows = (Behind(31, 31, "kworker/u2:3+loop3", "memcg_high_throttle", 1.9),
+            Behind(32, 32, "kworker/u2:4+loop3", "memcg_reclaim", 0.4))
+    d = json.loads(report.render_json(block([Stall(w, 12 * NS_PER_S, 1)],
+                                            {8: TaskDetail(writeback_device=LOOP3, behind=rows)})))
+    entry = journal.task_entry(d["tasks"][0], d["seq"])
+    assert entry["ALLOCWATCH_BEHIND"] == "kworker/u2:3+loop3 kworker/u2:4+loop3"
+    assert "behind it, in memory waits: kworker/u2:3+loop3 pid=31 memcg_high_throttle 1.9s" in entry["MESSAGE"]
 
 
 def test_the_four_kinds_share_one_block_in_text_and_json():
