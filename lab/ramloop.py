@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab.slowdisk import new_loop_index, remove_loop
+from lab.slowdisk import attach_loop, new_loop_index, remove_loop
 
 BRD = Path("/sys/module/brd")
 RAM_DEVICE = "/dev/ram0"
@@ -62,13 +62,7 @@ class LoopOnRam:
             with image.open("wb") as f:
                 f.truncate(image_mib << 20)
             self._loop_index = new_loop_index()
-            device = f"/dev/loop{self._loop_index}"
-            for _ in range(50):  # devtmpfs makes the node
-                if Path(device).exists():
-                    break
-                time.sleep(0.1)
-            _run("losetup", device, str(image))
-            self.loop = device
+            self.loop = attach_loop(self._loop_index, image)
             _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", self.loop)
             self._mount(self.loop, self.mnt)
         except BaseException as exc:

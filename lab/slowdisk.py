@@ -57,6 +57,18 @@ def new_loop_index() -> int:
         return int(found.removeprefix("/dev/loop"))
 
 
+def attach_loop(index: int, image: Path) -> str:
+    """Attach `image` to the loop device `index` (added by new_loop_index, once
+    devtmpfs has made its node); its path, "/dev/loopN"."""
+    device = f"/dev/loop{index}"
+    for _ in range(50):
+        if Path(device).exists():
+            break
+        time.sleep(0.1)
+    _run("losetup", device, str(image))
+    return device
+
+
 def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -78,13 +90,7 @@ class SlowDisk:
             with self.image.open("wb") as f:
                 f.truncate(size_mib << 20)
             self._loop_index = new_loop_index()
-            device = f"/dev/loop{self._loop_index}"
-            for _ in range(50):  # devtmpfs makes the node
-                if Path(device).exists():
-                    break
-                time.sleep(0.1)
-            _run("losetup", device, str(self.image))
-            self.loop = device
+            self.loop = attach_loop(self._loop_index, self.image)
             if fs == "xfs":
                 _run("mkfs.xfs", "-q", "-f", self.loop)
             else:

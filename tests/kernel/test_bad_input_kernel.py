@@ -15,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -234,6 +236,45 @@ for t in ts:
 """
 
 
+class _Parked:
+    """Threads of one process asleep in D on a frozen file system (PARK)."""
+
+    def __init__(self, mnt: Path) -> None:
+        self.mnt = mnt
+        self.frozen = False
+        self.proc: subprocess.Popen[str] | None = None
+
+    def thaw(self) -> int:
+        """Unfreeze: the threads finish their open() and the process exits; its exit status."""
+        if self.frozen:
+            subprocess.run(["fsfreeze", "-u", str(self.mnt)], check=True)
+            self.frozen = False
+        assert self.proc is not None
+        return self.proc.wait(30)
+
+
+@contextmanager
+def _parked_in_d(n: int) -> Iterator[_Parked]:
+    """n threads asleep in D on a frozen file system (not a memory wait), thawed
+    and ended on the way out, whatever happened."""
+    with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk:
+        parked = _Parked(disk.mnt)
+        try:
+            subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
+            parked.frozen = True
+            parked.proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", PARK, str(n), str(disk.mnt)],
+                                           stdout=subprocess.PIPE, text=True)
+            assert parked.proc.stdout is not None and parked.proc.stdout.readline() == "parked\n"
+            yield parked
+        finally:
+            if parked.frozen:
+                subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
+                parked.frozen = False
+            if parked.proc is not None and parked.proc.poll() is None:
+                parked.proc.kill()
+                parked.proc.wait(30)
+
+
 @pytest.mark.requires_tool("fsfreeze")
 @pytest.mark.requires_cgroup_v1_memory
 def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
@@ -243,39 +284,24 @@ def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("max_inflight: 1024\nclassify_after_s: 0.5\n")
     d = Daemon("--config", str(cfg), "--threshold", "2", "--scan-interval", "0.25")
-    frozen = False
-    parker = None
     try:
         d.wait_ready()
-        with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk:
-            try:
-                subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
-                frozen = True
-                parker = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", PARK, "1100", str(disk.mnt)], stdout=subprocess.PIPE, text=True
-                )
-                assert parker.stdout is not None and parker.stdout.readline() == "parked\n"
-                limits = lambda rs: any(r["type"] == "limits_reached" and "dwaits_full" in r["grown"] for r in rs)  # noqa: E731
-                assert d.wait_for(limits, 10), "no limits_reached record for the full D-state map"
-                time.sleep(2)  # named and dropped after classify_after_s
-                with memcg.MemCgroup("aw-hidden") as group:
-                    hogs = memcg.stall_indefinitely(group, 3, 100)
-                    pids = {h.pid for h in hogs}
-                    seen = lambda rs: pids <= {  # noqa: E731
-                        t["tid"] for r in rs if r["type"] == "stall_report" for t in r["tasks"]
-                        if t["site"] == "memcg_oom_wait"
-                    }
-                    ok = d.wait_for(seen, 20)
-                    memcg.release(group)
-                    for h in hogs:
-                        h.stop()
-                    assert ok, f"the memory stall was hidden: {d.raw_lines[-3:]}"
-            finally:
-                if frozen:
-                    subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-                if parker is not None:
-                    parker.kill()
-                    parker.wait(30)
+        with _parked_in_d(1100):
+            limits = lambda rs: any(r["type"] == "limits_reached" and "dwaits_full" in r["grown"] for r in rs)  # noqa: E731
+            assert d.wait_for(limits, 10), "no limits_reached record for the full D-state map"
+            time.sleep(2)  # named and dropped after classify_after_s
+            with memcg.MemCgroup("aw-hidden") as group:
+                hogs = memcg.stall_indefinitely(group, 3, 100)
+                pids = {h.pid for h in hogs}
+                seen = lambda rs: pids <= {  # noqa: E731
+                    t["tid"] for r in rs if r["type"] == "stall_report" for t in r["tasks"]
+                    if t["site"] == "memcg_oom_wait"
+                }
+                ok = d.wait_for(seen, 20)
+                memcg.release(group)
+                for h in hogs:
+                    h.stop()
+                assert ok, f"the memory stall was hidden: {d.raw_lines[-3:]}"
         assert any("D-state map full" in line for line in d.stderr), d.stderr
         assert d.stop() == 0
         stats = d.of_type("summary")[-1]["stats"]
@@ -309,32 +335,14 @@ def test_tasks_parked_in_d_elsewhere_leave_no_count_behind_when_they_wake(tmp_pa
     cfg = tmp_path / "c.yaml"
     cfg.write_text("classify_after_s: 0.5\n")
     d = Daemon("--config", str(cfg), "--threshold", "2", "--scan-interval", "0.25")
-    frozen = False
-    parker = None
     try:
         d.wait_ready()
-        with slowdisk.SlowDisk(size_mib=64, write_bps=0) as disk:
-            try:
-                subprocess.run(["fsfreeze", "-f", str(disk.mnt)], check=True)
-                frozen = True
-                parker = subprocess.Popen(
-                    [sys.executable, "-I", "-S", "-c", PARK, "64", str(disk.mnt)], stdout=subprocess.PIPE, text=True
-                )
-                assert parker.stdout is not None and parker.stdout.readline() == "parked\n"
-                time.sleep(3)  # asleep past classify_after_s, named and let go
-                asleep = _sleepers_counted()
-                subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-                frozen = False
-                assert parker.wait(30) == 0
-                parker = None
-                time.sleep(1)
-                after = _sleepers_counted()
-            finally:
-                if frozen:
-                    subprocess.run(["fsfreeze", "-u", str(disk.mnt)], check=True)
-                if parker is not None:
-                    parker.kill()
-                    parker.wait(30)
+        with _parked_in_d(64) as parked:
+            time.sleep(3)  # asleep past classify_after_s, named and let go
+            asleep = _sleepers_counted()
+            assert parked.thaw() == 0
+            time.sleep(1)
+            after = _sleepers_counted()
         assert asleep >= 64, asleep  # counted while they slept
         assert after <= 8, (asleep, after)  # the host's own D sleeps at that moment, at most a few
         assert d.stop() == 0
