@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lab.slowdisk import attach_loop, new_loop_index, remove_loop
+from lab.slowdisk import Steps, attach_loop, new_loop_index, remove_loop, unmount
 
 BRD = Path("/sys/module/brd")
 RAM_DEVICE = "/dev/ram0"
@@ -88,24 +86,16 @@ class LoopOnRam:
         self.close()
 
     def close(self) -> None:
-        failed: list[BaseException] = []
+        steps = Steps()
+        step, failed = steps.step, steps.failed
 
-        def step(fn: Callable[[], None]) -> None:
-            try:
-                fn()
-            except Exception as exc:  # raised after the other steps
-                failed.append(exc)
-
-        def unmount(where: Path) -> None:
-            for _ in range(50):  # busy while the last writer's pages settle
-                if subprocess.run(["umount", str(where)], capture_output=True, check=False).returncode == 0:
-                    self._mounted.remove(where)
-                    return
-                time.sleep(0.2)
-            raise OSError(f"{where} still mounted")
+        def umount(where: Path) -> None:
+            if not unmount(where):
+                raise OSError(f"{where} still mounted")
+            self._mounted.remove(where)
 
         if self.mnt in self._mounted:
-            step(lambda: unmount(self.mnt))
+            step(lambda: umount(self.mnt))
         if self.loop and self.mnt not in self._mounted:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
             self.loop = ""
@@ -114,7 +104,7 @@ class LoopOnRam:
             step(lambda: remove_loop(index))
             self._loop_index = None
         if self.back in self._mounted and not self.loop:
-            step(lambda: unmount(self.back))
+            step(lambda: umount(self.back))
         if self._loaded_brd and not self._mounted:
             step(_unload_brd)
             self._loaded_brd = False

@@ -69,6 +69,30 @@ def attach_loop(index: int, image: Path) -> str:
     return device
 
 
+def unmount(where: Path) -> bool:
+    """Unmount, retried while the last writer's pages settle; False if still mounted."""
+    for _ in range(50):
+        if subprocess.run(["umount", str(where)], capture_output=True, check=False).returncode == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+class Steps:
+    """The steps of a close(): each tried even when one before it failed (a
+    leftover mount or loop device would outlive the test), the failures kept in
+    order; the caller raises the first once all are done."""
+
+    def __init__(self) -> None:
+        self.failed: list[BaseException] = []
+
+    def step(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception as exc:  # raised after the other steps
+            self.failed.append(exc)
+
+
 def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
 
@@ -130,16 +154,9 @@ class SlowDisk:
         (VM / "dirty_background_bytes").write_text(f"{background}\n")
 
     def close(self) -> None:
-        """Every step is tried even when one before it failed (a leftover mount
-        or loop device would outlive the test); the first failure is raised after."""
-        failed: list[BaseException] = []
-
-        def step(fn: Callable[[], None]) -> None:
-            try:
-                fn()
-            except Exception as exc:  # raised after the other steps
-                failed.append(exc)
-
+        """Every step is tried even when one before it failed (Steps)."""
+        steps = Steps()
+        step, failed = steps.step, steps.failed
         if self.majmin:
             step(lambda: self.set_write_bps(0))  # lift the rule: blocked writeback drains
         # Writing the ratios zeroes the *_bytes values (writing 0 to those is refused).
@@ -147,11 +164,7 @@ class SlowDisk:
             step(functools.partial(_write, VM / name, value))
         self._sysctls = {}
         if self._mounted:
-            for _ in range(50):
-                if subprocess.run(["umount", str(self.mnt)], capture_output=True, check=False).returncode == 0:
-                    self._mounted = False
-                    break
-                time.sleep(0.2)
+            self._mounted = not unmount(self.mnt)
         if self.loop and not self._mounted:
             subprocess.run(["losetup", "-d", self.loop], capture_output=True, check=False)
             self.loop = ""

@@ -110,9 +110,10 @@ def snapshot_coverage(statuses: Sequence[SiteStatus]) -> list[SiteCoverage]:
     out = []
     for st in statuses:
         opt = st.plan.chosen
-        on = opt is not None and st.attached
-        out.append(SiteCoverage(st.plan.site.label, opt.mechanism.value if on and opt else "", st.attached,
-                                st.target if on else ""))
+        if opt is not None and st.attached:
+            out.append(SiteCoverage(st.plan.site.label, opt.mechanism.value, True, st.target))
+        else:
+            out.append(SiteCoverage(st.plan.site.label, "", st.attached))
     return out
 
 
