@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from allocwatch.core import behind as behind_mod
 from allocwatch.outputs import report
 from lab import memcg, ramloop
 from tests.kernel.daemonproc import Daemon
@@ -190,9 +191,19 @@ def test_a_writeback_wait_lists_the_loop_worker_throttled_behind_it(daemon):
     for _, b in rows:
         assert b["name"].startswith("kworker/") and b["pid"] != dd.pid, b
         assert b["site"] in ("memcg_high_throttle", "memcg_reclaim") and b["waited_s"] >= 0, b
-    # dd was listed for waiting on that device's writeback
-    assert any(t["site"] == "writeback_wait" or (t.get("writeback") or {}).get("device") == disk.name
-               or "writeback_wait" in (t.get("per_site") or {}) for t, _ in rows), [t for t, _ in rows][:2]
+    # dd was listed for waiting on writeback, for one of the reasons the daemon takes (core/behind.on_writeback):
+    # at the site (in its window, or now), on that device's writeback, with the wait in its stack (as when its
+    # own throttle is what the scan saw, and the stack read a moment later is in the wait), or throttled by
+    # reclaim until writeback progresses
+    def on_writeback(t: dict[str, Any]) -> bool:
+        return (t["site"] == "writeback_wait" or "writeback_wait" in (t.get("per_site") or {})
+                or (t.get("writeback") or {}).get("device") == disk.name
+                or bool(behind_mod.WRITEBACK_FRAMES.intersection(t.get("stack") or ()))
+                or any("WRITEBACK" in reason for reason in t.get("throttle_reasons") or {}))
+
+    assert any(on_writeback(t) for t, _ in rows), [
+        {k: t.get(k) for k in ("kind", "site", "per_site", "writeback", "stack", "throttle_reasons")}
+        for t, _ in rows][:2]
     text = report.render_dicts([r for r in daemon.records if r["type"] == "stall_report"], "text")
     assert re.search(rf"behind it, in memory waits: kworker/\S+\{worker} pid=\d+ memcg_(high_throttle|reclaim)",
                      text), text[-3000:]
