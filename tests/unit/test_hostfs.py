@@ -383,6 +383,20 @@ def test_task_flags_need_only_the_stat_line(tmp_path):
     assert hostfs.task_flags(tmp_path, 7, 7) == TaskFlags(dying=False, exiting=False)
 
 
+def test_task_now_reads_state_and_flags_past_a_comm_with_brackets_and_spaces(tmp_path):
+    """comm is the task's to choose: ") D 1" in it must not be read as the state."""
+    d = tmp_path / "7" / "task" / "7"
+    d.mkdir(parents=True)
+    fields = ["S"] + ["0"] * 40
+    fields[6] = str(hostfs.PF_EXITING)
+    (d / "stat").write_bytes(b"7 (a) D 1 (\xff) " + " ".join(fields).encode() + b"\n")
+    assert hostfs.task_now(tmp_path, 7, 7) == ("S", TaskFlags(dying=False, exiting=True))
+    (d / "stat").write_bytes(b"7 (cut")  # no closing bracket: not a stat line
+    assert hostfs.task_now(tmp_path, 7, 7) == (None, TaskFlags(dying=False, exiting=False))
+    (d / "stat").write_bytes(b"7 (short) Z 1\n")  # too few fields: what it has is read
+    assert hostfs.task_now(tmp_path, 7, 7) == ("Z", TaskFlags(dying=False, exiting=True))
+
+
 def test_task_facts_read_a_process_cmdline_once_for_its_threads(monkeypatch):
     reads: list[str] = []
     real = hostfs._bytes
