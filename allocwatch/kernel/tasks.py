@@ -25,6 +25,7 @@ from allocwatch.core.tracker import Wait
 from allocwatch.kernel import hostfs, procfs
 from allocwatch.kernel.waitfacts import WaitFacts
 
+GFP_MASKS_KEPT = 256  # distinct masks decoded and kept
 StackOf = Callable[[int, int], Sequence[str] | None]  # (tid, start_ns) -> the stack a D sleep was named by
 
 
@@ -45,6 +46,7 @@ class TaskReader:
         self._cmdlines: dict[int, str | None] = {}  # a block's cmdlines by pid
         self._blocked: dict[str, list[tuple[int, int, str, str | None]]] = {}  # a block's D threads by cgroup
         self._kernel_waits: list[tuple[Wait, str]] | None = None  # a block's waits of kernel threads, named
+        self._gfp_said: dict[int | None, tuple[str | None, tuple[str, ...]]] = {}  # a mask: decoded, and if no FS/IO
 
     def new_block(self) -> None:
         """Figures and cmdlines of this block, not of the last one."""
@@ -66,12 +68,13 @@ class TaskReader:
         uid, cmdline = self.facts.owner(w, self._cmdlines)
         state, flags = hostfs.task_now(self.proc, w.pid, w.tid)  # the one read a listed task's report waits for
         info = TaskInfo(pid=w.pid, tid=w.tid, uid=uid, cmdline=cmdline, state=state)
+        gfp_flags, no_fs_io = self._gfp_words(w.gfp)
         return TaskDetail(
             cgroup=cgroup,
             state=state,
             stack=stack,
-            gfp_flags=gfp.describe(w.gfp, self.gfp_table) if self.gfp_table else None,
-            gfp_no_fs_io=self.no_fs_io([w.gfp]),
+            gfp_flags=gfp_flags,
+            gfp_no_fs_io=no_fs_io,
             memcg=self.memcg(cgroup),
             task=info,
             dying=flags.dying,
@@ -96,6 +99,17 @@ class TaskReader:
                         for c in f.shrinkers} if self.gfp_table else {},
             **extra(cgroup),
         )
+
+    def _gfp_words(self, mask: int | None) -> tuple[str | None, tuple[str, ...]]:
+        """A wait's mask decoded, and as no_fs_io says it: once a mask (10,000
+        threads of one workload wait with one or two)."""
+        said = self._gfp_said.get(mask)
+        if said is None:
+            if len(self._gfp_said) >= GFP_MASKS_KEPT:
+                self._gfp_said.clear()
+            said = self._gfp_said[mask] = (gfp.describe(mask, self.gfp_table) if self.gfp_table else None,
+                                           self.no_fs_io([mask]))
+        return said
 
     def no_fs_io(self, masks: Sequence[int | None]) -> tuple[str, ...]:
         """The masks that may not start file system or block I/O to reclaim, decoded, each once."""
