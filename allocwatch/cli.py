@@ -17,8 +17,7 @@ from typing import Any
 from allocwatch import __version__, config
 from allocwatch.app import preflight, service, sitereport
 from allocwatch.errors import EXIT_INTERNAL, AllocwatchError, OutputClosed, output_error
-from allocwatch.top import command as topcmd
-from allocwatch.top import reload as reloadcmd
+from allocwatch.top import args as topargs
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--config", type=Path, help="YAML configuration file")
     pr.add_argument("--tracefs", type=Path, help="evaluate a captured tracefs tree instead (no attach)")
     pr.add_argument("--kallsyms", type=Path, help="with --tracefs: the captured kallsyms (default DIR/kallsyms)")
-    topcmd.add_parser(sub)
-    reloadcmd.add_parser(sub)
+    topargs.add_top_parser(sub)
+    topargs.add_reload_parser(sub)
     return ap
 
 
@@ -132,9 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         preflight.require_stdout()
         if args.command == "probes":
             return cmd_probes(args)
-        if args.command == "top":
+        if args.command == "top":  # imported only to run: `run` never loads curses (top/args.py)
+            from allocwatch.top import command as topcmd
+
             return topcmd.cmd_top(args)
         if args.command == "reload":
+            from allocwatch.top import reload as reloadcmd
+
             return reloadcmd.cmd_reload(args)
         return cmd_run(args)
     except AllocwatchError as err:

@@ -21,8 +21,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
-from typing import Any
 
 from allocwatch import config
 from allocwatch.app.signals import relay
@@ -34,15 +32,6 @@ from allocwatch.top.safetext import terminal_text
 from allocwatch.top.screen import Screen
 
 FIRST_SNAPSHOT_TIMEOUT_S = 30.0
-
-
-def add_parser(sub: Any) -> None:
-    top = sub.add_parser("top", help="the live picture: who waits for memory now, where, for how long")
-    top.add_argument("--interval", type=float, metavar="SECONDS", help="refresh (default 1; 0.05 to 60)")
-    top.add_argument("--once", action="store_true", help="print one frame as text and exit")
-    top.add_argument("--json", action="store_true", help="print one snapshot as JSON and exit")
-    top.add_argument("--socket", metavar="PATH", help="the daemon's socket (default: socket_path)")
-    top.add_argument("--config", type=Path, help="YAML configuration file (socket_path, thresholds)")
 
 
 def _daemon_uid(cfg: config.Config) -> int | None:

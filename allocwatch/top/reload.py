@@ -31,22 +31,9 @@ from allocwatch.kernel.procfs import DEFAULT_PROCFS, listening_unix_paths
 from allocwatch.top.feed import NoDaemon, SocketFeed
 from allocwatch.top.safetext import terminal_text
 
-ANSWER_TIMEOUT_S = 30.0
-
 
 class ReloadRefused(ConfigError):
     """The daemon read the file and refused it (exit 3, as a bad file is at start)."""
-
-
-def add_parser(sub: Any) -> None:
-    rl = sub.add_parser("reload", help="make the running daemon read its configuration again; exit 3 if refused")
-    rl.add_argument("--config", type=Path, help="YAML configuration file (for socket_path, without --pid)")
-    rl.add_argument("--socket", metavar="PATH", help="the daemon's socket (default: the one --pid listens on, "
-                    "else socket_path)")
-    rl.add_argument("--pid", type=int, help="the daemon's pid (systemd: $MAINPID): its socket is found from /proc "
-                    "and must be its own")
-    rl.add_argument("--timeout", type=float, default=ANSWER_TIMEOUT_S, metavar="SECONDS",
-                    help=f"how long to wait for the daemon's answer (default {ANSWER_TIMEOUT_S:g})")
 
 
 def reload_count(doc: dict[str, Any] | None) -> int:
