@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -115,6 +114,8 @@ def ensure_tracefs(tracefs: Path, mountinfo: Path = mounts.MOUNTINFO) -> bool:
             f"{TRACEFS_STANDARD} has {fstype} mounted on it, not tracefs: allocwatch leaves it alone; "
             f"mount tracefs somewhere and give that path as tracefs"
         )
+    import subprocess  # here only: the daemon never loads it otherwise (0.4 MiB with locale)
+
     proc = subprocess.run(
         ["mount", "-t", "tracefs", "nodev", str(TRACEFS_STANDARD)], capture_output=True, text=True, check=False
     )
