@@ -214,6 +214,8 @@ class BpfSource:
         self._oom_contexts: dict[tuple[int, int], wire.OomContext] = {}
         # per tid: (account, shrinker counts, the two joined), reused while both are unchanged
         self._with_shrinks: dict[int, tuple[wire.Acct, tuple[ShrinkCount, ...], wire.Acct]] = {}
+        # the last reads of task_acct and shrink_acct, and the accounts made of them
+        self._accts_of: tuple[list[wire.Acct] | None, list[Any] | None, dict[int, wire.Acct]] = (None, None, {})
         self._raw_switch = False  # aw_rtp_sched_switch was compiled: sched_switch is tried raw first
         # How sched_switch is attached: "raw tracepoint", "classic tracepoint (why not raw)", or "" (not)
         self.sched_switch_how = ""
@@ -492,12 +494,16 @@ class BpfSource:
     def task_accounts(self) -> dict[int, wire.Acct]:
         """Per task: cumulative completed waits per site and reclaim passes, and
         the shrinkers its reclaim waits called."""
-        accts = {a.tid: a for a in self._read_map("task_acct", lambda k, v: wire.decode_acct(_int(k), v))}
-        if SHRINK_SLAB_START.name not in self._attached_tps:
-            return accts
-        shrinks = dict(self._read_map("shrink_acct", lambda k, v: (_int(k), wire.decode_shrinks(v))))
+        read = self._read_map("task_acct", lambda k, v: wire.decode_acct(_int(k), v))
+        shrink_rows = (self._read_map("shrink_acct", lambda k, v: (_int(k), wire.decode_shrinks(v)))
+                       if SHRINK_SLAB_START.name in self._attached_tps else None)
+        # the very lists of the last reads (nothing changed: kernel/mapread.py) give the very dict
+        # (10,000 stuck tasks: a dict of 10,000 made again every scan otherwise)
+        if self._accts_of[0] is read and self._accts_of[1] is shrink_rows:
+            return self._accts_of[2]
+        accts = {a.tid: a for a in read}
         joined = {}
-        for tid, counts in shrinks.items():
+        for tid, counts in shrink_rows or ():
             a = accts.get(tid)
             if a is None:
                 continue
@@ -508,6 +514,7 @@ class BpfSource:
             joined[tid] = last
             accts[tid] = last[2]
         self._with_shrinks = joined
+        self._accts_of = (read, shrink_rows, accts)
         return accts
 
     def ksym(self, addr: int) -> str:

@@ -209,3 +209,25 @@ def test_no_raw_sched_switch_is_compiled_where_nothing_uses_it(source, monkeypat
     plans = [p for p in probes.plan(f) if not (p.chosen and p.chosen.mechanism.needs_sched_switch)]
     flags = bpfsource.cflags_for(plans, f, LoadOptions(long_wait_ns=10**9, switch_defines=RAW_SWITCH))
     assert not any(schedswitch.DEFINE in flag for flag in flags)
+
+
+def test_task_accounts_are_the_same_dict_while_neither_map_changed(source):
+    """10,000 stuck tasks: their accounts' map reads the same scan after scan
+    (kernel/mapread.py gives back the very list), and the dict by tid is not
+    made again; a read that changed, of either map, makes a new one."""
+    from allocwatch.core.model import Acct, ShrinkCount
+
+    src = source("6.18")
+    assert bpfsource.SHRINK_SLAB_START.name in src._attached_tps
+    accts = [Acct(7, 7, "a", (0,), (0,), 1, 0, 0), Acct(8, 8, "b", (0,), (0,), 2, 0, 0)]
+    shrinks = [(8, (ShrinkCount(fn=0xFF, calls=1, asked=10, freed=0, objects=5, gfp=0xCC0),))]
+    reads = {"task_acct": accts, "shrink_acct": shrinks}
+    src._read_map = lambda name, decode: reads[name]
+    first = src.task_accounts()
+    assert sorted(first) == [7, 8] and first[8].shrinkers == shrinks[0][1] and first[7].shrinkers == ()
+    assert src.task_accounts() is first
+    reads["shrink_acct"] = list(shrinks)  # an equal list, but another read: made again
+    again = src.task_accounts()
+    assert again is not first and again == first and again[8] is first[8]  # the joined account is kept
+    reads["task_acct"] = accts[:1]
+    assert sorted(src.task_accounts()) == [7]
