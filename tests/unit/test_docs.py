@@ -202,3 +202,22 @@ def test_the_configuration_page_lists_exactly_the_keys_a_reload_cannot_change():
     listed = set(re.findall(r"^- (.*?):", section, re.M))
     named = {k for line in listed for k in re.findall(r"`(\w+)`", line)}
     assert named == set(config.RESTART_KEYS)
+
+
+def test_the_architecture_page_lists_every_module_in_its_folder():
+    """docs/architecture.md's tree is where the next engineer looks for where a change belongs."""
+    tree = _doc("architecture.md")
+    missing = []
+    for folder in ("config", "core", "kernel", "outputs", "app", "top"):
+        listed = _section_of_tree(tree, folder)
+        missing += [f"{folder}/{p.name}" for p in sorted((ROOT / "allocwatch" / folder).glob("*.py"))
+                    if p.name != "__init__.py" and not re.search(rf"^\s+{re.escape(p.name)}\s", listed, re.M)]
+    assert missing == []
+
+
+def _section_of_tree(tree: str, folder: str) -> str:
+    """The lines under `  folder/` in the page's last tree (the one a module a line),
+    up to the next folder of that depth."""
+    found = re.findall(rf"^  {folder}/ .*?(?=^  \S|^\S)", tree, re.M | re.S)
+    assert found, folder
+    return str(found[-1])
