@@ -23,7 +23,7 @@ threshold while it lasts (as stalls escalate), and once more when it ends.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from allocwatch.core.model import Acct, ShrinkCount
@@ -331,7 +331,7 @@ class Findings:
         now_ns: int,
         accts: Mapping[int, Acct],
         inflight: Iterable[Wait],
-        stalled_tids: set[int],
+        stalled_tids: Collection[int],
         victims: Sequence[VictimSeen] = (),
     ) -> tuple[list[Finding], list[EpisodeEnd], dict[int, float]]:
         """Findings due now, episodes that ended, and every task's share of the window."""

@@ -1,18 +1,25 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Stall decisions: in-flight waits and ended waits in, reports due out.
+"""Which waits in flight are stalled: at or over their site's threshold.
 
 Pure: the caller passes the time (`now_ns`, CLOCK_MONOTONIC like the BPF
 timestamps) and the waits it read; nothing here reads a clock, a map or /proc.
 
-Escalation follows warn_alloc() of v4.9: a wait is reported when it reaches
-its site's threshold, then again each time it has waited one more threshold
-(10 s, 20 s, 30 s ... by default), and once more, as recovered, when it ends.
+Escalation (warn_alloc() of v4.9: a report at the threshold, then again each
+time a task has waited one more threshold) and the end of a stall are
+core/episodes.py's, per task; this module says per wait what is over and what
+is about to be. A wait over its threshold stays over until it ends, so while
+the waits in flight are the very objects of the last scan (kernel/mapread.py
+gives an unchanged entry back as it was) and none of them crosses a threshold,
+the last answer holds: 10,000 tasks stuck for good cost one identity check a
+scan, not 10,000 decisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import operator
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from allocwatch.core.model import DirtyPause, WritebackNote
 from allocwatch.core.sites import HIST_SLOTS, Site
@@ -103,24 +110,28 @@ class Thresholds:
         return min([self.default_ns, *self.per_site_ns.values()])
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScanResult:
-    stalls: list[Stall]  # due now: new or escalated
-    recovered: list[Recovered]
-    stalled_now: int  # waits at or over their threshold now, due or not
-    stalled_tids: set[int] = field(default_factory=set)  # the tasks of those waits
+    """What one scan found: read it, do not change it (a scan that changes
+    nothing gives the very same result again)."""
+
+    stalled_now: int  # waits at or over their threshold now
+    stalled_tids: frozenset[int]  # the tasks of those waits
+    # per stalled task, its longest wait at or over its threshold (the first in the scan's order of equal ones)
+    over: Mapping[int, Wait]
     # waits under their threshold that reach it within the scan's `ahead_ns`, longest first
-    nearing: list[Wait] = field(default_factory=list)
-    # per stalled task, its longest wait at or over its threshold (due or not)
-    over: dict[int, Wait] = field(default_factory=dict)
+    nearing: tuple[Wait, ...] = ()
 
 
-@dataclass(slots=True)
-class _Reported:
-    wait: Wait
-    level: int
-    last_duration_ns: int
-    reports: int
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """The last full scan: its input, and until when its answer holds for that input."""
+
+    inflight: tuple[Wait, ...]  # a copy: the caller's list may change
+    ahead_ns: int
+    since_ns: int  # the scan's time
+    until_ns: int  # the first time a wait of it crosses into nearing or over
+    result: ScanResult
 
 
 @dataclass
@@ -138,70 +149,66 @@ class SiteTotals:
         self.slots[min(max(us.bit_length() - 1, 0), HIST_SLOTS - 1)] += 1
 
 
+NEVER_NS = 1 << 63
+
+
 class Tracker:
     def __init__(self, thresholds: Thresholds) -> None:
-        self.thresholds = thresholds
-        self._reported: dict[WaitKey, _Reported] = {}
+        self._thresholds = thresholds
+        self._last: _Answer | None = None
         # Ended D-state sleeps named from a stack, per site (long ones only:
         # the kernel sends up sleeps of at least the lowest threshold). The
         # rest are counted in the kernel's wait_hist.
         self.dstate_completed: dict[Site, SiteTotals] = {}
 
-    def scan(self, now_ns: int, inflight: Iterable[Wait], ended: Iterable[Ended], ahead_ns: int = 0) -> ScanResult:
-        """One scan. `inflight` was read before `ended` was drained. Waits that
-        reach their threshold within `ahead_ns` are given as `nearing`, so that what
-        their first report reads of them can be read before it is due."""
+    @property
+    def thresholds(self) -> Thresholds:
+        return self._thresholds
+
+    @thresholds.setter
+    def thresholds(self, value: Thresholds) -> None:
+        """A reload's thresholds: the next scan decides every wait again."""
+        self._thresholds = value
+        self._last = None
+
+    def scan(self, now_ns: int, inflight: Sequence[Wait], ended: Iterable[Ended], ahead_ns: int = 0) -> ScanResult:
+        """One scan. `inflight` was read before `ended` was drained (a wait in
+        both has ended). Waits that reach their threshold within `ahead_ns` are
+        given as `nearing`, so that what their first report reads of them can be
+        read before it is due."""
         ended_by_key = {e.wait.key: e for e in ended}
         for e in ended_by_key.values():
             if not e.counted_in_kernel:
                 self.dstate_completed.setdefault(e.wait.site, SiteTotals()).add(e.duration_ns)
+        last = self._last
+        if (last is not None and not ended_by_key and last.ahead_ns == ahead_ns
+                and last.since_ns <= now_ns < last.until_ns and len(inflight) == len(last.inflight)
+                and all(map(operator.is_, inflight, last.inflight))):
+            return last.result
 
-        stalls: list[Stall] = []
-        seen: set[WaitKey] = set()
         stalled_now = 0
-        stalled_tids: set[int] = set()
         over: dict[int, Wait] = {}
         nearing: list[tuple[int, Wait]] = []
-        for_site = self.thresholds.for_site
+        until_ns = NEVER_NS
+        for_site = self._thresholds.for_site
         for w in inflight:
-            key = w.key
-            if key in ended_by_key:
+            if ended_by_key and w.key in ended_by_key:
                 continue
-            seen.add(key)
-            duration_ns = now_ns - w.start_ns
-            duration_ns = max(duration_ns, 0)
+            duration_ns = max(now_ns - w.start_ns, 0)
             threshold_ns = for_site(w.site)
-            level = duration_ns // threshold_ns
-            if level < 1:
+            if duration_ns < threshold_ns:
                 if ahead_ns and duration_ns + ahead_ns >= threshold_ns:
                     nearing.append((duration_ns, w))
+                    until_ns = min(until_ns, w.start_ns + threshold_ns)  # over then
+                else:
+                    until_ns = min(until_ns, w.start_ns + threshold_ns - ahead_ns)  # nearing (or over) then
                 continue
             stalled_now += 1
-            stalled_tids.add(w.tid)
             longest = over.get(w.tid)
             if longest is None or w.start_ns < longest.start_ns:
                 over[w.tid] = w
-            prev = self._reported.get(key)
-            if prev is None:
-                self._reported[key] = _Reported(w, level, duration_ns, 1)
-                stalls.append(Stall(w, duration_ns, level))
-                continue
-            prev.last_duration_ns = duration_ns
-            if level > prev.level:
-                prev.level = level
-                prev.reports += 1
-                stalls.append(Stall(w, duration_ns, level))
-
-        recovered = []
-        for key in [k for k in self._reported if k not in seen]:
-            rep = self._reported.pop(key)
-            end = ended_by_key.get(key)
-            if end is not None:
-                recovered.append(Recovered(
-                    rep.wait, end.duration_ns, True, rep.reports, end.how, end.reclaimed_pages, end.compaction_status
-                ))
-            else:
-                recovered.append(Recovered(rep.wait, rep.last_duration_ns, False, rep.reports))
-        stalls.sort(key=lambda s: -s.duration_ns)
         nearing.sort(key=lambda dw: -dw[0])
-        return ScanResult(stalls, recovered, stalled_now, stalled_tids, [w for _, w in nearing], over)
+        result = ScanResult(stalled_now, frozenset(over), MappingProxyType(over), tuple(w for _, w in nearing))
+        # an ended wait in the input: the next scan's input differs anyway
+        self._last = _Answer(tuple(inflight), ahead_ns, now_ns, until_ns, result) if not ended_by_key else None
+        return result

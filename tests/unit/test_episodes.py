@@ -7,7 +7,7 @@ from allocwatch.core.episodes import OOM_KILLED, STALL, EpisodeBook, EpisodeScan
 from allocwatch.core.findings import LIVELOCK, THROTTLED, Finding
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S as S
-from allocwatch.core.tracker import Ended, Thresholds, Wait
+from allocwatch.core.tracker import Ended, Thresholds, Tracker, Wait
 
 
 def wait(site: Site, start_s: float, tid: int = 7) -> Wait:
@@ -150,3 +150,26 @@ def test_a_task_gone_without_an_end_seen_ends_exited():
     run.at(13)
     run.at(14)
     assert [e.ended for e in run.ends()] == ["exited"]
+
+
+def test_a_scan_late_by_more_than_a_threshold_reports_once_at_the_level_reached():
+    run = Run()
+    w = wait(Site.MEMCG_OOM_WAIT, 0)
+    for t in (25, 29, 30):  # scans missed between 0 and 25 s (a slow /proc, a stopped daemon)
+        run.at(t, [w])
+    assert run.news() == [(25, 2, STALL), (30, 3, STALL)]
+
+
+def test_tasks_due_in_one_scan_come_longest_first_each_at_its_sites_threshold():
+    """As the daemon wires them: the tracker says which waits are over their
+    threshold (per site), the book which tasks are due and at what level."""
+    thresholds = Thresholds(10 * S, {Site.MEMCG_RECLAIM: 2 * S})
+    tracker, book = Tracker(thresholds), EpisodeBook(thresholds, 10 * S)
+    waits = [Wait(tid, tid, "w", Site.MEMCG_OOM_WAIT, tid * S // 10) for tid in range(1, 201)]
+    waits.append(Wait(500, 500, "r", Site.MEMCG_RECLAIM, 27 * S))  # 3 s of its site's 2 s
+    over = tracker.scan(30 * S, waits, []).over
+    due = book.scan(30 * S, waits, over, [], [], []).stalls
+    assert len(due) == 201 and {s.wait.tid for s in due} == {*range(1, 201), 500}
+    assert [s.duration_ns for s in due] == sorted((s.duration_ns for s in due), reverse=True)
+    assert next(s.level for s in due if s.wait.tid == 500) == 1  # 3 s // 2 s
+    assert next(s.level for s in due if s.wait.tid == 1) == 2  # 29.9 s // 10 s
