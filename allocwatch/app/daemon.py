@@ -132,6 +132,7 @@ class Daemon:
         self.info = {"version": __version__, "kernel": kernel}
         self.seq = 0
         self.scans = 0
+        self._pair_made: dict[int, tuple[InflightWait, Wait]] = {}  # by the entry's id: the entry, its Wait
         self.oom_kills = 0
         self.unrelated_dropped = 0  # D-state sleeps named "not a memory wait", their entry given back
         self.unrelated_left = 0  # the same, left in the map for the kernel to close at their wake
@@ -227,7 +228,7 @@ class Daemon:
         """One read of the kernel, named: waits in flight, waits ended, kills."""
         raws = self.source.inflight()
         events = self.source.drain()
-        waits = [w for w in map(_pair_wait, (r for r in raws if r.site != SITE_DSTATE)) if w]
+        waits = self._pair_waits([r for r in raws if r.site != SITE_DSTATE])
         waits += self.namer.name_all([r for r in raws if r.site == SITE_DSTATE], now_ns)
         # A sleep named "not a memory wait" gives its entry back once the map is
         # crowded, so tasks parked in D elsewhere (vfork, frozen file systems)
@@ -250,6 +251,24 @@ class Daemon:
                 ended.append(Ended(w, ev.duration_ns, how=ev.how, **self._end_detail(w.site, ev.detail)))
         self.namer.prune()
         return waits, ended, kills
+
+    def _pair_waits(self, raws: Sequence[InflightWait]) -> list[Wait]:
+        """The Waits of pair-timed entries: an entry that did not change (the very
+        object: kernel/mapread.py) gives the very Wait it gave last scan, so
+        the tracker can tell a scan in which nothing moved (core/tracker.py)."""
+        last, made = self._pair_made, {}
+        out = []
+        for r in raws:
+            hit = last.get(id(r))
+            if hit is None or hit[0] is not r:
+                w = _pair_wait(r)
+                if w is None:
+                    continue
+                hit = (r, w)
+            made[id(r)] = hit
+            out.append(hit[1])
+        self._pair_made = made
+        return out
 
     def _kills_seen(self, kills: list[OomKill]) -> list[oomkills.KillSeen]:
         """Each kill with its cgroups and constraint: as the kernel said them at

@@ -680,3 +680,28 @@ def test_a_sleep_named_unrelated_is_left_to_the_kernel_until_the_map_is_crowded(
         d.scan_once()
     assert asked == [(9, 0), (10, 5 * S)] and sink.writes == []
     assert (d.counters({})["dwaits_unrelated_left"], d.counters({})["dwaits_unrelated_dropped"]) == (1, 1)
+
+
+def test_entries_that_did_not_change_give_the_very_waits_of_the_last_scan(tmp_path):
+    """The source gives back an unchanged map entry as the very object it gave
+    before (kernel/mapread.py); so do the waits made of it, and the tracker's
+    answer for a scan in which nothing moved is the last one (core/tracker.py)."""
+    d, src, _, clock = make(tmp_path, threshold_s=1.0)
+    answers = []
+    real = d.tracker.scan
+    d.tracker.scan = lambda *a, **k: answers.append(real(*a, **k)) or answers[-1]
+    src.waits = [InflightWait(t, t, "w", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0) for t in range(10, 13)]
+    clock["ns"] = 5 * S
+    d.scan_once()
+    first = list(d.last_scan[0])
+    clock["ns"] = 6 * S
+    d.scan_once()
+    assert all(a is b for a, b in zip(first, d.last_scan[0], strict=True))
+    assert answers[1] is answers[0]
+    moved = InflightWait(11, 11, "w", int(Site.MEMCG_RECLAIM), 0, 0xCC0, 0, reclaimed_pages=7)  # the kernel wrote it
+    src.waits = [src.waits[0], moved, src.waits[2]]
+    clock["ns"] = 7 * S
+    d.scan_once()
+    now = d.last_scan[0]
+    assert now[0] is first[0] and now[2] is first[2] and now[1] is not first[1]
+    assert now[1].reclaimed_pages == 7
