@@ -23,11 +23,18 @@ one ending. This book keeps, per task, the episode it is in:
 
 Stuck OOM victims keep their own episodes (core/findings.py): they are keyed by
 the victim, not by what it waits in.
+
+A scan in which nothing moved (the very waits of the last scan, the tracker's
+very answer, no wait ended, no rule held) can change only levels: such scans
+take the episodes whose next level has come from a heap (`_Calm`) instead of
+deciding every episode again, and say what deciding again would say.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import operator
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -98,6 +105,22 @@ class EpisodeScan:
     ended: list[TaskEpisodeEnd | EpisodeEnd]  # TaskEpisodeEnd per task; EpisodeEnd for stuck victims
 
 
+@dataclass(slots=True)
+class _Calm:
+    """A full scan after which nothing but time can move an episode: no quiet
+    episode (its end is due next scan), no window rule held. While the next
+    scans pass the very same waits and stalled waits and nothing else, each
+    episode is held by what held it then, and only its level can change:
+    those due are taken from a heap by the time of their next level."""
+
+    inflight: tuple[Wait, ...]
+    stalled: Mapping[int, Wait]
+    held: dict[int, Wait]  # per open episode, the wait that held it
+    waits: dict[int, list[Wait]]  # per task, its waits in flight
+    seen_ns: int = 0  # the last scan, which found every open episode held
+    due: list[tuple[int, int]] | None = None  # (its next level's time, tid), made by the first scan that needs it
+
+
 def _longest(waits: Sequence[Wait]) -> Wait:
     return min(waits, key=lambda w: w.start_ns)
 
@@ -114,6 +137,7 @@ class EpisodeBook:
         self.rule_threshold_ns = rule_threshold_ns
         self._open: dict[int, _Episode] = {}
         self._chosen: dict[int, int] = {}  # pid -> when the OOM killer chose it
+        self._calm: _Calm | None = None
 
     def open_tids(self) -> Collection[int]:
         return self._open.keys()
@@ -133,6 +157,16 @@ class EpisodeBook:
         the window rules' episodes in progress (core/findings.Findings.active());
         `rules_ended`: what they ended (only stuck victims' ends are passed on);
         `victims_due`: stuck victims due now (passed on)."""
+        inflight = tuple(inflight)
+        calm = self._calm
+        if calm is not None:
+            if (not ended_waits and not rules_active and not rules_ended and not victims_due
+                    and stalled is calm.stalled and len(inflight) == len(calm.inflight)
+                    and all(map(operator.is_, inflight, calm.inflight))):
+                return self._levels_due(now_ns, calm)
+            self._calm = None
+            for open_ep in self._open.values():  # the calm scans found each of them held
+                open_ep.last_seen_ns = max(open_ep.last_seen_ns, calm.seen_ns)
         waits: dict[int, list[Wait]] = {}
         for w in inflight:
             waits.setdefault(w.tid, []).append(w)
@@ -150,6 +184,7 @@ class EpisodeBook:
         due_stalls: list[Stall] = []
         due_findings: list[Finding] = list(victims_due)
         ended: list[TaskEpisodeEnd | EpisodeEnd] = [e for e in rules_ended if e.kind == STUCK_VICTIM]
+        held: dict[int, Wait] = {}
         for tid, ep in list(self._open.items()):
             item = self._holding(ep, stalled.get(tid), rules.get(tid), waits.get(tid))
             if item is None:
@@ -161,28 +196,67 @@ class EpisodeBook:
                 continue
             ep.quiet_ns = None
             ep.last_seen_ns = now_ns
-            if isinstance(item, Wait) and ep.last_end is not None and item.start_ns > ep.last_end.wait.start_ns:
-                ep.last_end = None  # a later wait: how that one ended is not how the episode ends
+            if isinstance(item, Wait):
+                held[tid] = item
+                if ep.last_end is not None and item.start_ns > ep.last_end.wait.start_ns:
+                    ep.last_end = None  # a later wait: how that one ended is not how the episode ends
             if isinstance(item, Finding):  # what holds it now names it, reported or not
                 ep.kind, ep.site = item.kind, item.site
             elif tid in stalled:
                 ep.kind, ep.site = STALL, item.site
-            level = ep.offset + (now_ns - ep.origin_ns) // ep.threshold_ns
-            if level <= ep.level or (isinstance(item, Wait) and ep.kind != STALL and tid not in stalled):
-                continue  # a crawl caught in a short wait goes on; it is reported by its rule
-            ep.level = level
-            ep.reports += 1
-            duration_ns = now_ns - ep.since_ns
-            if isinstance(item, Finding):
-                due_findings.append(dataclasses.replace(
-                    item, since_ns=ep.since_ns, duration_s=duration_ns / NS_PER_S, level=level))
-            else:
-                own_ns = now_ns - item.start_ns
-                due_stalls.append(Stall(item, max(duration_ns, own_ns), level, own_ns))
-                # its other waits in flight (a writeback wait inside reclaim) go with it
-                due_stalls += [Stall(w, now_ns - w.start_ns, level) for w in waits.get(tid, ()) if w is not item]
+            self._report(ep, item, tid in stalled, waits.get(tid, ()), now_ns, due_stalls, due_findings)
         due_stalls.sort(key=lambda s: -s.duration_ns)
+        if len(held) == len(self._open) and not rules_active:  # none quiet, no rule: only time moves them now
+            self._calm = _Calm(inflight, stalled, held, waits, now_ns)
         return EpisodeScan(due_stalls, due_findings, ended)
+
+    @staticmethod
+    def _report(ep: _Episode, item: Wait | Finding, stalled: bool, waits: Sequence[Wait], now_ns: int,
+                due_stalls: list[Stall], due_findings: list[Finding]) -> bool:
+        """Report the episode if it reached a new level: False when it is not
+        reported by what holds it (a crawl caught in a short wait goes on; its
+        rule reports it)."""
+        level = ep.offset + (now_ns - ep.origin_ns) // ep.threshold_ns
+        if isinstance(item, Wait) and ep.kind != STALL and not stalled:
+            return False
+        if level <= ep.level:
+            return True
+        ep.level = level
+        ep.reports += 1
+        duration_ns = now_ns - ep.since_ns
+        if isinstance(item, Finding):
+            due_findings.append(dataclasses.replace(
+                item, since_ns=ep.since_ns, duration_s=duration_ns / NS_PER_S, level=level))
+        else:
+            own_ns = now_ns - item.start_ns
+            due_stalls.append(Stall(item, max(duration_ns, own_ns), level, own_ns))
+            # its other waits in flight (a writeback wait inside reclaim) go with it
+            due_stalls += [Stall(w, now_ns - w.start_ns, level) for w in waits if w is not item]
+        return True
+
+    def _levels_due(self, now_ns: int, calm: _Calm) -> EpisodeScan:
+        """A scan in which nothing but time moved: the episodes whose next level
+        has come, from the heap (10,000 stuck tasks: the few due, not 10,000)."""
+        if calm.due is None:
+            calm.due = [(self._next_level_ns(ep), tid) for tid, ep in self._open.items()]
+            heapq.heapify(calm.due)
+        due_stalls: list[Stall] = []
+        due_findings: list[Finding] = []
+        while calm.due and calm.due[0][0] <= now_ns:
+            _, tid = heapq.heappop(calm.due)
+            ep = self._open[tid]
+            if self._report(ep, calm.held[tid], tid in calm.stalled, calm.waits.get(tid, ()), now_ns,
+                            due_stalls, due_findings):
+                heapq.heappush(calm.due, (self._next_level_ns(ep), tid))
+            # else: it cannot be reported until something moves (a full scan then)
+        calm.seen_ns = now_ns
+        due_stalls.sort(key=lambda s: -s.duration_ns)
+        return EpisodeScan(due_stalls, due_findings, [])
+
+    @staticmethod
+    def _next_level_ns(ep: _Episode) -> int:
+        """When the episode reaches the level after its last reported one."""
+        return ep.origin_ns + (ep.level + 1 - ep.offset) * ep.threshold_ns
 
     def _open_new(self, now_ns: int, stalled: Mapping[int, Wait], rules: dict[int, Finding],
                   waits: dict[int, list[Wait]]) -> None:
@@ -214,8 +288,9 @@ class EpisodeBook:
 
     def still_open(self) -> list[OpenEpisode]:
         """The episodes open now, longest first: what a stop leaves unended."""
+        seen_ns = self._calm.seen_ns if self._calm is not None else 0  # calm scans found each held
         out = [OpenEpisode(ep.kind, ep.tid, ep.pid, ep.comm, ep.site,
-                           round(max(0, ep.last_seen_ns - ep.since_ns) / NS_PER_S, 3), ep.reports,
+                           round(max(0, max(ep.last_seen_ns, seen_ns) - ep.since_ns) / NS_PER_S, 3), ep.reports,
                            ep.quiet_ns is not None) for ep in self._open.values()]
         return sorted(out, key=lambda e: (-e.duration_s, e.tid))
 

@@ -3,6 +3,10 @@
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from allocwatch.core.episodes import OOM_KILLED, STALL, EpisodeBook, EpisodeScan, TaskEpisodeEnd
 from allocwatch.core.findings import LIVELOCK, THROTTLED, Finding
 from allocwatch.core.sites import Site
@@ -173,3 +177,56 @@ def test_tasks_due_in_one_scan_come_longest_first_each_at_its_sites_threshold():
     assert [s.duration_ns for s in due] == sorted((s.duration_ns for s in due), reverse=True)
     assert next(s.level for s in due if s.wait.tid == 500) == 1  # 3 s // 2 s
     assert next(s.level for s in due if s.wait.tid == 1) == 2  # 29.9 s // 10 s
+
+
+def _decided_every_scan(book: EpisodeBook) -> EpisodeBook:
+    """The same book, but deciding every episode again at every scan (no calm scans)."""
+    real = book.scan
+
+    def scan(*args, **kwargs):
+        book._calm = None
+        return real(*args, **kwargs)
+
+    book.scan = scan  # type: ignore[method-assign]
+    return book
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_scans_in_which_only_time_moves_say_what_deciding_every_episode_again_says(seed):
+    """10,000 stuck tasks: between their levels nothing is decided again
+    (core/episodes._Calm); what each scan says must not change for it."""
+    rnd = random.Random(seed)
+    thresholds = Thresholds(rnd.choice([2, 3, 10]) * S, {Site.MEMCG_RECLAIM: 2 * S})
+    tracker = Tracker(thresholds)
+    fast = EpisodeBook(thresholds, 10 * S)
+    slow = _decided_every_scan(EpisodeBook(thresholds, 10 * S))
+    live: list[Wait] = []
+    now = 0
+    calm_scans = []
+    real_levels_due = fast._levels_due
+    fast._levels_due = lambda *a: calm_scans.append(1) or real_levels_due(*a)  # type: ignore[method-assign]
+    for _ in range(200):
+        now += rnd.choice([S // 2, S, S, S, 2 * S])
+        ended: list[Ended] = []
+        rules: list[Finding] = []
+        roll = rnd.random()
+        if roll < 0.08:
+            tid = rnd.randrange(1, 20)
+            live.append(Wait(tid, tid, "w", rnd.choice([Site.MEMCG_OOM_WAIT, Site.MEMCG_RECLAIM]),
+                             now - rnd.randrange(0, 15 * S)))
+        elif roll < 0.14 and live:
+            gone = live.pop(rnd.randrange(len(live)))
+            ended.append(Ended(gone, now - gone.start_ns, how=rnd.choice(["woke", "killed"])))
+        elif roll < 0.17 and live:
+            rules.append(rule(rnd.choice([THROTTLED, LIVELOCK]), (now - 12 * S) / S, now / S,
+                              tid=rnd.choice(live).tid))
+        elif roll < 0.19:
+            pid = rnd.randrange(1, 20)
+            fast.oom_chosen(pid, now)
+            slow.oom_chosen(pid, now)
+        over = tracker.scan(now, live, ended).over
+        got = fast.scan(now, live, over, ended, rules, [])
+        want = slow.scan(now, live, over, ended, rules, [])
+        assert got == want, now
+    assert fast.still_open() == slow.still_open()
+    assert len(calm_scans) > 20  # the calm way was taken, often
