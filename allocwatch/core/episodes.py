@@ -79,7 +79,7 @@ class OpenEpisode:
     quiet: bool  # nothing held it at the last scan: its end waited for one more scan
 
 
-@dataclass
+@dataclass(slots=True)  # slots: 10,000 stuck tasks are 10,000 of these
 class _Episode:
     tid: int
     pid: int
@@ -114,9 +114,9 @@ class _Calm:
     those due are taken from a heap by the time of their next level."""
 
     inflight: tuple[Wait, ...]
-    stalled: Mapping[int, Wait]
-    held: dict[int, Wait]  # per open episode, the wait that held it
-    waits: dict[int, list[Wait]]  # per task, its waits in flight
+    stalled: Mapping[int, Wait]  # what holds a stalled task's episode
+    held: dict[int, Wait]  # what holds each other one's (a short wait of a task whose episode goes on)
+    waits: dict[int, list[Wait]]  # the waits in flight of the tasks with more than one
     seen_ns: int = 0  # the last scan, which found every open episode held
     due: list[tuple[int, int]] | None = None  # (its next level's time, tid), made by the first scan that needs it
 
@@ -207,7 +207,8 @@ class EpisodeBook:
             self._report(ep, item, tid in stalled, waits.get(tid, ()), now_ns, due_stalls, due_findings)
         due_stalls.sort(key=lambda s: -s.duration_ns)
         if len(held) == len(self._open) and not rules_active:  # none quiet, no rule: only time moves them now
-            self._calm = _Calm(inflight, stalled, held, waits, now_ns)
+            self._calm = _Calm(inflight, stalled, {t: w for t, w in held.items() if t not in stalled},
+                               {t: ws for t, ws in waits.items() if len(ws) > 1}, now_ns)
         return EpisodeScan(due_stalls, due_findings, ended)
 
     @staticmethod
@@ -245,7 +246,8 @@ class EpisodeBook:
         while calm.due and calm.due[0][0] <= now_ns:
             _, tid = heapq.heappop(calm.due)
             ep = self._open[tid]
-            if self._report(ep, calm.held[tid], tid in calm.stalled, calm.waits.get(tid, ()), now_ns,
+            item = calm.stalled.get(tid) or calm.held[tid]
+            if self._report(ep, item, tid in calm.stalled, calm.waits.get(tid, (item,)), now_ns,
                             due_stalls, due_findings):
                 heapq.heappush(calm.due, (self._next_level_ns(ep), tid))
             # else: it cannot be reported until something moves (a full scan then)

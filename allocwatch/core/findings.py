@@ -44,13 +44,13 @@ class WindowRules:
     livelock_fruitless_share: float = 0.95  # of the passes, those that freed nothing
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SiteWindow:
     count: int  # waits completed in the window
     total_s: float  # completed plus in flight
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Finding:
     kind: str
     tid: int
@@ -103,7 +103,7 @@ class VictimSeen:
     reaped: bool | None = None  # the OOM reaper has run on it (None: its tracepoints are not attached)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Episode:
     since_ns: int
     level: int = 0

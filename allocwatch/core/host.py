@@ -170,7 +170,7 @@ def kswapd_quiet(not_run_for_ns: int | None, quiet_ns: int | None) -> bool:
     return not_run_for_ns is not None and quiet_ns is not None and not_run_for_ns >= quiet_ns
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TaskInfo:
     """Who a stalled task is. cmdline: arguments space-joined, cut to 256
     bytes then "..."; None for kernel threads (and zombies: empty cmdline)."""

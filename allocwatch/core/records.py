@@ -17,6 +17,7 @@ import datetime as dt
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, TypeVar, cast
 
 from allocwatch.core.advice import advise
@@ -35,7 +36,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-@dataclass(frozen=True)
+NO_SHRINK_GFP: Mapping[int, tuple[str, bool]] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)  # slots: a block of 10,000 listed tasks makes 10,000
 class TaskDetail:
     """What the daemon read about a task when it was reported."""
 
@@ -58,7 +62,7 @@ class TaskDetail:
     pod: PodRef | None = None  # the Kubernetes pod its cgroup is in (core/pods.py)
     # a finding: the masks its window's shrinkers were called with, decoded, and
     # whether each may not enter the file system (a shrinker of FS caches does nothing then)
-    shrink_gfp: Mapping[int, tuple[str, bool]] = field(default_factory=dict)
+    shrink_gfp: Mapping[int, tuple[str, bool]] = field(default_factory=lambda: NO_SHRINK_GFP)  # one empty for all
     # waiting on writeback, or in reclaim that did: the device, as read when the block was made
     writeback_device: DeviceState | None = None
     # a task waiting on writeback: the kernel threads in memory waits that complete it (core/behind.py)
