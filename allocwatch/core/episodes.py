@@ -121,6 +121,11 @@ class _Calm:
     due: list[tuple[int, int]] | None = None  # (its next level's time, tid), made by the first scan that needs it
 
 
+def _longest_first(s: Stall) -> tuple[int, int]:
+    """Due stalls' order: longest first, equal ones by tid (the same whichever way a scan took)."""
+    return -s.duration_ns, s.wait.tid
+
+
 def _longest(waits: Sequence[Wait]) -> Wait:
     return min(waits, key=lambda w: w.start_ns)
 
@@ -205,7 +210,7 @@ class EpisodeBook:
             elif tid in stalled:
                 ep.kind, ep.site = STALL, item.site
             self._report(ep, item, tid in stalled, waits.get(tid, ()), now_ns, due_stalls, due_findings)
-        due_stalls.sort(key=lambda s: -s.duration_ns)
+        due_stalls.sort(key=_longest_first)
         if len(held) == len(self._open) and not rules_active:  # none quiet, no rule: only time moves them now
             self._calm = _Calm(inflight, stalled, {t: w for t, w in held.items() if t not in stalled},
                                {t: ws for t, ws in waits.items() if len(ws) > 1}, now_ns)
@@ -252,7 +257,7 @@ class EpisodeBook:
                 heapq.heappush(calm.due, (self._next_level_ns(ep), tid))
             # else: it cannot be reported until something moves (a full scan then)
         calm.seen_ns = now_ns
-        due_stalls.sort(key=lambda s: -s.duration_ns)
+        due_stalls.sort(key=_longest_first)
         return EpisodeScan(due_stalls, due_findings, [])
 
     @staticmethod

@@ -213,7 +213,7 @@ def test_scans_in_which_only_time_moves_say_what_deciding_every_episode_again_sa
         if roll < 0.08:
             tid = rnd.randrange(1, 20)
             live.append(Wait(tid, tid, "w", rnd.choice([Site.MEMCG_OOM_WAIT, Site.MEMCG_RECLAIM]),
-                             now - rnd.randrange(0, 15 * S)))
+                             now - rnd.randrange(0, 15 * S) // (S // 2) * (S // 2)))  # equal starts too
         elif roll < 0.14 and live:
             gone = live.pop(rnd.randrange(len(live)))
             ended.append(Ended(gone, now - gone.start_ns, how=rnd.choice(["woke", "killed"])))
