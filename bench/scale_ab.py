@@ -62,8 +62,9 @@ def measure(revs: list[str], tasks: int, seconds: float, rounds: int) -> dict[st
     return out
 
 
-def _spread(values: list[float], unit: str) -> str:
-    return f"{statistics.median(values):.1f}{unit} ({min(values):.1f} to {max(values):.1f}, n={len(values)})"
+def _spread(values: list[float], unit: str, digits: int = 1) -> str:
+    m, lo, hi = statistics.median(values), min(values), max(values)
+    return f"{m:.{digits}f}{unit} ({lo:.{digits}f} to {hi:.{digits}f}, n={len(values)})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     for rev, rows in got.items():
         print(f"  {rev}: CPU {_spread([x['cpu_pct'] for x in rows], ' %')}; "
               f"RssAnon {_spread([x['rss_anon_mib'] for x in rows], ' MiB')}; "
-              f"the last report {_spread([x['late_max_s'] for x in rows], ' s')} past the threshold")
+              f"the last report {_spread([x['late_max_s'] for x in rows], ' s', 2)} past the threshold")
     if args.json:
         args.json.write_text(json.dumps({"tasks": args.tasks, "seconds": args.seconds, "runs": got}, indent=1))
     return 0
