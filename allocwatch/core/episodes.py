@@ -118,7 +118,19 @@ class _Calm:
     held: dict[int, Wait]  # what holds each other one's (a short wait of a task whose episode goes on)
     waits: dict[int, list[Wait]]  # the waits in flight of the tasks with more than one
     seen_ns: int = 0  # the last scan, which found every open episode held
-    due: list[tuple[int, int]] | None = None  # (its next level's time, tid), made by the first scan that needs it
+    # when each episode's next level comes and whose it is, one int each (_due_key: a tuple
+    # and two ints were 1 MiB at 10,000); made by the first scan that needs it
+    due: list[int] | None = None
+
+
+TID_BITS = 32  # a tid is a u32 in the kernel's records
+TID_MASK = (1 << TID_BITS) - 1
+
+
+def _due_key(ep: _Episode) -> int:
+    """When the episode reaches the level after its last reported one, and its
+    tid, as one int that orders by that time: (time << TID_BITS) | tid."""
+    return (ep.origin_ns + (ep.level + 1 - ep.offset) * ep.threshold_ns) << TID_BITS | ep.tid
 
 
 def _longest_first(s: Stall) -> tuple[int, int]:
@@ -244,26 +256,22 @@ class EpisodeBook:
         """A scan in which nothing but time moved: the episodes whose next level
         has come, from the heap (10,000 stuck tasks: the few due, not 10,000)."""
         if calm.due is None:
-            calm.due = [(self._next_level_ns(ep), tid) for tid, ep in self._open.items()]
+            calm.due = [_due_key(ep) for ep in self._open.values()]
             heapq.heapify(calm.due)
         due_stalls: list[Stall] = []
         due_findings: list[Finding] = []
-        while calm.due and calm.due[0][0] <= now_ns:
-            _, tid = heapq.heappop(calm.due)
+        while calm.due and calm.due[0] >> TID_BITS <= now_ns:
+            tid = heapq.heappop(calm.due) & TID_MASK
             ep = self._open[tid]
             item = calm.stalled.get(tid) or calm.held[tid]
             if self._report(ep, item, tid in calm.stalled, calm.waits.get(tid, (item,)), now_ns,
                             due_stalls, due_findings):
-                heapq.heappush(calm.due, (self._next_level_ns(ep), tid))
+                heapq.heappush(calm.due, _due_key(ep))
             # else: it cannot be reported until something moves (a full scan then)
         calm.seen_ns = now_ns
         due_stalls.sort(key=_longest_first)
         return EpisodeScan(due_stalls, due_findings, [])
 
-    @staticmethod
-    def _next_level_ns(ep: _Episode) -> int:
-        """When the episode reaches the level after its last reported one."""
-        return ep.origin_ns + (ep.level + 1 - ep.offset) * ep.threshold_ns
 
     def _open_new(self, now_ns: int, stalled: Mapping[int, Wait], rules: dict[int, Finding],
                   waits: dict[int, list[Wait]]) -> None:
