@@ -66,7 +66,7 @@ def structures(d: Daemon) -> list[tuple[str, Any]]:
     return [
         *((f"map reader: {name}", r) for name, r in readers.items()),
         ("D-state namer (stacks, named sleeps)", d.namer),
-        ("tracker (reported waits)", d.tracker),
+        ("tracker (its last answer)", d.tracker),
         ("findings (per-task window samples)", d.findings),
         ("wait facts (cgroup, uid, cmdline)", d.facts),
         ("the last scan (waits, shares, accounts)", d.last_scan),
