@@ -271,7 +271,7 @@ def scale(mode: Mode, say: Say) -> dict[str, Any]:
     with workloads.threads_binary() as exe:
         for n in mode.scales:
             say(f"scale: {n:,} stalled at once")
-            out["runs"][str(n)] = _scale_one(exe, n, mode)
+            out["runs"][str(n)] = scale_one(exe, n, mode)
             r = out["runs"][str(n)]
             say(f"scale {n:,}: {r['stalled']:,} stalled, {r['reported']:,} reported, "
                 f"cpu {r['cpu_s'] / r['wall_s'] * 100:.1f} %, late max {r['late_max_s']:.2f} s")
@@ -285,11 +285,13 @@ def stalled_default(mode: Mode, say: Say) -> dict[str, Any]:
     with workloads.threads_binary() as exe:
         for n in (1000, 10000):
             say(f"default daemon, {n:,} stalled")
-            out["runs"][str(n)] = _scale_one(exe, n, mode, {})
+            out["runs"][str(n)] = scale_one(exe, n, mode, {})
     return out
 
 
-def _scale_one(exe: Path, n: int, mode: Mode, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+def scale_one(exe: Path, n: int, mode: Mode, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One daemon (`settings`; issue 30's condition by default: every task listed) and `n`
+    stalled threads: its CPU over the steady window, RssAnon, how late its first reports were."""
     if settings is None:
         settings = {"threshold_s": mode.scale_threshold_s, "max_tasks_per_block": 100000}
     threshold = float(settings.get("threshold_s", 10.0))

@@ -51,7 +51,7 @@ def measure(revs: list[str], tasks: int, seconds: float, rounds: int) -> dict[st
         for r in range(rounds):
             for rev in revs if r % 2 == 0 else reversed(revs):
                 tools.DAEMON_TREE = trees[rev]
-                x = figures._scale_one(exe, tasks, mode)
+                x = figures.scale_one(exe, tasks, mode)
                 row = {"cpu_pct": 100 * x["cpu_s"] / x["wall_s"], "rss_anon_mib": x["rss_kb"]["RssAnon"] / 1024,
                        "late_max_s": x["late_max_s"], "reported": x["reported"], "stalled": x["stalled"],
                        "scan_mean_ms": x["scan_mean_s"] * 1e3}

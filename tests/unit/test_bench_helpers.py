@@ -89,7 +89,7 @@ def test_memory_sizes_count_a_shared_object_once_for_the_first_owner():
     d.last_scan, d.latest = (), None
     sizes = memory.deep_sizes(d)  # type: ignore[arg-type]
     assert sizes["D-state namer (stacks, named sleeps)"] > 1000 * 28
-    assert sizes["tracker (reported waits)"] < 200  # its list only: the ints were counted above
+    assert sizes["tracker (its last answer)"] < 200  # its list only: the ints were counted above
 
 
 def test_sched_pipe_output_is_read_and_a_missing_figure_is_an_error():
