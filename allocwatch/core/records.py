@@ -28,7 +28,7 @@ from allocwatch.core.host import KswapdInfo, MemcgInfo, MemoryPicture, SlabCache
 from allocwatch.core.model import ShrinkCount
 from allocwatch.core.oomkills import KillSeen, constraints, largest
 from allocwatch.core.pods import PodRef
-from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
+from allocwatch.core.tracker import NS_PER_S, Stall, Wait
 from allocwatch.core.victims import CgroupWaiter
 from allocwatch.core.wbdevice import DeviceState
 
@@ -115,13 +115,6 @@ class StallReport:
 
 
 @dataclass(frozen=True)
-class RecoveredReport:
-    seq: int
-    time: float
-    recovered: Recovered
-
-
-@dataclass(frozen=True)
 class EpisodeEndReport:
     """A task's episode that ended (core/episodes.py), or a stuck victim's."""
 
@@ -170,7 +163,7 @@ class SummaryReport:
     open_episodes_count: int = 0
 
 
-Record = StallReport | RecoveredReport | EpisodeEndReport | OomKillReport | LimitsReport | SummaryReport
+Record = StallReport | EpisodeEndReport | OomKillReport | LimitsReport | SummaryReport
 
 # What each limit counter means, for the text line and stderr.
 LIMIT_TEXT = {
@@ -513,25 +506,6 @@ def to_dict(rec: Record) -> dict[str, Any]:
             "site": e.site.label, "duration_s": round(e.duration_s, 3), "exact": True, "start_known": True,
             "ended": "exited" if e.kind == STUCK_VICTIM else "woke", "reports": e.reports, "reclaimed_pages": None,
             "compaction_status": None,
-        }
-    if isinstance(rec, RecoveredReport):
-        r = rec.recovered
-        w = r.wait
-        return {
-            "type": "recovered",
-            "kind": "stall",
-            **base,
-            "tid": w.tid,
-            "pid": w.pid,
-            "comm": escape(w.comm),
-            "site": w.site.label,
-            "duration_s": seconds(r.duration_ns),
-            "exact": r.exact,
-            "start_known": w.start_known,
-            "ended": r.how or "unseen",
-            "reports": r.reports,
-            "reclaimed_pages": r.reclaimed_pages,
-            "compaction_status": r.compaction_status,
         }
     if isinstance(rec, OomKillReport):
         return oom_kill_dict(rec, base)

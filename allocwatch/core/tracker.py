@@ -86,17 +86,6 @@ class Stall:
         return self.level == 1
 
 
-@dataclass(frozen=True, slots=True)
-class Recovered:
-    wait: Wait
-    duration_ns: int
-    exact: bool  # False when the end was not seen and the last sighting is used
-    reports: int  # how many times it was reported while it lasted
-    how: str | None = None  # woke, killed, exited; None when the end was not seen
-    reclaimed_pages: int | None = None
-    compaction_status: str | None = None
-
-
 @dataclass(frozen=True)
 class Thresholds:
     default_ns: int = 10 * NS_PER_S

@@ -4,12 +4,13 @@
 import json
 from dataclasses import replace
 
+from allocwatch.core.episodes import STALL, TaskEpisodeEnd
 from allocwatch.core.findings import Finding
 from allocwatch.core.model import DirtyPause, OomKill, WritebackNote
 from allocwatch.core.oomkills import KillSeen
-from allocwatch.core.records import OomKillReport, RecoveredReport, StallReport, TaskDetail, escape
+from allocwatch.core.records import EpisodeEndReport, OomKillReport, StallReport, TaskDetail, escape
 from allocwatch.core.sites import Site
-from allocwatch.core.tracker import NS_PER_S, Recovered, Stall, Wait
+from allocwatch.core.tracker import NS_PER_S, Stall, Wait
 from allocwatch.core.wbdevice import DeviceState
 from allocwatch.outputs import report
 
@@ -85,11 +86,11 @@ def test_200_tasks_one_well_formed_block():
 
 
 def test_recovered_and_oom_kill():
-    w = Wait(9, 9, "dd", Site.MEMCG_RECLAIM, 0, None, None)
-    rec = RecoveredReport(8, 0.0, Recovered(w, 31 * NS_PER_S, True, 3))
+    rec = EpisodeEndReport(8, 0.0, TaskEpisodeEnd(STALL, 9, 9, "dd", Site.MEMCG_RECLAIM, 31.0, 3, "woke"))
     text = report.render_text(rec)
     assert "recovered #8: comm=dd pid=9 tid=9 site=memcg_reclaim waited 31.0s, reported 3 time(s)" in text
-    inexact = RecoveredReport(8, 0.0, Recovered(w, 31 * NS_PER_S, False, 3))
+    inexact = EpisodeEndReport(8, 0.0, TaskEpisodeEnd(STALL, 9, 9, "dd", Site.MEMCG_RECLAIM, 31.0, 3, "unseen",
+                                                      exact=False))
     assert "or less (end not seen)" in report.render_text(inexact)
     doc = json.loads(report.render_json(rec))
     assert doc["type"] == "recovered" and doc["duration_s"] == 31.0 and doc["exact"] is True
@@ -108,7 +109,8 @@ def test_sleep_from_before_start_is_shown_as_lower_bound():
     w = Wait(7, 7, "a", Site.MEMCG_OOM_WAIT, 0, dstate=True, start_known=False)
     text = report.render_text(block([Stall(w, 12 * NS_PER_S, 1)]))
     assert "waited>=12.0s" in text and "(asleep before allocwatch started)" in text
-    rec = RecoveredReport(2, 0.0, Recovered(w, 20 * NS_PER_S, True, 2))
+    rec = EpisodeEndReport(2, 0.0, TaskEpisodeEnd(STALL, 7, 7, "a", Site.MEMCG_OOM_WAIT, 20.0, 2, "woke",
+                                                  start_known=False))
     assert "waited 20.0s or more (asleep before allocwatch started)" in report.render_text(rec)
 
 
@@ -147,14 +149,14 @@ def test_undecodable_byte_and_literal_backslash_x_differ():
 
 
 def test_killed_and_exited_waits_say_so():
-    w = Wait(9, 9, "dd", Site.MEMCG_OOM_WAIT, 0, None, None, dstate=True)
-    killed = RecoveredReport(3, 0.0, Recovered(w, 12 * NS_PER_S, True, 1, "killed"))
-    assert "wait ended (killed) #3: comm=dd" in report.render_text(killed)
-    assert json.loads(report.render_json(killed))["ended"] == "killed"
-    woke = RecoveredReport(3, 0.0, Recovered(w, 12 * NS_PER_S, True, 1, "woke"))
-    assert "recovered #3" in report.render_text(woke)
-    unseen = RecoveredReport(3, 0.0, Recovered(w, 12 * NS_PER_S, False, 1))
-    assert json.loads(report.render_json(unseen))["ended"] == "unseen"
+    def end(ended: str, exact: bool = True) -> EpisodeEndReport:
+        return EpisodeEndReport(3, 0.0, TaskEpisodeEnd(STALL, 9, 9, "dd", Site.MEMCG_OOM_WAIT, 12.0, 1, ended,
+                                                       exact=exact))
+
+    assert "wait ended (killed) #3: comm=dd" in report.render_text(end("killed"))
+    assert json.loads(report.render_json(end("killed")))["ended"] == "killed"
+    assert "recovered #3" in report.render_text(end("woke"))
+    assert json.loads(report.render_json(end("unseen", exact=False)))["ended"] == "unseen"
 
 
 def test_long_stack_keeps_the_outermost_frames():
