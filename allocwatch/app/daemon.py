@@ -320,8 +320,8 @@ class Daemon:
         that writeback beside it (core/behind.py), named from /proc."""
         throttled = {f.tid for f in findings
                      if any("WRITEBACK" in self.throttle_names.get(bit, "") for bit in f.throttle_reasons)}
-        # Only the few tasks whose waits say writeback get a set each: 10,000 listed
-        # tasks made three sets each here (a fifth of a block's own time)
+        # Only the few tasks whose waits say writeback get a set each (10,000 listed
+        # tasks made three sets each here, every block)
         at_site: set[int] = {f.tid for f in findings if Site.WRITEBACK_WAIT.label in f.per_site}
         devices: dict[int, set[str]] = {}
         for w in chain((s.wait for s in stalls), (f.waiting for f in findings)):
