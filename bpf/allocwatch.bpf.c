@@ -1114,6 +1114,45 @@ int aw_rtp_mark_victim(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
+/* ---- every task's state at once, for a block that lists many ---- */
+
+#ifdef AW_TASK_ITER
+/* A task iterator (eaaacd23910f, v5.8): run when user space reads its fd, once
+ * a task of the reader's pid namespace, writing one aw_task_now a task. A block
+ * of 10,000 listed tasks read 10,000 /proc stat files for the same facts
+ * (allocwatch/kernel/taskiter.py decodes these, and leaves to /proc what it
+ * cannot say exactly). Fields are read at the offsets BTF gives (-D
+ * AW_ITER_OFF_*), never at the headers'; the state's low 32 bits, where every
+ * state bit is, come first on a little-endian machine (`__state` since
+ * 2f064a59a11f, v5.14; `long state` before). The context's two pointers are
+ * the iterator's (meta, task), as the kernel's bpf_iter__task declares them. */
+struct aw_iter_meta {
+    void *seq;
+    u64 session_id;
+    u64 seq_num;
+};
+
+struct aw_iter_task {
+    struct aw_iter_meta *meta;
+    void *task;
+};
+
+int bpf_iter__task(struct aw_iter_task *ctx)
+{
+    char *t = ctx->task;
+    if (!t)
+        return 0;
+    struct aw_task_now now = {};
+    bpf_probe_read_kernel(&now.tid, sizeof(now.tid), t + AW_ITER_OFF_PID);
+    bpf_probe_read_kernel(&now.state, sizeof(now.state), t + AW_ITER_OFF_STATE);
+    bpf_probe_read_kernel(&now.exit_state, sizeof(now.exit_state), t + AW_ITER_OFF_EXIT_STATE);
+    bpf_probe_read_kernel(&now.flags, sizeof(now.flags), t + AW_ITER_OFF_FLAGS);
+    bpf_probe_read_kernel(&now.signal_lo, sizeof(now.signal_lo), t + AW_ITER_OFF_SIGNAL);
+    bpf_seq_write(ctx->meta->seq, &now, sizeof(now));
+    return 0;
+}
+#endif
+
 /* ---- kprobe pairs, for kernels with CONFIG_KPROBES ---- */
 
 #ifdef AW_KPROBES

@@ -204,4 +204,14 @@ struct aw_shrink_acct {
     __u32 gfp[AW_SHRINK_SLOTS];     /* the gfp mask of its last call */
 };
 
+/* One task as the task iterator sees it (bpf_iter__task): the raw fields
+ * /proc's stat letter and its flags and signal fields come from. */
+struct aw_task_now {
+    __u32 tid;        /* task->pid */
+    __u32 state;      /* task->__state (the low half of `long state` before v5.14) */
+    __u32 exit_state; /* EXIT_ZOMBIE, EXIT_DEAD or 0 */
+    __u32 flags;      /* task->flags (PF_EXITING) */
+    __u32 signal_lo;  /* the low 32 bits of its own pending set (SIGKILL: bit 8) */
+};
+
 #endif /* ALLOCWATCH_H */

@@ -156,7 +156,7 @@ class Daemon:
         self.last_scan: tuple[list[Wait], Mapping[int, float], Mapping[int, Acct], int] = ([], {}, {}, 0)
         self.facts = WaitFacts(proc)  # cgroup, uid, cmdline: read once a wait, ahead of its first block
         self.tasks = TaskReader(proc, self.facts, self.namer.stack_of, getattr(source, "recent_stack", None),
-                                gfp_table, self.pods.pod)
+                                gfp_table, self.pods.pod, getattr(source, "task_states", None))
         self._ahead_ns = self._read_ahead_ns(cfg)
         self.host = HostContext(proc)  # memory, PSI, vmstat, kswapd: what a block says of the machine
         self.memcg_paths = MemcgPaths(proc / "self" / "mountinfo")  # an OOM kill's cgroup ids named
@@ -369,7 +369,7 @@ class Daemon:
         """The stall block due now, or None: what the block policy keeps and lets out now."""
         if not stalls and not findings:
             return None
-        self.tasks.new_block()
+        self.tasks.new_block(len(stalls) + len(findings))
         # The cgroup filter needs each task's cgroup; the rest of /proc is read
         # below only for the tasks the block lists (max_tasks_per_block).
         details: dict[int, TaskDetail] = {}

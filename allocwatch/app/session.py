@@ -20,7 +20,7 @@ from allocwatch.app import preflight, selfcare
 from allocwatch.app.daemon import Daemon, Output
 from allocwatch.app.live import LiveReader
 from allocwatch.errors import NothingAttached
-from allocwatch.kernel import coverage, gfpnames, kernelinfo, oomcontext, probes, schedswitch
+from allocwatch.kernel import coverage, gfpnames, kernelinfo, oomcontext, probes, schedswitch, taskiter
 
 if TYPE_CHECKING:
     from allocwatch.kernel.bpfsource import BpfSource
@@ -72,6 +72,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
     with_oc = features.kprobes and features.find_function(oomcontext.OC_FUNCTION) == oomcontext.OC_FUNCTION
     oom_defines, constraints, _ = oomcontext.running_kernel_defines(with_oc)
     switch_defines, _ = schedswitch.running_kernel_defines()  # without: the classic sched_switch
+    iter_defines, _ = taskiter.running_kernel_defines()  # without: a block reads each task's stat
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,
         dstate_end_ns=cfg.classify_after_ns,
@@ -81,6 +82,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
         oom_defines=tuple(oom_defines),
         oom_constraints=tuple(constraints.items()),
         switch_defines=tuple(switch_defines),
+        iter_defines=tuple(iter_defines),
     )
     source = BpfSource(plans, features, opts)
     source.load()

@@ -24,6 +24,7 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
     plans = probes.plan(features, cfg.disabled, cfg.hot_paths)
     switch_how = None  # how sched_switch was attached (raw or classic, and why): live only
     oom_how = None  # how an OOM kill's cgroups are read in the kernel, or "off: why": live only
+    states_how = None  # how a block reads many tasks' states (the task iterator, or /proc and why): live only
     if offline:
         statuses = [coverage.planned(p, features) for p in plans]
     else:
@@ -31,6 +32,7 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
         statuses = list(source.status)
         switch_how = source.sched_switch_how or None
         oom_how = source.oom_context_how or None
+        states_how = source.task_states_how or None
         source.close()
     if as_json:
         doc = {
@@ -39,7 +41,8 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
             "kprobes": features.kprobes,
             "sched_switch": switch_how,
             "oom_context": oom_how,
+            "task_states": states_how,
             "sites": coverage.rows(statuses),
         }
         return json.dumps(doc, indent=2) + "\n"
-    return coverage.render_text(statuses, features.release, switch_how, oom_how)
+    return coverage.render_text(statuses, features.release, switch_how, oom_how, states_how)

@@ -22,11 +22,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar, cast
 
+from allocwatch.core.host import TaskFlags
 from allocwatch.core.model import ShrinkCount
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.core.wbdevice import RECLAIM_SITES, NoteJoin
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import bpfstats, oomcontext, schedswitch, wire
+from allocwatch.kernel import bpfstats, oomcontext, schedswitch, taskiter, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
@@ -50,6 +51,7 @@ from allocwatch.kernel.probes import (
 
 BPF_SOURCE = "allocwatch.bpf.c"
 T = TypeVar("T")
+ITER_READ_BYTES = 1 << 20  # the task iterator is read in chunks of this size (records of 20 bytes)
 RECENT_STACK_MAX_AGE_NS = 5_000_000_000  # a stack taken entering reclaim, shown for this long
 # Every map this module reads or writes after load: opened before bcc's module
 # is destroyed (a table opened later would need it).
@@ -78,6 +80,9 @@ class LoadOptions:
     # schedswitch.defines for the running kernel: the D-state tracking on the raw
     # sched_switch tracepoint (empty: on the classic one)
     switch_defines: tuple[str, ...] = ()
+    # taskiter.defines for the running kernel: every task's state in one read
+    # (empty: a block reads each task's stat file)
+    iter_defines: tuple[str, ...] = ()
 
 
 MARK_VICTIM_DEFINE = "AW_TP_MARK_VICTIM"
@@ -178,7 +183,7 @@ def cflags_for(
     catalog = compile_defines(plans, features, opts.begin_stacks, every_kprobe)
     oom = list(opts.oom_defines) if MARK_VICTIM_DEFINE in catalog else []  # it joins oom:mark_victim's kills
     switch = list(opts.switch_defines) if uses_dstate(plans) else []  # only where sched_switch is attached
-    return flags + [f"-D{d}" for d in catalog + oom + switch]
+    return flags + [f"-D{d}" for d in catalog + oom + switch + list(opts.iter_defines)]
 
 
 class BpfSource:
@@ -222,6 +227,9 @@ class BpfSource:
         # Sleeps seed_dwait wrote and the kernel has not ended yet (tid -> start_ns): while
         # there are any, the raw sched_switch looks up every task switched in.
         self._seeded: dict[int, int] = {}
+        self._iter_link: int | None = None  # the task iterator's link (taskiter.py), read by task_states
+        # How a block reads tasks' states: "task iterator", or "/proc (why not the iterator)"
+        self.task_states_how = ""
 
     # -- load and attach --------------------------------------------------
 
@@ -262,6 +270,7 @@ class BpfSource:
             # before oom:mark_victim's own program, so that a kill's context comes first in the ring
             self.oom_context_how = self._attach_oom_context(flags)
             self.status = [self._attach_site(p) for p in self.plans]
+            self.task_states_how = self._attach_task_iter(flags)
         if not self.opts.keep_compiler:
             self._free_compiler()
         self.load_seconds = time.monotonic() - t0
@@ -317,6 +326,52 @@ class BpfSource:
             except Exception:
                 _quietly(self._bpf.detach_kretprobe, fn)
         return f"{how}; the constraint from the invoker's stack ({oomcontext.OC_FUNCTION} takes no kprobe pair here)"
+
+    def _attach_task_iter(self, flags: list[str]) -> str:
+        """Load the task iterator and make its link, if it was compiled: how a
+        block reads tasks' states (`allocwatch probes` says it)."""
+        if f"-D{taskiter.DEFINE}" not in flags:
+            return "/proc (no task iterator: not compiled, no BTF offsets or a kernel before v5.8)"
+        lib = self._bcc.libbcc.lib
+        try:  # bcc has the C calls, not Python ones: declared here
+            lib.bcc_iter_attach.restype = ctypes.c_int
+            lib.bcc_iter_attach.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint32]
+            lib.bcc_iter_create.restype = ctypes.c_int
+            lib.bcc_iter_create.argtypes = [ctypes.c_int]
+            fn = self._bpf.load_func(taskiter.FN.encode(), self._bcc.BPF.TRACING)
+            link = lib.bcc_iter_attach(fn.fd, None, 0)
+        except Exception as exc:  # bcc raises bare Exception; an old bcc lacks the calls
+            said = str(exc).splitlines()
+            return f"/proc (the task iterator did not load: {said[0] if said else type(exc).__name__})"
+        if link < 0:
+            return f"/proc (the task iterator did not attach: {os.strerror(-link)})"
+        self._iter_link = link
+        return "task iterator"
+
+    def task_states(self) -> dict[int, tuple[str, TaskFlags]] | None:
+        """Every task's state letter and flags, by tid, in one read of the task
+        iterator; a task it cannot say exactly is not in it. None without the
+        iterator, or when this read fails: then each task's stat is read."""
+        data = self.read_task_iter()
+        return taskiter.decode(data) if data is not None else None
+
+    def read_task_iter(self) -> bytes | None:
+        """The task iterator's records (wire.TaskNow), one a task of this pid
+        namespace; None without the iterator or when the read fails."""
+        if self._iter_link is None:
+            return None
+        fd = self._bcc.libbcc.lib.bcc_iter_create(self._iter_link)
+        if fd < 0:
+            return None
+        chunks = []
+        try:
+            while chunk := os.read(fd, ITER_READ_BYTES):
+                chunks.append(chunk)
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
 
     def _attach_tp(self, tp: Tracepoint) -> bool:
         """Attach once per tracepoint; True if this call attached it."""
@@ -697,6 +752,9 @@ class BpfSource:
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None
+        if self._iter_link is not None:
+            os.close(self._iter_link)
+            self._iter_link = None
 
     def __enter__(self) -> BpfSource:
         return self

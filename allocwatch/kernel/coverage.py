@@ -17,6 +17,7 @@ from typing import Any
 from allocwatch.core.snapshot import SiteCoverage
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import Mechanism, SitePlan, tracepoints_to_attach
+from allocwatch.kernel.taskiter import STATES_AT_ONCE_FROM
 
 
 class State(str, enum.Enum):
@@ -138,10 +139,11 @@ def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:
 
 
 def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | None = None,
-                oom_how: str | None = None) -> str:
+                oom_how: str | None = None, states_how: str | None = None) -> str:
     """`switch_how`: how sched:sched_switch was attached, live ("raw tracepoint", or
     "classic tracepoint (why not raw)"); None offline or when nothing needed it.
-    `oom_how`: how an OOM kill's cgroups are read in the kernel, live, or "off: why"."""
+    `oom_how`: how an OOM kill's cgroups are read in the kernel, live, or "off: why".
+    `states_how`: how a block reads many tasks' states, live ("task iterator", or "/proc (why)")."""
     offline = any(not st.live for st in statuses)
     lines = [f"kernel {release}: {'evaluated offline, nothing attached' if offline else 'attached live'}"]
     for st, row in zip(statuses, rows(statuses), strict=True):
@@ -153,6 +155,9 @@ def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | 
         read = ("read after the kill, from /proc (" + oom_how.removeprefix("off: ") + ")"
                 if oom_how.startswith("off: ") else "read in the kernel at the kill, on the " + oom_how)
         lines.append(f"oom:mark_victim (an OOM kill's cgroups and constraint) {read}")
+    if states_how:
+        lines.append(f"tasks' states, for a block of {STATES_AT_ONCE_FROM} or more, read with the {states_how}"
+                     if states_how == "task iterator" else f"tasks' states read from {states_how}")
     verb = "would watch" if offline else "watching"
     lines.append(f"{verb} {summarize(statuses).line()}")
     return "\n".join(lines) + "\n"

@@ -18,15 +18,17 @@ from typing import Any
 from allocwatch.core import gfp
 from allocwatch.core.behind import KERNEL_NAMES_READ
 from allocwatch.core.findings import Finding
-from allocwatch.core.host import MemcgInfo, TaskInfo
+from allocwatch.core.host import MemcgInfo, TaskFlags, TaskInfo
 from allocwatch.core.pods import PodRef
 from allocwatch.core.records import TaskDetail
 from allocwatch.core.tracker import Wait
 from allocwatch.kernel import hostfs, procfs
+from allocwatch.kernel.taskiter import STATES_AT_ONCE_FROM
 from allocwatch.kernel.waitfacts import WaitFacts
 
 GFP_MASKS_KEPT = 256  # distinct masks decoded and kept
 StackOf = Callable[[int, int], Sequence[str] | None]  # (tid, start_ns) -> the stack a D sleep was named by
+TaskStates = Callable[[], Mapping[int, tuple[str, TaskFlags]] | None]  # every task's (state, flags), by tid
 
 
 class TaskReader:
@@ -35,6 +37,7 @@ class TaskReader:
         recent_stack: Callable[[int], Sequence[str] | None] | None = None,
         gfp_table: Sequence[tuple[int, str]] = (),
         pod_of: Callable[[str | None], PodRef | None] = lambda cgroup: None,
+        task_states: TaskStates | None = None,
     ) -> None:
         self.proc = proc
         self.pod_of = pod_of  # a cgroup's Kubernetes pod (kernel/podnames.py)
@@ -47,13 +50,23 @@ class TaskReader:
         self._blocked: dict[str, list[tuple[int, int, str, str | None]]] = {}  # a block's D threads by cgroup
         self._kernel_waits: list[tuple[Wait, str]] | None = None  # a block's waits of kernel threads, named
         self._gfp_said: dict[int | None, tuple[str | None, tuple[str, ...]]] = {}  # a mask: decoded, and if no FS/IO
+        self._task_states = task_states
+        self._states: Mapping[int, tuple[str, TaskFlags]] = {}  # this block's, read at once
 
-    def new_block(self) -> None:
-        """Figures and cmdlines of this block, not of the last one."""
+    def new_block(self, tasks: int = 0) -> None:
+        """Figures and cmdlines of this block, not of the last one; `tasks`: how
+        many tasks' states it will read (many: every task's at once)."""
         self._memcg_cache = {}
         self._cmdlines = {}
         self._blocked = {}
         self._kernel_waits = None
+        states = self._task_states() if self._task_states is not None and tasks >= STATES_AT_ONCE_FROM else None
+        self._states = states or {}
+
+    def _now(self, pid: int, tid: int) -> tuple[str | None, TaskFlags]:
+        """Its state letter and flags: from the block's read of every task, else its stat."""
+        said = self._states.get(tid)
+        return said if said is not None else hostfs.task_now(self.proc, pid, tid)
 
     def new_scan(self) -> None:
         """Figures of this scan (top's live view), not of the last report block."""
@@ -66,7 +79,7 @@ class TaskReader:
             stack = procfs.kernel_stack(self.proc, w.pid, w.tid)
         cgroup = self.facts.cgroup(w)
         uid, cmdline = self.facts.owner(w, self._cmdlines)
-        state, flags = hostfs.task_now(self.proc, w.pid, w.tid)  # the one read a listed task's report waits for
+        state, flags = self._now(w.pid, w.tid)  # the one read a listed task's report waits for
         info = TaskInfo(pid=w.pid, tid=w.tid, uid=uid, cmdline=cmdline, state=state)
         gfp_flags, no_fs_io = self._gfp_words(w.gfp)
         return TaskDetail(
@@ -127,7 +140,7 @@ class TaskReader:
             cgroup = self.facts.cgroup(wait)
         else:
             cgroup = procfs.memory_cgroup(self.proc, pid, tid)
-        flags = hostfs.task_flags(self.proc, pid, tid)
+        flags = self._now(pid, tid)[1]
         return TaskDetail(cgroup=cgroup, dying=flags.dying, exiting=flags.exiting)
 
     def glance(self, w: Wait) -> TaskDetail:

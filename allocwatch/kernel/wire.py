@@ -190,6 +190,17 @@ class ShrinkAcct(ctypes.Structure):
     ]
 
 
+class TaskNow(ctypes.Structure):
+    """struct aw_task_now: one task, as the task iterator writes it (kernel/taskiter.py)."""
+    _fields_ = [
+        ("tid", ctypes.c_uint32),
+        ("state", ctypes.c_uint32),
+        ("exit_state", ctypes.c_uint32),
+        ("flags", ctypes.c_uint32),
+        ("signal_lo", ctypes.c_uint32),
+    ]
+
+
 def decode_shrinks(v: ShrinkAcct) -> tuple[ShrinkCount, ...]:
     """The slots in use, by function address (a slot's place means nothing)."""
     return tuple(sorted(

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from allocwatch.kernel import bpfsource, oomcontext, probes, schedswitch
+from allocwatch.kernel import bpfsource, oomcontext, probes, schedswitch, taskiter
 from allocwatch.kernel.bpfsource import LoadOptions
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import Mechanism
@@ -28,6 +28,7 @@ ALWAYS_LOADED = {
     oomcontext.OC_ENTRY_FN: oomcontext.OC_DEFINE,  # and out_of_memory's oom_control, with kprobes
     oomcontext.OC_RETURN_FN: oomcontext.OC_DEFINE,
     schedswitch.FN: schedswitch.DEFINE,  # sched_switch raw, where BTF gives the offsets
+    taskiter.FN: taskiter.DEFINE,  # every task's state in one read, where BTF gives the offsets
 }
 # Macros the C gives a default with #ifndef and the loader never passes: sizes
 # and ages fixed at build time.
@@ -170,7 +171,7 @@ def test_every_entry_point_in_the_c_is_named_by_an_option(c_source):
 
 def test_every_flag_the_c_tests_is_one_the_loader_can_pass(c_source):
     can_pass = probes.every_define() | {oomcontext.DEFINE, oomcontext.OC_DEFINE,
-                                        schedswitch.DEFINE, schedswitch.PREV_STATE_DEFINE}
+                                        schedswitch.DEFINE, schedswitch.PREV_STATE_DEFINE, taskiter.DEFINE}
     assert not c_source.tested - can_pass, f"tested in the C, never passed: {sorted(c_source.tested - can_pass)}"
     tunables = set(re.findall(r"^-D(\w+)=", "\n".join(bpfsource.cflags_for([], empty_kernel(), LOAD)), re.M))
     defaults = c_source.defaulted - {"ALLOCWATCH_H"}  # allocwatch.h's include guard, if ever inlined

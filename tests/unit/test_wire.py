@@ -93,7 +93,7 @@ def test_header_struct_fields_in_same_order():
     pairs = (("aw_wait", wire.WaitValue), ("aw_event", wire.Event), ("aw_wait_key", wire.WaitKey),
              ("aw_dirty_pause", wire.DirtyPauseValue), ("aw_task_acct", wire.TaskAcct),
              ("aw_oom_context", wire.OomContextEvent), ("aw_shrink_acct", wire.ShrinkAcct),
-             ("aw_wb_note", wire.WbNoteValue))
+             ("aw_wb_note", wire.WbNoteValue), ("aw_task_now", wire.TaskNow))
     for cname, pyclass in pairs:
         body = re.search(r"struct " + cname + r" \{(.*?)\};", text, re.S).group(1)
         names = re.findall(r"(\w+)(?:\[\w+\])?;", body)
