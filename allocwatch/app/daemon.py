@@ -390,6 +390,7 @@ class Daemon:
             if f.tid not in full:
                 full[f.tid] = (self.finding_detail(f) if f.tid in listed
                                 else self.tasks.brief(f.pid, f.tid, details))
+        self.tasks.forget_states()
         details = self._with_devices(full, kept, kept_findings)
         details = self._with_behind(kept, kept_findings, details, listed, now_ns)
         kept = self._without_stale_sleeps(kept, details)

@@ -54,6 +54,7 @@ SAID = TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE | TASK_WAKEKILL | TASK_NOLOAD |
 
 _FLAGS = {(dying, exiting): TaskFlags(dying=dying, exiting=exiting) for dying in (False, True)
           for exiting in (False, True)}
+_SAID: dict[tuple[str, bool, bool], tuple[str, TaskFlags]] = {}  # each (letter, flags) made once, shared
 
 
 def letter(state: int, exit_state: int) -> str | None:
@@ -84,7 +85,11 @@ def decode(data: bytes) -> dict[int, tuple[str, TaskFlags]]:
         if said == "":
             said = letters[key] = letter(state, exit_state)
         if said is not None:
-            out[tid] = (said, _FLAGS[bool(signal & SIGKILL_MASK), bool(flags & PF_EXITING)])
+            key3 = (said, bool(signal & SIGKILL_MASK), bool(flags & PF_EXITING))
+            both = _SAID.get(key3)
+            if both is None:
+                both = _SAID[key3] = (said, _FLAGS[key3[1], key3[2]])
+            out[tid] = both
     return out
 
 

@@ -63,6 +63,10 @@ class TaskReader:
         states = self._task_states() if self._task_states is not None and tasks >= STATES_AT_ONCE_FROM else None
         self._states = states or {}
 
+    def forget_states(self) -> None:
+        """The block has read its tasks: its read of every task's state is not kept till the next."""
+        self._states = {}
+
     def _now(self, pid: int, tid: int) -> tuple[str | None, TaskFlags]:
         """Its state letter and flags: from the block's read of every task, else its stat."""
         said = self._states.get(tid)

@@ -213,22 +213,34 @@ def test_a_writeback_wait_lists_the_loop_worker_throttled_behind_it(daemon):
 def test_d_sleeps_are_timed_on_the_raw_sched_switch():
     """Both kernels hand prev_state to the raw sched_switch (fa2c3254d7cf, v5.18):
     the program compiled from their BTF sees a task over memory.high fall asleep
-    in D and wake (tests/kernel/test_sched_switch_kernel.py does the rest on the host)."""
+    in D and wake (tests/kernel/test_sched_switch_kernel.py does the rest on the host).
+    The same load has the task iterator, whose letters are the stat files' (the
+    host's tests/kernel/test_task_iter_kernel.py checks every field)."""
+    import os
     import time
 
     from allocwatch.core.sites import SITE_DSTATE
-    from allocwatch.kernel import kernelinfo, probes, schedswitch, wire
+    from allocwatch.kernel import kernelinfo, probes, schedswitch, taskiter, wire
     from allocwatch.kernel.bpfsource import BpfSource, LoadOptions
 
     flags, why = schedswitch.running_kernel_defines()
     assert schedswitch.PREV_STATE_DEFINE in flags, why
+    iter_flags, why = taskiter.running_kernel_defines()
+    assert iter_flags, why
     features = kernelinfo.read_features(Path("/sys/kernel/tracing"), probes.all_tracepoint_names(),
                                         probes.all_function_names())
     src = BpfSource(probes.plan(features), features,
-                    LoadOptions(long_wait_ns=10_000_000, dstate_end_ns=10_000_000, switch_defines=tuple(flags)))
+                    LoadOptions(long_wait_ns=10_000_000, dstate_end_ns=10_000_000, switch_defines=tuple(flags),
+                                iter_defines=tuple(iter_flags)))
     try:
         src.load()
         assert src.sched_switch_how == "raw tracepoint", src.sched_switch_how
+        assert src.task_states_how == "task iterator", src.task_states_how
+        states = src.task_states()
+        assert states is not None and states[os.getpid()][0] == "R"
+        stat = {t: _stat_letter(t) for t in states}
+        agree = sum(1 for t, (letter, _) in states.items() if stat[t] == letter)
+        assert agree >= 0.9 * len(states) and agree >= 10, (agree, len(states))  # a few change state between reads
         with memcg.MemCgroup("aw-guest-raw") as group:
             hog = memcg.Hog(group, 200)
             hog.wait_ready(60)
@@ -248,3 +260,11 @@ def test_d_sleeps_are_timed_on_the_raw_sched_switch():
             assert ended & opened, (len(opened), len(ended))
     finally:
         src.close()
+
+
+def _stat_letter(tid: int) -> str | None:
+    try:
+        raw = Path(f"/proc/{tid}/stat").read_bytes()
+    except OSError:
+        return None
+    return raw[raw.rfind(b")") + 1:].split()[0].decode()

@@ -144,3 +144,6 @@ def test_a_small_block_or_a_failed_read_reads_each_stat(tmp_path):
     assert r.detail(wait(1000)).state == "D"
     r.new_block(1)
     assert r.detail(wait(1000)).state == "S"
+    r.new_block(10_000)
+    r.forget_states()  # the block has read its tasks
+    assert r.detail(wait(1000)).state == "S"
