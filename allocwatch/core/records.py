@@ -221,6 +221,8 @@ class Shared:
 
     def __init__(self) -> None:
         self._made: dict[tuple[int, Callable[[Any], Any]], tuple[object, Any]] = {}
+        # detail_fields' dicts, by what they are made of: (the objects keyed by id, the dict)
+        self._details: dict[tuple[Any, ...], tuple[tuple[object, ...], dict[str, Any]]] = {}
 
     def get(self, obj: T, make: Callable[[T], R]) -> R:
         """make(obj), made once for this very object (None, the same for every field, by each make apart)."""
@@ -230,28 +232,48 @@ class Shared:
             hit = self._made[key] = (obj, make(obj))
         return cast(R, hit[1])
 
+    def detail(self, detail: TaskDetail) -> dict[str, Any]:
+        """detail_fields(detail), one dict for every task whose detail says the
+        same: 10,000 threads of one process stuck in one place differ in none of
+        it, and it is most of each task's record (read it, do not change it)."""
+        task = detail.task
+        held = (detail.stack, detail.recent_stack, detail.memcg, detail.pod)
+        key = (detail.cgroup, detail.state, task.uid if task else None, task.cmdline if task else None,
+               detail.dying, detail.exiting, tuple(detail.gfp_no_fs_io), tuple(detail.behind),
+               tuple(detail.beside), *map(id, held))
+        hit = self._details.get(key)
+        if hit is not None and all(a is b for a, b in zip(hit[0], held, strict=True)):
+            return hit[1]
+        made = detail_fields(detail, self)
+        self._details[key] = (held, made)
+        return made
+
 
 def _task_dict(group: list[Stall], detail: TaskDetail, shared: Shared | None = None) -> dict[str, Any]:
     s = group[0]
     w = s.wait
-    return {
+    d = {
         "kind": "stall",
         "tid": w.tid,
         "pid": w.pid,
         "comm": shared.get(w.comm, escape) if shared is not None else escape(w.comm),
         "site": w.site.label,
-        "duration_s": seconds(s.duration_ns),
-        "wait_s": seconds(s.own_ns),
+        "duration_s": round(s.duration_ns / NS_PER_S, 3),
+        "wait_s": round(s.own_ns / NS_PER_S, 3),
         "start_known": w.start_known,
         "level": s.level,
         "new": s.first,
-        "gfp": gfp_text(w.gfp),
+        "gfp": None if w.gfp is None else f"{w.gfp:#x}",
         "gfp_flags": detail.gfp_flags,
         "order": w.order,
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
-        **detail_fields(detail, shared),
-        **site_detail(w, detail.writeback_device),
     }
+    d.update(shared.detail(detail) if shared is not None else detail_fields(detail))
+    pause = w.dirty_pause
+    d["reclaimed_so_far_pages"] = w.reclaimed_pages  # site_detail's, without its dict
+    d["dirty_pause"] = dataclasses.asdict(pause) if pause is not None else None
+    d["writeback"] = writeback_dict(w, detail.writeback_device) if w.writeback is not None else None
+    return d
 
 
 def site_detail(w: Wait | None, device: DeviceState | None = None) -> dict[str, Any]:
