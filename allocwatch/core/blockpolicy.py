@@ -90,7 +90,11 @@ class BlockPolicy:
         return sorted(stalls, key=lambda s: -s.duration_ns), list(pending_f.values())
 
     def listed(self, stalls: Sequence[Stall], findings: Sequence[Finding]) -> set[int]:
-        """The tids a block lists in full; the rest it only counts."""
+        """The tids a block lists in full; the rest it only counts. When every
+        item fits (one a task with waits, one a finding), all of them, unsorted."""
+        tids = {s.wait.tid for s in stalls}
+        if len(tids) + len(findings) <= self.rules.max_tasks:
+            return tids | {f.tid for f in findings}
         return {item_tid(x) for _, x in listing(stalls, findings)[: self.rules.max_tasks]}
 
     def release(self, now_ns: int, stalls: list[Stall], findings: list[Finding]) -> int | None:

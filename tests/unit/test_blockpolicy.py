@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from allocwatch.core.blockpolicy import BlockPolicy, BlockRules
 from allocwatch.core.findings import Finding
+from allocwatch.core.records import item_tid, listing
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S as S
 from allocwatch.core.tracker import Stall, Wait
@@ -58,3 +59,20 @@ def test_the_listing_is_the_first_max_tasks():
     p = BlockPolicy(BlockRules(max_tasks=2))
     stalls = [stall(t, 40 - t) for t in range(1, 5)]
     assert p.listed(stalls, []) == {1, 2}
+
+
+def test_the_listing_when_all_fit_is_what_the_cut_would_give():
+    """All of a block's items fit: every task is listed without sorting them,
+    the same tids as the cut of the sorted listing; a task with a wait and a
+    finding is two items, so two tasks with three items do not fit in two."""
+    import random
+
+    rng = random.Random(7)
+    for _ in range(200):
+        stalls = [stall(rng.randint(1, 9), rng.choice([10, 20, 30])) for _ in range(rng.randint(0, 6))]
+        findings = [finding(t) for t in rng.sample(range(1, 12), rng.randint(0, 3))]
+        cap = rng.randint(1, 8)
+        fast = BlockPolicy(BlockRules(max_tasks=cap)).listed(stalls, findings)
+        assert fast == {item_tid(x) for _, x in listing(stalls, findings)[:cap]}, (stalls, findings, cap)
+    two_items = [stall(1, 30)], [finding(1), finding(2)]
+    assert BlockPolicy(BlockRules(max_tasks=2)).listed(*two_items) == {1}
