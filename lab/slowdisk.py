@@ -47,14 +47,22 @@ def _write(path: Path, value: str) -> None:
 
 
 def new_loop_index() -> int:
-    """A loop device added for this disk: LOOP_CTL_ADD with -1 adds one at the
-    lowest free index (since v5.14; before, it returned EEXIST while any device
-    was unbound): else the first unbound one losetup finds, reused."""
+    """A loop device added for this disk, for remove_loop to remove: LOOP_CTL_ADD
+    with -1 adds one at the lowest free index (since v5.14; before, it returned
+    EEXIST while any device was unbound), else one at an index no device has.
+    Never one the machine had: removing that would take it from its owner."""
     try:
         return loop_ctl(LOOP_CTL_ADD, -1)
     except OSError:
-        found = _run("losetup", "-f")  # "/dev/loopN"
-        return int(found.removeprefix("/dev/loop"))
+        pass
+    taken = [int(p.name[4:]) for p in Path("/sys/block").glob("loop*") if p.name[4:].isdigit()]
+    first = max(taken, default=-1) + 1
+    for index in range(first, first + 64):
+        try:
+            return loop_ctl(LOOP_CTL_ADD, index)
+        except FileExistsError:  # added by someone else meanwhile
+            continue
+    raise OSError(f"no loop device could be added at indexes {first} to {first + 63}")
 
 
 def attach_loop(index: int, image: Path) -> str:
