@@ -1143,11 +1143,13 @@ int bpf_iter__task(struct aw_iter_task *ctx)
     if (!t)
         return 0;
     struct aw_task_now now = {};
-    bpf_probe_read_kernel(&now.tid, sizeof(now.tid), t + AW_ITER_OFF_PID);
-    bpf_probe_read_kernel(&now.state, sizeof(now.state), t + AW_ITER_OFF_STATE);
-    bpf_probe_read_kernel(&now.exit_state, sizeof(now.exit_state), t + AW_ITER_OFF_EXIT_STATE);
-    bpf_probe_read_kernel(&now.flags, sizeof(now.flags), t + AW_ITER_OFF_FLAGS);
-    bpf_probe_read_kernel(&now.signal_lo, sizeof(now.signal_lo), t + AW_ITER_OFF_SIGNAL);
+    /* a field not read leaves no record: user space reads that task's stat */
+    if (bpf_probe_read_kernel(&now.tid, sizeof(now.tid), t + AW_ITER_OFF_PID) ||
+        bpf_probe_read_kernel(&now.state, sizeof(now.state), t + AW_ITER_OFF_STATE) ||
+        bpf_probe_read_kernel(&now.exit_state, sizeof(now.exit_state), t + AW_ITER_OFF_EXIT_STATE) ||
+        bpf_probe_read_kernel(&now.flags, sizeof(now.flags), t + AW_ITER_OFF_FLAGS) ||
+        bpf_probe_read_kernel(&now.signal_lo, sizeof(now.signal_lo), t + AW_ITER_OFF_SIGNAL))
+        return 0;
     bpf_seq_write(ctx->meta->seq, &now, sizeof(now));
     return 0;
 }

@@ -72,7 +72,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
     with_oc = features.kprobes and features.find_function(oomcontext.OC_FUNCTION) == oomcontext.OC_FUNCTION
     oom_defines, constraints, _ = oomcontext.running_kernel_defines(with_oc)
     switch_defines, _ = schedswitch.running_kernel_defines()  # without: the classic sched_switch
-    iter_defines, _ = taskiter.running_kernel_defines()  # without: a block reads each task's stat
+    iter_defines, iter_why_not = taskiter.running_kernel_defines()  # without: a block reads each task's stat
     opts = LoadOptions(
         long_wait_ns=cfg.thresholds().min_ns,
         dstate_end_ns=cfg.classify_after_ns,
@@ -83,6 +83,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
         oom_constraints=tuple(constraints.items()),
         switch_defines=tuple(switch_defines),
         iter_defines=tuple(iter_defines),
+        iter_why_not=iter_why_not,
     )
     source = BpfSource(plans, features, opts)
     source.load()

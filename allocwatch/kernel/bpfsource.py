@@ -51,7 +51,7 @@ from allocwatch.kernel.probes import (
 
 BPF_SOURCE = "allocwatch.bpf.c"
 T = TypeVar("T")
-ITER_READ_BYTES = 1 << 20  # the task iterator is read in chunks of this size (records of 20 bytes)
+ITER_READ_BYTES = 1 << 15  # a read of the task iterator gives at most its seq_file's 32 KiB (bpf_seq_read)
 RECENT_STACK_MAX_AGE_NS = 5_000_000_000  # a stack taken entering reclaim, shown for this long
 # Every map this module reads or writes after load: opened before bcc's module
 # is destroyed (a table opened later would need it).
@@ -83,6 +83,7 @@ class LoadOptions:
     # taskiter.defines for the running kernel: every task's state in one read
     # (empty: a block reads each task's stat file)
     iter_defines: tuple[str, ...] = ()
+    iter_why_not: str = ""  # without iter_defines: why (taskiter.running_kernel_defines)
 
 
 MARK_VICTIM_DEFINE = "AW_TP_MARK_VICTIM"
@@ -331,7 +332,7 @@ class BpfSource:
         """Load the task iterator and make its link, if it was compiled: how a
         block reads tasks' states (`allocwatch probes` says it)."""
         if f"-D{taskiter.DEFINE}" not in flags:
-            return "/proc (no task iterator: not compiled, no BTF offsets or a kernel before v5.8)"
+            return f"/proc (no task iterator: {self.opts.iter_why_not or 'not compiled'})"
         lib = self._bcc.libbcc.lib
         try:  # bcc has the C calls, not Python ones: declared here
             lib.bcc_iter_attach.restype = ctypes.c_int

@@ -17,7 +17,7 @@ from typing import Any
 from allocwatch.core.snapshot import SiteCoverage
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.probes import Mechanism, SitePlan, tracepoints_to_attach
-from allocwatch.kernel.taskiter import STATES_AT_ONCE_FROM
+from allocwatch.kernel.taskiter import HOST_TASKS_PER_STAT_READ, STATES_AT_ONCE_FROM
 
 
 class State(str, enum.Enum):
@@ -156,7 +156,8 @@ def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | 
                 if oom_how.startswith("off: ") else "read in the kernel at the kill, on the " + oom_how)
         lines.append(f"oom:mark_victim (an OOM kill's cgroups and constraint) {read}")
     if states_how:
-        lines.append(f"tasks' states, for a block of {STATES_AT_ONCE_FROM} or more, read with the {states_how}"
+        lines.append(f"tasks' states, for a block of {STATES_AT_ONCE_FROM} or more and one for every "
+                     f"{HOST_TASKS_PER_STAT_READ} tasks on the host, read with the {states_how}"
                      if states_how == "task iterator" else f"tasks' states read from {states_how}")
     verb = "would watch" if offline else "watching"
     lines.append(f"{verb} {summarize(statuses).line()}")

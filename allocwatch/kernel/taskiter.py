@@ -35,9 +35,18 @@ DEFINE = "AW_TASK_ITER"
 FN = "bpf_iter__task"  # bcc attaches a bpf_iter__<target> function to that iterator target
 RECORD_BYTES = ctypes.sizeof(TaskNow)
 # A block that reads this many tasks' states or more reads every task's at once
-# (kernel/tasks.py); a smaller one reads their stat files, 11.5 us each here,
-# where one read of the iterator costs the same for every task on the host.
+# (kernel/tasks.py); a smaller one reads their stat files. One stat file (11.1
+# us here) costs what the iterator's read and decoding cost for 12 tasks of the
+# host (923 ns a task): on a host of 100,000 tasks, a block of 8,000 is where
+# the one read starts to pay.
 STATES_AT_ONCE_FROM = 100
+HOST_TASKS_PER_STAT_READ = 12
+
+
+def states_at_once(tasks: int, host_tasks: int) -> bool:
+    """Whether a block reading `tasks` tasks' states reads every task's at once,
+    on a host whose last read of them gave `host_tasks` (0: none yet)."""
+    return tasks >= max(STATES_AT_ONCE_FROM, host_tasks // HOST_TASKS_PER_STAT_READ)
 FIELDS = RECORD_BYTES // ctypes.sizeof(ctypes.c_uint32)  # all of them 32-bit
 
 # include/linux/sched.h. The bits a state may carry that /proc's letter ignores:

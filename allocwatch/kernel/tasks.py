@@ -23,7 +23,7 @@ from allocwatch.core.pods import PodRef
 from allocwatch.core.records import TaskDetail
 from allocwatch.core.tracker import Wait
 from allocwatch.kernel import hostfs, procfs
-from allocwatch.kernel.taskiter import STATES_AT_ONCE_FROM
+from allocwatch.kernel.taskiter import states_at_once
 from allocwatch.kernel.waitfacts import WaitFacts
 
 GFP_MASKS_KEPT = 256  # distinct masks decoded and kept
@@ -52,15 +52,19 @@ class TaskReader:
         self._gfp_said: dict[int | None, tuple[str | None, tuple[str, ...]]] = {}  # a mask: decoded, and if no FS/IO
         self._task_states = task_states
         self._states: Mapping[int, tuple[str, TaskFlags]] = {}  # this block's, read at once
+        self._host_tasks = 0  # how many tasks the last read of every task's state gave
 
     def new_block(self, tasks: int = 0) -> None:
         """Figures and cmdlines of this block, not of the last one; `tasks`: how
-        many tasks' states it will read (many: every task's at once)."""
+        many tasks' states it may read (many, against the host's: every task's at once)."""
         self._memcg_cache = {}
         self._cmdlines = {}
         self._blocked = {}
         self._kernel_waits = None
-        states = self._task_states() if self._task_states is not None and tasks >= STATES_AT_ONCE_FROM else None
+        states = None
+        if self._task_states is not None and states_at_once(tasks, self._host_tasks):
+            states = self._task_states()
+            self._host_tasks = len(states) if states else self._host_tasks
         self._states = states or {}
 
     def forget_states(self) -> None:

@@ -231,3 +231,81 @@ def test_task_accounts_are_the_same_dict_while_neither_map_changed(source):
     assert again is not first and again == first and again[8] is first[8]  # the joined account is kept
     reads["task_acct"] = accts[:1]
     assert sorted(src.task_accounts()) == [7]
+
+
+ITER = ("AW_TASK_ITER", "AW_ITER_OFF_PID=1264")
+
+
+class FakeLib:
+    """libbcc's iterator calls: attach gives a link, create a pipe holding the records."""
+
+    def __init__(self, attach_rc: int | None = None, records: bytes = b"") -> None:
+        def create(link: int) -> int:
+            r, w = os.pipe()
+            os.write(w, records)
+            os.close(w)
+            return r
+
+        # functions, not methods: the source sets their restype and argtypes as on ctypes' own
+        self.bcc_iter_attach = lambda prog_fd, info, size: os.open(os.devnull, os.O_RDONLY) if attach_rc is None \
+            else attach_rc  # the link: an fd of its own, which the source closes
+        self.bcc_iter_create = create
+
+
+@pytest.fixture
+def iter_source(monkeypatch):
+    """A source loaded with the iterator compiled in, libbcc's calls faked."""
+    monkeypatch.setattr(bpfsource, "check_headers", lambda release: None)
+
+    def make(lib, load_fails=False, defines=ITER, why_not=""):
+        class Fn:
+            fd = 3
+
+        class Bpf(FakeBPF):
+            TRACING = 26
+            tracepoint_fds: dict[str, int] = {}  # as bcc's, for close()
+
+            def load_func(self, name, kind):
+                if load_fails:
+                    raise Exception("Failed to load BPF program bpf_iter__task: Permission denied")
+                return Fn
+
+        class Bcc:
+            BPF = Bpf
+
+            class libbcc:  # bcc's own name
+                pass
+
+        Bcc.libbcc.lib = lib
+        monkeypatch.setattr(bpfsource, "import_bcc", lambda: Bcc)
+        FakeBPF.fail = set()
+        f = captured("6.18")
+        src = BpfSource(probes.plan(f), f, LoadOptions(long_wait_ns=10**9, iter_defines=defines,
+                                                       iter_why_not=why_not))
+        src.load()
+        return src
+
+    return make
+
+
+def test_task_states_come_from_the_iterator_where_it_loaded(iter_source):
+    import struct
+
+    src = iter_source(FakeLib(records=struct.pack("<5I", 42, 0x102, 0, 0, 0) + struct.pack("<5I", 43, 0x4, 0, 0, 0)))
+    assert src.task_states_how == "task iterator"
+    states = src.task_states()
+    assert states is not None and states[42][0] == "D" and 43 not in states  # stopped: left to /proc
+    src.close()
+
+
+@pytest.mark.parametrize(("kw", "how"), [
+    ({"defines": (), "why_not": "no BPF iterators on this kernel (v5.8+)"},
+     "/proc (no task iterator: no BPF iterators on this kernel (v5.8+))"),
+    ({"load_fails": True}, "/proc (the task iterator did not load: Failed to load BPF program bpf_iter__task: "
+                           "Permission denied)"),
+    ({"lib": FakeLib(attach_rc=-22)}, "/proc (the task iterator did not attach: Invalid argument)"),
+])
+def test_without_the_iterator_states_are_read_from_proc_and_it_says_why(iter_source, kw, how):
+    src = iter_source(kw.pop("lib", FakeLib()), **kw)
+    assert src.task_states_how == how
+    assert src.task_states() is None

@@ -219,3 +219,15 @@ def test_the_hello_says_what_each_site_is_attached_to_as_probes_does():
         assert (c.mechanism, c.target) == ((row["mechanism"], row["target"]) if c.attached else ("", "")), (c, row)
     assert said["reclaim_throttle"].target and said["reclaim_throttle"].mechanism == "kprobe pair"
     assert any(not c.attached for c in said.values())
+
+
+def test_probes_text_says_how_a_block_reads_tasks_states_when_live():
+    from allocwatch.kernel import coverage
+
+    text = coverage.render_text([], "6.18", None, None, "task iterator")
+    assert ("tasks' states, for a block of 100 or more and one for every 12 tasks on the host, read with the task "
+            "iterator\n") in text
+    why = "/proc (no task iterator: no BPF iterators on this kernel (v5.8+))"
+    off = coverage.render_text([], "5.4", None, None, why)
+    assert "tasks' states read from /proc (no task iterator: no BPF iterators on this kernel (v5.8+))\n" in off
+    assert "tasks' states" not in coverage.render_text([], "6.18")

@@ -479,7 +479,8 @@ def test_a_block_of_tasks_with_details_alike_and_apart_reads_as_each_made_alone(
     def twin(d):
         return replace(d, cgroup=None if d.cgroup is None else "".join(d.cgroup), stack=fresh(d.stack),
                        memcg=fresh(d.memcg), task=fresh(d.task), pod=fresh(d.pod), behind=fresh(d.behind),
-                       recent_stack=fresh(d.recent_stack), gfp_no_fs_io=fresh(d.gfp_no_fs_io))
+                       recent_stack=fresh(d.recent_stack), gfp_no_fs_io=fresh(d.gfp_no_fs_io),
+                       beside=fresh(d.beside))
 
     rng = random.Random(30)
     stacks = [("mem_cgroup_oom_synchronize", "exc_page_fault"), ("folio_wait_writeback",), None]
@@ -487,12 +488,14 @@ def test_a_block_of_tasks_with_details_alike_and_apart_reads_as_each_made_alone(
               MemcgInfo(1, "/b", 2 << 20, 4 << 20, None, False, False, {}, 0, None)]
     pods = [None, PodRef("uid-1", "burstable", namespace="ns", name="web-0")]
     behind = [(), (Behind(7, 7, "kworker/u8:3+flush-7:3", "memcg_reclaim", 1.5),)]
+    beside = [(), (Behind(8, 8, "jbd2/loop8-8", "writeback_wait", 0.7),)]
     for _ in range(40):
         details, stalls = {}, []
         choices = {  # each field from its pool; most tasks of a block take its first pick, as threads do
             "cgroup": ["/a", "/b", None], "state": ["D", "R"], "stack": stacks, "memcg": memcgs, "pod": pods,
             "uid": [0, 1000], "cmdline": ["./x", None], "dying": [False, True], "exiting": [False, True],
-            "gfp_no_fs_io": [(), ("GFP_NOFS",)], "behind": behind, "recent_stack": [None, ("shrink_node",)]}
+            "gfp_no_fs_io": [(), ("GFP_NOFS",)], "behind": behind, "beside": beside,
+            "recent_stack": [None, ("shrink_node",)]}
         base = {k: rng.choice(v) for k, v in choices.items()}
         for tid in range(1, rng.randint(2, 60)):
             f = {k: rng.choice(v) if rng.random() < 0.15 else base[k] for k, v in choices.items()}
@@ -500,7 +503,7 @@ def test_a_block_of_tasks_with_details_alike_and_apart_reads_as_each_made_alone(
             details[tid] = TaskDetail(
                 f["cgroup"], f["state"], f["stack"], memcg=f["memcg"], task=who,
                 dying=f["dying"], exiting=f["exiting"], pod=f["pod"], gfp_no_fs_io=f["gfp_no_fs_io"],
-                behind=f["behind"], recent_stack=f["recent_stack"])
+                behind=f["behind"], beside=f["beside"], recent_stack=f["recent_stack"])
             stalls.append(stall(tid, dur_s=rng.choice([11.0, 12.5, 30.0])))
         apart = {tid: twin(d) for tid, d in details.items()}
         assert report.render_json(block(stalls, details)) == report.render_json(block(stalls, apart))

@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """kernel/taskiter.py: the task iterator's records decoded as /proc says them,
 its -D flags from BTF, and a block's TaskReader taking states from it (the
-real iterator against /proc: tests/kernel/test_procfs_kernel.py)."""
+real iterator against /proc: tests/kernel/test_task_iter_kernel.py)."""
 
 from __future__ import annotations
 
@@ -95,11 +95,13 @@ def test_no_defines_before_v5_8_or_with_fields_of_another_width():
         taskiter.defines(Btf(iter_kernel("status")))
 
 
-def stat_tree(root: Path, tids: list[int], state: str = "S") -> None:
+def stat_tree(root: Path, tids: list[int], state: str = "S", signal: int = 0) -> None:
     for tid in tids:
         d = root / "100" / "task" / str(tid)
         d.mkdir(parents=True, exist_ok=True)
-        (d / "stat").write_text(f"{tid} (w) {state} " + " ".join(["0"] * 40) + "\n")
+        fields = ["0"] * 40
+        fields[27] = str(signal)  # the 29th field after comm, state being the first
+        (d / "stat").write_text(f"{tid} (w) {state} " + " ".join(fields) + "\n")
         (d / "status").write_text("Uid:\t0\t0\t0\t0\n")
         (d / "cgroup").write_text("4:memory:/box\n")
         (d / "stack").write_text("")
@@ -119,15 +121,16 @@ def reader(root: Path, states: dict[int, tuple[str, TaskFlags]] | None, reads: l
 
 def test_a_big_block_takes_states_from_one_read_and_a_task_it_lacks_from_stat(tmp_path):
     tids = list(range(1000, 1000 + taskiter.STATES_AT_ONCE_FROM))
-    stat_tree(tmp_path, tids, state="S")  # /proc would say S: the bulk read must win where it says
+    stat_tree(tmp_path, tids, state="S", signal=SIGKILL_BIT)  # /proc would say S and dying: the bulk read wins
     said = {t: ("D", TaskFlags(dying=t == 1001, exiting=False)) for t in tids[1:]}  # not the first one
     reads: list[int] = []
     r = reader(tmp_path, said, reads)
     r.new_block(len(tids))
     assert reads == [1]
     assert r.detail(wait(1001)).state == "D" and r.detail(wait(1001)).dying
-    assert r.brief(100, 1002, {}, wait(1002)).dying is False
-    assert r.detail(wait(1000)).state == "S"  # the iterator did not say it: its stat did
+    assert r.brief(100, 1002, {}, wait(1002)).dying is False  # the bulk read's, not the stat file's
+    first = r.detail(wait(1000))
+    assert first.state == "S" and first.dying  # the iterator did not say it: its stat did
 
 
 def test_a_small_block_or_a_failed_read_reads_each_stat(tmp_path):
@@ -147,3 +150,22 @@ def test_a_small_block_or_a_failed_read_reads_each_stat(tmp_path):
     r.new_block(10_000)
     r.forget_states()  # the block has read its tasks
     assert r.detail(wait(1000)).state == "S"
+
+
+def test_every_task_at_once_only_where_one_read_costs_less_than_the_stat_files():
+    assert not taskiter.states_at_once(99, 0) and taskiter.states_at_once(100, 0)
+    # 120,000 tasks on the host: one read costs what 10,000 stat files do
+    assert not taskiter.states_at_once(9_999, 120_000) and taskiter.states_at_once(10_000, 120_000)
+
+
+def test_the_reader_learns_the_host_s_tasks_from_its_last_read(tmp_path):
+    stat_tree(tmp_path, [1000])
+    reads: list[int] = []
+    host = {t: ("S", TaskFlags(dying=False, exiting=False)) for t in range(2400)}  # 2,400 tasks: 200 a stat file
+    r = reader(tmp_path, host, reads)
+    r.new_block(150)
+    assert reads == [1]  # nothing known of the host yet: 100 is enough
+    r.new_block(150)
+    assert reads == [1]  # 150 stat files cost less than one read of 2,400 tasks
+    r.new_block(200)
+    assert reads == [1, 1]
