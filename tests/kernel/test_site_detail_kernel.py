@@ -283,8 +283,8 @@ def test_a_journal_thread_waiting_on_the_same_writeback_is_listed_beside_the_tas
 
         try:
             # dd may also wait on the journal (not a memory wait) between its reclaim waits
-            assert d.wait_for(lambda rs: len(together(rs)) >= 3, 120), (
-                f"no block with dd on {loop} and {jbd2} in its writeback wait", what_jbd2_did())
+            assert d.wait_for(lambda rs: len(together(rs)) >= 3, 120), (  # in full: pytest cuts a tuple short
+                f"no block with dd on {loop} and {jbd2} in its writeback wait: {what_jbd2_did()}")
         finally:
             disk.stop_writer(dd)
     assert d.stop() == 0
