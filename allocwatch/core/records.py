@@ -258,21 +258,18 @@ def _task_dict(group: list[Stall], detail: TaskDetail, shared: Shared | None = N
         "pid": w.pid,
         "comm": shared.get(w.comm, escape) if shared is not None else escape(w.comm),
         "site": w.site.label,
-        "duration_s": round(s.duration_ns / NS_PER_S, 3),
-        "wait_s": round(s.own_ns / NS_PER_S, 3),
+        "duration_s": seconds(s.duration_ns),
+        "wait_s": seconds(s.own_ns),
         "start_known": w.start_known,
         "level": s.level,
         "new": s.first,
-        "gfp": None if w.gfp is None else f"{w.gfp:#x}",
+        "gfp": gfp_text(w.gfp),
         "gfp_flags": detail.gfp_flags,
         "order": w.order,
         "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]],
     }
     d.update(shared.detail(detail) if shared is not None else detail_fields(detail))
-    pause = w.dirty_pause
-    d["reclaimed_so_far_pages"] = w.reclaimed_pages  # site_detail's, without its dict
-    d["dirty_pause"] = dataclasses.asdict(pause) if pause is not None else None
-    d["writeback"] = writeback_dict(w, detail.writeback_device) if w.writeback is not None else None
+    d.update(site_detail(w, detail.writeback_device))
     return d
 
 

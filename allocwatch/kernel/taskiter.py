@@ -34,6 +34,7 @@ from allocwatch.kernel.wire import TaskNow
 DEFINE = "AW_TASK_ITER"
 FN = "bpf_iter__task"  # bcc attaches a bpf_iter__<target> function to that iterator target
 RECORD_BYTES = ctypes.sizeof(TaskNow)
+FIELDS = RECORD_BYTES // ctypes.sizeof(ctypes.c_uint32)  # all of them 32-bit
 # A block that reads this many tasks' states or more reads every task's at once
 # (kernel/tasks.py); a smaller one reads their stat files. One stat file (11.1
 # us here) costs what the iterator's read and decoding cost for 12 tasks of the
@@ -47,7 +48,7 @@ def states_at_once(tasks: int, host_tasks: int) -> bool:
     """Whether a block reading `tasks` tasks' states reads every task's at once,
     on a host whose last read of them gave `host_tasks` (0: none yet)."""
     return tasks >= max(STATES_AT_ONCE_FROM, host_tasks // HOST_TASKS_PER_STAT_READ)
-FIELDS = RECORD_BYTES // ctypes.sizeof(ctypes.c_uint32)  # all of them 32-bit
+
 
 # include/linux/sched.h. The bits a state may carry that /proc's letter ignores:
 # TASK_WAKEKILL (0x100), TASK_FREEZABLE (0x2000) and __TASK_FREEZABLE_UNSAFE
@@ -60,10 +61,6 @@ TASK_NOLOAD = 0x400
 TASK_IDLE = TASK_UNINTERRUPTIBLE | TASK_NOLOAD
 FREEZER_BITS = 0x2000 | 0x4000
 SAID = TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE | TASK_WAKEKILL | TASK_NOLOAD | FREEZER_BITS
-
-_FLAGS = {(dying, exiting): TaskFlags(dying=dying, exiting=exiting) for dying in (False, True)
-          for exiting in (False, True)}
-_SAID: dict[tuple[str, bool, bool], tuple[str, TaskFlags]] = {}  # each (letter, flags) made once, shared
 
 
 def letter(state: int, exit_state: int) -> str | None:
@@ -84,22 +81,25 @@ def decode(data: bytes) -> dict[int, tuple[str, TaskFlags]]:
     torn last record is dropped. 10,000 tasks: a few ms, not 10,000 reads."""
     words = array.array("I")
     words.frombytes(data[: len(data) - len(data) % RECORD_BYTES])
-    letters: dict[int, str | None] = {}
+    # a handful of distinct (state, dying, exiting) on a host: each decoded once, its answer shared
+    made: dict[tuple[int, int, bool, bool], tuple[str, TaskFlags] | None] = {}
     out: dict[int, tuple[str, TaskFlags]] = {}
     n = FIELDS
     for tid, state, exit_state, flags, signal in zip(words[0::n], words[1::n], words[2::n], words[3::n],
                                                      words[4::n], strict=True):
-        key = state if not exit_state else -1
-        said = letters.get(key, "")
-        if said == "":
-            said = letters[key] = letter(state, exit_state)
+        key = (state, exit_state, bool(signal & SIGKILL_MASK), bool(flags & PF_EXITING))
+        if key in made:
+            said = made[key]
+        else:
+            said = made[key] = _said(*key)
         if said is not None:
-            key3 = (said, bool(signal & SIGKILL_MASK), bool(flags & PF_EXITING))
-            both = _SAID.get(key3)
-            if both is None:
-                both = _SAID[key3] = (said, _FLAGS[key3[1], key3[2]])
-            out[tid] = both
+            out[tid] = said
     return out
+
+
+def _said(state: int, exit_state: int, dying: bool, exiting: bool) -> tuple[str, TaskFlags] | None:
+    said = letter(state, exit_state)
+    return (said, TaskFlags(dying=dying, exiting=exiting)) if said is not None else None
 
 
 def defines(btf: Btf) -> list[str]:
