@@ -68,6 +68,30 @@ def _reader(group: memcg.MemCgroup, path: Path) -> subprocess.Popen[Any]:
     return group.spawn([sys.executable, "-c", code], stdout=subprocess.DEVNULL)
 
 
+def _waits_checked(rows: list[tuple[str, dict[str, Any]]]) -> int:
+    """One task's memcg reclaim reports and episode ends: each wait's count of pages
+    so far only grows, and the last wait's stays within what its end says it freed;
+    how many ended waits had pages so far."""
+    checked = 0
+    seen: list[int] = []  # so far, in the reports of the wait now open
+    waited_s = 0.0  # how long that wait had lasted at its last report
+    for kind, rec in rows:
+        if kind == "stall":
+            assert isinstance(rec["reclaimed_so_far_pages"], int), rec
+            if seen and rec["wait_s"] < waited_s:  # another wait of the same episode began
+                assert seen == sorted(seen), seen  # the last one's count only grew
+                seen = []
+            seen.append(rec["reclaimed_so_far_pages"])
+            waited_s = rec["wait_s"]
+            continue
+        if seen and rec.get("exact") and rec.get("reclaimed_pages") is not None:
+            assert seen == sorted(seen), seen  # a wait's count only grows
+            assert max(seen) <= rec["reclaimed_pages"], (seen, rec)
+            checked += max(seen) > 0
+        seen = []
+    return checked
+
+
 @pytest.mark.requires_cgroup_v1_blkio
 def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
     """Memcg reclaim waiting on a slow device (dd's memcg reclaim waits seconds on writeback of a 512 KiB/s device)
@@ -121,19 +145,7 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
         sparse.unlink(missing_ok=True)
         sparse.parent.rmdir()
     assert d.stop() == 0
-    checked = 0
-    for rows in _memcg_reclaim_records(d, pids).values():
-        seen: list[int] = []  # so far, in the reports of the wait now open
-        for kind, rec in rows:
-            if kind == "stall":
-                assert isinstance(rec["reclaimed_so_far_pages"], int), rec
-                seen.append(rec["reclaimed_so_far_pages"])
-                continue
-            if seen and rec.get("exact") and rec.get("reclaimed_pages") is not None:
-                assert seen == sorted(seen), seen  # a wait's count only grows
-                assert max(seen) <= rec["reclaimed_pages"], (seen, rec)
-                checked += max(seen) > 0
-            seen = []
+    checked = sum(_waits_checked(rows) for rows in _memcg_reclaim_records(d, pids).values())
     assert checked >= 1, _memcg_reclaim_records(d, pids)  # a wait with pages so far, and its end
 
 
