@@ -2,10 +2,11 @@
 """Reading a BPF hash map whole, every scan, at the cost of what changed.
 
 A scan reads every entry of the in-flight maps, and with 10,000 tasks stalled
-nearly all of them are the bytes the last scan read. `MapReader` makes one
-BPF_MAP_LOOKUP_BATCH call (v5.6, cb4d03ab499d) into two buffers it keeps from
-scan to scan, copies out only the bytes the entries fill, and decodes an entry
-only when its key is new or its value's bytes differ from the last read: an
+nearly all of them are the bytes the last scan read. `MapReader` reads them by
+BPF_MAP_LOOKUP_BATCH calls (v5.6, cb4d03ab499d) of at most BATCH_ENTRIES entries
+into two small buffers it keeps from scan to scan, copies out the bytes the
+entries fill, and decodes an entry only when its key is new or its value's
+bytes differ from the last read: an
 unchanged entry gives back the very object decoded before, so the layers above
 can keep what they derived from it by identity.
 
@@ -29,6 +30,7 @@ BatchLookup = Callable[..., int]
 
 
 CHUNK = 64  # entries compared at once when the keys have not moved
+BATCH_ENTRIES = 1024  # entries a batch call fills at most (a bucket bigger than that: more)
 _INT_KEYS = {4: "I", 8: "Q"}  # key sizes read as native unsigned ints (memoryview formats)
 ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
 
@@ -49,70 +51,71 @@ class MapReader(Generic[T]):
         self._max = max_entries
         self._batch = batch
         self._decode = decode
-        # Anonymous mappings, not ctypes buffers: a page costs memory only once the
-        # kernel has written entries into it (32,768 waits of 64 bytes: 2 MiB
-        # zero-filled at start otherwise, for a map that is empty when all is well).
-        self._kmap = mmap.mmap(-1, max(key_size * max_entries, 1))
-        self._vmap = mmap.mmap(-1, max(value_size * max_entries, 1))
-        self._keys = (ctypes.c_char * len(self._kmap)).from_buffer(self._kmap)
-        self._values = (ctypes.c_char * len(self._vmap)).from_buffer(self._vmap)
-        self._high = 0  # the most entries a read has held since the buffers were last given back
-        self._can_give_back = True  # False once madvise refused (locked memory)
+        self._room = 0  # entries a batch call may fill (_buffers)
+        self._buffers(min(max_entries, BATCH_ENTRIES))
         self._last: dict[bytes, tuple[bytes, T]] = {}
         self._index: dict[int, int] = {}  # int keys: the entry's place in the last read (_pos)
         self._pos: tuple[bytes, bytes, list[T]] | None = None  # the last read: keys, values, objects
         self._walk: Callable[[], Iterable[tuple[bytes, bytes]]] | None = None
         self.decoded = 0  # entries decoded since start (new or changed), for tests and benchmarks
+        self.calls = 0  # batch calls since start
+
+    def _buffers(self, room: int) -> None:
+        """Buffers for `room` entries a call. Anonymous mappings, not ctypes
+        buffers: a page costs memory only once the kernel has written into it."""
+        self._room = max(room, 1)
+        self._kmap = mmap.mmap(-1, self._ks * self._room)
+        self._vmap = mmap.mmap(-1, self._vs * self._room)
+        self._keys = (ctypes.c_char * len(self._kmap)).from_buffer(self._kmap)
+        self._values = (ctypes.c_char * len(self._vmap)).from_buffer(self._vmap)
 
     def raw(self) -> tuple[bytes, bytes, int]:
-        """The map's keys and values, packed, and how many entries there are."""
+        """The map's keys and values, packed, and how many entries there are.
+
+        A call fills at most BATCH_ENTRIES entries and its bytes are copied out
+        before the next: the copy is what the next read compares against, so a
+        buffer the size of the map would hold its bytes twice (10,000 task
+        accounts: 3.4 MB more)."""
         in_token = ctypes.c_uint32(0)
         out_token = ctypes.c_uint32(0)
         count = ctypes.c_uint32(0)
+        ks, vs = self._ks, self._vs
+        keys: list[bytes] = []
+        values: list[bytes] = []
         total = 0
         while total < self._max:
-            count.value = self._max - total
+            count.value = min(self._room, self._max - total)
+            self.calls += 1
             rc = self._batch(self._fd, ctypes.byref(in_token) if total else None, ctypes.byref(out_token),
-                             ctypes.byref(self._keys, self._ks * total), ctypes.byref(self._values, self._vs * total),
-                             ctypes.byref(count))
+                             self._keys, self._values, ctypes.byref(count))
             err = ctypes.get_errno() if rc else 0
             if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and total == 0:
                 raise BatchUnsupported(f"map fd {self._fd}: {errno.errorcode.get(err, str(err))}")
+            if err == errno.ENOSPC and count.value == 0 and self._room < self._max:
+                # one bucket holds more entries than a call's room: a bigger
+                # buffer, and the same bucket again
+                self._buffers(min(self._room * 2, self._max))
+                continue
             if err not in (0, errno.ENOENT, errno.ENOSPC):
                 # ENOENT: the whole map was read; ENOSPC: a bucket bigger than the
-                # room left, which a buffer of max_entries rules out but for races.
+                # room left (the buffer already holds the whole map: a race).
                 # Otherwise count may be what was passed in (an old kernel leaves it).
                 raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on map fd {self._fd}: {errno.errorcode.get(err, err)}")
-            total += count.value
-            if rc == 0 and count.value:  # the buffer filled before the map ended: go on after out_token
+            n = count.value
+            if n:
+                keys.append(self._kmap[:ks * n])
+                values.append(self._vmap[:vs * n])
+            total += n
+            if rc == 0 and n:  # the buffer filled before the map ended: go on after out_token
                 in_token.value = out_token.value
                 continue
             break
-        self._give_back(total)
-        return (ctypes.string_at(self._keys, self._ks * total), ctypes.string_at(self._values, self._vs * total),
-                total)
-
-    def _give_back(self, n: int) -> None:
-        """After a read of n entries, hand the pages past them back to the kernel
-        once the map has shrunk to a quarter of its high mark (a storm that ended)."""
-        if n >= self._high:
-            self._high = n
-            return
-        if n * 4 > self._high:
-            return
-        for buf, size in ((self._kmap, self._ks), (self._vmap, self._vs)):
-            start = -(-n * size // mmap.PAGESIZE) * mmap.PAGESIZE
-            if start < len(buf) and self._can_give_back:
-                try:
-                    buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
-                except OSError:
-                    # EINVAL: the pages are locked (the daemon's mlockall after load
-                    # covers these buffers), and locked pages cannot be given back.
-                    self._can_give_back = False
-        self._high = n
+        if len(keys) == 1:
+            return keys[0], values[0], total
+        return b"".join(keys), b"".join(values), total
 
     def read(self) -> list[T]:
-        """Every entry, decoded: by one batch call, or by the walk on a kernel without it."""
+        """Every entry, decoded: by batch calls, or by the walk on a kernel without it."""
         if self._walk is not None:
             return self.decode_all(self._walk())
         keys, values, n = self.raw()

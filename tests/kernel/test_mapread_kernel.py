@@ -1,0 +1,117 @@
+# SPDX-License-Identifier: Apache-2.0
+"""MapReader on real BPF hash maps: a map of thousands of entries read a batch
+at a time, in the kernel's own bucket order, gives every entry once, and a
+read after changes decodes only what changed.
+
+The maps are made, filled and changed through libbcc's C calls (ctypes), the
+ones the daemon's source reads with, so no program needs to run."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import random
+
+import pytest
+
+from allocwatch.kernel.mapread import BATCH_ENTRIES, MapReader
+
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_LRU_HASH = 9
+VALUE_BYTES = 344  # a task account's size
+MAX_ENTRIES = 32768
+
+
+@pytest.fixture(scope="module")
+def libbcc() -> ctypes.CDLL:
+    lib = ctypes.CDLL("libbcc.so.0", use_errno=True)
+    lib.bcc_create_map.restype = ctypes.c_int
+    lib.bcc_create_map.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                   ctypes.c_int]
+    for fn in (lib.bpf_update_elem, lib.bpf_delete_elem):
+        fn.restype = ctypes.c_int
+    lib.bpf_update_elem.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_ulonglong]
+    lib.bpf_delete_elem.argtypes = [ctypes.c_int, ctypes.c_void_p]
+    lib.bpf_lookup_batch.restype = ctypes.c_int
+    return lib
+
+
+def _value(tid: int, gen: int) -> bytes:
+    return (tid.to_bytes(4, "little") + gen.to_bytes(4, "little")) * (VALUE_BYTES // 8)
+
+
+class RealMap:
+    def __init__(self, lib: ctypes.CDLL, map_type: int) -> None:
+        self.lib = lib
+        self.fd = lib.bcc_create_map(map_type, f"aw_t{os.getpid() % 10000}".encode(), 4, VALUE_BYTES,
+                                     MAX_ENTRIES, 0)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), f"bcc_create_map: {os.strerror(ctypes.get_errno())}")
+
+    def put(self, tid: int, value: bytes) -> None:
+        key = ctypes.c_uint32(tid)
+        buf = ctypes.create_string_buffer(value, len(value))
+        assert self.lib.bpf_update_elem(self.fd, ctypes.byref(key), buf, 0) == 0, os.strerror(ctypes.get_errno())
+
+    def delete(self, tid: int) -> None:
+        key = ctypes.c_uint32(tid)
+        assert self.lib.bpf_delete_elem(self.fd, ctypes.byref(key)) == 0, os.strerror(ctypes.get_errno())
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@pytest.mark.parametrize("map_type", [BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_LRU_HASH], ids=["hash", "lru_hash"])
+def test_a_map_of_thousands_is_read_whole_a_batch_at_a_time_and_only_changes_decoded(libbcc, map_type):
+    m = RealMap(libbcc, map_type)
+    try:
+        rng = random.Random(7)
+        want = {tid: _value(tid, 0) for tid in rng.sample(range(1, 4_000_000), 5000)}
+        for tid, v in want.items():
+            m.put(tid, v)
+        decoded: list[int] = []
+
+        def decode(k: bytes, v: bytes) -> tuple[int, bytes]:
+            tid = int.from_bytes(k, "little")
+            decoded.append(tid)
+            return tid, bytes(v)
+
+        r = MapReader(m.fd, 4, VALUE_BYTES, MAX_ENTRIES, libbcc.bpf_lookup_batch, decode)
+        first = r.read()
+        assert len(first) == len(want) and dict(first) == want  # each entry once, none missed
+        assert r.calls >= -(-len(want) // BATCH_ENTRIES)  # no call filled more than a batch
+        assert len(decoded) == len(want)
+
+        again = r.read()
+        assert again is first and len(decoded) == len(want)  # nothing changed: nothing decoded
+
+        changed = rng.sample(sorted(want), 3)
+        for tid in changed:
+            want[tid] = _value(tid, 1)
+            m.put(tid, want[tid])
+        third = r.read()
+        assert dict(third) == want and sorted(decoded[len(want):]) == sorted(changed)
+
+        gone = rng.sample(sorted(set(want) - set(changed)), 10)
+        for tid in gone:
+            m.delete(tid)
+            del want[tid]
+        new = [tid for tid in range(4_000_001, 4_000_011)]
+        for tid in new:
+            want[tid] = _value(tid, 2)
+            m.put(tid, want[tid])
+        before = len(decoded)
+        fourth = r.read()
+        assert dict(fourth) == want and len(fourth) == len(want)
+        assert sorted(decoded[before:]) == new  # the keys moved: only the new ones decoded
+    finally:
+        m.close()
+
+
+def test_an_empty_real_map_reads_empty(libbcc):
+    m = RealMap(libbcc, BPF_MAP_TYPE_HASH)
+    try:
+        r = MapReader(m.fd, 4, VALUE_BYTES, MAX_ENTRIES, libbcc.bpf_lookup_batch, lambda k, v: (k, v))
+        assert r.read() == [] and r.calls == 1  # ENOENT at once: empty, not an error
+    finally:
+        m.close()
