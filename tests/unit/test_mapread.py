@@ -110,3 +110,32 @@ def test_entries_written_in_place_are_compared_by_position_and_only_the_changed_
     fake.entries[201] = 201  # a new key: the keys moved, the lookup by key decodes only it
     third = r.read()
     assert len(decoded) == 202 and third[129] is again[129] and third[-1] == (201, 201)
+
+
+def test_what_a_read_keeps_is_its_objects_and_digests_not_the_values_bytes():
+    import tracemalloc
+
+    class Wide(FakeMap):  # values of 344 bytes, as task accounts are: the fake's value, then a pattern
+        def __call__(self, fd, in_batch, out_batch, keys, values, count):
+            rc = super().__call__(fd, in_batch, out_batch, keys, ctypes.c_void_p(self.scratch), count)
+            n = ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))[0]
+            for i in range(n):
+                ctypes.memset(values + i * 344, i % 251, 344)
+                ctypes.memmove(values + i * 344, self.scratch + i * 8, 8)
+            return rc
+
+    fake = Wide({tid: tid for tid in range(1, 10_001)}, per_call=100_000)
+    scratch = ctypes.create_string_buffer(8 * 32768)
+    fake.scratch = ctypes.addressof(scratch)
+    proto = ctypes.CFUNCTYPE(ctypes.c_int, *([ctypes.c_void_p] * 6), use_errno=True)
+    one = object()
+    r = mapread.MapReader(3, 4, 344, 32768, proto(fake), lambda k, v: one)
+    tracemalloc.start()
+    try:
+        r.read()
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert held < 400_000  # keys 40 KB, digests 80 KB, the list 80 KB; the values are 3.4 MB
+    fake.entries[77] = 7  # and a change is still seen
+    assert r.decoded == 10_000 and len(r.read()) == 10_000 and r.decoded == 10_001
