@@ -39,7 +39,7 @@ class DstateNamer:
         self._classify_after_ns = classify_after_ns
         self._named: dict[tuple[int, int], _Named] = {}
         self.stack_reads = 0
-        self._live: set[tuple[int, int]] = set()
+        self._seen: list[InflightWait] = []  # the sleeps of the last full name_all, for prune()
         self._seeded: set[tuple[int, int]] = set()
         self._unrelated: list[tuple[int, int]] = []  # (tid, start_ns) named "not a memory wait"
         self._last: tuple[list[InflightWait], list[Wait]] | None = None  # the last name_all: in, out
@@ -94,13 +94,11 @@ class DstateNamer:
                 and all(map(operator.is_, raws, last[0]))):
             return list(last[1])
         waits = []
-        live = self._live = set()
         self._pruned = False
         known = self._named
         unripe = 0
         for raw in raws:
             key = (raw.tid, raw.start_ns)
-            live.add(key)
             named = known.get(key)
             if named is None:
                 named = self._name(key, raw, now_ns)
@@ -115,7 +113,8 @@ class DstateNamer:
                 named.raw, named.wait = raw, wait
             waits.append(wait)
         self._unripe = unripe
-        self._last = (list(raws), waits)
+        self._seen = list(raws)
+        self._last = (self._seen, waits)
         return list(waits)
 
     def take_unrelated(self) -> list[tuple[int, int]]:
@@ -129,9 +128,11 @@ class DstateNamer:
         after one that gave its last answer again: the same sleeps as then)."""
         if self._pruned:
             return
-        for key in [k for k in self._named if k not in self._live]:
+        # made here, not kept: a set of 10,000 sleeps is about 1 MB
+        live = {(raw.tid, raw.start_ns) for raw in self._seen}
+        for key in [k for k in self._named if k not in live]:
             del self._named[key]
-        self._seeded &= self._live
+        self._seeded &= live
         self._pruned = True
 
     def name_end(self, end: WaitEnd) -> Ended | None:
