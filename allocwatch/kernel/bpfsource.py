@@ -499,23 +499,23 @@ class BpfSource:
         if len(entries) - len(out) > self.opts.max_waits // 2:
             key = self._bpf[b"waits"].Key
             self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if isinstance(w, _IdleWait)])
-        # The value is kept only for a dirty-throttle sleep, whose pause note may change its decoding.
+        # A row is the sleep; with its value for a dirty-throttle sleep, whose pause
+        # note may change its decoding; the tid alone for an entry with no sleep open.
         every = self._read_map("dwaits", lambda k, v: _dwait_row(_int(k), v))
         self._dwait_entries = len(every)
-        # the same rows, not new ones: 10,000 sleeps made 10,000 tuples a scan for the type's sake
-        open_rows = [e for e in every if e[2] is not None]
-        dwaits = cast(list[tuple[int, "wire.WaitValue | None", wire.InflightWait]], open_rows)
+        sleeps = [e for e in every if not isinstance(e, int)]
         if self._seeded:
-            self._forget_seeded_ended({tid: w.start_ns for tid, _, w in dwaits})
-        if len(every) - len(dwaits) > self.opts.max_dwaits // 2:
+            self._forget_seeded_ended({w.tid: w.start_ns for w in map(_sleep_of, sleeps)})
+        if len(every) - len(sleeps) > self.opts.max_dwaits // 2:
             key = self._bpf[b"dwaits"].Key
-            self._give_back_idle("dwaits", [key(tid) for tid, _, w in every if w is None])
-        if any(v is not None for _, v, _ in dwaits):
+            self._give_back_idle("dwaits", [key(e) for e in every if isinstance(e, int)])
+        if any(isinstance(e, _DirtySleep) for e in sleeps):
             pauses = self._dirty_pause_values()  # a pause note changes the decoding
-            out += [wire.decode_dwait(tid, v, SITE_DSTATE, pauses[tid]) if v is not None and tid in pauses else w
-                    for tid, v, w in dwaits]
+            out += [(wire.decode_dwait(e.wait.tid, e.value, SITE_DSTATE, pauses[e.wait.tid])
+                     if e.wait.tid in pauses else e.wait) if isinstance(e, _DirtySleep) else e
+                    for e in sleeps]
         else:
-            out += [w for _, _, w in dwaits]
+            out += cast(list[wire.InflightWait], sleeps)
         return self._with_writeback(out)
 
     def _with_writeback(self, waits: list[wire.InflightWait]) -> list[wire.InflightWait]:
@@ -783,11 +783,27 @@ class _IdleWait(NamedTuple):
     site: int
 
 
-def _dwait_row(tid: int, v: wire.WaitValue) -> tuple[int, wire.WaitValue | None, wire.InflightWait | None]:
-    """(tid, the value if a dirty-throttle sleep, the sleep); None for the task's entry with no sleep open."""
+@dataclass(frozen=True, slots=True)
+class _DirtySleep:
+    """A dirty-throttle sleep read from the D-state map, with its value: the
+    pause note balance_dirty_pages left may change how it decodes."""
+
+    value: wire.WaitValue
+    wait: wire.InflightWait
+
+
+def _dwait_row(tid: int, v: wire.WaitValue) -> wire.InflightWait | _DirtySleep | int:
+    """The sleep (no tuple a row: 10,000 sleeps held 10,000 of 64 bytes); a
+    dirty-throttle one with its value; the tid alone for the task's entry with
+    no sleep open."""
     if not v.start_ns:
-        return tid, None, None
-    return tid, v if v.site_hint == Site.DIRTY_THROTTLE else None, wire.decode_dwait(tid, v, SITE_DSTATE)
+        return tid
+    w = wire.decode_dwait(tid, v, SITE_DSTATE)
+    return _DirtySleep(v, w) if v.site_hint == Site.DIRTY_THROTTLE else w
+
+
+def _sleep_of(row: wire.InflightWait | _DirtySleep) -> wire.InflightWait:
+    return row.wait if isinstance(row, _DirtySleep) else row
 
 
 def _int(v: Any) -> int:

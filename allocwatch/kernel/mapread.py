@@ -140,7 +140,8 @@ class MapReader(Generic[T]):
         fmt = _INT_KEYS[ks]
         ids: list[int] = memoryview(keys).cast(fmt).tolist()  # type: ignore[call-overload]
         last: dict[int, int] = {}
-        old, objs = _NO_DIGESTS, []
+        old: array.array[int] = _NO_DIGESTS
+        objs: list[T] = []
         if self._pos is not None:
             old_keys, _, old, objs = self._pos
             last = dict(zip(memoryview(old_keys).cast(fmt).tolist(), range(len(objs)), strict=True))  # type: ignore[call-overload]
