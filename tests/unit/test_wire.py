@@ -187,6 +187,22 @@ def test_a_task_account_carries_its_busy_time_and_the_masks_it_asked_with():
     assert a.busy_ns == 5 and a.gfp_waits == ((0xC40, 11), (0xCC0, 2))
 
 
+def test_threads_of_one_process_share_their_pid_and_equal_masks_not_copies():
+    def acct(tid: int, pid: int, waits: int) -> wire.TaskAcct:
+        v = wire.TaskAcct(pid=pid, comm=b"stall")
+        v.gfp_mask[0], v.gfp_waits[0] = 0x100CCA, waits
+        return v
+
+    a, b = wire.decode_acct(70001, acct(70001, 70000, 18)), wire.decode_acct(70002, acct(70002, 70000, 18))
+    c = wire.decode_acct(70003, acct(70003, 70000, 19))
+    assert a.pid == 70000 and a.pid is b.pid is c.pid
+    assert a.gfp_waits == b.gfp_waits == ((0x100CCA, 18),) and a.gfp_waits is b.gfp_waits
+    assert c.gfp_waits == ((0x100CCA, 19),)  # counted apart: its own
+    key = wire.WaitKey(tid=70001, site=3)
+    w1, w2 = wire.WaitValue(start_ns=1, pid=70000), wire.WaitValue(start_ns=2, pid=70000)
+    assert wire.decode_inflight(key, w1).pid is wire.decode_inflight(key, w2).pid is a.pid
+
+
 def test_oom_context_is_pinned_and_its_kind_where_every_record_has_it():
     assert ctypes.sizeof(wire.OomContextEvent) == 72
     assert {f: getattr(wire.OomContextEvent, f).offset for f, _ in wire.OomContextEvent._fields_} == {
