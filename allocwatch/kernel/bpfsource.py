@@ -27,7 +27,7 @@ from allocwatch.core.model import ShrinkCount
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.core.wbdevice import RECLAIM_SITES, NoteJoin
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import bpfstats, oomcontext, schedswitch, taskiter, wire
+from allocwatch.kernel import bpfstats, ksyms, oomcontext, schedswitch, taskiter, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
@@ -209,6 +209,7 @@ class BpfSource:
         # The maps read whole every scan, each entry decoded only when its bytes
         # change: a task stalled for minutes is the same entry every scan.
         self._readers: dict[str, MapReader[Any]] = {}
+        self._ksyms = ksyms.KernelSymbols()  # kernel addresses named (kernel/ksyms.py), not by bcc
         self._dup_fds: list[int] = []  # map fds kept past the module (_free_compiler)
         self.idle_given_back = 0  # map entries with no wait open deleted (_give_back_idle)
         self._dwait_entries = 0  # in the D-state map at the last read, open or not
@@ -577,8 +578,7 @@ class BpfSource:
         """The kernel function at `addr`, without its offset ("super_cache_scan")."""
         if self._bpf is None:
             return f"{addr:#x}"
-        name = self._bpf.ksym(addr).decode(errors="replace")
-        return name.split("+", 1)[0]
+        return self._ksyms.name(addr)
 
     def recent_stack(self, tid: int) -> list[str] | None:
         """The task's kernel stack when it last entered reclaim (at most a second
@@ -593,7 +593,7 @@ class BpfSource:
             addrs = list(self._bpf[b"stacks"].walk(seen.stack_id))
         except Exception:  # a missing entry: bcc raises KeyError, or a bare Exception
             return None
-        return [self._bpf.ksym(a).decode(errors="replace") for a in addrs]
+        return [self._ksyms.name(a) for a in addrs]
 
     def sigkill_ns(self, tid: int) -> int | None:
         """When a SIGKILL was last sent to this task (a process-wide one: to its
