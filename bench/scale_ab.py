@@ -2,6 +2,7 @@
 """The daemons of two (or more) commits side by side on N stalled tasks, every task listed.
 
     .venv/bin/python bench/scale_ab.py --tasks 10000 --seconds 20 --rounds 3 REV_A REV_B   (as root)
+    .venv/bin/python bench/scale_ab.py --default ...   the default settings instead
 
 Issue 30's condition (threshold 3 s, a scan every second, `max_tasks_per_block`
 above N, so every task is reported again at every level): N threads of one
@@ -43,7 +44,9 @@ def _tree(rev: str, into: Path) -> Path:
     return into
 
 
-def measure(revs: list[str], tasks: int, seconds: float, rounds: int) -> dict[str, list[dict[str, Any]]]:
+def measure(revs: list[str], tasks: int, seconds: float, rounds: int,
+            settings: dict[str, Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """`settings`: the daemon's (None: issue 30's condition; {}: the defaults)."""
     mode = figures.Mode("scale-ab", 1, 0, 0, 0, 0, 0, 0, (tasks,), THRESHOLD_S, seconds)
     out: dict[str, list[dict[str, Any]]] = {rev: [] for rev in revs}
     with tempfile.TemporaryDirectory(prefix="aw-bench-ab-") as tmp, workloads.threads_binary() as exe:
@@ -51,7 +54,7 @@ def measure(revs: list[str], tasks: int, seconds: float, rounds: int) -> dict[st
         for r in range(rounds):
             for rev in revs if r % 2 == 0 else reversed(revs):
                 tools.DAEMON_TREE = trees[rev]
-                x = figures.scale_one(exe, tasks, mode)
+                x = figures.scale_one(exe, tasks, mode, settings)
                 row = {"cpu_pct": 100 * x["cpu_s"] / x["wall_s"], "rss_anon_mib": x["rss_kb"]["RssAnon"] / 1024,
                        "late_max_s": x["late_max_s"], "reported": x["reported"], "stalled": x["stalled"],
                        "scan_mean_ms": x["scan_mean_s"] * 1e3}
@@ -74,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=20.0, help="the steady window (default 20)")
     ap.add_argument("--rounds", type=int, default=3, help="turns each commit takes (default 3)")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write every run's numbers as JSON")
+    ap.add_argument("--default", action="store_true",
+                    help="the default settings (threshold 10 s, blocks list 1,000 tasks), not issue 30's condition")
     args = ap.parse_args(argv)
     revs = [subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", r], capture_output=True, text=True,
                            check=True).stdout.strip() for r in args.revs]
-    got = measure(revs, args.tasks, args.seconds, args.rounds)
-    print(f"\n{args.tasks:,} stalled, every task listed, threshold {THRESHOLD_S} s, {args.seconds:g} s windows:")
+    got = measure(revs, args.tasks, args.seconds, args.rounds, {} if args.default else None)
+    how = "the default settings" if args.default else f"every task listed, threshold {THRESHOLD_S} s"
+    print(f"\n{args.tasks:,} stalled, {how}, {args.seconds:g} s windows:")
     for rev, rows in got.items():
         print(f"  {rev}: CPU {_spread([x['cpu_pct'] for x in rows], ' %')}; "
               f"RssAnon {_spread([x['rss_anon_mib'] for x in rows], ' MiB')}; "

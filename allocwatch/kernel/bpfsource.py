@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar, cast
+from typing import Any, TypeVar, cast
 
 from allocwatch.core.host import TaskFlags
 from allocwatch.core.model import ShrinkCount
@@ -493,13 +493,14 @@ class BpfSource:
         """All waits in flight now: pair-timed ones, then D-state sleeps (a
         dirty-throttle sleep with the pause balance_dirty_pages chose for it)."""
         progress = RECLAIM_PROGRESS.name in self._attached_tps
-        # start_ns 0: the task's entry, no wait open (kept as its key alone)
+        # start_ns 0: the task's entry, no wait open: one marker for them all (their
+        # keys are the reader's: 10,000 threads that once waited keep an entry each)
         entries = self._read_map("waits", lambda k, v: wire.decode_inflight(k, v, progress) if v.start_ns
-                                 else _IdleWait(k.tid, k.site))
-        out: list[wire.InflightWait] = [w for w in entries if not isinstance(w, _IdleWait)]
+                                 else _IDLE)
+        out: list[wire.InflightWait] = [w for w in entries if w is not _IDLE]
         if len(entries) - len(out) > self.opts.max_waits // 2:
             key = self._bpf[b"waits"].Key
-            self._give_back_idle("waits", [key(tid=w.tid, site=w.site) for w in entries if isinstance(w, _IdleWait)])
+            self._give_back_idle("waits", [key.from_buffer_copy(k) for k in self._readers["waits"].keys_of(_IDLE)])
         # A row is the sleep; with its value for a dirty-throttle sleep, whose pause
         # note may change its decoding; the tid alone for an entry with no sleep open.
         every = self._read_map("dwaits", lambda k, v: _dwait_row(_int(k), v))
@@ -775,12 +776,7 @@ def features_have(features: KernelFeatures, tp: Tracepoint) -> bool:
     return features.has_tracepoint(tp.name, tp.fields)
 
 
-class _IdleWait(NamedTuple):
-    """A task's entry with no wait open: 10,000 threads that once waited at a
-    site keep one each, and a decoded wait for each was 200 bytes more."""
-
-    tid: int
-    site: int
+_IDLE: Any = object()  # the waits map's entry of a task with no wait open there (inflight)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,16 +2,16 @@
 """Reading a BPF hash map whole, every scan, at the cost of what changed.
 
 A scan reads every entry of the in-flight maps, and with 10,000 tasks stalled
-nearly all of them are the bytes the last scan read. `MapReader` reads them by
-BPF_MAP_LOOKUP_BATCH calls (v5.6, cb4d03ab499d) of at most BATCH_ENTRIES entries
-into two small buffers it keeps from scan to scan, copies out the bytes the
-entries fill, and decodes an entry only when its key is new or its value's
+nearly all of them are the bytes the last scan read. `MapReader` makes one
+BPF_MAP_LOOKUP_BATCH call (v5.6, cb4d03ab499d) into two buffers it keeps from
+scan to scan, and decodes an entry only when its key is new or its value's
 bytes differ from the last read: an unchanged entry gives back the very object
 decoded before, so the layers above can keep what they derived from it by
 identity.
 
 What the next read compares against is a digest of each value and of each run
-of CHUNK values, not their bytes (10,000 task accounts: 3.4 MB): Python's own
+of CHUNK values, not a copy of their bytes (10,000 task accounts: 3.4 MB), and
+the values are read where the kernel wrote them. The digest is Python's own
 hash of bytes, SipHash-1-3 with a key drawn at start, 64 bits, so a changed
 entry read as unchanged has odds of about 2**-64 a change.
 
@@ -36,7 +36,6 @@ BatchLookup = Callable[..., int]
 
 
 CHUNK = 64  # entries compared at once when the keys have not moved
-BATCH_ENTRIES = 1024  # entries a batch call fills at most (a bucket bigger than that: more)
 _INT_KEYS = {4: "I", 8: "Q"}  # key sizes read as native unsigned ints (memoryview formats)
 _NO_DIGESTS: array.array[int] = array.array("q")
 ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
@@ -58,8 +57,15 @@ class MapReader(Generic[T]):
         self._max = max_entries
         self._batch = batch
         self._decode = decode
-        self._room = 0  # entries a batch call may fill (_buffers)
-        self._buffers(min(max_entries, BATCH_ENTRIES))
+        # Anonymous mappings, not ctypes buffers: a page costs memory only once the
+        # kernel has written entries into it (32,768 waits of 64 bytes: 2 MiB
+        # zero-filled at start otherwise, for a map that is empty when all is well).
+        self._kmap = mmap.mmap(-1, max(key_size * max_entries, 1))
+        self._vmap = mmap.mmap(-1, max(value_size * max_entries, 1))
+        self._keys = (ctypes.c_char * len(self._kmap)).from_buffer(self._kmap)
+        self._values = (ctypes.c_char * len(self._vmap)).from_buffer(self._vmap)
+        self._high = 0  # the most entries a read has held since the buffers were last given back
+        self._can_give_back = True  # False once madvise refused (locked memory)
         self._last: dict[bytes, tuple[bytes, T]] = {}
         # the last read: its keys, the digest of each run of CHUNK values and of each value, its objects
         self._pos: tuple[bytes, list[int], array.array[int], list[T]] | None = None
@@ -67,62 +73,56 @@ class MapReader(Generic[T]):
         self.decoded = 0  # entries decoded since start (new or changed), for tests and benchmarks
         self.calls = 0  # batch calls since start
 
-    def _buffers(self, room: int) -> None:
-        """Buffers for `room` entries a call. Anonymous mappings, not ctypes
-        buffers: a page costs memory only once the kernel has written into it."""
-        self._room = max(room, 1)
-        self._kmap = mmap.mmap(-1, self._ks * self._room)
-        self._vmap = mmap.mmap(-1, self._vs * self._room)
-        self._keys = (ctypes.c_char * len(self._kmap)).from_buffer(self._kmap)
-        self._values = (ctypes.c_char * len(self._vmap)).from_buffer(self._vmap)
-
-    def raw(self) -> tuple[bytes, bytes, int]:
-        """The map's keys and values, packed, and how many entries there are.
-
-        A call fills at most BATCH_ENTRIES entries and its bytes are copied out
-        before the next: a buffer the size of the map would keep pages the size
-        of the map resident from its largest read on (10,000 task accounts:
-        3.4 MB)."""
+    def raw(self) -> tuple[bytes, mmap.mmap, int]:
+        """The map's keys, packed; the buffer its values are packed in (read it
+        before the next read: it is not copied); how many entries there are."""
         in_token = ctypes.c_uint32(0)
         out_token = ctypes.c_uint32(0)
         count = ctypes.c_uint32(0)
-        ks, vs = self._ks, self._vs
-        keys: list[bytes] = []
-        values: list[bytes] = []
         total = 0
         while total < self._max:
-            count.value = min(self._room, self._max - total)
+            count.value = self._max - total
             self.calls += 1
             rc = self._batch(self._fd, ctypes.byref(in_token) if total else None, ctypes.byref(out_token),
-                             self._keys, self._values, ctypes.byref(count))
+                             ctypes.byref(self._keys, self._ks * total), ctypes.byref(self._values, self._vs * total),
+                             ctypes.byref(count))
             err = ctypes.get_errno() if rc else 0
             if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and total == 0:
                 raise BatchUnsupported(f"map fd {self._fd}: {errno.errorcode.get(err, str(err))}")
-            if err == errno.ENOSPC and count.value == 0 and self._room < self._max:
-                # one bucket holds more entries than a call's room: a bigger
-                # buffer, and the same bucket again
-                self._buffers(min(self._room * 2, self._max))
-                continue
             if err not in (0, errno.ENOENT, errno.ENOSPC):
                 # ENOENT: the whole map was read; ENOSPC: a bucket bigger than the
-                # room left (the buffer already holds the whole map: a race).
+                # room left, which a buffer of max_entries rules out but for races.
                 # Otherwise count may be what was passed in (an old kernel leaves it).
                 raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on map fd {self._fd}: {errno.errorcode.get(err, err)}")
-            n = count.value
-            if n:
-                keys.append(self._kmap[:ks * n])
-                values.append(self._vmap[:vs * n])
-            total += n
-            if rc == 0 and n:  # the buffer filled before the map ended: go on after out_token
+            total += count.value
+            if rc == 0 and count.value:  # the buffer filled before the map ended: go on after out_token
                 in_token.value = out_token.value
                 continue
             break
-        if len(keys) == 1:
-            return keys[0], values[0], total
-        return b"".join(keys), b"".join(values), total
+        self._give_back(total)
+        return ctypes.string_at(self._keys, self._ks * total), self._vmap, total
+
+    def _give_back(self, n: int) -> None:
+        """After a read of n entries, hand the pages past them back to the kernel
+        once the map has shrunk to a quarter of its high mark (a storm that ended)."""
+        if n >= self._high:
+            self._high = n
+            return
+        if n * 4 > self._high:
+            return
+        for buf, size in ((self._kmap, self._ks), (self._vmap, self._vs)):
+            start = -(-n * size // mmap.PAGESIZE) * mmap.PAGESIZE
+            if start < len(buf) and self._can_give_back:
+                try:
+                    buf.madvise(mmap.MADV_DONTNEED, start, len(buf) - start)
+                except OSError:
+                    # EINVAL: the pages are locked (the daemon's mlockall after load
+                    # covers these buffers), and locked pages cannot be given back.
+                    self._can_give_back = False
+        self._high = n
 
     def read(self) -> list[T]:
-        """Every entry, decoded: by batch calls, or by the walk on a kernel without it."""
+        """Every entry, decoded: by one batch call, or by the walk on a kernel without it."""
         if self._walk is not None:
             return self.decode_all(self._walk())
         keys, values, n = self.raw()
@@ -130,7 +130,8 @@ class MapReader(Generic[T]):
         if ks not in _INT_KEYS:
             return self.decode_all((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(n))
         step = CHUNK * vs
-        runs = [hash(values[off:off + step]) for off in range(0, n * vs, step)]
+        size = n * vs  # the buffer holds older bytes past the entries read now
+        runs = [hash(values[off:min(off + step, size)]) for off in range(0, size, step)]
         if self._pos is not None and self._pos[0] == keys:
             return self._read_in_place(keys, values, n, runs)
         # A key of 4 or 8 bytes is looked up as the int it packs (no slice, a cheap
@@ -157,7 +158,7 @@ class MapReader(Generic[T]):
         self._pos = (keys, runs, array.array("q", digests), out)  # 8 bytes a digest, not an int object
         return out
 
-    def _read_in_place(self, keys: bytes, values: bytes, n: int, runs: list[int]) -> list[T]:
+    def _read_in_place(self, keys: bytes, values: mmap.mmap, n: int, runs: list[int]) -> list[T]:
         """The same keys in the same order as the last read: entries written in
         place move nothing in a hash map, so the values are compared by position,
         a run of CHUNK entries at a time (10,000 stalled: a few changed entries a
@@ -185,6 +186,15 @@ class MapReader(Generic[T]):
                 out.append(obj)  # same keys, same places: the index stays right
         self._pos = (keys, runs, digests, out)
         return out
+
+    def keys_of(self, obj: object) -> list[bytes]:
+        """The keys of the last read's entries decoded as `obj` itself (one marker
+        object for entries of a kind, such as a task's entry with no wait open)."""
+        if self._walk is not None or self._pos is None:
+            return [k for k, (_, o) in self._last.items() if o is obj]
+        keys, _, _, objs = self._pos
+        ks = self._ks
+        return [keys[i * ks:(i + 1) * ks] for i, o in enumerate(objs) if o is obj]
 
     def fall_back(self, walk: Callable[[], Iterable[tuple[bytes, bytes]]]) -> None:
         """Read by `walk()` from now on (the kernel refused the batch call)."""

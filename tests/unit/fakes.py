@@ -159,13 +159,11 @@ class FakeMap:
     """A hash map behind a fake BPF_MAP_LOOKUP_BATCH: hands out at most `per_call`
     entries a call, with a bucket token, and ENOENT once the map is done."""
 
-    def __init__(self, entries: dict[int, int], per_call: int = 1000, err: int = 0, bucket: int = 1) -> None:
+    def __init__(self, entries: dict[int, int], per_call: int = 1000, err: int = 0) -> None:
         self.entries = entries
         self.per_call = per_call
         self.err = err
-        self.bucket = bucket  # entries the kernel hands out together, or none (ENOSPC)
         self.calls = 0
-        self.rooms: list[int] = []  # the room each call was given
 
     def __call__(self, fd, in_batch, out_batch, keys, values, count) -> int:
         self.calls += 1
@@ -175,11 +173,6 @@ class FakeMap:
         start = ctypes.cast(in_batch, ctypes.POINTER(ctypes.c_uint32))[0] if in_batch else 0
         items = sorted(self.entries.items())[start:]
         room = ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))
-        self.rooms.append(room[0])
-        if room[0] < min(self.bucket, len(items)):
-            room[0] = 0
-            ctypes.set_errno(errno.ENOSPC)
-            return -1
         n = min(room[0], self.per_call, len(items))
         kp = ctypes.cast(keys, ctypes.POINTER(ctypes.c_uint32))
         vp = ctypes.cast(values, ctypes.POINTER(ctypes.c_uint64))
