@@ -305,7 +305,12 @@ def test_tasks_parked_in_d_elsewhere_cannot_hide_a_memory_stall(tmp_path):
         assert any("D-state map full" in line for line in d.stderr), d.stderr
         assert d.stop() == 0
         stats = d.of_type("summary")[-1]["stats"]
-        assert stats["dwaits_unrelated_dropped"] >= 1000, stats
+        # Each parked sleep found a slot (then named and dropped) or found the map
+        # full. The host's own D sleeps keep slots too (a task's entry stays, idle,
+        # until idle ones fill half the map), so how many found room varies: a CI
+        # run had 926 dropped and 159 full, 15 short of 1,100.
+        assert stats["dwaits_unrelated_dropped"] + stats["dwaits_full"] >= 1050, stats
+        assert stats["dwaits_unrelated_dropped"] >= 512, stats
     finally:
         d.kill()
 
