@@ -126,9 +126,11 @@ def _waiting_now(waits: Sequence[Wait]) -> Wait | None:
 
 
 def _site_ns_delta(new: Acct, old: Acct | None) -> list[int]:
-    if old is None:
-        return list(new.wait_ns)
-    return [max(0, a - b) for a, b in zip(new.wait_ns, old.wait_ns, strict=False)]
+    """Per site number, as many as `new.waits`: the ns waited since `old` (a
+    wait_ns ends at its last site that waited: the rest are 0)."""
+    a, b = new.wait_ns, old.wait_ns if old is not None else ()
+    return [max(0, (a[i] if i < len(a) else 0) - (b[i] if i < len(b) else 0))
+            for i in range(max(len(new.waits), len(a)))]
 
 
 class Findings:

@@ -181,7 +181,7 @@ class Acct:
     tid: int
     pid: int
     comm: str
-    wait_ns: tuple[int, ...]  # by site number
+    wait_ns: tuple[int, ...]  # by site number; sites past its end waited 0 ns
     waits: tuple[int, ...]
     reclaim_passes: int
     reclaim_zero: int  # passes that freed nothing

@@ -299,3 +299,14 @@ def test_a_shrinker_slot_given_to_another_meanwhile_counts_from_its_new_start():
     run(f, 20, make)
     (x,) = f.active()  # as seen at t=20
     assert [(c.fn, c.calls) for c in x.shrinkers] == [(0xB, 6)]
+
+
+def test_window_deltas_read_a_wait_ns_that_ends_early_as_zeros_past_its_end():
+    from allocwatch.core.findings import _site_ns_delta
+
+    rest = (0,) * (NR_SITES - 4)
+    old = Acct(7, 7, "dd", (0, 5), (0, 1, 0, 0, *rest), 0, 0, 0)  # decoded accounts end at their last site
+    new = Acct(7, 7, "dd", (0, 9, 0, 4), (0, 2, 0, 1, *rest), 0, 0, 0)
+    assert _site_ns_delta(new, old) == [0, 4, 0, 4] + [0] * (NR_SITES - 4)
+    assert _site_ns_delta(old, new) == [0] * NR_SITES  # never below zero
+    assert _site_ns_delta(new, None) == [0, 9, 0, 4] + [0] * (NR_SITES - 4)

@@ -185,6 +185,11 @@ def test_a_task_account_carries_its_busy_time_and_the_masks_it_asked_with():
     v.gfp_mask[2], v.gfp_waits[2] = 0xCC0, 2
     a = wire.decode_acct(7, v)
     assert a.busy_ns == 5 and a.gfp_waits == ((0xC40, 11), (0xCC0, 2))
+    assert a.wait_ns == ()  # no site waited
+    v.wait_ns[3] = 7
+    assert wire.decode_acct(7, v).wait_ns == (0, 0, 0, 7)  # up to its last site that waited
+    v.wait_ns[sites.NR_SITES - 1] = 1
+    assert len(wire.decode_acct(7, v).wait_ns) == sites.NR_SITES
 
 
 def test_threads_of_one_process_share_their_pid_and_equal_masks_not_copies():
