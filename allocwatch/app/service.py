@@ -190,7 +190,7 @@ def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOu
         return journal.open_sink(on_error=preflight.say, on_fatal=lambda _err: stop.set())
     return FdSink(
         1,
-        render=lambda block: report.render_dicts(block, fmt[0]),
+        render=lambda block: report.render_pieces(block, fmt[0]),
         drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
         on_fatal=lambda _err: stop.set(),
         name="standard output",

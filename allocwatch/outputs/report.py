@@ -11,7 +11,7 @@ splits into the same `key=value` fields.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from allocwatch.core.records import Record, iso_time, limit_line, to_dict
@@ -477,6 +477,36 @@ def render_dicts(dicts: Sequence[Mapping[str, Any]], fmt: str) -> str:
     """A block of records, already turned into dicts, as one piece of text."""
     one = _json if fmt == "json" else _text
     return "".join(one(d) for d in dicts)
+
+
+# A JSON record with this many tasks or more is written a task at a time.
+STREAM_TASKS = 256
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # what _json's json.dumps makes
+_TASKS_HERE = "\x00allocwatch: the tasks go here"  # no comm or path holds a NUL
+
+
+def render_pieces(dicts: Sequence[Mapping[str, Any]], fmt: str) -> Iterator[str]:
+    """render_dicts' text, in pieces. In JSON a record's tasks are encoded one at a
+    time: a block of 10,000 listed tasks was one string of 9.5 MB, its bytes
+    another, and the encoder's list of its pieces on the way, and the memory
+    they took stayed with the daemon after."""
+    for d in dicts:
+        if fmt != "json":
+            yield _text(d)
+            continue
+        tasks = d.get("tasks")
+        if not isinstance(tasks, list) or len(tasks) < STREAM_TASKS:
+            yield _json(d)
+            continue
+        around = _ENCODER.encode({**d, "tasks": _TASKS_HERE}).split(_ENCODER.encode(_TASKS_HERE))
+        if len(around) != 2:  # the mark said twice: a value held it after all
+            yield _json(d)
+            continue
+        encode = _ENCODER.encode
+        yield around[0] + "[" + encode(tasks[0])
+        for t in tasks[1:]:
+            yield "," + encode(t)
+        yield "]" + around[1] + "\n"
 
 
 def render_drop_notice(dropped: int, time_s: float, fmt: str) -> str:

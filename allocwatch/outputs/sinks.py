@@ -20,7 +20,7 @@ import os
 import select
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from allocwatch.core.snapshot import Snapshot
@@ -123,7 +123,7 @@ class FdSink(QueuedOutput):
     def __init__(
         self,
         fd: int = 1,
-        render: Callable[[Block], str] = lambda block: "".join(map("{}\n".format, block)),
+        render: Callable[[Block], str | Iterable[str]] = lambda block: "".join(map("{}\n".format, block)),
         drop_notice: Callable[[int], str] = lambda n: f"allocwatch: {n} report block(s) dropped: output too slow\n",
         on_fatal: Callable[[AllocwatchError], None] = lambda err: None,
         max_blocks: int = DEFAULT_MAX_BLOCKS,
@@ -137,13 +137,22 @@ class FdSink(QueuedOutput):
         super().__init__(max_blocks, on_fatal)
 
     def _emit(self, block: Block, dropped_before: int) -> None:
-        text = self._render(block)
-        if dropped_before:
-            text = self._drop_notice(dropped_before) + text
-        write_all(self._fd, text.encode("utf-8", "backslashreplace"), self._name, _RESTART)
+        rendered = self._render(block)
+        pieces: Iterable[str] = (rendered,) if isinstance(rendered, str) else rendered
+        buf = [self._drop_notice(dropped_before)] if dropped_before else []
+        size = 0
+        for piece in pieces:  # written WRITE_CHARS at a time: a block is never one string whole
+            buf.append(piece)
+            size += len(piece)
+            if size >= WRITE_CHARS:
+                write_all(self._fd, "".join(buf).encode("utf-8", "backslashreplace"), self._name, _RESTART)
+                buf, size = [], 0
+        if buf:
+            write_all(self._fd, "".join(buf).encode("utf-8", "backslashreplace"), self._name, _RESTART)
 
 
 _RESTART = "the daemon stops so it can be restarted"
+WRITE_CHARS = 1 << 18  # a rendered block's pieces are joined and written this much at a time
 
 
 def write_all(fd: int, data: bytes, name: str = "standard output", then: str = "") -> None:

@@ -507,3 +507,57 @@ def test_a_block_of_tasks_with_details_alike_and_apart_reads_as_each_made_alone(
             stalls.append(stall(tid, dur_s=rng.choice([11.0, 12.5, 30.0])))
         apart = {tid: twin(d) for tid, d in details.items()}
         assert report.render_json(block(stalls, details)) == report.render_json(block(stalls, apart))
+
+
+def _block_of(n: int, comm: str = "stall") -> dict:
+    detail = {"cgroup": "/aw/x", "stack": ["mem_cgroup_oom_synchronize", "exc_page_fault"], "state": "D"}
+    return {"type": "stall_report", "seq": 3, "time": "2026-12-07T16:00:00.000Z",
+            "tasks": [{"kind": "stall", "tid": 1000 + i, "comm": comm, "waited_s": 12.5 + i, **detail}
+                      for i in range(n)], "tasks_count": n, "host": {"tasks": {"a": 1}}}
+
+
+def test_a_big_block_s_json_comes_out_a_task_at_a_time_and_reads_the_same():
+    from allocwatch.outputs import report
+
+    for block in (_block_of(0), _block_of(10), _block_of(report.STREAM_TASKS), _block_of(3000, "st\udcffll \u00e9"),
+                  _block_of(400, "\x00allocwatch: the tasks go here")):  # a value that says the mark: whole
+        whole = report.render_dicts([block, {"type": "limits_reached", "seq": 4}], "json")
+        pieces = list(report.render_pieces([block, {"type": "limits_reached", "seq": 4}], "json"))
+        assert "".join(pieces) == whole
+        if len(block["tasks"]) >= report.STREAM_TASKS and block["tasks"][0]["comm"] == "stall":
+            assert len(pieces) == len(block["tasks"]) + 2 and max(map(len, pieces)) < 1000
+    limits = {"type": "limits_reached", "seq": 1, "time": "t", "grown": {"waits_full": 1}, "totals": {"waits_full": 1}}
+    text = [limits] * 3
+    assert list(report.render_pieces(text, "text")) == [report.render_dicts(text[:1], "text")] * 3
+
+
+def test_the_stream_writes_a_block_s_pieces_in_order_a_bounded_piece_at_a_time():
+    import os
+    import threading
+
+    from allocwatch.outputs import report, sinks
+
+    r, w = os.pipe()
+    writes: list[int] = []
+    real = sinks.write_all
+
+    def counted(fd, data, *a):
+        writes.append(len(data))
+        real(fd, data, *a)
+
+    sinks.write_all = counted
+    try:
+        sink = sinks.FdSink(w, render=lambda b: report.render_pieces(b, "json"))
+        block = [_block_of(5000)]
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(r, 1 << 20), b"")))
+        reader.start()
+        sink.write(block)
+        assert sink.close(5.0)
+        os.close(w)
+        reader.join(5)
+    finally:
+        sinks.write_all = real
+    assert b"".join(got).decode() == report.render_dicts(block, "json")
+    assert len(writes) > 2 and max(writes) < sinks.WRITE_CHARS + 1000
+    os.close(r)
