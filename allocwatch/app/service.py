@@ -28,7 +28,7 @@ from allocwatch.app.session import Session, prepare
 from allocwatch.core.snapshot import ReloadOutcome
 from allocwatch.core.snapview import hello_dict
 from allocwatch.errors import AllocwatchError, MetricsPortInUse
-from allocwatch.outputs import journal, report
+from allocwatch.outputs import journal, report, sinks
 from allocwatch.outputs.notify import SystemdNotifier
 from allocwatch.outputs.sinks import FdSink, QueuedOutput
 
@@ -194,6 +194,7 @@ def _sink(cfg: config.Config, fmt: list[str], stop: threading.Event) -> QueuedOu
         drop_notice=lambda n: report.render_drop_notice(n, time.time(), fmt[0]),
         on_fatal=lambda _err: stop.set(),
         name="standard output",
+        one_write=sinks.shares_file(1, 2),  # the daemon's own lines on stderr go to the same place
     )
 
 

@@ -40,7 +40,10 @@ class SymbolTable:
             parts = line.split(None, 3)
             if len(parts) < 3 or parts[1] not in TEXT_TYPES:
                 continue
-            addr = int(parts[0], 16)
+            try:
+                addr = int(parts[0], 16)
+            except ValueError:  # not a kallsyms line
+                continue
             if not addr:  # hidden (kptr_restrict): no address says anything
                 continue
             addrs.append(addr)
@@ -94,7 +97,10 @@ class KernelSymbols:
     def _read(self) -> SymbolTable:
         try:
             with open(self._path, "rb") as f:
-                return SymbolTable(f)
+                table = SymbolTable(f)
         except OSError as exc:
             self.why_not = f"{self._path}: {exc.strerror or exc}"
             return SymbolTable(())
+        if not len(table):
+            self.why_not = f"{self._path}: no text symbol with an address (kptr_restrict hides them)"
+        return table

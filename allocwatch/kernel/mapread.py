@@ -12,8 +12,9 @@ identity.
 What the next read compares against is a digest of each value and of each run
 of CHUNK values, not a copy of their bytes (10,000 task accounts: 3.4 MB), and
 the values are read where the kernel wrote them. The digest is Python's own
-hash of bytes, SipHash-1-3 with a key drawn at start, 64 bits, so a changed
-entry read as unchanged has odds of about 2**-64 a change.
+hash of bytes, SipHash-1-3 with a key drawn at start, 64 bits on a 64-bit build
+(BLAKE2b cut to 64 bits elsewhere), so a changed entry read as unchanged has
+odds of about 2**-64 a change.
 
 The batch call itself is given (bcc's libbcc `bpf_lookup_batch`), so this
 module never imports bcc; it reads by a map's own item walk instead
@@ -25,7 +26,9 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
+import hashlib
 import mmap
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -38,6 +41,15 @@ BatchLookup = Callable[..., int]
 CHUNK = 64  # entries compared at once when the keys have not moved
 _INT_KEYS = {4: "I", 8: "Q"}  # key sizes read as native unsigned ints (memoryview formats)
 _NO_DIGESTS: array.array[int] = array.array("q")
+
+
+def _blake2b_64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+
+
+# Python's hash of bytes where it is 64 bits wide (SipHash-1-3 on 64-bit builds),
+# else BLAKE2b cut to 64 bits: a 32-bit hash would miss a change in 4 billion
+_digest: Callable[[bytes], int] = hash if sys.hash_info.width >= 64 else _blake2b_64
 ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
 
 
@@ -131,7 +143,7 @@ class MapReader(Generic[T]):
             return self.decode_all((keys[i * ks:(i + 1) * ks], values[i * vs:(i + 1) * vs]) for i in range(n))
         step = CHUNK * vs
         size = n * vs  # the buffer holds older bytes past the entries read now
-        runs = [hash(values[off:min(off + step, size)]) for off in range(0, size, step)]
+        runs = [_digest(values[off:min(off + step, size)]) for off in range(0, size, step)]
         if self._pos is not None and self._pos[0] == keys:
             return self._read_in_place(keys, values, n, runs)
         # A key of 4 or 8 bytes is looked up as the int it packs (no slice, a cheap
@@ -146,7 +158,7 @@ class MapReader(Generic[T]):
         if self._pos is not None:
             old_keys, _, old, objs = self._pos
             last = dict(zip(memoryview(old_keys).cast(fmt).tolist(), range(len(objs)), strict=True))  # type: ignore[call-overload]
-        digests = [hash(values[at:at + vs]) for at in range(0, n * vs, vs)]
+        digests = [_digest(values[at:at + vs]) for at in range(0, n * vs, vs)]
         out = []
         for i, ident in enumerate(ids):
             j = last.get(ident)
@@ -164,9 +176,10 @@ class MapReader(Generic[T]):
         a run of CHUNK entries at a time (10,000 stalled: a few changed entries a
         scan, so about 160 compares, not 10,000 lookups)."""
         assert self._pos is not None
-        _, old_runs, digests, objs = self._pos
+        _, old_runs, old_digests, objs = self._pos
         if runs == old_runs:
             return objs
+        digests = array.array("q", old_digests)  # a decode that raises leaves the last read whole
         ks, vs = self._ks, self._vs
         out: list[T] = []
         for r, (now_run, old_run) in enumerate(zip(runs, old_runs, strict=True)):
@@ -176,11 +189,11 @@ class MapReader(Generic[T]):
                 continue
             for i in range(first, end):
                 v = values[i * vs:(i + 1) * vs]
-                d = hash(v)
+                d = _digest(v)
                 if d == digests[i]:
                     out.append(objs[i])
                     continue
-                digests[i] = d  # the last read's digests are this one's from here on
+                digests[i] = d
                 obj = self._decode(keys[i * ks:(i + 1) * ks], v)
                 self.decoded += 1
                 out.append(obj)  # same keys, same places: the index stays right

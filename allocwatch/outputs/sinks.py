@@ -128,7 +128,11 @@ class FdSink(QueuedOutput):
         on_fatal: Callable[[AllocwatchError], None] = lambda err: None,
         max_blocks: int = DEFAULT_MAX_BLOCKS,
         name: str = "standard output",
+        one_write: bool = False,
     ) -> None:
+        """`one_write`: a block in one write, as one string (another writer shares the
+        file, `>log 2>&1`, and its line would land inside a record written in pieces)."""
+        self._one_write = one_write
         self._fd = fd
         self._render = render
         self._drop_notice = drop_notice
@@ -140,6 +144,9 @@ class FdSink(QueuedOutput):
         rendered = self._render(block)
         pieces: Iterable[str] = (rendered,) if isinstance(rendered, str) else rendered
         buf = [self._drop_notice(dropped_before)] if dropped_before else []
+        if self._one_write:
+            pieces = ("".join([*buf, *pieces]),)
+            buf = []
         size = 0
         for piece in pieces:  # written WRITE_CHARS at a time: a block is never one string whole
             buf.append(piece)
@@ -153,6 +160,15 @@ class FdSink(QueuedOutput):
 
 _RESTART = "the daemon stops so it can be restarted"
 WRITE_CHARS = 1 << 18  # a rendered block's pieces are joined and written this much at a time
+
+
+def shares_file(fd: int, other: int) -> bool:
+    """`fd` and `other` write to one file, pipe or terminal."""
+    try:
+        a, b = os.fstat(fd), os.fstat(other)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def write_all(fd: int, data: bytes, name: str = "standard output", then: str = "") -> None:

@@ -15,7 +15,8 @@ def test_text_symbols_of_the_running_kernel_are_named_at_and_inside_themselves()
     with open("/proc/kallsyms", "rb") as f:
         for line in f:
             parts = line.split(None, 3)
-            if parts[1] in TEXT_TYPES and int(parts[0], 16):
+            # BPF programs' symbols come and go as programs load: not sampled
+            if parts[1] in TEXT_TYPES and int(parts[0], 16) and b"[bpf]" not in line:
                 at[int(parts[0], 16)].add(parts[2].decode(errors="replace"))
     assert len(at) > 10_000, "kallsyms shows no addresses: is kptr_restrict hiding them from root?"
     starts = sorted(at)
@@ -27,6 +28,9 @@ def test_text_symbols_of_the_running_kernel_are_named_at_and_inside_themselves()
         inside = rng.randrange(addr, following)  # a return address is somewhere in its function
         assert k.name(inside) in at[addr], (hex(addr), hex(inside), k.name(inside))
     assert k.why_not is None
-    for name in ("try_to_free_mem_cgroup_pages", "shrink_slab"):  # what a reclaim stack holds
-        addr = next(a for a, names in at.items() if name in names)
+    # what a reclaim stack holds (a compiler may have renamed one: at least one of them is there)
+    wanted = ("try_to_free_mem_cgroup_pages", "shrink_slab", "do_try_to_free_pages")
+    found = [a for a, names in at.items() if names & set(wanted)]
+    assert found, f"none of {wanted} in kallsyms"
+    for addr in found:
         assert k.name(addr + 1) in at[addr]

@@ -4,7 +4,10 @@ kernel's own bucket order gives every entry once, and a read after changes
 decodes only what changed, compared by digest.
 
 The maps are made, filled and changed through libbcc's C calls (ctypes), the
-ones the daemon's source reads with, so no program needs to run."""
+ones the daemon's source reads with, so no program needs to run. Whether an
+update keeps the keys in their order (the read in place) or moves them (the
+read by key) depends on the map's hash seed: both paths give what is checked
+here, and the unit tests take each on purpose."""
 
 from __future__ import annotations
 

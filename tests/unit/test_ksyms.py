@@ -65,3 +65,12 @@ def test_the_file_is_read_once_at_the_first_name_and_a_failed_read_names_nothing
     assert k.name(0xFFFFFFFF81001001) == "do_one_thing" and k.why_not is None  # the table read first
     gone = KernelSymbols(tmp_path / "absent")
     assert gone.name(0xFFFFFFFF81001001) == UNKNOWN and gone.why_not is not None and "absent" in gone.why_not
+
+
+def test_lines_that_are_not_kallsyms_and_hidden_addresses_name_nothing(tmp_path: Path):
+    t = SymbolTable([b"garbage t here\n", b"\n", b"ffffffff81000000 t real\n"])
+    assert len(t) == 1 and t.name(0xFFFFFFFF81000010) == "real"
+    hidden = tmp_path / "kallsyms"
+    hidden.write_bytes(b"0000000000000000 T _stext\n0000000000000000 t do_one_thing\n")
+    k = KernelSymbols(hidden)
+    assert k.name(0xFFFFFFFF81000010) == UNKNOWN and k.why_not is not None and "kptr_restrict" in k.why_not

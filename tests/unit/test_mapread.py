@@ -169,3 +169,26 @@ def test_the_keys_of_entries_decoded_as_one_marker_are_the_readers_to_give():
     r.fall_back(lambda: [(raw_bytes(7, 4), bytes(8)), (raw_bytes(9, 4), raw_bytes(9, 8))])
     r.read()
     assert r.keys_of(idle) == [raw_bytes(7, 4)]  # the walk's entries too
+
+
+def test_a_decode_that_fails_leaves_the_last_read_as_it_was():
+    fake = FakeMap({tid: tid for tid in range(1, 201)}, per_call=1000)
+    refuse: set[int] = set()
+    decoded: list[tuple[int, int]] = []
+
+    def decode(k: bytes, v: bytes) -> tuple[int, int]:
+        pair = (int.from_bytes(k, "little"), int.from_bytes(v, "little"))
+        if pair[0] in refuse:
+            raise ValueError("bad entry")
+        decoded.append(pair)
+        return pair
+
+    r = mapread.MapReader(3, 4, 8, 256, batch_of(fake), decode)
+    r.read()
+    fake.entries[3], fake.entries[9] = 30, 90  # written in place, in one run
+    refuse.add(9)
+    with pytest.raises(ValueError):
+        r.read()
+    refuse.clear()
+    again = r.read()
+    assert again[2] == (3, 30) and again[8] == (9, 90)  # both seen as changed, not the first taken as read

@@ -519,12 +519,16 @@ def _block_of(n: int, comm: str = "stall") -> dict:
 def test_a_big_block_s_json_comes_out_a_task_at_a_time_and_reads_the_same():
     from allocwatch.outputs import report
 
+    marked = _block_of(400)
+    marked["host"] = {"note": "\x00allocwatch: the tasks go here"}  # a value outside the tasks says the mark
     for block in (_block_of(0), _block_of(10), _block_of(report.STREAM_TASKS), _block_of(3000, "st\udcffll \u00e9"),
-                  _block_of(400, "\x00allocwatch: the tasks go here")):  # a value that says the mark: whole
+                  _block_of(400, "\x00allocwatch: the tasks go here"), marked):
         whole = report.render_dicts([block, {"type": "limits_reached", "seq": 4}], "json")
         pieces = list(report.render_pieces([block, {"type": "limits_reached", "seq": 4}], "json"))
         assert "".join(pieces) == whole
-        if len(block["tasks"]) >= report.STREAM_TASKS and block["tasks"][0]["comm"] == "stall":
+        if block is marked:
+            assert len(pieces) == 2  # said twice: the record whole, as before
+        elif len(block["tasks"]) >= report.STREAM_TASKS:
             assert len(pieces) == len(block["tasks"]) + 2 and max(map(len, pieces)) < 1000
     limits = {"type": "limits_reached", "seq": 1, "time": "t", "grown": {"waits_full": 1}, "totals": {"waits_full": 1}}
     text = [limits] * 3
@@ -561,3 +565,63 @@ def test_the_stream_writes_a_block_s_pieces_in_order_a_bounded_piece_at_a_time()
     assert b"".join(got).decode() == report.render_dicts(block, "json")
     assert len(writes) > 2 and max(writes) < sinks.WRITE_CHARS + 1000
     os.close(r)
+
+
+def test_a_stream_sharing_its_file_writes_a_block_in_one_write_after_its_drop_notice():
+    import os
+    import threading
+
+    from allocwatch.outputs import report, sinks
+
+    r, w = os.pipe()
+    err = os.dup(w)  # `>log 2>&1`: stderr is the same pipe
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        assert sinks.shares_file(w, err) and not sinks.shares_file(w, null)
+    finally:
+        os.close(null)
+    writes: list[bytes] = []
+    real = sinks.write_all
+
+    def counted(fd, data, *a):
+        writes.append(bytes(data))
+        real(fd, data, *a)
+
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(r, 1 << 20), b"")))
+    reader.start()
+    sinks.write_all = counted
+    try:
+        sink = sinks.FdSink(w, render=lambda b: report.render_pieces(b, "json"), one_write=True,
+                            drop_notice=lambda n: f"NOTICE {n}\n")
+        sink._emit([_block_of(3000)], 2)  # as the writer thread does after two blocks were dropped
+        sink.close(2.0)
+    finally:
+        sinks.write_all = real
+        os.close(w)
+        os.close(err)
+        reader.join(5)
+        os.close(r)
+    whole = "NOTICE 2\n" + report.render_dicts([_block_of(3000)], "json")
+    assert len(writes) == 1 and writes[0].decode() == whole and b"".join(got).decode() == whole
+
+
+def test_a_streamed_block_after_dropped_ones_starts_with_the_notice():
+    import os
+    import threading
+
+    from allocwatch.outputs import report, sinks
+
+    r, w = os.pipe()
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.extend(iter(lambda: os.read(r, 1 << 20), b"")))
+    reader.start()
+    try:
+        sink = sinks.FdSink(w, render=lambda b: report.render_pieces(b, "json"), drop_notice=lambda n: f"NOTICE {n}\n")
+        sink._emit([_block_of(3000)], 3)
+        sink.close(2.0)
+    finally:
+        os.close(w)
+        reader.join(5)
+        os.close(r)
+    assert b"".join(got).decode() == "NOTICE 3\n" + report.render_dicts([_block_of(3000)], "json")
