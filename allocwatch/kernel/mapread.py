@@ -40,6 +40,7 @@ BatchLookup = Callable[..., int]
 
 CHUNK = 64  # entries compared at once when the keys have not moved
 _INT_KEYS = {4: "I", 8: "Q"}  # key sizes read as native unsigned ints (memoryview formats)
+ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
 _NO_DIGESTS: array.array[int] = array.array("q")
 
 
@@ -50,7 +51,6 @@ def _blake2b_64(data: bytes) -> int:
 # Python's hash of bytes where it is 64 bits wide (SipHash-1-3 on 64-bit builds),
 # else BLAKE2b cut to 64 bits: a 32-bit hash would miss a change in 4 billion
 _digest: Callable[[bytes], int] = hash if sys.hash_info.width >= 64 else _blake2b_64
-ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user space here
 
 
 class BatchUnsupported(Exception):
@@ -196,7 +196,7 @@ class MapReader(Generic[T]):
                 digests[i] = d
                 obj = self._decode(keys[i * ks:(i + 1) * ks], v)
                 self.decoded += 1
-                out.append(obj)  # same keys, same places: the index stays right
+                out.append(obj)  # same keys, same places
         self._pos = (keys, runs, digests, out)
         return out
 

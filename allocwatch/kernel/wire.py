@@ -226,6 +226,14 @@ _MASKS: OneCopy[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]] = OneC
 _PIDS: OneCopy[int, int] = OneCopy()
 
 
+def _one_pid(pid: int) -> int:
+    return _PIDS.get(pid, pid)
+
+
+def _one_masks(counts: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
+    return _MASKS.get(counts, counts) if counts else ()
+
+
 def _trimmed(ns: tuple[int, ...]) -> tuple[int, ...]:
     """Without its trailing zeros: a task waits at a site or two, and a tuple of all
     19 sites is 208 bytes (10,000 stalled tasks: 1.2 MB more)."""
@@ -233,14 +241,6 @@ def _trimmed(ns: tuple[int, ...]) -> tuple[int, ...]:
     while end and not ns[end - 1]:
         end -= 1
     return ns[:end] if end < len(ns) else ns
-
-
-def _one_pid(pid: int) -> int:
-    return _PIDS.get(pid, pid)
-
-
-def _one_masks(counts: tuple[tuple[int, int], ...]) -> tuple[tuple[int, int], ...]:
-    return _MASKS.get(counts, counts) if counts else ()
 
 
 def decode_acct(tid: int, v: TaskAcct) -> Acct:

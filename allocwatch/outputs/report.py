@@ -460,9 +460,11 @@ def render_text(rec: Record) -> str:
 
 # -- JSON -------------------------------------------------------------------
 
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # one for every record
+
 
 def _json(d: Mapping[str, Any]) -> str:
-    return json.dumps(d, ensure_ascii=True, separators=(",", ":")) + "\n"
+    return _ENCODER.encode(d) + "\n"
 
 
 def render_json(rec: Record) -> str:
@@ -475,13 +477,11 @@ def render(records: Sequence[Record], fmt: str) -> str:
 
 def render_dicts(dicts: Sequence[Mapping[str, Any]], fmt: str) -> str:
     """A block of records, already turned into dicts, as one piece of text."""
-    one = _json if fmt == "json" else _text
-    return "".join(one(d) for d in dicts)
+    return "".join(render_pieces(dicts, fmt))
 
 
 # A JSON record with this many tasks or more is written a task at a time.
 STREAM_TASKS = 256
-_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))  # what _json's json.dumps makes
 _TASKS_HERE = "\x00allocwatch: the tasks go here"  # no comm or path holds a NUL
 
 

@@ -145,8 +145,8 @@ class FdSink(QueuedOutput):
         pieces: Iterable[str] = (rendered,) if isinstance(rendered, str) else rendered
         buf = [self._drop_notice(dropped_before)] if dropped_before else []
         if self._one_write:
-            pieces = ("".join([*buf, *pieces]),)
-            buf = []
+            write_all(self._fd, "".join([*buf, *pieces]).encode("utf-8", "backslashreplace"), self._name, _RESTART)
+            return
         size = 0
         for piece in pieces:  # written WRITE_CHARS at a time: a block is never one string whole
             buf.append(piece)
