@@ -5,7 +5,9 @@ Each scan reads the kernel once, decides (pure tracker), reads /proc for the
 tasks due now, and produces one immutable Snapshot. Outputs receive it with
 `publish()`, which must return at once: rendering and writing happen in the
 outputs' own threads. The latest snapshot is also kept in `latest` (a plain
-reference swap) for readers that pull, such as a Prometheus scrape.
+reference swap) for readers that pull, such as a Prometheus scrape, without its
+records: they are for the outputs it was published to, and a block of 10,000
+tasks is some 10 MiB of dicts, gone once those outputs have written it.
 """
 
 from __future__ import annotations
@@ -528,7 +530,7 @@ class Daemon:
         )
         if self.live is not None:
             snap = self.live.enrich(self, snap, waits)
-        self.latest = snap
+        self.latest = dataclasses.replace(snap, records=()) if snap.records else snap
         for out in self.outputs:
             out.publish(snap)
         self._last_scan_s = time.monotonic() - t0

@@ -4,6 +4,7 @@ stream's drop accounting: no kernel, fake sources, a fresh registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import subprocess
@@ -86,7 +87,9 @@ def test_snapshot_holds_every_wait_in_flight_and_the_records_due(tmp_path):
                  InflightWait(9, 9, "dd", int(Site.MEMCG_RECLAIM), S, 0xCC0, 0)]
     clock["ns"] = int(2.5 * S)
     snap = d.scan_once()
-    assert d.latest is snap and out.snapshots == [snap]
+    assert out.snapshots == [snap]
+    assert d.latest is not None and d.latest.records == ()  # the records are the outputs' alone
+    assert dataclasses.replace(d.latest, records=snap.records) == snap
     assert [(f.tid, f.level) for f in snap.inflight] == [(7, 1), (9, 0)]  # under threshold too
     assert snap.now["memcg_oom_wait"].stalled == 1 and snap.now["memcg_reclaim"].waiting == 1
     assert [r["type"] for r in snap.records] == ["stall_report"]
