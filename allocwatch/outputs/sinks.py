@@ -105,6 +105,7 @@ class QueuedOutput:
                 if item is None:
                     return
                 self._emit(*item)
+                item = None  # not held while the next is awaited: a block of 10,000 tasks is some 10 MiB
             except Exception as exc:  # a bug in rendering must not silence the stream without a word
                 err = exc if isinstance(exc, AllocwatchError) else _RenderFailed(
                     f"internal error: cannot write a report block: {type(exc).__name__}: {exc}")

@@ -10,6 +10,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -187,6 +188,29 @@ def test_stream_drops_whole_blocks_when_nobody_reads_and_says_so():
     text = b"".join(got).decode()
     assert text.count("NOTICE") == 1 and f"NOTICE {sink.dropped_blocks} dropped" in text
     assert text.rstrip().endswith("1 since start")  # the last block got out, whole
+    os.close(r)
+
+
+def test_stream_keeps_no_block_once_it_is_written():
+    """A block of 10,000 tasks is some 10 MiB of dicts: neither the writer thread
+    (awaiting the next block) nor the daemon's latest snapshot holds it after."""
+    class Record(dict):  # a dict that can be watched going
+        pass
+
+    r, w = os.pipe()
+    written = threading.Event()
+    sink = FdSink(w, render=lambda block: (written.set(), "x\n")[1])
+    record = Record(type="limits_reached")
+    gone = weakref.ref(record)
+    sink.write((record,))
+    del record
+    assert written.wait(5) and os.read(r, 16) == b"x\n"
+    deadline = time.monotonic() + 5
+    while gone() is not None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert gone() is None, "the writer thread still holds the block it wrote"
+    assert sink.close(2.0)
+    os.close(w)
     os.close(r)
 
 
