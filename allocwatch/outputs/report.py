@@ -392,16 +392,23 @@ def advice_lines(d: Mapping[str, Any]) -> list[str]:
 
 
 def _stall_text(head: str, d: Mapping[str, Any]) -> str:
-    lines = stall_head_lines(head, d)
+    return "".join(_stall_pieces(head, d))
+
+
+def _stall_pieces(head: str, d: Mapping[str, Any]) -> Iterator[str]:
+    """A stall block's text, a group of tasks at a time: 10,000 tasks of as many
+    programs are 10,000 groups, and the block whole a string of megabytes."""
+    def text(lines: list[str]) -> str:
+        return "".join(line + "\n" for line in lines)
+
+    yield text(stall_head_lines(head, d))
     for g in group_tasks(d["tasks"]):
         if len(g) > 1 and g[0].get("kind", "stall") == "stall":
-            lines += _group_lines(g)
+            yield text(_group_lines(g))
         else:
             for t in g:
-                lines += _task_lines(t)
-    lines += more_lines(d)
-    lines += advice_lines(d)
-    return "\n".join(lines) + "\n"
+                yield text(_task_lines(t))
+    yield text(more_lines(d) + advice_lines(d))
 
 
 def _text(d: Mapping[str, Any]) -> str:
@@ -489,8 +496,12 @@ def render_pieces(dicts: Sequence[Mapping[str, Any]], fmt: str) -> Iterator[str]
     """render_dicts' text, in pieces. In JSON a record's tasks are encoded one at a
     time: a block of 10,000 listed tasks was one string of 9.5 MB, its bytes
     another, and the encoder's list of its pieces on the way, and the memory
-    they took stayed with the daemon after."""
+    they took stayed with the daemon after. In text a stall block goes a group
+    of tasks at a time."""
     for d in dicts:
+        if fmt != "json" and d.get("type") == "stall_report":
+            yield from _stall_pieces(f"{d['time']} allocwatch:", d)
+            continue
         if fmt != "json":
             yield _text(d)
             continue

@@ -2,13 +2,14 @@
 """Rendering: one block per scan, every task in it, nothing a task can forge."""
 
 import json
+import random
 from dataclasses import replace
 
 from allocwatch.core.episodes import STALL, TaskEpisodeEnd
 from allocwatch.core.findings import Finding
 from allocwatch.core.model import DirtyPause, OomKill, WritebackNote
 from allocwatch.core.oomkills import KillSeen
-from allocwatch.core.records import EpisodeEndReport, OomKillReport, StallReport, TaskDetail, escape
+from allocwatch.core.records import EpisodeEndReport, OomKillReport, StallReport, TaskDetail, escape, to_dict
 from allocwatch.core.sites import Site
 from allocwatch.core.tracker import NS_PER_S, Stall, Wait
 from allocwatch.core.wbdevice import DeviceState
@@ -462,7 +463,6 @@ def test_a_block_of_tasks_with_details_alike_and_apart_reads_as_each_made_alone(
     random blocks over a few stacks, groups, cmdlines, memcgs, pods, states and
     threads behind, where each task's detail is also deep-copied (equal, shared
     with none), must read the same; a task never gets another's detail."""
-    import random
 
     from allocwatch.core.behind import Behind
     from allocwatch.core.host import MemcgInfo, TaskInfo
@@ -540,6 +540,35 @@ def test_a_big_block_s_json_comes_out_a_task_at_a_time_and_reads_the_same():
     limits = {"type": "limits_reached", "seq": 1, "time": "t", "grown": {"waits_full": 1}, "totals": {"waits_full": 1}}
     text = [limits] * 3
     assert list(report.render_pieces(text, "text")) == [report.record_text(limits, "t allocwatch:")] * 3
+
+
+def _text_whole(head: str, d: dict) -> str:
+    """A stall block's text as it was, one string made of its lines."""
+    lines = report.stall_head_lines(head, d)
+    for g in report.group_tasks(d["tasks"]):
+        if len(g) > 1 and g[0].get("kind", "stall") == "stall":
+            lines += report._group_lines(g)
+        else:
+            for t in g:
+                lines += report.task_lines(t)
+    return "\n".join(lines + report.more_lines(d) + report.advice_lines(d)) + "\n"
+
+
+def test_a_big_block_s_text_comes_out_a_group_of_tasks_at_a_time_and_reads_the_same():
+    rng = random.Random(7)
+    comms = ["hog", "dd", "pg\udcff", "java"]
+    stalls = [stall(tid, comm=rng.choice(comms) if tid % 3 else f"prog{tid}", dur_s=rng.choice([11.0, 30.0]),
+                    site=rng.choice([Site.MEMCG_OOM_WAIT, Site.MEMCG_RECLAIM])) for tid in range(1, 3000)]
+    details = {tid: TaskDetail(f"/g{tid % 5}", "D", ["mem_cgroup_oom_synchronize"], dying=tid % 97 == 0)
+               for tid in range(1, 3000)}
+    listed = replace(block(stalls, details), max_tasks=100000)
+    for rec in (listed, block(stalls, details), block(stalls[:1], details), block([], {})):
+        d = to_dict(rec)
+        whole = _text_whole(f"{d['time']} allocwatch:", d)
+        pieces = list(report.render_pieces([d], "text"))
+        assert "".join(pieces) == whole == report.render_dicts([d], "text")
+        if rec is listed:  # a piece a group: the 1,000 programs of a task each are 1,000 pieces
+            assert len(pieces) > 1000 and max(map(len, pieces)) < 2000
 
 
 def test_the_stream_writes_a_block_s_pieces_in_order_a_bounded_piece_at_a_time():
