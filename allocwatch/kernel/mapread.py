@@ -26,7 +26,6 @@ from __future__ import annotations
 import array
 import ctypes
 import errno
-import hashlib
 import mmap
 import sys
 from collections.abc import Callable, Iterable
@@ -44,13 +43,18 @@ ENOTSUPP = 524  # the kernel's own "operation not supported", which reaches user
 _NO_DIGESTS: array.array[int] = array.array("q")
 
 
-def _blake2b_64(data: bytes) -> int:
-    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "little", signed=True)
+def blake2b_64() -> Callable[[bytes], int]:
+    """BLAKE2b cut to 64 bits. hashlib is imported only here: it loads OpenSSL's
+    libcrypto, some 400 KiB of written pages for the daemon's whole run."""
+    import hashlib
+
+    blake2b = hashlib.blake2b
+    return lambda data: int.from_bytes(blake2b(data, digest_size=8).digest(), "little", signed=True)
 
 
 # Python's hash of bytes where it is 64 bits wide (SipHash-1-3 on 64-bit builds),
 # else BLAKE2b cut to 64 bits: a 32-bit hash would miss a change in 4 billion
-_digest: Callable[[bytes], int] = hash if sys.hash_info.width >= 64 else _blake2b_64
+_digest: Callable[[bytes], int] = hash if sys.hash_info.width >= 64 else blake2b_64()
 
 
 class BatchUnsupported(Exception):

@@ -192,3 +192,19 @@ def test_a_decode_that_fails_leaves_the_last_read_as_it_was():
     refuse.clear()
     again = r.read()
     assert again[2] == (3, 30) and again[8] == (9, 90)  # both seen as changed, not the first taken as read
+
+
+def test_the_wide_digest_is_blake2b_and_loading_the_reader_loads_no_openssl():
+    """Where Python's hash is narrower than 64 bits the digest is BLAKE2b cut to 64;
+    hashlib (and with it OpenSSL's libcrypto, 400 KiB of written pages in the
+    daemon) is loaded only there."""
+    import hashlib
+    import subprocess
+    import sys
+
+    digest = mapread.blake2b_64()
+    assert digest(b"abc") == int.from_bytes(hashlib.blake2b(b"abc", digest_size=8).digest(), "little", signed=True)
+    assert digest(b"abc") != digest(b"abd") and -(1 << 63) <= digest(b"") < 1 << 63
+    code = "import sys, allocwatch.kernel.mapread; print(sorted({'hashlib', '_hashlib'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
