@@ -304,8 +304,10 @@ def scale_one(exe: Path, n: int, mode: Mode, settings: dict[str, Any] | None = N
             m0 = d.metrics()
             c0, t0 = procinfo.cpu_seconds(d.pid), time.monotonic()
             prof = tools.PySpy(d.pid, mode.steady_s) if PROFILE else None
+            sampler = procinfo.RssSampler(d.pid)
             time.sleep(mode.steady_s)
             cpu, wall = procinfo.cpu_seconds(d.pid) - c0, time.monotonic() - t0
+            rss_window = sampler.stop()
             profile = prof.top() if prof else None
             m1 = d.metrics()
             rss = procinfo.rss_kb(d.pid)
@@ -327,7 +329,7 @@ def scale_one(exe: Path, n: int, mode: Mode, settings: dict[str, Any] | None = N
         "late_p99_s": late[min(len(late) - 1, int(len(late) * 0.99))] if late else float("nan"),
         "late_max_s": late[-1] if late else float("nan"),
         "over_budget": sum(1 for v in late if v > 1.0 + 0.5),
-        "cpu_s": cpu, "wall_s": wall, "rss_kb": rss,
+        "cpu_s": cpu, "wall_s": wall, "rss_kb": rss, "rss_anon_window": rss_window,
         "scans": scans, "scan_mean_s": scan_sum / scans if scans else float("nan"),
         "scan_buckets": {le: h1[le] - h0.get(le, 0) for le in h1},
         "stats": summary.get("stats", {}),

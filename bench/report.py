@@ -146,10 +146,15 @@ def cpu_mem_rows(idle: dict[str, Any], slow: dict[str, Any], sc: dict[str, Any],
                 continue
             rss = source[n]["rss_kb"]
             judged = n == "10000" and (title == "default daemon" or not default)
+            # sampled over the window (JSON of 2026-12-07 on): the peak is judged, else the one read at its end
+            window = source[n].get("rss_anon_window") or {}
+            peak_kb = window.get("peak_kb", rss["RssAnon"])
+            over = (f" (over the window: peak {window['peak_kb'] / MIB_KB:.1f}, mean {window['mean_kb'] / MIB_KB:.1f})"
+                    if window.get("samples") else "")
             rows.append(Row("daemon memory", f"{int(n):,} stalled, {title}", f"RssAnon {rss['RssAnon'] / MIB_KB:.1f} "
-                            f"MiB, RssFile {rss['RssFile'] / MIB_KB:.1f} MiB",
+                            f"MiB{over}, RssFile {rss['RssFile'] / MIB_KB:.1f} MiB",
                             "RssAnon at most 40 MB" if judged else "-",
-                            verdict(rss["RssAnon"] * 1024 <= 40e6) if judged else verdict(None)))
+                            verdict(peak_kb * 1024 <= 40e6) if judged else verdict(None)))
     return rows
 
 

@@ -9,11 +9,12 @@ above N, so every task is reported again at every level): N threads of one
 process held in the memcg OOM wait (bench/workloads.py), the daemon of each
 commit (`git archive` of its allocwatch/ and bpf/) started, the stall made,
 and the daemon's CPU time over a steady window of --seconds taken, with its
-RssAnon at the window's end, how late its first reports were and its mean
-scan. The commits take turns, the order reversed every round, so what drifts
-on the machine falls on both; then each one's median and range. A window of
-20 s holds six or seven blocks of N tasks: a 5 s window (bench/run.py --quick)
-holds one or two, and reads what it caught.
+RssAnon at the window's end and sampled every 0.2 s over the window (peak and
+mean), how late its first reports were and its mean scan. The commits take
+turns, the order reversed every round, so what drifts on the machine falls on
+both; then each one's median and range. A window of 20 s holds six or seven
+blocks of N tasks: a 5 s window (bench/run.py --quick) holds one or two, and
+reads what it caught.
 """
 
 from __future__ import annotations
@@ -56,10 +57,13 @@ def measure(revs: list[str], tasks: int, seconds: float, rounds: int,
                 tools.DAEMON_TREE = trees[rev]
                 x = figures.scale_one(exe, tasks, mode, settings)
                 row = {"cpu_pct": 100 * x["cpu_s"] / x["wall_s"], "rss_anon_mib": x["rss_kb"]["RssAnon"] / 1024,
+                       "rss_anon_peak_mib": x["rss_anon_window"]["peak_kb"] / 1024,
+                       "rss_anon_mean_mib": x["rss_anon_window"]["mean_kb"] / 1024,
                        "late_max_s": x["late_max_s"], "reported": x["reported"], "stalled": x["stalled"],
                        "scan_mean_ms": x["scan_mean_s"] * 1e3}
                 out[rev].append(row)
-                print(f"round {r + 1} {rev}: CPU {row['cpu_pct']:.1f} %, RssAnon {row['rss_anon_mib']:.1f} MiB, "
+                print(f"round {r + 1} {rev}: CPU {row['cpu_pct']:.1f} %, RssAnon {row['rss_anon_mib']:.1f} MiB "
+                      f"(over the window: peak {row['rss_anon_peak_mib']:.1f}, mean {row['rss_anon_mean_mib']:.1f}), "
                       f"{row['reported']:,} of {row['stalled']:,} reported, the last {row['late_max_s']:.2f} s past "
                       f"the threshold, {row['scan_mean_ms']:.0f} ms a scan", flush=True)
     return out
@@ -87,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{args.tasks:,} stalled, {how}, {args.seconds:g} s windows:")
     for rev, rows in got.items():
         print(f"  {rev}: CPU {_spread([x['cpu_pct'] for x in rows], ' %')}; "
-              f"RssAnon {_spread([x['rss_anon_mib'] for x in rows], ' MiB')}; "
+              f"RssAnon {_spread([x['rss_anon_mib'] for x in rows], ' MiB')} at the window's end, "
+              f"peak {_spread([x['rss_anon_peak_mib'] for x in rows], ' MiB')}, "
+              f"mean {_spread([x['rss_anon_mean_mib'] for x in rows], ' MiB')}; "
               f"the last report {_spread([x['late_max_s'] for x in rows], ' s', 2)} past the threshold")
     if args.json:
         args.json.write_text(json.dumps({"tasks": args.tasks, "seconds": args.seconds, "runs": got}, indent=1))

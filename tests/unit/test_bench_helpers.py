@@ -5,6 +5,7 @@ No timing is asserted anywhere: benchmarks are not tests."""
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -110,3 +111,38 @@ def test_switch_rows_set_each_handler_beside_the_empty_program_of_its_attach_typ
     assert rows["sched_switch: allocwatch raw"].verdict.startswith("met: +0.005")
     assert rows["sched_switch: allocwatch classic"].verdict.startswith("**missed**: +0.040")
     assert "over empty raw" in rows["sched_switch: daemon"].measured
+
+
+def test_rss_sampler_gives_the_window_s_peak_and_mean_and_stops_when_the_process_has_gone():
+    reads = iter([100, 300, 200])
+
+    def read() -> int:
+        try:
+            return next(reads)
+        except StopIteration:
+            raise OSError("gone") from None
+
+    s = procinfo.RssSampler(0, every_s=0.001, read=read)
+    deadline = time.monotonic() + 5
+    while len(s.samples) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert s.stop() == {"peak_kb": 300.0, "mean_kb": 200.0, "samples": 3}
+    nothing = procinfo.RssSampler(0, read=lambda: (_ for _ in ()).throw(OSError("gone")))
+    got = nothing.stop()
+    assert got["samples"] == 0 and math.isnan(got["peak_kb"])
+
+
+def test_the_memory_budget_is_judged_on_the_window_s_peak_where_it_was_sampled():
+    from bench import report
+
+    idle = {"cpu_s": 0.0, "wall_s": 30.0, "rss_kb": {"RssAnon": 28 << 10, "RssFile": 20 << 10}}
+    run = {"cpu_s": 1.0, "wall_s": 20.0, "stalled": 9900, "rss_kb": {"RssAnon": 38 << 10, "RssFile": 20 << 10}}
+    sampled = {**run, "rss_anon_window": {"peak_kb": 45 << 10, "mean_kb": 39 << 10, "samples": 100}}
+
+    def memory_row(r: dict) -> Row:
+        rows = report.cpu_mem_rows(idle, {}, {"runs": {}}, {"runs": {"10000": r}})
+        return next(x for x in rows if x.figure == "daemon memory" and "10,000" in x.condition)
+
+    assert memory_row(run).verdict == "met"  # one read at the window's end (JSON before the sampler)
+    row = memory_row(sampled)
+    assert row.verdict == "**missed**" and "peak 45.0, mean 39.0" in row.measured
