@@ -25,6 +25,7 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
     switch_how = None  # how sched_switch was attached (raw or classic, and why): live only
     oom_how = None  # how an OOM kill's cgroups are read in the kernel, or "off: why": live only
     states_how = None  # how a block reads many tasks' states (the task iterator, or /proc and why): live only
+    names_how = None  # how kernel addresses are named (kallsyms, or why they are left as addresses): live only
     if offline:
         statuses = [coverage.planned(p, features) for p in plans]
     else:
@@ -33,6 +34,7 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
         switch_how = source.sched_switch_how or None
         oom_how = source.oom_context_how or None
         states_how = source.task_states_how or None
+        names_how = source.kernel_names_how()
         source.close()
     if as_json:
         doc = {
@@ -42,7 +44,8 @@ def site_report(cfg: config.Config, tracefs: Path | None, kallsyms: Path | None,
             "sched_switch": switch_how,
             "oom_context": oom_how,
             "task_states": states_how,
+            "kernel_names": names_how,
             "sites": coverage.rows(statuses),
         }
         return json.dumps(doc, indent=2) + "\n"
-    return coverage.render_text(statuses, features.release, switch_how, oom_how, states_how)
+    return coverage.render_text(statuses, features.release, switch_how, oom_how, states_how, names_how)

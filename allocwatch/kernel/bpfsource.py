@@ -575,6 +575,11 @@ class BpfSource:
         self._accts_of = (read, shrink_rows, accts)
         return accts
 
+    def kernel_names_how(self) -> str:
+        """How a finding's shrinkers and a stack taken at reclaim entry are named
+        (kernel/ksyms.py `KernelSymbols.how`); reads /proc/kallsyms if not yet read."""
+        return self._ksyms.how()
+
     def ksym(self, addr: int) -> str:
         """The kernel function at `addr`, without its offset ("super_cache_scan")."""
         if self._bpf is None:

@@ -139,11 +139,12 @@ def rows(statuses: Sequence[SiteStatus]) -> list[dict[str, Any]]:
 
 
 def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | None = None,
-                oom_how: str | None = None, states_how: str | None = None) -> str:
+                oom_how: str | None = None, states_how: str | None = None, names_how: str | None = None) -> str:
     """`switch_how`: how sched:sched_switch was attached, live ("raw tracepoint", or
     "classic tracepoint (why not raw)"); None offline or when nothing needed it.
     `oom_how`: how an OOM kill's cgroups are read in the kernel, live, or "off: why".
-    `states_how`: how a block reads many tasks' states, live ("task iterator", or "/proc (why)")."""
+    `states_how`: how a block reads many tasks' states, live ("task iterator", or "/proc (why)").
+    `names_how`: how kernel addresses are named, live (`KernelSymbols.how`)."""
     offline = any(not st.live for st in statuses)
     lines = [f"kernel {release}: {'evaluated offline, nothing attached' if offline else 'attached live'}"]
     for st, row in zip(statuses, rows(statuses), strict=True):
@@ -159,6 +160,8 @@ def render_text(statuses: Sequence[SiteStatus], release: str, switch_how: str | 
         lines.append(f"tasks' states, for a block of {STATES_AT_ONCE_FROM} or more and one for every "
                      f"{HOST_TASKS_PER_STAT_READ} tasks on the host, read with the {states_how}"
                      if states_how == "task iterator" else f"tasks' states read from {states_how}")
+    if names_how:
+        lines.append(f"kernel addresses (a finding's shrinkers, a stack taken at reclaim entry) {names_how}")
     verb = "would watch" if offline else "watching"
     lines.append(f"{verb} {summarize(statuses).line()}")
     return "\n".join(lines) + "\n"

@@ -94,6 +94,15 @@ class KernelSymbols:
             table = self._table = self._read()
         return table.name(addr)
 
+    def how(self) -> str:
+        """How addresses are named, reading the table now if no name was asked
+        for yet (`allocwatch probes`): its size, or "left as addresses: why"."""
+        if self._table is None:
+            self._table = self._read()
+        if self.why_not:
+            return f"left as addresses: {self.why_not}"
+        return f"named from {self._path} ({len(self._table):,} text symbols)"
+
     def _read(self) -> SymbolTable:
         try:
             with open(self._path, "rb") as f:
@@ -102,5 +111,6 @@ class KernelSymbols:
             self.why_not = f"{self._path}: {exc.strerror or exc}"
             return SymbolTable(())
         if not len(table):
-            self.why_not = f"{self._path}: no text symbol with an address (kptr_restrict hides them)"
+            self.why_not = (f"{self._path}: no text symbol with an address (the kernel hides them without "
+                            "CAP_SYSLOG, or with kptr_restrict=2)")
         return table

@@ -182,6 +182,10 @@ def test_the_daemonset_pod_reports_a_host_stall_and_detaches_on_sigterm(image):
             top = pod.exec("allocwatch", "top", "--once", "--json")
             assert top.returncode == 0, top.stderr
             assert [t["site"] for t in json.loads(top.stdout)["inflight"] if t["pid"] == hog.pid] == ["memcg_oom_wait"]
+            # with the pod's capabilities /proc/kallsyms shows addresses (CAP_SYSLOG): shrinkers get names
+            names = pod.exec("python3", "-c", "from allocwatch.kernel.ksyms import KernelSymbols; "
+                                              "print(KernelSymbols().how())")
+            assert names.returncode == 0 and names.stdout.startswith("named from /proc/kallsyms ("), names
             memcg.release(group)
             assert hog.wait_done(20), "the hog did not finish after the limit was raised"
             assert pod.wait(lambda: any(r["type"] == "recovered" and r["tid"] == hog.pid for r in pod.records), 15)

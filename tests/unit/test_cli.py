@@ -231,3 +231,6 @@ def test_probes_text_says_how_a_block_reads_tasks_states_when_live():
     off = coverage.render_text([], "5.4", None, None, why)
     assert "tasks' states read from /proc (no task iterator: no BPF iterators on this kernel (v5.8+))\n" in off
     assert "tasks' states" not in coverage.render_text([], "6.18")
+    named = coverage.render_text([], "6.18", None, None, None, "named from /proc/kallsyms (121,414 text symbols)")
+    assert "kernel addresses (a finding's shrinkers, a stack taken at reclaim entry) named from /proc/kallsyms" in named
+    assert "kernel addresses" not in coverage.render_text([], "6.18")

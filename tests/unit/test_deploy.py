@@ -355,8 +355,9 @@ def test_daemonset_container():
     assert sc["privileged"] is False
     assert sc["capabilities"]["drop"] == ["ALL"]
     # The four the daemon's start-up check asks for, plus SYS_PTRACE for
-    # /proc/PID/stack's ptrace access check (see the manifest's comment).
-    assert set(sc["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_ADMIN", "DAC_READ_SEARCH", "SYS_PTRACE"}
+    # /proc/PID/stack's ptrace access check and SYSLOG for /proc/kallsyms'
+    # addresses (see the manifest's comments).
+    assert set(sc["capabilities"]["add"]) == {"BPF", "PERFMON", "SYS_ADMIN", "DAC_READ_SEARCH", "SYS_PTRACE", "SYSLOG"}
     assert c["resources"]["requests"]["memory"] == "160Mi"
     assert c["resources"]["limits"]["memory"] == "256Mi"
     (port,) = c["ports"]

@@ -74,3 +74,16 @@ def test_lines_that_are_not_kallsyms_and_hidden_addresses_name_nothing(tmp_path:
     hidden.write_bytes(b"0000000000000000 T _stext\n0000000000000000 t do_one_thing\n")
     k = KernelSymbols(hidden)
     assert k.name(0xFFFFFFFF81000010) == UNKNOWN and k.why_not is not None and "kptr_restrict" in k.why_not
+
+
+def test_how_says_where_names_come_from_or_why_addresses_stay(tmp_path: Path):
+    path = tmp_path / "kallsyms"
+    path.write_bytes(KALLSYMS)
+    k = KernelSymbols(path)
+    assert k.how() == f"named from {path} ({len(SymbolTable(KALLSYMS.splitlines(True))):,} text symbols)"
+    assert k.name(0xFFFFFFFF81001001) == "do_one_thing"  # the table read by how() is the one kept
+    hidden = tmp_path / "hidden"
+    hidden.write_bytes(b"0000000000000000 T _stext\n")
+    said = KernelSymbols(hidden).how()
+    assert said.startswith("left as addresses: ") and "CAP_SYSLOG" in said
+    assert KernelSymbols(tmp_path / "absent").how().startswith("left as addresses: ")

@@ -20,7 +20,7 @@ def test_the_command_line_is_the_manifests():
         assert "--pid=host" in argv and "--read-only" in argv and "--read-only-tmpfs=false" in argv
         caps = [a.split("=", 1)[1] for a in argv if a.startswith("--cap-add=")]
         assert sorted(caps) == sorted(f"CAP_{c}" for c in ("BPF", "PERFMON", "SYS_ADMIN", "DAC_READ_SEARCH",
-                                                           "SYS_PTRACE"))
+                                                           "SYS_PTRACE", "SYSLOG"))
         assert "--cap-drop=all" in argv and "--privileged" not in argv
         assert "-p" not in argv and "--network=aw-net" in argv and run.ports == [19464]  # the pod's own address
         assert "--cgroup-parent=/aw-cg" in argv
