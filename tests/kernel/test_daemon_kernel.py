@@ -552,6 +552,7 @@ def test_probes_live_json():
         assert doc["oom_context"].startswith("raw tracepoint; the constraint from the invoker's stack"), doc
     else:
         assert doc["sched_switch"].startswith("classic tracepoint ("), doc["sched_switch"]
+    assert doc["kernel_names"].startswith("named from /proc/kallsyms ("), doc["kernel_names"]  # root has CAP_SYSLOG
     assert rows["memcg_reclaim"]["attached"] and rows["memcg_reclaim"]["mechanism"] == "tracepoint pair"
     assert rows["memcg_oom_wait"]["attached"]
     assert rows["memcg_oom_wait"]["mechanism"] == "sched_switch D-state + stack"
