@@ -411,8 +411,13 @@ def _stall_pieces(head: str, d: Mapping[str, Any]) -> Iterator[str]:
     yield text(more_lines(d) + advice_lines(d))
 
 
+def _head(d: Mapping[str, Any]) -> str:
+    """A record's first words in the text output (the journal has its own time)."""
+    return f"{d['time']} allocwatch:"
+
+
 def _text(d: Mapping[str, Any]) -> str:
-    return record_text(d, f"{d['time']} allocwatch:")
+    return record_text(d, _head(d))
 
 
 def record_text(d: Mapping[str, Any], head: str) -> str:
@@ -500,7 +505,7 @@ def render_pieces(dicts: Sequence[Mapping[str, Any]], fmt: str) -> Iterator[str]
     of tasks at a time."""
     for d in dicts:
         if fmt != "json" and d.get("type") == "stall_report":
-            yield from _stall_pieces(f"{d['time']} allocwatch:", d)
+            yield from _stall_pieces(_head(d), d)
             continue
         if fmt != "json":
             yield _text(d)
