@@ -109,8 +109,8 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
             readers = [_reader(group, sparse)]
             pids = {dd.pid, readers[0].pid}
             try:
-                def progress_seen() -> bool:  # pages freed, then seconds blocked
-                    return any(kind == "stall" and rec["reclaimed_so_far_pages"] and rec["duration_s"] >= 2
+                def progress_reports() -> int:  # pages freed, then seconds blocked
+                    return sum(kind == "stall" and bool(rec["reclaimed_so_far_pages"]) and rec["duration_s"] >= 2
                                for rows in _memcg_reclaim_records(d, pids).values() for kind, rec in rows)
 
                 def progress_ended(_records: list[dict[str, Any]]) -> bool:
@@ -123,15 +123,19 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
                 # nothing (seen: 180 s of it). Another reader is started then.
                 # Or dd's reclaim, having freed nothing, waits on one folio behind most of the
                 # group's dirty pages (seen in CI: 131 s on one), or dd is in no memory wait at all
-                # while the reader crawls through short reclaims (seen alone, 1 run in 3): every 40 s
+                # while the reader crawls through short reclaims (seen alone, 1 run in 3): every 25 s
                 # without progress dd is ended (the rule lifted while it ends) and another started.
-                # A wait with pages so far is given 40 s more to end on its own.
-                deadline = time.monotonic() + 180
-                restart_at = time.monotonic() + 40
+                # A new dd's first passes find the clean cache its writeback drain left, so a pass that
+                # frees some and then meets a folio under writeback comes soonest after a restart
+                # (a CI saw four restarts 40 s apart give none). A wait with pages so far (reported
+                # since the last restart) is given 40 s more to end on its own.
+                deadline = time.monotonic() + 240
+                restart_at = time.monotonic() + 25
+                seen_before = 0  # reports with pages so far when the writer was last restarted
                 waiting_for_end = False
                 while not d.wait_for(progress_ended, 2):
                     assert time.monotonic() < deadline, f"no ended wait with pages so far: {d.raw_lines[-3:]}"
-                    if not waiting_for_end and progress_seen():
+                    if not waiting_for_end and progress_reports() > seen_before:
                         waiting_for_end = True
                         restart_at = time.monotonic() + 40
                     if readers[-1].poll() is not None:
@@ -142,8 +146,8 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
                         disk.set_write_bps(512 << 10)
                         writers.append(disk.spawn_writer(group, 100, name=f"f{len(writers)}"))
                         pids.add(writers[-1].pid)
-                        restart_at = time.monotonic() + 40
-                        waiting_for_end = False
+                        restart_at = time.monotonic() + 25
+                        seen_before, waiting_for_end = progress_reports(), False
             finally:
                 for reader in readers:
                     reader.kill()
