@@ -89,19 +89,21 @@ class KernelSymbols:
         self.why_not: str | None = None  # the read failed: every address is UNKNOWN
 
     def name(self, addr: int) -> str:
-        table = self._table
-        if table is None:
-            table = self._table = self._read()
-        return table.name(addr)
+        return self._loaded().name(addr)
 
     def how(self) -> str:
         """How addresses are named, reading the table now if no name was asked
         for yet (`allocwatch probes`): its size, or "left as addresses: why"."""
-        if self._table is None:
-            self._table = self._read()
+        table = self._loaded()
         if self.why_not:
             return f"left as addresses: {self.why_not}"
-        return f"named from {self._path} ({len(self._table):,} text symbols)"
+        return f"named from {self._path} ({len(table):,} text symbols)"
+
+    def _loaded(self) -> SymbolTable:
+        table = self._table
+        if table is None:
+            table = self._table = self._read()
+        return table
 
     def _read(self) -> SymbolTable:
         try:

@@ -504,11 +504,11 @@ def render_pieces(dicts: Sequence[Mapping[str, Any]], fmt: str) -> Iterator[str]
     they took stayed with the daemon after. In text a stall block goes a group
     of tasks at a time."""
     for d in dicts:
-        if fmt != "json" and d.get("type") == "stall_report":
-            yield from _stall_pieces(_head(d), d)
-            continue
         if fmt != "json":
-            yield _text(d)
+            if d.get("type") == "stall_report":
+                yield from _stall_pieces(_head(d), d)
+            else:
+                yield _text(d)
             continue
         tasks = d.get("tasks")
         if not isinstance(tasks, list) or len(tasks) < STREAM_TASKS:

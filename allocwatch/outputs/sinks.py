@@ -145,18 +145,22 @@ class FdSink(QueuedOutput):
         rendered = self._render(block)
         pieces: Iterable[str] = (rendered,) if isinstance(rendered, str) else rendered
         buf = [self._drop_notice(dropped_before)] if dropped_before else []
+
+        def put(texts: Iterable[str]) -> None:
+            write_all(self._fd, "".join(texts).encode("utf-8", "backslashreplace"), self._name, _RESTART)
+
         if self._one_write:
-            write_all(self._fd, "".join([*buf, *pieces]).encode("utf-8", "backslashreplace"), self._name, _RESTART)
+            put([*buf, *pieces])
             return
         size = 0
         for piece in pieces:  # written WRITE_CHARS at a time: a block is never one string whole
             buf.append(piece)
             size += len(piece)
             if size >= WRITE_CHARS:
-                write_all(self._fd, "".join(buf).encode("utf-8", "backslashreplace"), self._name, _RESTART)
+                put(buf)
                 buf, size = [], 0
         if buf:
-            write_all(self._fd, "".join(buf).encode("utf-8", "backslashreplace"), self._name, _RESTART)
+            put(buf)
 
 
 _RESTART = "the daemon stops so it can be restarted"
