@@ -193,8 +193,10 @@ def guard_stderr(fd: int = 2) -> DiagnosticStream:
     except OSError:
         null = os.open(os.devnull, os.O_WRONLY)
         if null != fd:
-            os.dup2(null, fd)
+            os.dup2(null, fd)  # inheritable, as a standard stream is
             os.close(null)  # when it took a closed stdout's number, stdout stays closed
+        else:  # the loader process (kernel/loader.py) gets it as its stderr, not as a free number
+            os.set_inheritable(fd, True)
     return DiagnosticStream(fd)
 
 

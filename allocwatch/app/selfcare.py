@@ -258,8 +258,8 @@ def lock_memory(
     memlock_limit: int | None = None,
 ) -> str | None:
     """Keep the scan loop's pages in RAM: each page is locked when it is first
-    touched (MCL_ONFAULT), so what is not resident now (the compiler's text,
-    dropped after the load) is never pulled in. None when done, else why not.
+    touched (MCL_ONFAULT), so what is not resident now is never pulled in.
+    None when done, else why not.
 
     Only with CAP_IPC_LOCK or no RLIMIT_MEMLOCK: under a finite limit,
     MCL_FUTURE would make every later allocation past it fail."""
@@ -276,46 +276,3 @@ def lock_memory(
     err = ctypes.get_errno()
     return (f"could not lock its pages in memory ({os.strerror(err)}; it needs CAP_IPC_LOCK or a "
             "large enough RLIMIT_MEMLOCK): under pressure its own pages may be reclaimed")
-
-
-# -- what loading the programs left ------------------------------------------------
-
-# The compiler's code, needed only to build the programs. Its text pages are
-# dropped from this process once they are loaded (madvise MADV_DONTNEED on the
-# r-xp mappings: text is never relocated, so a page touched again is read back
-# from the file). That takes about 85 MB off the daemon's RSS, which is what
-# the OOM killer ranks it by. Data mappings are left alone: relocated pages
-# would be lost.
-COMPILER_LIBS = ("libLLVM", "libclang")
-MADV_DONTNEED = 4
-
-
-def drop_compiler_text(maps: Path = Path("/proc/self/maps")) -> int:
-    """Drop the compiler libraries' text pages; returns the bytes advised."""
-    try:
-        lines = procfs.read_lines(maps)
-    except OSError:
-        return 0
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    advised = 0
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 6 or parts[1] != "r-xp" or not any(lib in parts[5] for lib in COMPILER_LIBS):
-            continue
-        start, end = (int(x, 16) for x in parts[0].split("-"))
-        if libc.madvise(start, end - start, MADV_DONTNEED) == 0:
-            advised += end - start
-    return advised
-
-
-def give_back_after_load(libc: Libc | None = None) -> tuple[dict[str, int], dict[str, int]]:
-    """Once the programs are loaded, before the pages are locked: the compiler's
-    heap trimmed (about 25 MB of anonymous memory, measured on 6.18) and its
-    text dropped. RssAnon and RssFile before the drop and after, in KiB."""
-    trim = (libc or Libc()).malloc_trim
-    if trim is not None:
-        trim(0)
-    before = rss_kib()
-    drop_compiler_text()
-    return before, rss_kib()

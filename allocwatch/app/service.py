@@ -168,9 +168,7 @@ def _announce(cfg: config.Config, session: Session, serving: bool, seeded: int, 
     why_not = [w for w in (selfcare.lower_oom_score(cfg.oom_score_adj), lock_note,
                            session.blind_note()) if w]
     rss = session.rss_kib
-    memory = (f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file "
-              f"(compiler text dropped: file was {session.rss_kib_before_drop.get('RssFile', 0) // 1024} MB)"
-              if rss else "")
+    memory = f"; RSS {rss.get('RssAnon', 0) // 1024}+{rss.get('RssFile', 0) // 1024} MB anon+file" if rss else ""
     served = f"; metrics at http://{cfg.metrics_listen}/metrics" if serving else "; metrics off"
     print(
         f"allocwatch {__version__}: watching {session.line()} "

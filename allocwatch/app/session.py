@@ -84,6 +84,7 @@ def load_source(cfg: config.Config, plans: list[probes.SitePlan], features: kern
         switch_defines=tuple(switch_defines),
         iter_defines=tuple(iter_defines),
         iter_why_not=iter_why_not,
+        loader_process=True,  # bcc's libraries stay out of the daemon (kernel/loader.py)
     )
     source = BpfSource(plans, features, opts)
     source.load()
@@ -110,16 +111,13 @@ def compaction_names(cfg: config.Config) -> dict[int, str]:
 class Session:
     def __init__(
         self, cfg: config.Config, features: kernelinfo.KernelFeatures, source: BpfSource,
-        rss_kib_before_drop: dict[str, int] | None = None, rss_kib: dict[str, int] | None = None,
-        load_seconds: float = 0.0,
+        rss_kib: dict[str, int] | None = None, load_seconds: float = 0.0,
     ) -> None:
         self.cfg = cfg
         self.features = features
         self.source = source
-        # RssAnon and RssFile (KiB) before the compiler's text was dropped, and after
-        self.rss_kib_before_drop = rss_kib_before_drop or {}
-        self.rss_kib = rss_kib or {}
-        self.load_seconds = load_seconds  # compile, load, attach, and what the compiler left given back
+        self.rss_kib = rss_kib or {}  # RssAnon and RssFile (KiB) once loaded
+        self.load_seconds = load_seconds  # compile, load, attach (in the loader process), handed over
 
     @classmethod
     def open(cls, cfg: config.Config) -> Session:
@@ -139,12 +137,7 @@ class Session:
         features = read_features(cfg)
         t0 = time.monotonic()
         source = load_source(cfg, probes.plan(features, cfg.disabled, cfg.hot_paths), features)
-        try:
-            before, after = selfcare.give_back_after_load()
-        except BaseException:
-            source.close()
-            raise
-        return cls(cfg, features, source, before, after, time.monotonic() - t0)
+        return cls(cfg, features, source, selfcare.rss_kib(), time.monotonic() - t0)
 
     def require_attached(self) -> None:
         if not any(s.attached for s in self.source.status):

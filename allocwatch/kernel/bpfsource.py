@@ -27,7 +27,7 @@ from allocwatch.core.model import ShrinkCount
 from allocwatch.core.sites import GFP_UNKNOWN, HIST_SLOTS, NR_SITES, SITE_DSTATE, SITE_NONE, STAT_NAMES, Site
 from allocwatch.core.wbdevice import RECLAIM_SITES, NoteJoin
 from allocwatch.errors import BccMissing, BpfUnavailable, KernelHeadersMissing
-from allocwatch.kernel import bpfstats, ksyms, oomcontext, schedswitch, taskiter, wire
+from allocwatch.kernel import bpfstats, ksyms, libbpf, loader, oomcontext, schedswitch, taskiter, wire
 from allocwatch.kernel.coverage import SiteStatus
 from allocwatch.kernel.kernelinfo import KernelFeatures
 from allocwatch.kernel.mapread import BatchUnsupported, MapReader, raw_bytes
@@ -73,6 +73,12 @@ class LoadOptions:
     # Keep bcc's module (its LLVM context and JIT) after attaching: only to load
     # more programs afterwards, which the daemon never does (a kernel test does).
     keep_compiler: bool = False
+    # Compile and attach in a child process that hands the fds over and exits
+    # (kernel/loader.py): bcc's libraries never map into this one. The daemon's way.
+    loader_process: bool = False
+    # Where bpf/ is for this load: "" is bpf_dir(). The daemon gives its loader
+    # process its own, so both compile what the daemon's package holds.
+    src_dir: str = ""
     # oomcontext.defines for the running kernel: an OOM kill's memory cgroups
     # and constraint read in the kernel (empty: read from /proc afterwards)
     oom_defines: tuple[str, ...] = ()
@@ -101,6 +107,10 @@ def bpf_dir() -> Path:
     except (ModuleNotFoundError, TypeError):
         pass
     return Path(__file__).resolve().parents[2] / "bpf"
+
+
+def source_dir(opts: LoadOptions) -> Path:
+    return Path(opts.src_dir) if opts.src_dir else bpf_dir()
 
 
 def import_bcc() -> Any:
@@ -174,7 +184,7 @@ def cflags_for(
     """The load's tunables, then the catalog's -D flags for these plans (probes.compile_defines)."""
     flags = [
         *QUIET_CFLAGS,
-        f"-I{bpf_dir()}",
+        f"-I{source_dir(opts)}",
         f"-DLONG_WAIT_NS={opts.long_wait_ns}ULL",
         f"-DDSTATE_END_NS={min(opts.dstate_end_ns or opts.long_wait_ns, opts.long_wait_ns)}ULL",
         f"-DMAX_WAITS={opts.max_waits}",
@@ -194,8 +204,16 @@ class BpfSource:
         self.plans = plans
         self.features = features
         self.opts = opts
-        self._bcc = import_bcc()
-        self._bpf: Any = None
+        self._bcc: Any = None  # bcc's module, imported by an in-process load only
+        self._bpf: Any = None  # bcc's BPF object, in-process only
+        # The maps by name (bytes): bcc's tables in-process, libbpf.FdTable ones when handed over
+        self._tables: Any = None
+        self._consume: Callable[[], None] = lambda: None  # the ring buffer's records into _pending
+        self._iter_create: Callable[[int], int] = libbpf.iter_create  # bcc's own where it made the link
+        self._ring: libbpf.RingBuffer | None = None
+        self._handed: list[int] = []  # every fd handed over: closed at close()
+        self._handed_links: list[int] = []  # of them, the attachments (closed first, side by side)
+        self._handed_progs: dict[str, int] = {}
         self._dirty_pauses = False  # the balance_dirty_pages handler notes each pause
         self._wb_notes = False  # the writeback wait handlers note the device
         self._wb_join = NoteJoin(wire.HINT_MAX_AGE_NS)
@@ -236,12 +254,22 @@ class BpfSource:
     # -- load and attach --------------------------------------------------
 
     def load(self, kprobes: bool = False) -> list[SiteStatus]:
-        """Compile, load and attach. `kprobes`: compile every kprobe pair, chosen or
-        not, for load_kprobe_programs (a test); the plans' own are compiled anyway."""
+        """Compile, load and attach: in a loader process with opts.loader_process,
+        else here. `kprobes`: compile every kprobe pair, chosen or not, for
+        load_kprobe_programs (a test); the plans' own are compiled anyway."""
         t0 = time.monotonic()
+        if self.opts.loader_process and not self.opts.keep_compiler:
+            # the child keeps bcc's module until it exits: no time spent freeing it
+            child_opts = dataclasses.replace(self.opts, loader_process=False, keep_compiler=True,
+                                             src_dir=str(source_dir(self.opts)))
+            handover, fds = loader.load_in_child((self.plans, self.features, child_opts, kprobes))
+            self._adopt(handover, fds)
+            self.load_seconds = time.monotonic() - t0
+            return self.status
+        self._bcc = import_bcc()
         check_headers(self.features.release)
         flags = cflags_for(self.plans, self.features, self.opts, every_kprobe=kprobes)
-        src = str(bpf_dir() / BPF_SOURCE).encode()
+        src = str(source_dir(self.opts) / BPF_SOURCE).encode()
         self._dirty_pauses = f"-D{DIRTY_PAUSE_DEFINE}" in flags
         self._wb_notes = f"-D{WB_NOTE_DEFINE}" in flags
         self._begin_stacks = f"-D{BEGIN_STACKS_DEFINE}" in flags
@@ -256,6 +284,8 @@ class BpfSource:
         if failed is not None:
             raise BpfUnavailable(f"the BPF programs did not compile or load: {failed}{said_tail(said)}") from None
         self._bpf[b"events"].open_ring_buffer(self._on_event)
+        self._tables = self._bpf
+        self._consume = lambda: self._bpf.ring_buffer_consume()
         self._readers = {}  # readers hold this load's map fds
         try:  # without it, maps would keep the waits of tasks that exited
             self._attach_tp(SCHED_EXIT)
@@ -297,6 +327,57 @@ class BpfSource:
             self._dup_fds.append(table.map_fd)
         self._bcc.libbcc.lib.bpf_module_destroy(module)
         self._bpf.module = None
+
+    # -- the loader process's handover (kernel/loader.py) -----------------
+
+    # What a load decides besides the fds, handed over as it is
+    HANDED_STATE = ("status", "kill_tracking", "oom_context_how", "sched_switch_how", "task_states_how",
+                    "_attached_tps", "_raw_switch", "_dirty_pauses", "_wb_notes", "_begin_stacks")
+
+    def handover(self) -> tuple[loader.Handover, list[int]]:
+        """In the loader process, after load: the maps this source reads, the
+        programs (their run-time stats), the attachments and the task
+        iterator's link, with their fds in that order."""
+        maps = {}
+        for name in (*TABLES_READ, "events"):
+            try:
+                maps[name] = self._bpf[name.encode()].map_fd
+            except KeyError:  # a map this build leaves out (its -D flag is off)
+                continue
+        progs = {(n.decode() if isinstance(n, bytes) else str(n)): fn.fd for n, fn in self._bpf.funcs.items()}
+        links = [*self._bpf.tracepoint_fds.values(), *self._bpf.raw_tracepoint_fds.values()]
+        links += [fd for by_fn in self._bpf.kprobe_fds.values() for fd in by_fn.values()]
+        iter_link = [self._iter_link] if self._iter_link is not None else []
+        handover = loader.Handover(maps=tuple(maps), programs=tuple(progs), attachments=len(links),
+                                   iter_link=bool(iter_link),
+                                   state={k: getattr(self, k) for k in self.HANDED_STATE})
+        return handover, [*maps.values(), *progs.values(), *links, *iter_link]
+
+    def _adopt(self, handover: loader.Handover, fds: list[int]) -> None:
+        """In the daemon: take over what the loader process made. The maps are
+        read by wire.py's layouts, each checked against the kernel's sizes."""
+        self._handed = list(fds)
+        it = iter(fds)
+        maps = {name: next(it) for name in handover.maps}
+        self._handed_progs = {name: next(it) for name in handover.programs}
+        self._handed_links = [next(it) for _ in range(handover.attachments)]
+        self._iter_link = next(it) if handover.iter_link else None
+        for k, v in handover.state.items():
+            setattr(self, k, v)
+        try:
+            self._tables = {name.encode(): libbpf.FdTable(fd, *wire.MAP_LAYOUTS[name])
+                            for name, fd in maps.items() if name != "events"}
+            self._ring = libbpf.RingBuffer(maps["events"], self._on_record)
+        except (OSError, ValueError, KeyError, libbpf.LibbpfMissing) as exc:
+            self.close()
+            raise BpfUnavailable(f"cannot read the maps the loader process handed over: {exc}") from None
+        self._consume = self._ring.consume
+        self._readers = {}
+
+    def _program_fds(self) -> dict[str, int]:
+        if self._bpf is not None:
+            return {(n.decode() if isinstance(n, bytes) else str(n)): fn.fd for n, fn in self._bpf.funcs.items()}
+        return dict(self._handed_progs)
 
     def load_kprobe_programs(self) -> list[str]:
         """Load (verifier only, no attach) every kprobe program: for tests."""
@@ -348,6 +429,7 @@ class BpfSource:
         if link < 0:
             return f"/proc (the task iterator did not attach: {os.strerror(-link)})"
         self._iter_link = link
+        self._iter_create = lib.bcc_iter_create
         return "task iterator"
 
     def task_states(self) -> dict[int, tuple[str, TaskFlags]] | None:
@@ -362,7 +444,7 @@ class BpfSource:
         namespace; None without the iterator or when the read fails."""
         if self._iter_link is None:
             return None
-        fd = self._bcc.libbcc.lib.bcc_iter_create(self._iter_link)
+        fd = self._iter_create(self._iter_link)
         if fd < 0:
             return None
         chunks = []
@@ -467,14 +549,17 @@ class BpfSource:
     def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
         self._pending.append(ctypes.string_at(data, size))
 
+    def _on_record(self, record: bytes) -> None:
+        self._pending.append(record)  # not a bound append: drain() swaps the list
+
     def _reader(self, name: str, decode: Callable[[Any, Any], T]) -> MapReader[T]:
         """The map's reader, made at its first read: `decode(key, value)` gets ctypes objects."""
         reader = self._readers.get(name)
         if reader is None:
-            table = self._bpf[name.encode()]
+            table = self._tables[name.encode()]
             key_t, leaf_t = table.Key, table.Leaf
             ks, vs = ctypes.sizeof(key_t), ctypes.sizeof(leaf_t)
-            reader = MapReader(table.map_fd, ks, vs, table.max_entries, self._bcc.libbcc.lib.bpf_lookup_batch,
+            reader = MapReader(table.map_fd, ks, vs, table.max_entries, libbpf.lookup_batch,
                                lambda k, v: decode(key_t.from_buffer_copy(k), leaf_t.from_buffer_copy(v)))
             self._readers[name] = reader
         return reader
@@ -484,7 +569,7 @@ class BpfSource:
         try:
             return reader.read()
         except BatchUnsupported:  # before v5.6: the map's own walk, one syscall an entry
-            table = self._bpf[name.encode()]
+            table = self._tables[name.encode()]
             ks = ctypes.sizeof(table.Key)
             reader.fall_back(lambda: ((raw_bytes(k, ks), raw_bytes(v, 0)) for k, v in table.items()))
             return reader.read()
@@ -499,7 +584,7 @@ class BpfSource:
                                  else _IDLE)
         out: list[wire.InflightWait] = [w for w in entries if w is not _IDLE]
         if len(entries) - len(out) > self.opts.max_waits // 2:
-            key = self._bpf[b"waits"].Key
+            key = self._tables[b"waits"].Key
             self._give_back_idle("waits", [key.from_buffer_copy(k) for k in self._readers["waits"].keys_of(_IDLE)])
         # A row is the sleep; with its value for a dirty-throttle sleep, whose pause
         # note may change its decoding; the tid alone for an entry with no sleep open.
@@ -509,7 +594,7 @@ class BpfSource:
         if self._seeded:
             self._forget_seeded_ended({w.tid: w.start_ns for w in map(_sleep_of, sleeps)})
         if len(every) - len(sleeps) > self.opts.max_dwaits // 2:
-            key = self._bpf[b"dwaits"].Key
+            key = self._tables[b"dwaits"].Key
             self._give_back_idle("dwaits", [key(e) for e in every if isinstance(e, int)])
         if any(isinstance(e, _DirtySleep) for e in sleeps):
             pauses = self._dirty_pause_values()  # a pause note changes the decoding
@@ -536,7 +621,7 @@ class BpfSource:
         to its exit, and a host with many threads that once waited would fill the
         map. A wait that begins in one just as it goes is lost (its end reads
         unmatched)."""
-        table = self._bpf[name.encode()]
+        table = self._tables[name.encode()]
         for key in keys:
             try:
                 del table[key]
@@ -582,21 +667,21 @@ class BpfSource:
 
     def ksym(self, addr: int) -> str:
         """The kernel function at `addr`, without its offset ("super_cache_scan")."""
-        if self._bpf is None:
+        if self._tables is None:
             return f"{addr:#x}"
         return self._ksyms.name(addr)
 
     def recent_stack(self, tid: int) -> list[str] | None:
         """The task's kernel stack when it last entered reclaim (at most a second
         stale when it keeps entering), symbolized; None when none was taken."""
-        if self._bpf is None or not self._begin_stacks:
+        if self._tables is None or not self._begin_stacks:
             return None
         try:
-            table = self._bpf[b"task_stacks"]
+            table = self._tables[b"task_stacks"]
             seen = table[table.Key(tid)]
             if seen.stack_id < 0 or time.monotonic_ns() - seen.time_ns > RECENT_STACK_MAX_AGE_NS:
                 return None  # none taken, or too old to say anything about this wait
-            addrs = list(self._bpf[b"stacks"].walk(seen.stack_id))
+            addrs = list(self._tables[b"stacks"].walk(seen.stack_id))
         except Exception:  # a missing entry: bcc raises KeyError, or a bare Exception
             return None
         return [self._ksyms.name(a) for a in addrs]
@@ -604,10 +689,10 @@ class BpfSource:
     def sigkill_ns(self, tid: int) -> int | None:
         """When a SIGKILL was last sent to this task (a process-wide one: to its
         leader's tid), from signal:signal_generate; None when none is remembered."""
-        if self._bpf is None:
+        if self._tables is None:
             return None
         try:
-            table = self._bpf[b"sigkills"]
+            table = self._tables[b"sigkills"]
             return int(table[table.Key(tid)].value)
         except Exception:  # a missing entry: bcc raises KeyError, or a bare Exception
             return None
@@ -626,13 +711,13 @@ class BpfSource:
         )
         self._set_seeded(True)  # first: the sleep must not end unseen
         self._seeded[tid] = start_ns
-        table = self._bpf[b"dwaits"]
+        table = self._tables[b"dwaits"]
         table[table.Key(tid)] = value
 
     def drop_dwait(self, tid: int, start_ns: int) -> None:
         """Undo `seed_dwait`, or give back a sleep's entry, unless the kernel has
         since recorded a new sleep."""
-        table = self._bpf[b"dwaits"]
+        table = self._tables[b"dwaits"]
         try:
             value = table[table.Key(tid)]
             if value.start_ns == start_ns:
@@ -672,13 +757,13 @@ class BpfSource:
 
     def _set_seeded(self, on: bool) -> None:
         if self._raw_switch:
-            table = self._bpf[b"tunables"]
+            table = self._tables[b"tunables"]
             table[table.Key(SEEDED_TUNABLE)] = table.Leaf(1 if on else 0)
 
     def drain(self) -> list[wire.WaitEnd | wire.OomKill]:
         """Ended waits and OOM kills since the last drain, each kill with its
         memory cgroups when the OOM-context program runs."""
-        self._bpf.ring_buffer_consume()
+        self._consume()
         raw, self._pending = self._pending, []
         words = dict(self.opts.oom_constraints)
         events = [ev for r in raw if (ev := wire.decode_event(r) or wire.decode_oom_context(r, words)) is not None]
@@ -689,7 +774,7 @@ class BpfSource:
 
     def set_tunables(self, long_wait_ns: int, dstate_end_ns: int) -> None:
         """The cut-offs the handlers read (a reload lowers them without a new load)."""
-        table = self._bpf[b"tunables"]
+        table = self._tables[b"tunables"]
         table[table.Key(0)] = table.Leaf(long_wait_ns)
         table[table.Key(1)] = table.Leaf(min(dstate_end_ns, long_wait_ns))
 
@@ -701,18 +786,18 @@ class BpfSource:
 
     def program_stats(self) -> dict[str, tuple[int, int]]:
         """Per loaded program: (run_time_ns, run_cnt); empty while the kernel counts nothing."""
-        if self._bpf is None or (self._stats_fd is None and not bpfstats.sysctl_on()):
+        if self._tables is None or (self._stats_fd is None and not bpfstats.sysctl_on()):
             return {}
         out = {}
-        for name, fn in list(self._bpf.funcs.items()):
+        for name, fd in self._program_fds().items():
             try:
-                out[name.decode() if isinstance(name, bytes) else str(name)] = bpfstats.prog_stats(fn.fd)
+                out[name] = bpfstats.prog_stats(fd)
             except OSError:
                 continue
         return out
 
     def stats(self) -> dict[str, int]:
-        table = self._bpf[b"stats"]
+        table = self._tables[b"stats"]
         return {name: int(table[table.Key(i)].value) for i, name in enumerate(STAT_NAMES)}
 
     def histograms(self) -> dict[Site, tuple[list[int], int]]:
@@ -742,6 +827,8 @@ class BpfSource:
         """Detach everything, then free the maps. Each tracepoint detach waits
         for the kernel (about 75 ms each here, 1.5 s for 20 in a row), so they
         run side by side: a stop takes under a second, as SIGTERM promises."""
+        if self._handed:
+            self._close_handed()
         if self._bpf is None:
             return
         jobs = [(self._bpf.detach_tracepoint, tp) for tp in list(self._bpf.tracepoint_fds)]
@@ -763,11 +850,55 @@ class BpfSource:
             os.close(self._iter_link)
             self._iter_link = None
 
+    def _close_handed(self) -> None:
+        """Close what the loader process handed over: the attachments first and
+        side by side (each detach waits for the kernel), then maps and programs."""
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        threads = [threading.Thread(target=_quietly, args=(os.close, fd), daemon=True) for fd in self._handed_links]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        links = set(self._handed_links)
+        for fd in self._handed:
+            if fd not in links:
+                _quietly(os.close, fd)
+        self._handed, self._handed_links, self._handed_progs = [], [], {}
+        self._tables = None
+        self._iter_link = None  # it was one of them
+        if self._stats_fd is not None:
+            os.close(self._stats_fd)
+            self._stats_fd = None
+
     def __enter__(self) -> BpfSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def loader_main(fd: int) -> None:
+    """The loader process (kernel/loader.py): load as the daemon asks on socket
+    `fd`, hand over what was made, and leave without bcc's clean-up."""
+    import socket
+
+    sock = socket.socket(fileno=fd)
+    try:
+        plans, features, opts, kprobes = loader.read_request(sock)
+        source = BpfSource(plans, features, opts)
+        try:
+            source.load(kprobes)
+            handover, fds = source.handover()
+        except (BccMissing, BpfUnavailable, KernelHeadersMissing) as exc:
+            loader.send_error(sock, exc)
+            loader.leave(0)
+        loader.send_handover(sock, handover, fds)
+    except BaseException as exc:  # said on stderr; the daemon reads the socket's end as a failure
+        print(f"allocwatch loader: {type(exc).__name__}: {exc}", file=sys.stderr)
+        loader.leave(1)
+    loader.leave(0)
 
 
 def _quietly(fn: Any, arg: Any) -> None:

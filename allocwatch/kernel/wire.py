@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+from typing import Any
 
 from allocwatch.core.model import (
     COMM_LEN,
@@ -188,6 +189,34 @@ class ShrinkAcct(ctypes.Structure):
         ("calls", ctypes.c_uint32 * SHRINK_SLOTS),
         ("gfp", ctypes.c_uint32 * SHRINK_SLOTS),
     ]
+
+
+class StackSeen(ctypes.Structure):
+    """struct aw_stack_seen: the stack a task last entered reclaim with (task_stacks)."""
+
+    _fields_ = [("time_ns", ctypes.c_uint64), ("stack_id", ctypes.c_int64)]
+
+
+STACK_DEPTH = 127  # PERF_MAX_STACK_DEPTH: a BPF_STACK_TRACE value's addresses
+
+# Each map user space reads or writes: its key and value types. bcc builds its
+# own from the C source; the maps a loader process hands over are read by these,
+# and their sizes checked against the kernel's (kernel/libbpf.py FdTable).
+MAP_LAYOUTS: dict[str, tuple[Any, Any]] = {
+    "waits": (WaitKey, WaitValue),
+    "dwaits": (ctypes.c_uint32, WaitValue),
+    "dirty_pauses": (ctypes.c_uint32, DirtyPauseValue),
+    "wb_notes": (ctypes.c_uint32, WbNoteValue),
+    "task_acct": (ctypes.c_uint32, TaskAcct),
+    "shrink_acct": (ctypes.c_uint32, ShrinkAcct),
+    "task_stacks": (ctypes.c_uint32, StackSeen),
+    "stacks": (ctypes.c_uint32, ctypes.c_uint64 * STACK_DEPTH),
+    "stats": (ctypes.c_uint32, ctypes.c_uint64),
+    "tunables": (ctypes.c_uint32, ctypes.c_uint64),
+    "wait_hist": (ctypes.c_uint32, ctypes.c_uint64),
+    "wait_sum_ns": (ctypes.c_uint32, ctypes.c_uint64),
+    "sigkills": (ctypes.c_uint32, ctypes.c_uint64),
+}
 
 
 class TaskNow(ctypes.Structure):

@@ -3,8 +3,9 @@
 kernel's own bucket order gives every entry once, and a read after changes
 decodes only what changed, compared by digest.
 
-The maps are made, filled and changed through libbcc's C calls (ctypes), the
-ones the daemon's source reads with, so no program needs to run. Whether an
+The maps are made, filled and changed through libbcc's C calls (ctypes), and
+read through libbpf's (kernel/libbpf.py), the daemon's own, so no program needs
+to run. Whether an
 update keeps the keys in their order (the read in place) or moves them (the
 read by key) depends on the map's hash seed: both paths give what is checked
 here, and the unit tests take each on purpose."""
@@ -17,6 +18,7 @@ import random
 
 import pytest
 
+from allocwatch.kernel import libbpf
 from allocwatch.kernel.mapread import MapReader
 
 BPF_MAP_TYPE_HASH = 1
@@ -79,7 +81,7 @@ def test_a_map_of_thousands_is_read_whole_and_only_changes_decoded(libbcc, map_t
             decoded.append(tid)
             return tid, bytes(v)
 
-        r = MapReader(m.fd, 4, VALUE_BYTES, MAX_ENTRIES, libbcc.bpf_lookup_batch, decode)
+        r = MapReader(m.fd, 4, VALUE_BYTES, MAX_ENTRIES, libbpf.lookup_batch, decode)
         first = r.read()
         assert len(first) == len(want) and dict(first) == want  # each entry once, none missed
         assert len(decoded) == len(want)
@@ -113,7 +115,37 @@ def test_a_map_of_thousands_is_read_whole_and_only_changes_decoded(libbcc, map_t
 def test_an_empty_real_map_reads_empty(libbcc):
     m = RealMap(libbcc, BPF_MAP_TYPE_HASH)
     try:
-        r = MapReader(m.fd, 4, VALUE_BYTES, MAX_ENTRIES, libbcc.bpf_lookup_batch, lambda k, v: (k, v))
+        r = MapReader(m.fd, 4, VALUE_BYTES, MAX_ENTRIES, libbpf.lookup_batch, lambda k, v: (k, v))
         assert r.read() == [] and r.calls == 1  # ENOENT at once: empty, not an error
+    finally:
+        m.close()
+
+
+class Value(ctypes.Structure):
+    _fields_ = [("words", ctypes.c_uint32 * (VALUE_BYTES // 4))]
+
+
+def test_a_map_by_its_fd_alone_is_read_written_and_walked_through_libbpf(libbcc):
+    """What the daemon does with the maps a loader process handed over (kernel/libbpf.py)."""
+    m = RealMap(libbcc, BPF_MAP_TYPE_HASH)
+    try:
+        table = libbpf.FdTable(m.fd, ctypes.c_uint32, Value)
+        assert table.max_entries == MAX_ENTRIES
+        with pytest.raises(KeyError):
+            table[table.Key(5)]
+        v = Value()
+        v.words[0], v.words[-1] = 7, 9
+        table[table.Key(5)] = v
+        m.put(6, _value(6, 3))
+        got = table[table.Key(5)]
+        assert (got.words[0], got.words[-1]) == (7, 9)
+        walked = {int(k.value): bytes(val) for k, val in table.items()}
+        assert walked == {5: bytes(v), 6: _value(6, 3)}
+        del table[table.Key(5)]
+        with pytest.raises(KeyError):
+            del table[table.Key(5)]
+        assert [int(k.value) for k, _ in table.items()] == [6]
+        with pytest.raises(ValueError, match="the kernel's key and value are 4 and 344 bytes"):
+            libbpf.FdTable(m.fd, ctypes.c_uint64, Value)  # a layout that is not the map's is refused
     finally:
         m.close()

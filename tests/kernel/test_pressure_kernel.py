@@ -4,8 +4,9 @@ drives it to its limit, through a reclaim storm and an OOM kill, it keeps
 scanning, reports the kill, and is not the one killed.
 
 Here the daemon cannot lower its own oom_score_adj (no CAP_SYS_RESOURCE on
-these machines), so what spares it is its size: the compiler text it drops
-after the load, and its pages locked as it touches them."""
+these machines), so what spares it is its size: bcc and the compiler never map
+into it (a loader process compiles and attaches), and its pages locked as it
+touches them."""
 
 from __future__ import annotations
 

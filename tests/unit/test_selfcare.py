@@ -100,19 +100,6 @@ def test_readers_of_this_process():
     assert heap_range(Path("/nonexistent")) is None and rss_anon_kib(Path("/nonexistent")) is None
 
 
-def test_after_the_load_the_heap_is_trimmed_once_and_rss_read_before_and_after_the_drop():
-    calls = []
-
-    class FakeLibc:
-        def malloc_trim(self, pad: int) -> int:
-            calls.append(pad)
-            return 1
-
-    before, after = selfcare.give_back_after_load(FakeLibc())  # type: ignore[arg-type]
-    assert calls == [0]
-    assert before["RssAnon"] > 0 and after["RssAnon"] > 0 and "RssFile" in after
-
-
 def test_one_arena_asks_glibc_for_a_single_arena():
     calls = []
 

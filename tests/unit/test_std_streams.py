@@ -108,7 +108,8 @@ try:
     one = os.readlink("/proc/self/fd/1")
 except OSError:
     one = "closed"
-os.write(int(sys.argv[1]), (os.readlink("/proc/self/fd/2") + " " + one).encode())
+# inheritable, as a standard stream is: the loader process gets it as its own stderr
+os.write(int(sys.argv[1]), (os.readlink("/proc/self/fd/2") + " " + one + " " + str(os.get_inheritable(2))).encode())
 """
 
 
@@ -125,10 +126,10 @@ def test_a_closed_stderr_gets_dev_null_and_a_closed_stdout_stays_closed(close, s
                        stdout=subprocess.PIPE, cwd=ROOT, timeout=30, check=True)
         os.close(w)
         w = -1
-        fd2, fd1 = os.read(r, 4096).decode().split()
+        fd2, fd1, inheritable = os.read(r, 4096).decode().split()
     finally:
         os.close(r)
         if w != -1:
             os.close(w)
-    assert fd2 == "/dev/null"
+    assert fd2 == "/dev/null" and inheritable == "True"
     assert fd1.startswith(stdout)
