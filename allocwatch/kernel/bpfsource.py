@@ -882,8 +882,14 @@ class BpfSource:
 def loader_main(fd: int) -> None:
     """The loader process (kernel/loader.py): load as the daemon asks on socket
     `fd`, hand over what was made, and leave without bcc's clean-up."""
+    import signal
     import socket
 
+    # Ignored (loader.STOP_SIGNALS): the daemon spawned this process with them
+    # blocked, so one sent before this line is dropped here, not fatal.
+    for sig in loader.STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, loader.STOP_SIGNALS)
     sock = socket.socket(fileno=fd)
     try:
         plans, features, opts, kprobes = loader.read_request(sock)

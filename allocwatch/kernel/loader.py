@@ -34,6 +34,11 @@ MESSAGE_BYTES = 1 << 20  # the largest handover seen is some 20 KB
 WAIT_SECONDS = 300.0  # a compile takes 1 to 10 s here; a guest with 2 slow CPUs, more
 END_SECONDS = 10.0  # from the handover to the child's exit
 ERRORS = {e.__name__: e for e in (BccMissing, BpfUnavailable, KernelHeadersMissing)}
+# What the loader ignores: the daemon decides when to stop. A stop sent to the
+# whole group (a service manager's stop, a Ctrl-C) finds the load finished and
+# handed over, and the daemon then detaches it; should the daemon die instead,
+# the handover fails and nothing stays attached.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @dataclass
@@ -61,7 +66,7 @@ def load_in_child(request: tuple[Any, ...]) -> tuple[Handover, list[int]]:
             pid = os.posix_spawn(sys.executable, child_command(theirs.fileno()), os.environ, file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
                 (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),  # stdout may be the daemon's report stream
-            ])
+            ], setsigmask=STOP_SIGNALS)  # held from the first instruction: see bpfsource.loader_main
         finally:
             theirs.close()
         try:
@@ -104,6 +109,8 @@ def _receive(sock: socket.socket, pid: int) -> tuple[Handover, list[int]]:
         data, fds, _, _ = socket.recv_fds(sock, MESSAGE_BYTES, 0)
     except TimeoutError:
         raise BpfUnavailable(f"the loader process handed nothing over in {WAIT_SECONDS:.0f} s") from None
+    except ConnectionResetError:  # it died with the request unread
+        data, fds = b"", []
     if not data:
         raise BpfUnavailable(f"the loader process ended (exit code {_reap(pid)}) without handing the programs "
                              "over; its own words, if any, are on stderr above")

@@ -716,19 +716,27 @@ def test_sighup_reloads_a_good_config_refuses_a_bad_one_and_keeps_exact_ends(tmp
         d.kill()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM])
-def test_a_signal_while_it_loads_is_remembered_not_fatal(tmp_path, sig):
+@pytest.mark.parametrize(("sig", "group"), [(signal.SIGHUP, False), (signal.SIGTERM, False),
+                                            (signal.SIGHUP, True), (signal.SIGTERM, True)],
+                         ids=["hup", "term", "hup-group", "term-group"])
+def test_a_signal_while_it_loads_is_remembered_not_fatal(tmp_path, sig, group):
     """Half a second after start, while the programs compile: SIGHUP used to end it
     (rc 129, no line, its socket left behind). A reload asked then is done once it
-    watches; a stop asked then ends the run cleanly once the load is done (issue 27, item 4)."""
+    watches; a stop asked then ends the run cleanly once the load is done (issue 27, item 4).
+    Sent to the whole process group (a service manager's stop, a Ctrl-C), it reaches the
+    loader process too, which finishes and hands over all the same."""
     cfg = tmp_path / "c.yaml"
     cfg.write_text("threshold_s: 60\nscan_interval_s: 0.25\n")
     sock = tmp_path / "run" / "top.sock"
-    d = Daemon("--config", str(cfg), "--socket", str(sock))
+    d = Daemon("--config", str(cfg), "--socket", str(sock),
+               spawn=lambda argv, **kw: subprocess.Popen(argv, start_new_session=group, **kw))
     try:
         time.sleep(0.5)
         assert d.proc.poll() is None and not any("watching" in s for s in d.stderr), "it loaded too fast to test"
-        d.proc.send_signal(sig)
+        if group:
+            os.killpg(d.proc.pid, sig)
+        else:
+            d.proc.send_signal(sig)
         if sig == signal.SIGHUP:
             d.wait_ready(120)
             assert d._wait(lambda: any("reloaded" in s for s in d.stderr), 10), d.stderr
