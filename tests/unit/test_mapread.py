@@ -208,3 +208,43 @@ def test_the_wide_digest_is_blake2b_and_loading_the_reader_loads_no_openssl():
     code = "import sys, allocwatch.kernel.mapread; print(sorted({'hashlib', '_hashlib'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_map_bigger_than_a_batch_is_read_a_batch_at_a_time_into_buffers_of_one_batch():
+    """10,000 task accounts read whole were 3.4 MiB of buffer for the daemon's whole
+    run: the buffers now hold one batch, each digested before the next call."""
+    n = 3 * mapread.BATCH_ENTRIES + 100
+    fake = FakeMap({tid: tid for tid in range(1, n + 1)}, per_call=100_000)
+    decoded: list[tuple[int, int]] = []
+    r = reader_over(fake, decoded, max_entries=32768)
+    first = r.read()
+    assert first == [(t, t) for t in range(1, n + 1)] and len(decoded) == n
+    assert fake.calls == 4 and len(r._vmap) == mapread.BATCH_ENTRIES * 8
+    assert r.read() is first and len(decoded) == n  # nothing changed: the same list, nothing decoded
+    fake.entries[2000] = 7  # written in place, in the second batch
+    again = r.read()
+    assert again[1999] == (2000, 7) and decoded[n:] == [(2000, 7)]
+    assert all(a is b for i, (a, b) in enumerate(zip(again, first, strict=True)) if i != 1999)
+    del fake.entries[5]  # every key after it moves down one place, across every batch
+    third = r.read()
+    assert len(third) == n - 1 and len(decoded) == n + 1  # looked up by key: none decoded again
+    assert third[1998] is again[1999]
+
+
+def test_a_bucket_bigger_than_a_batch_widens_the_buffers_and_is_read_whole():
+    class Buckets(FakeMap):
+        """The kernel hands out whole buckets: ENOSPC with nothing when one does not fit."""
+
+        def __call__(self, fd, in_batch, out_batch, keys, values, count):
+            room = ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))
+            if room[0] < 1500:
+                room[0] = 0
+                ctypes.set_errno(errno.ENOSPC)
+                self.calls += 1
+                return -1
+            return super().__call__(fd, in_batch, out_batch, keys, values, count)
+
+    fake = Buckets({tid: tid for tid in range(1, 2001)}, per_call=100_000)
+    r = reader_over(fake, [], max_entries=4096)
+    assert r.read() == [(t, t) for t in range(1, 2001)]
+    assert len(r._vmap) == 2 * mapread.BATCH_ENTRIES * 8  # widened once, to the first size that held it
