@@ -13,12 +13,10 @@ import ctypes
 import dataclasses
 import os
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -97,16 +95,14 @@ SEEDED_TUNABLE = 2  # tunables[2]: a seeded D sleep is open (AW_TUNABLE_SEEDED)
 
 
 def bpf_dir() -> Path:
-    """Where bpf/*.c and bpf/*.h are: the package's data, or the checkout."""
-    try:
-        # allocwatch.bpf has no __init__.py: files() gives a MultiplexedPath,
-        # whose str() is not a path; a file in it is a real one.
-        src = resources.files("allocwatch.bpf") / BPF_SOURCE
-        if src.is_file():
-            return Path(str(src)).parent
-    except (ModuleNotFoundError, TypeError):
-        pass
-    return Path(__file__).resolve().parents[2] / "bpf"
+    """Where bpf/*.c and bpf/*.h are: the package's data (allocwatch/bpf, as
+    installed: pyproject.toml's package-dir), or the checkout's bpf/. By path,
+    not importlib.resources, which the daemon would load for this alone (0.7 MiB)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "bpf"
+    if (installed / BPF_SOURCE).is_file():
+        return installed
+    return package.parent / "bpf"
 
 
 def source_dir(opts: LoadOptions) -> Path:
@@ -145,6 +141,8 @@ SAID_TAIL_CHARS = 2000
 def compiler_output() -> Iterator[list[str]]:
     """What bcc and clang write on fd 2 while inside, kept from the user's
     stderr; the list holds it (its last SAID_TAIL_CHARS) once the block ends."""
+    import tempfile  # the loader process's alone: the daemon never compiles
+
     said: list[str] = []
     sys.stderr.flush()
     saved = os.dup(2)
