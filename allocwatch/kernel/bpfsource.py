@@ -68,8 +68,9 @@ class LoadOptions:
     max_waits: int = 32768
     max_dwaits: int = 32768
     ringbuf_pages: int | None = None  # default: ringbuf_pages_for(max_dwaits)
-    # Keep bcc's module (its LLVM context and JIT) after attaching: only to load
-    # more programs afterwards, which the daemon never does (a kernel test does).
+    # Keep bcc's module (its LLVM context and JIT) after attaching: to load more
+    # programs afterwards (a kernel test), or in the loader process, which exits
+    # right after and hands over the maps' fds the module holds.
     keep_compiler: bool = False
     # Compile and attach in a child process that hands the fds over and exits
     # (kernel/loader.py): bcc's libraries never map into this one. The daemon's way.
@@ -258,6 +259,7 @@ class BpfSource:
         t0 = time.monotonic()
         if self.opts.loader_process and not self.opts.keep_compiler:
             # the child keeps bcc's module until it exits: no time spent freeing it
+            libbpf.lib()  # what the reads need, before a compile of seconds in the child
             child_opts = dataclasses.replace(self.opts, loader_process=False, keep_compiler=True,
                                              src_dir=str(source_dir(self.opts)))
             handover, fds = loader.load_in_child((self.plans, self.features, child_opts, kprobes))
@@ -355,6 +357,10 @@ class BpfSource:
         """In the daemon: take over what the loader process made. The maps are
         read by wire.py's layouts, each checked against the kernel's sizes."""
         self._handed = list(fds)
+        want = len(handover.maps) + len(handover.programs) + handover.attachments + handover.iter_link
+        if len(fds) != want:
+            self.close()
+            raise BpfUnavailable(f"the loader process handed over {len(fds)} fds for {want}")
         it = iter(fds)
         maps = {name: next(it) for name in handover.maps}
         self._handed_progs = {name: next(it) for name in handover.programs}
@@ -366,7 +372,7 @@ class BpfSource:
             self._tables = {name.encode(): libbpf.FdTable(fd, *wire.MAP_LAYOUTS[name])
                             for name, fd in maps.items() if name != "events"}
             self._ring = libbpf.RingBuffer(maps["events"], self._on_record)
-        except (OSError, ValueError, KeyError, libbpf.LibbpfMissing) as exc:
+        except (OSError, ValueError, KeyError) as exc:
             self.close()
             raise BpfUnavailable(f"cannot read the maps the loader process handed over: {exc}") from None
         self._consume = self._ring.consume
@@ -838,6 +844,9 @@ class BpfSource:
             t.join(10)
         self._bpf.cleanup()  # whatever is left, and the maps
         self._bpf = None
+        self._tables = None
+        self._consume = lambda: None
+        self._readers = {}
         for fd in self._dup_fds:
             os.close(fd)
         self._dup_fds = []
@@ -865,6 +874,8 @@ class BpfSource:
                 _quietly(os.close, fd)
         self._handed, self._handed_links, self._handed_progs = [], [], {}
         self._tables = None
+        self._consume = lambda: None
+        self._readers = {}
         self._iter_link = None  # it was one of them
         if self._stats_fd is not None:
             os.close(self._stats_fd)

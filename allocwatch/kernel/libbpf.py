@@ -18,12 +18,10 @@ import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from allocwatch.errors import BccMissing
+
 LIBRARY = "libbpf.so.1"
 BPF_ANY = 0
-
-
-class LibbpfMissing(Exception):
-    """libbpf.so.1 cannot be loaded."""
 
 
 @functools.cache
@@ -31,8 +29,9 @@ def lib() -> Any:
     """libbpf, loaded once, its calls declared."""
     try:
         so = ctypes.CDLL(LIBRARY, use_errno=True)
-    except OSError as exc:
-        raise LibbpfMissing(f"{LIBRARY} cannot be loaded ({exc}): install libbpf1 (scripts/setup does)") from None
+    except OSError as exc:  # Debian's bcc depends on it: a bcc installed whole has it
+        raise BccMissing(f"{LIBRARY} cannot be loaded ({exc}): run scripts/setup "
+                         "(Debian: apt-get install libbpf1, which python3-bpfcc brings)") from None
     vp, i, u32p = ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(ctypes.c_uint32)
     for name, restype, argtypes in (
         ("bpf_map_lookup_elem", i, [i, vp, vp]),
@@ -99,8 +98,11 @@ class FdTable:
 
     def __getitem__(self, key: Any) -> Any:
         leaf = self.Leaf()
-        if lib().bpf_map_lookup_elem(self.map_fd, ctypes.byref(key), ctypes.byref(leaf)):
+        rc = lib().bpf_map_lookup_elem(self.map_fd, ctypes.byref(key), ctypes.byref(leaf))
+        if rc == -errno.ENOENT:
             raise KeyError(key)
+        if rc:
+            raise OSError(-rc, f"BPF_MAP_LOOKUP_ELEM on map fd {self.map_fd}: {os.strerror(-rc)}")
         return leaf
 
     def __setitem__(self, key: Any, leaf: Any) -> None:
@@ -150,7 +152,8 @@ class RingBuffer:
             raise OSError(err, f"ring_buffer__new on map fd {fd}: {os.strerror(err)}")
 
     def consume(self) -> None:
-        lib().ring_buffer__consume(self._rb)
+        if self._rb:  # closed: nothing (libbpf would dereference the freed ring)
+            lib().ring_buffer__consume(self._rb)
 
     def close(self) -> None:
         if self._rb:

@@ -103,20 +103,28 @@ class MapReader(Generic[T]):
         out_token = ctypes.c_uint32(0)
         count = ctypes.c_uint32(0)
         total = 0
-        while total < self._max:
-            count.value = min(self._cap, self._max - total)
+        # Each call asks for a whole batch: a kernel that returns less than the room
+        # it was given has ended a bucket there, and one that has no room for the
+        # next bucket says ENOSPC with nothing. Asking only for what is left of
+        # max_entries, a bucket grown by entries added during the read (an LRU map
+        # full and turning over) would be read as one bigger than a batch. Twice
+        # max_entries at most: entries added during a read are read too.
+        while total < 2 * self._max:
+            count.value = self._cap
             self.calls += 1
             rc = self._batch(self._fd, ctypes.byref(in_token) if total else None, ctypes.byref(out_token),
                              self._keys, self._values, ctypes.byref(count))
             err = ctypes.get_errno() if rc else 0
             if err in (errno.EINVAL, ENOTSUPP, errno.EOPNOTSUPP) and total == 0:
                 raise BatchUnsupported(f"map fd {self._fd}: {errno.errorcode.get(err, str(err))}")
-            if err == errno.ENOSPC and count.value == 0 and self._cap < self._max:
+            if err == errno.ENOSPC and count.value == 0:
+                if self._cap >= self._max:  # no bucket is bigger than the map: a race, read next scan
+                    break
                 self._grow(min(self._cap * 2, self._max))  # a bucket bigger than a batch: the same call, wider
                 continue
             if err not in (0, errno.ENOENT, errno.ENOSPC):
-                # ENOENT: the whole map was read; ENOSPC with entries: what fits, then the rest.
-                # Otherwise count may be what was passed in (an old kernel leaves it).
+                # ENOENT: the whole map was read. Otherwise count may be what was
+                # passed in (an old kernel leaves it).
                 raise OSError(err, f"BPF_MAP_LOOKUP_BATCH on map fd {self._fd}: {errno.errorcode.get(err, err)}")
             if count.value:
                 yield total, count.value

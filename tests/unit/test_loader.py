@@ -18,8 +18,8 @@ from allocwatch.kernel.bpfsource import LoadOptions
 from tests.unit.fakes import captured
 
 
-def _spawned_true() -> int:
-    return os.posix_spawn("/bin/true", ["true"], {})
+def _spawned_true() -> loader._Child:
+    return loader._Child(os.posix_spawn("/bin/true", ["true"], {}))
 
 
 def test_every_fd_is_handed_over_in_order_past_one_message_s_worth():
@@ -70,6 +70,16 @@ def test_a_real_loader_process_runs_this_package_and_says_why_it_could_not_load(
 
 def test_the_child_command_is_isolated_and_names_this_package():
     argv = loader.child_command(7)
-    assert argv[1] == "-I" and "loader_main(7)" in argv[-1]
+    assert argv[1:3] == ["-I", "-B"] and "loader_main(7)" in argv[-1]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(loader.__file__))))
     assert repr(root) in argv[-1]
+
+
+def test_a_child_that_will_not_send_is_killed_once_and_never_signalled_after_it_is_reaped():
+    child = loader._Child(os.posix_spawn("/bin/sleep", ["sleep", "30"], {}))
+    child.kill()
+    assert child.code is None and child._reaped
+    child.kill()  # its pid may be another process's by now: nothing is sent
+    assert child.reap() is None
+    done = _spawned_true()
+    assert done.reap() == 0 and done.reap() == 0

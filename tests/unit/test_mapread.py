@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""MapReader: one batch call per read, entries decoded only when their bytes change."""
+"""MapReader: batch calls of a batch each, entries decoded only when their bytes change."""
 
 from __future__ import annotations
 
@@ -248,3 +248,28 @@ def test_a_bucket_bigger_than_a_batch_widens_the_buffers_and_is_read_whole():
     r = reader_over(fake, [], max_entries=4096)
     assert r.read() == [(t, t) for t in range(1, 2001)]
     assert len(r._vmap) == 2 * mapread.BATCH_ENTRIES * 8  # widened once, to the first size that held it
+
+
+def test_every_call_asks_for_a_whole_batch_and_a_bucket_that_never_fits_ends_the_read():
+    """Asking only for what was left of max_entries, a full LRU map turning over
+    during the read looked like a bucket bigger than a batch: the buffers grew
+    to the whole map for good, and the read stopped short."""
+    asked: list[int] = []
+
+    class Asks(FakeMap):
+        def __call__(self, fd, in_batch, out_batch, keys, values, count):
+            asked.append(ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))[0])
+            return super().__call__(fd, in_batch, out_batch, keys, values, count)
+
+    fake = Asks({tid: tid for tid in range(1, 2501)}, per_call=1000)
+    r = reader_over(fake, [], max_entries=2500)
+    assert len(r.read()) == 2500 and asked == [1024, 1024, 1024]  # 1000 + 1000 + 500, the last ENOENT
+
+    class Never(FakeMap):
+        def __call__(self, fd, in_batch, out_batch, keys, values, count):
+            ctypes.cast(count, ctypes.POINTER(ctypes.c_uint32))[0] = 0
+            ctypes.set_errno(errno.ENOSPC)
+            return -1
+
+    r = reader_over(Never({1: 1}), [], max_entries=3000)
+    assert r.read() == [] and len(r._vmap) == 3000 * 8  # widened up to the map, then given up till the next read
