@@ -344,7 +344,7 @@ class BpfSource:
                 maps[name] = self._bpf[name.encode()].map_fd
             except KeyError:  # a map this build leaves out (its -D flag is off)
                 continue
-        progs = {(n.decode() if isinstance(n, bytes) else str(n)): fn.fd for n, fn in self._bpf.funcs.items()}
+        progs = self._program_fds()
         links = [*self._bpf.tracepoint_fds.values(), *self._bpf.raw_tracepoint_fds.values()]
         links += [fd for by_fn in self._bpf.kprobe_fds.values() for fd in by_fn.values()]
         iter_link = [self._iter_link] if self._iter_link is not None else []
@@ -379,6 +379,7 @@ class BpfSource:
         self._readers = {}
 
     def _program_fds(self) -> dict[str, int]:
+        """Each loaded program's fd by name: bcc's in-process, else those handed over."""
         if self._bpf is not None:
             return {(n.decode() if isinstance(n, bytes) else str(n)): fn.fd for n, fn in self._bpf.funcs.items()}
         return dict(self._handed_progs)
