@@ -834,53 +834,39 @@ class BpfSource:
         run side by side: a stop takes under a second, as SIGTERM promises."""
         if self._handed:
             self._close_handed()
-        if self._bpf is None:
-            return
-        jobs = [(self._bpf.detach_tracepoint, tp) for tp in list(self._bpf.tracepoint_fds)]
-        jobs += [(self._bpf.detach_kprobe_event, ev) for ev in list(getattr(self._bpf, "kprobe_fds", {}))]
-        threads = [threading.Thread(target=_quietly, args=job, daemon=True) for job in jobs]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
-        self._bpf.cleanup()  # whatever is left, and the maps
-        self._bpf = None
+        if self._bpf is not None:
+            jobs = [(self._bpf.detach_tracepoint, tp) for tp in list(self._bpf.tracepoint_fds)]
+            jobs += [(self._bpf.detach_kprobe_event, ev) for ev in list(getattr(self._bpf, "kprobe_fds", {}))]
+            _side_by_side(jobs)
+            self._bpf.cleanup()  # whatever is left, and the maps
+            self._bpf = None
+            for fd in self._dup_fds:
+                os.close(fd)
+            self._dup_fds = []
+            if self._iter_link is not None:
+                os.close(self._iter_link)
+        self._iter_link = None
         self._tables = None
         self._consume = lambda: None
         self._readers = {}
-        for fd in self._dup_fds:
-            os.close(fd)
-        self._dup_fds = []
         if self._stats_fd is not None:
             os.close(self._stats_fd)
             self._stats_fd = None
-        if self._iter_link is not None:
-            os.close(self._iter_link)
-            self._iter_link = None
 
     def _close_handed(self) -> None:
         """Close what the loader process handed over: the attachments first and
-        side by side (each detach waits for the kernel), then maps and programs."""
+        side by side (each detach waits for the kernel), then maps and programs
+        (the task iterator's link among them)."""
         if self._ring is not None:
             self._ring.close()
             self._ring = None
-        threads = [threading.Thread(target=_quietly, args=(os.close, fd), daemon=True) for fd in self._handed_links]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(10)
+        _side_by_side([(os.close, fd) for fd in self._handed_links])
         links = set(self._handed_links)
         for fd in self._handed:
             if fd not in links:
                 _quietly(os.close, fd)
         self._handed, self._handed_links, self._handed_progs = [], [], {}
-        self._tables = None
-        self._consume = lambda: None
-        self._readers = {}
-        self._iter_link = None  # it was one of them
-        if self._stats_fd is not None:
-            os.close(self._stats_fd)
-            self._stats_fd = None
+        self._iter_link = None
 
     def __enter__(self) -> BpfSource:
         return self
@@ -915,6 +901,15 @@ def loader_main(fd: int) -> None:
         print(f"allocwatch loader: {type(exc).__name__}: {exc}", file=sys.stderr)
         loader.leave(1)
     loader.leave(0)
+
+
+def _side_by_side(jobs: list[tuple[Any, Any]]) -> None:
+    """fn(arg) for each job, each in a thread of its own, waited for (10 s each at most)."""
+    threads = [threading.Thread(target=_quietly, args=job, daemon=True) for job in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
 
 
 def _quietly(fn: Any, arg: Any) -> None:

@@ -83,7 +83,8 @@ def map_info(fd: int) -> _MapInfo:
 
 class FdTable:
     """One map by its fd, with what the daemon asks of a bcc table. Key and Leaf
-    are kernel/wire.py's types; `check` says whether the kernel's map has their sizes."""
+    are kernel/wire.py's types, refused (ValueError) where the kernel's map has
+    other sizes."""
 
     def __init__(self, fd: int, key_t: Any, leaf_t: Any) -> None:
         info = map_info(fd)
