@@ -13,12 +13,11 @@ read with .get(), so an older record without them simply gives no line there.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
 Task = Mapping[str, Any]
 Block = Mapping[str, Any]
-SitesOf = Callable[[Task], set[str]]  # every site a task is seen at (sites_of, made once a task)
 
 # The rules' names, in the order their lines are written.
 MEMCG_OOM_OFF = "memcg_oom_disabled"
@@ -48,10 +47,11 @@ def _cg(t: Task) -> str:
     return t.get("cgroup") or "-"
 
 
-def _who(tasks: Sequence[Task]) -> str:
+def _who(tasks: Sequence[Task], facts: Facts) -> str:
     """'comm pid=N' of the first, and how many more."""
     t = tasks[0]
-    more = f" and {len(tasks) - 1} more task(s)" if len(tasks) > 1 else ""
+    n = facts.count(tasks)
+    more = f" and {n - 1} more task(s)" if n > 1 else ""
     return f"{t.get('comm')} pid={t.get('pid')}{more}"
 
 
@@ -59,7 +59,7 @@ def _line(seen: str, points_at: str, look_at: str) -> str:
     return f"seen: {seen}; points at: {points_at}; look at: {look_at}"
 
 
-def _memcg_oom_off(block: Block, sites: SitesOf) -> str | None:
+def _memcg_oom_off(block: Block, facts: Facts) -> str | None:
     hit = [t for t in block["tasks"] if (m := t.get("memcg")) and m.get("oom_kill_disable")
            and (m.get("under_oom") or m.get("near_limit"))]
     if not hit:
@@ -68,18 +68,18 @@ def _memcg_oom_off(block: Block, sites: SitesOf) -> str | None:
     groups = {_cg(t) for t in hit}
     where = f"memory cgroup {_cg(hit[0])}" + (f" (and {len(groups) - 1} more)" if len(groups) > 1 else "")
     state = " ".join(s for s, on in (("at its limit", m.get("near_limit")), ("under_oom=1", m.get("under_oom"))) if on)
-    return _line(f"{where} {state} with oom_kill_disable=1, {len(hit)} task(s) waiting in it",
+    return _line(f"{where} {state} with oom_kill_disable=1, {facts.count(hit)} task(s) waiting in it",
                  "a group out of memory whose OOM killer is off: its tasks wait until memory is freed in it",
                  "raise the group's limit (memory.limit_in_bytes) or enable its OOM killer (memory.oom_control), "
                  "or free memory in the group")
 
 
-def _stuck_victim(block: Block, sites: SitesOf) -> str | None:
+def _stuck_victim(block: Block, facts: Facts) -> str | None:
     hit = [t for t in block["tasks"] if t.get("kind") == "stuck_victim"]
     if not hit:
         return None
     t = hit[0]
-    seen = f"OOM victim {_who(hit)} not exited {t.get('duration_s', 0):.0f}s after it was chosen"
+    seen = f"OOM victim {_who(hit, facts)} not exited {t.get('duration_s', 0):.0f}s after it was chosen"
     if t.get("state"):
         seen += f", state={t['state']}"
     frames = t.get("stack") or []
@@ -99,12 +99,12 @@ def _stuck_victim(block: Block, sites: SitesOf) -> str | None:
                  blocked + (" and the tasks of its cgroup waiting behind it" if waiting else ""))
 
 
-def _livelock(block: Block, sites: SitesOf) -> str | None:
+def _livelock(block: Block, facts: Facts) -> str | None:
     hit = [t for t in block["tasks"] if t.get("kind") == "livelock"]
     if not hit:
         return None
     w = hit[0].get("window") or {}
-    seen = (f"{_who(hit)} running reclaim {w.get('reclaim_passes_per_s', 0):.0f} passes/s, "
+    seen = (f"{_who(hit, facts)} running reclaim {w.get('reclaim_passes_per_s', 0):.0f} passes/s, "
             f"{w.get('reclaimed_pages', 0)} pages reclaimed in the window")
     ctx = block.get("context") or {}
     mem = ctx.get("meminfo_bytes") or {}
@@ -129,16 +129,16 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f}MiB"
 
 
-def _memcg_high(block: Block, sites: SitesOf) -> str | None:
+def _memcg_high(block: Block, facts: Facts) -> str | None:
     def over_high(t: Task) -> bool:
         m = t.get("memcg") or {}
-        return ("memcg_high_throttle" in sites(t) and m.get("high_bytes") is not None
+        return ("memcg_high_throttle" in facts.sites(t) and m.get("high_bytes") is not None
                 and m.get("usage_bytes") is not None and m["usage_bytes"] > m["high_bytes"])
     hit = [t for t in block["tasks"] if over_high(t)]
     if not hit:
         return None
     t, m = hit[0], hit[0]["memcg"]
-    seen = (f"{_who(hit)} throttled at memory.high in mem_cgroup_handle_over_high, cgroup={_cg(t)} "
+    seen = (f"{_who(hit, facts)} throttled at memory.high in mem_cgroup_handle_over_high, cgroup={_cg(t)} "
             f"usage={_mib(m['usage_bytes'])} over high={_mib(m['high_bytes'])}")
     if (m.get("events") or {}).get("high") is not None:
         seen += f", memory.events high={m['events']['high']}"
@@ -151,22 +151,22 @@ def _memcg_high(block: Block, sites: SitesOf) -> str | None:
                  "memory.stat)")
 
 
-def _writeback(block: Block, sites: SitesOf) -> str | None:
+def _writeback(block: Block, facts: Facts) -> str | None:
     def on_writeback(t: Task) -> bool:
         reasons = (t.get("window") or {}).get("throttle_reasons") or {}
-        return ("writeback_wait" in sites(t) or "folio_wait_writeback" in (t.get("stack") or ())
+        return ("writeback_wait" in facts.sites(t) or "folio_wait_writeback" in (t.get("stack") or ())
                 or any("WRITEBACK" in str(r) for r in reasons))
     hit = [t for t in block["tasks"] if on_writeback(t)]
     if not hit:
         return None
     t = hit[0]
-    if "writeback_wait" in sites(t):
+    if "writeback_wait" in facts.sites(t):
         how = "waiting on page writeback (writeback_wait)"
     elif "folio_wait_writeback" in (t.get("stack") or ()):
         how = "waiting on page writeback (folio_wait_writeback in its stack)"
     else:
         how = "throttled by reclaim for writeback (VMSCAN_THROTTLE_WRITEBACK)"
-    seen = f"{_who(hit)} {how} in {t.get('site')}, cgroup={_cg(t)}"
+    seen = f"{_who(hit, facts)} {how} in {t.get('site')}, cgroup={_cg(t)}"
     on_device = next((x for x in hit if x.get("writeback")), None)  # its device and its journal: one task's
     wb = on_device["writeback"] if on_device is not None else None
     look = "the device behind this file system (its speed, any I/O throttling on it)"
@@ -201,21 +201,21 @@ def _device(wb: Mapping[str, Any]) -> str:
     return f"{wb['device']} ({wb['bdi']})" if wb.get("device") else str(wb.get("bdi"))
 
 
-def _no_fs_io(block: Block, sites: SitesOf) -> str | None:
+def _no_fs_io(block: Block, facts: Facts) -> str | None:
     hit = [t for t in block["tasks"] if t.get("gfp_no_fs_io")]
     if not hit:
         return None
     t = hit[0]
     wb = next((x["writeback"] for x in hit if x.get("writeback")), None)
-    return _line(f"{_who(hit)} ({t.get('kind', 'stall')} in {t.get('site')}) asked without __GFP_FS or __GFP_IO: "
-                 + ", ".join(t["gfp_no_fs_io"]),
+    return _line(f"{_who(hit, facts)} ({t.get('kind', 'stall')} in {t.get('site')}) "
+                 "asked without __GFP_FS or __GFP_IO: " + ", ".join(t["gfp_no_fs_io"]),
                  "reclaim for a file system's own allocations, which may not write back dirty pages itself",
                  "file system writeback under memory pressure: dirty and writeback pages in its group "
                  + (f"and {_device(wb)}, the device behind this file system" if wb
                     else "and the device behind this file system"))
 
 
-def _shrinkers(block: Block, sites: SitesOf) -> str | None:
+def _shrinkers(block: Block, facts: Facts) -> str | None:
     """A task's reclaim called shrinkers that were asked to scan and freed nothing:
     the one asked the most, of the block's tasks."""
     found = []  # (task, its shrinkers that freed nothing, most asked first)
@@ -244,11 +244,11 @@ def _shrinkers(block: Block, sites: SitesOf) -> str | None:
     return None
 
 
-def _dirty_throttle(block: Block, sites: SitesOf) -> str | None:
-    hit = [t for t in block["tasks"] if "dirty_throttle" in sites(t)]
+def _dirty_throttle(block: Block, facts: Facts) -> str | None:
+    hit = [t for t in block["tasks"] if "dirty_throttle" in facts.sites(t)]
     if not hit:
         return None
-    seen = f"{_who(hit)} sleeping in balance_dirty_pages (dirty_throttle)"
+    seen = f"{_who(hit, facts)} sleeping in balance_dirty_pages (dirty_throttle)"
     p = next((t["dirty_pause"] for t in hit if t.get("dirty_pause")), None)
     if p and p.get("dirty_pages") is not None and p.get("limit_pages") is not None:
         seen += f", dirty={p['dirty_pages']} pages against limit={p['limit_pages']} pages"
@@ -260,32 +260,33 @@ def _dirty_throttle(block: Block, sites: SitesOf) -> str | None:
                  "behind this file system")
 
 
-def _compaction(block: Block, sites: SitesOf) -> str | None:
-    hit = [t for t in block["tasks"] if "compaction" in sites(t)]
+def _compaction(block: Block, facts: Facts) -> str | None:
+    hit = [t for t in block["tasks"] if "compaction" in facts.sites(t)]
     if not hit:
         return None
     t = hit[0]
     order = t.get("order")
-    seen = f"{_who(hit)} in compaction" + (f", order={order}" if order is not None else "")
+    seen = f"{_who(hit, facts)} in compaction" + (f", order={order}" if order is not None else "")
     points = "memory fragmentation" + (": no free block of that order" if order else "")
     return _line(seen, points, "fragmentation (/proc/buddyinfo, /proc/pagetypeinfo) and who asks for "
                  "high-order allocations (its stack)")
 
 
-def _out_of_memory(block: Block, sites: SitesOf) -> str | None:
-    hit = [t for t in block["tasks"] if sites(t) & GLOBAL_RECLAIM_SITES]
+def _out_of_memory(block: Block, facts: Facts) -> str | None:
+    hit = [t for t in block["tasks"] if facts.sites(t) & GLOBAL_RECLAIM_SITES]
     zones = [z for z in (block.get("context") or {}).get("zones") or () if z.get("under_watermark") == "min"]
     if not hit or not zones:
         return None
     z = zones[0]
     more = f" (and {len(zones) - 1} more zone(s))" if len(zones) > 1 else ""
-    return _line(f"{_who(hit)} in global reclaim ({hit[0].get('site')}), zone node{z.get('node')}/{z.get('zone')} "
-                 f"free={z.get('free_pages')} pages under its min watermark {z.get('min_pages')}{more}",
+    return _line(f"{_who(hit, facts)} in global reclaim ({hit[0].get('site')}), "
+                 f"zone node{z.get('node')}/{z.get('zone')} free={z.get('free_pages')} pages "
+                 f"under its min watermark {z.get('min_pages')}{more}",
                  "the machine is out of memory",
                  "what uses the memory (largest processes, page cache, slab) and the OOM killer's choices")
 
 
-RULES: tuple[tuple[str, Callable[[Block, SitesOf], str | None]], ...] = (
+RULES: tuple[tuple[str, Callable[[Block, Facts], str | None]], ...] = (
     (MEMCG_OOM_OFF, _memcg_oom_off),
     (STUCK_VICTIM, _stuck_victim),
     (LIVELOCK, _livelock),
@@ -299,19 +300,46 @@ RULES: tuple[tuple[str, Callable[[Block, SitesOf], str | None]], ...] = (
 )
 
 
-def advise(block: Block) -> list[dict[str, str]]:
-    """One {"kind", "text"} per rule whose facts the block holds, in RULES order."""
-    made: dict[int, set[str]] = {}  # by the task dict's id: the block holds every one while we run
+class Facts:
+    """The tasks of a block the rules read: one of each kind of facts, the first
+    in the block's order, and how many tasks each stands for. 10,000 threads of
+    one program stuck in one place have one set of facts between them: the
+    rules read it once, not ten times 10,000 tasks."""
 
-    def sites(t: Task) -> set[str]:
-        got = made.get(id(t))
+    def __init__(self, tasks: Iterable[Task]) -> None:
+        firsts: dict[Hashable, Task] = {}
+        self._many: dict[int, int] = {}  # by the first's id: how many tasks it stands for
+        for t in tasks:
+            key = getattr(t, "facts_key", None)  # a record that knows which tasks share its facts
+            if key is None:
+                key = ("task", id(t))  # any other: its own
+            first = firsts.get(key)
+            if first is None:
+                firsts[key] = t
+                self._many[id(t)] = 1
+            else:
+                self._many[id(first)] += 1
+        self.tasks = list(firsts.values())
+        self._sites: dict[int, set[str]] = {}
+
+    def count(self, tasks: Iterable[Task]) -> int:
+        """The tasks these firsts stand for."""
+        return sum(self._many[id(t)] for t in tasks)
+
+    def sites(self, t: Task) -> set[str]:
+        got = self._sites.get(id(t))
         if got is None:
-            got = made[id(t)] = sites_of(t)
+            got = self._sites[id(t)] = sites_of(t)
         return got
 
+
+def advise(block: Block) -> list[dict[str, str]]:
+    """One {"kind", "text"} per rule whose facts the block holds, in RULES order."""
+    facts = Facts(block["tasks"])
+    firsts = {**block, "tasks": facts.tasks}
     out = []
     for kind, rule in RULES:
-        text = rule(block, sites)
+        text = rule(firsts, facts)
         if text:
             out.append({"kind": kind, "text": text})
     return out

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Report records, and the one plain dict each is turned into (`to_dict`),
 which every output renders: text, JSON lines, journald, the socket (pure).
+A stall block's stalled tasks are rows that read as dicts (`TaskRow`).
 
 Text a task controls (comm, cgroup path) is shown in one escaped form in both
 outputs: printable ASCII as itself, a backslash as `\\\\`, every other byte as
@@ -15,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypeVar, cast
@@ -223,6 +224,14 @@ class Shared:
         self._made: dict[tuple[int, Callable[[Any], Any]], tuple[object, Any]] = {}
         # detail_fields' dicts, by what they are made of: (the objects keyed by id, the dict)
         self._details: dict[tuple[Any, ...], tuple[tuple[object, ...], dict[str, Any]]] = {}
+        self._gfp: dict[int | None, str | None] = {}
+
+    def gfp(self, mask: int | None) -> str | None:
+        """gfp_text(mask), one string for every task asking with the same mask."""
+        text = self._gfp.get(mask)
+        if text is None and mask is not None:
+            text = self._gfp[mask] = gfp_text(mask)
+        return text
 
     def get(self, obj: T, make: Callable[[T], R]) -> R:
         """make(obj), made once for this very object (None, the same for every field, by each make apart)."""
@@ -249,30 +258,108 @@ class Shared:
         return made
 
 
-def _task_dict(group: list[Stall], detail: TaskDetail, shared: Shared | None = None) -> dict[str, Any]:
+# A stalled task's keys, in the order its JSON writes them: its own, then what its
+# detail says (detail_fields: shared between tasks), then its wait's site detail.
+TASK_OWN_KEYS = ("kind", "tid", "pid", "comm", "site", "duration_s", "wait_s", "start_known", "level", "new",
+                 "gfp", "gfp_flags", "order", "other_waits")
+_OWN_AT = {k: i for i, k in enumerate(TASK_OWN_KEYS)}  # read only (a dict: its get is the fastest)
+
+
+class TaskRow(Mapping[str, Any]):
+    """A stalled task's record, read as the dict it stands for (`as_dict()` makes
+    that dict, and JSON encoders make it through `plain`). 10,000 listed tasks
+    were 10,000 dicts of 30 keys, 840 bytes each before their values, made in the
+    scan loop and held until the block was written; a row is a tuple of its own
+    14 values and two dicts it shares with the other tasks of its block (read
+    them, do not change them)."""
+
+    __slots__ = ("_detail", "_own", "_site")
+
+    def __init__(self, own: tuple[Any, ...], detail: Mapping[str, Any], site: Mapping[str, Any]) -> None:
+        self._own = own  # in TASK_OWN_KEYS order
+        self._detail = detail
+        self._site = site
+
+    def __getitem__(self, key: str) -> Any:
+        i = _OWN_AT.get(key)
+        if i is not None:
+            return self._own[i]
+        d = self._detail
+        return d[key] if key in d else self._site[key]
+
+    def get(self, key: str, default: Any = None) -> Any:  # the renderers' and advice's way in: no try
+        i = _OWN_AT.get(key)
+        if i is not None:
+            return self._own[i]
+        d = self._detail
+        return d[key] if key in d else self._site.get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _OWN_AT or key in self._detail or key in self._site
+
+    def __iter__(self) -> Iterator[str]:
+        yield from TASK_OWN_KEYS
+        yield from self._detail
+        yield from self._site
+
+    def __len__(self) -> int:
+        return len(TASK_OWN_KEYS) + len(self._detail) + len(self._site)
+
+    @property
+    def facts_key(self) -> tuple[int, int, str, int]:
+        """Rows with the same key say the same for every advice rule (core/advice.py):
+        all but who the task is and how long it has waited. By identity: what the
+        block's tasks share is one object (Shared), and the block holds it."""
+        return id(self._detail), id(self._site), self._own[4], id(self._own[13])
+
+    def parts(self) -> tuple[dict[str, Any], Mapping[str, Any], Mapping[str, Any]]:
+        """Its own fields as a dict, and the two it shares, in its keys' order."""
+        return dict(zip(TASK_OWN_KEYS, self._own, strict=True)), self._detail, self._site
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(zip(TASK_OWN_KEYS, self._own, strict=True))
+        d.update(self._detail)
+        d.update(self._site)
+        return d
+
+    def __repr__(self) -> str:
+        return f"TaskRow({self.as_dict()!r})"
+
+
+def plain_record(d: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A record with its tasks as plain dicts (a stall block's are TaskRows): JSON as it is."""
+    tasks = d.get("tasks")
+    if not tasks or not any(isinstance(t, TaskRow) for t in tasks):
+        return d
+    return {**d, "tasks": [t.as_dict() if isinstance(t, TaskRow) else t for t in tasks]}
+
+
+def plain(obj: object) -> dict[str, Any]:
+    """A JSON encoder's `default`: a TaskRow as its dict (anything else is not JSON)."""
+    if isinstance(obj, TaskRow):
+        return obj.as_dict()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+# the site detail of a wait the kernel says nothing more of: one for every such task (read only)
+_NO_SITE_DETAIL: Mapping[str, Any] = {"reclaimed_so_far_pages": None, "dirty_pause": None, "writeback": None}
+
+
+def _task_row(group: list[Stall], detail: TaskDetail, shared: Shared | None = None) -> TaskRow:
     s = group[0]
     w = s.wait
-    d = {
-        "kind": "stall",
-        "tid": w.tid,
-        "pid": w.pid,
-        "comm": shared.get(w.comm, escape) if shared is not None else escape(w.comm),
-        "site": w.site.label,
-        "duration_s": seconds(s.duration_ns),
-        "wait_s": seconds(s.own_ns),
-        "start_known": w.start_known,
-        "level": s.level,
-        "new": s.first,
-        "gfp": gfp_text(w.gfp),
-        "gfp_flags": detail.gfp_flags,
-        "order": w.order,
+    made = shared if shared is not None else Shared()
+    duration_s = seconds(s.duration_ns)
+    own = (
+        "stall", w.tid, w.pid, made.get(w.comm, escape), w.site.label, duration_s,
+        duration_s if s.wait_ns is None else seconds(s.wait_ns),
+        w.start_known, s.level, s.first, made.gfp(w.gfp), detail.gfp_flags, w.order,
         # () when none, as JSON the same []: not an empty list in each of 10,000 records
-        "other_waits": [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]]
+        [{"site": o.wait.site.label, "duration_s": seconds(o.duration_ns)} for o in group[1:]]
         if len(group) > 1 else (),
-    }
-    d.update(shared.detail(detail) if shared is not None else detail_fields(detail))
-    d.update(site_detail(w, detail.writeback_device))
-    return d
+    )
+    quiet = w.reclaimed_pages is None and w.dirty_pause is None and w.writeback is None
+    return TaskRow(own, made.detail(detail), _NO_SITE_DETAIL if quiet else site_detail(w, detail.writeback_device))
 
 
 def site_detail(w: Wait | None, device: DeviceState | None = None) -> dict[str, Any]:
@@ -474,10 +561,10 @@ def item_tid(x: list[Stall] | Finding) -> int:
     return x[0].wait.tid if isinstance(x, list) else x.tid
 
 
-def _item_dict(x: list[Stall] | Finding, rec: StallReport, shared: Shared) -> dict[str, Any]:
+def _item_dict(x: list[Stall] | Finding, rec: StallReport, shared: Shared) -> Mapping[str, Any]:
     detail = rec.details.get(item_tid(x)) or NO_DETAIL
     if isinstance(x, list):
-        return _task_dict(x, detail, shared)
+        return _task_row(x, detail, shared)
     return finding_dict(x, detail, rec.throttle_names, rec.symbols, shared)
 
 
@@ -498,7 +585,9 @@ def summarize_tasks(tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def to_dict(rec: Record) -> dict[str, Any]:
-    """The one plain form of a record: JSON lines, text, journald and the socket use it."""
+    """The one plain form of a record: JSON lines, text, journald and the socket use it.
+    A stall block's stalled tasks are TaskRows, read as dicts (JSON through `plain`,
+    or `plain_record` for the record whole)."""
     base: dict[str, Any] = {"seq": rec.seq, "time": iso_time(rec.time)}
     if isinstance(rec, StallReport):
         items = listing(rec.stalls, rec.findings)

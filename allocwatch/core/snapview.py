@@ -15,7 +15,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from allocwatch.core.records import TaskDetail, context_dict, detail_fields, escape, finding_dict, gfp_text, iso_time
+from allocwatch.core.records import (
+    TaskDetail,
+    context_dict,
+    detail_fields,
+    escape,
+    finding_dict,
+    gfp_text,
+    iso_time,
+    plain_record,
+)
 from allocwatch.core.snapshot import Histogram, InFlight, Snapshot
 
 SNAPSHOT_TYPE = "snapshot"
@@ -96,7 +105,7 @@ def snapshot_dict(snap: Snapshot) -> dict[str, Any]:
         "context": context_dict(live.context) if live else None,
         "counters": dict(snap.counters),
         "reported": dict(snap.reported),
-        "records": list(snap.records),
+        "records": [plain_record(r) for r in snap.records],  # plain dicts: JSON as they are
         "reload": None if snap.reload is None else {"seq": snap.reload.seq, "ok": snap.reload.ok,
                                                     "said": snap.reload.said},
     }

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from allocwatch.core.records import plain
 from allocwatch.errors import AllocwatchError, OutputFailed
 from allocwatch.outputs import report
 from allocwatch.outputs.sinks import DEFAULT_MAX_BLOCKS, Block, QueuedOutput
@@ -100,7 +101,7 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
         fields[f"pod_{k}"] = pod.get(k)
     frames = t.get("stack") or t.get("recent_stack") or []
     fields["stack"] = "\n".join(frames) if frames else None
-    fields["json"] = json.dumps(t, ensure_ascii=True, separators=(",", ":"))
+    fields["json"] = json.dumps(t, ensure_ascii=True, separators=(",", ":"), default=plain)
     lines = report.task_lines(t)
     return _entry("stall_task", HEAD + " stalled:" + "\n".join(lines).removeprefix(" "), fields)
 
