@@ -251,8 +251,10 @@ class Shared:
                detail.dying, detail.exiting, tuple(detail.gfp_no_fs_io), tuple(detail.behind),
                tuple(detail.beside), *map(id, held))
         hit = self._details.get(key)
-        if hit is not None and all(a is b for a, b in zip(hit[0], held, strict=True)):
-            return hit[1]
+        if hit is not None:
+            was = hit[0]
+            if was[0] is held[0] and was[1] is held[1] and was[2] is held[2] and was[3] is held[3]:
+                return hit[1]
         made = detail_fields(detail, self)
         self._details[key] = (held, made)
         return made
@@ -345,11 +347,14 @@ def plain(obj: object) -> dict[str, Any]:
 _NO_SITE_DETAIL: Mapping[str, Any] = {"reclaimed_so_far_pages": None, "dirty_pause": None, "writeback": None}
 
 
-def _task_row(group: list[Stall], detail: TaskDetail, shared: Shared | None = None) -> TaskRow:
+def _task_row(group: list[Stall], detail: TaskDetail, shared: Shared | None = None,
+              duration_s: float | None = None) -> TaskRow:
+    """`duration_s`: seconds(group[0].duration_ns), where the caller has it already."""
     s = group[0]
     w = s.wait
     made = shared if shared is not None else Shared()
-    duration_s = seconds(s.duration_ns)
+    if duration_s is None:
+        duration_s = seconds(s.duration_ns)
     own = (
         "stall", w.tid, w.pid, made.get(w.comm, escape), w.site.label, duration_s,
         duration_s if s.wait_ns is None else seconds(s.wait_ns),
@@ -561,10 +566,10 @@ def item_tid(x: list[Stall] | Finding) -> int:
     return x[0].wait.tid if isinstance(x, list) else x.tid
 
 
-def _item_dict(x: list[Stall] | Finding, rec: StallReport, shared: Shared) -> Mapping[str, Any]:
+def _item_dict(duration_s: float, x: list[Stall] | Finding, rec: StallReport, shared: Shared) -> Mapping[str, Any]:
     detail = rec.details.get(item_tid(x)) or NO_DETAIL
     if isinstance(x, list):
-        return _task_row(x, detail, shared)
+        return _task_row(x, detail, shared, duration_s)
     return finding_dict(x, detail, rec.throttle_names, rec.symbols, shared)
 
 
@@ -592,7 +597,7 @@ def to_dict(rec: Record) -> dict[str, Any]:
     if isinstance(rec, StallReport):
         items = listing(rec.stalls, rec.findings)
         shared = Shared()
-        shown = [_item_dict(x, rec, shared) for _, x in items[: rec.max_tasks]]
+        shown = [_item_dict(d, x, rec, shared) for d, x in items[: rec.max_tasks]]
         rest = [_item_brief(d, x, rec) for d, x in items[rec.max_tasks :]]
         d = {
             "type": "stall_report", **base, "stalled": rec.stalled_now, "due": len(items),
