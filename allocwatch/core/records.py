@@ -314,9 +314,9 @@ class TaskRow(Mapping[str, Any]):
         block's tasks share is one object (Shared), and the block holds it."""
         return id(self._detail), id(self._site), self._own[4], id(self._own[13])
 
-    def parts(self) -> tuple[dict[str, Any], Mapping[str, Any], Mapping[str, Any]]:
-        """Its own fields as a dict, and the two it shares, in its keys' order."""
-        return dict(zip(TASK_OWN_KEYS, self._own, strict=True)), self._detail, self._site
+    def parts(self) -> tuple[tuple[Any, ...], Mapping[str, Any], Mapping[str, Any]]:
+        """Its own values (in TASK_OWN_KEYS order), and the two dicts it shares, in its keys' order."""
+        return self._own, self._detail, self._site
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(zip(TASK_OWN_KEYS, self._own, strict=True))

@@ -11,10 +11,11 @@ splits into the same `key=value` fields.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from allocwatch.core.records import Record, TaskRow, iso_time, limit_line, plain, to_dict
+from allocwatch.core.records import TASK_OWN_KEYS, Record, TaskRow, iso_time, limit_line, plain, to_dict
 
 # Frames shown in text: the innermost (where it waits) and the outermost (the
 # file system and the syscall); JSON carries every frame.
@@ -519,21 +520,24 @@ def render_pieces(dicts: Sequence[Mapping[str, Any]], fmt: str) -> Iterator[str]
             yield _json(d)
             continue
         made: dict[int, str] = {}
-        yield around[0] + "[" + _task_json(tasks[0], made)
+        strs: dict[str, str] = {}
+        yield around[0] + "[" + _task_json(tasks[0], made, strs)
         for t in tasks[1:]:
-            yield "," + _task_json(t, made)
+            yield "," + _task_json(t, made, strs)
         yield "]" + around[1] + "\n"
 
 
-def _task_json(t: Mapping[str, Any], made: dict[int, str]) -> str:
+def _task_json(t: Mapping[str, Any], made: dict[int, str], strs: dict[str, str]) -> str:
     """A task of a block as JSON. A TaskRow's shared fields are encoded once a block
     (`made`, by the id of the dict they are in, which the block holds meanwhile):
-    10,000 tasks with one stack and one memcg differ only in their own fields."""
+    10,000 tasks with one stack and one memcg differ only in their own fields,
+    which `_own_json` writes (`strs`: the block's strings, each encoded once)."""
     encode = _ENCODER.encode
     if not isinstance(t, TaskRow):
         return encode(t)
     own, *shared = t.parts()
-    inner = [encode(own)[1:-1]]
+    mine = _own_json(own, strs) if FAST_OWN_JSON else None
+    inner = [mine if mine is not None else encode(dict(zip(TASK_OWN_KEYS, own, strict=True)))[1:-1]]
     for part in shared:
         text = made.get(id(part))
         if text is None:
@@ -541,6 +545,37 @@ def _task_json(t: Mapping[str, Any], made: dict[int, str]) -> str:
         if text:
             inner.append(text)
     return "{" + ",".join(inner) + "}"
+
+
+# The keys _own_json writes, in its order: where a row's are others, the encoder writes them.
+FAST_OWN_JSON = TASK_OWN_KEYS == ("kind", "tid", "pid", "comm", "site", "duration_s", "wait_s", "start_known",
+                                  "level", "new", "gfp", "gfp_flags", "order", "other_waits")
+_JSON_BOOL = {True: "true", False: "false"}
+
+
+def _own_json(own: tuple[Any, ...], strs: dict[str, str]) -> str | None:
+    """A row's own fields as the encoder writes them, without braces, in a third
+    of its time (10,000 tasks a block); None where a value is not of the type
+    expected, for the encoder to write."""
+    kind, tid, pid, comm, site, dur, wait, known, level, new, gfp, gfp_flags, order, other = own
+    if not (type(tid) is int and type(pid) is int and type(level) is int and type(known) is bool
+            and type(new) is bool and type(dur) is float and type(wait) is float
+            and math.isfinite(dur) and math.isfinite(wait) and (order is None or type(order) is int)):
+        return None
+
+    def text(s: str | None) -> str:
+        if s is None:
+            return "null"
+        said = strs.get(s)
+        if said is None:
+            said = strs[s] = _ENCODER.encode(s)
+        return said
+
+    return (f'"kind":{text(kind)},"tid":{tid},"pid":{pid},"comm":{text(comm)},"site":{text(site)},'
+            f'"duration_s":{dur!r},"wait_s":{wait!r},"start_known":{_JSON_BOOL[known]},"level":{level},'
+            f'"new":{_JSON_BOOL[new]},"gfp":{text(gfp)},"gfp_flags":{text(gfp_flags)},'
+            f'"order":{"null" if order is None else order},'
+            f'"other_waits":{_ENCODER.encode(other) if other else "[]"}')
 
 
 def render_drop_notice(dropped: int, time_s: float, fmt: str) -> str:

@@ -109,3 +109,16 @@ def test_a_listed_block_of_10000_rows_holds_a_third_of_its_dicts():
     assert len(dicts) == 10000
     assert len(advice.Facts(d["tasks"]).tasks) == 1  # one program stuck in one place: one set of facts to read
     assert rows_bytes < dicts_bytes / 2, (rows_bytes, dicts_bytes)
+
+
+def test_a_row_s_own_fields_are_written_as_the_encoder_writes_them_or_by_it():
+    assert report.FAST_OWN_JSON  # the keys are those it writes: a block's rows go the fast way
+    base = ("stall", 7, 7, 'a "b\\" \\x1b', "memcg_oom_wait", 12.5, 0.1, True, 2, False, "0xcc0", None, None,
+            [{"site": "compaction", "duration_s": 3.0}])
+    odd = [base, base[:5] + (float("nan"),) + base[6:], base[:1] + (7.0,) + base[2:],  # not finite, not an int
+           base[:12] + (True,) + base[13:], base[:13] + ((),), base[:3] + ("\udcff\u00e9",) + base[4:]]
+    detail, site = {"cgroup": "/g", "stack": ["x"]}, {"writeback": None}
+    for own in odd:
+        row = TaskRow(own, detail, site)
+        got = report._task_json(row, {}, {})
+        assert got == report._ENCODER.encode(row.as_dict()), own
