@@ -340,7 +340,7 @@ def plain(obj: object) -> dict[str, Any]:
     """A JSON encoder's `default`: a TaskRow as its dict (anything else is not JSON)."""
     if isinstance(obj, TaskRow):
         return obj.as_dict()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")  # json's own words
 
 
 # the site detail of a wait the kernel says nothing more of: one for every such task (read only)

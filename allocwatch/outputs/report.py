@@ -560,7 +560,9 @@ def _own_json(own: tuple[Any, ...], strs: dict[str, str]) -> str | None:
     kind, tid, pid, comm, site, dur, wait, known, level, new, gfp, gfp_flags, order, other = own
     if not (type(tid) is int and type(pid) is int and type(level) is int and type(known) is bool
             and type(new) is bool and type(dur) is float and type(wait) is float
-            and math.isfinite(dur) and math.isfinite(wait) and (order is None or type(order) is int)):
+            and math.isfinite(dur) and math.isfinite(wait) and (order is None or type(order) is int)
+            and type(other) in (list, tuple)
+            and all(x is None or type(x) is str for x in (kind, comm, site, gfp, gfp_flags))):
         return None
 
     def text(s: str | None) -> str:
@@ -575,7 +577,7 @@ def _own_json(own: tuple[Any, ...], strs: dict[str, str]) -> str | None:
             f'"duration_s":{dur!r},"wait_s":{wait!r},"start_known":{_JSON_BOOL[known]},"level":{level},'
             f'"new":{_JSON_BOOL[new]},"gfp":{text(gfp)},"gfp_flags":{text(gfp_flags)},'
             f'"order":{"null" if order is None else order},'
-            f'"other_waits":{_ENCODER.encode(other) if other else "[]"}')
+            f'"other_waits":{_ENCODER.encode(other) if other else "[]"}')  # a list or a tuple: [] when empty
 
 
 def render_drop_notice(dropped: int, time_s: float, fmt: str) -> str:

@@ -90,7 +90,7 @@ def test_tasks_sharing_facts_are_counted_in_the_advice_as_many():
     assert advice.advise(many) == advice.advise(dicts)
 
 
-def test_a_listed_block_of_10000_rows_holds_a_third_of_its_dicts():
+def test_a_listed_block_of_10000_rows_holds_less_than_half_of_its_dicts():
     stack = ["mem_cgroup_oom_synchronize", "pagefault_out_of_memory", "exc_page_fault"]
     memcg = MEMCGS[1]
     who = TaskInfo(1000, 1000, 0, "/tmp/threads 10000", "D")
@@ -116,9 +116,81 @@ def test_a_row_s_own_fields_are_written_as_the_encoder_writes_them_or_by_it():
     base = ("stall", 7, 7, 'a "b\\" \\x1b', "memcg_oom_wait", 12.5, 0.1, True, 2, False, "0xcc0", None, None,
             [{"site": "compaction", "duration_s": 3.0}])
     odd = [base, base[:5] + (float("nan"),) + base[6:], base[:1] + (7.0,) + base[2:],  # not finite, not an int
-           base[:12] + (True,) + base[13:], base[:13] + ((),), base[:3] + ("\udcff\u00e9",) + base[4:]]
+           base[:12] + (True,) + base[13:], base[:13] + ((),), base[:3] + ("\udcff\u00e9",) + base[4:],
+           base[:13] + (None,), base[:11] + (["GFP_NOFS"],) + base[12:],  # not a list, not a string
+           base[:10] + (1,) + (True,) + base[12:], base[:5] + (1e16,) + (-0.0,) + base[7:]]
     detail, site = {"cgroup": "/g", "stack": ["x"]}, {"writeback": None}
     for own in odd:
         row = TaskRow(own, detail, site)
         got = report._task_json(row, {}, {})
         assert got == report._ENCODER.encode(row.as_dict()), own
+
+
+def few_kinds_block(rng: random.Random, n: int = 600) -> StallReport:
+    """n tasks of a few kinds of facts each: two details, three sites, some with the
+    kernel's note of a writeback or a dirty pause, some with a second wait."""
+    device = DeviceState("7:3", "loop3", 1e6, 3, 0, 1 << 20, 10.0)
+    kinds = [TaskDetail("/a", "D", STACKS[1], "GFP_KERNEL", MEMCGS[1], TaskInfo(1, 1, 0, "c", "D")),
+             TaskDetail("/b", "D", STACKS[2], None, MEMCGS[2], None, gfp_no_fs_io=("GFP_NOFS",),
+                        writeback_device=device,
+                        behind=(Behind(5, 5, "kworker/u8:3+flush-7:3", "memcg_reclaim", 12.5),))]
+    sites = [Site.MEMCG_RECLAIM, Site.WRITEBACK_WAIT, Site.DIRTY_THROTTLE]
+    stalls, details = [], {}
+    for i in range(n):
+        tid = 1000 + i
+        note = rng.random()
+        w = Wait(tid, 1000 + i % 7, "hog", rng.choice(sites), 0, 0xCC0, 0,
+                 writeback=WritebackNote(0, "7:3", 12) if note < 0.1 else None,
+                 dirty_pause=DirtyPause(*range(9)) if 0.1 <= note < 0.2 else None)
+        dur_ns = int((10 + 20 * rng.random()) * NS_PER_S)
+        stalls.append(Stall(w, dur_ns, 1))
+        if rng.random() < 0.1:
+            stalls.append(Stall(replace(w, site=Site.COMPACTION, writeback=None, dirty_pause=None), dur_ns // 2, 1))
+        details[tid] = rng.choice(kinds)
+    return StallReport(1, 1.7e9, stalls, n, details, max_tasks=100000)
+
+
+def _same_everywhere(d) -> None:
+    dicts = plain_record(d)
+    assert advice.advise(d) == advice.advise(dicts) == d["advice"]
+    for fmt in ("json", "text"):
+        assert report.render_dicts([d], fmt) == report.render_dicts([dicts], fmt)
+    assert list(journal.entries(d)) == list(journal.entries(dicts))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_block_of_a_few_kinds_of_facts_advises_from_one_of_each_as_from_all(seed):
+    d = to_dict(few_kinds_block(random.Random(seed)))
+    assert len(d["tasks"]) > report.STREAM_TASKS  # written a task at a time
+    firsts = advice.Facts(d["tasks"]).tasks
+    assert 6 <= len(firsts) < len(d["tasks"]) / 2  # a few kinds, each read once (a note or a second wait: its own)
+    assert {a["kind"] for a in d["advice"]} >= {advice.WRITEBACK, advice.NO_FS_IO, advice.DIRTY_THROTTLE}
+    _same_everywhere(d)
+
+
+def _two_tasks(second: str) -> StallReport:
+    """Two tasks alike but for one thing, the longer one first: what the second alone has."""
+    stack = ["folio_wait_writeback", "x"]
+    one = TaskDetail("/a", "D", stack, None, MEMCGS[1])
+    site = Site.COMPACTION if second == "site" else Site.WRITEBACK_WAIT
+    a = Wait(1, 1, "hog", Site.WRITEBACK_WAIT, 0, 0xCC0, 0)
+    b = Wait(2, 2, "hog", site, 0, 0xCC0, 0, writeback=WritebackNote(0, "7:3", 12) if second == "note" else None)
+    stalls = [Stall(a, 20 * NS_PER_S, 1), Stall(b, 10 * NS_PER_S, 1)]
+    if second == "other":
+        stalls.append(Stall(replace(b, site=Site.DIRTY_THROTTLE), 5 * NS_PER_S, 1))
+    details = {1: one, 2: replace(one, gfp_no_fs_io=("GFP_NOFS",)) if second == "detail" else one}
+    return StallReport(1, 1.7e9, stalls, 2, details, max_tasks=100000)
+
+
+@pytest.mark.parametrize(("part", "second"), [(0, "detail"), (1, "note"), (2, "site"), (3, "other")])
+def test_each_part_of_the_facts_key_is_needed(monkeypatch, part, second):
+    """Two tasks differ in what one part of the key stands for: with it, each is read
+    and the advice is its dicts'; without it, the second goes unread and it is not."""
+    d = to_dict(_two_tasks(second))
+    assert len(advice.Facts(d["tasks"]).tasks) == 2
+    _same_everywhere(d)
+    real = TaskRow.facts_key.fget
+    monkeypatch.setattr(TaskRow, "facts_key", property(lambda row: tuple(
+        x for j, x in enumerate(real(row)) if j != part)))
+    assert len(advice.Facts(d["tasks"]).tasks) == 1
+    assert advice.advise(d) != advice.advise(plain_record(d))
