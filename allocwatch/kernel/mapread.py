@@ -182,7 +182,10 @@ class MapReader(Generic[T]):
                     v = values[i * vs:(i + 1) * vs]
                     d = _digest(v)
                     digests.append(d)
-                    j = first + i if in_place else last.get(ids[i]) if last is not None and ids else None
+                    if in_place:  # where it was in the last read: the same place, or its key's
+                        j: int | None = first + i
+                    else:
+                        j = last.get(ids[i]) if last is not None and ids else None
                     if j is not None and d == old[j]:
                         out.append(objs[j])
                         continue

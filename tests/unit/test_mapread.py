@@ -68,13 +68,13 @@ def test_raw_bytes_are_an_objects_own():
     assert raw_bytes(5, 4) == b"\x05\0\0\0"  # bcc's int keys: not bytes(5)
 
 
-def test_the_buffers_given_back_after_a_storm_still_read_right():
+def test_a_map_that_shrinks_after_a_storm_and_grows_again_still_reads_right():
     big = {tid: tid for tid in range(1, 2001)}
     fake = FakeMap(big, per_call=5000)
     r = reader_over(fake, [], max_entries=4096)
     assert len(r.read()) == 2000
     fake.entries = {1: 1, 2: 2}
-    assert r.read() == [(1, 1), (2, 2)]  # 2 <= 2000 / 4: the pages past them were given back
+    assert r.read() == [(1, 1), (2, 2)]  # 2,000 entries read a batch at a time, then 2
     fake.entries = big
     assert r.read() == sorted(big.items())
 
@@ -96,9 +96,9 @@ assert r.read() == sorted(big.items())
 """
 
 
-def test_buffers_locked_by_mlockall_are_kept_not_a_crash():
-    """The daemon locks its memory once loaded (lock_memory): madvise then refuses
-    to drop the buffers' pages (EINVAL), and the read after a storm goes on."""
+def test_reads_under_mlockall_after_a_storm_go_on():
+    """The daemon locks its memory once loaded (lock_memory): reads of a map that
+    shrank after a storm and grew again still read right with every page locked."""
     import subprocess
     import sys
     from pathlib import Path
