@@ -333,13 +333,18 @@ class Daemon:
                 at_site.add(w.tid)
             if w.writeback is not None:
                 devices.setdefault(w.tid, set()).update(writeback_devices(w))
-        at_writeback = (Site.WRITEBACK_WAIT,)
         waits = self.last_scan[0]
+        in_stack: dict[int, bool] = {}  # a stack's writeback frames, by its id (the details hold it): looked for once
         for tid in dict.fromkeys(chain((s.wait.tid for s in stalls), (f.tid for f in findings))):
             d = details.get(tid)
-            if tid not in listed or d is None or not on_writeback(at_writeback if tid in at_site else (), d.stack,
-                                                                  tid in throttled):
+            if tid not in listed or d is None:
                 continue
+            if tid not in at_site and tid not in throttled:
+                said = in_stack.get(id(d.stack))
+                if said is None:
+                    said = in_stack[id(d.stack)] = on_writeback((), d.stack)
+                if not said:
+                    continue
             names = devices.get(tid, set())
             if d.writeback_device is not None and d.writeback_device.device:
                 names.add(d.writeback_device.device)  # "loop3" beside its bdi "7:3"

@@ -17,13 +17,11 @@ is counted and said once on stderr, through `on_error`.
 
 from __future__ import annotations
 
-import json
 import stat
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from allocwatch.core.records import plain
 from allocwatch.errors import AllocwatchError, OutputFailed
 from allocwatch.outputs import report
 from allocwatch.outputs.sinks import DEFAULT_MAX_BLOCKS, Block, QueuedOutput
@@ -83,8 +81,10 @@ def _entry(kind: str, message: str, fields: Mapping[str, Any]) -> Fields:
     return out
 
 
-def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
-    """One task of a stall block, with its own fields."""
+def task_entry(t: Mapping[str, Any], seq: int, made: dict[int, str] | None = None,
+               strs: dict[str, str] | None = None) -> Fields:
+    """One task of a stall block, with its own fields (`made`, `strs`: report.task_json's
+    encodings of what the block's tasks share, the same for every task of the block)."""
     fields: dict[str, Any] = {k: t.get(k) for k in _TASK_FIELDS}
     fields["duration_s"] = t["duration_s"]
     fields["report_seq"] = seq
@@ -101,7 +101,7 @@ def task_entry(t: Mapping[str, Any], seq: int) -> Fields:
         fields[f"pod_{k}"] = pod.get(k)
     frames = t.get("stack") or t.get("recent_stack") or []
     fields["stack"] = "\n".join(frames) if frames else None
-    fields["json"] = json.dumps(t, ensure_ascii=True, separators=(",", ":"), default=plain)
+    fields["json"] = report.task_json(t, made, strs)  # as the JSON output writes it
     lines = report.task_lines(t)
     return _entry("stall_task", HEAD + " stalled:" + "\n".join(lines).removeprefix(" "), fields)
 
@@ -114,8 +114,10 @@ def entries(d: Mapping[str, Any]) -> Iterator[Fields]:
         advice = "\n".join(f"{a['kind']}: {a['text']}" for a in d.get("advice") or ()) or None
         yield _entry(kind, "\n".join(head), {"seq": d["seq"], "stalled": d["stalled"], "due": d.get("due"),
                                             "advice": advice})
+        made: dict[int, str] = {}
+        strs: dict[str, str] = {}
         for t in d["tasks"]:
-            yield task_entry(t, d["seq"])
+            yield task_entry(t, d["seq"], made, strs)
         return
     text = report.record_text(d, HEAD)
     if kind in ("recovered", "oom_kill"):

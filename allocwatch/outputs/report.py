@@ -521,18 +521,21 @@ def render_pieces(dicts: Sequence[Mapping[str, Any]], fmt: str) -> Iterator[str]
             continue
         made: dict[int, str] = {}
         strs: dict[str, str] = {}
-        yield around[0] + "[" + _task_json(tasks[0], made, strs)
+        yield around[0] + "[" + task_json(tasks[0], made, strs)
         for t in tasks[1:]:
-            yield "," + _task_json(t, made, strs)
+            yield "," + task_json(t, made, strs)
         yield "]" + around[1] + "\n"
 
 
-def _task_json(t: Mapping[str, Any], made: dict[int, str], strs: dict[str, str]) -> str:
+def task_json(t: Mapping[str, Any], made: dict[int, str] | None = None, strs: dict[str, str] | None = None) -> str:
     """A task of a block as JSON. A TaskRow's shared fields are encoded once a block
     (`made`, by the id of the dict they are in, which the block holds meanwhile):
     10,000 tasks with one stack and one memcg differ only in their own fields,
-    which `_own_json` writes (`strs`: the block's strings, each encoded once)."""
+    which `_own_json` writes (`strs`: the block's strings, each encoded once).
+    Give the same two dicts for every task of one block, and only of that block."""
     encode = _ENCODER.encode
+    made = {} if made is None else made
+    strs = {} if strs is None else strs
     if not isinstance(t, TaskRow):
         return encode(t)
     own, *shared = t.parts()
