@@ -4,7 +4,7 @@
 300 tasks held in the memcg OOM wait so that every snapshot is large. The
 daemon's RssAnon (/proc/PID/status) is read before they connect, while they
 are connected (it holds a frame each at most, and closes them once they have
-been behind for 10 s), and 30 s after they have gone: by then it is back
+been behind for 10 s), and after they have gone: within 30 s it is back
 within 5 MiB of where it was."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,9 @@ from lab import memcg
 N_STALLED = 300
 N_CLIENTS = 16
 HOLD_S = 20.0  # the clients stay connected this long: past the 10 s a client may be behind
-GONE_S = 30.0  # and RssAnon is read this long after they have gone
+GONE_S = 30.0  # and RssAnon is read for at most this long after they have gone, until it is back
 BACK_WITHIN_KIB = 5 * 1024
+STAY_BACK_S = 8  # samples a second: back within BACK_WITHIN_KIB this long ends the wait
 
 
 def _rss_anon_kib(pid: int) -> int:
@@ -50,12 +52,14 @@ def _read_to_end(c: socket.socket, timeout_s: float) -> int | None:
     return n
 
 
-def _sample(pid: int, seconds: float, every_s: float = 1.0) -> list[int]:
+def _sample(pid: int, seconds: float, every_s: float = 1.0,
+            enough: Callable[[list[int]], bool] = lambda samples: False) -> list[int]:
+    """RssAnon every `every_s` for `seconds`, or until the samples so far are `enough`."""
     out = []
     deadline = time.monotonic() + seconds
     while True:
         out.append(_rss_anon_kib(pid))
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= deadline or enough(out):
             return out
         time.sleep(every_s)
 
@@ -111,7 +115,9 @@ def test_clients_that_never_read_leave_no_memory_behind(daemon_factory, socket_p
             for c in clients:
                 c.close()
             clients.clear()
-            after = _sample(pid, GONE_S)
+            # back, and staying back for STAY_BACK_S: no more to wait
+            after = _sample(pid, GONE_S, enough=lambda got: len(got) > STAY_BACK_S and all(
+                kib - before <= BACK_WITHIN_KIB for kib in got[-STAY_BACK_S - 1:]))
         finally:
             for c in clients:
                 c.close()
