@@ -134,7 +134,11 @@ def test_a_memcg_reclaim_wait_in_flight_says_what_it_reclaimed_so_far(daemon):
                 seen_before = 0  # reports with pages so far when the writer was last restarted
                 waiting_for_end = False
                 while not d.wait_for(progress_ended, 2):
-                    assert time.monotonic() < deadline, f"no ended wait with pages so far: {d.raw_lines[-3:]}"
+                    # a wait with pages so far in flight at the deadline keeps its 40 s to end (seen in CI:
+                    # one at 22 s, 344 pages so far, when 240 s were up)
+                    now = time.monotonic()
+                    assert now < deadline or (waiting_for_end and now < restart_at), \
+                        f"no ended wait with pages so far: {d.raw_lines[-3:]}"
                     if not waiting_for_end and progress_reports() > seen_before:
                         waiting_for_end = True
                         restart_at = time.monotonic() + 40
