@@ -34,7 +34,7 @@ class Site(enum.IntEnum):
     def label(self) -> str:
         """The name used in reports, config keys and metric labels (made once a
         site, below: a report asks it of each of 10,000 tasks)."""
-        return _LABELS[self]
+        return SITE_LABELS[self]
 
     @classmethod
     def from_label(cls, label: str) -> Site:
@@ -49,7 +49,7 @@ class Site(enum.IntEnum):
         return site
 
 
-_LABELS = {site: site.name.lower() for site in Site}
+SITE_LABELS: dict[Site, str] = {site: site.name.lower() for site in Site}  # read only
 
 NR_SITES = 19
 SITE_DSTATE = 31

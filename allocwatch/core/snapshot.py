@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, overload
 
 from allocwatch.core.live import LiveView
-from allocwatch.core.sites import HIST_SLOTS, Site, hist_slot_upper_s
+from allocwatch.core.sites import HIST_SLOTS, SITE_LABELS, Site, hist_slot_upper_s
 from allocwatch.core.tracker import NS_PER_S, Thresholds, Wait
 
 # Completed-wait histogram buckets: the kernel's log2 slots from 1.024 ms
@@ -32,7 +32,6 @@ WAIT_BUCKETS_S: tuple[float, ...] = tuple(
 
 K = TypeVar("K")
 V = TypeVar("V")
-SITE_LABELS: dict[Site, str] = {site: site.label for site in Site}
 
 SCAN_BUCKETS_S: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
